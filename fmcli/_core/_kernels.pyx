@@ -1,0 +1,304 @@
+# Training and scoring kernels for LR, FM and FFM.
+#
+# Parameter layout (float32, or float64 for exact tests):
+#   B   bias block:    [w, state...]                       (1 + n_state values)
+#   L   linear blocks: feature j at L[j * lstride]          (lstride = 1 + n_state)
+#   F   factor blocks: FM  feature j at F[j * fstride]
+#                      FFM feature j, field f at F[(j * n_fields + f) * fstride]
+#       each block is kp weights (k padded with zeros to a multiple of 4)
+#       followed by n_state * kp optimizer-state values, so a block's
+#       weights and accumulators share cache lines (libffm's layout).
+# A loaded model for scoring uses the same layout with n_state = 0.
+#
+# Rows come as CSR: indptr (int64), fields and features (int32), values
+# (float32), labels (float32, -1 / +1 for the logistic loss).
+#
+# Threads: rows of an epoch are split statically across OpenMP threads and
+# every thread updates the shared parameters without locks (Hogwild, as
+# libffm does).  With one thread an epoch is a plain loop over `order`, so a
+# run is bit-for-bit reproducible for a seed.
+
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.math cimport exp, sqrt, isfinite
+
+from ._common cimport floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp
+from ._optim cimport opt_block, opt_pair, opt_n_state, OPT_SGD, OPT_ADAGRAD
+
+import numpy as np
+
+# Model kinds (mirrors fmcli.config.ModelKind).
+cdef enum:
+    MAX_KP = 1024       # fmcli.config.MAX_K rounded up to a multiple of 4
+
+cdef enum:
+    KIND_LR = 0
+    KIND_FM = 1
+    KIND_FFM = 2
+
+KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM}
+OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD}
+
+
+def openmp_info():
+    """(compiled with OpenMP, threads OpenMP would use by default)."""
+    return bool(fm_have_openmp()), int(fm_max_threads())
+
+
+def n_state(str optimizer):
+    """Optimizer-state values kept per weight."""
+    return opt_n_state(OPT_CODES[optimizer])
+
+
+cdef struct Shape:
+    int kind
+    Py_ssize_t n_features
+    Py_ssize_t n_fields
+    Py_ssize_t kp            # padded factor width (multiple of 4)
+    Py_ssize_t fstride       # distance between factor blocks
+    Py_ssize_t lstride       # distance between linear weights
+    bint use_bias
+    bint use_linear
+    bint normalize
+
+
+cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t d
+    for d in range(0, kp, 4):
+        s0 = s0 + a[d] * b[d]
+        s1 = s1 + a[d + 1] * b[d + 1]
+        s2 = s2 + a[d + 2] * b[d + 2]
+        s3 = s3 + a[d + 3] * b[d + 3]
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline double row_scale(const float* val, Py_ssize_t nnz, bint normalize) noexcept nogil:
+    """Instance normalization: every value is multiplied by 1/||x||."""
+    cdef double ss = 0
+    cdef Py_ssize_t i
+    if not normalize:
+        return 1
+    for i in range(nnz):
+        ss = ss + <double>val[i] * val[i]
+    if ss > 0:
+        return 1 / sqrt(ss)
+    return 1
+
+
+cdef inline double score_row(const Shape* s, const floating* B, const floating* L,
+                             const floating* F, const int* fld, const int* feat,
+                             const float* val, Py_ssize_t nnz, floating scale,
+                             floating* acc) noexcept nogil:
+    """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values)."""
+    cdef double t = 0
+    cdef floating pair = 0, x1, sq = 0, v
+    cdef floating p0 = 0, p1 = 0, p2 = 0, p3 = 0
+    cdef Py_ssize_t i, l, d, j1, j2, f1, f2
+    cdef const floating* w1
+    cdef const floating* w2
+    if s.use_bias:
+        t += B[0]
+    if s.use_linear:
+        for i in range(nnz):
+            j1 = feat[i]
+            if j1 < s.n_features and (s.kind != KIND_FFM or fld[i] < s.n_fields):
+                t += L[j1 * s.lstride] * (val[i] * scale)
+    if s.kind == KIND_FFM:
+        for i in range(nnz):
+            j1 = feat[i]
+            f1 = fld[i]
+            if j1 >= s.n_features or f1 >= s.n_fields:
+                continue
+            x1 = val[i] * scale
+            for l in range(i + 1, nnz):
+                j2 = feat[l]
+                f2 = fld[l]
+                if j2 >= s.n_features or f2 >= s.n_fields:
+                    continue
+                w1 = F + (j1 * s.n_fields + f2) * s.fstride
+                w2 = F + (j2 * s.n_fields + f1) * s.fstride
+                v = x1 * (val[l] * scale)
+                # four lane sums across all pairs, reduced once per row
+                for d in range(0, s.kp, 4):
+                    p0 = p0 + w1[d] * w2[d] * v
+                    p1 = p1 + w1[d + 1] * w2[d + 1] * v
+                    p2 = p2 + w1[d + 2] * w2[d + 2] * v
+                    p3 = p3 + w1[d + 3] * w2[d + 3] * v
+        t += (p0 + p1) + (p2 + p3)
+    elif s.kind == KIND_FM:
+        for d in range(s.kp):
+            acc[d] = 0
+        for i in range(nnz):
+            j1 = feat[i]
+            if j1 >= s.n_features:
+                continue
+            x1 = val[i] * scale
+            w1 = F + j1 * s.fstride
+            for d in range(s.kp):
+                v = w1[d] * x1
+                acc[d] = acc[d] + v
+                sq = sq + v * v
+        for d in range(s.kp):
+            pair = pair + acc[d] * acc[d]
+        t += 0.5 * (pair - sq)
+    return t
+
+
+cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
+                            floating* B, floating* L, floating* F,
+                            const int* fld, const int* feat, const float* val,
+                            Py_ssize_t nnz, floating scale, floating kappa,
+                            const floating* acc) noexcept nogil:
+    """One optimizer step for every parameter the row touches.
+
+    kappa is dloss/dscore at the parameters as they were when the row was
+    scored.  FFM blocks are updated pair by pair in place, as libffm does."""
+    cdef Py_ssize_t i, l, d, j1, j2, f1, f2
+    cdef floating x1, kv, a, b, g
+    cdef floating* w1
+    cdef floating* w2
+    cdef floating g1[MAX_KP]
+    cdef floating g2[MAX_KP]
+    if s.use_bias:
+        opt_block(opt, eta, B, &kappa, 1)
+    if s.use_linear:
+        for i in range(nnz):
+            w1 = L + feat[i] * s.lstride
+            g = kappa * (val[i] * scale) + lam * w1[0]
+            opt_block(opt, eta, w1, &g, 1)
+    if s.kind == KIND_FFM:
+        for i in range(nnz):
+            j1 = feat[i]
+            f1 = fld[i]
+            x1 = val[i] * scale
+            for l in range(i + 1, nnz):
+                j2 = feat[l]
+                f2 = fld[l]
+                w1 = F + (j1 * s.n_fields + f2) * s.fstride
+                w2 = F + (j2 * s.n_fields + f1) * s.fstride
+                kv = kappa * x1 * (val[l] * scale)
+                opt_pair(opt, eta, lam, kv, w1, w2, s.kp, g1, g2)
+    elif s.kind == KIND_FM:
+        for i in range(nnz):
+            x1 = val[i] * scale
+            w1 = F + feat[i] * s.fstride
+            kv = kappa * x1
+            for d in range(s.kp):
+                a = w1[d]
+                g1[d] = kv * (acc[d] - a * x1) + lam * a
+            opt_block(opt, eta, w1, g1, s.kp)
+
+
+cdef inline floating* ptr(floating[::1] a) noexcept:
+    if a.shape[0] == 0:
+        return NULL
+    return &a[0]
+
+
+cdef inline const floating* cptr(const floating[::1] a) noexcept:
+    if a.shape[0] == 0:
+        return NULL
+    return &a[0]
+
+
+cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp,
+                      Py_ssize_t n_state_, bint use_bias, bint use_linear, bint normalize) except *:
+    cdef Shape s
+    if kp % 4 != 0 or not 0 < kp <= MAX_KP:
+        raise ValueError(f"kp must be a multiple of 4 in 4..{MAX_KP}")
+    s.kind = KIND_CODES[kind]
+    s.n_features = n_features
+    s.n_fields = n_fields
+    s.kp = kp
+    s.fstride = kp * (1 + n_state_)
+    s.lstride = 1 + n_state_
+    s.use_bias = use_bias
+    s.use_linear = use_linear
+    s.normalize = normalize
+    return s
+
+
+def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, floating[::1] F,
+                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp,
+                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
+                const float[::1] values, const float[::1] labels, const long long[::1] order,
+                double eta, double lam, bint use_bias=True, bint use_linear=True,
+                bint normalize=True, int threads=1):
+    """One pass of logistic-loss training over rows in `order`.
+
+    Every feature and field id must be below n_features / n_fields (the
+    caller sizes the model from the data).  Returns (sum of row losses,
+    number of rows skipped because their score was not finite)."""
+    cdef int opt = OPT_CODES[optimizer]
+    cdef Shape s = make_shape(kind, n_features, n_fields, kp, opt_n_state(opt),
+                              use_bias, use_linear, normalize)
+    if B.shape[0] < s.lstride or L.shape[0] < n_features * s.lstride:
+        raise ValueError("bias or linear array too small")
+    if s.kind != KIND_LR and F.shape[0] < n_features * (n_fields if s.kind == KIND_FFM else 1) * s.fstride:
+        raise ValueError("factor array too small")
+    cdef floating* pB = ptr(B)
+    cdef floating* pL = ptr(L)
+    cdef floating* pF = ptr(F)
+    cdef Py_ssize_t n = order.shape[0]
+    cdef Py_ssize_t ii, row, start, nnz
+    cdef double t, loss = 0, y
+    cdef long long bad = 0
+    cdef floating scale, kappa
+    cdef floating* acc
+    cdef floating feta = eta, flam = lam
+    cdef int nthreads = max(1, threads)
+    acc = NULL
+    with nogil, parallel(num_threads=nthreads):
+        acc = <floating*>malloc(sizeof(floating) * (kp + 4))
+        for ii in prange(n, schedule="static"):
+            row = order[ii]
+            start = indptr[row]
+            nnz = indptr[row + 1] - start
+            scale = <floating>row_scale(&values[start], nnz, s.normalize)
+            t = score_row(&s, pB, pL, pF, &fields[start], &features[start], &values[start],
+                          nnz, scale, acc)
+            if not isfinite(t):
+                bad += 1
+                continue
+            y = labels[row]
+            kappa = <floating>(-y / (1.0 + exp(y * t)))
+            loss += log1pexp(-y * t)
+            update_row(&s, opt, feta, flam, pB, pL, pF, &fields[start], &features[start],
+                       &values[start], nnz, scale, kappa, acc)
+        free(acc)
+    return loss, bad
+
+
+def score_rows(str kind, const floating[::1] B, const floating[::1] L, const floating[::1] F,
+               Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
+               const long long[::1] indptr, const int[::1] fields, const int[::1] features,
+               const float[::1] values, double[::1] out, bint use_bias=True,
+               bint use_linear=True, bint normalize=True, int threads=1):
+    """Raw scores (logits) of every row into `out`.
+
+    Ids at or beyond the model's n_features / n_fields contribute nothing.
+    n_state_ is the optimizer-state width of the layout (0 for a saved model)."""
+    cdef Shape s = make_shape(kind, n_features, n_fields, kp, n_state_,
+                              use_bias, use_linear, normalize)
+    cdef Py_ssize_t n = indptr.shape[0] - 1
+    if out.shape[0] < n:
+        raise ValueError("output array too small")
+    cdef const floating* pB = cptr(B)
+    cdef const floating* pL = cptr(L)
+    cdef const floating* pF = cptr(F)
+    cdef Py_ssize_t row, start, nnz
+    cdef floating scale
+    cdef floating* acc
+    cdef int nthreads = max(1, threads)
+    acc = NULL
+    with nogil, parallel(num_threads=nthreads):
+        acc = <floating*>malloc(sizeof(floating) * (kp + 4))
+        for row in prange(n, schedule="static"):
+            start = indptr[row]
+            nnz = indptr[row + 1] - start
+            scale = <floating>row_scale(&values[start], nnz, s.normalize)
+            out[row] = score_row(&s, pB, pL, pF, &fields[start], &features[start],
+                                 &values[start], nnz, scale, acc)
+        free(acc)
+    return np.asarray(out)

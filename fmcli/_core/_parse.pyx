@@ -1,0 +1,269 @@
+# Tokenizer for libffm and libsvm text, run without the GIL over a byte block.
+#
+#   libffm:  label field:feature:value field:feature:value ...
+#   libsvm:  label feature:value feature:value ...   (qid:N tokens are skipped)
+#
+# Tokens are separated by spaces or tabs; lines end with LF or CRLF; blank
+# lines and '#' comments (to the end of the line) are ignored.  The caller
+# hands over whole lines only (it carries a partial last line over to the
+# next block) and sizes the output arrays from cheap upper bounds.  On the
+# first malformed token parsing stops and the error code, the line index
+# within the block and the token's byte span are returned, so the caller
+# can report FILE:LINE with the offending text.
+
+from libc.string cimport memchr
+from libc.stdint cimport uint64_t
+
+cdef enum:
+    FMT_LIBFFM = 0
+    FMT_LIBSVM = 1
+
+cdef enum:
+    LABEL_BINARY = 0     # 0/1 or -1/+1
+    LABEL_REAL = 1       # any finite number
+
+cdef enum:
+    OK = 0
+    E_LABEL = 1          # label is not a number
+    E_LABEL_VALUE = 2    # binary label other than 0, 1, -1
+    E_TOKEN = 3          # token is not field:feature:value / feature:value
+    E_NEG_ID = 4         # negative field or feature id
+    E_BIG_ID = 5         # id above 2^31 - 1
+    E_VALUE = 6          # value is not a number
+    E_NONFINITE = 7      # value or label is NaN / inf / overflows
+    E_CAPACITY = 8       # output arrays too small (caller bug)
+
+FORMATS = {"libffm": FMT_LIBFFM, "libsvm": FMT_LIBSVM}
+LABEL_MODES = {"binary": LABEL_BINARY, "real": LABEL_REAL}
+
+cdef double[23] POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                         1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+
+cdef enum:
+    MAX_ID = 2147483647
+
+
+cdef inline bint is_sep(unsigned char c) noexcept nogil:
+    return c == 32 or c == 9          # space, tab
+
+
+cdef inline bint is_digit(unsigned char c) noexcept nogil:
+    return 48 <= c <= 57
+
+
+cdef inline double scale10(double m, long e) noexcept nogil:
+    """m * 10^e, exact when m < 2^53 and |e| <= 22 (Clinger's fast path)."""
+    while e > 22:
+        m *= 1e22
+        e -= 22
+        if m > 1.8e308:
+            return m
+    while e < -22:
+        m /= 1e22
+        e += 22
+        if m == 0:
+            return m
+    if e >= 0:
+        return m * POW10[e]
+    return m / POW10[-e]
+
+
+cdef inline int parse_number(const unsigned char* p, const unsigned char* end,
+                             double* out, const unsigned char** nxt) noexcept nogil:
+    """Decimal number: [+-]digits[.digits][(e|E)[+-]digits].  Returns 0 or -1.
+
+    Hex floats, 'nan', 'inf' and anything else are rejected (-1).  Values too
+    large for a double come back as +-inf for the caller to reject."""
+    cdef bint neg = False, any_digit = False, eneg = False
+    cdef uint64_t mant = 0
+    cdef int sig = 0
+    cdef long exp10 = 0, e = 0
+    cdef unsigned char c
+    if p < end and (p[0] == 45 or p[0] == 43):        # '-' '+'
+        neg = p[0] == 45
+        p += 1
+    while p < end and is_digit(p[0]):
+        any_digit = True
+        if sig < 19:
+            mant = mant * 10 + (p[0] - 48)
+            if mant:
+                sig += 1
+        else:
+            exp10 += 1
+        p += 1
+    if p < end and p[0] == 46:                       # '.'
+        p += 1
+        while p < end and is_digit(p[0]):
+            any_digit = True
+            if sig < 19:
+                mant = mant * 10 + (p[0] - 48)
+                if mant:
+                    sig += 1
+                exp10 -= 1
+            p += 1
+    if not any_digit:
+        return -1
+    if p < end and (p[0] == 101 or p[0] == 69):      # 'e' 'E'
+        p += 1
+        if p < end and (p[0] == 45 or p[0] == 43):
+            eneg = p[0] == 45
+            p += 1
+        if p >= end or not is_digit(p[0]):
+            return -1
+        while p < end and is_digit(p[0]):
+            if e < 100000:
+                e = e * 10 + (p[0] - 48)
+            p += 1
+        exp10 += -e if eneg else e
+    out[0] = -scale10(<double>mant, exp10) if neg else scale10(<double>mant, exp10)
+    nxt[0] = p
+    return 0
+
+
+cdef inline int parse_id(const unsigned char* p, const unsigned char* end,
+                         int* out, const unsigned char** nxt) noexcept nogil:
+    """Non-negative decimal id below 2^31.  Returns OK, E_TOKEN, E_NEG_ID or E_BIG_ID."""
+    cdef long long v = 0
+    cdef bint big = False
+    if p < end and p[0] == 45:
+        return E_NEG_ID
+    if p >= end or not is_digit(p[0]):
+        return E_TOKEN
+    while p < end and is_digit(p[0]):
+        v = v * 10 + (p[0] - 48)
+        if v > MAX_ID:
+            big = True
+            v = MAX_ID
+        p += 1
+    if big:
+        return E_BIG_ID
+    out[0] = <int>v
+    nxt[0] = p
+    return OK
+
+
+cdef inline bint at_token_end(const unsigned char* p, const unsigned char* end) noexcept nogil:
+    return p >= end or is_sep(p[0])
+
+
+def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
+                float[::1] labels, long long[::1] indptr, int[::1] fields,
+                int[::1] features, float[::1] values):
+    """Parse whole lines in `buf` into the output arrays.
+
+    indptr[0] must hold the nnz offset to start from (normally 0); row r's
+    entries end at indptr[r + 1].  Returns (rows, nnz, lines, error, err_line,
+    err_start, err_end): lines is the number of lines consumed (0-based index
+    of the bad line when error != 0) and err_start:err_end the bad token."""
+    cdef int f = FORMATS[fmt]
+    cdef int lm = LABEL_MODES[label_mode]
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t cap_rows = labels.shape[0]
+    cdef Py_ssize_t cap_nnz = fields.shape[0]
+    cdef Py_ssize_t rows = 0, nnz = indptr[0], line = 0
+    cdef int err = OK, rc, fid = 0, jid = 0
+    cdef double v, lab
+    cdef const unsigned char* base
+    cdef const unsigned char* p
+    cdef const unsigned char* lend
+    cdef const unsigned char* eol
+    cdef const unsigned char* hash_
+    cdef const unsigned char* end
+    cdef const unsigned char* tok = NULL
+    cdef const unsigned char* q
+    if n == 0:
+        return 0, nnz, 0, OK, 0, 0, 0
+    base = &buf[0]
+    end = base + n
+    p = base
+    with nogil:
+        while p < end:
+            eol = <const unsigned char*>memchr(p, 10, end - p)
+            if eol == NULL:
+                eol = end
+            lend = eol
+            hash_ = <const unsigned char*>memchr(p, 35, lend - p)      # '#'
+            if hash_ != NULL:
+                lend = hash_
+            if lend > p and (lend - 1)[0] == 13 and hash_ == NULL:          # CR of CRLF
+                lend -= 1
+            while p < lend and is_sep(p[0]):
+                p += 1
+            if p < lend:
+                if rows >= cap_rows:
+                    err = E_CAPACITY
+                    tok = p
+                    break
+                # label
+                tok = p
+                if parse_number(p, lend, &lab, &q) != 0 or not at_token_end(q, lend):
+                    err = E_LABEL
+                    break
+                if lab != lab or lab - lab != 0:
+                    err = E_NONFINITE
+                    break
+                if lm == LABEL_BINARY and not (lab == 1 or lab == 0 or lab == -1):
+                    err = E_LABEL_VALUE
+                    break
+                labels[rows] = <float>lab
+                p = q
+                while True:
+                    while p < lend and is_sep(p[0]):
+                        p += 1
+                    if p >= lend:
+                        break
+                    tok = p
+                    if f == FMT_LIBSVM and lend - p >= 4 and p[0] == 113 and p[1] == 105 \
+                            and p[2] == 100 and p[3] == 58:            # 'qid:'
+                        p += 4
+                        while p < lend and not is_sep(p[0]):
+                            p += 1
+                        continue
+                    if nnz >= cap_nnz:
+                        err = E_CAPACITY
+                        break
+                    if f == FMT_LIBFFM:
+                        rc = parse_id(p, lend, &fid, &q)
+                        if rc != OK:
+                            err = rc
+                            break
+                        if q >= lend or q[0] != 58:
+                            err = E_TOKEN
+                            break
+                        p = q + 1
+                    else:
+                        fid = 0
+                    rc = parse_id(p, lend, &jid, &q)
+                    if rc != OK:
+                        err = rc
+                        break
+                    if q >= lend or q[0] != 58:
+                        err = E_TOKEN
+                        break
+                    p = q + 1
+                    if parse_number(p, lend, &v, &q) != 0:
+                        err = E_VALUE if (p < lend and not is_sep(p[0])) else E_TOKEN
+                        break
+                    if not at_token_end(q, lend):
+                        err = E_VALUE if q[0] != 58 else E_TOKEN
+                        break
+                    if v != v or v - v != 0 or v > 3.4028234663852886e38 or v < -3.4028234663852886e38:
+                        err = E_NONFINITE
+                        break
+                    fields[nnz] = fid
+                    features[nnz] = jid
+                    values[nnz] = <float>v
+                    nnz += 1
+                    p = q
+                if err != OK:
+                    break
+                rows += 1
+                indptr[rows] = nnz
+            line += 1
+            p = eol + 1
+    if err != OK:
+        q = tok
+        while q < end and q[0] != 10 and q[0] != 13 and not is_sep(q[0]):
+            q += 1
+        return rows, nnz, line, err, line, tok - base, q - base
+    return rows, nnz, line, OK, 0, 0, 0

@@ -1,0 +1,94 @@
+"""All terminal rendering: the only module that imports rich.
+
+Tables and colour only when stderr is a terminal; plain, stable lines
+otherwise (cron logs, pipes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..train import EpochStats
+
+_EPOCH_HEADER = f"{'epoch':>5}  {'tr_logloss':>10}  {'va_logloss':>10}  {'va_auc':>7}  {'seconds':>8}  {'rows/s':>10}"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+class EpochTable:
+    """Prints one line per epoch as training proceeds."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.started = False
+
+    def __call__(self, s: EpochStats) -> None:
+        if self.quiet:
+            return
+        if not self.started:
+            self._echo(_EPOCH_HEADER, header=True)
+            self.started = True
+        va = f"{s.valid_logloss:10.5f}" if s.valid_logloss is not None else f"{'-':>10}"
+        auc = f"{s.valid_auc:7.4f}" if s.valid_auc is not None else f"{'-':>7}"
+        self._echo(
+            f"{s.epoch:5d}  {s.train_logloss:10.5f}  {va}  {auc}  {s.seconds:8.2f}  {s.rows_per_s:10.0f}"
+        )
+
+    def _echo(self, line: str, header: bool = False) -> None:
+        if stderr_is_tty():
+            _console().print(line, style="bold" if header else None)
+        else:
+            click.echo(line, err=True)
+
+
+def info(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def model_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """`fm inspect` output: JSON on stdout, or a readable summary."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=False))
+        return
+    h = summary["header"]
+    m = h.get("model", {})
+    t = h.get("training", {}) or {}
+    hp = h.get("hyperparameters", {}) or {}
+    rows: list[tuple[str, str]] = [
+        ("file", f"{summary['path']} ({summary['file_bytes']:,} bytes)"),
+        ("format", f"{h.get('format', '?')} (written by fmcli {h.get('fmcli_version', '?')})"),
+        ("created", str(h.get("created_at", "?"))),
+        ("model", f"{m.get('kind', '?')} ({m.get('task', '?')}), k={m.get('k', '?')}"),
+        ("features", f"{m.get('n_features', 0):,}"),
+        ("fields", f"{m.get('n_fields', 0):,}"),
+        ("terms", ", ".join(n for n, on in (("bias", m.get("use_bias")), ("linear", m.get("use_linear"))) if on)
+         + (", " if m.get("use_bias") or m.get("use_linear") else "") + "pairwise" * (m.get("kind") != "lr")),
+        ("normalization", "instance (1/||x||)" if m.get("normalize") else "none"),
+        ("parameters", f"{summary['n_parameters']:,}" + (" + optimizer state" if summary["has_optimizer_state"] else "")),
+    ]
+    if hp:
+        rows.append(("hyperparameters", ", ".join(
+            f"{k}={hp[k]}" for k in ("optimizer", "learning_rate", "l2", "epochs", "threads", "seed") if k in hp)))
+    if t:
+        rows.append(("trained on", f"{t.get('train_file')} ({t.get('train_rows', 0):,} rows)"))
+        rows.append(("epochs", f"{t.get('epochs_run')} run, model from epoch {t.get('model_epoch')}"))
+        if t.get("valid_logloss") is not None:
+            rows.append(("validation", f"{t.get('valid_file')}: logloss {t['valid_logloss']:.5f}, AUC {t['valid_auc']:.4f}"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:>{width}}  {v}")
+    for a in h.get("arrays", []):
+        click.echo(f"{'array':>{width}}  {a['name']}: {a['dtype']} {tuple(a['shape'])}")

@@ -1,0 +1,49 @@
+"""`fm predict`: one probability per line, streamed; metrics on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+import numpy as np
+
+from ..config import FORMATS
+from . import _render
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Where to write probabilities ('-' is stdout).")
+@click.option("-s", "--threads", type=click.IntRange(1), default=1, help="Scoring threads.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", help="Input format.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print logloss/AUC.")
+def predict(model_file, data, output, threads, fmt, quiet):
+    """Score DATA ('-' for stdin) with MODEL_FILE.
+
+    Writes one probability per line.  When DATA's labels are 0/1 or -1/+1,
+    prints logloss and AUC to stderr.  An output file is replaced only when
+    every row was scored.
+    """
+    from ..atomic import atomic_output, check_writable
+    from ..metrics import sigmoid
+    from ..model import load_model
+    from ..predict import evaluate, format_probabilities, iter_scores
+
+    if output != "-":
+        check_writable(output)
+    model = load_model(model_file)
+    all_scores, all_labels = [], []
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
+        for scores, labels in iter_scores(model, data, fmt=fmt, threads=threads):
+            out.write(format_probabilities(sigmoid(scores)))
+            all_scores.append(scores)
+            all_labels.append(labels)
+        out.flush()
+    if not quiet and all_scores:
+        ev = evaluate(np.concatenate(all_labels), np.concatenate(all_scores))
+        if ev is not None:
+            _render.info(f"logloss = {ev.logloss:.5f}  auc = {ev.auc:.5f}  rows = {ev.rows}")

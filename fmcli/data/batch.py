@@ -1,0 +1,68 @@
+"""Batch: a chunk of rows in CSR form, the one currency between readers and backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Batch:
+    """Rows in compressed sparse row form.
+
+    Row ``r`` owns entries ``indptr[r]:indptr[r+1]`` of ``fields``,
+    ``features`` and ``values``.  Labels are as read from the file; for the
+    binary task the loader maps them to -1/+1.
+    """
+
+    labels: np.ndarray      # float32 (n_rows,)
+    indptr: np.ndarray      # int64 (n_rows + 1,)
+    fields: np.ndarray      # int32 (nnz,)
+    features: np.ndarray    # int32 (nnz,)
+    values: np.ndarray      # float32 (nnz,)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def max_feature(self) -> int:
+        return int(self.features.max()) if self.nnz else -1
+
+    @property
+    def max_field(self) -> int:
+        return int(self.fields.max()) if self.nnz else -1
+
+    @classmethod
+    def empty(cls) -> "Batch":
+        return cls(
+            labels=np.zeros(0, np.float32),
+            indptr=np.zeros(1, np.int64),
+            fields=np.zeros(0, np.int32),
+            features=np.zeros(0, np.int32),
+            values=np.zeros(0, np.float32),
+        )
+
+    @classmethod
+    def concat(cls, batches: list["Batch"]) -> "Batch":
+        """Join batches into one; the inputs may be released afterwards."""
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        offsets = np.cumsum([0] + [b.nnz for b in batches[:-1]])
+        indptr = np.concatenate(
+            [np.zeros(1, np.int64)] + [b.indptr[1:] + off for b, off in zip(batches, offsets)]
+        )
+        return cls(
+            labels=np.concatenate([b.labels for b in batches]),
+            indptr=indptr,
+            fields=np.concatenate([b.fields for b in batches]),
+            features=np.concatenate([b.features for b in batches]),
+            values=np.concatenate([b.values for b in batches]),
+        )

@@ -1,0 +1,193 @@
+"""libffm and libsvm text readers.
+
+Input is read in byte blocks; each block's whole lines are tokenized by the
+compiled parser (no Python object per token), and a partial last line is
+carried over to the next block together with the line counter, so an error
+anywhere names ``FILE:LINE``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+
+from .._core import _parse
+from ..errors import DataError, InputNotFoundError
+from .batch import Batch
+
+DEFAULT_BLOCK_BYTES = 8 << 20
+
+_MESSAGES = {
+    1: "expected a numeric label",
+    2: "expected a binary label (0/1 or -1/+1)",
+    3: None,  # format-specific token shape, filled in below
+    4: "negative id",
+    5: "id larger than 2147483647",
+    6: "expected a number as the value",
+    7: "non-finite or out-of-range number",
+}
+
+
+def describe_token(token: bytes, limit: int = 40) -> str:
+    """The token as a quoted, escaped string safe to print on a terminal."""
+    cut = token[:limit]
+    text = repr(cut)[1:]  # strip the b prefix, keep quotes and escapes
+    if len(token) > limit:
+        text = text[:-1] + "..." + text[-1]
+    return text
+
+
+def sniff_format(head: bytes) -> str:
+    """'libffm' when the first feature token has two colons, else 'libsvm'."""
+    for raw in head.split(b"\n")[:100]:
+        line = raw.split(b"#", 1)[0].strip()
+        tokens = line.split()
+        for token in tokens[1:]:
+            if token.startswith(b"qid:"):
+                continue
+            return "libffm" if token.count(b":") >= 2 else "libsvm"
+    return "libffm"
+
+
+def open_input(path: str | os.PathLike) -> BinaryIO:
+    """Open a path for binary reading, or stdin for '-'."""
+    path = os.fspath(path)
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputNotFoundError(f"{path}: is a directory, expected a data file") from None
+    except OSError as exc:
+        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
+
+
+_SUFFIX_FORMATS = {".ffm": "libffm", ".libffm": "libffm", ".svm": "libsvm", ".libsvm": "libsvm"}
+
+
+def format_from_name(path: str | os.PathLike) -> str | None:
+    """The format a file's extension names, if any."""
+    name = os.fspath(path)
+    for suffix, fmt in _SUFFIX_FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def display_name(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return "<stdin>" if path == "-" else path
+
+
+class TextReader:
+    """Stream a libffm/libsvm file as CSR batches of whole lines."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fmt: str = "auto",
+        label_mode: str = "binary",
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ):
+        if fmt not in ("auto", "libffm", "libsvm"):
+            raise ValueError(f"unknown text format {fmt!r}")
+        self.path = path
+        self.name = display_name(path)
+        if fmt == "auto":
+            fmt = format_from_name(path) or "auto"  # else sniffed from the first block
+        self.fmt = fmt
+        self.label_mode = label_mode
+        self.block_bytes = block_bytes
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        f = open_input(self.path)
+        try:
+            yield from self._batches(f)
+        finally:
+            if f is not sys.stdin.buffer:
+                f.close()
+
+    def _batches(self, f: BinaryIO) -> Iterator[Batch]:
+        carry = b""
+        line_base = 0
+        while True:
+            try:
+                block = f.read(self.block_bytes)
+            except OSError as exc:
+                raise DataError(f"read error: {exc.strerror or exc}", self.name) from None
+            self.bytes_read += len(block)
+            final = not block
+            buf = carry + block if carry else block
+            if not buf:
+                return
+            if final:
+                cut = len(buf)
+            else:
+                cut = buf.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = buf  # a line longer than one block: keep reading
+                    continue
+            if self.fmt == "auto":
+                self.fmt = sniff_format(buf[: min(cut, 1 << 16)])
+            batch, lines = self._parse(buf, cut, line_base)
+            line_base += lines
+            carry = buf[cut:]
+            if batch.n_rows:
+                yield batch
+            if final:
+                return
+
+    def _parse(self, buf: bytes, cut: int, line_base: int) -> tuple[Batch, int]:
+        data = np.frombuffer(buf, dtype=np.uint8, count=cut)
+        cap_rows = buf.count(b"\n", 0, cut) + 1
+        cap_nnz = buf.count(b":", 0, cut)
+        labels = np.empty(cap_rows, np.float32)
+        indptr = np.zeros(cap_rows + 1, np.int64)
+        fields = np.empty(cap_nnz, np.int32)
+        features = np.empty(cap_nnz, np.int32)
+        values = np.empty(cap_nnz, np.float32)
+        rows, nnz, lines, err, err_line, start, end = _parse.parse_block(
+            data, self.fmt, self.label_mode, labels, indptr, fields, features, values
+        )
+        if err:
+            self._raise(err, line_base + err_line + 1, buf[start:end])
+        batch = Batch(
+            labels=labels[:rows].copy(),
+            indptr=indptr[: rows + 1].copy(),
+            fields=fields[:nnz].copy(),
+            features=features[:nnz].copy(),
+            values=values[:nnz].copy(),
+        )
+        return batch, lines
+
+    def _raise(self, err: int, line: int, token: bytes) -> None:
+        if err == 3:
+            shape = "field:feature:value" if self.fmt == "libffm" else "feature:value"
+            what = f"expected {shape}"
+        else:
+            what = _MESSAGES.get(err, "internal parser error")
+        raise DataError(f"{what}, found {describe_token(token)}", self.name, line)
+
+
+def read_text(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    label_mode: str = "binary",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[Batch, str]:
+    """Read a whole file into one Batch; returns (batch, detected format)."""
+    reader = TextReader(path, fmt, label_mode, block_bytes)
+    batch = Batch.concat(list(reader))
+    return batch, reader.fmt
+
+
+def binary_labels(labels: np.ndarray) -> np.ndarray:
+    """Map 0/1 or -1/+1 labels to -1/+1 float32."""
+    return np.where(labels > 0, np.float32(1), np.float32(-1))

@@ -1,0 +1,78 @@
+"""Exception hierarchy.
+
+Every error a user can cause is an :class:`FMError`; the CLI turns it into one
+line on stderr and the exit code in ``exit_code`` (sysexits-style).  Anything
+else escaping to the CLI is a bug.
+"""
+
+from __future__ import annotations
+
+import os
+
+# sysexits.h codes used by the CLI.
+EX_USAGE = 2
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class FMError(Exception):
+    """Base class of every error fmcli reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(FMError):
+    """An invalid combination of options or hyperparameters."""
+
+    exit_code = EX_CONFIG
+
+
+class InputNotFoundError(FMError):
+    """An input path that does not exist or cannot be opened."""
+
+    exit_code = EX_NOINPUT
+
+
+class OutputError(FMError):
+    """An output that cannot be created or written."""
+
+    exit_code = EX_CANTCREAT
+
+
+class DataError(FMError):
+    """Malformed input data, located as ``FILE:LINE: message``."""
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, line: int | None = None):
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        self.line = line
+        where = self.path or "<input>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class ModelFormatError(FMError):
+    """A model file that is corrupt, truncated, foreign or too new."""
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class DeviceError(FMError):
+    """A requested compute device that is not available."""
+
+
+class DivergenceError(FMError):
+    """Training produced a non-finite loss or weight."""

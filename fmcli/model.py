@@ -1,0 +1,165 @@
+"""Model = a description of the model plus its parameter arrays.
+
+Logical parameter shapes (what the model file stores, see fm-model(5)):
+
+    bias      (1,)                          when use_bias
+    linear    (n_features,)                 when use_linear
+    factors   (n_features, k)               FM
+              (n_features, n_fields, k)     FFM (libffm's w[j][f][:])
+
+Optimizer state (AdaGrad accumulators) is optional and has the same shapes,
+named ``<array>_state``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import ModelFormatError
+from .modelfile import read_header, read_model_file, write_model_file
+
+PARAM_NAMES = ("bias", "linear", "factors")
+
+
+def padded_k(k: int) -> int:
+    """Factor width in memory: k rounded up to a multiple of 4."""
+    return (k + 3) // 4 * 4
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, independent of its weights."""
+
+    kind: str
+    task: str
+    k: int
+    n_features: int
+    n_fields: int
+    use_bias: bool
+    use_linear: bool
+    normalize: bool
+
+    def factor_shape(self) -> tuple[int, ...] | None:
+        if self.kind == "ffm":
+            return (self.n_features, self.n_fields, self.k)
+        if self.kind == "fm":
+            return (self.n_features, self.k)
+        return None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        if self.use_bias:
+            out["bias"] = (1,)
+        if self.use_linear:
+            out["linear"] = (self.n_features,)
+        fs = self.factor_shape()
+        if fs is not None:
+            out["factors"] = fs
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> "ModelSpec":
+        try:
+            spec = cls(
+                kind=str(data["kind"]),
+                task=str(data["task"]),
+                k=int(data["k"]),
+                n_features=int(data["n_features"]),
+                n_fields=int(data["n_fields"]),
+                use_bias=bool(data["use_bias"]),
+                use_linear=bool(data["use_linear"]),
+                normalize=bool(data["normalize"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
+        if spec.kind not in ("lr", "fm", "ffm") or spec.task != "binary":
+            raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)
+        if spec.k < 1 or spec.n_features < 0 or spec.n_fields < 0:
+            raise ModelFormatError("model sizes must be positive", path)
+        return spec
+
+
+@dataclass
+class Model:
+    """A trained model: its spec, parameters, optional optimizer state and metadata."""
+
+    spec: ModelSpec
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- scoring layout -------------------------------------------------------
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(bias, linear, factor blocks, kp) flattened for the scoring kernel."""
+        s = self.spec
+        empty = np.zeros(0, np.float32)
+        bias = self.params.get("bias", empty).astype(np.float32, copy=False).reshape(-1)
+        linear = self.params.get("linear", empty).astype(np.float32, copy=False).reshape(-1)
+        kp = padded_k(s.k)
+        factors = self.params.get("factors")
+        if factors is None:
+            flat = empty
+        else:
+            blocks = factors.reshape(-1, s.k)
+            if kp == s.k and blocks.dtype == np.float32 and blocks.flags.c_contiguous:
+                flat = blocks.reshape(-1)
+            else:
+                padded = np.zeros((blocks.shape[0], kp), np.float32)
+                padded[:, : s.k] = blocks
+                flat = padded.reshape(-1)
+        return bias, linear, flat, kp
+
+    # -- persistence ----------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, include_state: bool = True) -> None:
+        header = {
+            "fmcli_version": __version__,
+            "model": self.spec.to_dict(),
+            **{k: v for k, v in self.meta.items() if k not in ("model", "fmcli_version", "format")},
+        }
+        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.params.items()}
+        if include_state:
+            for name, a in self.state.items():
+                arrays[f"{name}_state"] = np.ascontiguousarray(a, dtype=np.float32)
+        write_model_file(path, header, arrays)
+
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(a.size for a in self.params.values()))
+
+
+def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
+    """Load and validate a model file (memory-mapped by default)."""
+    path = os.fspath(path)
+    header, arrays = read_model_file(path, mmap=mmap)
+    spec = ModelSpec.from_dict(header.get("model") or {}, path)
+    params: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
+    expected = spec.shapes()
+    for name, shape in expected.items():
+        if name not in arrays:
+            raise ModelFormatError(f"array {name!r} is missing", path)
+        if tuple(arrays[name].shape) != shape or arrays[name].dtype != np.float32:
+            raise ModelFormatError(
+                f"array {name!r} has shape {tuple(arrays[name].shape)} {arrays[name].dtype}, "
+                f"expected {shape} float32",
+                path,
+            )
+        params[name] = arrays[name]
+        st = arrays.get(f"{name}_state")
+        if st is not None and tuple(st.shape) == shape:
+            state[name] = st
+    meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}
+    return Model(spec=spec, params=params, state=state, meta=meta)
+
+
+def inspect_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated header of a model file, without reading its arrays."""
+    return read_header(path)

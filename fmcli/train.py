@@ -1,0 +1,269 @@
+"""Training orchestration: read data, size and initialise the model, run epochs.
+
+The arithmetic lives in the compiled core (``fmcli._core._kernels``); this
+module only decides what runs when: row order per epoch, validation, early
+stopping and turning the training layout into a :class:`~fmcli.model.Model`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import __version__
+from ._core import _kernels
+from .config import Config
+from .data.batch import Batch
+from .data.text import TextReader, binary_labels
+from .errors import ConfigError, DivergenceError
+from .metrics import auc, logloss_from_scores
+from .model import Model, ModelSpec, padded_k
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_logloss: float
+    valid_logloss: float | None
+    valid_auc: float | None
+    seconds: float
+    rows_per_s: float
+
+
+@dataclass
+class LoadedData:
+    batch: Batch
+    name: str
+    format: str
+    bytes_read: int
+    seconds: float
+
+
+def load_data(source: str | os.PathLike | Batch, fmt: str = "auto") -> LoadedData:
+    """Read a whole training or validation file (or take a ready Batch)."""
+    if isinstance(source, Batch):
+        return LoadedData(source, "<batch>", "batch", 0, 0.0)
+    t0 = time.perf_counter()
+    reader = TextReader(source, fmt=fmt, label_mode="binary")
+    batch = Batch.concat(list(reader))
+    batch.labels = binary_labels(batch.labels)
+    return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read, time.perf_counter() - t0)
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """Zero-filled C-contiguous array whose data starts on an `align`-byte boundary.
+
+    Factor blocks are 32 or 64 bytes; starting them on a cache-line boundary
+    keeps each block in as few cache lines as possible."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(n * dtype.itemsize + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class TrainState:
+    """Parameters and optimizer state in the kernels' interleaved layout."""
+
+    def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator):
+        self.cfg = cfg
+        self.spec = ModelSpec(
+            kind=cfg.model,
+            task=cfg.task,
+            k=cfg.k,
+            n_features=n_features,
+            n_fields=n_fields,
+            use_bias=cfg.use_bias,
+            use_linear=cfg.use_linear,
+            normalize=cfg.normalize,
+        )
+        dtype = np.dtype(cfg.dtype)
+        self.ns = _kernels.n_state(cfg.optimizer)
+        self.kp = padded_k(cfg.k)
+        width = 1 + self.ns
+        n_blocks = {"lr": 0, "fm": n_features, "ffm": n_features * n_fields}[cfg.model]
+        need = (n_blocks * self.kp + n_features + 1) * width * dtype.itemsize
+        avail = _available_memory()
+        if avail is not None and need > avail:
+            raise ConfigError(
+                f"the model would need {need / 2**30:.1f} GiB ({n_features} features x "
+                f"{n_fields} fields x k={cfg.k}) but the machine has {avail / 2**30:.1f} GiB; "
+                "hash feature ids into a smaller space"
+            )
+        state_init = 1.0 if cfg.optimizer == "adagrad" else 0.0
+        self.B = np.zeros((1, width), dtype)
+        self.L = np.zeros((n_features, width), dtype)
+        self.F = aligned_zeros((n_blocks, width * self.kp), dtype)
+        self.B[:, 1:] = state_init
+        self.L[:, 1:] = state_init
+        if n_blocks:
+            # libffm's initialisation: U(0, 1) / sqrt(k), padding stays zero.
+            scale = cfg.init_scale / np.sqrt(cfg.k)
+            self.F[:, : cfg.k] = rng.random((n_blocks, cfg.k), dtype=np.float64) * scale
+            self.F[:, self.kp :] = state_init
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.B.reshape(-1), self.L.reshape(-1), self.F.reshape(-1)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.B.copy(), self.L.copy(), self.F.copy()
+
+    def restore(self, snap: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self.B[...], self.L[...], self.F[...] = snap
+
+    def all_finite(self) -> bool:
+        return bool(np.isfinite(self.B).all() and np.isfinite(self.L).all() and np.isfinite(self.F).all())
+
+    def scores(self, batch: Batch, threads: int) -> np.ndarray:
+        out = np.empty(batch.n_rows, np.float64)
+        b, l, f = self.flat()
+        s = self.spec
+        _kernels.score_rows(
+            s.kind, b, l, f, s.n_features, s.n_fields, self.kp, self.ns,
+            batch.indptr, batch.fields, batch.features, batch.values, out,
+            s.use_bias, s.use_linear, s.normalize, threads,
+        )
+        return out
+
+    def train_epoch(self, batch: Batch, order: np.ndarray) -> tuple[float, int]:
+        b, l, f = self.flat()
+        s, c = self.spec, self.cfg
+        return _kernels.train_epoch(
+            s.kind, c.optimizer, b, l, f, s.n_features, s.n_fields, self.kp,
+            batch.indptr, batch.fields, batch.features, batch.values, batch.labels, order,
+            c.learning_rate, c.l2, s.use_bias, s.use_linear, s.normalize, c.threads,
+        )
+
+    def to_model(self, meta: dict) -> Model:
+        s, k = self.spec, self.cfg.k
+        params: dict[str, np.ndarray] = {}
+        state: dict[str, np.ndarray] = {}
+        if s.use_bias:
+            params["bias"] = self.B[:, 0].astype(np.float32)
+        if s.use_linear:
+            params["linear"] = self.L[:, 0].astype(np.float32)
+        shape = s.factor_shape()
+        if shape is not None:
+            params["factors"] = self.F[:, :k].astype(np.float32).reshape(shape)
+        if self.ns:
+            if s.use_bias:
+                state["bias"] = self.B[:, 1].astype(np.float32)
+            if s.use_linear:
+                state["linear"] = self.L[:, 1].astype(np.float32)
+            if shape is not None:
+                state["factors"] = self.F[:, self.kp : self.kp + k].astype(np.float32).reshape(shape)
+        return Model(spec=s, params=params, state=state, meta=meta)
+
+
+def train(
+    config: Config,
+    train_data: str | os.PathLike | Batch,
+    valid: str | os.PathLike | Batch | None = None,
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Model:
+    """Train a model; returns it with the run's summary in ``model.meta``."""
+    say = log or (lambda msg: None)
+    if config.auto_stop and valid is None:
+        raise ConfigError("auto-stop needs a validation set (-p/--valid)")
+    tr = load_data(train_data, config.format)
+    say(f"read {tr.batch.n_rows} rows from {tr.name} in {tr.seconds:.2f} s"
+        + (f" ({tr.bytes_read / 1e6 / max(tr.seconds, 1e-9):.0f} MB/s)" if tr.bytes_read else ""))
+    if tr.batch.n_rows == 0:
+        raise ConfigError(f"{tr.name}: no training rows")
+    va = load_data(valid, config.format) if valid is not None else None
+    if va is not None:
+        say(f"read {va.batch.n_rows} rows from {va.name} in {va.seconds:.2f} s")
+    if config.model == "ffm" and tr.format == "libsvm":
+        raise ConfigError(
+            f"{tr.name} is libsvm (no field ids) but the ffm model needs fields; "
+            "use --model fm or lr, or libffm input"
+        )
+
+    rng = np.random.default_rng(config.seed)
+    n_features = tr.batch.max_feature + 1
+    n_fields = tr.batch.max_field + 1
+    state = TrainState(config, max(n_features, 0), max(n_fields, 0), rng)
+    n_rows = tr.batch.n_rows
+    history: list[EpochStats] = []
+    best: tuple[float, int] = (float("inf"), 0)
+    snap = None
+    t_start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(n_rows) if config.shuffle else np.arange(n_rows)
+        t0 = time.perf_counter()
+        loss, bad = state.train_epoch(tr.batch, order.astype(np.int64, copy=False))
+        seconds = time.perf_counter() - t0
+        if bad or not np.isfinite(loss) or not state.all_finite():
+            raise DivergenceError(
+                f"training diverged in epoch {epoch} (non-finite score or weight"
+                + (f" on {bad} rows" if bad else "")
+                + "); lower the learning rate (-r) or raise l2 (-l); no model was written"
+            )
+        va_loss = va_auc = None
+        if va is not None:
+            scores = state.scores(va.batch, config.threads)
+            va_loss = logloss_from_scores(va.batch.labels, scores)
+            va_auc = auc(va.batch.labels, scores)
+        stats = EpochStats(epoch, loss / n_rows, va_loss, va_auc, seconds, n_rows / max(seconds, 1e-9))
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+        if va_loss is not None:
+            if va_loss < best[0]:
+                best = (va_loss, epoch)
+                if config.auto_stop and epoch < config.epochs:
+                    snap = state.snapshot()
+            elif config.auto_stop:
+                say(f"validation logloss rose in epoch {epoch}; keeping epoch {best[1]}")
+                if snap is not None:
+                    state.restore(snap)
+                break
+
+    final_epoch = best[1] if (config.auto_stop and va is not None) else history[-1].epoch
+    final = history[final_epoch - 1]
+    meta = {
+        "created_at": _created_at(),
+        "hyperparameters": config.to_dict(),
+        "optimizer": {"name": config.optimizer, "state": state.ns > 0},
+        "training": {
+            "train_file": tr.name,
+            "valid_file": va.name if va is not None else None,
+            "train_rows": n_rows,
+            "valid_rows": va.batch.n_rows if va is not None else 0,
+            "epochs_run": len(history),
+            "model_epoch": final_epoch,
+            "best_epoch": best[1] or None,
+            "train_logloss": final.train_logloss,
+            "valid_logloss": final.valid_logloss,
+            "valid_auc": final.valid_auc,
+            "seconds": time.perf_counter() - t_start,
+            "history": [asdict(h) for h in history],
+        },
+        "fmcli_version": __version__,
+    }
+    return state.to_model(meta)
+
+
+def _created_at() -> str:
+    """UTC timestamp, honouring SOURCE_DATE_EPOCH for reproducible files."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (
+        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+        if epoch and epoch.isdigit()
+        else _dt.datetime.now(_dt.timezone.utc)
+    )
+    return when.replace(microsecond=0).isoformat()

@@ -1,0 +1,157 @@
+"""The compiled kernels agree with the NumPy reference (tests/reference.py)."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from fmcli._core import _kernels
+from fmcli.data.batch import Batch
+from fmcli.model import padded_k
+
+
+def to_batch(rows, labels) -> Batch:
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    indptr[1:] = np.cumsum([len(r.features) for r in rows])
+    return Batch(
+        labels=np.asarray(labels, np.float32),
+        indptr=indptr,
+        fields=np.concatenate([r.fields for r in rows]).astype(np.int32),
+        features=np.concatenate([r.features for r in rows]).astype(np.int32),
+        values=np.concatenate([r.values for r in rows]).astype(np.float32),
+    )
+
+
+def to_layout(model: ref.RefModel, optimizer: str, dtype):
+    """RefModel -> (B, L, F, kp) in the kernels' interleaved layout."""
+    ns = _kernels.n_state(optimizer)
+    kp = padded_k(model.k)
+    w = 1 + ns
+    init = 1.0 if optimizer == "adagrad" else 0.0
+    B = np.full((1, w), init, dtype)
+    B[0, 0] = model.bias
+    L = np.full((model.n_features, w), init, dtype)
+    L[:, 0] = model.linear
+    if model.kind == "lr":
+        F = np.zeros((0, w * kp), dtype)
+    else:
+        blocks = model.factors.reshape(-1, model.k)
+        F = np.zeros((blocks.shape[0], w * kp), dtype)
+        F[:, : model.k] = blocks
+        F[:, kp:] = init
+    return B, L, F, kp
+
+
+def from_layout(model: ref.RefModel, B, L, F, kp):
+    out = model.copy()
+    out.bias = float(B[0, 0])
+    out.linear = L[:, 0].astype(np.float64)
+    if model.kind != "lr":
+        out.factors = F[:, : model.k].astype(np.float64).reshape(model.factors.shape)
+    return out
+
+
+def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype):
+    B, L, F, kp = to_layout(model, optimizer, dtype)
+    batch = to_batch(rows, labels)
+    total = 0.0
+    for _ in range(epochs):
+        loss, bad = _kernels.train_epoch(
+            model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1),
+            model.n_features, model.n_fields, kp, batch.indptr, batch.fields,
+            batch.features, batch.values, batch.labels, np.asarray(order, np.int64),
+            eta, lam, model.use_bias, model.use_linear, model.normalize, 1,
+        )
+        assert bad == 0
+        total += loss
+    return from_layout(model, B, L, F, kp), total
+
+
+def make_problem(kind, seed, k=3, normalize=True, use_bias=True, use_linear=True):
+    rng = np.random.default_rng(seed)
+    n_features, n_fields = 30, 5
+    model = ref.RefModel.random(
+        kind, n_features, n_fields, k, rng, scale=0.3,
+        use_bias=use_bias, use_linear=use_linear, normalize=normalize,
+    )
+    rows = ref.random_rows(rng, 40, n_features, n_fields, max_nnz=7)
+    # The data path stores values as float32: give the reference the same numbers.
+    rows = [ref.make_row(r.fields, r.features, r.values.astype(np.float32)) for r in rows]
+    labels = rng.choice([-1.0, 1.0], size=len(rows))
+    order = rng.permutation(len(rows))
+    return model, rows, labels, order
+
+
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True)])
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_training_matches_reference_float64(kind, optimizer, flags, k):
+    normalize, use_bias, use_linear = flags
+    model, rows, labels, order = make_problem(kind, seed=k * 7 + len(kind), k=k, normalize=normalize,
+                                              use_bias=use_bias, use_linear=use_linear)
+    expected = model.copy()
+    ref.train(expected, rows, labels, order=order, epochs=3, optimizer=optimizer, eta=0.1, lam=0.01)
+    got, _ = run_kernel(model, rows, labels, order, 3, optimizer, 0.1, 0.01, np.float64)
+    np.testing.assert_allclose(got.bias, expected.bias, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.linear, expected.linear, rtol=1e-10, atol=1e-12)
+    if kind != "lr":
+        np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+def test_training_matches_reference_float32(kind):
+    model, rows, labels, order = make_problem(kind, seed=3, k=4)
+    expected = model.copy()
+    ref.train(expected, rows, labels, order=order, epochs=3, optimizer="adagrad", eta=0.1, lam=0.001)
+    got, _ = run_kernel(model, rows, labels, order, 3, "adagrad", 0.1, 0.001, np.float32)
+    np.testing.assert_allclose(got.linear, expected.linear, rtol=1e-4, atol=1e-5)
+    if kind != "lr":
+        np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_scores_match_reference(kind, normalize):
+    model, rows, labels, _ = make_problem(kind, seed=11, k=5, normalize=normalize)
+    B, L, F, kp = to_layout(model, "sgd", np.float64)
+    batch = to_batch(rows, labels)
+    out = np.empty(len(rows))
+    _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+                        model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
+                        batch.values, out, True, True, normalize, 1)
+    expected = [ref.score(model, r) for r in rows]
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_training_loss_is_sum_of_row_losses_before_update():
+    model, rows, labels, order = make_problem("ffm", seed=5)
+    expected = model.copy()
+    losses = []
+    for i in order:
+        losses.append(ref.adagrad_step(expected, state := ref.init_adagrad_state(expected), rows[i], labels[i], 0.0, 0.0))
+    _, total = run_kernel(model, rows, labels, order, 1, "adagrad", 1e-300, 0.0, np.float64)
+    np.testing.assert_allclose(total, sum(losses), rtol=1e-10)
+
+
+def test_unknown_ids_are_ignored_when_scoring():
+    model, rows, labels, _ = make_problem("ffm", seed=2, k=4, normalize=False)
+    B, L, F, kp = to_layout(model, "sgd", np.float64)
+    row = rows[0]
+    extra = ref.make_row(
+        np.append(row.fields, [0, model.n_fields + 3]),
+        np.append(row.features, [model.n_features + 10, 1]),
+        np.append(row.values, [1.0, 1.0]),
+    )
+    batch = to_batch([extra], [1.0])
+    out = np.empty(1)
+    _kernels.score_rows("ffm", B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+                        model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
+                        batch.values, out, True, True, False, 1)
+    np.testing.assert_allclose(out[0], ref.score(model, row), rtol=1e-10)
+
+
+def test_one_thread_is_reproducible():
+    model, rows, labels, order = make_problem("ffm", seed=9, k=4)
+    one, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.0, np.float32)
+    again, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.0, np.float32)
+    np.testing.assert_array_equal(one.factors, again.factors)
