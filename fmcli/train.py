@@ -50,7 +50,7 @@ def load_data(source: str | os.PathLike | Batch, fmt: str = "auto") -> LoadedDat
         return LoadedData(source, "<batch>", "batch", 0, 0.0)
     t0 = time.perf_counter()
     reader = TextReader(source, fmt=fmt, label_mode="binary")
-    batch = Batch.concat(list(reader))
+    batch = reader.read_all()
     batch.labels = binary_labels(batch.labels)
     return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read, time.perf_counter() - t0)
 
@@ -234,6 +234,13 @@ def train(
                 break
 
     final_epoch = best[1] if (config.auto_stop and va is not None) else history[-1].epoch
+    # With SOURCE_DATE_EPOCH set the file must be reproducible: leave out
+    # wall-clock figures (they stay in the console output).
+    timed = "SOURCE_DATE_EPOCH" not in os.environ
+    epochs_meta = [
+        {k: v for k, v in asdict(h).items() if timed or k not in ("seconds", "rows_per_s")}
+        for h in history
+    ]
     final = history[final_epoch - 1]
     meta = {
         "created_at": _created_at(),
@@ -250,8 +257,8 @@ def train(
             "train_logloss": final.train_logloss,
             "valid_logloss": final.valid_logloss,
             "valid_auc": final.valid_auc,
-            "seconds": time.perf_counter() - t_start,
-            "history": [asdict(h) for h in history],
+            "seconds": time.perf_counter() - t_start if timed else None,
+            "history": epochs_meta,
         },
         "fmcli_version": __version__,
     }

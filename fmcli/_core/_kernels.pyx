@@ -90,56 +90,63 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                              const floating* F, const int* fld, const int* feat,
                              const float* val, Py_ssize_t nnz, floating scale,
                              floating* acc) noexcept nogil:
-    """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values)."""
+    """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values).
+
+    Entries whose feature (or, for FFM, field) is outside the model add
+    nothing; they still count in the row's normalization."""
     cdef double t = 0
     cdef floating pair = 0, x1, sq = 0, v
     cdef floating p0 = 0, p1 = 0, p2 = 0, p3 = 0
     cdef Py_ssize_t i, l, d, j1, j2, f1, f2
+    # Shape fields in locals: stores through float pointers cannot alias them.
+    cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride
     cdef const floating* w1
     cdef const floating* w2
+    cdef const floating* row1
     if s.use_bias:
         t += B[0]
     if s.use_linear:
         for i in range(nnz):
             j1 = feat[i]
-            if j1 < s.n_features and (s.kind != KIND_FFM or fld[i] < s.n_fields):
+            if j1 < n and (s.kind != KIND_FFM or fld[i] < m):
                 t += L[j1 * s.lstride] * (val[i] * scale)
     if s.kind == KIND_FFM:
         for i in range(nnz):
             j1 = feat[i]
             f1 = fld[i]
-            if j1 >= s.n_features or f1 >= s.n_fields:
+            if j1 >= n or f1 >= m:
                 continue
             x1 = val[i] * scale
+            row1 = F + j1 * m * fs
             for l in range(i + 1, nnz):
                 j2 = feat[l]
                 f2 = fld[l]
-                if j2 >= s.n_features or f2 >= s.n_fields:
+                if j2 >= n or f2 >= m:
                     continue
-                w1 = F + (j1 * s.n_fields + f2) * s.fstride
-                w2 = F + (j2 * s.n_fields + f1) * s.fstride
+                w1 = row1 + f2 * fs
+                w2 = F + (j2 * m + f1) * fs
                 v = x1 * (val[l] * scale)
                 # four lane sums across all pairs, reduced once per row
-                for d in range(0, s.kp, 4):
+                for d in range(0, kp, 4):
                     p0 = p0 + w1[d] * w2[d] * v
                     p1 = p1 + w1[d + 1] * w2[d + 1] * v
                     p2 = p2 + w1[d + 2] * w2[d + 2] * v
                     p3 = p3 + w1[d + 3] * w2[d + 3] * v
         t += (p0 + p1) + (p2 + p3)
     elif s.kind == KIND_FM:
-        for d in range(s.kp):
+        for d in range(kp):
             acc[d] = 0
         for i in range(nnz):
             j1 = feat[i]
-            if j1 >= s.n_features:
+            if j1 >= n:
                 continue
             x1 = val[i] * scale
-            w1 = F + j1 * s.fstride
-            for d in range(s.kp):
+            w1 = F + j1 * fs
+            for d in range(kp):
                 v = w1[d] * x1
                 acc[d] = acc[d] + v
                 sq = sq + v * v
-        for d in range(s.kp):
+        for d in range(kp):
             pair = pair + acc[d] * acc[d]
         t += 0.5 * (pair - sq)
     return t
@@ -155,39 +162,48 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
     kappa is dloss/dscore at the parameters as they were when the row was
     scored.  FFM blocks are updated pair by pair in place, as libffm does."""
     cdef Py_ssize_t i, l, d, j1, j2, f1, f2
+    cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride, ls = s.lstride
     cdef floating x1, kv, a, b, g
     cdef floating* w1
     cdef floating* w2
+    cdef floating* row1
     cdef floating g1[MAX_KP]
     cdef floating g2[MAX_KP]
     if s.use_bias:
         opt_block(opt, eta, B, &kappa, 1)
+    # Ids outside the model are skipped exactly as score_row skips them.
     if s.use_linear:
         for i in range(nnz):
-            w1 = L + feat[i] * s.lstride
+            if feat[i] >= n or (s.kind == KIND_FFM and fld[i] >= m):
+                continue
+            w1 = L + feat[i] * ls
             g = kappa * (val[i] * scale) + lam * w1[0]
             opt_block(opt, eta, w1, &g, 1)
     if s.kind == KIND_FFM:
         for i in range(nnz):
-            j1 = feat[i]
             f1 = fld[i]
+            if feat[i] >= n or f1 >= m:
+                continue
             x1 = val[i] * scale
+            row1 = F + feat[i] * m * fs
             for l in range(i + 1, nnz):
-                j2 = feat[l]
-                f2 = fld[l]
-                w1 = F + (j1 * s.n_fields + f2) * s.fstride
-                w2 = F + (j2 * s.n_fields + f1) * s.fstride
+                if feat[l] >= n or fld[l] >= m:
+                    continue
+                w1 = row1 + fld[l] * fs
+                w2 = F + (feat[l] * m + f1) * fs
                 kv = kappa * x1 * (val[l] * scale)
-                opt_pair(opt, eta, lam, kv, w1, w2, s.kp, g1, g2)
+                opt_pair(opt, eta, lam, kv, w1, w2, kp, g1, g2)
     elif s.kind == KIND_FM:
         for i in range(nnz):
+            if feat[i] >= n:
+                continue
             x1 = val[i] * scale
-            w1 = F + feat[i] * s.fstride
+            w1 = F + feat[i] * fs
             kv = kappa * x1
-            for d in range(s.kp):
+            for d in range(kp):
                 a = w1[d]
                 g1[d] = kv * (acc[d] - a * x1) + lam * a
-            opt_block(opt, eta, w1, g1, s.kp)
+            opt_block(opt, eta, w1, g1, kp)
 
 
 cdef inline floating* ptr(floating[::1] a) noexcept:

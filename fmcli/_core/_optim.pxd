@@ -2,22 +2,16 @@
 #
 # Every trainable weight is followed in memory by its optimizer state: for a
 # block of n weights starting at w, state slot s of element d lives at
-# w[d + (s + 1) * n].  Linear weights are blocks of one.  Adding an optimizer means
-# adding a branch here, never touching the model loops.
-#
-# Model loops write a block's gradient into a buffer and call opt_block.
+# w[d + (s + 1) * n].  Linear weights are blocks of one.  Model loops hand a
+# block's gradient to opt_block (or, for FFM's pairs of interacting blocks, to
+# opt_pair); adding an optimizer means adding a branch here, never touching
+# the model loops.
 
 from ._common cimport floating, fm_sqrt, fm_adagrad_f32, fm_adagrad_pair_f32
 
 cdef enum:
     OPT_SGD = 0
     OPT_ADAGRAD = 1
-
-cdef struct OptParams:
-    int kind          # OPT_*
-    double eta        # learning rate
-    double lam        # L2 on linear weights and factors (not on the bias)
-
 
 cdef inline int opt_n_state(int kind) noexcept nogil:
     """Number of state slots per weight."""
@@ -37,10 +31,10 @@ cdef inline void opt_block(int kind, floating eta, floating* w, const floating* 
         # libffm's AdaGrad: accumulators start at 1.
         if floating is float:
             fm_adagrad_f32(w, G, g, eta, n)
-            return
-        for d in range(n):
-            G[d] = G[d] + g[d] * g[d]
-            w[d] = w[d] - eta * g[d] / fm_sqrt(G[d])
+        else:
+            for d in range(n):
+                G[d] = G[d] + g[d] * g[d]
+                w[d] = w[d] - eta * g[d] / fm_sqrt(G[d])
     else:
         for d in range(n):
             w[d] = w[d] - eta * g[d]

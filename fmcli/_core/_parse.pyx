@@ -163,6 +163,7 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     cdef Py_ssize_t rows = 0, nnz = indptr[0], line = 0
     cdef int err = OK, rc, fid = 0, jid = 0
     cdef double v, lab
+    cdef float fv
     cdef const unsigned char* base
     cdef const unsigned char* p
     cdef const unsigned char* lend
@@ -247,12 +248,13 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                     if not at_token_end(q, lend):
                         err = E_VALUE if q[0] != 58 else E_TOKEN
                         break
-                    if v != v or v - v != 0 or v > 3.4028234663852886e38 or v < -3.4028234663852886e38:
+                    fv = <float>v           # must stay finite as float32
+                    if fv - fv != 0:
                         err = E_NONFINITE
                         break
                     fields[nnz] = fid
                     features[nnz] = jid
-                    values[nnz] = <float>v
+                    values[nnz] = fv
                     nnz += 1
                     p = q
                 if err != OK:

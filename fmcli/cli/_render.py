@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..train import EpochStats
+if TYPE_CHECKING:
+    from ..train import EpochStats
 
 _EPOCH_HEADER = f"{'epoch':>5}  {'tr_logloss':>10}  {'va_logloss':>10}  {'va_auc':>7}  {'seconds':>8}  {'rows/s':>10}"
 
@@ -34,7 +35,7 @@ class EpochTable:
         self.quiet = quiet
         self.started = False
 
-    def __call__(self, s: EpochStats) -> None:
+    def __call__(self, s: "EpochStats") -> None:
         if self.quiet:
             return
         if not self.started:

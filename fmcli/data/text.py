@@ -41,16 +41,17 @@ def describe_token(token: bytes, limit: int = 40) -> str:
     return text
 
 
-def sniff_format(head: bytes) -> str:
-    """'libffm' when the first feature token has two colons, else 'libsvm'."""
-    for raw in head.split(b"\n")[:100]:
+def sniff_format(head: bytes) -> str | None:
+    """'libffm' when the first feature token has two colons, 'libsvm' when it
+    has one, None when `head` holds no feature token at all."""
+    for raw in head.split(b"\n"):
         line = raw.split(b"#", 1)[0].strip()
         tokens = line.split()
         for token in tokens[1:]:
             if token.startswith(b"qid:"):
                 continue
             return "libffm" if token.count(b":") >= 2 else "libsvm"
-    return "libffm"
+    return None
 
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
@@ -105,67 +106,71 @@ class TextReader:
         self.label_mode = label_mode
         self.block_bytes = block_bytes
         self.bytes_read = 0
+        self.lines = 0
 
     def __iter__(self) -> Iterator[Batch]:
+        """One Batch per block of whole lines (bounded memory, for streaming)."""
+        for buf, cut, line_base in self._blocks():
+            cols = _Columns(*_capacity(cut))
+            self._parse_into(cols, buf, cut, line_base)
+            if cols.rows:
+                yield cols.finish()
+
+    def read_all(self) -> Batch:
+        """The whole input as one Batch, parsed straight into growing arrays."""
+        cols = _Columns(1 << 16, 1 << 20)
+        for buf, cut, line_base in self._blocks():
+            cols.reserve(*_capacity(cut))
+            self._parse_into(cols, buf, cut, line_base)
+        return cols.finish()
+
+    def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
+        """(buffer, end of its last whole line, number of lines before it)."""
         f = open_input(self.path)
         try:
-            yield from self._batches(f)
+            carry = b""
+            self.lines = 0
+            while True:
+                try:
+                    block = f.read(self.block_bytes)
+                except OSError as exc:
+                    raise DataError(f"read error: {exc.strerror or exc}", self.name) from None
+                self.bytes_read += len(block)
+                final = not block
+                buf = carry + block if carry else block
+                if not buf:
+                    return
+                if final:
+                    cut = len(buf)
+                else:
+                    cut = buf.rfind(b"\n") + 1
+                    if cut == 0:
+                        carry = buf  # a line longer than one block: keep reading
+                        continue
+                if self.fmt == "auto":
+                    # Undecided until a block holds a feature token; until
+                    # then every row is label-only and parses the same way.
+                    self.fmt = sniff_format(buf[:cut]) or "auto"
+                yield buf, cut, self.lines
+                carry = buf[cut:]
+                if final:
+                    return
         finally:
             if f is not sys.stdin.buffer:
                 f.close()
 
-    def _batches(self, f: BinaryIO) -> Iterator[Batch]:
-        carry = b""
-        line_base = 0
-        while True:
-            try:
-                block = f.read(self.block_bytes)
-            except OSError as exc:
-                raise DataError(f"read error: {exc.strerror or exc}", self.name) from None
-            self.bytes_read += len(block)
-            final = not block
-            buf = carry + block if carry else block
-            if not buf:
-                return
-            if final:
-                cut = len(buf)
-            else:
-                cut = buf.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = buf  # a line longer than one block: keep reading
-                    continue
-            if self.fmt == "auto":
-                self.fmt = sniff_format(buf[: min(cut, 1 << 16)])
-            batch, lines = self._parse(buf, cut, line_base)
-            line_base += lines
-            carry = buf[cut:]
-            if batch.n_rows:
-                yield batch
-            if final:
-                return
-
-    def _parse(self, buf: bytes, cut: int, line_base: int) -> tuple[Batch, int]:
+    def _parse_into(self, cols: "_Columns", buf: bytes, cut: int, line_base: int) -> None:
         data = np.frombuffer(buf, dtype=np.uint8, count=cut)
-        cap_rows = buf.count(b"\n", 0, cut) + 1
-        cap_nnz = buf.count(b":", 0, cut)
-        labels = np.empty(cap_rows, np.float32)
-        indptr = np.zeros(cap_rows + 1, np.int64)
-        fields = np.empty(cap_nnz, np.int32)
-        features = np.empty(cap_nnz, np.int32)
-        values = np.empty(cap_nnz, np.float32)
+        fmt = "libffm" if self.fmt == "auto" else self.fmt
         rows, nnz, lines, err, err_line, start, end = _parse.parse_block(
-            data, self.fmt, self.label_mode, labels, indptr, fields, features, values
+            data, fmt, self.label_mode, cols.labels[cols.rows :], cols.indptr[cols.rows :],
+            cols.fields, cols.features, cols.values,
         )
         if err:
             self._raise(err, line_base + err_line + 1, buf[start:end])
-        batch = Batch(
-            labels=labels[:rows].copy(),
-            indptr=indptr[: rows + 1].copy(),
-            fields=fields[:nnz].copy(),
-            features=features[:nnz].copy(),
-            values=values[:nnz].copy(),
-        )
-        return batch, lines
+        cols.rows += rows
+        cols.nnz = nnz
+        self.lines += lines
 
     def _raise(self, err: int, line: int, token: bytes) -> None:
         if err == 3:
@@ -176,6 +181,48 @@ class TextReader:
         raise DataError(f"{what}, found {describe_token(token)}", self.name, line)
 
 
+def _capacity(nbytes: int) -> tuple[int, int]:
+    """Upper bounds on (rows, entries) in nbytes of text.
+
+    A row takes at least two bytes ("1\n") and an entry at least four
+    ("1:1 "); capacity beyond what is filled is never touched, so it costs
+    address space, not memory."""
+    return nbytes // 2 + 1, nbytes // 4 + 1
+
+
+class _Columns:
+    """CSR output arrays that grow in place.
+
+    ``ndarray.resize`` reallocates; for large arrays the C library remaps the
+    pages instead of copying them, so growing never holds two copies."""
+
+    def __init__(self, rows_cap: int, nnz_cap: int):
+        self.labels = np.empty(rows_cap, np.float32)
+        self.indptr = np.zeros(rows_cap + 1, np.int64)
+        self.fields = np.empty(nnz_cap, np.int32)
+        self.features = np.empty(nnz_cap, np.int32)
+        self.values = np.empty(nnz_cap, np.float32)
+        self.rows = 0
+        self.nnz = 0
+
+    def reserve(self, rows: int, nnz: int) -> None:
+        if self.rows + rows > self.labels.shape[0]:
+            cap = max(self.rows + rows, self.labels.shape[0] * 3 // 2)
+            self.labels.resize(cap, refcheck=False)
+            self.indptr.resize(cap + 1, refcheck=False)
+        if self.nnz + nnz > self.fields.shape[0]:
+            cap = max(self.nnz + nnz, self.fields.shape[0] * 3 // 2)
+            for a in (self.fields, self.features, self.values):
+                a.resize(cap, refcheck=False)
+
+    def finish(self) -> Batch:
+        self.labels.resize(self.rows, refcheck=False)
+        self.indptr.resize(self.rows + 1, refcheck=False)
+        for a in (self.fields, self.features, self.values):
+            a.resize(self.nnz, refcheck=False)
+        return Batch(self.labels, self.indptr, self.fields, self.features, self.values)
+
+
 def read_text(
     path: str | os.PathLike,
     fmt: str = "auto",
@@ -184,8 +231,7 @@ def read_text(
 ) -> tuple[Batch, str]:
     """Read a whole file into one Batch; returns (batch, detected format)."""
     reader = TextReader(path, fmt, label_mode, block_bytes)
-    batch = Batch.concat(list(reader))
-    return batch, reader.fmt
+    return reader.read_all(), reader.fmt
 
 
 def binary_labels(labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,111 @@
+# fmcli developer tasks (GNU make).
+#
+# Everything runs inside a virtual environment, $(VENV), created on first use
+# with $(PYTHON); a fresh checkout needs only Python 3.10+ (with the venv
+# module), a C compiler and access to PyPI.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+FM         := $(VENV)/bin/fm
+STAMP      := $(VENV)/.installed
+BENCH_ARGS ?=
+DEMO_DIR   := demo-out
+MAN_DATE   := 2026-11-21
+
+CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help venv install dev build test test-all demo bench man lint wheel clean distclean
+
+help:
+	@echo "fmcli make targets:"
+	@echo "  make demo        install into $(VENV), train/predict/inspect on data/samples"
+	@echo "  make test        install, then run the fast tests (not marked slow)"
+	@echo "  make test-all    install, then run every test, slow ones included"
+	@echo "  make install     create $(VENV) and install fmcli (editable) with test extras"
+	@echo "  make dev         as install, plus the [dev] extras"
+	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
+	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
+	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect}.1"
+	@echo "  make lint        byte-compile the package to catch syntax errors"
+	@echo "  make wheel       build a wheel into dist/"
+	@echo "  make clean       remove build products (keeps $(VENV))"
+	@echo "  make distclean   clean, and remove $(VENV) too"
+	@echo "Variables: PYTHON=$(PYTHON) VENV=$(VENV)"
+
+# --- environment -----------------------------------------------------------
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "error: fmcli needs Python 3.10 or newer (PYTHON=$(PYTHON))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(PY)
+
+# Reinstalled whenever the packaging metadata or the Cython sources change.
+# The build requirements go in first so that --no-build-isolation can use
+# them (and so that later rebuilds need no network).
+$(STAMP): pyproject.toml setup.py $(CORE_SOURCES) | $(PY)
+	$(PIP) install -q 'setuptools>=64' wheel 'Cython>=3.0.10,<4'
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(PIP) install -q --no-build-isolation -e '.[dev]'
+
+build: $(STAMP)
+	$(PY) setup.py build_ext --inplace
+
+# --- checks ----------------------------------------------------------------
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m compileall -q fmcli benchmarks
+
+# --- demo and benchmarks ---------------------------------------------------
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	$(FM) train -p data/samples/valid.ffm --auto-stop -o $(DEMO_DIR)/demo.fm data/samples/train.ffm
+	$(FM) predict $(DEMO_DIR)/demo.fm data/samples/valid.ffm -o $(DEMO_DIR)/predictions.txt
+	@echo "first predictions ($(DEMO_DIR)/predictions.txt):"
+	@head -n 5 $(DEMO_DIR)/predictions.txt
+	$(FM) inspect $(DEMO_DIR)/demo.fm
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# --- documentation and packaging -------------------------------------------
+
+# man/fm-model.5 is written by hand and is never regenerated.
+man: $(STAMP)
+	$(PIP) install -q click-man
+	@mkdir -p man
+	$(PY) -c 'from click_man.core import write_man_pages; \
+		from fmcli import __version__; from fmcli.cli import cli; \
+		write_man_pages("fm", cli, version=__version__, target_dir="man", date="$(MAN_DATE)")'
+	@ls man
+
+wheel: $(STAMP)
+	$(PIP) wheel -q --no-build-isolation --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache
+	rm -f fmcli/_core/*.c fmcli/_core/*.html
+	find fmcli -name '*.so' -delete
+	find fmcli benchmarks tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f $(STAMP)
+
+distclean: clean
+	rm -rf $(VENV)
