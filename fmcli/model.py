@@ -101,8 +101,8 @@ class Model:
         """(bias, linear, factor blocks, kp) flattened for the scoring kernel."""
         s = self.spec
         empty = np.zeros(0, np.float32)
-        bias = self.params.get("bias", empty).astype(np.float32, copy=False).reshape(-1)
-        linear = self.params.get("linear", empty).astype(np.float32, copy=False).reshape(-1)
+        bias = np.ascontiguousarray(self.params.get("bias", empty), dtype=np.float32).reshape(-1)
+        linear = np.ascontiguousarray(self.params.get("linear", empty), dtype=np.float32).reshape(-1)
         kp = padded_k(s.k)
         factors = self.params.get("factors")
         if factors is None:
@@ -124,10 +124,11 @@ class Model:
             "model": self.spec.to_dict(),
             **{k: v for k, v in self.meta.items() if k not in ("model", "fmcli_version", "format")},
         }
-        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.params.items()}
+        # Strided views are fine: the writer converts them in bounded slices.
+        arrays = {name: a.astype(np.float32, copy=False) for name, a in self.params.items()}
         if include_state:
             for name, a in self.state.items():
-                arrays[f"{name}_state"] = np.ascontiguousarray(a, dtype=np.float32)
+                arrays[f"{name}_state"] = a.astype(np.float32, copy=False)
         write_model_file(path, header, arrays)
 
     @property

@@ -110,8 +110,11 @@ class TrainState:
         self.L[:, 1:] = state_init
         if n_blocks:
             # libffm's initialisation: U(0, 1) / sqrt(k), padding stays zero.
-            scale = cfg.init_scale / np.sqrt(cfg.k)
-            self.F[:, : cfg.k] = rng.random((n_blocks, cfg.k), dtype=np.float64) * scale
+            scale = np.float32(cfg.init_scale / np.sqrt(cfg.k))
+            step = 1 << 20  # fill in slices so no full-size temporary is made
+            for start in range(0, n_blocks, step):
+                stop = min(start + step, n_blocks)
+                self.F[start:stop, : cfg.k] = rng.random((stop - start, cfg.k), dtype=np.float32) * scale
             self.F[:, self.kp :] = state_init
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,23 +150,24 @@ class TrainState:
         )
 
     def to_model(self, meta: dict) -> Model:
+        """The trained model; its arrays are views of this state where possible."""
         s, k = self.spec, self.cfg.k
         params: dict[str, np.ndarray] = {}
         state: dict[str, np.ndarray] = {}
         if s.use_bias:
-            params["bias"] = self.B[:, 0].astype(np.float32)
+            params["bias"] = self.B[:, 0].astype(np.float32, copy=False)
         if s.use_linear:
-            params["linear"] = self.L[:, 0].astype(np.float32)
+            params["linear"] = self.L[:, 0].astype(np.float32, copy=False)
         shape = s.factor_shape()
         if shape is not None:
-            params["factors"] = self.F[:, :k].astype(np.float32).reshape(shape)
+            params["factors"] = self.F[:, :k].astype(np.float32, copy=False).reshape(shape)
         if self.ns:
             if s.use_bias:
-                state["bias"] = self.B[:, 1].astype(np.float32)
+                state["bias"] = self.B[:, 1].astype(np.float32, copy=False)
             if s.use_linear:
-                state["linear"] = self.L[:, 1].astype(np.float32)
+                state["linear"] = self.L[:, 1].astype(np.float32, copy=False)
             if shape is not None:
-                state["factors"] = self.F[:, self.kp : self.kp + k].astype(np.float32).reshape(shape)
+                state["factors"] = self.F[:, self.kp : self.kp + k].astype(np.float32, copy=False).reshape(shape)
         return Model(spec=s, params=params, state=state, meta=meta)
 
 

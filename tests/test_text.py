@@ -280,7 +280,7 @@ def test_error_on_last_line_without_newline(tmp_path, block_bytes):
     path = write(tmp_path, "bad.ffm", b"1 0:0:1\r\n\r\n# c\n0 1:1:1e999")
     with pytest.raises(DataError) as info:
         read_text(path, block_bytes=block_bytes)
-    assert str(info.value) == f"{path}:4: non-finite or out-of-range number, found '1:1:1e999'"
+    assert str(info.value) == f"{path}:4: expected a finite number within float32 range, found '1:1:1e999'"
 
 
 @pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
@@ -303,9 +303,9 @@ def test_line_longer_than_block(tmp_path, block_bytes):
 FFM_SHAPE = "expected field:feature:value"
 SVM_SHAPE = "expected feature:value"
 NUMBER = "expected a number as the value"
-NONFINITE = "non-finite or out-of-range number"
-NEG = "negative id"
-BIG = "id larger than 2147483647"
+NONFINITE = "expected a finite number within float32 range"
+NEG = "expected a non-negative id"
+BIG = "expected an id below 2^31"
 LABEL = "expected a numeric label"
 BINARY = "expected a binary label (0/1 or -1/+1)"
 

@@ -24,11 +24,11 @@ DEFAULT_BLOCK_BYTES = 8 << 20
 _MESSAGES = {
     1: "expected a numeric label",
     2: "expected a binary label (0/1 or -1/+1)",
-    3: None,  # format-specific token shape, filled in below
-    4: "negative id",
-    5: "id larger than 2147483647",
+    3: None,  # the format's token shape, filled in by _raise
+    4: "expected a non-negative id",
+    5: "expected an id below 2^31",
     6: "expected a number as the value",
-    7: "non-finite or out-of-range number",
+    7: "expected a finite number within float32 range",
 }
 
 
