@@ -16,6 +16,16 @@ DTYPES = ("float32", "float64")
 MAX_K = 1024
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (scoring uses them all: it is deterministic)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Config:
     """Every training hyperparameter, with libffm's defaults where libffm has one.

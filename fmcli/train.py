@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from ._core import _kernels
-from .config import Config
+from .config import Config, available_cpus
 from .data.batch import Batch
 from .data.text import TextReader, binary_labels
 from .errors import ConfigError, DivergenceError
@@ -219,7 +219,7 @@ def train(
             )
         va_loss = va_auc = None
         if va is not None:
-            scores = state.scores(va.batch, config.threads)
+            scores = state.scores(va.batch, available_cpus())
             va_loss = logloss_from_scores(va.batch.labels, scores)
             va_auc = auc(va.batch.labels, scores)
         stats = EpochStats(epoch, loss / n_rows, va_loss, va_auc, seconds, n_rows / max(seconds, 1e-9))

@@ -155,3 +155,19 @@ def test_one_thread_is_reproducible():
     one, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.0, np.float32)
     again, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.0, np.float32)
     np.testing.assert_array_equal(one.factors, again.factors)
+
+
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+def test_scoring_does_not_depend_on_threads(kind):
+    model, rows, labels, _ = make_problem(kind, seed=4, k=4)
+    B, L, F, kp = to_layout(model, "sgd", np.float32)
+    batch = to_batch(rows * 20, np.tile(labels, 20))
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty(batch.n_rows)
+        _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+                            model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
+                            batch.values, out, True, True, True, threads)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])

@@ -17,7 +17,8 @@ from . import _render
 @click.argument("data", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Where to write probabilities ('-' is stdout).")
-@click.option("-s", "--threads", type=click.IntRange(1), default=1, help="Scoring threads.")
+@click.option("-s", "--threads", type=click.IntRange(1), default=None, show_default=False,
+              help="Scoring threads (results do not depend on it).  [default: all CPUs]")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", help="Input format.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print logloss/AUC.")
 def predict(model_file, data, output, threads, fmt, quiet):
@@ -32,8 +33,11 @@ def predict(model_file, data, output, threads, fmt, quiet):
     from ..model import load_model
     from ..predict import evaluate, format_probabilities, iter_scores
 
+    from ..config import available_cpus
+
     if output != "-":
         check_writable(output)
+    threads = threads or available_cpus()
     model = load_model(model_file)
     all_scores, all_labels = [], []
     with contextlib.ExitStack() as stack:
