@@ -44,6 +44,7 @@ extensions = [
     Extension(
         f"fmcli._core.{name}",
         [f"fmcli/_core/{name}.pyx"],
+        include_dirs=["fmcli/_core"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

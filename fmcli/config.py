@@ -31,7 +31,9 @@ class Config:
     """Every training hyperparameter, with libffm's defaults where libffm has one.
 
     ``use_bias=False, use_linear=False`` with the FFM model and AdaGrad is
-    exactly libffm's model and update rule.
+    exactly libffm's model and update rule, including its use of the CPU's
+    reciprocal-square-root estimate in float32 AdaGrad (``exact_adagrad``
+    refines it to float32 precision at some cost in speed).
     """
 
     model: str = "ffm"
@@ -49,6 +51,7 @@ class Config:
     shuffle: bool = True
     auto_stop: bool = False
     init_scale: float = 1.0
+    exact_adagrad: bool = False
     format: str = "auto"
     dtype: str = "float32"
 

@@ -50,7 +50,7 @@ def from_layout(model: ref.RefModel, B, L, F, kp):
     return out
 
 
-def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype):
+def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype, exact=True):
     B, L, F, kp = to_layout(model, optimizer, dtype)
     batch = to_batch(rows, labels)
     total = 0.0
@@ -59,7 +59,7 @@ def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype):
             model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1),
             model.n_features, model.n_fields, kp, batch.indptr, batch.fields,
             batch.features, batch.values, batch.labels, np.asarray(order, np.int64),
-            eta, lam, model.use_bias, model.use_linear, model.normalize, 1,
+            eta, lam, model.use_bias, model.use_linear, model.normalize, 1, False, exact,
         )
         assert bad == 0
         total += loss
@@ -171,3 +171,21 @@ def test_scoring_does_not_depend_on_threads(kind):
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("kind", ["fm", "ffm"])
+def test_fast_adagrad_step_is_within_the_rsqrt_estimate_error(kind):
+    """Without exact_adagrad, float32 AdaGrad divides by the CPU's 1/sqrt
+    estimate (relative error <= 1.5 * 2**-12, as libffm): one step's change of
+    every weight is within that error of the exact step's."""
+    model, rows, labels, order = make_problem(kind, seed=8, k=8)
+    exact, _ = run_kernel(model, rows[:1], labels[:1], [0], 1, "adagrad", 0.1, 0.001, np.float32, exact=True)
+    fast, _ = run_kernel(model, rows[:1], labels[:1], [0], 1, "adagrad", 0.1, 0.001, np.float32, exact=False)
+    d_exact = exact.factors - model.factors.astype(np.float32)
+    d_fast = fast.factors - model.factors.astype(np.float32)
+    moved = np.abs(d_exact) > 1e-4
+    assert moved.sum() > 10
+    rel = np.abs(d_fast[moved] - d_exact[moved]) / np.abs(d_exact[moved])
+    # the estimate's bound, plus float32 rounding of w itself relative to the step
+    assert rel.max() <= 1.5 * 2.0**-12 + 1e-4, rel.max()
+    assert rel.max() > 0  # the fast path really is the estimate, not the exact step

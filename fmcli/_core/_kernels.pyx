@@ -22,7 +22,8 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.math cimport exp, sqrt, isfinite
 
-from ._common cimport floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp
+from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
+                      fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32)
 from ._optim cimport opt_block, opt_pair, opt_n_state, OPT_SGD, OPT_ADAGRAD
 
 import numpy as np
@@ -60,6 +61,8 @@ cdef struct Shape:
     bint use_bias
     bint use_linear
     bint normalize
+    bint checked             # every id is known to be inside the model
+    bint exact               # float32 AdaGrad: refined instead of estimated 1/sqrt
 
 
 cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
@@ -111,6 +114,8 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
             if j1 < n and (s.kind != KIND_FFM or fld[i] < m):
                 t += L[j1 * s.lstride] * (val[i] * scale)
     if s.kind == KIND_FFM:
+        if floating is float:
+            return t + fm_ffm_pairs_f32(F, n, m, kp, fs, s.checked, fld, feat, val, nnz, scale)
         for i in range(nnz):
             j1 = feat[i]
             f1 = fld[i]
@@ -170,7 +175,7 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
     cdef floating g1[MAX_KP]
     cdef floating g2[MAX_KP]
     if s.use_bias:
-        opt_block(opt, eta, B, &kappa, 1)
+        opt_block(opt, eta, B, &kappa, 1, s.exact)
     # Ids outside the model are skipped exactly as score_row skips them.
     if s.use_linear:
         for i in range(nnz):
@@ -178,8 +183,13 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
                 continue
             w1 = L + feat[i] * ls
             g = kappa * (val[i] * scale) + lam * w1[0]
-            opt_block(opt, eta, w1, &g, 1)
+            opt_block(opt, eta, w1, &g, 1, s.exact)
     if s.kind == KIND_FFM:
+        if floating is float:
+            if opt == OPT_ADAGRAD:
+                fm_ffm_update_adagrad_f32(F, n, m, kp, fs, s.checked, s.exact, fld, feat, val,
+                                          nnz, scale, kappa, eta, lam)
+                return
         for i in range(nnz):
             f1 = fld[i]
             if feat[i] >= n or f1 >= m:
@@ -192,7 +202,7 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
                 w1 = row1 + fld[l] * fs
                 w2 = F + (feat[l] * m + f1) * fs
                 kv = kappa * x1 * (val[l] * scale)
-                opt_pair(opt, eta, lam, kv, w1, w2, kp, g1, g2)
+                opt_pair(opt, eta, lam, kv, w1, w2, kp, g1, g2, s.exact)
     elif s.kind == KIND_FM:
         for i in range(nnz):
             if feat[i] >= n:
@@ -203,7 +213,7 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
             for d in range(kp):
                 a = w1[d]
                 g1[d] = kv * (acc[d] - a * x1) + lam * a
-            opt_block(opt, eta, w1, g1, kp)
+            opt_block(opt, eta, w1, g1, kp, s.exact)
 
 
 cdef inline floating* ptr(floating[::1] a) noexcept:
@@ -232,6 +242,8 @@ cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_s
     s.use_bias = use_bias
     s.use_linear = use_linear
     s.normalize = normalize
+    s.checked = False
+    s.exact = False
     return s
 
 
@@ -240,15 +252,21 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
                 const long long[::1] indptr, const int[::1] fields, const int[::1] features,
                 const float[::1] values, const float[::1] labels, const long long[::1] order,
                 double eta, double lam, bint use_bias=True, bint use_linear=True,
-                bint normalize=True, int threads=1):
+                bint normalize=True, int threads=1, bint ids_checked=False,
+                bint exact_rsqrt=False):
     """One pass of logistic-loss training over rows in `order`.
 
-    Every feature and field id must be below n_features / n_fields (the
-    caller sizes the model from the data).  Returns (sum of row losses,
-    number of rows skipped because their score was not finite)."""
+    Ids outside the model are skipped; with ids_checked the caller promises
+    there are none (the model was sized from this data), which lets the fast
+    path drop the range tests.  exact_rsqrt: float32 AdaGrad refines the
+    CPU's 1/sqrt estimate to float32 precision (slower; float64 is always
+    exact).  Returns (sum of row losses, number of rows skipped because their
+    score was not finite)."""
     cdef int opt = OPT_CODES[optimizer]
     cdef Shape s = make_shape(kind, n_features, n_fields, kp, opt_n_state(opt),
                               use_bias, use_linear, normalize)
+    s.checked = ids_checked
+    s.exact = exact_rsqrt
     if B.shape[0] < s.lstride or L.shape[0] < n_features * s.lstride:
         raise ValueError("bias or linear array too small")
     if s.kind != KIND_LR and F.shape[0] < n_features * (n_fields if s.kind == KIND_FFM else 1) * s.fstride:

@@ -45,6 +45,8 @@ def default_output(train_file: str) -> str:
 @click.option("--shuffle/--no-shuffle", default=D.shuffle, help="Shuffle rows every epoch.")
 @click.option("--seed", type=click.IntRange(0), default=D.seed, help="Seed for initialisation and shuffling.")
 @click.option("--init-scale", type=float, default=D.init_scale, help="Factor initialisation: U(0, init_scale)/sqrt(k).")
+@click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
+              help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")

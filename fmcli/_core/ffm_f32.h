@@ -1,0 +1,226 @@
+/* Float32 fast path of the FFM pair loops (forward and AdaGrad update).
+ *
+ * Same mathematics as the generic Cython loops in _kernels.pyx (which remain
+ * the reference, run for float64 and for the other optimizers), except that
+ * the AdaGrad step uses the CPU's reciprocal-square-root estimate like libffm
+ * unless `refine` asks for float32 precision (see fm_adagrad_ps); here the
+ * k-vectors are processed four lanes at a time with SSE so that a pair costs
+ * a few dozen instructions.  Factor blocks are kp floats (kp a multiple of 4)
+ * followed by their kp AdaGrad accumulators; block (j, f) starts at
+ * F + (j * m + f) * fs.  Entries whose feature or field is outside the model
+ * are skipped, exactly as in the generic loops.
+ *
+ * Without SSE the same loops run on scalars.
+ */
+#ifndef FMCLI_FFM_F32_H
+#define FMCLI_FFM_F32_H
+
+#include <math.h>
+#include <stddef.h>
+
+#if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+#include <xmmintrin.h>
+#define FM_SSE 1
+#else
+#define FM_SSE 0
+#endif
+
+typedef ptrdiff_t fm_idx;
+
+#if FM_SSE
+/* AdaGrad on four lanes: G += g*g; w -= eta * g / sqrt(G).  The reciprocal
+ * square root is SSE's estimate (relative error at most 1.5 * 2^-12, as in
+ * libffm), or with `refine` that estimate after one Newton-Raphson step
+ * (relative error about 1e-7, float32 rounding level), which costs five more
+ * operations per four lanes. */
+static inline __m128 fm_adagrad_ps(__m128 w, __m128 *G, __m128 g, __m128 eta, const int refine) {
+    __m128 acc = _mm_add_ps(*G, _mm_mul_ps(g, g));
+    __m128 r = _mm_rsqrt_ps(acc);
+    if (refine) {
+        const __m128 half = _mm_set1_ps(0.5f), three = _mm_set1_ps(3.0f);
+        r = _mm_mul_ps(_mm_mul_ps(half, r), _mm_sub_ps(three, _mm_mul_ps(_mm_mul_ps(acc, r), r)));
+    }
+    *G = acc;
+    return _mm_sub_ps(w, _mm_mul_ps(_mm_mul_ps(eta, g), r));
+}
+#endif
+
+/* AdaGrad step on n float32 weights w with accumulators G (see
+ * fm_adagrad_ps for `refine`; the scalar tail is always exact). */
+static inline void fm_adagrad_f32(float *w, float *G, const float *g, float eta, fm_idx n, int refine) {
+    fm_idx d = 0;
+#if FM_SSE
+    const __m128 e = _mm_set1_ps(eta);
+    for (; d + 4 <= n; d += 4) {
+        __m128 acc = _mm_loadu_ps(G + d);
+        __m128 nw = fm_adagrad_ps(_mm_loadu_ps(w + d), &acc, _mm_loadu_ps(g + d), e, refine);
+        _mm_storeu_ps(G + d, acc);
+        _mm_storeu_ps(w + d, nw);
+    }
+#endif
+    for (; d < n; d++) {
+        G[d] += g[d] * g[d];
+        w[d] -= eta * g[d] / sqrtf(G[d]);
+    }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FM_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FM_INLINE static __forceinline
+#else
+#define FM_INLINE static inline
+#endif
+
+/* The loops below are written once with kp, fs and `checked` as parameters
+ * and instantiated by fm_ffm_pairs_f32 / fm_ffm_update_adagrad_f32 for the
+ * common k (4, 8, 16) as constants, so the compiler drops the inner loop and
+ * the index multiplications.  `checked` says every id is known to be inside
+ * the model (the training data the model was sized from), which removes the
+ * range tests from the pair loop. */
+
+FM_INLINE float ffm_pairs(const float *F, fm_idx n, fm_idx m, const fm_idx kp, const fm_idx fs,
+                          const int checked, const int *fld, const int *feat, const float *val,
+                          fm_idx nnz, float scale) {
+#if FM_SSE
+    __m128 acc = _mm_setzero_ps();
+#else
+    float acc = 0.0f;
+#endif
+    const fm_idx mfs = m * fs;
+    for (fm_idx i = 0; i < nnz; i++) {
+        const fm_idx j1 = feat[i], f1 = fld[i];
+        if (!checked && (j1 >= n || f1 >= m)) continue;
+        const float *row1 = F + j1 * mfs;
+        const float *col1 = F + f1 * fs;
+        const float x1 = val[i] * scale;
+        for (fm_idx l = i + 1; l < nnz; l++) {
+            const fm_idx j2 = feat[l], f2 = fld[l];
+            if (!checked && (j2 >= n || f2 >= m)) continue;
+            const float *w1 = row1 + f2 * fs;
+            const float *w2 = col1 + j2 * mfs;
+            const float v = x1 * (val[l] * scale);
+#if FM_SSE
+            const __m128 vv = _mm_set1_ps(v);
+            for (fm_idx d = 0; d < kp; d += 4)
+                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(w1 + d), _mm_loadu_ps(w2 + d)), vv));
+#else
+            for (fm_idx d = 0; d < kp; d++) acc += w1[d] * w2[d] * v;
+#endif
+        }
+    }
+#if FM_SSE
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+    acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
+    return _mm_cvtss_f32(acc);
+#else
+    return acc;
+#endif
+}
+
+/* AdaGrad update of every pair's two blocks, pair by pair in row order:
+ *   g1 = lam*w1 + kv*w2,  g2 = lam*w2 + kv*w1   (from the values before the pair)
+ * then w1 is stepped with g1 and w2 with g2.  When both are the same block
+ * (a feature repeated within one field) the two steps apply one after the
+ * other to it. */
+FM_INLINE void ffm_update_adagrad(float *F, fm_idx n, fm_idx m, const fm_idx kp, const fm_idx fs,
+                                  const int checked, const int refine, const int *fld,
+                                  const int *feat, const float *val, fm_idx nnz, float scale,
+                                  float kappa, float eta, float lam) {
+#if FM_SSE
+    const __m128 e = _mm_set1_ps(eta), la = _mm_set1_ps(lam);
+#endif
+    const fm_idx mfs = m * fs;
+    for (fm_idx i = 0; i < nnz; i++) {
+        const fm_idx j1 = feat[i], f1 = fld[i];
+        if (!checked && (j1 >= n || f1 >= m)) continue;
+        float *row1 = F + j1 * mfs;
+        float *col1 = F + f1 * fs;
+        const float kx1 = kappa * (val[i] * scale);
+        for (fm_idx l = i + 1; l < nnz; l++) {
+            const fm_idx j2 = feat[l], f2 = fld[l];
+            if (!checked && (j2 >= n || f2 >= m)) continue;
+            float *w1 = row1 + f2 * fs;
+            float *w2 = col1 + j2 * mfs;
+            const float kv = kx1 * (val[l] * scale);
+#if FM_SSE
+            const __m128 k = _mm_set1_ps(kv);
+            for (fm_idx d = 0; d < kp; d += 4) {
+                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+                __m128 G1 = _mm_loadu_ps(w1 + kp + d);
+                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+                if (w1 == w2) {
+                    a = fm_adagrad_ps(a, &G1, g1, e, refine);
+                    a = fm_adagrad_ps(a, &G1, g2, e, refine);
+                    _mm_storeu_ps(w1 + d, a);
+                    _mm_storeu_ps(w1 + kp + d, G1);
+                } else {
+                    __m128 G2 = _mm_loadu_ps(w2 + kp + d);
+                    _mm_storeu_ps(w1 + d, fm_adagrad_ps(a, &G1, g1, e, refine));
+                    _mm_storeu_ps(w1 + kp + d, G1);
+                    _mm_storeu_ps(w2 + d, fm_adagrad_ps(b, &G2, g2, e, refine));
+                    _mm_storeu_ps(w2 + kp + d, G2);
+                }
+            }
+#else
+            (void)refine;
+            for (fm_idx d = 0; d < kp; d++) {
+                const float a = w1[d], b = w2[d];
+                const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
+                w1[kp + d] += g1 * g1;
+                w1[d] -= eta * g1 / sqrtf(w1[kp + d]);
+                w2[kp + d] += g2 * g2;
+                w2[d] -= eta * g2 / sqrtf(w2[kp + d]);
+            }
+#endif
+        }
+    }
+}
+
+/* Pair terms of one row's score: sum over i < l of
+ * <w[j_i, f_l], w[j_l, f_i]> * x_i * x_l * scale^2. */
+static inline float fm_ffm_pairs_f32(const float *F, fm_idx n, fm_idx m, fm_idx kp, fm_idx fs,
+                                     int checked, const int *fld, const int *feat,
+                                     const float *val, fm_idx nnz, float scale) {
+#define FM_PAIRS(KP, FS, C) ffm_pairs(F, n, m, KP, FS, C, fld, feat, val, nnz, scale)
+    if (checked) {
+        if (kp == 4 && fs == 8) return FM_PAIRS(4, 8, 1);
+        if (kp == 8 && fs == 16) return FM_PAIRS(8, 16, 1);
+        if (kp == 16 && fs == 32) return FM_PAIRS(16, 32, 1);
+        return FM_PAIRS(kp, fs, 1);
+    }
+    if (kp == 4 && fs == 4) return FM_PAIRS(4, 4, 0);       /* a saved model: no state */
+    if (kp == 4 && fs == 8) return FM_PAIRS(4, 8, 0);
+    return FM_PAIRS(kp, fs, 0);
+#undef FM_PAIRS
+}
+
+/* The AdaGrad step of every pair of one row (blocks of kp weights followed
+ * by their kp accumulators, so fs == 2 * kp). */
+static inline void fm_ffm_update_adagrad_f32(float *F, fm_idx n, fm_idx m, fm_idx kp, fm_idx fs,
+                                             int checked, int refine, const int *fld,
+                                             const int *feat, const float *val, fm_idx nnz,
+                                             float scale, float kappa, float eta, float lam) {
+#define FM_UPDATE(KP, C, R) ffm_update_adagrad(F, n, m, KP, 2 * (KP), C, R, fld, feat, val, nnz, scale, kappa, eta, lam)
+#define FM_UPDATE_K(C, R)                          \
+    do {                                           \
+        if (kp == 4) FM_UPDATE(4, C, R);           \
+        else if (kp == 8) FM_UPDATE(8, C, R);      \
+        else if (kp == 16) FM_UPDATE(16, C, R);    \
+        else FM_UPDATE(kp, C, R);                  \
+    } while (0)
+    (void)fs;
+    if (!checked) {
+        if (refine) FM_UPDATE(kp, 0, 1);
+        else FM_UPDATE(kp, 0, 0);
+    } else if (refine) {
+        FM_UPDATE_K(1, 1);
+    } else {
+        FM_UPDATE_K(1, 0);
+    }
+#undef FM_UPDATE_K
+#undef FM_UPDATE
+}
+
+#endif /* FMCLI_FFM_F32_H */
