@@ -14,7 +14,7 @@ BENCH_ARGS ?=
 DEMO_DIR   := demo-out
 MAN_DATE   := 2026-11-21
 
-CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd)
+CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 

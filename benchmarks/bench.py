@@ -466,7 +466,7 @@ class Bench:
     def fmcli_predict(self, tool: str, case: Case, repeat: int) -> PredictRun:
         model_path = self.scratch / "fmcli.fm"
         out = self.scratch / "fmcli.pred"
-        argv = [self.fm, "predict", model_path, self.data.valid, "-o", out]
+        argv = [self.fm, "predict", "-s", case.threads, model_path, self.data.valid, "-o", out]
         m = self.runner.run(argv, _label(repeat, case, tool, "predict"))
         found = _FM_PREDICT.search(m.stderr)
         rows = int(found[3]) if found else self.data.valid_rows
@@ -731,7 +731,8 @@ def report(results: Results, summaries: list[Summary], ratios: list[Ratio], mark
         "parse MB/s: fmcli = TextReader over the train file, in-process; "
         "libffm = its text-to-binary conversion of the train file (includes hashing and writing the .bin cache).",
         "wall s, peak RSS MB: whole `train` command; predict rows/s, predict RSS MB: whole `predict` "
-        "command on the validation file (1 thread, including start-up and model load).",
+        "command on the validation file, including start-up and model load (fmcli scores with the "
+        "row's thread count; ffm-predict is single-threaded).",
     ]
     conv = [c for s in summaries if s.converted is not None for c in s.converted]
     if conv:
