@@ -90,7 +90,6 @@ class TrainState:
             normalize=cfg.normalize,
         )
         dtype = np.dtype(cfg.dtype)
-        self._checked_batch: int | None = None
         self.ns = _kernels.n_state(cfg.optimizer)
         self.kp = padded_k(cfg.k)
         width = 1 + self.ns
@@ -144,15 +143,10 @@ class TrainState:
     def train_epoch(self, batch: Batch, order: np.ndarray) -> tuple[float, int]:
         b, l, f = self.flat()
         s, c = self.spec, self.cfg
-        key = id(batch)
-        if self._checked_batch != key:  # the range test is O(nnz): once per batch
-            if batch.max_feature >= s.n_features or batch.max_field >= s.n_fields:
-                raise ValueError("training data has ids outside the model")
-            self._checked_batch = key
         return _kernels.train_epoch(
             s.kind, c.optimizer, b, l, f, s.n_features, s.n_fields, self.kp,
             batch.indptr, batch.fields, batch.features, batch.values, batch.labels, order,
-            c.learning_rate, c.l2, s.use_bias, s.use_linear, s.normalize, c.threads, True,
+            c.learning_rate, c.l2, s.use_bias, s.use_linear, s.normalize, c.threads,
             c.exact_adagrad,
         )
 

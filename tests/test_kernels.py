@@ -59,7 +59,7 @@ def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype, e
             model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1),
             model.n_features, model.n_fields, kp, batch.indptr, batch.fields,
             batch.features, batch.values, batch.labels, np.asarray(order, np.int64),
-            eta, lam, model.use_bias, model.use_linear, model.normalize, 1, False, exact,
+            eta, lam, model.use_bias, model.use_linear, model.normalize, 1, exact,
         )
         assert bad == 0
         total += loss

@@ -28,13 +28,14 @@ cdef extern from "ffm_f32.h":
     # Float32 SIMD fast paths (see ffm_f32.h); the generic loops in
     # _kernels.pyx and _optim.pxd are the reference they must agree with.
     void fm_adagrad_f32(float* w, float* G, const float* g, float eta, Py_ssize_t n, int refine) noexcept nogil
-    float fm_ffm_pairs_f32(const float* F, Py_ssize_t n, Py_ssize_t m, Py_ssize_t kp, Py_ssize_t fs,
-                           int checked, const int* fld, const int* feat, const float* val,
-                           Py_ssize_t nnz, float scale) noexcept nogil
-    void fm_ffm_update_adagrad_f32(float* F, Py_ssize_t n, Py_ssize_t m, Py_ssize_t kp, Py_ssize_t fs,
-                                   int checked, int refine, const int* fld, const int* feat, const float* val,
-                                   Py_ssize_t nnz, float scale, float kappa,
-                                   float eta, float lam) noexcept nogil
+    Py_ssize_t fm_ffm_prepare(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
+                              const int* feat, const float* val, Py_ssize_t nnz, float scale,
+                              Py_ssize_t* oj, Py_ssize_t* of, float* xs) noexcept nogil
+    float fm_ffm_pairs_f32(const float* F, Py_ssize_t kp, const Py_ssize_t* oj,
+                           const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
+    void fm_ffm_update_adagrad_f32(float* F, Py_ssize_t kp, int refine, const Py_ssize_t* oj,
+                                   const Py_ssize_t* of, const float* xs, Py_ssize_t c,
+                                   float kappa, float eta, float lam) noexcept nogil
 
 
 cdef inline floating fm_sqrt(floating x) noexcept nogil:

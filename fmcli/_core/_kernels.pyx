@@ -18,12 +18,12 @@
 # libffm does).  With one thread an epoch is a plain loop over `order`, so a
 # run is bit-for-bit reproducible for a seed.
 
-from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport malloc, calloc, free
 from libc.math cimport exp, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
-                      fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32)
+                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32)
 from ._optim cimport opt_block, opt_pair, opt_n_state, OPT_SGD, OPT_ADAGRAD
 
 import numpy as np
@@ -61,7 +61,6 @@ cdef struct Shape:
     bint use_bias
     bint use_linear
     bint normalize
-    bint checked             # every id is known to be inside the model
     bint exact               # float32 AdaGrad: refined instead of estimated 1/sqrt
 
 
@@ -89,17 +88,70 @@ cdef inline double row_scale(const float* val, Py_ssize_t nnz, bint normalize) n
     return 1
 
 
+cdef struct Row:
+    # A row compacted for the float32 FFM loops (see ffm_f32.h).
+    Py_ssize_t* oj
+    Py_ssize_t* of
+    float* xs
+    Py_ssize_t count
+
+
+cdef struct Scratch:
+    # Per-thread work space: FM's kp sums and the compacted row.
+    void* acc
+    Row row
+
+
+cdef Scratch* scratch_new(int nthreads, Py_ssize_t kp, Py_ssize_t max_nnz,
+                          size_t itemsize) noexcept nogil:
+    """One Scratch per thread, or NULL when memory is short."""
+    cdef Scratch* sc = <Scratch*>calloc(nthreads, sizeof(Scratch))
+    cdef int i
+    if sc == NULL:
+        return NULL
+    for i in range(nthreads):
+        sc[i].acc = malloc(itemsize * (kp + 4))
+        sc[i].row.oj = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
+        sc[i].row.of = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
+        sc[i].row.xs = <float*>malloc(sizeof(float) * (max_nnz + 1))
+        if sc[i].acc == NULL or sc[i].row.oj == NULL or sc[i].row.of == NULL or sc[i].row.xs == NULL:
+            scratch_free(sc, nthreads)
+            return NULL
+    return sc
+
+
+cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
+    cdef int i
+    if sc == NULL:
+        return
+    for i in range(nthreads):
+        free(sc[i].acc)
+        free(sc[i].row.oj)
+        free(sc[i].row.of)
+        free(sc[i].row.xs)
+    free(sc)
+
+
+cdef Py_ssize_t longest_row(const long long[::1] indptr) noexcept nogil:
+    cdef Py_ssize_t r, best = 0
+    for r in range(indptr.shape[0] - 1):
+        if indptr[r + 1] - indptr[r] > best:
+            best = indptr[r + 1] - indptr[r]
+    return best
+
+
 cdef inline double score_row(const Shape* s, const floating* B, const floating* L,
                              const floating* F, const int* fld, const int* feat,
                              const float* val, Py_ssize_t nnz, floating scale,
-                             floating* acc) noexcept nogil:
-    """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values).
+                             floating* acc, Row* prep) noexcept nogil:
+    """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values);
+    for the float32 FFM path, prep receives the compacted row that update_row
+    then reuses.
 
     Entries whose feature (or, for FFM, field) is outside the model add
     nothing; they still count in the row's normalization."""
     cdef double t = 0
     cdef floating pair = 0, x1, sq = 0, v
-    cdef floating p0 = 0, p1 = 0, p2 = 0, p3 = 0
     cdef Py_ssize_t i, l, d, j1, j2, f1, f2
     # Shape fields in locals: stores through float pointers cannot alias them.
     cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride
@@ -115,29 +167,25 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                 t += L[j1 * s.lstride] * (val[i] * scale)
     if s.kind == KIND_FFM:
         if floating is float:
-            return t + fm_ffm_pairs_f32(F, n, m, kp, fs, s.checked, fld, feat, val, nnz, scale)
-        for i in range(nnz):
-            j1 = feat[i]
-            f1 = fld[i]
-            if j1 >= n or f1 >= m:
-                continue
-            x1 = val[i] * scale
-            row1 = F + j1 * m * fs
-            for l in range(i + 1, nnz):
-                j2 = feat[l]
-                f2 = fld[l]
-                if j2 >= n or f2 >= m:
+            prep.count = fm_ffm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            t += fm_ffm_pairs_f32(F, kp, prep.oj, prep.of, prep.xs, prep.count)
+        else:
+            for i in range(nnz):
+                j1 = feat[i]
+                f1 = fld[i]
+                if j1 >= n or f1 >= m:
                     continue
-                w1 = row1 + f2 * fs
-                w2 = F + (j2 * m + f1) * fs
-                v = x1 * (val[l] * scale)
-                # four lane sums across all pairs, reduced once per row
-                for d in range(0, kp, 4):
-                    p0 = p0 + w1[d] * w2[d] * v
-                    p1 = p1 + w1[d + 1] * w2[d + 1] * v
-                    p2 = p2 + w1[d + 2] * w2[d + 2] * v
-                    p3 = p3 + w1[d + 3] * w2[d + 3] * v
-        t += (p0 + p1) + (p2 + p3)
+                x1 = val[i] * scale
+                row1 = F + j1 * m * fs
+                for l in range(i + 1, nnz):
+                    j2 = feat[l]
+                    f2 = fld[l]
+                    if j2 >= n or f2 >= m:
+                        continue
+                    w1 = row1 + f2 * fs
+                    w2 = F + (j2 * m + f1) * fs
+                    pair = pair + dot(w1, w2, kp) * (x1 * (val[l] * scale))
+            t += pair
     elif s.kind == KIND_FM:
         for d in range(kp):
             acc[d] = 0
@@ -161,7 +209,7 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
                             floating* B, floating* L, floating* F,
                             const int* fld, const int* feat, const float* val,
                             Py_ssize_t nnz, floating scale, floating kappa,
-                            const floating* acc) noexcept nogil:
+                            const floating* acc, const Row* prep) noexcept nogil:
     """One optimizer step for every parameter the row touches.
 
     kappa is dloss/dscore at the parameters as they were when the row was
@@ -187,8 +235,8 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
     if s.kind == KIND_FFM:
         if floating is float:
             if opt == OPT_ADAGRAD:
-                fm_ffm_update_adagrad_f32(F, n, m, kp, fs, s.checked, s.exact, fld, feat, val,
-                                          nnz, scale, kappa, eta, lam)
+                fm_ffm_update_adagrad_f32(F, kp, s.exact, prep.oj, prep.of, prep.xs, prep.count,
+                                          kappa, eta, lam)
                 return
         for i in range(nnz):
             f1 = fld[i]
@@ -242,7 +290,6 @@ cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_s
     s.use_bias = use_bias
     s.use_linear = use_linear
     s.normalize = normalize
-    s.checked = False
     s.exact = False
     return s
 
@@ -252,20 +299,16 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
                 const long long[::1] indptr, const int[::1] fields, const int[::1] features,
                 const float[::1] values, const float[::1] labels, const long long[::1] order,
                 double eta, double lam, bint use_bias=True, bint use_linear=True,
-                bint normalize=True, int threads=1, bint ids_checked=False,
-                bint exact_rsqrt=False):
+                bint normalize=True, int threads=1, bint exact_rsqrt=False):
     """One pass of logistic-loss training over rows in `order`.
 
-    Ids outside the model are skipped; with ids_checked the caller promises
-    there are none (the model was sized from this data), which lets the fast
-    path drop the range tests.  exact_rsqrt: float32 AdaGrad refines the
+    Ids outside the model are skipped.  exact_rsqrt: float32 AdaGrad refines the
     CPU's 1/sqrt estimate to float32 precision (slower; float64 is always
     exact).  Returns (sum of row losses, number of rows skipped because their
     score was not finite)."""
     cdef int opt = OPT_CODES[optimizer]
     cdef Shape s = make_shape(kind, n_features, n_fields, kp, opt_n_state(opt),
                               use_bias, use_linear, normalize)
-    s.checked = ids_checked
     s.exact = exact_rsqrt
     if B.shape[0] < s.lstride or L.shape[0] < n_features * s.lstride:
         raise ValueError("bias or linear array too small")
@@ -279,28 +322,32 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
     cdef double t, loss = 0, y
     cdef long long bad = 0
     cdef floating scale, kappa
-    cdef floating* acc
     cdef floating feta = eta, flam = lam
-    cdef int nthreads = max(1, threads)
-    acc = NULL
-    with nogil, parallel(num_threads=nthreads):
-        acc = <floating*>malloc(sizeof(floating) * (kp + 4))
-        for ii in prange(n, schedule="static"):
-            row = order[ii]
-            start = indptr[row]
-            nnz = indptr[row + 1] - start
-            scale = <floating>row_scale(&values[start], nnz, s.normalize)
-            t = score_row(&s, pB, pL, pF, &fields[start], &features[start], &values[start],
-                          nnz, scale, acc)
-            if not isfinite(t):
-                bad += 1
-                continue
-            y = labels[row]
-            kappa = <floating>(-y / (1.0 + exp(y * t)))
-            loss += log1pexp(-y * t)
-            update_row(&s, opt, feta, flam, pB, pL, pF, &fields[start], &features[start],
-                       &values[start], nnz, scale, kappa, acc)
-        free(acc)
+    cdef int nthreads = max(1, threads), tid
+    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating))
+    if sc == NULL:
+        raise MemoryError("no memory for the training work space")
+    tid = 0
+    try:
+        with nogil, parallel(num_threads=nthreads):
+            tid = threadid()
+            for ii in prange(n, schedule="static"):
+                row = order[ii]
+                start = indptr[row]
+                nnz = indptr[row + 1] - start
+                scale = <floating>row_scale(&values[start], nnz, s.normalize)
+                t = score_row(&s, pB, pL, pF, &fields[start], &features[start], &values[start],
+                              nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
+                if not isfinite(t):
+                    bad += 1
+                    continue
+                y = labels[row]
+                kappa = <floating>(-y / (1.0 + exp(y * t)))
+                loss += log1pexp(-y * t)
+                update_row(&s, opt, feta, flam, pB, pL, pF, &fields[start], &features[start],
+                           &values[start], nnz, scale, kappa, <floating*>sc[tid].acc, &sc[tid].row)
+    finally:
+        scratch_free(sc, nthreads)
     return loss, bad
 
 
@@ -323,16 +370,20 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
     cdef const floating* pF = cptr(F)
     cdef Py_ssize_t row, start, nnz
     cdef floating scale
-    cdef floating* acc
-    cdef int nthreads = max(1, threads)
-    acc = NULL
-    with nogil, parallel(num_threads=nthreads):
-        acc = <floating*>malloc(sizeof(floating) * (kp + 4))
-        for row in prange(n, schedule="static"):
-            start = indptr[row]
-            nnz = indptr[row + 1] - start
-            scale = <floating>row_scale(&values[start], nnz, s.normalize)
-            out[row] = score_row(&s, pB, pL, pF, &fields[start], &features[start],
-                                 &values[start], nnz, scale, acc)
-        free(acc)
+    cdef int nthreads = max(1, threads), tid
+    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating))
+    if sc == NULL:
+        raise MemoryError("no memory for the scoring work space")
+    tid = 0
+    try:
+        with nogil, parallel(num_threads=nthreads):
+            tid = threadid()
+            for row in prange(n, schedule="static"):
+                start = indptr[row]
+                nnz = indptr[row + 1] - start
+                scale = <floating>row_scale(&values[start], nnz, s.normalize)
+                out[row] = score_row(&s, pB, pL, pF, &fields[start], &features[start],
+                                     &values[start], nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
+    finally:
+        scratch_free(sc, nthreads)
     return np.asarray(out)

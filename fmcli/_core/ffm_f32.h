@@ -72,34 +72,45 @@ static inline void fm_adagrad_f32(float *w, float *G, const float *g, float eta,
 #define FM_INLINE static inline
 #endif
 
-/* The loops below are written once with kp, fs and `checked` as parameters
- * and instantiated by fm_ffm_pairs_f32 / fm_ffm_update_adagrad_f32 for the
- * common k (4, 8, 16) as constants, so the compiler drops the inner loop and
- * the index multiplications.  `checked` says every id is known to be inside
- * the model (the training data the model was sized from), which removes the
- * range tests from the pair loop. */
+/* A row is first compacted by fm_ffm_prepare: entries outside the model are
+ * dropped and, for each kept entry i, oj[i] = j_i * m * fs (start of the
+ * feature's blocks), of[i] = f_i * fs (offset of a field's block) and
+ * xs[i] = x_i * scale.  Then for a pair i < l
+ *     w1 = block(j_i, f_l) = F + oj[i] + of[l]
+ *     w2 = block(j_l, f_i) = F + oj[l] + of[i]
+ * so the pair loops do no range tests and no multiplications for addresses.
+ * The loops are written once with kp as a parameter and instantiated for the
+ * common k (4, 8, 16) as constants, which removes the inner loop. */
 
-FM_INLINE float ffm_pairs(const float *F, fm_idx n, fm_idx m, const fm_idx kp, const fm_idx fs,
-                          const int checked, const int *fld, const int *feat, const float *val,
-                          fm_idx nnz, float scale) {
+static inline fm_idx fm_ffm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fld,
+                                    const int *feat, const float *val, fm_idx nnz, float scale,
+                                    fm_idx *oj, fm_idx *of, float *xs) {
+    fm_idx c = 0;
+    for (fm_idx i = 0; i < nnz; i++) {
+        if (feat[i] >= n || fld[i] >= m) continue;
+        oj[c] = (fm_idx)feat[i] * m * fs;
+        of[c] = (fm_idx)fld[i] * fs;
+        xs[c] = val[i] * scale;
+        c++;
+    }
+    return c;
+}
+
+FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                          const float *xs, fm_idx c) {
 #if FM_SSE
     __m128 acc = _mm_setzero_ps();
 #else
     float acc = 0.0f;
 #endif
-    const fm_idx mfs = m * fs;
-    for (fm_idx i = 0; i < nnz; i++) {
-        const fm_idx j1 = feat[i], f1 = fld[i];
-        if (!checked && (j1 >= n || f1 >= m)) continue;
-        const float *row1 = F + j1 * mfs;
-        const float *col1 = F + f1 * fs;
-        const float x1 = val[i] * scale;
-        for (fm_idx l = i + 1; l < nnz; l++) {
-            const fm_idx j2 = feat[l], f2 = fld[l];
-            if (!checked && (j2 >= n || f2 >= m)) continue;
-            const float *w1 = row1 + f2 * fs;
-            const float *w2 = col1 + j2 * mfs;
-            const float v = x1 * (val[l] * scale);
+    for (fm_idx i = 0; i < c; i++) {
+        const float *row1 = F + oj[i];
+        const float *col1 = F + of[i];
+        const float x1 = xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            const float *w1 = row1 + of[l];
+            const float *w2 = col1 + oj[l];
+            const float v = x1 * xs[l];
 #if FM_SSE
             const __m128 vv = _mm_set1_ps(v);
             for (fm_idx d = 0; d < kp; d += 4)
@@ -122,27 +133,21 @@ FM_INLINE float ffm_pairs(const float *F, fm_idx n, fm_idx m, const fm_idx kp, c
  *   g1 = lam*w1 + kv*w2,  g2 = lam*w2 + kv*w1   (from the values before the pair)
  * then w1 is stepped with g1 and w2 with g2.  When both are the same block
  * (a feature repeated within one field) the two steps apply one after the
- * other to it. */
-FM_INLINE void ffm_update_adagrad(float *F, fm_idx n, fm_idx m, const fm_idx kp, const fm_idx fs,
-                                  const int checked, const int refine, const int *fld,
-                                  const int *feat, const float *val, fm_idx nnz, float scale,
-                                  float kappa, float eta, float lam) {
+ * other to it.  Blocks are kp weights followed by their kp accumulators. */
+FM_INLINE void ffm_update_adagrad(float *F, const fm_idx kp, const int refine, const fm_idx *oj,
+                                  const fm_idx *of, const float *xs, fm_idx c, float kappa,
+                                  float eta, float lam) {
 #if FM_SSE
     const __m128 e = _mm_set1_ps(eta), la = _mm_set1_ps(lam);
 #endif
-    const fm_idx mfs = m * fs;
-    for (fm_idx i = 0; i < nnz; i++) {
-        const fm_idx j1 = feat[i], f1 = fld[i];
-        if (!checked && (j1 >= n || f1 >= m)) continue;
-        float *row1 = F + j1 * mfs;
-        float *col1 = F + f1 * fs;
-        const float kx1 = kappa * (val[i] * scale);
-        for (fm_idx l = i + 1; l < nnz; l++) {
-            const fm_idx j2 = feat[l], f2 = fld[l];
-            if (!checked && (j2 >= n || f2 >= m)) continue;
-            float *w1 = row1 + f2 * fs;
-            float *w2 = col1 + j2 * mfs;
-            const float kv = kx1 * (val[l] * scale);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const float kv = kx1 * xs[l];
 #if FM_SSE
             const __m128 k = _mm_set1_ps(kv);
             for (fm_idx d = 0; d < kp; d += 4) {
@@ -178,48 +183,32 @@ FM_INLINE void ffm_update_adagrad(float *F, fm_idx n, fm_idx m, const fm_idx kp,
     }
 }
 
-/* Pair terms of one row's score: sum over i < l of
- * <w[j_i, f_l], w[j_l, f_i]> * x_i * x_l * scale^2. */
-static inline float fm_ffm_pairs_f32(const float *F, fm_idx n, fm_idx m, fm_idx kp, fm_idx fs,
-                                     int checked, const int *fld, const int *feat,
-                                     const float *val, fm_idx nnz, float scale) {
-#define FM_PAIRS(KP, FS, C) ffm_pairs(F, n, m, KP, FS, C, fld, feat, val, nnz, scale)
-    if (checked) {
-        if (kp == 4 && fs == 8) return FM_PAIRS(4, 8, 1);
-        if (kp == 8 && fs == 16) return FM_PAIRS(8, 16, 1);
-        if (kp == 16 && fs == 32) return FM_PAIRS(16, 32, 1);
-        return FM_PAIRS(kp, fs, 1);
-    }
-    if (kp == 4 && fs == 4) return FM_PAIRS(4, 4, 0);       /* a saved model: no state */
-    if (kp == 4 && fs == 8) return FM_PAIRS(4, 8, 0);
-    return FM_PAIRS(kp, fs, 0);
-#undef FM_PAIRS
+/* Pair terms of a prepared row's score: sum over i < l of
+ * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
+static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                     const float *xs, fm_idx c) {
+    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c);
+    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c);
+    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c);
+    return ffm_pairs(F, kp, oj, of, xs, c);
 }
 
-/* The AdaGrad step of every pair of one row (blocks of kp weights followed
- * by their kp accumulators, so fs == 2 * kp). */
-static inline void fm_ffm_update_adagrad_f32(float *F, fm_idx n, fm_idx m, fm_idx kp, fm_idx fs,
-                                             int checked, int refine, const int *fld,
-                                             const int *feat, const float *val, fm_idx nnz,
-                                             float scale, float kappa, float eta, float lam) {
-#define FM_UPDATE(KP, C, R) ffm_update_adagrad(F, n, m, KP, 2 * (KP), C, R, fld, feat, val, nnz, scale, kappa, eta, lam)
-#define FM_UPDATE_K(C, R)                          \
-    do {                                           \
-        if (kp == 4) FM_UPDATE(4, C, R);           \
-        else if (kp == 8) FM_UPDATE(8, C, R);      \
-        else if (kp == 16) FM_UPDATE(16, C, R);    \
-        else FM_UPDATE(kp, C, R);                  \
-    } while (0)
-    (void)fs;
-    if (!checked) {
-        if (refine) FM_UPDATE(kp, 0, 1);
-        else FM_UPDATE(kp, 0, 0);
-    } else if (refine) {
-        FM_UPDATE_K(1, 1);
+/* The AdaGrad step of every pair of a prepared row. */
+static inline void fm_ffm_update_adagrad_f32(float *F, fm_idx kp, int refine, const fm_idx *oj,
+                                             const fm_idx *of, const float *xs, fm_idx c,
+                                             float kappa, float eta, float lam) {
+#define FM_UPDATE(KP, R) ffm_update_adagrad(F, KP, R, oj, of, xs, c, kappa, eta, lam)
+    if (refine) {
+        FM_UPDATE(kp, 1);
+    } else if (kp == 4) {
+        FM_UPDATE(4, 0);
+    } else if (kp == 8) {
+        FM_UPDATE(8, 0);
+    } else if (kp == 16) {
+        FM_UPDATE(16, 0);
     } else {
-        FM_UPDATE_K(1, 0);
+        FM_UPDATE(kp, 0);
     }
-#undef FM_UPDATE_K
 #undef FM_UPDATE
 }
 
