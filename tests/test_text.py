@@ -47,12 +47,12 @@ def is_printable_ascii(text: str) -> bool:
 # --------------------------------------------------------------------------
 
 def test_libffm_rows_parse_exactly(tmp_path):
-    path = write(tmp_path, "a.ffm", b"1 0:1:0.5 2:3:1\n0 1:7:2\n-1 4:4:-3\n+1 0:0:1\n1.0 5:6:7\n")
+    path = write(tmp_path, "a.ffm", b"1 0:1:0.5 2:3:1\n0 1:7:2\n0.0 4:4:-3\n+1 0:0:1\n1.0 5:6:7\n")
     batch, fmt = read_text(path)
     assert fmt == "libffm"
     assert_batch(
         batch,
-        labels=[1, 0, -1, 1, 1],
+        labels=[1, 0, 0, 1, 1],
         indptr=[0, 2, 3, 4, 5, 6],
         fields=[0, 2, 1, 4, 0, 5],
         features=[1, 3, 7, 4, 0, 6],
@@ -60,13 +60,26 @@ def test_libffm_rows_parse_exactly(tmp_path):
     )
 
 
+def test_minus_one_plus_one_labels(tmp_path):
+    path = write(tmp_path, "a.ffm", b"-1 0:1:1\n+1 0:2:1\n1 0:3:1\n-1.0 0:4:1\n")
+    batch, _ = read_text(path)
+    np.testing.assert_array_equal(batch.labels, [-1, 1, 1, -1])
+
+
+def test_mixing_zero_and_minus_one_labels_is_an_error(tmp_path):
+    path = write(tmp_path, "a.ffm", b"1 0:1:1\n0 0:2:1\n1 0:3:1\n-1 0:4:1\n")
+    with pytest.raises(DataError) as info:
+        read_text(path)
+    assert str(info.value).startswith(f"{path}:4: binary labels use both 0 and -1")
+
+
 def test_libsvm_rows_parse_exactly_and_skip_qid(tmp_path):
-    path = write(tmp_path, "a.svm", b"1 qid:3 1:0.5 4:2\n0 qid:17 9:1\n-1 3:-1 qid:9\n")
+    path = write(tmp_path, "a.svm", b"1 qid:3 1:0.5 4:2\n0 qid:17 9:1\n0 3:-1 qid:9\n")
     batch, fmt = read_text(path)
     assert fmt == "libsvm"
     assert_batch(
         batch,
-        labels=[1, 0, -1],
+        labels=[1, 0, 0],
         indptr=[0, 2, 3, 4],
         fields=[0, 0, 0, 0],
         features=[1, 4, 9, 3],
@@ -83,13 +96,13 @@ def test_whitespace_comments_crlf_and_missing_final_newline(tmp_path):
         b"\n"
         b"0\t\t1:7:2   3:8:4  # trailing comment 9:9:9\r\n"
         b"  # indented comment\n"
-        b"\t-1  4:4:-3\t\n"
+        b"\t0.0  4:4:-3\t\n"
         b"1 0:0:1"  # no final newline
     )
     batch, _ = read_text(write(tmp_path, "a.ffm", data))
     assert_batch(
         batch,
-        labels=[1, 0, -1, 1],
+        labels=[1, 0, 0, 1],
         indptr=[0, 2, 4, 5, 6],
         fields=[0, 2, 1, 3, 4, 0],
         features=[1, 3, 7, 8, 4, 0],
@@ -98,9 +111,9 @@ def test_whitespace_comments_crlf_and_missing_final_newline(tmp_path):
 
 
 def test_row_with_label_and_no_features(tmp_path):
-    batch, _ = read_text(write(tmp_path, "a.ffm", b"1\n0 # nothing here\n1 2:3:4\n-1   \n"))
+    batch, _ = read_text(write(tmp_path, "a.ffm", b"1\n0 # nothing here\n1 2:3:4\n0   \n"))
     assert_batch(
-        batch, labels=[1, 0, 1, -1], indptr=[0, 0, 0, 1, 1],
+        batch, labels=[1, 0, 1, 0], indptr=[0, 0, 0, 1, 1],
         fields=[2], features=[3], values=[4],
     )
 
@@ -198,7 +211,7 @@ GOOD_MIXED = (
     b"\r\n"
     b"0 1:12345:2.25 # comment 1:2:3\n"
     b"   \t \n"
-    b"-1\n"
+    b"0\n"
     b"1 5:6:7 5:7:8 5:8:9 5:9:10 5:10:11 5:11:12 5:12:13\r\n"
     b"# another comment\n"
     b"0 0:0:1e-3"
@@ -235,7 +248,7 @@ def test_random_file_same_for_every_block_size(tmp_path):
         n = int(rng.integers(0, 6))
         toks = [f"{rng.integers(0, 6)}:{rng.integers(0, 200)}:{rng.random():.4g}" for _ in range(n)]
         sep = " " if rng.random() < 0.7 else "\t"
-        lines.append(str(rng.choice(["0", "1", "-1", "+1"])) + (sep + sep.join(toks) if toks else ""))
+        lines.append(str(rng.choice(["0", "1", "0.0", "+1"])) + (sep + sep.join(toks) if toks else ""))
         if rng.random() < 0.1:
             lines.append("# comment")
         if rng.random() < 0.1:
@@ -259,7 +272,7 @@ BAD_AT_LINE_9 = (
     b"   \t\r\n"                    # 4
     b"0 2:3:1 # trailing\r\n"       # 5
     b"# another\n"                  # 6
-    b"-1 0:0:1\n"                   # 7
+    b"0 0:0:1\n"                    # 7
     b"\n"                           # 8
     b"1 0:0:1 1:5:abc 2:2:2\r\n"    # 9
     b"1 0:0:1\n"                    # 10

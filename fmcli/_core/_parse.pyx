@@ -32,6 +32,10 @@ cdef enum:
     E_VALUE = 6          # value is not a number
     E_NONFINITE = 7      # value or label is NaN / inf / overflows
     E_CAPACITY = 8       # output arrays too small (caller bug)
+    E_LONG_LINE = 9      # line longer than max_line bytes
+    E_CR = 10            # carriage return not followed by a line feed
+    E_MIXED_LABELS = 11  # binary labels use both 0 and -1 for the negative class
+    E_FEATURE_LIMIT = 12 # feature id above max_feature
 
 FORMATS = {"libffm": FMT_LIBFFM, "libsvm": FMT_LIBSVM}
 LABEL_MODES = {"binary": LABEL_BINARY, "real": LABEL_REAL}
@@ -148,13 +152,21 @@ cdef inline bint at_token_end(const unsigned char* p, const unsigned char* end) 
 
 def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                 float[::1] labels, long long[::1] indptr, int[::1] fields,
-                int[::1] features, float[::1] values):
+                int[::1] features, float[::1] values, long long[::1] row_lines=None,
+                long long max_line=0, long long max_feature=MAX_ID, int negative=0):
     """Parse whole lines in `buf` into the output arrays.
 
     indptr[0] must hold the nnz offset to start from (normally 0); row r's
-    entries end at indptr[r + 1].  Returns (rows, nnz, lines, error, err_line,
-    err_start, err_end): lines is the number of lines consumed (0-based index
-    of the bad line when error != 0) and err_start:err_end the bad token."""
+    entries end at indptr[r + 1], and row_lines[r] (when given) receives the
+    0-based index of its line in `buf`.  max_line > 0 limits a line's length
+    in bytes; feature ids above max_feature are errors.  `negative` carries
+    which negative label binary data has used so far (0 none yet, 1 "0",
+    2 "-1") from block to block: mixing them is an error.
+
+    Returns (rows, nnz, lines, error, err_line, err_start, err_end, negative):
+    lines is the number of lines consumed (the 0-based index of the bad line
+    when error != 0), err_start:err_end the bad token, and on error nnz may
+    include entries of the unfinished row (indptr[rows] is where it began)."""
     cdef int f = FORMATS[fmt]
     cdef int lm = LABEL_MODES[label_mode]
     cdef Py_ssize_t n = buf.shape[0]
@@ -172,8 +184,12 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     cdef const unsigned char* end
     cdef const unsigned char* tok = NULL
     cdef const unsigned char* q
+    cdef bint keep_lines = row_lines is not None
+    cdef const unsigned char* cr
+    if keep_lines and row_lines.shape[0] < cap_rows:
+        raise ValueError("row_lines is shorter than labels")
     if n == 0:
-        return 0, nnz, 0, OK, 0, 0, 0
+        return 0, nnz, 0, OK, 0, 0, 0, negative
     base = &buf[0]
     end = base + n
     p = base
@@ -186,8 +202,17 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
             hash_ = <const unsigned char*>memchr(p, 35, lend - p)      # '#'
             if hash_ != NULL:
                 lend = hash_
+            if max_line > 0 and eol - p > max_line:
+                err = E_LONG_LINE
+                tok = p
+                break
             if lend > p and (lend - 1)[0] == 13 and hash_ == NULL:          # CR of CRLF
                 lend -= 1
+            cr = <const unsigned char*>memchr(p, 13, lend - p)
+            if cr != NULL:
+                err = E_CR
+                tok = cr
+                break
             while p < lend and is_sep(p[0]):
                 p += 1
             if p < lend:
@@ -203,9 +228,16 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                 if lab != lab or lab - lab != 0:
                     err = E_NONFINITE
                     break
-                if lm == LABEL_BINARY and not (lab == 1 or lab == 0 or lab == -1):
-                    err = E_LABEL_VALUE
-                    break
+                if lm == LABEL_BINARY:
+                    if not (lab == 1 or lab == 0 or lab == -1):
+                        err = E_LABEL_VALUE
+                        break
+                    if lab != 1:
+                        if negative == 0:
+                            negative = 1 if lab == 0 else 2
+                        elif negative != (1 if lab == 0 else 2):
+                            err = E_MIXED_LABELS
+                            break
                 labels[rows] = <float>lab
                 p = q
                 while True:
@@ -238,6 +270,9 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                     if rc != OK:
                         err = rc
                         break
+                    if jid > max_feature:
+                        err = E_FEATURE_LIMIT
+                        break
                     if q >= lend or q[0] != 58:
                         err = E_TOKEN
                         break
@@ -259,6 +294,8 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                     p = q
                 if err != OK:
                     break
+                if keep_lines:
+                    row_lines[rows] = line
                 rows += 1
                 indptr[rows] = nnz
             line += 1
@@ -267,5 +304,7 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
         q = tok
         while q < end and q[0] != 10 and q[0] != 13 and not is_sep(q[0]):
             q += 1
-        return rows, nnz, line, err, line, tok - base, q - base
-    return rows, nnz, line, OK, 0, 0, 0
+        if err == E_CR:
+            q = tok + 1
+        return rows, nnz, line, err, line, tok - base, q - base, negative
+    return rows, nnz, line, OK, 0, 0, 0, negative

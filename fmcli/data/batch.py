@@ -21,6 +21,7 @@ class Batch:
     fields: np.ndarray      # int32 (nnz,)
     features: np.ndarray    # int32 (nnz,)
     values: np.ndarray      # float32 (nnz,)
+    lines: np.ndarray | None = None   # int64 (n_rows,): 1-based line of each row, when tracked
 
     @property
     def n_rows(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -20,11 +21,17 @@ from ..errors import DataError, InputNotFoundError
 from .batch import Batch
 
 DEFAULT_BLOCK_BYTES = 8 << 20
+DEFAULT_MAX_LINE_BYTES = 1 << 24   # 16 MiB: far beyond any real row, bounded memory
+MAX_ID = 2**31 - 1
+_BOM = b"\xef\xbb\xbf"
+
+# Parser error codes (fmcli/_core/_parse.pyx).
+E_TOKEN, E_LONG_LINE, E_CR, E_MIXED_LABELS, E_FEATURE_LIMIT = 3, 9, 10, 11, 12
 
 _MESSAGES = {
     1: "expected a numeric label",
     2: "expected a binary label (0/1 or -1/+1)",
-    3: None,  # the format's token shape, filled in by _raise
+    3: None,  # the format's token shape, filled in by _describe
     4: "expected a non-negative id",
     5: "expected an id below 2^31",
     6: "expected a number as the value",
@@ -86,6 +93,15 @@ def display_name(path: str | os.PathLike) -> str:
     return "<stdin>" if path == "-" else path
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a reader tolerates before it stops with a DataError."""
+
+    max_bad_rows: int = 0              # malformed rows skipped (and counted) before failing
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_feature_id: int = MAX_ID
+
+
 class TextReader:
     """Stream a libffm/libsvm file as CSR batches of whole lines."""
 
@@ -95,6 +111,8 @@ class TextReader:
         fmt: str = "auto",
         label_mode: str = "binary",
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        limits: ReadLimits = ReadLimits(),
+        track_lines: bool = False,
     ):
         if fmt not in ("auto", "libffm", "libsvm"):
             raise ValueError(f"unknown text format {fmt!r}")
@@ -105,20 +123,24 @@ class TextReader:
         self.fmt = fmt
         self.label_mode = label_mode
         self.block_bytes = block_bytes
+        self.limits = limits
+        self.track_lines = track_lines
         self.bytes_read = 0
         self.lines = 0
+        self.bad_rows: list[DataError] = []   # rows skipped under max_bad_rows
+        self._negative = 0                    # negative label seen so far (parser state)
 
     def __iter__(self) -> Iterator[Batch]:
         """One Batch per block of whole lines (bounded memory, for streaming)."""
         for buf, cut, line_base in self._blocks():
-            cols = _Columns(*_capacity(cut))
+            cols = _Columns(*_capacity(cut), track_lines=self.track_lines)
             self._parse_into(cols, buf, cut, line_base)
             if cols.rows:
                 yield cols.finish()
 
     def read_all(self) -> Batch:
         """The whole input as one Batch, parsed straight into growing arrays."""
-        cols = _Columns(1 << 16, 1 << 20)
+        cols = _Columns(1 << 16, 1 << 20, track_lines=self.track_lines)
         for buf, cut, line_base in self._blocks():
             cols.reserve(*_capacity(cut))
             self._parse_into(cols, buf, cut, line_base)
@@ -127,8 +149,11 @@ class TextReader:
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
         """(buffer, end of its last whole line, number of lines before it)."""
         f = open_input(self.path)
+        max_line = self.limits.max_line_bytes
         try:
             carry = b""
+            first = True
+            dropping = False  # inside an over-long line that is being skipped
             self.lines = 0
             while True:
                 try:
@@ -138,13 +163,34 @@ class TextReader:
                 self.bytes_read += len(block)
                 final = not block
                 buf = carry + block if carry else block
+                if first and buf[:3] == _BOM:
+                    buf = buf[3:]  # a UTF-8 byte-order mark is not data
+                first = first and not buf
+                if dropping:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        carry = b""
+                        if final:
+                            return
+                        continue
+                    buf, dropping = buf[nl + 1 :], False
+                    self.lines += 1
                 if not buf:
-                    return
+                    if final:
+                        return
+                    carry = b""
+                    continue
                 if final:
                     cut = len(buf)
                 else:
                     cut = buf.rfind(b"\n") + 1
                     if cut == 0:
+                        if max_line and len(buf) > max_line:
+                            # A line longer than the limit: fail or skip it
+                            # without ever holding more than the limit.
+                            self._bad(E_LONG_LINE, self.lines + 1, buf[:40])
+                            carry, dropping = b"", True
+                            continue
                         carry = buf  # a line longer than one block: keep reading
                         continue
                 if self.fmt == "auto":
@@ -160,25 +206,62 @@ class TextReader:
                 f.close()
 
     def _parse_into(self, cols: "_Columns", buf: bytes, cut: int, line_base: int) -> None:
+        """Parse buf[:cut]; malformed rows are skipped while max_bad_rows allows."""
         data = np.frombuffer(buf, dtype=np.uint8, count=cut)
         fmt = "libffm" if self.fmt == "auto" else self.fmt
-        rows, nnz, lines, err, err_line, start, end = _parse.parse_block(
-            data, fmt, self.label_mode, cols.labels[cols.rows :], cols.indptr[cols.rows :],
-            cols.fields, cols.features, cols.values,
-        )
-        if err:
-            self._raise(err, line_base + err_line + 1, buf[start:end])
-        cols.rows += rows
-        cols.nnz = nnz
-        self.lines += lines
+        offset, line0 = 0, line_base  # line0: lines before data[offset]
+        while True:
+            rows, nnz, lines, err, err_line, start, end, self._negative = _parse.parse_block(
+                data[offset:], fmt, self.label_mode, cols.labels[cols.rows :],
+                cols.indptr[cols.rows :], cols.fields, cols.features, cols.values,
+                None if cols.lines is None else cols.lines[cols.rows :],
+                self.limits.max_line_bytes, self.limits.max_feature_id, self._negative,
+            )
+            if cols.lines is not None:
+                cols.lines[cols.rows : cols.rows + rows] += line0 + 1  # 1-based, absolute
+            cols.rows += rows
+            if not err:
+                cols.nnz = nnz
+                self.lines = line0 + lines
+                return
+            cols.nnz = int(cols.indptr[cols.rows])  # drop the unfinished row
+            lineno = line0 + err_line + 1
+            self._bad(err, lineno, buf[offset + start : offset + end])
+            nl = buf.find(b"\n", offset + start, cut)
+            if nl < 0:
+                self.lines = lineno
+                return
+            offset, line0 = nl + 1, lineno
 
-    def _raise(self, err: int, line: int, token: bytes) -> None:
-        if err == 3:
-            shape = "field:feature:value" if self.fmt == "libffm" else "feature:value"
-            what = f"expected {shape}"
-        else:
-            what = _MESSAGES.get(err, "internal parser error")
-        raise DataError(f"{what}, found {describe_token(token)}", self.name, line)
+    def _bad(self, err: int, line: int, token: bytes) -> None:
+        """Count a malformed row, or raise once max_bad_rows is used up."""
+        error = DataError(self._describe(err, token), self.name, line)
+        if len(self.bad_rows) >= self.limits.max_bad_rows:
+            if self.bad_rows:
+                error = DataError(
+                    f"{error.message} (more than --max-bad-rows {self.limits.max_bad_rows} bad rows)",
+                    self.name, line,
+                )
+            raise error
+        self.bad_rows.append(error)
+
+    def _describe(self, err: int, token: bytes) -> str:
+        found = f"found {describe_token(token)}"
+        if err == E_TOKEN:
+            shape = "field:feature:value" if self.fmt in ("libffm", "auto") else "feature:value"
+            return f"expected {shape}, {found}"
+        if err == E_LONG_LINE:
+            return (f"line longer than {self.limits.max_line_bytes} bytes (--max-line-bytes), "
+                    f"starting {describe_token(token)}")
+        if err == E_CR:
+            return ("carriage return inside a line (CR-only line endings?); "
+                    "convert with: tr '\\r' '\\n'")
+        if err == E_MIXED_LABELS:
+            return (f"binary labels use both 0 and -1 for the negative class, {found}; "
+                    "use 0/1 or -1/+1 throughout")
+        if err == E_FEATURE_LIMIT:
+            return f"expected a feature id at most {self.limits.max_feature_id} (--max-feature-id), {found}"
+        return f"{_MESSAGES.get(err, 'internal parser error')}, {found}"
 
 
 def _capacity(nbytes: int) -> tuple[int, int]:
@@ -196,7 +279,8 @@ class _Columns:
     ``ndarray.resize`` reallocates; for large arrays the C library remaps the
     pages instead of copying them, so growing never holds two copies."""
 
-    def __init__(self, rows_cap: int, nnz_cap: int):
+    def __init__(self, rows_cap: int, nnz_cap: int, track_lines: bool = False):
+        self.lines = np.zeros(rows_cap, np.int64) if track_lines else None
         self.labels = np.empty(rows_cap, np.float32)
         self.indptr = np.zeros(rows_cap + 1, np.int64)
         self.fields = np.empty(nnz_cap, np.int32)
@@ -210,6 +294,8 @@ class _Columns:
             cap = max(self.rows + rows, self.labels.shape[0] * 3 // 2)
             self.labels.resize(cap, refcheck=False)
             self.indptr.resize(cap + 1, refcheck=False)
+            if self.lines is not None:
+                self.lines.resize(cap, refcheck=False)
         if self.nnz + nnz > self.fields.shape[0]:
             cap = max(self.nnz + nnz, self.fields.shape[0] * 3 // 2)
             for a in (self.fields, self.features, self.values):
@@ -220,7 +306,9 @@ class _Columns:
         self.indptr.resize(self.rows + 1, refcheck=False)
         for a in (self.fields, self.features, self.values):
             a.resize(self.nnz, refcheck=False)
-        return Batch(self.labels, self.indptr, self.fields, self.features, self.values)
+        if self.lines is not None:
+            self.lines.resize(self.rows, refcheck=False)
+        return Batch(self.labels, self.indptr, self.fields, self.features, self.values, self.lines)
 
 
 def read_text(
@@ -228,9 +316,10 @@ def read_text(
     fmt: str = "auto",
     label_mode: str = "binary",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    limits: ReadLimits = ReadLimits(),
 ) -> tuple[Batch, str]:
     """Read a whole file into one Batch; returns (batch, detected format)."""
-    reader = TextReader(path, fmt, label_mode, block_bytes)
+    reader = TextReader(path, fmt, label_mode, block_bytes, limits)
     return reader.read_all(), reader.fmt
 
 
