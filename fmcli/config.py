@@ -54,6 +54,11 @@ class Config:
     exact_adagrad: bool = False
     format: str = "auto"
     dtype: str = "float32"
+    # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
+    max_bad_rows: int = 0
+    max_line_bytes: int = 1 << 24
+    max_feature_id: int = 2**31 - 1
+    max_memory: int | None = None  # bytes; None: the machine's physical memory
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -80,6 +85,15 @@ class Config:
             raise ConfigError(f"init scale must be a non-negative number, got {self.init_scale}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if self.max_bad_rows < 0 or self.max_line_bytes < 1 or not 0 <= self.max_feature_id < 2**31:
+            raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ConfigError(f"max_memory must be positive, got {self.max_memory}")
+
+    def read_limits(self):
+        from .data.text import ReadLimits
+
+        return ReadLimits(self.max_bad_rows, self.max_line_bytes, self.max_feature_id)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -10,7 +10,8 @@ import numpy as np
 
 from ._core import _kernels
 from .data.batch import Batch
-from .data.text import TextReader
+from .data.text import ReadLimits, TextReader
+from .errors import DataError
 from .metrics import auc, logloss_from_scores, sigmoid
 from .model import Model
 
@@ -42,16 +43,58 @@ class Scorer:
         return out
 
 
+class UnseenIds:
+    """Counts entries whose feature (or, for FFM, field) the model does not know.
+
+    They add nothing to a score; with strict=True the first one is an error
+    naming its file and line."""
+
+    def __init__(self, model: Model, strict: bool = False):
+        self.n_features = model.spec.n_features
+        self.n_fields = model.spec.n_fields if model.spec.kind == "ffm" else None
+        self.strict = strict
+        self.occurrences = 0
+        self.rows = 0
+        self.first: str | None = None
+
+    def check(self, batch: Batch, name: str) -> None:
+        outside = batch.features >= self.n_features
+        if self.n_fields is not None:
+            outside |= batch.fields >= self.n_fields
+        count = int(np.count_nonzero(outside))
+        if not count:
+            return
+        row_of = np.searchsorted(batch.indptr, np.flatnonzero(outside), side="right") - 1
+        first = int(row_of[0])
+        line = int(batch.lines[first]) if batch.lines is not None else None
+        entry = int(np.flatnonzero(outside)[0])
+        what = (f"feature {int(batch.features[entry])}"
+                + (f" in field {int(batch.fields[entry])}" if self.n_fields is not None else "")
+                + f" is outside the model ({self.n_features} features"
+                + (f", {self.n_fields} fields" if self.n_fields is not None else "") + ")")
+        if self.strict:
+            raise DataError(what + " (--strict-ids)", name, line)
+        if self.first is None:
+            self.first = f"{name}:{line}" if line is not None else name
+        self.occurrences += count
+        self.rows += int(np.unique(row_of).size)
+
+
 def iter_scores(
     model: Model,
     source: str | os.PathLike,
     *,
     fmt: str = "auto",
     threads: int = 1,
+    limits: ReadLimits = ReadLimits(),
+    unseen: UnseenIds | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (raw scores, labels as read) for each block of the input."""
     scorer = Scorer(model, threads)
-    for batch in TextReader(source, fmt=fmt, label_mode="real"):
+    reader = TextReader(source, fmt=fmt, label_mode="real", limits=limits, track_lines=unseen is not None)
+    for batch in reader:
+        if unseen is not None:
+            unseen.check(batch, reader.name)
         yield scorer.scores(batch), batch.labels
 
 

@@ -11,7 +11,7 @@ import datetime as _dt
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -19,8 +19,8 @@ from . import __version__
 from ._core import _kernels
 from .config import Config, available_cpus
 from .data.batch import Batch
-from .data.text import TextReader, binary_labels
-from .errors import ConfigError, DivergenceError
+from .data.text import ReadLimits, TextReader, binary_labels
+from .errors import ConfigError, DataError, DivergenceError
 from .metrics import auc, logloss_from_scores
 from .model import Model, ModelSpec, padded_k
 
@@ -42,17 +42,22 @@ class LoadedData:
     format: str
     bytes_read: int
     seconds: float
+    skipped: list = field(default_factory=list)   # DataErrors of rows skipped under max_bad_rows
 
 
-def load_data(source: str | os.PathLike | Batch, fmt: str = "auto") -> LoadedData:
+def load_data(source: str | os.PathLike | Batch, fmt: str = "auto",
+              limits: ReadLimits = ReadLimits()) -> LoadedData:
     """Read a whole training or validation file (or take a ready Batch)."""
     if isinstance(source, Batch):
         return LoadedData(source, "<batch>", "batch", 0, 0.0)
     t0 = time.perf_counter()
-    reader = TextReader(source, fmt=fmt, label_mode="binary")
+    reader = TextReader(source, fmt=fmt, label_mode="binary", limits=limits)
     batch = reader.read_all()
+    if batch.n_rows == 0:
+        raise DataError("no data rows (the file is empty, blank or only comments)", reader.name)
     batch.labels = binary_labels(batch.labels)
-    return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read, time.perf_counter() - t0)
+    return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read,
+                      time.perf_counter() - t0, reader.bad_rows)
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
@@ -93,15 +98,7 @@ class TrainState:
         self.ns = _kernels.n_state(cfg.optimizer)
         self.kp = padded_k(cfg.k)
         width = 1 + self.ns
-        n_blocks = {"lr": 0, "fm": n_features, "ffm": n_features * n_fields}[cfg.model]
-        need = (n_blocks * self.kp + n_features + 1) * width * dtype.itemsize
-        avail = _available_memory()
-        if avail is not None and need > avail:
-            raise ConfigError(
-                f"the model would need {need / 2**30:.1f} GiB ({n_features} features x "
-                f"{n_fields} fields x k={cfg.k}) but the machine has {avail / 2**30:.1f} GiB; "
-                "hash feature ids into a smaller space"
-            )
+        n_blocks = self.n_blocks(cfg, n_features, n_fields)
         state_init = 1.0 if cfg.optimizer == "adagrad" else 0.0
         self.B = np.zeros((1, width), dtype)
         self.L = np.zeros((n_features, width), dtype)
@@ -116,6 +113,17 @@ class TrainState:
                 stop = min(start + step, n_blocks)
                 self.F[start:stop, : cfg.k] = rng.random((stop - start, cfg.k), dtype=np.float32) * scale
             self.F[:, self.kp :] = state_init
+
+    @staticmethod
+    def n_blocks(cfg: Config, n_features: int, n_fields: int) -> int:
+        return {"lr": 0, "fm": n_features, "ffm": n_features * n_fields}[cfg.model]
+
+    @classmethod
+    def bytes_needed(cls, cfg: Config, n_features: int, n_fields: int) -> int:
+        """Memory for parameters and optimizer state (the auto-stop copy not included)."""
+        width = 1 + _kernels.n_state(cfg.optimizer)
+        blocks = cls.n_blocks(cfg, n_features, n_fields)
+        return (blocks * padded_k(cfg.k) + n_features + 1) * width * np.dtype(cfg.dtype).itemsize
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.B.reshape(-1), self.L.reshape(-1), self.F.reshape(-1)
@@ -184,14 +192,17 @@ def train(
     say = log or (lambda msg: None)
     if config.auto_stop and valid is None:
         raise ConfigError("auto-stop needs a validation set (-p/--valid)")
-    tr = load_data(train_data, config.format)
+    limits = config.read_limits()
+    tr = load_data(train_data, config.format, limits)
     say(f"read {tr.batch.n_rows} rows from {tr.name} in {tr.seconds:.2f} s"
         + (f" ({tr.bytes_read / 1e6 / max(tr.seconds, 1e-9):.0f} MB/s)" if tr.bytes_read else ""))
-    if tr.batch.n_rows == 0:
-        raise ConfigError(f"{tr.name}: no training rows")
-    va = load_data(valid, config.format) if valid is not None else None
+    va = load_data(valid, config.format, limits) if valid is not None else None
     if va is not None:
         say(f"read {va.batch.n_rows} rows from {va.name} in {va.seconds:.2f} s")
+    for data in (tr, va):
+        if data is not None and data.skipped:
+            say(f"skipped {len(data.skipped)} malformed rows of {data.name} (--max-bad-rows); "
+                f"first: {data.skipped[0]}")
     if config.model == "ffm" and tr.format == "libsvm":
         raise ConfigError(
             f"{tr.name} is libsvm (no field ids) but the ffm model needs fields; "
@@ -199,9 +210,20 @@ def train(
         )
 
     rng = np.random.default_rng(config.seed)
-    n_features = tr.batch.max_feature + 1
-    n_fields = tr.batch.max_field + 1
-    state = TrainState(config, max(n_features, 0), max(n_fields, 0), rng)
+    n_features = max(tr.batch.max_feature + 1, 0)
+    n_fields = max(tr.batch.max_field + 1, 0)
+    need = TrainState.bytes_needed(config, n_features, n_fields)
+    limit = config.max_memory if config.max_memory is not None else _available_memory()
+    if limit is not None and need > limit:
+        raise DataError(
+            f"feature ids up to {n_features - 1} and {n_fields} fields need a {config.model} model "
+            f"of {need / 2**30:.2f} GiB (k={config.k}), more than "
+            + (f"--max-memory {limit / 2**30:.2f} GiB" if config.max_memory is not None
+               else f"this machine's {limit / 2**30:.1f} GiB")
+            + "; hash the ids into a smaller space or raise --max-memory",
+            tr.name,
+        )
+    state = TrainState(config, n_features, n_fields, rng)
     n_rows = tr.batch.n_rows
     history: list[EpochStats] = []
     best: tuple[float, int] = (float("inf"), 0)
@@ -255,6 +277,7 @@ def train(
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
             "train_rows": n_rows,
+            "skipped_rows": len(tr.skipped) + (len(va.skipped) if va is not None else 0),
             "valid_rows": va.batch.n_rows if va is not None else 0,
             "epochs_run": len(history),
             "model_epoch": final_epoch,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fmcli.config import Config
-from fmcli.errors import ConfigError, DivergenceError
+from fmcli.errors import DataError, ConfigError, DivergenceError
 from fmcli.metrics import logloss
 from fmcli.model import inspect_header, load_model
 from fmcli.modelfile import read_model_file
@@ -349,8 +349,9 @@ def test_config_roundtrip_and_defaults():
 
 def test_empty_training_file(tmp_path):
     (tmp_path / "empty.ffm").write_text("# nothing\n")
-    with pytest.raises(ConfigError, match="no training rows"):
+    with pytest.raises(DataError, match="no data rows") as info:
         train(Config(epochs=1), tmp_path / "empty.ffm")
+    assert info.value.exit_code == 65
 
 
 def test_ffm_needs_fields(tmp_path):

@@ -10,21 +10,40 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ..errors import FMError
+from ..errors import EX_SOFTWARE, FMError
 
 
 class FMGroup(click.Group):
+    """Turns every failure into one line on stderr and a documented exit code."""
+
     def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except FMError as exc:
+            if debug:
+                raise
             click.echo(f"fm: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("fm: error: out of memory", err=True)
+            ctx.exit(1)
+        except Exception as exc:  # a bug: say so in one line, traceback with --debug
+            if debug:
+                raise
+            click.echo(f"fm: internal error: {type(exc).__name__}: {exc} "
+                       "(rerun with --debug for a traceback)", err=True)
+            ctx.exit(EX_SOFTWARE)
 
 
 @click.group(cls=FMGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fm")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+def cli(debug: bool) -> None:
     """Train and serve click-through-rate models: LR, FM and field-aware FM.
 
     \b

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import FORMATS
 from . import _render
+from ._options import read_limit_options
 
 
 @click.command(context_settings={"show_default": True})
@@ -20,8 +21,11 @@ from . import _render
 @click.option("-s", "--threads", type=click.IntRange(1), default=None, show_default=False,
               help="Scoring threads (results do not depend on it).  [default: all CPUs]")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", help="Input format.")
+@click.option("--strict-ids", is_flag=True,
+              help="Fail on a feature or field id the model has no weights for (default: ignore and count them).")
+@read_limit_options
 @click.option("-q", "--quiet", is_flag=True, help="Do not print logloss/AUC.")
-def predict(model_file, data, output, threads, fmt, quiet):
+def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, max_line_bytes, quiet):
     """Score DATA ('-' for stdin) with MODEL_FILE.
 
     Writes one probability per line.  When DATA's labels are 0/1 or -1/+1,
@@ -31,7 +35,8 @@ def predict(model_file, data, output, threads, fmt, quiet):
     from ..atomic import atomic_output, check_writable
     from ..metrics import sigmoid
     from ..model import load_model
-    from ..predict import evaluate, format_probabilities, iter_scores
+    from ..data.text import ReadLimits
+    from ..predict import UnseenIds, evaluate, format_probabilities, iter_scores
 
     from ..config import available_cpus
 
@@ -42,12 +47,20 @@ def predict(model_file, data, output, threads, fmt, quiet):
     all_scores, all_labels = [], []
     with contextlib.ExitStack() as stack:
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
-        for scores, labels in iter_scores(model, data, fmt=fmt, threads=threads):
+        unseen = UnseenIds(model, strict=strict_ids)
+        limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
+        for scores, labels in iter_scores(model, data, fmt=fmt, threads=threads, limits=limits,
+                                          unseen=unseen):
             out.write(format_probabilities(sigmoid(scores)))
             all_scores.append(scores)
             all_labels.append(labels)
         out.flush()
+    if unseen.occurrences:
+        _render.info(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the "
+                     f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
+                     quiet)
     if not quiet and all_scores:
         ev = evaluate(np.concatenate(all_labels), np.concatenate(all_scores))
         if ev is not None:
-            _render.info(f"logloss = {ev.logloss:.5f}  auc = {ev.auc:.5f}  rows = {ev.rows}")
+            auc = "n/a (one class)" if ev.auc != ev.auc else f"{ev.auc:.5f}"
+            _render.info(f"logloss = {ev.logloss:.5f}  auc = {auc}  rows = {ev.rows}")

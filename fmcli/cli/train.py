@@ -9,6 +9,7 @@ import click
 from ..atomic import check_writable
 from ..config import FORMATS, MODELS, OPTIMIZERS, Config
 from . import _render
+from ._options import ByteSize, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
@@ -48,6 +49,11 @@ def default_output(train_file: str) -> str:
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
               help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")
+@read_limit_options
+@click.option("--max-feature-id", type=click.IntRange(0, 2**31 - 1), default=D.max_feature_id,
+              help="Largest accepted feature id; a larger one is a bad row.")
+@click.option("--max-memory", type=ByteSize(), default=None, show_default=False,
+              help="Refuse a model larger than this (e.g. 8G) before allocating it.  [default: physical memory]")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train(train_file, output, valid, quiet, no_optimizer_state, fmt, **options):
