@@ -78,7 +78,7 @@ class ModelSpec:
                 use_linear=bool(data["use_linear"]),
                 normalize=bool(data["normalize"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
         if spec.kind not in ("lr", "fm", "ffm") or spec.task != "binary":
             raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)

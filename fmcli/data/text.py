@@ -163,9 +163,13 @@ class TextReader:
                 self.bytes_read += len(block)
                 final = not block
                 buf = carry + block if carry else block
-                if first and buf[:3] == _BOM:
-                    buf = buf[3:]  # a UTF-8 byte-order mark is not data
-                first = first and not buf
+                if first:
+                    if len(buf) < len(_BOM) and not final:
+                        carry = buf  # too short to tell whether it starts with a BOM
+                        continue
+                    if buf.startswith(_BOM):
+                        buf = buf[len(_BOM):]  # a UTF-8 byte-order mark is not data
+                    first = False
                 if dropping:
                     nl = buf.find(b"\n")
                     if nl < 0:

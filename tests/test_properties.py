@@ -1,0 +1,347 @@
+"""Property tests of the text parser and the model loader (hypothesis).
+
+* Writing random rows in libffm / libsvm syntax, with random whitespace,
+  line endings, blank and comment lines, and parsing them back gives exactly
+  the rows, whatever the reader's block size.
+* Arbitrary bytes, and mutations of a valid data file, either parse or raise
+  DataError whose message is printable ASCII and starts with FILE:LINE; the
+  outcome does not depend on the block size.
+* Mutations of real model files (tests/fixtures) raise only ModelFormatError.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from fmcli.data.batch import Batch
+from fmcli.data.text import DEFAULT_BLOCK_BYTES, TextReader
+from fmcli.errors import DataError, ModelFormatError
+from fmcli.model import load_model
+from fmcli.modelfile import read_header, read_model_file, write_model_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BLOCK_SIZES = [1, 3, 17, 256, DEFAULT_BLOCK_BYTES]
+COLUMNS = ("labels", "indptr", "fields", "features", "values")
+DTYPES = {"labels": np.float32, "indptr": np.int64, "fields": np.int32,
+          "features": np.int32, "values": np.float32}
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                      HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory reused by every example (hypothesis reruns the test body)."""
+    return tmp_path_factory.mktemp("props")
+
+
+def _read(path: Path, block_bytes: int, fmt: str = "auto") -> Batch:
+    return TextReader(path, fmt=fmt, block_bytes=block_bytes).read_all()
+
+
+def _stream(path: Path, block_bytes: int, fmt: str = "auto") -> Batch:
+    return Batch.concat(list(TextReader(path, fmt=fmt, block_bytes=block_bytes)))
+
+
+def _assert_same(got: Batch, want: dict[str, np.ndarray], context: str) -> None:
+    for name in COLUMNS:
+        a, b = getattr(got, name), want[name]
+        assert a.dtype == DTYPES[name], (context, name, a.dtype)
+        assert a.shape == b.shape, (context, name, a, b)
+        if a.dtype == np.float32:  # bit for bit: -0.0 is not 0.0 here
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), (context, name, a, b)
+        else:
+            assert np.array_equal(a, b), (context, name, a, b)
+
+
+# --------------------------------------------------------------------------
+# parse(format(rows)) == rows
+# --------------------------------------------------------------------------
+
+FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+# (text, float32 value): shortest repr of a float32 or a plain integer.
+VALUES = st.one_of(
+    FLOAT32.map(lambda v: (repr(float(np.float32(v))), np.float32(v))),
+    st.integers(-(2**40), 2**40).map(lambda i: (str(i), np.float32(i))),
+)
+ENTRY = st.tuples(st.integers(0, 50), st.integers(0, 2**31 - 1), VALUES)
+ROW = st.tuples(st.sampled_from([0, 1]), st.lists(ENTRY, max_size=6))
+SEP = st.sampled_from([" ", "  ", "\t", "\t\t", " \t", "\t  "])
+EDGE = st.sampled_from(["", "", "", " ", "\t", " \t "])  # leading / trailing whitespace
+COMMENT_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+FILLER = st.one_of(
+    st.builds(lambda e: e, EDGE),                                  # blank line
+    st.builds(lambda e, t: f"{e}#{t}", EDGE, COMMENT_TEXT),        # comment line
+)
+
+
+@st.composite
+def text_files(draw: st.DrawFn, fmt: str) -> tuple[bytes, dict[str, np.ndarray]]:
+    rows = draw(st.lists(ROW, max_size=25))
+    lines: list[str] = []
+    for label, entries in rows:
+        lines.extend(draw(st.lists(FILLER, max_size=2)))
+        parts = [str(label)]
+        for field, feature, (text, _) in entries:
+            parts.append(f"{field}:{feature}:{text}" if fmt == "libffm" else f"{feature}:{text}")
+        line = draw(EDGE) + parts[0]
+        for part in parts[1:]:
+            line += draw(SEP) + part
+        line += draw(EDGE)
+        if draw(st.booleans()) and draw(st.booleans()):
+            line += draw(SEP) + "#" + draw(COMMENT_TEXT)
+        lines.append(line)
+    lines.extend(draw(st.lists(FILLER, max_size=2)))
+    crlf = draw(st.booleans())
+    mixed = draw(st.booleans())  # then each line ending is drawn on its own
+    ends = [draw(st.sampled_from(["\n", "\r\n"])) if mixed else ("\r\n" if crlf else "\n")
+            for _ in lines]
+    text = "".join(line + end for line, end in zip(lines, ends))
+    if lines and draw(st.booleans()):
+        text = text[: -len(ends[-1])]  # no final newline
+    entries = [e for _, es in rows for e in es]
+    want = {
+        "labels": np.array([label for label, _ in rows], np.float32),
+        "indptr": np.cumsum([0] + [len(es) for _, es in rows]).astype(np.int64),
+        "fields": np.array([f if fmt == "libffm" else 0 for f, _, _ in entries], np.int32),
+        "features": np.array([j for _, j, _ in entries], np.int32),
+        "values": np.array([v for _, _, (_, v) in entries], np.float32),
+    }
+    return text.encode("ascii"), want
+
+
+@pytest.mark.parametrize("fmt, ext", [("libffm", "ffm"), ("libsvm", "svm")])
+@settings(max_examples=60, **SETTINGS)
+@given(data=st.data())
+def test_parse_of_formatted_rows_gives_the_rows(scratch: Path, fmt: str, ext: str,
+                                                data: st.DataObject) -> None:
+    content, want = data.draw(text_files(fmt))
+    path = scratch / f"rows.{ext}"
+    path.write_bytes(content)
+    for block_bytes in BLOCK_SIZES:
+        _assert_same(_read(path, block_bytes), want, f"read_all block_bytes={block_bytes}")
+        _assert_same(_stream(path, block_bytes), want, f"iter block_bytes={block_bytes}")
+    # The content decides the format when the name does not.
+    other = scratch / "rows.txt"
+    other.write_bytes(content)
+    reader = TextReader(other)
+    _assert_same(reader.read_all(), want, "sniffed")
+    if want["features"].size:
+        assert reader.fmt == fmt
+
+
+# --------------------------------------------------------------------------
+# Bad input: DataError only, with FILE:LINE, the same for every block size
+# --------------------------------------------------------------------------
+
+
+def _outcome(path: Path, block_bytes: int) -> tuple[str, object]:
+    """("ok", column tuple) or ("error", message); anything else propagates."""
+    try:
+        batch = _read(path, block_bytes)
+    except DataError as exc:
+        return "error", str(exc)
+    return "ok", tuple(getattr(batch, name).tobytes() for name in COLUMNS)
+
+
+def _check_bytes(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    outcomes = {bb: _outcome(path, bb) for bb in (1, 2, 7, 64, DEFAULT_BLOCK_BYTES)}
+    kind, value = outcomes[DEFAULT_BLOCK_BYTES]
+    assert set(outcomes.values()) == {(kind, value)}, outcomes
+    if kind == "ok":
+        return
+    message = value
+    assert isinstance(message, str)
+    assert all(32 <= ord(c) < 127 for c in message), message
+    match = re.match(re.escape(str(path)) + r":(\d+): \S", message)
+    assert match, message
+    line = int(match.group(1))
+    lines = content.split(b"\n")
+    assert 1 <= line <= len(lines), (line, message)
+    # Everything before the bad line is fine on its own.
+    prefix = b"".join(x + b"\n" for x in lines[: line - 1])
+    path.write_bytes(prefix)
+    assert _outcome(path, DEFAULT_BLOCK_BYTES)[0] == "ok", (prefix, message)
+
+
+@pytest.mark.parametrize("ext", ["ffm", "svm", "txt"])
+@settings(max_examples=100, **SETTINGS)
+@given(content=st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_data_error(scratch: Path, ext: str, content: bytes) -> None:
+    _check_bytes(scratch / f"bytes.{ext}", content)
+
+
+# Bytes that matter to the grammar, so that random text gets somewhere.
+GRAMMAR = b"0123456789:: \t\n\r#.-+eE"
+
+
+@pytest.mark.parametrize("ext", ["ffm", "svm"])
+@settings(max_examples=100, **SETTINGS)
+@given(content=st.lists(st.sampled_from(list(GRAMMAR)), max_size=200).map(bytes))
+def test_grammar_soup_raises_only_data_error(scratch: Path, ext: str, content: bytes) -> None:
+    _check_bytes(scratch / f"soup.{ext}", content)
+
+
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbf", b"\xef\xbb\xbf1 0:1:1\n0 2:3:1\n"])
+def test_bom_is_handled_alike_for_every_block_size(scratch: Path, content: bytes) -> None:
+    path = scratch / "bom.ffm"
+    path.write_bytes(content)
+    want = _outcome(path, DEFAULT_BLOCK_BYTES)
+    for block_bytes in (1, 2):
+        assert _outcome(path, block_bytes) == want
+
+
+MUTATION = st.tuples(
+    st.sampled_from(["insert", "delete", "flip", "replace"]),
+    st.floats(0, 1, exclude_max=True),  # where, as a fraction of the length
+    st.integers(0, 255),
+)
+
+
+def _mutate(content: bytes, mutations: list[tuple[str, float, int]]) -> bytes:
+    data = bytearray(content)
+    for op, where, byte in mutations:
+        pos = int(where * (len(data) + (op == "insert")))
+        if op == "insert":
+            data.insert(pos, byte)
+        elif not data:
+            continue
+        elif op == "delete":
+            del data[pos]
+        elif op == "flip":
+            data[pos] ^= 1 << (byte % 8)
+        else:
+            data[pos] = byte
+    return bytes(data)
+
+
+@pytest.mark.parametrize("ext", ["ffm", "svm"])
+@settings(max_examples=100, **SETTINGS)
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=6),
+       cut=st.integers(200, 3000))
+def test_mutated_data_file_raises_only_data_error(scratch: Path, ext: str,
+                                                  mutations: list[tuple[str, float, int]],
+                                                  cut: int) -> None:
+    valid = (FIXTURES / f"valid40.{ext}").read_bytes()[:cut]
+    _check_bytes(scratch / f"mutated.{ext}", _mutate(valid, mutations))
+
+
+# --------------------------------------------------------------------------
+# Model files: mutations raise ModelFormatError only
+# --------------------------------------------------------------------------
+
+
+def _load_everything(path: Path) -> None:
+    """Every way of loading a model file; only ModelFormatError may escape."""
+    for kwargs in ({}, {"mmap": True}, {"verify": False}, {"mmap": True, "verify": False}):
+        try:
+            read_model_file(path, **kwargs)
+        except ModelFormatError:
+            pass
+    for mmap in (True, False):
+        try:
+            load_model(path, mmap=mmap)
+        except ModelFormatError:
+            pass
+    try:
+        read_header(path)
+    except ModelFormatError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def small_models() -> dict[str, bytes]:
+    return {name: (FIXTURES / f"v1-{name}.fm").read_bytes() for name in ("lr", "fm")}
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(name=st.sampled_from(["lr", "fm"]), mutations=st.lists(MUTATION, min_size=1, max_size=4),
+       head_only=st.booleans())
+def test_mutated_model_file_raises_only_model_format_error(
+    scratch: Path, small_models: dict[str, bytes], name: str,
+    mutations: list[tuple[str, float, int]], head_only: bool,
+) -> None:
+    valid = small_models[name]
+    if head_only:
+        # Mutate the prefix and JSON header, where the structure lives ...
+        (header_len,) = struct.unpack_from("<Q", valid, 16)
+        cut = 24 + header_len
+        content = _mutate(valid[:cut], mutations) + valid[cut:]
+    else:
+        content = _mutate(valid, mutations)  # ... or anywhere, trailer included
+    assume(content != valid)
+    path = scratch / "mutated.fm"
+    path.write_bytes(content)
+    _load_everything(path)
+    with pytest.raises(ModelFormatError):  # the checksum catches what the structure misses
+        read_model_file(path)
+
+
+def _rewrite(path: Path, valid: bytes, model: dict) -> None:
+    """Write `valid` to `path` again with header["model"] replaced: a sound
+    container (layout, checksum) whose model description may be nonsense."""
+    path.write_bytes(valid)
+    header, arrays = read_model_file(path)
+    header = {k: v for k, v in header.items() if k not in ("arrays", "format")}
+    write_model_file(path, {**header, "model": model}, arrays)
+
+
+def _fix_checksum(content: bytes) -> bytes:
+    body = content[:-24]
+    return body + struct.pack("<8sQII", b"FMMEND\0\0", len(body), zlib.crc32(body), 0)
+
+
+JSON_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5),
+)
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=6)
+MODEL_KEYS = ["kind", "task", "k", "n_features", "n_fields", "use_bias", "use_linear", "normalize"]
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(name=st.sampled_from(["lr", "fm"]),
+       changes=st.dictionaries(st.sampled_from(MODEL_KEYS + ["extra"]),
+                               st.one_of(JSON_VALUES, st.sampled_from(["ffm", "fm", "lr", 0, 1, -1])),
+                               min_size=1, max_size=3),
+       drop=st.lists(st.sampled_from(MODEL_KEYS), max_size=2))
+def test_model_description_with_valid_checksum_raises_only_model_format_error(
+    scratch: Path, small_models: dict[str, bytes], name: str, changes: dict, drop: list[str],
+) -> None:
+    valid = small_models[name]
+    path = scratch / "described.fm"
+    path.write_bytes(valid)
+    model = dict(read_header(path)["model"])
+    model.update(changes)
+    for key in drop:
+        model.pop(key, None)
+    _rewrite(path, valid, model)
+    read_model_file(path)  # the container itself stays valid
+    _load_everything(path)
+
+
+def test_model_k_too_large_for_an_integer_is_a_format_error(scratch: Path,
+                                                            small_models: dict[str, bytes]) -> None:
+    valid = small_models["lr"]
+    path = scratch / "huge-k.fm"
+    path.write_bytes(valid)
+    model = {**read_header(path)["model"], "k": 12345}
+    _rewrite(path, valid, model)
+    # JSON has no infinity, but the number 1e999 reads back as float("inf").
+    content = path.read_bytes()
+    assert content.count(b'"k":12345,') == 1
+    path.write_bytes(_fix_checksum(content.replace(b'"k":12345,', b'"k":1e999,')))
+    assert read_header(path)["model"]["k"] == float("inf")
+    with pytest.raises(ModelFormatError):
+        load_model(path)
