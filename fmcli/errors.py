@@ -18,6 +18,7 @@ EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+EX_SIGPIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 
 
 class FMError(Exception):

@@ -221,3 +221,20 @@ def test_random_binary_input_never_gives_a_traceback(tmp_path):
         result = run(["train", "-q", "-t", "1", "-o", "m.fm", "r.ffm"], tmp_path)
         assert result.exit_code in (0, 65, 78), (i, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_closed_stdout_pipe_stops_quietly(trained):
+    import subprocess
+    import sys
+
+    (trained / "big.ffm").write_bytes(GOOD * 40000)   # well past a pipe buffer of output
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmcli", "predict", "-q", "m.fm", "big.ffm"],
+        cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()                               # like `| head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert float(first) > 0
+    assert err == b""

@@ -7,10 +7,13 @@ errors.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from .. import __version__
-from ..errors import EX_SOFTWARE, FMError
+from ..errors import EX_SIGPIPE, EX_SOFTWARE, FMError
 
 
 class FMGroup(click.Group):
@@ -27,6 +30,12 @@ class FMGroup(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of stdout went away (`fm predict ... | head`): stop
+            # quietly with the status a shell gives SIGPIPE.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EX_SIGPIPE)
         except MemoryError:
             if debug:
                 raise
