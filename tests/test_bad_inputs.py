@@ -227,7 +227,7 @@ def test_closed_stdout_pipe_stops_quietly(trained):
     import subprocess
     import sys
 
-    (trained / "big.ffm").write_bytes(GOOD * 40000)   # well past a pipe buffer of output
+    (trained / "big.ffm").write_bytes(GOOD * 150000)  # several 8 MB blocks, each written separately
     proc = subprocess.Popen(
         [sys.executable, "-m", "fmcli", "predict", "-q", "m.fm", "big.ffm"],
         cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
