@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-MODELS = ("lr", "fm", "ffm")
+MODELS = ("lr", "fm", "ffm", "fwfm")
 TASKS = ("binary",)
 OPTIMIZERS = ("adagrad", "sgd")
 FORMATS = ("auto", "libffm", "libsvm")

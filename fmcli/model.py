@@ -4,8 +4,9 @@ Logical parameter shapes (what the model file stores, see fm-model(5)):
 
     bias      (1,)                          when use_bias
     linear    (n_features,)                 when use_linear
-    factors   (n_features, k)               FM
+    factors   (n_features, k)               FM, FwFM
               (n_features, n_fields, k)     FFM (libffm's w[j][f][:])
+    field_weights (n_fields, n_fields)      FwFM: symmetric field-pair weights
 
 Optimizer state (AdaGrad accumulators) is optional and has the same shapes,
 named ``<array>_state``.
@@ -23,7 +24,7 @@ from . import __version__
 from .errors import ModelFormatError
 from .modelfile import read_header, read_model_file, write_model_file
 
-PARAM_NAMES = ("bias", "linear", "factors")
+PARAM_NAMES = ("bias", "linear", "factors", "field_weights")
 
 
 def padded_k(k: int) -> int:
@@ -47,7 +48,7 @@ class ModelSpec:
     def factor_shape(self) -> tuple[int, ...] | None:
         if self.kind == "ffm":
             return (self.n_features, self.n_fields, self.k)
-        if self.kind == "fm":
+        if self.kind in ("fm", "fwfm"):
             return (self.n_features, self.k)
         return None
 
@@ -60,6 +61,8 @@ class ModelSpec:
         fs = self.factor_shape()
         if fs is not None:
             out["factors"] = fs
+        if self.kind == "fwfm":
+            out["field_weights"] = (self.n_fields, self.n_fields)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +83,7 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
-        if spec.kind not in ("lr", "fm", "ffm") or spec.task != "binary":
+        if spec.kind not in ("lr", "fm", "ffm", "fwfm") or spec.task != "binary":
             raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)
         if spec.k < 1 or spec.n_features < 0 or spec.n_fields < 0:
             raise ModelFormatError("model sizes must be positive", path)
@@ -97,8 +100,8 @@ class Model:
     meta: dict[str, Any] = field(default_factory=dict)
 
     # -- scoring layout -------------------------------------------------------
-    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(bias, linear, factor blocks, kp) flattened for the scoring kernel."""
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(bias, linear, factor blocks, field-pair weights, kp) flattened for the scoring kernel."""
         s = self.spec
         empty = np.zeros(0, np.float32)
         bias = np.ascontiguousarray(self.params.get("bias", empty), dtype=np.float32).reshape(-1)
@@ -115,7 +118,8 @@ class Model:
                 padded = np.zeros((blocks.shape[0], kp), np.float32)
                 padded[:, : s.k] = blocks
                 flat = padded.reshape(-1)
-        return bias, linear, flat, kp
+        pairs = np.ascontiguousarray(self.params.get("field_weights", empty), dtype=np.float32).reshape(-1)
+        return bias, linear, flat, pairs, kp
 
     # -- persistence ----------------------------------------------------------
     def save(self, path: str | os.PathLike, *, include_state: bool = True) -> None:

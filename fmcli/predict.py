@@ -29,14 +29,14 @@ class Scorer:
     def __init__(self, model: Model, threads: int = 1):
         self.model = model
         self.threads = max(1, int(threads))
-        self._bias, self._linear, self._factors, self._kp = model.kernel_arrays()
+        self._bias, self._linear, self._factors, self._pairs, self._kp = model.kernel_arrays()
 
     def scores(self, batch: Batch) -> np.ndarray:
         """Raw scores (logits) of a batch."""
         s = self.model.spec
         out = np.empty(batch.n_rows, np.float64)
         _kernels.score_rows(
-            s.kind, self._bias, self._linear, self._factors, s.n_features, s.n_fields,
+            s.kind, self._bias, self._linear, self._factors, self._pairs, s.n_features, s.n_fields,
             self._kp, 0, batch.indptr, batch.fields, batch.features, batch.values, out,
             s.use_bias, s.use_linear, s.normalize, self.threads,
         )
@@ -51,7 +51,7 @@ class UnseenIds:
 
     def __init__(self, model: Model, strict: bool = False):
         self.n_features = model.spec.n_features
-        self.n_fields = model.spec.n_fields if model.spec.kind == "ffm" else None
+        self.n_fields = model.spec.n_fields if model.spec.kind in ("ffm", "fwfm") else None
         self.strict = strict
         self.occurrences = 0
         self.rows = 0

@@ -103,8 +103,12 @@ class TrainState:
         self.B = np.zeros((1, width), dtype)
         self.L = np.zeros((n_features, width), dtype)
         self.F = aligned_zeros((n_blocks, width * self.kp), dtype)
+        # FwFM's field-pair weights start at 1 (FwFM then starts as FM).
+        self.R = np.zeros((n_fields * n_fields if cfg.model == "fwfm" else 0, width), dtype)
+        self.R[:, 0] = 1.0
         self.B[:, 1:] = state_init
         self.L[:, 1:] = state_init
+        self.R[:, 1:] = state_init
         if n_blocks:
             # libffm's initialisation: U(0, 1) / sqrt(k), padding stays zero.
             scale = np.float32(cfg.init_scale / np.sqrt(cfg.k))
@@ -116,43 +120,48 @@ class TrainState:
 
     @staticmethod
     def n_blocks(cfg: Config, n_features: int, n_fields: int) -> int:
-        return {"lr": 0, "fm": n_features, "ffm": n_features * n_fields}[cfg.model]
+        return {"lr": 0, "fm": n_features, "fwfm": n_features, "ffm": n_features * n_fields}[cfg.model]
 
     @classmethod
     def bytes_needed(cls, cfg: Config, n_features: int, n_fields: int) -> int:
         """Memory for parameters and optimizer state (the auto-stop copy not included)."""
         width = 1 + _kernels.n_state(cfg.optimizer)
         blocks = cls.n_blocks(cfg, n_features, n_fields)
-        return (blocks * padded_k(cfg.k) + n_features + 1) * width * np.dtype(cfg.dtype).itemsize
+        pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
+        return (blocks * padded_k(cfg.k) + n_features + 1 + pairs) * width * np.dtype(cfg.dtype).itemsize
 
-    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.B.reshape(-1), self.L.reshape(-1), self.F.reshape(-1)
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.B, self.L, self.F, self.R
 
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.B.copy(), self.L.copy(), self.F.copy()
+    def flat(self) -> tuple[np.ndarray, ...]:
+        return tuple(a.reshape(-1) for a in self.arrays())
 
-    def restore(self, snap: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        self.B[...], self.L[...], self.F[...] = snap
+    def snapshot(self) -> tuple[np.ndarray, ...]:
+        return tuple(a.copy() for a in self.arrays())
+
+    def restore(self, snap: tuple[np.ndarray, ...]) -> None:
+        for a, saved in zip(self.arrays(), snap):
+            a[...] = saved
 
     def all_finite(self) -> bool:
-        return bool(np.isfinite(self.B).all() and np.isfinite(self.L).all() and np.isfinite(self.F).all())
+        return all(bool(np.isfinite(a).all()) for a in self.arrays())
 
     def scores(self, batch: Batch, threads: int) -> np.ndarray:
         out = np.empty(batch.n_rows, np.float64)
-        b, l, f = self.flat()
+        b, l, f, r = self.flat()
         s = self.spec
         _kernels.score_rows(
-            s.kind, b, l, f, s.n_features, s.n_fields, self.kp, self.ns,
+            s.kind, b, l, f, r, s.n_features, s.n_fields, self.kp, self.ns,
             batch.indptr, batch.fields, batch.features, batch.values, out,
             s.use_bias, s.use_linear, s.normalize, threads,
         )
         return out
 
     def train_epoch(self, batch: Batch, order: np.ndarray) -> tuple[float, int]:
-        b, l, f = self.flat()
+        b, l, f, r = self.flat()
         s, c = self.spec, self.cfg
         return _kernels.train_epoch(
-            s.kind, c.optimizer, b, l, f, s.n_features, s.n_fields, self.kp,
+            s.kind, c.optimizer, b, l, f, r, s.n_features, s.n_fields, self.kp,
             batch.indptr, batch.fields, batch.features, batch.values, batch.labels, order,
             c.learning_rate, c.l2, s.use_bias, s.use_linear, s.normalize, c.threads,
             c.exact_adagrad,
@@ -170,6 +179,9 @@ class TrainState:
         shape = s.factor_shape()
         if shape is not None:
             params["factors"] = self.F[:, :k].astype(np.float32, copy=False).reshape(shape)
+        m = s.n_fields
+        if s.kind == "fwfm":
+            params["field_weights"] = _symmetric(self.R[:, 0].reshape(m, m))
         if self.ns:
             if s.use_bias:
                 state["bias"] = self.B[:, 1].astype(np.float32, copy=False)
@@ -177,6 +189,8 @@ class TrainState:
                 state["linear"] = self.L[:, 1].astype(np.float32, copy=False)
             if shape is not None:
                 state["factors"] = self.F[:, self.kp : self.kp + k].astype(np.float32, copy=False).reshape(shape)
+            if s.kind == "fwfm":
+                state["field_weights"] = _symmetric(self.R[:, 1].reshape(m, m))
         return Model(spec=s, params=params, state=state, meta=meta)
 
 
@@ -203,9 +217,9 @@ def train(
         if data is not None and data.skipped:
             say(f"skipped {len(data.skipped)} malformed rows of {data.name} (--max-bad-rows); "
                 f"first: {data.skipped[0]}")
-    if config.model == "ffm" and tr.format == "libsvm":
+    if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
         raise ConfigError(
-            f"{tr.name} is libsvm (no field ids) but the ffm model needs fields; "
+            f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
             "use --model fm or lr, or libffm input"
         )
 
@@ -291,6 +305,12 @@ def train(
         "fmcli_version": __version__,
     }
     return state.to_model(meta)
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    """The full symmetric matrix whose upper triangle (diagonal included) is `upper`'s."""
+    u = np.triu(upper.astype(np.float32))
+    return u + np.triu(u, 1).T
 
 
 def _created_at() -> str:

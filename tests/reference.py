@@ -18,7 +18,8 @@ the feature indices, ``f`` the field indices of the row)::
     lr   : no pair term
     fm   : sum_{i<l} <V[j_i], V[j_l]> xt_i xt_l
     ffm  : sum_{i<l} <V[j_i, f_l], V[j_l, f_i]> xt_i xt_l
-    fwfm : sum_{i<l} R[f_i, f_l] <V[j_i], V[j_l]> xt_i xt_l
+    fwfm : sum_{i<l} R[a, b] <V[j_i], V[j_l]> xt_i xt_l,  a, b = sorted(f_i, f_l)
+           (only the upper triangle of R, diagonal included, is a parameter)
 
 Instance normalisation: ``r = 1 / sum(x**2)`` when ``normalize`` is set and the
 sum is positive, otherwise ``r = 1``; ``xt_i = x_i * sqrt(r)`` so that
@@ -242,8 +243,13 @@ def pair_weight(model: RefModel, row: Row, xt: np.ndarray, i: int, l: int) -> fl
     if model.kind == "ffm":
         return float(np.dot(V[j_i, f_l], V[j_l, f_i])) * v
     if model.kind == "fwfm":
-        return model.field_weights[f_i, f_l] * float(np.dot(V[j_i], V[j_l])) * v
+        return model.field_weights[field_pair(f_i, f_l)] * float(np.dot(V[j_i], V[j_l])) * v
     return 0.0
+
+
+def field_pair(f_i: int, f_l: int) -> tuple[int, int]:
+    """The FwFM weight of a field pair lives in the upper triangle of R."""
+    return (f_i, f_l) if f_i <= f_l else (f_l, f_i)
 
 
 def score(model: RefModel, row) -> float:
@@ -343,10 +349,10 @@ def gradients(model: RefModel, row, y) -> dict:
                 g_factors[j_i, f_l] += kappa * v * V[j_l, f_i]
                 g_factors[j_l, f_i] += kappa * v * V[j_i, f_l]
             elif model.kind == "fwfm":
-                R = model.field_weights[f_i, f_l]
+                R = model.field_weights[field_pair(f_i, f_l)]
                 g_factors[j_i] += kappa * v * R * V[j_l]
                 g_factors[j_l] += kappa * v * R * V[j_i]
-                g_field[f_i, f_l] += kappa * v * float(np.dot(V[j_i], V[j_l]))
+                g_field[field_pair(f_i, f_l)] += kappa * v * float(np.dot(V[j_i], V[j_l]))
 
     return {
         "bias": float(g_bias),
@@ -431,7 +437,7 @@ def _step(model: RefModel, row, y, eta: float, lam: float, state: Optional[dict]
                     continue
                 weight = 1.0
                 if model.kind == "fwfm":
-                    weight = start_R[row.fields[i], row.fields[l]]
+                    weight = start_R[field_pair(row.fields[i], row.fields[l])]
                 pair_sum += weight * start_V[row.features[l]] * xt[l]
             g_factors.append(kappa * xt[i] * pair_sum + lam * start_V[row.features[i]])
 
@@ -440,7 +446,7 @@ def _step(model: RefModel, row, y, eta: float, lam: float, state: Optional[dict]
             g_field = np.zeros_like(start_R)
             for i in range(n):
                 for l in range(i + 1, n):
-                    g_field[row.fields[i], row.fields[l]] += (
+                    g_field[field_pair(row.fields[i], row.fields[l])] += (
                         kappa * float(np.dot(start_V[row.features[i]], start_V[row.features[l]]))
                         * xt[i] * xt[l]
                     )

@@ -22,7 +22,7 @@ def to_batch(rows, labels) -> Batch:
 
 
 def to_layout(model: ref.RefModel, optimizer: str, dtype):
-    """RefModel -> (B, L, F, kp) in the kernels' interleaved layout."""
+    """RefModel -> (B, L, F, R, kp) in the kernels' interleaved layout."""
     ns = _kernels.n_state(optimizer)
     kp = padded_k(model.k)
     w = 1 + ns
@@ -38,32 +38,38 @@ def to_layout(model: ref.RefModel, optimizer: str, dtype):
         F = np.zeros((blocks.shape[0], w * kp), dtype)
         F[:, : model.k] = blocks
         F[:, kp:] = init
-    return B, L, F, kp
+    R = np.zeros((0, w), dtype)
+    if model.kind == "fwfm":
+        R = np.full((model.n_fields ** 2, w), init, dtype)
+        R[:, 0] = model.field_weights.reshape(-1)
+    return B, L, F, R, kp
 
 
-def from_layout(model: ref.RefModel, B, L, F, kp):
+def from_layout(model: ref.RefModel, B, L, F, R, kp):
     out = model.copy()
     out.bias = float(B[0, 0])
     out.linear = L[:, 0].astype(np.float64)
     if model.kind != "lr":
         out.factors = F[:, : model.k].astype(np.float64).reshape(model.factors.shape)
+    if model.kind == "fwfm":
+        out.field_weights = R[:, 0].astype(np.float64).reshape(model.n_fields, model.n_fields)
     return out
 
 
 def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype, exact=True):
-    B, L, F, kp = to_layout(model, optimizer, dtype)
+    B, L, F, R, kp = to_layout(model, optimizer, dtype)
     batch = to_batch(rows, labels)
     total = 0.0
     for _ in range(epochs):
         loss, bad = _kernels.train_epoch(
-            model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1),
+            model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
             model.n_features, model.n_fields, kp, batch.indptr, batch.fields,
             batch.features, batch.values, batch.labels, np.asarray(order, np.int64),
             eta, lam, model.use_bias, model.use_linear, model.normalize, 1, exact,
         )
         assert bad == 0
         total += loss
-    return from_layout(model, B, L, F, kp), total
+    return from_layout(model, B, L, F, R, kp), total
 
 
 def make_problem(kind, seed, k=3, normalize=True, use_bias=True, use_linear=True):
@@ -81,7 +87,7 @@ def make_problem(kind, seed, k=3, normalize=True, use_bias=True, use_linear=True
     return model, rows, labels, order
 
 
-@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm", "fwfm"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 @pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True)])
 @pytest.mark.parametrize("k", [3, 4, 6])
@@ -96,9 +102,11 @@ def test_training_matches_reference_float64(kind, optimizer, flags, k):
     np.testing.assert_allclose(got.linear, expected.linear, rtol=1e-10, atol=1e-12)
     if kind != "lr":
         np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-10, atol=1e-12)
+    if kind == "fwfm":
+        np.testing.assert_allclose(got.field_weights, expected.field_weights, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm", "fwfm"])
 def test_training_matches_reference_float32(kind):
     model, rows, labels, order = make_problem(kind, seed=3, k=4)
     expected = model.copy()
@@ -109,14 +117,14 @@ def test_training_matches_reference_float32(kind):
         np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm", "fwfm"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_scores_match_reference(kind, normalize):
     model, rows, labels, _ = make_problem(kind, seed=11, k=5, normalize=normalize)
-    B, L, F, kp = to_layout(model, "sgd", np.float64)
+    B, L, F, R, kp = to_layout(model, "sgd", np.float64)
     batch = to_batch(rows, labels)
     out = np.empty(len(rows))
-    _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+    _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                         model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                         batch.values, out, True, True, normalize, 1)
     expected = [ref.score(model, r) for r in rows]
@@ -135,7 +143,7 @@ def test_training_loss_is_sum_of_row_losses_before_update():
 
 def test_unknown_ids_are_ignored_when_scoring():
     model, rows, labels, _ = make_problem("ffm", seed=2, k=4, normalize=False)
-    B, L, F, kp = to_layout(model, "sgd", np.float64)
+    B, L, F, R, kp = to_layout(model, "sgd", np.float64)
     row = rows[0]
     extra = ref.make_row(
         np.append(row.fields, [0, model.n_fields + 3]),
@@ -144,7 +152,7 @@ def test_unknown_ids_are_ignored_when_scoring():
     )
     batch = to_batch([extra], [1.0])
     out = np.empty(1)
-    _kernels.score_rows("ffm", B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+    _kernels.score_rows("ffm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                         model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                         batch.values, out, True, True, False, 1)
     np.testing.assert_allclose(out[0], ref.score(model, row), rtol=1e-10)
@@ -160,12 +168,12 @@ def test_one_thread_is_reproducible():
 @pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
 def test_scoring_does_not_depend_on_threads(kind):
     model, rows, labels, _ = make_problem(kind, seed=4, k=4)
-    B, L, F, kp = to_layout(model, "sgd", np.float32)
+    B, L, F, R, kp = to_layout(model, "sgd", np.float32)
     batch = to_batch(rows * 20, np.tile(labels, 20))
     outs = []
     for threads in (1, 2, 3):
         out = np.empty(batch.n_rows)
-        _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), model.n_features,
+        _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                             model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                             batch.values, out, True, True, True, threads)
         outs.append(out)
@@ -189,3 +197,20 @@ def test_fast_adagrad_step_is_within_the_rsqrt_estimate_error(kind):
     # the estimate's bound, plus float32 rounding of w itself relative to the step
     assert rel.max() <= 1.5 * 2.0**-12 + 1e-4, rel.max()
     assert rel.max() > 0  # the fast path really is the estimate, not the exact step
+
+
+def test_fwfm_with_unit_field_weights_scores_like_fm():
+    model, rows, labels, _ = make_problem("fwfm", seed=12, k=4)
+    model.field_weights[:] = 1.0
+    fm = ref.RefModel("fm", model.n_features, model.n_fields, model.k, model.bias, model.linear,
+                      model.factors, None, model.use_bias, model.use_linear, model.normalize)
+    outs = {}
+    for m in (model, fm):
+        B, L, F, R, kp = to_layout(m, "sgd", np.float64)
+        batch = to_batch(rows, labels)
+        out = np.empty(len(rows))
+        _kernels.score_rows(m.kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
+                            m.n_features, m.n_fields, kp, 0, batch.indptr, batch.fields,
+                            batch.features, batch.values, out, True, True, True, 1)
+        outs[m.kind] = out
+    np.testing.assert_allclose(outs["fwfm"], outs["fm"], rtol=1e-12)

@@ -1,10 +1,12 @@
-# Training and scoring kernels for LR, FM and FFM.
+# Training and scoring kernels for LR, FM, FFM and FwFM.
 #
 # Parameter layout (float32, or float64 for exact tests):
 #   B   bias block:    [w, state...]                       (1 + n_state values)
 #   L   linear blocks: feature j at L[j * lstride]          (lstride = 1 + n_state)
 #   F   factor blocks: FM  feature j at F[j * fstride]
 #                      FFM feature j, field f at F[(j * n_fields + f) * fstride]
+#                      FwFM: as FM, plus R, the field-pair weights: pair (a, b),
+#                      a <= b, at R[(a * n_fields + b) * lstride]
 #       each block is kp weights (k padded with zeros to a multiple of 4)
 #       followed by n_state * kp optimizer-state values, so a block's
 #       weights and accumulators share cache lines (libffm's layout).
@@ -12,6 +14,10 @@
 #
 # Rows come as CSR: indptr (int64), fields and features (int32), values
 # (float32), labels (float32, -1 / +1 for the logistic loss).
+#
+# The float32 FFM pair loops run the SSE code of ffm_f32.h; everything else
+# (and all of float64, the precision the tests compare with the NumPy
+# reference) runs the loops below.
 #
 # Threads: rows of an epoch are split statically across OpenMP threads and
 # every thread updates the shared parameters without locks (Hogwild, as
@@ -28,16 +34,17 @@ from ._optim cimport opt_block, opt_pair, opt_n_state, OPT_SGD, OPT_ADAGRAD
 
 import numpy as np
 
-# Model kinds (mirrors fmcli.config.ModelKind).
 cdef enum:
     MAX_KP = 1024       # fmcli.config.MAX_K rounded up to a multiple of 4
 
+# Model kinds (the names are fmcli.config.MODELS).
 cdef enum:
     KIND_LR = 0
     KIND_FM = 1
     KIND_FFM = 2
+    KIND_FWFM = 3
 
-KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM}
+KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM, "fwfm": KIND_FWFM}
 OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD}
 
 
@@ -57,7 +64,8 @@ cdef struct Shape:
     Py_ssize_t n_fields
     Py_ssize_t kp            # padded factor width (multiple of 4)
     Py_ssize_t fstride       # distance between factor blocks
-    Py_ssize_t lstride       # distance between linear weights
+    Py_ssize_t lstride       # distance between linear weights (and FwFM field-pair weights)
+    bint fielded             # FFM / FwFM: an entry whose field is outside the model is skipped
     bint use_bias
     bint use_linear
     bint normalize
@@ -97,14 +105,22 @@ cdef struct Row:
 
 
 cdef struct Scratch:
-    # Per-thread work space: FM's kp sums and the compacted row.
+    # Per-thread work space: FM's kp sums, the compacted row, and for FwFM
+    # the factor gradients of a row, the field-pair gradients (m * m, zero
+    # between rows), which of them a row touched and in what order.
     void* acc
     Row row
+    void* gbuf
+    void* rgrad
+    char* rmark
+    Py_ssize_t* touched
 
 
 cdef Scratch* scratch_new(int nthreads, Py_ssize_t kp, Py_ssize_t max_nnz,
-                          size_t itemsize) noexcept nogil:
-    """One Scratch per thread, or NULL when memory is short."""
+                          size_t itemsize, Py_ssize_t fwfm_fields) noexcept nogil:
+    """One Scratch per thread, or NULL when memory is short.  fwfm_fields:
+    the model's fields when it is an FwFM being trained, else 0."""
+    cdef Py_ssize_t mm = fwfm_fields * fwfm_fields
     cdef Scratch* sc = <Scratch*>calloc(nthreads, sizeof(Scratch))
     cdef int i
     if sc == NULL:
@@ -114,7 +130,12 @@ cdef Scratch* scratch_new(int nthreads, Py_ssize_t kp, Py_ssize_t max_nnz,
         sc[i].row.oj = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.of = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.xs = <float*>malloc(sizeof(float) * (max_nnz + 1))
-        if sc[i].acc == NULL or sc[i].row.oj == NULL or sc[i].row.of == NULL or sc[i].row.xs == NULL:
+        sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1) if mm else 1)
+        sc[i].rgrad = calloc(mm + 1, itemsize)
+        sc[i].rmark = <char*>calloc(mm + 1, 1)
+        sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (mm + 1))
+        if (sc[i].acc == NULL or sc[i].row.oj == NULL or sc[i].row.of == NULL or sc[i].row.xs == NULL
+                or sc[i].gbuf == NULL or sc[i].rgrad == NULL or sc[i].rmark == NULL or sc[i].touched == NULL):
             scratch_free(sc, nthreads)
             return NULL
     return sc
@@ -129,6 +150,10 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].row.oj)
         free(sc[i].row.of)
         free(sc[i].row.xs)
+        free(sc[i].gbuf)
+        free(sc[i].rgrad)
+        free(sc[i].rmark)
+        free(sc[i].touched)
     free(sc)
 
 
@@ -141,7 +166,7 @@ cdef Py_ssize_t longest_row(const long long[::1] indptr) noexcept nogil:
 
 
 cdef inline double score_row(const Shape* s, const floating* B, const floating* L,
-                             const floating* F, const int* fld, const int* feat,
+                             const floating* F, const floating* R, const int* fld, const int* feat,
                              const float* val, Py_ssize_t nnz, floating scale,
                              floating* acc, Row* prep) noexcept nogil:
     """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values);
@@ -163,7 +188,7 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
     if s.use_linear:
         for i in range(nnz):
             j1 = feat[i]
-            if j1 < n and (s.kind != KIND_FFM or fld[i] < m):
+            if j1 < n and (not s.fielded or fld[i] < m):
                 t += L[j1 * s.lstride] * (val[i] * scale)
     if s.kind == KIND_FFM:
         if floating is float:
@@ -186,6 +211,22 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                     w2 = F + (j2 * m + f1) * fs
                     pair = pair + dot(w1, w2, kp) * (x1 * (val[l] * scale))
             t += pair
+    elif s.kind == KIND_FWFM:
+        for i in range(nnz):
+            j1 = feat[i]
+            f1 = fld[i]
+            if j1 >= n or f1 >= m:
+                continue
+            x1 = val[i] * scale
+            w1 = F + j1 * fs
+            for l in range(i + 1, nnz):
+                j2 = feat[l]
+                f2 = fld[l]
+                if j2 >= n or f2 >= m:
+                    continue
+                pair = pair + (R[field_pair(f1, f2, m) * s.lstride] * dot(w1, F + j2 * fs, kp)
+                               * (x1 * (val[l] * scale)))
+        t += pair
     elif s.kind == KIND_FM:
         for d in range(kp):
             acc[d] = 0
@@ -205,11 +246,67 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
     return t
 
 
+cdef inline Py_ssize_t field_pair(Py_ssize_t a, Py_ssize_t b, Py_ssize_t m) noexcept nogil:
+    """Index of FwFM's weight for fields a and b (upper triangle of R)."""
+    if a <= b:
+        return a * m + b
+    return b * m + a
+
+
+cdef void fwfm_update(const Shape* s, int opt, floating eta, floating lam, floating* F,
+                      floating* R, const int* fld, const int* feat, const float* val,
+                      Py_ssize_t nnz, floating scale, floating kappa, Scratch* sc) noexcept nogil:
+    """FwFM step: every gradient from the values at the start of the row, then
+    the factors stepped in row order, then each touched field-pair weight
+    once with its gradient summed over the row's pairs (no L2 on them)."""
+    cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride, ls = s.lstride
+    cdef Py_ssize_t i, l, d, p, n_touched = 0
+    cdef floating xi, xl, r
+    cdef floating* gbuf = <floating*>sc.gbuf
+    cdef floating* rg = <floating*>sc.rgrad
+    cdef floating* g
+    cdef const floating* wi
+    cdef const floating* wl
+    for i in range(nnz):
+        g = gbuf + i * kp
+        for d in range(kp):
+            g[d] = 0
+        if feat[i] >= n or fld[i] >= m:
+            continue
+        xi = val[i] * scale
+        wi = F + feat[i] * fs
+        for l in range(nnz):
+            if l == i or feat[l] >= n or fld[l] >= m:
+                continue
+            xl = val[l] * scale
+            wl = F + feat[l] * fs
+            p = field_pair(fld[i], fld[l], m)
+            r = R[p * ls] * xl
+            for d in range(kp):
+                g[d] = g[d] + r * wl[d]
+            if l > i:
+                if not sc.rmark[p]:
+                    sc.rmark[p] = 1
+                    sc.touched[n_touched] = p
+                    n_touched += 1
+                rg[p] = rg[p] + kappa * xi * xl * dot(wi, wl, kp)
+        for d in range(kp):
+            g[d] = kappa * xi * g[d] + lam * wi[d]
+    for i in range(nnz):
+        if feat[i] < n and fld[i] < m:
+            opt_block(opt, eta, F + feat[i] * fs, gbuf + i * kp, kp, s.exact)
+    for i in range(n_touched):
+        p = sc.touched[i]
+        opt_block(opt, eta, R + p * ls, &rg[p], 1, s.exact)
+        rg[p] = 0
+        sc.rmark[p] = 0
+
+
 cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
-                            floating* B, floating* L, floating* F,
+                            floating* B, floating* L, floating* F, floating* R,
                             const int* fld, const int* feat, const float* val,
                             Py_ssize_t nnz, floating scale, floating kappa,
-                            const floating* acc, const Row* prep) noexcept nogil:
+                            const floating* acc, const Row* prep, Scratch* sc) noexcept nogil:
     """One optimizer step for every parameter the row touches.
 
     kappa is dloss/dscore at the parameters as they were when the row was
@@ -227,7 +324,7 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
     # Ids outside the model are skipped exactly as score_row skips them.
     if s.use_linear:
         for i in range(nnz):
-            if feat[i] >= n or (s.kind == KIND_FFM and fld[i] >= m):
+            if feat[i] >= n or (s.fielded and fld[i] >= m):
                 continue
             w1 = L + feat[i] * ls
             g = kappa * (val[i] * scale) + lam * w1[0]
@@ -251,6 +348,8 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
                 w2 = F + (feat[l] * m + f1) * fs
                 kv = kappa * x1 * (val[l] * scale)
                 opt_pair(opt, eta, lam, kv, w1, w2, kp, g1, g2, s.exact)
+    elif s.kind == KIND_FWFM:
+        fwfm_update(s, opt, eta, lam, F, R, fld, feat, val, nnz, scale, kappa, sc)
     elif s.kind == KIND_FM:
         for i in range(nnz):
             if feat[i] >= n:
@@ -287,6 +386,7 @@ cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_s
     s.kp = kp
     s.fstride = kp * (1 + n_state_)
     s.lstride = 1 + n_state_
+    s.fielded = s.kind == KIND_FFM or s.kind == KIND_FWFM
     s.use_bias = use_bias
     s.use_linear = use_linear
     s.normalize = normalize
@@ -295,6 +395,7 @@ cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_s
 
 
 def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, floating[::1] F,
+                floating[::1] R,
                 Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp,
                 const long long[::1] indptr, const int[::1] fields, const int[::1] features,
                 const float[::1] values, const float[::1] labels, const long long[::1] order,
@@ -314,6 +415,9 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
         raise ValueError("bias or linear array too small")
     if s.kind != KIND_LR and F.shape[0] < n_features * (n_fields if s.kind == KIND_FFM else 1) * s.fstride:
         raise ValueError("factor array too small")
+    if s.kind == KIND_FWFM and R.shape[0] < n_fields * n_fields * s.lstride:
+        raise ValueError("field-pair weight array too small")
+    cdef floating* pR = ptr(R)
     cdef floating* pB = ptr(B)
     cdef floating* pL = ptr(L)
     cdef floating* pF = ptr(F)
@@ -324,7 +428,8 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
     cdef floating scale, kappa
     cdef floating feta = eta, flam = lam
     cdef int nthreads = max(1, threads), tid
-    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating))
+    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating),
+                                   n_fields if s.kind == KIND_FWFM else 0)
     if sc == NULL:
         raise MemoryError("no memory for the training work space")
     tid = 0
@@ -336,7 +441,7 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
                 scale = <floating>row_scale(&values[start], nnz, s.normalize)
-                t = score_row(&s, pB, pL, pF, &fields[start], &features[start], &values[start],
+                t = score_row(&s, pB, pL, pF, pR, &fields[start], &features[start], &values[start],
                               nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
                 if not isfinite(t):
                     bad += 1
@@ -344,14 +449,16 @@ def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, float
                 y = labels[row]
                 kappa = <floating>(-y / (1.0 + exp(y * t)))
                 loss += log1pexp(-y * t)
-                update_row(&s, opt, feta, flam, pB, pL, pF, &fields[start], &features[start],
-                           &values[start], nnz, scale, kappa, <floating*>sc[tid].acc, &sc[tid].row)
+                update_row(&s, opt, feta, flam, pB, pL, pF, pR, &fields[start], &features[start],
+                           &values[start], nnz, scale, kappa, <floating*>sc[tid].acc, &sc[tid].row,
+                           &sc[tid])
     finally:
         scratch_free(sc, nthreads)
     return loss, bad
 
 
 def score_rows(str kind, const floating[::1] B, const floating[::1] L, const floating[::1] F,
+               const floating[::1] R,
                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
                const float[::1] values, double[::1] out, bint use_bias=True,
@@ -368,10 +475,13 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
     cdef const floating* pB = cptr(B)
     cdef const floating* pL = cptr(L)
     cdef const floating* pF = cptr(F)
+    cdef const floating* pR = cptr(R)
+    if s.kind == KIND_FWFM and R.shape[0] < n_fields * n_fields * s.lstride:
+        raise ValueError("field-pair weight array too small")
     cdef Py_ssize_t row, start, nnz
     cdef floating scale
     cdef int nthreads = max(1, threads), tid
-    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating))
+    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating), 0)
     if sc == NULL:
         raise MemoryError("no memory for the scoring work space")
     tid = 0
@@ -382,7 +492,7 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
                 scale = <floating>row_scale(&values[start], nnz, s.normalize)
-                out[row] = score_row(&s, pB, pL, pF, &fields[start], &features[start],
+                out[row] = score_row(&s, pB, pL, pF, pR, &fields[start], &features[start],
                                      &values[start], nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
     finally:
         scratch_free(sc, nthreads)
