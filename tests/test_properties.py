@@ -345,3 +345,20 @@ def test_model_k_too_large_for_an_integer_is_a_format_error(scratch: Path,
     assert read_header(path)["model"]["k"] == float("inf")
     with pytest.raises(ModelFormatError):
         load_model(path)
+
+
+@pytest.mark.parametrize("label", [b"1e39", b"-3.5e38", b"81e39"])
+def test_real_label_beyond_float32_range_is_a_data_error(scratch: Path, label: bytes) -> None:
+    path = scratch / "label.ffm"
+    path.write_bytes(label + b" 0:0:1\n")
+    with pytest.raises(DataError) as info:
+        TextReader(path, label_mode="real").read_all()
+    assert str(info.value).startswith(f"{path}:1: ")
+
+
+@pytest.mark.parametrize("label", [b"3.4028235e+38", b"-3.4028235e38", b"1e-50"])
+def test_real_label_that_rounds_into_float32_range_is_accepted(scratch: Path, label: bytes) -> None:
+    path = scratch / "label.ffm"
+    path.write_bytes(label + b" 0:0:1\n")
+    got = TextReader(path, label_mode="real").read_all().labels
+    assert got.tolist() == [np.float32(float(label))]

@@ -225,7 +225,8 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                 if parse_number(p, lend, &lab, &q) != 0 or not at_token_end(q, lend):
                     err = E_LABEL
                     break
-                if lab != lab or lab - lab != 0:
+                fv = <float>lab             # must stay finite as float32
+                if fv - fv != 0:
                     err = E_NONFINITE
                     break
                 if lm == LABEL_BINARY:
