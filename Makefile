@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench man lint wheel clean distclean
+.PHONY: help venv install dev build test test-all demo bench man lint wheel clean distclean fuzz
 
 help:
 	@echo "fmcli make targets:"
@@ -29,6 +29,7 @@ help:
 	@echo "  make dev         as install, plus the [dev] extras"
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
+	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect}.1"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
@@ -85,6 +86,45 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# --- fuzzing ----------------------------------------------------------------
+
+# A separate virtual environment with atheris and a bounds-checked (FMCLI_DEBUG=1)
+# non-editable build of the package, made from a copy of the sources so that
+# the in-place build used by $(VENV) is left alone.  See fuzz/README.md.
+FUZZ_SECONDS ?= 600
+FUZZ_VENV    ?= .venv-fuzz
+FUZZ_OUT     ?= fuzz-out
+FUZZ_PY      := $(FUZZ_VENV)/bin/python
+FUZZ_STAMP   := $(FUZZ_VENV)/.installed
+FUZZ_SOURCES := $(wildcard fmcli/*.py fmcli/*/*.py) $(CORE_SOURCES)
+
+$(FUZZ_STAMP): pyproject.toml setup.py README.md $(FUZZ_SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "error: fmcli needs Python 3.10 or newer (PYTHON=$(PYTHON))" >&2; exit 1; }
+	test -x $(FUZZ_PY) || $(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_PY) -m pip install -q --upgrade pip
+	$(FUZZ_PY) -m pip install -q 'setuptools>=64' wheel 'Cython>=3.0.10,<4' atheris
+	rm -rf $(FUZZ_VENV)/src $(FUZZ_VENV)/wheel && mkdir -p $(FUZZ_VENV)/src
+	tar -cf - --exclude='*.so' --exclude='*.c' --exclude=__pycache__ \
+		pyproject.toml setup.py README.md MANIFEST.in fmcli | tar -xf - -C $(FUZZ_VENV)/src
+	FMCLI_DEBUG=1 $(FUZZ_PY) -m pip wheel -q --no-build-isolation --no-deps -w $(FUZZ_VENV)/wheel $(FUZZ_VENV)/src
+	$(FUZZ_PY) -m pip install -q --force-reinstall --no-deps $(FUZZ_VENV)/wheel/fmcli-*.whl
+	$(FUZZ_PY) -m pip install -q $(FUZZ_VENV)/wheel/fmcli-*.whl
+	@touch $@
+
+# Each harness runs for FUZZ_SECONDS; its corpus, log and any crash input go to
+# $(FUZZ_OUT)/<name>/.  Fails when a harness found a crash.
+fuzz: $(FUZZ_STAMP)
+	@status=0; for name in text model; do \
+		out=$(FUZZ_OUT)/$$name; mkdir -p $$out/corpus; \
+		echo "fuzz: $$name for $(FUZZ_SECONDS) s (log in $$out/log.txt)"; \
+		$(FUZZ_PY) fuzz/fuzz_$$name.py $$out/corpus -dict=fuzz/$$name.dict \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 -rss_limit_mb=4096 \
+			-artifact_prefix=$$out/ -print_final_stats=1 > $$out/log.txt 2>&1 \
+			|| { status=1; echo "fuzz: $$name FOUND A CRASH:"; tail -n 40 $$out/log.txt; }; \
+		grep -h -E '^stat::number_of_executed_units|^Done [0-9]+ runs' $$out/log.txt | sed "s/^/fuzz: $$name: /"; \
+	done; exit $$status
 
 # --- documentation and packaging -------------------------------------------
 
