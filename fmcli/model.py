@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .config import MAX_K
 from .errors import ModelFormatError
 from .modelfile import read_header, read_model_file, write_model_file
 
@@ -85,8 +86,10 @@ class ModelSpec:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
         if spec.kind not in ("lr", "fm", "ffm", "fwfm") or spec.task != "binary":
             raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)
-        if spec.k < 1 or spec.n_features < 0 or spec.n_fields < 0:
-            raise ModelFormatError("model sizes must be positive", path)
+        if not (1 <= spec.k <= MAX_K and 0 <= spec.n_features <= 2**31 and 0 <= spec.n_fields <= 2**31):
+            raise ModelFormatError(
+                f"model sizes out of range (k={spec.k}, n_features={spec.n_features}, "
+                f"n_fields={spec.n_fields}; k must be 1..{MAX_K}, ids are below 2^31)", path)
         return spec
 
 

@@ -5,8 +5,10 @@
   the rows, whatever the reader's block size.
 * Arbitrary bytes, and mutations of a valid data file, either parse or raise
   DataError whose message is printable ASCII and starts with FILE:LINE; the
-  outcome does not depend on the block size.
-* Mutations of real model files (tests/fixtures) raise only ModelFormatError.
+  outcome does not depend on the block size.  Skipping bad rows
+  (ReadLimits.max_bad_rows) gives the rows of the file without those lines.
+* Mutations of real model files (tests/fixtures), and nonsense model
+  descriptions in sound containers, raise only ModelFormatError.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fmcli.data.batch import Batch
-from fmcli.data.text import DEFAULT_BLOCK_BYTES, TextReader
+from fmcli.data.text import DEFAULT_BLOCK_BYTES, ReadLimits, TextReader
 from fmcli.errors import DataError, ModelFormatError
 from fmcli.model import load_model
 from fmcli.modelfile import read_header, read_model_file, write_model_file
+from fmcli.predict import predict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BLOCK_SIZES = [1, 3, 17, 256, DEFAULT_BLOCK_BYTES]
@@ -235,6 +238,52 @@ def test_mutated_data_file_raises_only_data_error(scratch: Path, ext: str,
     _check_bytes(scratch / f"mutated.{ext}", _mutate(valid, mutations))
 
 
+LINES = st.sampled_from([b"1 0:1:2", b"0 3:4:5", b"-1 1:1:1", b"2.5 7:7:7", b"x", b"1 1:1", b"1 1:2:x",
+                         b"\r", b"1 2:3:4e99", b"#c", b"", b" ", b"1234567890 1:1:1", b"1 5:5:5\r"])
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(content=st.one_of(st.lists(LINES, max_size=10).map(b"\n".join),
+                         st.lists(st.sampled_from(list(GRAMMAR)), max_size=120).map(bytes)),
+       max_line=st.sampled_from([0, 4, 9, 20]))
+def test_skipping_bad_rows_is_deleting_them(scratch: Path, content: bytes, max_line: int) -> None:
+    """With --max-bad-rows, the rows read are those of the file without its bad
+    lines, for every block size, and the (n+1)-th bad line is where reading
+    with max_bad_rows=n stops.  (Real labels: with binary ones, see
+    test_skipped_row_does_not_decide_the_negative_label.)"""
+    path = scratch / "skip.ffm"
+
+    def read(data: bytes, block_bytes: int, max_bad_rows: int) -> tuple[object, list[int]]:
+        path.write_bytes(data)
+        limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line)
+        reader = TextReader(path, label_mode="real", block_bytes=block_bytes, limits=limits)
+        try:
+            batch = reader.read_all()
+        except DataError as exc:
+            return str(exc), [e.line for e in reader.bad_rows]
+        return tuple(getattr(batch, name).tobytes() for name in COLUMNS), [e.line for e in reader.bad_rows]
+
+    got, bad = read(content, DEFAULT_BLOCK_BYTES, 10**9)
+    assert not isinstance(got, str), got
+    assert bad == sorted(set(bad))
+    for block_bytes in (1, 5, 64):
+        assert read(content, block_bytes, 10**9) == (got, bad), block_bytes
+    kept = b"\n".join(x for i, x in enumerate(content.split(b"\n")) if i + 1 not in bad)
+    assert read(kept, DEFAULT_BLOCK_BYTES, 0) == (got, [])
+    if bad:
+        message, _ = read(content, 5, len(bad) - 1)
+        assert isinstance(message, str) and message.startswith(f"{path}:{bad[-1]}: "), (message, bad)
+
+
+def test_skipped_row_does_not_decide_the_negative_label(scratch: Path) -> None:
+    path = scratch / "mixed.ffm"
+    path.write_bytes(b"0 x:1:1\n-1 1:1:1\n")
+    reader = TextReader(path, limits=ReadLimits(max_bad_rows=5))
+    batch = reader.read_all()
+    assert [e.line for e in reader.bad_rows] == [1]
+    assert batch.labels.tolist() == [-1.0]
+
+
 # --------------------------------------------------------------------------
 # Model files: mutations raise ModelFormatError only
 # --------------------------------------------------------------------------
@@ -313,7 +362,7 @@ MODEL_KEYS = ["kind", "task", "k", "n_features", "n_fields", "use_bias", "use_li
 @settings(max_examples=120, **SETTINGS)
 @given(name=st.sampled_from(["lr", "fm"]),
        changes=st.dictionaries(st.sampled_from(MODEL_KEYS + ["extra"]),
-                               st.one_of(JSON_VALUES, st.sampled_from(["ffm", "fm", "lr", 0, 1, -1])),
+                               st.one_of(JSON_VALUES, st.sampled_from(["ffm", "fm", "fwfm", "lr", 0, 1, -1])),
                                min_size=1, max_size=3),
        drop=st.lists(st.sampled_from(MODEL_KEYS), max_size=2))
 def test_model_description_with_valid_checksum_raises_only_model_format_error(
@@ -362,3 +411,22 @@ def test_real_label_that_rounds_into_float32_range_is_accepted(scratch: Path, la
     path.write_bytes(label + b" 0:0:1\n")
     got = TextReader(path, label_mode="real").read_all().labels
     assert got.tolist() == [np.float32(float(label))]
+
+
+@pytest.mark.parametrize("name, change", [
+    ("lr", {"k": 10**20}),          # lr has no factors, so no array shape limits k
+    ("lr", {"k": 2**40}),
+    ("fm", {"n_fields": 10**20}),   # fm factors do not depend on n_fields
+])
+def test_loaded_model_with_out_of_range_sizes_can_be_scored_or_is_refused(
+    scratch: Path, small_models: dict[str, bytes], name: str, change: dict,
+) -> None:
+    valid = small_models[name]
+    path = scratch / "sizes.fm"
+    path.write_bytes(valid)
+    _rewrite(path, valid, {**read_header(path)["model"], **change})
+    try:
+        model = load_model(path)
+    except ModelFormatError:
+        return
+    assert predict(model, FIXTURES / "valid40.svm").shape == (40,)

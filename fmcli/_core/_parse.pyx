@@ -173,7 +173,7 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     cdef Py_ssize_t cap_rows = labels.shape[0]
     cdef Py_ssize_t cap_nnz = fields.shape[0]
     cdef Py_ssize_t rows = 0, nnz = indptr[0], line = 0
-    cdef int err = OK, rc, fid = 0, jid = 0
+    cdef int err = OK, rc, fid = 0, jid = 0, row_negative = 0
     cdef double v, lab
     cdef float fv
     cdef const unsigned char* base
@@ -229,14 +229,16 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                 if fv - fv != 0:
                     err = E_NONFINITE
                     break
+                row_negative = 0
                 if lm == LABEL_BINARY:
                     if not (lab == 1 or lab == 0 or lab == -1):
                         err = E_LABEL_VALUE
                         break
                     if lab != 1:
-                        if negative == 0:
-                            negative = 1 if lab == 0 else 2
-                        elif negative != (1 if lab == 0 else 2):
+                        # which negative label this row uses; it counts only
+                        # once the row is known to be good
+                        row_negative = 1 if lab == 0 else 2
+                        if negative != 0 and negative != row_negative:
                             err = E_MIXED_LABELS
                             break
                 labels[rows] = <float>lab
@@ -297,6 +299,8 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                     break
                 if keep_lines:
                     row_lines[rows] = line
+                if row_negative != 0:
+                    negative = row_negative
                 rows += 1
                 indptr[rows] = nnz
             line += 1
