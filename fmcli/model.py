@@ -72,15 +72,16 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> "ModelSpec":
         try:
+            flags = {name: data[name] for name in ("use_bias", "use_linear", "normalize")}
+            if not all(isinstance(v, bool) for v in flags.values()):
+                raise TypeError("use_bias, use_linear and normalize must be true or false")
             spec = cls(
                 kind=str(data["kind"]),
                 task=str(data["task"]),
                 k=int(data["k"]),
                 n_features=int(data["n_features"]),
                 n_fields=int(data["n_fields"]),
-                use_bias=bool(data["use_bias"]),
-                use_linear=bool(data["use_linear"]),
-                normalize=bool(data["normalize"]),
+                **flags,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
@@ -131,6 +132,8 @@ class Model:
             "model": self.spec.to_dict(),
             **{k: v for k, v in self.meta.items() if k not in ("model", "fmcli_version", "format")},
         }
+        if isinstance(header.get("optimizer"), dict):
+            header["optimizer"] = {**header["optimizer"], "state": bool(include_state and self.state)}
         # Strided views are fine: the writer converts them in bounded slices.
         arrays = {name: a.astype(np.float32, copy=False) for name, a in self.params.items()}
         if include_state:

@@ -238,3 +238,27 @@ def test_closed_stdout_pipe_stops_quietly(trained):
     assert proc.wait(timeout=60) == 141
     assert float(first) > 0
     assert err == b""
+
+
+def test_model_flags_must_be_booleans(trained):
+    import json
+
+    from fmcli.errors import ModelFormatError
+    from fmcli.model import load_model
+    from fmcli.modelfile import read_model_file, write_model_file
+
+    header, arrays = read_model_file(trained / "m.fm")
+    header.pop("arrays")
+    header.pop("format")
+    header["model"] = {**header["model"], "use_bias": "no"}
+    write_model_file(trained / "flags.fm", json.loads(json.dumps(header)), arrays)
+    with pytest.raises(ModelFormatError, match="must be true or false"):
+        load_model(trained / "flags.fm")
+
+
+def test_header_says_whether_optimizer_state_was_saved(trained):
+    from fmcli.model import inspect_header
+
+    assert inspect_header(trained / "m.fm")["optimizer"]["state"] is True
+    assert run(["train", "-q", "-t", "1", "--no-optimizer-state", "-o", "s.fm", "d.ffm"], trained).exit_code == 0
+    assert inspect_header(trained / "s.fm")["optimizer"]["state"] is False
