@@ -25,9 +25,6 @@ from .config import MAX_K
 from .errors import ModelFormatError
 from .modelfile import read_header, read_model_file, write_model_file
 
-PARAM_NAMES = ("bias", "linear", "factors", "field_weights")
-
-
 def padded_k(k: int) -> int:
     """Factor width in memory: k rounded up to a multiple of 4."""
     return (k + 3) // 4 * 4

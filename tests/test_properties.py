@@ -23,6 +23,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from model_loading import load_every_way
+
 from fmcli.data.batch import Batch
 from fmcli.data.text import DEFAULT_BLOCK_BYTES, ReadLimits, TextReader
 from fmcli.errors import DataError, ModelFormatError
@@ -289,24 +291,6 @@ def test_skipped_row_does_not_decide_the_negative_label(scratch: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def _load_everything(path: Path) -> None:
-    """Every way of loading a model file; only ModelFormatError may escape."""
-    for kwargs in ({}, {"mmap": True}, {"verify": False}, {"mmap": True, "verify": False}):
-        try:
-            read_model_file(path, **kwargs)
-        except ModelFormatError:
-            pass
-    for mmap in (True, False):
-        try:
-            load_model(path, mmap=mmap)
-        except ModelFormatError:
-            pass
-    try:
-        read_header(path)
-    except ModelFormatError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def small_models() -> dict[str, bytes]:
     return {name: (FIXTURES / f"v1-{name}.fm").read_bytes() for name in ("lr", "fm")}
@@ -330,7 +314,7 @@ def test_mutated_model_file_raises_only_model_format_error(
     assume(content != valid)
     path = scratch / "mutated.fm"
     path.write_bytes(content)
-    _load_everything(path)
+    load_every_way(path)
     with pytest.raises(ModelFormatError):  # the checksum catches what the structure misses
         read_model_file(path)
 
@@ -377,7 +361,7 @@ def test_model_description_with_valid_checksum_raises_only_model_format_error(
         model.pop(key, None)
     _rewrite(path, valid, model)
     read_model_file(path)  # the container itself stays valid
-    _load_everything(path)
+    load_every_way(path)
 
 
 def test_model_k_too_large_for_an_integer_is_a_format_error(scratch: Path,
