@@ -2,7 +2,8 @@
 
 * Writing random rows in libffm / libsvm syntax, with random whitespace,
   line endings, blank and comment lines, and parsing them back gives exactly
-  the rows, whatever the reader's block size.
+  the rows, whatever the reader's block size; so do row weights
+  (LABEL:WEIGHT) and class labels.
 * Arbitrary bytes, and mutations of a valid data file, either parse or raise
   DataError whose message is printable ASCII and starts with FILE:LINE; the
   outcome does not depend on the block size.  Skipping bad rows
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from model_loading import load_every_way
 
 from fmcli.data.batch import Batch
-from fmcli.data.text import DEFAULT_BLOCK_BYTES, ReadLimits, TextReader
+from fmcli.data.text import DEFAULT_BLOCK_BYTES, ReadLimits, TextReader, sort_classes
 from fmcli.errors import DataError, ModelFormatError
 from fmcli.model import load_model
 from fmcli.modelfile import read_header, read_model_file, write_model_file
@@ -143,6 +144,88 @@ def test_parse_of_formatted_rows_gives_the_rows(scratch: Path, fmt: str, ext: st
         assert reader.fmt == fmt
 
 
+# Class labels: any text without whitespace, ':', '#' or control characters.
+CLASS_TOKENS = st.one_of(
+    st.integers(-20, 20).map(str),
+    st.sampled_from(["a", "b", "cat", "Dog", "+1", "01", "1.5", "-", "x" * 20, "\u00e9t\u00e9"]),
+    st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters=":#\x7f"),
+            min_size=1, max_size=24),
+)
+# (text, float32 value) of a row weight >= 0.
+WEIGHTS = st.one_of(
+    st.floats(0, float(np.finfo(np.float32).max), width=32).map(
+        lambda v: (repr(float(np.float32(v))), np.float32(v) + np.float32(0))),
+    st.integers(0, 2**30).map(lambda i: (str(i), np.float32(i))),
+    st.just(("1", np.float32(1))),
+)
+
+
+@st.composite
+def labelled_files(draw: st.DrawFn, fmt: str, mode: str) -> tuple[bytes, list[str], np.ndarray, dict]:
+    """(file, label token per row, weight per row, CSR columns but labels)."""
+    label = CLASS_TOKENS if mode == "class" else st.sampled_from(["0", "1"])
+    rows = draw(st.lists(st.tuples(label, st.one_of(st.none(), WEIGHTS), st.lists(ENTRY, max_size=3)),
+                         max_size=25))
+    lines: list[str] = []
+    for token, weight, entries in rows:
+        lines.extend(draw(st.lists(FILLER, max_size=1)))
+        parts = [token if weight is None else f"{token}:{weight[0]}"]
+        for field, feature, (text, _) in entries:
+            parts.append(f"{field}:{feature}:{text}" if fmt == "libffm" else f"{feature}:{text}")
+        lines.append(draw(EDGE) + draw(SEP).join(parts) + draw(EDGE))
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    text = "".join(line + end for line in lines)
+    entries = [e for _, _, es in rows for e in es]
+    want = {
+        "indptr": np.cumsum([0] + [len(es) for _, _, es in rows]).astype(np.int64),
+        "fields": np.array([f if fmt == "libffm" else 0 for f, _, _ in entries], np.int32),
+        "features": np.array([j for _, j, _ in entries], np.int32),
+        "values": np.array([v for _, _, (_, v) in entries], np.float32),
+    }
+    weights = np.array([1 if w is None else w[1] for _, w, _ in rows], np.float32)
+    return text.encode("utf-8"), [t for t, _, _ in rows], weights, want
+
+
+def _assert_weights(got: np.ndarray | None, want: np.ndarray, context: str) -> None:
+    if (want == 1).all():
+        assert got is None, (context, got)
+    else:
+        assert got is not None and got.dtype == np.float32, (context, got)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (context, got, want)
+
+
+@pytest.mark.parametrize("fmt, ext", [("libffm", "ffm"), ("libsvm", "svm")])
+@pytest.mark.parametrize("mode", ["binary", "class"])
+@settings(max_examples=60, **SETTINGS)
+@given(data=st.data())
+def test_weights_and_class_labels_survive_format_and_parse(scratch: Path, fmt: str, ext: str,
+                                                           mode: str, data: st.DataObject) -> None:
+    content, tokens, weights, want = data.draw(labelled_files(fmt, mode))
+    path = scratch / f"labelled.{ext}"
+    path.write_bytes(content)
+    classes = sort_classes(list(set(tokens)))
+    for block_bytes in BLOCK_SIZES:
+        context = f"{mode} block_bytes={block_bytes}"
+        reader = TextReader(path, label_mode=mode, block_bytes=block_bytes)
+        batch = reader.read_all()
+        _assert_same(batch, {**want, "labels": batch.labels}, context)
+        _assert_weights(batch.weights, weights, context)
+        stream = TextReader(path, label_mode=mode, block_bytes=block_bytes)
+        streamed = Batch.concat(list(stream))
+        _assert_same(streamed, {**want, "labels": streamed.labels}, "iter " + context)
+        _assert_weights(streamed.weights, weights, "iter " + context)
+        if mode == "class":
+            assert reader.classes == classes, context
+            assert [classes[int(i)] for i in batch.labels] == tokens, context
+            assert [stream.classes[int(i)] for i in streamed.labels] == tokens, context
+            fixed = TextReader(path, label_mode=mode, block_bytes=block_bytes,
+                               classes=classes[::-1]).read_all()
+            assert [classes[::-1][int(i)] for i in fixed.labels] == tokens, context
+        else:
+            assert batch.labels.tolist() == [float(t) for t in tokens], context
+            assert streamed.labels.tolist() == [float(t) for t in tokens], context
+
+
 # --------------------------------------------------------------------------
 # Bad input: DataError only, with FILE:LINE, the same for every block size
 # --------------------------------------------------------------------------
@@ -241,7 +324,8 @@ def test_mutated_data_file_raises_only_data_error(scratch: Path, ext: str,
 
 
 LINES = st.sampled_from([b"1 0:1:2", b"0 3:4:5", b"-1 1:1:1", b"2.5 7:7:7", b"x", b"1 1:1", b"1 1:2:x",
-                         b"\r", b"1 2:3:4e99", b"#c", b"", b" ", b"1234567890 1:1:1", b"1 5:5:5\r"])
+                         b"\r", b"1 2:3:4e99", b"#c", b"", b" ", b"1234567890 1:1:1", b"1 5:5:5\r",
+                         b"0.5:2 1:1:1", b"1:-1 2:2:2", b"3:x", b"1:0 4:4:4"])
 
 
 @settings(max_examples=100, **SETTINGS)
@@ -263,7 +347,9 @@ def test_skipping_bad_rows_is_deleting_them(scratch: Path, content: bytes, max_l
             batch = reader.read_all()
         except DataError as exc:
             return str(exc), [e.line for e in reader.bad_rows]
-        return tuple(getattr(batch, name).tobytes() for name in COLUMNS), [e.line for e in reader.bad_rows]
+        weights = None if batch.weights is None else batch.weights.tobytes()
+        columns = tuple(getattr(batch, name).tobytes() for name in COLUMNS) + (weights,)
+        return columns, [e.line for e in reader.bad_rows]
 
     got, bad = read(content, DEFAULT_BLOCK_BYTES, 10**9)
     assert not isinstance(got, str), got
@@ -275,6 +361,41 @@ def test_skipping_bad_rows_is_deleting_them(scratch: Path, content: bytes, max_l
     if bad:
         message, _ = read(content, 5, len(bad) - 1)
         assert isinstance(message, str) and message.startswith(f"{path}:{bad[-1]}: "), (message, bad)
+
+
+CLASS_SOUP = list(GRAMMAR + b"abc\xff\x01\x7f")
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(content=st.one_of(st.binary(max_size=200),
+                         st.lists(st.sampled_from(CLASS_SOUP), max_size=150).map(bytes)),
+       fixed=st.booleans(), max_bad_rows=st.sampled_from([0, 3]))
+def test_class_mode_outcome_does_not_depend_on_block_size(scratch: Path, content: bytes, fixed: bool,
+                                                          max_bad_rows: int) -> None:
+    path = scratch / "classes.ffm"
+    path.write_bytes(content)
+
+    def outcome(block_bytes: int) -> tuple:
+        reader = TextReader(path, label_mode="class", block_bytes=block_bytes,
+                            classes=["0", "1", "a", "b"] if fixed else None,
+                            limits=ReadLimits(max_bad_rows=max_bad_rows))
+        try:
+            batch = reader.read_all()
+        except DataError as exc:
+            return "error", str(exc)
+        weights = None if batch.weights is None else batch.weights.tobytes()
+        assert reader.classes is not None
+        assert ((batch.labels >= 0) & (batch.labels < len(reader.classes))).all()
+        return ("ok", tuple(reader.classes), weights, tuple(e.line for e in reader.bad_rows),
+                *(getattr(batch, name).tobytes() for name in COLUMNS))
+
+    outcomes = {bb: outcome(bb) for bb in (1, 2, 7, 64, DEFAULT_BLOCK_BYTES)}
+    first = outcomes[DEFAULT_BLOCK_BYTES]
+    assert set(outcomes.values()) == {first}, outcomes
+    if first[0] == "error":
+        message = first[1]
+        assert all(32 <= ord(c) < 127 for c in message), message
+        assert re.match(re.escape(str(path)) + r":(\d+): \S", message), message
 
 
 def test_skipped_row_does_not_decide_the_negative_label(scratch: Path) -> None:

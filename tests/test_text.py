@@ -6,15 +6,21 @@ import sys
 import numpy as np
 import pytest
 
+from fmcli._core import _parse
+from fmcli.data import text as text_module
 from fmcli.data.batch import Batch
 from fmcli.data.text import (
     DEFAULT_BLOCK_BYTES,
+    ReadLimits,
     TextReader,
+    detect_task,
     format_from_name,
     read_text,
     sniff_format,
+    sort_classes,
 )
-from fmcli.errors import DataError, InputNotFoundError
+from fmcli.data.weights import read_weights
+from fmcli.errors import ConfigError, DataError, InputNotFoundError
 
 BLOCK_SIZES = [1, 3, 7, 64, DEFAULT_BLOCK_BYTES]
 
@@ -321,6 +327,9 @@ NEG = "expected a non-negative id"
 BIG = "expected an id below 2^31"
 LABEL = "expected a numeric label"
 BINARY = "expected a binary label (0/1 or -1/+1)"
+W_NUMBER = "expected a number as the row weight after 'LABEL:'"
+W_NEG = "expected a row weight >= 0 after 'LABEL:'"
+W_RANGE = "expected a finite row weight within float32 range after 'LABEL:'"
 
 # (extension, bad line, message after "PATH:LINE: ")
 BAD_CASES = [
@@ -365,6 +374,28 @@ BAD_CASES = [
     ("svm", b"1 3:nan", f"{NUMBER}, found '3:nan'"),
     ("svm", b"1 3:1e400", f"{NONFINITE}, found '3:1e400'"),
     ("svm", b"-2 3:1", f"{BINARY}, found '-2'"),
+    # row weights
+    ("ffm", b"1:abc 1:2:3", f"{W_NUMBER}, found '1:abc'"),
+    ("ffm", b"1: 1:2:3", f"{W_NUMBER}, found '1:'"),
+    ("ffm", b"1:nan 1:2:3", f"{W_NUMBER}, found '1:nan'"),
+    ("ffm", b"1:inf 1:2:3", f"{W_NUMBER}, found '1:inf'"),
+    ("ffm", b"1:0x10 1:2:3", f"{W_NUMBER}, found '1:0x10'"),
+    ("ffm", b"1:2:3 1:2:3", f"{W_NUMBER}, found '1:2:3'"),
+    ("ffm", b"1:1e 1:2:3", f"{W_NUMBER}, found '1:1e'"),
+    ("ffm", b"1::1 1:2:3", f"{W_NUMBER}, found '1::1'"),
+    ("ffm", b"1:-1 1:2:3", f"{W_NEG}, found '1:-1'"),
+    ("ffm", b"0:-0.5 1:2:3", f"{W_NEG}, found '0:-0.5'"),
+    ("ffm", b"1:-1e-50 1:2:3", f"{W_NEG}, found '1:-1e-50'"),
+    ("ffm", b"1:-inf 1:2:3", f"{W_NUMBER}, found '1:-inf'"),
+    ("ffm", b"1:1e39 1:2:3", f"{W_RANGE}, found '1:1e39'"),
+    ("ffm", b"1:1e400 1:2:3", f"{W_RANGE}, found '1:1e400'"),
+    ("ffm", b":1 1:2:3", f"{LABEL}, found ':1'"),
+    ("ffm", b"x:1 1:2:3", f"{LABEL}, found 'x:1'"),
+    ("ffm", b"2:1 1:2:3", f"{BINARY}, found '2:1'"),
+    ("ffm", b"1e400:1 1:2:3", f"{NONFINITE}, found '1e400:1'"),
+    ("svm", b"1:x 3:1", f"{W_NUMBER}, found '1:x'"),
+    ("svm", b"0:-2 3:1", f"{W_NEG}, found '0:-2'"),
+    ("svm", b"1:3.5e38 3:1", f"{W_RANGE}, found '1:3.5e38'"),
 ]
 
 
@@ -475,3 +506,446 @@ def test_directory_is_not_a_data_file(tmp_path):
         read_text(tmp_path / "d.ffm")
     assert info.value.exit_code == 66
     assert "directory" in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# row weights: LABEL:WEIGHT
+# --------------------------------------------------------------------------
+
+def test_row_weights_libffm(tmp_path):
+    path = write(tmp_path, "w.ffm", b"1:0.5 3:17:1\n0 1:2:3\n-1:2 0:0:1\n0:0 4:4:4\n+1:1e-3\n")
+    with pytest.raises(DataError, match="binary labels use both 0 and -1"):
+        read_text(path)
+    path = write(tmp_path, "w.ffm", b"1:0.5 3:17:1\n0 1:2:3\n0:2 0:0:1\n0:0 4:4:4\n+1:1e-3\n")
+    batch, fmt = read_text(path)
+    assert fmt == "libffm"
+    assert_batch(batch, labels=[1, 0, 0, 0, 1], indptr=[0, 1, 2, 3, 4, 4],
+                 fields=[3, 1, 0, 4], features=[17, 2, 0, 4], values=[1, 3, 1, 4])
+    assert batch.weights.dtype == np.float32
+    np.testing.assert_array_equal(batch.weights, np.array([0.5, 1, 2, 0, 1e-3], np.float32))
+
+
+def test_row_weights_libsvm_and_real_labels(tmp_path):
+    path = write(tmp_path, "w.svm", b"0:2 5:1.0\n1 qid:3 2:1\n1:0.25\n")
+    batch, fmt = read_text(path)
+    assert fmt == "libsvm"
+    assert_batch(batch, labels=[0, 1, 1], indptr=[0, 1, 2, 2], fields=[0, 0],
+                 features=[5, 2], values=[1, 1])
+    np.testing.assert_array_equal(batch.weights, [2, 1, 0.25])
+    path = write(tmp_path, "r.svm", b"-2.5:3 1:1\n1e3 2:2\n0.5:1.5\n")
+    batch, _ = read_text(path, label_mode="real")
+    assert batch.labels.tolist() == [-2.5, 1000, 0.5]
+    assert batch.weights.tolist() == [3, 1, 1.5]
+
+
+def test_weight_forms(tmp_path):
+    weights = ["0", "-0", "+2", ".5", "5.", "1e-400", "3.4028235e+38", "1E2", "0.1"]
+    data = "".join(f"1:{w} 0:0:1\n" for w in weights).encode()
+    batch, _ = read_text(write(tmp_path, "w.ffm", data))
+    want = np.array([float(w) for w in weights], np.float32)
+    np.testing.assert_array_equal(batch.weights, want)
+    assert not np.signbit(batch.weights).any()  # -0 is read as 0
+
+
+def test_weights_none_when_every_row_weighs_one(tmp_path):
+    for data in (b"1 0:0:1\n0 1:1:1\n", b"1:1 0:0:1\n0:1.0 1:1:1\n", b"", b"# c\n"):
+        path = write(tmp_path, "a.ffm", data)
+        assert read_text(path)[0].weights is None
+        assert all(b.weights is None for b in TextReader(path, block_bytes=3))
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_weights_of_mixed_rows_across_blocks(tmp_path, block_bytes):
+    data = (b"# header\r\n1 0:1:1\r\n0:3 1:1:1\n\n1 2:2:2 # c 1:1\n0\n1:0.5\n"
+            b"0 3:3:3\n0 4:4:4\n1:7 5:5:5 6:6:6")
+    path = write(tmp_path, "m.ffm", data)
+    want = np.array([1, 3, 1, 1, 0.5, 1, 1, 7], np.float32)
+    got, _ = read_text(path, block_bytes=block_bytes)
+    np.testing.assert_array_equal(got.weights, want)
+    assert got.labels.tolist() == [1, 0, 1, 0, 1, 0, 0, 1]
+    batches = list(TextReader(path, block_bytes=block_bytes))
+    if block_bytes < 16:
+        assert any(b.weights is None for b in batches)  # blocks without weights stay light
+    streamed = Batch.concat(batches)
+    np.testing.assert_array_equal(streamed.weights, want)
+    assert streamed.weights.dtype == np.float32
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_bad_weight_line_is_counted_across_blocks(tmp_path, block_bytes):
+    data = b"1:2 0:0:1\r\n\r\n# c\n0 1:1:1\n1:-3 0:0:1\n"
+    path = write(tmp_path, "w.ffm", data)
+    with pytest.raises(DataError) as info:
+        read_text(path, block_bytes=block_bytes)
+    assert str(info.value) == f"{path}:5: {W_NEG}, found '1:-3'"
+
+
+def test_bad_weight_rows_can_be_skipped(tmp_path):
+    path = write(tmp_path, "w.ffm", b"1:2 0:0:1\n0:x 1:1:1\n1:3 2:2:2\n")
+    reader = TextReader(path, limits=ReadLimits(max_bad_rows=1))
+    batch = reader.read_all()
+    assert [e.line for e in reader.bad_rows] == [2]
+    assert batch.weights.tolist() == [2, 3]
+    assert batch.features.tolist() == [0, 2]
+
+
+def test_concat_carries_weights():
+    def batch(n, weights):
+        return Batch(np.zeros(n, np.float32), np.zeros(n + 1, np.int64), np.zeros(0, np.int32),
+                     np.zeros(0, np.int32), np.zeros(0, np.float32),
+                     weights=None if weights is None else np.asarray(weights, np.float32))
+
+    assert Batch.concat([batch(2, None), batch(1, None)]).weights is None
+    joined = Batch.concat([batch(2, None), batch(2, [0.5, 2]), batch(1, None)])
+    assert joined.weights.dtype == np.float32
+    assert joined.weights.tolist() == [1, 1, 0.5, 2, 1]
+    assert Batch.empty().weights is None
+
+
+def _parse_direct(data: bytes, label_mode="binary", weights=True, spans=False):
+    buf = np.frombuffer(data, np.uint8)
+    cap = len(data) // 2 + 1
+    out = dict(
+        labels=np.zeros(cap, np.float32), indptr=np.zeros(cap + 1, np.int64),
+        fields=np.zeros(cap * 2, np.int32), features=np.zeros(cap * 2, np.int32),
+        values=np.zeros(cap * 2, np.float32),
+    )
+    w = np.full(cap, -5, np.float32) if weights else None
+    sp = np.full(2 * cap, -5, np.int64) if spans else None
+    result = _parse.parse_block(buf, "libffm", label_mode, out["labels"], out["indptr"], out["fields"],
+                                out["features"], out["values"], weights=w, label_spans=sp)
+    return result, w, sp
+
+
+def test_parse_block_weights_argument():
+    (rows, _, _, err, *_, weighted), w, _ = _parse_direct(b"1 0:0:1\n0:2.5 1:1:1\n")
+    assert (rows, err, weighted) == (2, 0, True)
+    assert w[:2].tolist() == [1, 2.5]
+    (rows, _, _, err, *_, weighted), w, _ = _parse_direct(b"1 0:0:1\n0 1:1:1\n")
+    assert (rows, err, weighted) == (2, 0, False)
+    assert w[:2].tolist() == [1, 1]
+    # Without a weights array a ':' in the label is a bad label.
+    (rows, _, _, err, err_line, start, end, *_), _, _ = _parse_direct(b"1 0:0:1\n0:2.5 1:1:1\n",
+                                                                     weights=False)
+    assert (rows, err, err_line, start, end) == (1, 1, 1, 8, 13)
+    with pytest.raises(ValueError):
+        _parse_direct(b"a 0:0:1\n", label_mode="class")
+    with pytest.raises(ValueError):
+        _parse.parse_block(np.frombuffer(b"1\n", np.uint8), "libffm", "binary", np.zeros(2, np.float32),
+                           np.zeros(3, np.int64), np.zeros(1, np.int32), np.zeros(1, np.int32),
+                           np.zeros(1, np.float32), weights=np.zeros(1, np.float32))
+
+
+# --------------------------------------------------------------------------
+# class labels
+# --------------------------------------------------------------------------
+
+def test_parse_block_records_class_label_spans():
+    data = b"cat 0:0:1\n  dog:2 1:1:1\n# c\n\xc3\xa9\t2:2:2\n"
+    (rows, nnz, lines, err, *_), w, spans = _parse_direct(data, label_mode="class", spans=True)
+    assert (rows, nnz, lines, err) == (3, 3, 4, 0)
+    assert spans[:6].tolist() == [0, 3, 12, 3, 28, 2]
+    assert w[:3].tolist() == [1, 2, 1]
+
+
+def read_classes(path, block_bytes=DEFAULT_BLOCK_BYTES, **kw):
+    reader = TextReader(path, label_mode="class", block_bytes=block_bytes, **kw)
+    batch = reader.read_all()
+    return reader, batch
+
+
+def tokens_of(reader, batch):
+    return [reader.classes[int(i)] for i in batch.labels]
+
+
+def test_integer_classes_in_numeric_order(tmp_path):
+    path = write(tmp_path, "c.ffm", b"10 0:0:1\n2 0:1:1\n-1\n0 1:1:1\n2\n+3\n")
+    reader, batch = read_classes(path)
+    assert reader.classes == ["-1", "0", "2", "+3", "10"]
+    assert batch.labels.dtype == np.float32
+    assert batch.labels.tolist() == [4, 2, 0, 1, 2, 3]
+    assert batch.weights is None
+    assert batch.indptr.tolist() == [0, 1, 2, 2, 3, 3, 3]
+
+
+def test_string_classes_in_code_point_order(tmp_path):
+    data = "dog 0:0:1\ncat:0.5 1:1:1\nZebra\n10\n2\ncat\n\u00e9l\u00e8ve\n".encode()
+    path = write(tmp_path, "c.ffm", data)
+    reader, batch = read_classes(path)
+    assert reader.classes == ["10", "2", "Zebra", "cat", "dog", "\u00e9l\u00e8ve"]
+    assert tokens_of(reader, batch) == ["dog", "cat", "Zebra", "10", "2", "cat", "\u00e9l\u00e8ve"]
+    assert batch.weights.tolist() == [1, 0.5, 1, 1, 1, 1, 1]
+
+
+def test_sort_classes():
+    assert sort_classes(["10", "2", "-1", "0", "1"]) == ["-1", "0", "1", "2", "10"]
+    assert sort_classes(["1", "01", "+1", "0"]) == ["0", "+1", "01", "1"]
+    assert sort_classes(["10", "2", "1.5"]) == ["1.5", "10", "2"]
+    assert sort_classes(["b", "a", "B", "\u00e9"]) == ["B", "a", "b", "\u00e9"]
+    assert sort_classes([]) == []
+
+
+def test_class_labels_with_libsvm(tmp_path):
+    path = write(tmp_path, "c.svm", b"spam:2 qid:1 3:1\nham 4:1\n")
+    reader, batch = read_classes(path)
+    assert reader.classes == ["ham", "spam"]
+    assert batch.labels.tolist() == [1, 0]
+    assert batch.weights.tolist() == [2, 1]
+    assert batch.features.tolist() == [3, 4]
+
+
+def test_long_and_short_class_labels(tmp_path, monkeypatch):
+    long_a, long_b = "a" * 40, "b" * 17
+    labels = ["x", long_a, "y", long_b, "x", long_a, "zz"] * 5
+    data = "".join(f"{c} 0:{i}:1\n" for i, c in enumerate(labels)).encode()
+    path = write(tmp_path, "c.ffm", data)
+    for chunk in (1, 3, 1 << 16):
+        monkeypatch.setattr(text_module, "_CLASS_CHUNK", chunk)
+        for block_bytes in BLOCK_SIZES:
+            reader, batch = read_classes(path, block_bytes)
+            assert reader.classes == sorted(set(labels))
+            assert tokens_of(reader, batch) == labels
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_classes_across_blocks(tmp_path, block_bytes):
+    data = b"# h\r\nb 0:0:1\r\n\r\na:3 1:1:1\nc\n  b:0.5 # x:1\n10 2:2:2\na"
+    path = write(tmp_path, "c.ffm", data)
+    reader, batch = read_classes(path, block_bytes)
+    assert reader.classes == ["10", "a", "b", "c"]
+    assert tokens_of(reader, batch) == ["b", "a", "c", "b", "10", "a"]
+    assert batch.weights.tolist() == [1, 3, 1, 0.5, 1, 1]
+    # Streaming: labels index the classes in order of first appearance.
+    stream = TextReader(path, label_mode="class", block_bytes=block_bytes)
+    joined = Batch.concat(list(stream))
+    assert stream.classes == ["b", "a", "c", "10"]
+    assert [stream.classes[int(i)] for i in joined.labels] == ["b", "a", "c", "b", "10", "a"]
+    np.testing.assert_array_equal(joined.weights, batch.weights)
+    # Reading again starts afresh.
+    assert reader.read_all().labels.tolist() == batch.labels.tolist()
+    assert reader.classes == ["10", "a", "b", "c"]
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_fixed_classes(tmp_path, block_bytes):
+    path = write(tmp_path, "c.ffm", b"b 0:0:1\nc:2 1:1:1\na\nb\n")
+    reader, batch = read_classes(path, block_bytes, classes=["c", "b", "a"])
+    assert reader.classes == ["c", "b", "a"]  # as given: not reordered
+    assert batch.labels.tolist() == [1, 0, 2, 1]
+    assert batch.weights.tolist() == [1, 2, 1, 1]
+    # A subset of the classes is fine.
+    reader, batch = read_classes(path, block_bytes, classes=["a", "b", "c", "d"])
+    assert batch.labels.tolist() == [1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("block_bytes", BLOCK_SIZES)
+def test_label_outside_fixed_classes(tmp_path, block_bytes):
+    path = write(tmp_path, "c.ffm", b"b 0:0:1\r\n\r\n# x\nc:2 1:1:1\nx 2:2:2\na\n")
+    with pytest.raises(DataError) as info:
+        read_classes(path, block_bytes, classes=["a", "b", "c"])
+    assert str(info.value) == f"{path}:5: label 'x' is not one of the model's classes (a, b, c)"
+    assert info.value.exit_code == 65
+    many = [str(i) for i in range(12)]
+    with pytest.raises(DataError) as info:
+        read_classes(path, block_bytes, classes=many)
+    assert info.value.line == 1
+    assert info.value.message == ("label 'b' is not one of the model's classes "
+                                  "(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...)")
+
+
+def test_rows_outside_fixed_classes_can_be_skipped(tmp_path):
+    data = b"a 0:0:1\nx 1:1:1\nb:2 2:2:2\nyy 3:3:3\n" + b"a 4:4:4\n" * 3
+    path = write(tmp_path, "c.ffm", data)
+    for block_bytes in BLOCK_SIZES:
+        reader = TextReader(path, label_mode="class", classes=["a", "b"], block_bytes=block_bytes,
+                            limits=ReadLimits(max_bad_rows=2))
+        batch = reader.read_all()
+        assert [e.line for e in reader.bad_rows] == [2, 4]
+        assert batch.labels.tolist() == [0, 1, 0, 0, 0]
+        assert batch.features.tolist() == [0, 2, 4, 4, 4]
+        assert batch.indptr.tolist() == [0, 1, 2, 3, 4, 5]
+        assert batch.weights.tolist() == [1, 2, 1, 1, 1]
+    reader = TextReader(path, label_mode="class", classes=["a", "b"], limits=ReadLimits(max_bad_rows=1))
+    with pytest.raises(DataError) as info:
+        reader.read_all()
+    assert info.value.line == 4
+    assert "more than --max-bad-rows 1" in str(info.value)
+
+
+CLASS = "expected a class label (text without ':' or control characters)"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b":2 0:0:1", f"{CLASS}, found ':2'"),
+    (b"a\x01b 0:0:1", f"{CLASS}, found 'a\\x01b'"),
+    (b"\x00 0:0:1", f"{CLASS}, found '\\x00'"),
+    (b"a\x7f 0:0:1", f"{CLASS}, found 'a\\x7f'"),
+    (b"a:b 0:0:1", f"{W_NUMBER}, found 'a:b'"),
+    (b"a:1:2 0:0:1", f"{W_NUMBER}, found 'a:1:2'"),
+    (b"a:-1 0:0:1", f"{W_NEG}, found 'a:-1'"),
+    (b"a:1e39 0:0:1", f"{W_RANGE}, found 'a:1e39'"),
+    (b"\xff\xfe 0:0:1", "expected a UTF-8 class label, found '\\xff\\xfe'"),
+    (b"a 0:0:x", f"{NUMBER}, found '0:0:x'"),
+])
+@pytest.mark.parametrize("block_bytes", [1, DEFAULT_BLOCK_BYTES])
+def test_bad_class_labels(tmp_path, bad, message, block_bytes):
+    path = write(tmp_path, "c.ffm", b"a 0:0:1\nb 1:1:1\n" + bad + b"\nc 0:0:1\n")
+    with pytest.raises(DataError) as info:
+        read_classes(path, block_bytes)
+    assert str(info.value) == f"{path}:3: {message}"
+    assert is_printable_ascii(str(info.value))
+
+
+def test_class_mode_arguments(tmp_path):
+    path = write(tmp_path, "c.ffm", b"a\n")
+    with pytest.raises(ValueError):
+        TextReader(path, label_mode="binary", classes=["a"])
+    with pytest.raises(ValueError):
+        TextReader(path, label_mode="class", classes=["a", "a"])
+    with pytest.raises(ValueError):
+        TextReader(path, label_mode="classes")
+    assert TextReader(path).classes is None
+    reader, batch = read_classes(write(tmp_path, "e.ffm", b"# nothing\n"))
+    assert reader.classes == [] and batch.n_rows == 0
+
+
+def test_many_rows_of_few_classes(tmp_path):
+    rng = np.random.default_rng(5)
+    names = np.array(["neg", "pos", "unk", "-"])
+    idx = rng.integers(0, 4, 50_000)
+    data = "".join(f"{names[i]} 0:{j}:1\n" for j, i in enumerate(idx)).encode()
+    path = write(tmp_path, "c.ffm", data)
+    reader, batch = read_classes(path, block_bytes=1 << 16)
+    assert reader.classes == ["-", "neg", "pos", "unk"]
+    order = np.argsort(names)  # class index -> name index
+    np.testing.assert_array_equal(order[batch.labels.astype(int)], idx)
+
+
+# --------------------------------------------------------------------------
+# --task auto
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels, task", [
+    (["0", "1"], "binary"),
+    (["1", "0"], "binary"),
+    (["-1", "1"], "binary"),
+    (["-1", "+1"], "binary"),
+    (["0.0", "1.0"], "binary"),
+    (["0", "1", "1.0", "+1", "1e0"], "binary"),
+    (["-1", "1", "-1.0"], "binary"),
+    (["0", "0.5", "1"], "regression"),
+    (["1.5", "2"], "regression"),
+    (["-3.25", "7", "1e-3"], "regression"),
+    (["cat", "dog"], "multiclass"),
+    (["0", "1", "cat"], "multiclass"),
+    (["1", "2", "nan"], "multiclass"),
+    (["1", "inf"], "multiclass"),
+    (["0x1", "1"], "multiclass"),
+])
+def test_detect_task(labels, task):
+    assert detect_task(labels) == task
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (["0", "1", "2"], "labels 0, 1, 2 are integers but not 0/1 or -1/+1: "
+                      "pass --task multiclass or --task regression"),
+    (["-1", "0", "1"], "labels -1, 0, 1 are integers"),
+    (["1", "2"], "labels 1, 2 are integers"),
+    (["0", "2.0"], "labels 0, 2.0 are integers"),
+    ([str(i) for i in range(20)], "labels 0, 1, 2, 3, 4, ... are integers"),
+    (["1"], "every label has the same value (1): the task cannot be told from one label value; "
+            "pass --task"),
+    (["1", "1.0"], "every label has the same value (1, 1.0): the task cannot be told"),
+    (["1", "1.0", "+1"], "the task cannot be told from one label value"),
+    (["cat"], "every label has the same value (cat): the task cannot be told"),
+    ([], "no labels"),
+])
+def test_detect_task_refuses(labels, fragment):
+    with pytest.raises(ConfigError) as info:
+        detect_task(labels)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 78
+
+
+def test_detect_task_from_file(tmp_path):
+    reader, _ = read_classes(write(tmp_path, "t.ffm", b"1 0:0:1\n0:2 1:1:1\n1.0\n"))
+    assert detect_task(reader.classes) == "binary"
+
+
+# --------------------------------------------------------------------------
+# --weights FILE
+# --------------------------------------------------------------------------
+
+def test_read_weights(tmp_path):
+    path = write(tmp_path, "w.txt", b"1\n 2.5 \r\n0\n-0\n\t1e-3\t\n3.4028235e38\n+.5\n")
+    got = read_weights(path, 7, "d.ffm")
+    assert got.dtype == np.float32
+    want = np.array([1, 2.5, 0, 0, 1e-3, 3.4028235e38, 0.5], np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got).any()
+    assert read_weights(write(tmp_path, "n.txt", b"1\n2"), 2, "d.ffm").tolist() == [1, 2]
+    assert read_weights(write(tmp_path, "e.txt", b""), 0, "d.ffm").shape == (0,)
+    assert read_weights(write(tmp_path, "b.txt", b"\xef\xbb\xbf4\r\n"), 1, "d.ffm").tolist() == [4]
+
+
+def test_read_weights_large_file_in_chunks(tmp_path, monkeypatch):
+    from fmcli.data import weights as weights_module
+    values = np.random.default_rng(1).random(5000).astype(np.float32)
+    path = write(tmp_path, "w.txt", "".join(f"{v!r}\n" for v in values.tolist()).encode())
+    for chunk in (1, 7, 4096, 8 << 20):
+        monkeypatch.setattr(weights_module, "_CHUNK_BYTES", chunk)
+        np.testing.assert_array_equal(read_weights(path, 5000, "d.ffm"), values)
+    bad = write(tmp_path, "bad.txt", b"1\n" * 3999 + b"1e39\n" + b"1\n")
+    for chunk in (1, 7, 4096, 8 << 20):
+        monkeypatch.setattr(weights_module, "_CHUNK_BYTES", chunk)
+        with pytest.raises(DataError) as info:
+            read_weights(bad, 4001, "d.ffm")
+        assert info.value.line == 4000
+
+
+@pytest.mark.parametrize("content, line, message", [
+    (b"1\nabc\n2\n", 2, "expected a number as the row weight, found 'abc'"),
+    (b"1\n2 3\n", 2, "expected one row weight per line, found '2 3'"),
+    (b"1\n\n2\n", 2, "expected one row weight per line, found an empty line"),
+    (b"1\n2\n\n", 3, "expected one row weight per line, found an empty line"),
+    (b"\n1\n2\n", 1, "expected one row weight per line, found an empty line"),
+    (b"1\n   \n2\n", 2, "expected one row weight per line, found an empty line"),
+    (b"1\n#c\n", 2, "expected a number as the row weight, found '#c'"),
+    (b"1 2\n\n3\n", 1, "expected one row weight per line, found '1 2'"),
+    (b"1\n2-3\n", 2, "expected a number as the row weight, found '2-3'"),
+    (b"1\n# c\n", 2, "expected one row weight per line, found '# c'"),
+    (b"1\n1,5\n", 2, "expected a number as the row weight, found '1,5'"),
+    (b"1\n1.2.3\n", 2, "expected a number as the row weight, found '1.2.3'"),
+    (b"1\n1e\n", 2, "expected a number as the row weight, found '1e'"),
+    (b"1\nnan\n", 2, "expected a number as the row weight, found 'nan'"),
+    (b"1\ninf\n", 2, "expected a number as the row weight, found 'inf'"),
+    (b"1\n1_0\n", 2, "expected a number as the row weight, found '1_0'"),
+    (b"1\n0x10\n", 2, "expected a number as the row weight, found '0x10'"),
+    (b"1\n\xff\n", 2, "expected a number as the row weight, found '\\xff'"),
+    (b"1\n2\r3\n", 2, "expected one row weight per line, found '2\\r3'"),
+    (b"1\n-1\n", 2, "expected a row weight >= 0, found '-1'"),
+    (b"1\n2\n-1e-50\n", 3, "expected a row weight >= 0, found '-1e-50'"),
+    (b"1\n1e39\n", 2, "expected a finite row weight within float32 range, found '1e39'"),
+    (b"1\r\n1e400\r\n", 2, "expected a finite row weight within float32 range, found '1e400'"),
+])
+def test_read_weights_bad_line(tmp_path, content, line, message):
+    path = write(tmp_path, "w.txt", content)
+    with pytest.raises(DataError) as info:
+        read_weights(path, content.count(b"\n"), "d.ffm")
+    assert str(info.value) == f"{path}:{line}: {message}"
+    assert info.value.exit_code == 65
+
+
+def test_read_weights_count_mismatch(tmp_path):
+    path = write(tmp_path, "w.txt", b"1\n2\n3\n")
+    with pytest.raises(DataError) as info:
+        read_weights(path, 4, "data.ffm")
+    assert str(info.value) == f"{path}: 3 weights but data.ffm has 4 rows"
+    with pytest.raises(DataError, match="3 weights but data.ffm has 2 rows"):
+        read_weights(path, 2, "data.ffm")
+
+
+def test_read_weights_missing_file(tmp_path):
+    with pytest.raises(InputNotFoundError):
+        read_weights(tmp_path / "nope.txt", 1, "d.ffm")

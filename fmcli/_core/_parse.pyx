@@ -3,6 +3,11 @@
 #   libffm:  label field:feature:value field:feature:value ...
 #   libsvm:  label feature:value feature:value ...   (qid:N tokens are skipped)
 #
+# The label token may carry a row weight, LABEL:WEIGHT (a number >= 0).  In
+# the "class" label mode the label is any text without ':' or control bytes
+# (a class name); its byte span is recorded and mapped to a class by the
+# caller.
+#
 # Tokens are separated by spaces or tabs; lines end with LF or CRLF; blank
 # lines and '#' comments (to the end of the line) are ignored.  The caller
 # hands over whole lines only (it carries a partial last line over to the
@@ -21,6 +26,7 @@ cdef enum:
 cdef enum:
     LABEL_BINARY = 0     # 0/1 or -1/+1
     LABEL_REAL = 1       # any finite number
+    LABEL_CLASS = 2      # a class name: any token, recorded as a byte span
 
 cdef enum:
     OK = 0
@@ -36,9 +42,13 @@ cdef enum:
     E_CR = 10            # carriage return not followed by a line feed
     E_MIXED_LABELS = 11  # binary labels use both 0 and -1 for the negative class
     E_FEATURE_LIMIT = 12 # feature id above max_feature
+    E_WEIGHT = 13        # row weight after 'LABEL:' is not a number
+    E_WEIGHT_NEG = 14    # row weight below 0
+    E_WEIGHT_RANGE = 15  # row weight is inf / overflows float32
+    E_CLASS = 16         # class label empty, with a control byte, or ':' without weights
 
 FORMATS = {"libffm": FMT_LIBFFM, "libsvm": FMT_LIBSVM}
-LABEL_MODES = {"binary": LABEL_BINARY, "real": LABEL_REAL}
+LABEL_MODES = {"binary": LABEL_BINARY, "real": LABEL_REAL, "class": LABEL_CLASS}
 
 cdef double[23] POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
                          1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
@@ -153,7 +163,8 @@ cdef inline bint at_token_end(const unsigned char* p, const unsigned char* end) 
 def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                 float[::1] labels, long long[::1] indptr, int[::1] fields,
                 int[::1] features, float[::1] values, long long[::1] row_lines=None,
-                long long max_line=0, long long max_feature=MAX_ID, int negative=0):
+                long long max_line=0, long long max_feature=MAX_ID, int negative=0,
+                float[::1] weights=None, long long[::1] label_spans=None):
     """Parse whole lines in `buf` into the output arrays.
 
     indptr[0] must hold the nnz offset to start from (normally 0); row r's
@@ -163,10 +174,19 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     which negative label binary data has used so far (0 none yet, 1 "0",
     2 "-1") from block to block: mixing them is an error.
 
-    Returns (rows, nnz, lines, error, err_line, err_start, err_end, negative):
-    lines is the number of lines consumed (the 0-based index of the bad line
-    when error != 0), err_start:err_end the bad token, and on error nnz may
-    include entries of the unfinished row (indptr[rows] is where it began)."""
+    With `weights` (as long as labels) a label token may be LABEL:WEIGHT and
+    weights[r] receives the row's weight, 1.0 when it has none; without it a
+    ':' in the label token is an error.  In the "class" label mode the label
+    is not parsed: label_spans (at least 2 * len(labels) long) receives the
+    byte offset within `buf` and the length of row r's label (without the
+    weight) at [2r] and [2r + 1], and labels[r] is set to 0.
+
+    Returns (rows, nnz, lines, error, err_line, err_start, err_end, negative,
+    weighted): lines is the number of lines consumed (the 0-based index of
+    the bad line when error != 0), err_start:err_end the bad token, and on
+    error nnz may include entries of the unfinished row (indptr[rows] is
+    where it began).  weighted is True when some label token carried a
+    weight (including one of the unfinished row)."""
     cdef int f = FORMATS[fmt]
     cdef int lm = LABEL_MODES[label_mode]
     cdef Py_ssize_t n = buf.shape[0]
@@ -174,8 +194,8 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     cdef Py_ssize_t cap_nnz = fields.shape[0]
     cdef Py_ssize_t rows = 0, nnz = indptr[0], line = 0
     cdef int err = OK, rc, fid = 0, jid = 0, row_negative = 0
-    cdef double v, lab
-    cdef float fv
+    cdef double v, lab = 0, wd
+    cdef float fv, wf
     cdef const unsigned char* base
     cdef const unsigned char* p
     cdef const unsigned char* lend
@@ -185,11 +205,20 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
     cdef const unsigned char* tok = NULL
     cdef const unsigned char* q
     cdef bint keep_lines = row_lines is not None
+    cdef bint keep_weights = weights is not None
+    cdef bint weighted = False
     cdef const unsigned char* cr
     if keep_lines and row_lines.shape[0] < cap_rows:
         raise ValueError("row_lines is shorter than labels")
+    if keep_weights and weights.shape[0] < cap_rows:
+        raise ValueError("weights is shorter than labels")
+    if lm == LABEL_CLASS:
+        if label_spans is None:
+            raise ValueError("the class label mode needs label_spans")
+        if label_spans.shape[0] < 2 * cap_rows:
+            raise ValueError("label_spans is shorter than twice labels")
     if n == 0:
-        return 0, nnz, 0, OK, 0, 0, 0, negative
+        return 0, nnz, 0, OK, 0, 0, 0, negative, False
     base = &buf[0]
     end = base + n
     p = base
@@ -222,13 +251,24 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                     break
                 # label
                 tok = p
-                if parse_number(p, lend, &lab, &q) != 0 or not at_token_end(q, lend):
-                    err = E_LABEL
-                    break
-                fv = <float>lab             # must stay finite as float32
-                if fv - fv != 0:
-                    err = E_NONFINITE
-                    break
+                if lm == LABEL_CLASS:
+                    q = p
+                    while q < lend and not is_sep(q[0]) and q[0] != 58 and q[0] >= 32 and q[0] != 127:
+                        q += 1
+                    if q == p or not (at_token_end(q, lend) or (q[0] == 58 and keep_weights)):
+                        err = E_CLASS
+                        break
+                    label_spans[2 * rows] = p - base
+                    label_spans[2 * rows + 1] = q - p
+                else:
+                    if parse_number(p, lend, &lab, &q) != 0 or not (
+                            at_token_end(q, lend) or (q[0] == 58 and keep_weights)):
+                        err = E_LABEL
+                        break
+                    fv = <float>lab             # must stay finite as float32
+                    if fv - fv != 0:
+                        err = E_NONFINITE
+                        break
                 row_negative = 0
                 if lm == LABEL_BINARY:
                     if not (lab == 1 or lab == 0 or lab == -1):
@@ -241,6 +281,24 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                         if negative != 0 and negative != row_negative:
                             err = E_MIXED_LABELS
                             break
+                wf = 1
+                if q < lend and q[0] == 58:                     # LABEL:WEIGHT
+                    weighted = True
+                    p = q + 1
+                    if parse_number(p, lend, &wd, &q) != 0 or not at_token_end(q, lend):
+                        err = E_WEIGHT
+                        break
+                    if wd < 0:
+                        err = E_WEIGHT_NEG
+                        break
+                    wf = <float>wd              # must stay finite as float32
+                    if wf - wf != 0:
+                        err = E_WEIGHT_RANGE
+                        break
+                    if wf == 0:
+                        wf = 0                  # no -0.0
+                if keep_weights:
+                    weights[rows] = wf
                 labels[rows] = <float>lab
                 p = q
                 while True:
@@ -311,5 +369,5 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
             q += 1
         if err == E_CR:
             q = tok + 1
-        return rows, nnz, line, err, line, tok - base, q - base, negative
-    return rows, nnz, line, OK, 0, 0, 0, negative
+        return rows, nnz, line, err, line, tok - base, q - base, negative, weighted
+    return rows, nnz, line, OK, 0, 0, 0, negative, weighted

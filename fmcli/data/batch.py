@@ -13,7 +13,8 @@ class Batch:
 
     Row ``r`` owns entries ``indptr[r]:indptr[r+1]`` of ``fields``,
     ``features`` and ``values``.  Labels are as read from the file; for the
-    binary task the loader maps them to -1/+1.
+    binary task the loader maps them to -1/+1.  ``weights`` holds per-row
+    sample weights, or is None when every row weighs 1.
     """
 
     labels: np.ndarray      # float32 (n_rows,)
@@ -22,6 +23,7 @@ class Batch:
     features: np.ndarray    # int32 (nnz,)
     values: np.ndarray      # float32 (nnz,)
     lines: np.ndarray | None = None   # int64 (n_rows,): 1-based line of each row, when tracked
+    weights: np.ndarray | None = None  # float32 (n_rows,): row weights; None: all 1
 
     @property
     def n_rows(self) -> int:
@@ -60,10 +62,16 @@ class Batch:
         indptr = np.concatenate(
             [np.zeros(1, np.int64)] + [b.indptr[1:] + off for b, off in zip(batches, offsets)]
         )
+        weights = None
+        if any(b.weights is not None for b in batches):
+            weights = np.concatenate([
+                np.ones(b.n_rows, np.float32) if b.weights is None else b.weights for b in batches
+            ]).astype(np.float32, copy=False)
         return cls(
             labels=np.concatenate([b.labels for b in batches]),
             indptr=indptr,
             fields=np.concatenate([b.fields for b in batches]),
             features=np.concatenate([b.features for b in batches]),
             values=np.concatenate([b.values for b in batches]),
+            weights=weights,
         )

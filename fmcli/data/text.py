@@ -4,26 +4,33 @@ Input is read in byte blocks; each block's whole lines are tokenized by the
 compiled parser (no Python object per token), and a partial last line is
 carried over to the next block together with the line counter, so an error
 anywhere names ``FILE:LINE``.
+
+A label token may carry a row weight, ``LABEL:WEIGHT`` (a number >= 0).  In
+the ``"class"`` label mode labels are class names (any token without ``:``),
+mapped to indices into :attr:`TextReader.classes`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
 from .._core import _parse
-from ..errors import DataError, InputNotFoundError
+from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
 
 DEFAULT_BLOCK_BYTES = 8 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 24   # 16 MiB: far beyond any real row, bounded memory
 MAX_ID = 2**31 - 1
 _BOM = b"\xef\xbb\xbf"
+
+LABEL_MODES = ("binary", "real", "class")
 
 # Parser error codes (fmcli/_core/_parse.pyx).
 E_TOKEN, E_LONG_LINE, E_CR, E_MIXED_LABELS, E_FEATURE_LIMIT = 3, 9, 10, 11, 12
@@ -36,7 +43,17 @@ _MESSAGES = {
     5: "expected an id below 2^31",
     6: "expected a number as the value",
     7: "expected a finite number within float32 range",
+    13: "expected a number as the row weight after 'LABEL:'",
+    14: "expected a row weight >= 0 after 'LABEL:'",
+    15: "expected a finite row weight within float32 range after 'LABEL:'",
+    16: "expected a class label (text without ':' or control characters)",
 }
+
+# Class labels of at most this many bytes are mapped with numpy (fixed-width
+# keys), longer ones row by row; rows go to numpy in chunks of _CLASS_CHUNK.
+_CLASS_KEY_BYTES = 16
+_CLASS_CHUNK = 1 << 16
+_SHOWN_CLASSES = 10
 
 
 def describe_token(token: bytes, limit: int = 40) -> str:
@@ -103,7 +120,24 @@ class ReadLimits:
 
 
 class TextReader:
-    """Stream a libffm/libsvm file as CSR batches of whole lines."""
+    """Stream a libffm/libsvm file as CSR batches of whole lines.
+
+    label_mode is "binary" (0/1 or -1/+1), "real" (any finite number) or
+    "class" (class names).  In the class mode, labels hold indices into
+    :attr:`classes` as float32:
+
+    * with ``classes`` given (e.g. a trained model's), a label outside it is
+      a DataError;
+    * without, the classes are those found in the data.  After
+      :meth:`read_all` they are in canonical order (:func:`sort_classes`);
+      batches from iterating index them in order of first appearance.
+
+    Batch.weights holds the rows' weights (``LABEL:WEIGHT``), or is None
+    when every row's weight is 1.
+    """
+
+    classes: list[str] | None
+    """The class names labels index (class mode), else None."""
 
     def __init__(
         self,
@@ -113,9 +147,18 @@ class TextReader:
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         limits: ReadLimits = ReadLimits(),
         track_lines: bool = False,
+        classes: Sequence[str] | None = None,
     ):
         if fmt not in ("auto", "libffm", "libsvm"):
             raise ValueError(f"unknown text format {fmt!r}")
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"unknown label mode {label_mode!r}")
+        if classes is not None:
+            if label_mode != "class":
+                raise ValueError("classes are for the class label mode")
+            classes = [str(c) for c in classes]
+            if len(set(classes)) != len(classes):
+                raise ValueError("classes must be distinct")
         self.path = path
         self.name = display_name(path)
         if fmt == "auto":
@@ -129,22 +172,51 @@ class TextReader:
         self.lines = 0
         self.bad_rows: list[DataError] = []   # rows skipped under max_bad_rows
         self._negative = 0                    # negative label seen so far (parser state)
+        self._fixed_classes = classes is not None
+        self.classes = classes if classes is not None else ([] if label_mode == "class" else None)
+        self._codes: dict[bytes, int] = {}    # class label bytes -> index into classes
+        self._words: tuple[np.ndarray, np.ndarray] | None = None  # see _word_table
+        if classes is not None:
+            self._codes = {c.encode("utf-8"): i for i, c in enumerate(classes)}
 
     def __iter__(self) -> Iterator[Batch]:
         """One Batch per block of whole lines (bounded memory, for streaming)."""
+        self._start()
         for buf, cut, line_base in self._blocks():
-            cols = _Columns(*_capacity(cut), track_lines=self.track_lines)
+            cols = _Columns(*_capacity(cut), track_lines=self.track_lines,
+                            spans=self.label_mode == "class")
             self._parse_into(cols, buf, cut, line_base)
             if cols.rows:
                 yield cols.finish()
 
     def read_all(self) -> Batch:
         """The whole input as one Batch, parsed straight into growing arrays."""
-        cols = _Columns(1 << 16, 1 << 20, track_lines=self.track_lines)
+        self._start()
+        cols = _Columns(1 << 16, 1 << 20, track_lines=self.track_lines,
+                        spans=self.label_mode == "class")
         for buf, cut, line_base in self._blocks():
             cols.reserve(*_capacity(cut))
             self._parse_into(cols, buf, cut, line_base)
-        return cols.finish()
+        batch = cols.finish()
+        if self.label_mode == "class" and not self._fixed_classes:
+            self._renumber_classes(batch.labels)
+        return batch
+
+    def _start(self) -> None:
+        if self.label_mode == "class" and not self._fixed_classes:
+            self.classes, self._codes, self._words = [], {}, None
+
+    def _renumber_classes(self, labels: np.ndarray) -> None:
+        """Put the classes found into canonical order, relabelling rows."""
+        assert self.classes is not None
+        order = sort_classes(self.classes)
+        new = {c: i for i, c in enumerate(order)}
+        perm = np.array([new[c] for c in self.classes], np.float32)
+        if labels.size:
+            labels[:] = perm[labels.astype(np.intp)]
+        self.classes = order
+        self._codes = {c.encode("utf-8"): i for i, c in enumerate(order)}
+        self._words = None
 
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
         """(buffer, end of its last whole line, number of lines before it)."""
@@ -192,7 +264,7 @@ class TextReader:
                         if max_line and len(buf) > max_line:
                             # A line longer than the limit: fail or skip it
                             # without ever holding more than the limit.
-                            self._bad(E_LONG_LINE, self.lines + 1, buf[:40])
+                            self._bad(self._describe(E_LONG_LINE, buf[:40]), self.lines + 1)
                             carry, dropping = b"", True
                             continue
                         carry = buf  # a line longer than one block: keep reading
@@ -215,31 +287,155 @@ class TextReader:
         fmt = "libffm" if self.fmt == "auto" else self.fmt
         offset, line0 = 0, line_base  # line0: lines before data[offset]
         while True:
-            rows, nnz, lines, err, err_line, start, end, self._negative = _parse.parse_block(
-                data[offset:], fmt, self.label_mode, cols.labels[cols.rows :],
-                cols.indptr[cols.rows :], cols.fields, cols.features, cols.values,
-                None if cols.lines is None else cols.lines[cols.rows :],
+            r0 = cols.rows
+            rows, nnz, lines, err, err_line, start, end, self._negative, weighted = _parse.parse_block(
+                data[offset:], fmt, self.label_mode, cols.labels[r0:],
+                cols.indptr[r0:], cols.fields, cols.features, cols.values,
+                None if cols.lines is None else cols.lines[r0:],
                 self.limits.max_line_bytes, self.limits.max_feature_id, self._negative,
+                cols.weights[r0:], None if cols.spans is None else cols.spans[2 * r0 :],
             )
+            cols.weighted = cols.weighted or weighted
+            message = None
+            if cols.spans is not None and rows:
+                failed = self._map_classes(buf, data, offset, cols, rows)
+                if failed is not None:  # a label that is no class: the row is bad
+                    rows, start, end, message = failed
             if cols.lines is not None:
-                cols.lines[cols.rows : cols.rows + rows] += line0 + 1  # 1-based, absolute
+                cols.lines[r0 : r0 + rows] += line0 + 1  # 1-based, absolute
             cols.rows += rows
-            if not err:
+            if message is None and not err:
                 cols.nnz = nnz
                 self.lines = line0 + lines
                 return
             cols.nnz = int(cols.indptr[cols.rows])  # drop the unfinished row
-            lineno = line0 + err_line + 1
-            self._bad(err, lineno, buf[offset + start : offset + end])
+            if message is None:
+                lineno = line0 + err_line + 1
+                message = self._describe(err, buf[offset + start : offset + end])
+            else:
+                lineno = line0 + buf.count(b"\n", offset, offset + start) + 1
+            self._bad(message, lineno)
             nl = buf.find(b"\n", offset + start, cut)
             if nl < 0:
                 self.lines = lineno
                 return
             offset, line0 = nl + 1, lineno
 
-    def _bad(self, err: int, line: int, token: bytes) -> None:
+    def _map_classes(self, buf: bytes, data: np.ndarray, offset: int, cols: "_Columns",
+                     rows: int) -> tuple[int, int, int, str] | None:
+        """Set the labels of the `rows` rows just parsed to their class indices.
+
+        Returns None, or for the first row whose label is no class (not one
+        of fixed classes, or not UTF-8): (rows before it, its label's span
+        relative to `offset`, the error message)."""
+        r0 = cols.rows
+        spans = cols.spans[2 * r0 : 2 * (r0 + rows)]
+        starts = spans[0::2] + offset
+        lens = spans[1::2]
+        out = cols.labels[r0 : r0 + rows]
+        vectorized = int(lens.max()) <= _CLASS_KEY_BYTES
+        for c0 in range(0, rows, _CLASS_CHUNK):
+            c1 = min(c0 + _CLASS_CHUNK, rows)
+            if vectorized and self._map_chunk(data, starts[c0:c1], lens[c0:c1], out[c0:c1]):
+                continue
+            bad = self._map_rows(buf, starts[c0:c1], lens[c0:c1], out[c0:c1])
+            if bad is not None:
+                s = int(starts[c0 + bad])
+                token = buf[s : s + int(lens[c0 + bad])]
+                return c0 + bad, s - offset, s + len(token) - offset, self._class_error(token)
+        return None
+
+    def _map_chunk(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray,
+                   out: np.ndarray) -> bool:
+        """_map_rows with numpy, for short labels: False (and nothing done)
+        when some label is no class."""
+        width = max(int(lens.max()), 8)
+        pos = np.arange(width)
+        idx = starts[:, None] + pos
+        np.minimum(idx, data.shape[0] - 1, out=idx)
+        chars = data[idx]
+        chars[pos >= lens[:, None]] = 0       # labels hold no NUL byte: the padding
+        if width == 8:
+            return self._map_words(chars.view(np.uint64).ravel(), out)
+        keys = chars.view(f"S{width}").ravel()
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        tokens = [bytes(u) for u in uniq]
+        new = [k for k in np.argsort(first, kind="stable") if tokens[k] not in self._codes]
+        if new and (self._fixed_classes or not all(_utf8(tokens[k]) for k in new)):
+            return False
+        for k in new:  # in order of first appearance
+            self._add_class(tokens[k])
+        codes = np.array([self._codes[t] for t in tokens], np.float32)
+        out[:] = codes[inverse.ravel()]
+        return True
+
+    def _map_words(self, keys: np.ndarray, out: np.ndarray) -> bool:
+        """_map_chunk for labels of at most 8 bytes, NUL-padded into uint64
+        keys: a binary search among the known classes' keys."""
+        for _ in range(2):
+            table, codes = self._word_table()
+            if table.size:
+                at = np.searchsorted(table, keys)
+                np.minimum(at, table.size - 1, out=at)
+                hit = table[at] == keys
+                if hit.all():
+                    out[:] = codes[at]
+                    return True
+                missed = keys[~hit]
+            else:
+                missed = keys
+            uniq, first = np.unique(missed, return_index=True)
+            tokens = [u.tobytes().rstrip(b"\0") for u in uniq[np.argsort(first, kind="stable")]]
+            if self._fixed_classes or not all(_utf8(t) for t in tokens):
+                return False
+            for token in tokens:  # in order of first appearance
+                self._add_class(token)
+        raise AssertionError("class labels missing after adding them")
+
+    def _word_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The known classes of at most 8 bytes as sorted uint64 keys (see
+        _map_words), and their indices."""
+        if self._words is None:
+            items = [(t, c) for t, c in self._codes.items() if len(t) <= 8 and b"\0" not in t]
+            keys = np.frombuffer(b"".join(t.ljust(8, b"\0") for t, _ in items), np.uint64)
+            codes = np.array([c for _, c in items], np.float32)
+            order = np.argsort(keys)
+            self._words = keys[order], codes[order]
+        return self._words
+
+    def _map_rows(self, buf: bytes, starts: np.ndarray, lens: np.ndarray,
+                  out: np.ndarray) -> int | None:
+        """Class index of each row's label into `out`; returns the index of
+        the first row whose label is no class, else None."""
+        codes = self._codes
+        for r, (s, n) in enumerate(zip(starts.tolist(), lens.tolist())):
+            token = buf[s : s + n]
+            code = codes.get(token)
+            if code is None:
+                if self._fixed_classes or not _utf8(token):
+                    return r
+                code = self._add_class(token)
+            out[r] = code
+        return None
+
+    def _add_class(self, token: bytes) -> int:
+        assert self.classes is not None
+        code = len(self.classes)
+        self.classes.append(token.decode("utf-8"))
+        self._codes[token] = code
+        self._words = None
+        return code
+
+    def _class_error(self, token: bytes) -> str:
+        if self._fixed_classes:
+            assert self.classes is not None
+            return (f"label {describe_token(token)} is not one of the model's classes "
+                    f"({_show_classes(self.classes, _SHOWN_CLASSES)})")
+        return f"expected a UTF-8 class label, found {describe_token(token)}"
+
+    def _bad(self, message: str, line: int) -> None:
         """Count a malformed row, or raise once max_bad_rows is used up."""
-        error = DataError(self._describe(err, token), self.name, line)
+        error = DataError(message, self.name, line)
         if len(self.bad_rows) >= self.limits.max_bad_rows:
             if self.bad_rows:
                 error = DataError(
@@ -283,9 +479,12 @@ class _Columns:
     ``ndarray.resize`` reallocates; for large arrays the C library remaps the
     pages instead of copying them, so growing never holds two copies."""
 
-    def __init__(self, rows_cap: int, nnz_cap: int, track_lines: bool = False):
+    def __init__(self, rows_cap: int, nnz_cap: int, track_lines: bool = False, spans: bool = False):
         self.lines = np.zeros(rows_cap, np.int64) if track_lines else None
         self.labels = np.empty(rows_cap, np.float32)
+        self.weights = np.empty(rows_cap, np.float32)
+        self.weighted = False  # some label token carried a weight
+        self.spans = np.empty(2 * rows_cap, np.int64) if spans else None  # class labels' bytes
         self.indptr = np.zeros(rows_cap + 1, np.int64)
         self.fields = np.empty(nnz_cap, np.int32)
         self.features = np.empty(nnz_cap, np.int32)
@@ -297,9 +496,12 @@ class _Columns:
         if self.rows + rows > self.labels.shape[0]:
             cap = max(self.rows + rows, self.labels.shape[0] * 3 // 2)
             self.labels.resize(cap, refcheck=False)
+            self.weights.resize(cap, refcheck=False)
             self.indptr.resize(cap + 1, refcheck=False)
             if self.lines is not None:
                 self.lines.resize(cap, refcheck=False)
+            if self.spans is not None:
+                self.spans.resize(2 * cap, refcheck=False)
         if self.nnz + nnz > self.fields.shape[0]:
             cap = max(self.nnz + nnz, self.fields.shape[0] * 3 // 2)
             for a in (self.fields, self.features, self.values):
@@ -312,7 +514,14 @@ class _Columns:
             a.resize(self.nnz, refcheck=False)
         if self.lines is not None:
             self.lines.resize(self.rows, refcheck=False)
-        return Batch(self.labels, self.indptr, self.fields, self.features, self.values, self.lines)
+        self.spans = None
+        weights = None
+        if self.weighted:
+            self.weights.resize(self.rows, refcheck=False)
+            if not (self.weights == 1).all():
+                weights = self.weights
+        return Batch(self.labels, self.indptr, self.fields, self.features, self.values, self.lines,
+                     weights)
 
 
 def read_text(
@@ -330,3 +539,60 @@ def read_text(
 def binary_labels(labels: np.ndarray) -> np.ndarray:
     """Map 0/1 or -1/+1 labels to -1/+1 float32."""
     return np.where(labels > 0, np.float32(1), np.float32(-1))
+
+
+# Label tokens as the parser reads numbers (no nan, inf or hex).
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def sort_classes(classes: Sequence[str]) -> list[str]:
+    """Class names in canonical order: by value when every one is an
+    integer (``-1, 0, 2, 10``), else by code point."""
+    if classes and all(_INTEGER.match(c) for c in classes):
+        return sorted(classes, key=lambda c: (int(c), c))
+    return sorted(classes)
+
+
+def detect_task(classes: Sequence[str]) -> str:
+    """The task a file's distinct label tokens call for (``--task auto``).
+
+    "binary" when every label is a number and their values are a subset of
+    {0, 1} or of {-1, 1} ('1', '+1' and '1.0' are all 1); "regression" when
+    every label is a number and some value is not an integer; "multiclass"
+    when some label is not a number.  Raises ConfigError for other integer
+    labels (e.g. 0, 1, 2: multiclass or regression?) and for a single label
+    value."""
+    tokens = list(dict.fromkeys(classes))
+    if not tokens:
+        raise ConfigError("no labels to tell the task from; pass --task")
+    values = {float(t) for t in tokens if _NUMBER.match(t)}
+    numeric = all(_NUMBER.match(t) for t in tokens)
+    if len(tokens) == 1 or (numeric and len(values) == 1):
+        shown = _show_classes(sort_classes(tokens), 3)
+        raise ConfigError(f"every label has the same value ({shown}): the task cannot be told "
+                          "from one label value; pass --task")
+    if not numeric:
+        return "multiclass"
+    if values <= {0.0, 1.0} or values <= {-1.0, 1.0}:
+        return "binary"
+    if not all(v.is_integer() for v in values):
+        return "regression"
+    raise ConfigError(f"labels {_show_classes(sort_classes(tokens), 5)} are integers but not "
+                      "0/1 or -1/+1: pass --task multiclass or --task regression")
+
+
+def _show_classes(classes: Sequence[str], limit: int) -> str:
+    """Up to `limit` class names, comma-separated, escaped where not printable ASCII."""
+    shown = [c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in classes[:limit]]
+    if len(classes) > limit:
+        shown.append("...")
+    return ", ".join(shown)
+
+
+def _utf8(token: bytes) -> bool:
+    try:
+        token.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
