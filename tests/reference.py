@@ -26,6 +26,36 @@ sum is positive, otherwise ``r = 1``; ``xt_i = x_i * sqrt(r)`` so that
 ``xt_i * xt_l = x_i * x_l * r``.
 
 Loss is the logistic loss ``log(1 + exp(-y t))``; ``kappa = dloss/dt``.
+That is the original API (``score``, ``gradients``, ``sgd_step``,
+``adagrad_step``, ``train``), kept as it was.
+
+Training matrix
+---------------
+:func:`train_matrix` covers every task x optimizer x option combination.
+
+* A model of C classes is a plain list of C :class:`RefModel` (independent
+  parameter sets; class c's score ``t_c`` is ``score(models[c], row)``).
+  Binary and regression use a list of one.
+* Tasks and labels: ``binary`` (labels 0/1, anything > 0 is 1; label
+  smoothing eps: target ``q = y(1-eps) + eps/2``), ``regression`` (squared
+  loss ``0.5 (t-y)^2``), ``multiclass`` (softmax cross-entropy, labels are
+  class indices, ``q_c = (1-eps)[c==y] + eps/C``).  Row weights s multiply
+  both the loss and every ``kappa_c``.
+* Optimizers ``sgd``, ``adagrad`` (G starts at 1), ``adam`` (lazy, bias
+  correction with the global step number ``t + 1``), ``ftrl`` (per element
+  z, n; z initialised so that the closed form at n = 0 returns the initial
+  weight).  The state is a dict made by :func:`init_state`.
+* L2 per group (bias, linear, factors; never the FwFM field weights) added to
+  the gradient as ``l2 * w`` with w the start-of-row / start-of-batch value
+  (ffm per row: the pair's pre-step value); for ftrl, l1/l2 enter the closed
+  form instead.  Per-block gradient clipping, then the optimizer step on the
+  block's current value.
+* Step sizes ``eta_t = eta * m(t)`` (:func:`schedule_factor`), t the 0-based
+  step index of the run (a row in per-row mode, a batch in mini-batch mode).
+* ``batch_size == 1``: per-row mode, the update order of ``_step`` (ffm pairs
+  in place).  ``batch_size > 1``: every row of a batch reads the parameters
+  of the start of the batch, and every touched block is stepped once with
+  the batch's summed data gradient divided by the batch's row count.
 """
 
 from __future__ import annotations
@@ -320,8 +350,19 @@ def gradients(model: RefModel, row, y) -> dict:
     """
     row = _as_row(row)
     _check_row(model, row)
+    return gradients_for_kappa(model, row, dloss(y, score(model, row)))
+
+
+def gradients_for_kappa(model: RefModel, row, kappa: float) -> dict:
+    """``kappa * d score / d parameter`` for every parameter (dense, as :func:`gradients`).
+
+    With ``kappa = d loss / d t`` this is the gradient of the loss by the
+    chain rule; the loss itself does not matter here.
+    """
+    row = _as_row(row)
+    _check_row(model, row)
     xt = normalized_values(model, row)
-    kappa = dloss(y, score(model, row))
+    kappa = float(kappa)
     n = len(row.features)
 
     g_bias = kappa if model.use_bias else 0.0
@@ -529,3 +570,676 @@ def train(
             else:
                 adagrad_step(model, state, rows[index], labels[index], eta, lam)
     return state if optimizer == "adagrad" else None
+
+
+# ===========================================================================
+# The training matrix: tasks x optimizers x regularisation x schedules x
+# per-row / mini-batch mode (see the module docstring, "Training matrix").
+# ===========================================================================
+
+TASKS = ("binary", "regression", "multiclass")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
+SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
+GROUPS = ("bias", "linear", "factors", "field_weights")
+
+
+# ---------------------------------------------------------------------------
+# Losses and their derivatives with respect to the score(s)
+# ---------------------------------------------------------------------------
+
+
+def binary_target(y01, eps: float = 0.0) -> float:
+    """Smoothed target ``q = y*(1-eps) + eps/2``; a label ``> 0`` counts as 1, else 0."""
+    y = 1.0 if float(y01) > 0 else 0.0
+    return y * (1.0 - eps) + eps / 2.0
+
+
+def binary_loss(y01, t, eps: float = 0.0) -> float:
+    """``q*log(1+exp(-t)) + (1-q)*log(1+exp(t))`` with the smoothed target q."""
+    q = binary_target(y01, eps)
+    t = float(t)
+    return float(q * np.logaddexp(0.0, -t) + (1.0 - q) * np.logaddexp(0.0, t))
+
+
+def binary_dloss(y01, t, eps: float = 0.0) -> float:
+    """``d binary_loss / d t = sigmoid(t) - q``."""
+    return sigmoid(t) - binary_target(y01, eps)
+
+
+def squared_loss(y, t) -> float:
+    """``0.5 * (t - y)**2``."""
+    d = float(t) - float(y)
+    return 0.5 * d * d
+
+
+def squared_dloss(y, t) -> float:
+    """``d squared_loss / d t = t - y``."""
+    return float(t) - float(y)
+
+
+def softmax(t_vector) -> np.ndarray:
+    """``p_c = exp(t_c) / sum_d exp(t_d)`` (shifted by the maximum first)."""
+    t = np.asarray(t_vector, dtype=np.float64)
+    e = np.exp(t - np.max(t))
+    return e / np.sum(e)
+
+
+def log_softmax(t_vector) -> np.ndarray:
+    """``log p_c = t_c - log sum_d exp(t_d)``."""
+    t = np.asarray(t_vector, dtype=np.float64)
+    z = t - np.max(t)
+    return z - math.log(float(np.sum(np.exp(z))))
+
+
+def softmax_target(y, n_classes: int, eps: float = 0.0) -> np.ndarray:
+    """``q_c = (1-eps)*[c == y] + eps/C``."""
+    y = _as_class(y, n_classes)
+    q = np.zeros(n_classes)
+    for c in range(n_classes):
+        q[c] = (1.0 - eps) * (1.0 if c == y else 0.0) + eps / n_classes
+    return q
+
+
+def softmax_loss(y, t_vector, eps: float = 0.0) -> float:
+    """``-sum_c q_c log p_c`` with ``p = softmax(t)`` and the smoothed target q."""
+    t = np.asarray(t_vector, dtype=np.float64)
+    q = softmax_target(y, len(t), eps)
+    return float(-np.sum(q * log_softmax(t)))
+
+
+def softmax_dloss(y, t_vector, eps: float = 0.0) -> np.ndarray:
+    """``kappa_c = d softmax_loss / d t_c = p_c - q_c``."""
+    t = np.asarray(t_vector, dtype=np.float64)
+    return softmax(t) - softmax_target(y, len(t), eps)
+
+
+def _as_class(y, n_classes: int) -> int:
+    c = int(y)
+    if c != float(y) or not 0 <= c < n_classes:
+        raise ValueError(f"class label {y!r} is not an integer in 0..{n_classes - 1}")
+    return c
+
+
+def task_loss(task: str, y, t_vector, eps: float = 0.0) -> float:
+    """Unweighted loss of one row given the scores ``t_vector`` (length C)."""
+    t = np.asarray(t_vector, dtype=np.float64).reshape(-1)
+    if task == "binary":
+        return binary_loss(y, t[0], eps)
+    if task == "regression":
+        return squared_loss(y, t[0])
+    if task == "multiclass":
+        return softmax_loss(y, t, eps)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def task_dloss(task: str, y, t_vector, eps: float = 0.0) -> np.ndarray:
+    """Unweighted ``kappa_c = d loss / d t_c``, one entry per class."""
+    t = np.asarray(t_vector, dtype=np.float64).reshape(-1)
+    if task == "binary":
+        return np.array([binary_dloss(y, t[0], eps)])
+    if task == "regression":
+        return np.array([squared_dloss(y, t[0])])
+    if task == "multiclass":
+        return softmax_dloss(y, t, eps)
+    raise ValueError(f"unknown task {task!r}")
+
+
+# ---------------------------------------------------------------------------
+# Several parameter sets: scores, predictions, losses, gradients
+# ---------------------------------------------------------------------------
+
+
+def _as_models(models) -> list:
+    if isinstance(models, RefModel):
+        return [models]
+    models = list(models)
+    if not models or not all(isinstance(m, RefModel) for m in models):
+        raise ValueError("models must be a non-empty list of RefModel")
+    return models
+
+
+def scores_matrix(models, rows) -> np.ndarray:
+    """Raw scores, shape ``(n_rows, C)``: column c is class c's model score."""
+    models = _as_models(models)
+    out = np.zeros((len(rows), len(models)))
+    for r, row in enumerate(rows):
+        for c, model in enumerate(models):
+            out[r, c] = score(model, row)
+    return out
+
+
+def predict_task(task: str, models, rows) -> np.ndarray:
+    """Binary: P(label 1), shape (n,).  Regression: the raw score, shape (n,).
+    Multiclass: softmax probabilities, shape (n, C)."""
+    t = scores_matrix(models, rows)
+    if task == "binary":
+        return np.array([sigmoid(x) for x in t[:, 0]], dtype=np.float64)
+    if task == "regression":
+        return t[:, 0].copy()
+    if task == "multiclass":
+        return np.array([softmax(row_t) for row_t in t]).reshape(t.shape)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def row_loss(task: str, models, row, y, eps: float = 0.0, weight: float = 1.0) -> float:
+    """``weight * loss`` of one row (no regularisation)."""
+    models = _as_models(models)
+    t = [score(m, row) for m in models]
+    return float(weight) * task_loss(task, y, t, eps)
+
+
+def task_gradients(task: str, models, row, y, eps: float = 0.0, weight: float = 1.0) -> list:
+    """Gradient of :func:`row_loss` wrt every parameter: one dense dict per class
+    (layout of :func:`gradients`), with ``kappa_c = weight * d loss / d t_c``."""
+    models = _as_models(models)
+    t = [score(m, row) for m in models]
+    kappas = float(weight) * task_dloss(task, y, t, eps)
+    return [gradients_for_kappa(m, row, k) for m, k in zip(models, kappas)]
+
+
+# ---------------------------------------------------------------------------
+# Step-size schedules
+# ---------------------------------------------------------------------------
+
+
+def schedule_factor(schedule: str, t: int, total_steps: int, warmup: int = 0) -> float:
+    """``m(t)``: the multiplier of eta at 0-based step t of a run of T steps, W warmup."""
+    T, W = int(total_steps), int(warmup)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    if t < W:
+        return (t + 1) / W
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - (t - W) / (T - W) if T > W else 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (t - W) / (T - W))) if T > W else 1.0
+    return math.sqrt(max(W, 1) / (t + 1))  # inverse-sqrt
+
+
+def learning_rate(eta: float, schedule: str, t: int, total_steps: int, warmup: int = 0) -> float:
+    """``eta_t = eta * m(t)``."""
+    return eta * schedule_factor(schedule, t, total_steps, warmup)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer state
+# ---------------------------------------------------------------------------
+
+_SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n")}
+
+
+def _filled_like(model: RefModel, value: float) -> dict:
+    """A dict shaped like the parameters (layout of :func:`gradients`), all ``value``."""
+    return {
+        "bias": float(value),
+        "linear": np.full_like(model.linear, value),
+        "factors": None if model.factors is None else np.full_like(model.factors, value),
+        "field_weights": (None if model.field_weights is None
+                          else np.full_like(model.field_weights, value)),
+    }
+
+
+def _group_l2(group: str, l2_bias: float, l2_linear: float, l2_factors: float) -> float:
+    return {"bias": l2_bias, "linear": l2_linear, "factors": l2_factors, "field_weights": 0.0}[group]
+
+
+def _group_l1(group: str, l1: float) -> float:
+    return l1 if group in ("linear", "factors") else 0.0
+
+
+def ftrl_initial_z(w0, alpha: float, beta: float, l1: float, l2: float):
+    """``z = -(w0*(beta/alpha + l2) + sign(w0)*l1)``, and exactly 0 where ``w0 == 0``."""
+    w0 = np.asarray(w0, dtype=np.float64)
+    z = -(w0 * (beta / alpha + l2) + np.sign(w0) * l1)
+    return np.where(w0 == 0.0, 0.0, z)
+
+
+def ftrl_weight(z, n, alpha: float, beta: float, l1: float, l2: float):
+    """The FTRL closed form: 0 where ``|z| <= l1``, else
+    ``-(z - sign(z)*l1) / ((beta + sqrt(n))/alpha + l2)``."""
+    z = np.asarray(z, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    w = -(z - np.sign(z) * l1) / ((beta + np.sqrt(n)) / alpha + l2)
+    return np.where(np.abs(z) <= l1, 0.0, w)
+
+
+def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
+               l2_linear: float = 0.0, l2_factors: float = 0.0, ftrl_beta: float = 1.0,
+               eta: Optional[float] = None, total_steps: Optional[int] = None) -> dict:
+    """A fresh optimizer state for the parameter sets ``models`` (one per class).
+
+    Layout::
+
+        {"optimizer": name, "t": 0, "total_steps": total_steps or None,
+         "classes": [ {slot: dict shaped like the parameters, ...} per class ]}
+
+    slots: sgd none; adagrad "G" (all 1.0); adam "m", "v" (all 0.0);
+    ftrl "z" (from the current weights, see :func:`ftrl_initial_z`, with the
+    group's l1/l2 and alpha = eta) and "n" (all 0.0).  ``eta`` is needed only
+    for ftrl.  ``t`` counts the steps taken so far; ``total_steps`` is the T of
+    the schedule (None: fixed by the first :func:`train_matrix` call, see there).
+    """
+    models = _as_models(models)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    classes = []
+    for model in models:
+        cstate = {}
+        if optimizer == "adagrad":
+            cstate["G"] = _filled_like(model, 1.0)
+        elif optimizer == "adam":
+            cstate["m"] = _filled_like(model, 0.0)
+            cstate["v"] = _filled_like(model, 0.0)
+        elif optimizer == "ftrl":
+            if eta is None or not eta > 0:
+                raise ValueError("ftrl needs eta > 0 (alpha) to initialise z")
+            cstate["n"] = _filled_like(model, 0.0)
+            z = {}
+            for group in GROUPS:
+                w0 = model.bias if group == "bias" else getattr(model, group)
+                if w0 is None:
+                    z[group] = None
+                    continue
+                l2 = _group_l2(group, l2_bias, l2_linear, l2_factors)
+                zg = ftrl_initial_z(w0, eta, ftrl_beta, _group_l1(group, l1), l2)
+                z[group] = float(zg) if group == "bias" else zg
+            cstate["z"] = z
+        classes.append(cstate)
+    return {"optimizer": optimizer, "t": 0,
+            "total_steps": None if total_steps is None else int(total_steps),
+            "classes": classes}
+
+
+# ---------------------------------------------------------------------------
+# One step of one parameter block
+# ---------------------------------------------------------------------------
+#
+# A block is (group, index): ("bias", None); ("linear", j); ("factors", j) for
+# FM/FwFM or ("factors", (j, f)) for FFM -- a k-vector; ("field_weights", (a, b))
+# with a <= b.  Blocks are read and written as 1-D float64 arrays.
+
+
+def _read(container, group: str, index) -> np.ndarray:
+    """A copy of the block from a RefModel or from a state slot dict."""
+    if isinstance(container, RefModel):
+        array = container.bias if group == "bias" else getattr(container, group)
+    else:
+        array = container[group]
+    if group == "bias":
+        return np.array([float(array)])
+    return np.array(array[index], dtype=np.float64).reshape(-1)
+
+
+def _write(container, group: str, index, value: np.ndarray) -> None:
+    if group == "bias":
+        if isinstance(container, RefModel):
+            container.bias = float(value[0])
+        else:
+            container["bias"] = float(value[0])
+        return
+    array = getattr(container, group) if isinstance(container, RefModel) else container[group]
+    array[index] = np.reshape(value, np.shape(array[index]))
+
+
+@dataclass
+class _Hyper:
+    optimizer: str
+    eta: float
+    l1: float
+    l2_bias: float
+    l2_linear: float
+    l2_factors: float
+    beta1: float
+    beta2: float
+    adam_eps: float
+    ftrl_beta: float
+    clip: float
+
+    def l2(self, group):
+        return _group_l2(group, self.l2_bias, self.l2_linear, self.l2_factors)
+
+
+def clip_block(g, clip: float) -> np.ndarray:
+    """``g * min(1, clip / ||g||_2)``; unchanged when ``clip == 0`` or ``g == 0``."""
+    g = np.asarray(g, dtype=np.float64)
+    if clip > 0.0:
+        norm = math.sqrt(float(np.sum(g * g)))
+        if norm > clip:
+            g = g * (clip / norm)
+    return g
+
+
+def _apply(model: RefModel, cstate: dict, hp: _Hyper, group: str, index, g_data, w_l2,
+           eta_t: float, n_step: int) -> None:
+    """Step one block.
+
+    ``g_data`` is the (summed/averaged) data gradient; ``w_l2`` the parameter
+    value the L2 term uses (start of row / batch; for ffm the pair's pre-step
+    value).  The step itself is applied to the block's current value.
+    """
+    g = np.asarray(g_data, dtype=np.float64).reshape(-1)
+    if hp.optimizer != "ftrl":
+        g = g + hp.l2(group) * np.asarray(w_l2, dtype=np.float64).reshape(-1)
+    g = clip_block(g, hp.clip)
+    w = _read(model, group, index)
+
+    if hp.optimizer == "sgd":
+        w = w - eta_t * g
+    elif hp.optimizer == "adagrad":
+        G = _read(cstate["G"], group, index) + g * g
+        _write(cstate["G"], group, index, G)
+        w = w - eta_t * g / np.sqrt(G)
+    elif hp.optimizer == "adam":
+        b1, b2 = hp.beta1, hp.beta2
+        m = b1 * _read(cstate["m"], group, index) + (1.0 - b1) * g
+        v = b2 * _read(cstate["v"], group, index) + (1.0 - b2) * g * g
+        _write(cstate["m"], group, index, m)
+        _write(cstate["v"], group, index, v)
+        correction = math.sqrt(1.0 - b2 ** n_step) / (1.0 - b1 ** n_step)
+        w = w - eta_t * correction * m / (np.sqrt(v) + hp.adam_eps)
+    elif hp.optimizer == "ftrl":
+        alpha, beta = hp.eta, hp.ftrl_beta
+        z = _read(cstate["z"], group, index)
+        n = _read(cstate["n"], group, index)
+        sigma = (np.sqrt(n + g * g) - np.sqrt(n)) / alpha
+        z = z + g - sigma * w
+        n = n + g * g
+        _write(cstate["z"], group, index, z)
+        _write(cstate["n"], group, index, n)
+        w = ftrl_weight(z, n, alpha, beta, _group_l1(group, hp.l1), hp.l2(group))
+    else:
+        raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+    _write(model, group, index, w)
+
+
+# ---------------------------------------------------------------------------
+# Per-row mode (batch_size == 1)
+# ---------------------------------------------------------------------------
+
+
+def _row_update(model: RefModel, cstate: dict, hp: _Hyper, row: Row, kappa: float,
+                eta_t: float, n_step: int) -> None:
+    """Update one class's parameters for one row, given its (weighted) kappa."""
+    xt = normalized_values(model, row)
+    n = len(row.features)
+    feats = [int(j) for j in row.features]
+    flds = [int(f) for f in row.fields]
+
+    if model.use_bias:
+        _apply(model, cstate, hp, "bias", None, kappa, model.bias, eta_t, n_step)
+
+    if model.use_linear:
+        start_linear = model.linear.copy()
+        for i in range(n):
+            _apply(model, cstate, hp, "linear", feats[i], kappa * xt[i],
+                   start_linear[feats[i]], eta_t, n_step)
+
+    if model.kind in ("fm", "fwfm"):
+        start_V = model.factors.copy()
+        start_R = None if model.field_weights is None else model.field_weights.copy()
+        g_factors = []
+        for i in range(n):
+            pair_sum = np.zeros(model.k)
+            for l in range(n):
+                if l == i:
+                    continue
+                weight = 1.0
+                if model.kind == "fwfm":
+                    weight = start_R[field_pair(flds[i], flds[l])]
+                pair_sum += weight * start_V[feats[l]] * xt[l]
+            g_factors.append(kappa * xt[i] * pair_sum)
+        g_field = {}
+        if model.kind == "fwfm":
+            for i in range(n):
+                for l in range(i + 1, n):
+                    pair = field_pair(flds[i], flds[l])
+                    g = kappa * float(np.dot(start_V[feats[i]], start_V[feats[l]])) * xt[i] * xt[l]
+                    g_field[pair] = g_field.get(pair, 0.0) + g
+        for i in range(n):
+            _apply(model, cstate, hp, "factors", feats[i], g_factors[i],
+                   start_V[feats[i]], eta_t, n_step)
+        for pair, g in g_field.items():
+            _apply(model, cstate, hp, "field_weights", pair, g, start_R[pair], eta_t, n_step)
+
+    elif model.kind == "ffm":
+        V = model.factors
+        for i in range(n):
+            for l in range(i + 1, n):
+                a = (feats[i], flds[l])
+                b = (feats[l], flds[i])
+                w1 = V[a].copy()
+                w2 = V[b].copy()
+                kv = kappa * xt[i] * xt[l]
+                # both gradients depend only on the copies: computed before either step
+                _apply(model, cstate, hp, "factors", a, kv * w2, w1, eta_t, n_step)
+                _apply(model, cstate, hp, "factors", b, kv * w1, w2, eta_t, n_step)
+
+
+# ---------------------------------------------------------------------------
+# Mini-batch mode (batch_size > 1)
+# ---------------------------------------------------------------------------
+
+
+def _accumulate(acc: dict, group: str, index, g) -> None:
+    g = np.asarray(g, dtype=np.float64).reshape(-1)
+    block = acc[group]
+    if index in block:
+        block[index] = block[index] + g
+    else:
+        block[index] = g.copy()
+
+
+def _batch_data_gradients(model: RefModel, rows: list, kappas: list) -> dict:
+    """Summed data gradients of the batch per touched block: group -> {index: array}.
+
+    Every row reads the (unchanged) parameters of the start of the batch.  A
+    block is touched when some row of the batch would step it in per-row mode,
+    whatever its gradient value.
+    """
+    acc = {group: {} for group in GROUPS}
+    V = model.factors
+    for row, kappa in zip(rows, kappas):
+        xt = normalized_values(model, row)
+        n = len(row.features)
+        feats = [int(j) for j in row.features]
+        flds = [int(f) for f in row.fields]
+        if model.use_bias:
+            _accumulate(acc, "bias", None, kappa)
+        if model.use_linear:
+            for i in range(n):
+                _accumulate(acc, "linear", feats[i], kappa * xt[i])
+        if model.kind in ("fm", "fwfm"):
+            for i in range(n):
+                pair_sum = np.zeros(model.k)
+                for l in range(n):
+                    if l == i:
+                        continue
+                    weight = 1.0
+                    if model.kind == "fwfm":
+                        weight = model.field_weights[field_pair(flds[i], flds[l])]
+                    pair_sum += weight * V[feats[l]] * xt[l]
+                _accumulate(acc, "factors", feats[i], kappa * xt[i] * pair_sum)
+            if model.kind == "fwfm":
+                for i in range(n):
+                    for l in range(i + 1, n):
+                        g = kappa * float(np.dot(V[feats[i]], V[feats[l]])) * xt[i] * xt[l]
+                        _accumulate(acc, "field_weights", field_pair(flds[i], flds[l]), g)
+        elif model.kind == "ffm":
+            for i in range(n):
+                for l in range(i + 1, n):
+                    a = (feats[i], flds[l])
+                    b = (feats[l], flds[i])
+                    kv = kappa * xt[i] * xt[l]
+                    _accumulate(acc, "factors", a, kv * V[b])
+                    _accumulate(acc, "factors", b, kv * V[a])
+    return acc
+
+
+def _batch_update(model: RefModel, cstate: dict, hp: _Hyper, rows: list, kappas: list,
+                  eta_t: float, n_step: int) -> None:
+    """Step every touched block once with ``sum / n_b`` (+ L2 of its start value)."""
+    acc = _batch_data_gradients(model, rows, kappas)
+    n_b = len(rows)
+    for group in GROUPS:
+        for index, g_sum in acc[group].items():
+            w_start = _read(model, group, index)  # blocks are disjoint: still the start value
+            _apply(model, cstate, hp, group, index, g_sum / n_b, w_start, eta_t, n_step)
+
+
+# ---------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------
+
+
+def _epoch_orders(order, epochs: int, n_rows: int) -> list:
+    if order is None:
+        return [list(range(n_rows))] * epochs
+    if len(order) > 0 and np.ndim(order[0]) == 1:
+        orders = [[int(i) for i in o] for o in order]
+        if len(orders) != epochs:
+            raise ValueError("need one order per epoch")
+        return orders
+    return [[int(i) for i in order]] * epochs
+
+
+def _check_label(task: str, y, n_classes: int) -> None:
+    if task == "multiclass":
+        _as_class(y, n_classes)
+    elif not math.isfinite(float(y)):
+        raise ValueError(f"label {y!r} is not finite")
+
+
+def _row_scores(models: list, row: Row) -> np.ndarray:
+    return np.array([score(m, row) for m in models])
+
+
+def _checked_loss(task, y, t, eps) -> float:
+    loss = task_loss(task, y, t, eps) if np.all(np.isfinite(t)) else math.nan
+    if not math.isfinite(loss):
+        raise FloatingPointError("non-finite score or loss (the reference has no skip/stop guard)")
+    return loss
+
+
+def train_matrix(models, rows, labels, order, *, task, optimizer, eta, epochs=1,
+                 weights=None, l2_bias=0.0, l2_linear=0.0, l2_factors=0.0, l1=0.0,
+                 adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, ftrl_beta=1.0,
+                 label_smoothing=0.0, clip_norm=0.0, schedule="constant", warmup=0,
+                 batch_size=1, state=None):
+    """Train the parameter sets ``models`` (a list of C RefModel, one per class;
+    C = 1 for binary and regression) in place.
+
+    ``labels``: 0/1 for binary (any label > 0 counts as 1), floats for
+    regression, class indices 0..C-1 for multiclass.  ``weights``: per-row
+    sample weights s >= 0 (default 1), indexed like ``rows``.  ``order``:
+    None (natural order), one list of row indices used for every epoch, or a
+    list of ``epochs`` such lists.
+
+    ``state``: None for a fresh :func:`init_state` (built from the current
+    weights and the hyper-parameters given here), or a state returned by an
+    earlier call to continue from.  Steps are counted in ``state["t"]``, which
+    carries over between calls.  The schedule's T is ``state["total_steps"]``;
+    when that is None it is set to ``state["t"]`` + the steps of this call
+    (epochs * steps per epoch; a step is a row in per-row mode and a batch in
+    mini-batch mode).  So a single call uses T = its own step count; to split
+    one run over several calls, pass ``init_state(..., total_steps=T)``.
+    linear/cosine schedules refuse to run past T.
+
+    Returns ``(state, losses)`` with ``losses[e] = sum(s*loss)/sum(s)`` over the
+    rows of epoch e (0.0 when the weights sum to 0), each loss evaluated from
+    the parameters the row (per-row mode) or its batch (mini-batch) started from.
+    """
+    models = _as_models(models)
+    n_classes = len(models)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    if task == "multiclass":
+        if n_classes < 2:
+            raise ValueError("multiclass needs at least 2 parameter sets")
+    elif n_classes != 1:
+        raise ValueError(f"{task} takes exactly one parameter set")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError("label_smoothing must be in [0, 1)")
+    if task == "regression" and label_smoothing != 0.0:
+        raise ValueError("regression takes no label smoothing")
+    if optimizer == "ftrl" and (schedule != "constant" or warmup != 0):
+        raise ValueError("ftrl allows only the constant schedule without warmup")
+    if l1 != 0.0 and optimizer != "ftrl":
+        raise ValueError("l1 is for ftrl only")
+    if int(batch_size) < 1 or int(warmup) < 0 or int(epochs) < 0:
+        raise ValueError("batch_size >= 1, warmup >= 0 and epochs >= 0 required")
+    if clip_norm < 0.0:
+        raise ValueError("clip_norm must be >= 0")
+
+    rows = [_as_row(r) for r in rows]
+    for row in rows:
+        for model in models:
+            _check_row(model, row)
+    if len(labels) != len(rows):
+        raise ValueError("one label per row")
+    for y in labels:
+        _check_label(task, y, n_classes)
+    if weights is None:
+        weights = np.ones(len(rows))
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(weights) != len(rows) or not np.all(weights >= 0) or not np.all(np.isfinite(weights)):
+        raise ValueError("weights: one finite value >= 0 per row")
+
+    batch_size = int(batch_size)
+    epoch_orders = _epoch_orders(order, int(epochs), len(rows))
+    if batch_size == 1:
+        steps = sum(len(o) for o in epoch_orders)
+    else:
+        steps = sum(-(-len(o) // batch_size) for o in epoch_orders)
+
+    if state is None:
+        state = init_state(models, optimizer, l1=l1, l2_bias=l2_bias, l2_linear=l2_linear,
+                           l2_factors=l2_factors, ftrl_beta=ftrl_beta, eta=eta)
+    if state["optimizer"] != optimizer or len(state["classes"]) != n_classes:
+        raise ValueError("state was made for another optimizer or number of classes")
+    if state["total_steps"] is None:
+        state["total_steps"] = state["t"] + steps
+    T = state["total_steps"]
+    if schedule in ("linear", "cosine") and state["t"] + steps > T:
+        raise ValueError("this call would run past the schedule's total steps")
+
+    hp = _Hyper(optimizer, float(eta), float(l1), float(l2_bias), float(l2_linear),
+                float(l2_factors), float(adam_beta1), float(adam_beta2), float(adam_eps),
+                float(ftrl_beta), float(clip_norm))
+    eps = float(label_smoothing)
+
+    losses = []
+    for epoch_order in epoch_orders:
+        total_loss = 0.0
+        total_weight = 0.0
+        if batch_size == 1:
+            batches = [[index] for index in epoch_order]
+        else:
+            batches = [epoch_order[s:s + batch_size] for s in range(0, len(epoch_order), batch_size)]
+        for batch in batches:
+            t = state["t"]
+            eta_t = learning_rate(hp.eta, schedule, t, T, warmup)
+            # every row's loss and kappas from the parameters at the start of the step
+            kappas = []  # [row][class]
+            for index in batch:
+                s = weights[index]
+                scores = _row_scores(models, rows[index])
+                loss = _checked_loss(task, labels[index], scores, eps)
+                total_loss += s * loss
+                total_weight += s
+                kappas.append(s * task_dloss(task, labels[index], scores, eps))
+            for c, model in enumerate(models):
+                cstate = state["classes"][c]
+                if batch_size == 1:
+                    _row_update(model, cstate, hp, rows[batch[0]], kappas[0][c], eta_t, t + 1)
+                else:
+                    _batch_update(model, cstate, hp, [rows[i] for i in batch],
+                                  [k[c] for k in kappas], eta_t, t + 1)
+            state["t"] = t + 1
+        losses.append(float(total_loss / total_weight) if total_weight > 0 else 0.0)
+    return state, losses
