@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 MODELS = ("lr", "fm", "ffm", "fwfm")
-TASKS = ("binary",)
-OPTIMIZERS = ("adagrad", "sgd")
+TASKS = ("binary", "regression", "multiclass", "auto")
+OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl")
+SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
+ON_NONFINITE = ("stop", "skip")
+# Default step size per optimizer (FTRL's is ftrl_alpha).
+LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001}
 FORMATS = ("auto", "libffm", "libsvm")
 DTYPES = ("float32", "float64")
 
@@ -40,9 +44,28 @@ class Config:
     task: str = "binary"
     k: int = 4
     epochs: int = 15
-    learning_rate: float = 0.2
+    learning_rate: float | None = None   # None: LEARNING_RATES[optimizer]
     l2: float = 0.00002
     optimizer: str = "adagrad"
+    # regularisation groups: None means "l2"; the bias has none by default
+    l2_bias: float = 0.0
+    l2_linear: float | None = None
+    l2_factors: float | None = None
+    l1: float = 0.0                      # FTRL only
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    ftrl_alpha: float = 0.5
+    ftrl_beta: float = 1.0
+    batch_size: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 0.0
+    label_smoothing: float = 0.0
+    class_weight: str | None = None     # "balanced" or "LABEL=W,LABEL=W"
+    on_nonfinite: str = "stop"
+    early_stopping_metric: str | None = None   # None: the task's default metric
+    patience: int = 0                    # 0: no early stopping
     normalize: bool = True
     use_bias: bool = True
     use_linear: bool = True
@@ -69,16 +92,39 @@ class Config:
         choice("model", MODELS)
         choice("task", TASKS)
         choice("optimizer", OPTIMIZERS)
+        choice("lr_schedule", SCHEDULES)
+        choice("on_nonfinite", ON_NONFINITE)
         choice("format", FORMATS)
         choice("dtype", DTYPES)
         if not 1 <= self.k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if not self.learning_rate > 0 or self.learning_rate == float("inf"):
-            raise ConfigError(f"learning rate must be a positive number, got {self.learning_rate}")
-        if not self.l2 >= 0 or self.l2 == float("inf"):
-            raise ConfigError(f"l2 must be a non-negative number, got {self.l2}")
+        def positive(name: str, value) -> None:
+            if not (value > 0 and value != float("inf")):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+
+        def non_negative(name: str, value) -> None:
+            if not (value >= 0 and value != float("inf")):
+                raise ConfigError(f"{name} must be a non-negative number, got {value}")
+
+        if self.learning_rate is not None:
+            positive("learning rate", self.learning_rate)
+        for name in ("l2", "l2_bias", "l2_linear", "l2_factors", "l1", "ftrl_beta", "clip_norm"):
+            if getattr(self, name) is not None:
+                non_negative(name, getattr(self, name))
+        positive("ftrl_alpha", self.ftrl_alpha)
+        positive("adam_eps", self.adam_eps)
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.warmup_steps < 0 or self.patience < 0:
+            raise ConfigError("warmup steps and patience must be non-negative")
+        self._check_combinations()
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if not self.init_scale >= 0 or self.init_scale == float("inf"):
@@ -89,6 +135,74 @@ class Config:
             raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
         if self.max_memory is not None and self.max_memory < 1:
             raise ConfigError(f"max_memory must be positive, got {self.max_memory}")
+
+    def _check_combinations(self) -> None:
+        """Refuse settings that would be silently meaningless."""
+        opt = self.optimizer
+        if opt == "ftrl" and self.learning_rate is not None:
+            raise ConfigError("FTRL's step size is --ftrl-alpha; --learning-rate applies to sgd, adagrad and adam")
+        if opt == "ftrl" and (self.lr_schedule != "constant" or self.warmup_steps):
+            raise ConfigError("FTRL sets a per-coordinate step size itself; "
+                              "--lr-schedule and --warmup-steps apply to sgd, adagrad and adam")
+        if self.l1 and opt != "ftrl":
+            raise ConfigError("--l1 needs --optimizer ftrl (its closed form produces the exact zeros)")
+        if self.exact_adagrad and opt != "adagrad":
+            raise ConfigError("--exact-adagrad applies to --optimizer adagrad only")
+        if self.task == "regression":
+            if self.label_smoothing:
+                raise ConfigError("label smoothing applies to the binary and multiclass tasks, not regression")
+            if self.class_weight:
+                raise ConfigError("class weights apply to the binary and multiclass tasks, not regression")
+        if self.class_weight is not None:
+            self.class_weights()
+        if self.patience and self.auto_stop:
+            raise ConfigError("--auto-stop is --patience 1; give one of them")
+        metric = self.early_stopping_metric
+        if metric is not None:
+            from .metrics import METRICS
+
+            if metric not in METRICS:
+                raise ConfigError(f"early-stopping metric must be one of {', '.join(METRICS)}, got {metric!r}")
+            if self.task != "auto" and self.task not in METRICS[metric][0]:
+                raise ConfigError(f"metric {metric} is not defined for the {self.task} task "
+                                  f"(it applies to: {', '.join(METRICS[metric][0])})")
+
+    # -- resolved values --------------------------------------------------------
+    @property
+    def step_size(self) -> float:
+        """The base step size: --learning-rate or the optimizer's default (FTRL: alpha)."""
+        if self.optimizer == "ftrl":
+            return self.ftrl_alpha
+        return self.learning_rate if self.learning_rate is not None else LEARNING_RATES[self.optimizer]
+
+    def l2_of(self, group: str) -> float:
+        """L2 of a parameter group: bias, linear or factors."""
+        value = {"bias": self.l2_bias, "linear": self.l2_linear, "factors": self.l2_factors}[group]
+        return self.l2 if value is None else value
+
+    @property
+    def stop_patience(self) -> int:
+        return 1 if self.auto_stop else self.patience
+
+    def class_weights(self) -> dict[str, float] | str | None:
+        """--class-weight parsed: 'balanced', {label token: weight}, or None."""
+        spec = self.class_weight
+        if spec is None:
+            return None
+        if spec.strip() == "balanced":
+            return "balanced"
+        out: dict[str, float] = {}
+        for part in spec.split(","):
+            label, sep, weight = part.partition("=")
+            try:
+                value = float(weight)
+            except ValueError:
+                value = float("nan")
+            if not sep or not label.strip() or not (value >= 0 and value != float("inf")):
+                raise ConfigError(f"class weight must be 'balanced' or LABEL=WEIGHT[,LABEL=WEIGHT...] "
+                                  f"with weights >= 0, got {spec!r}")
+            out[label.strip()] = value
+        return out
 
     def read_limits(self):
         from .data.text import ReadLimits

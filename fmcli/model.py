@@ -8,8 +8,12 @@ Logical parameter shapes (what the model file stores, see fm-model(5)):
               (n_features, n_fields, k)     FFM (libffm's w[j][f][:])
     field_weights (n_fields, n_fields)      FwFM: symmetric field-pair weights
 
-Optimizer state (AdaGrad accumulators) is optional and has the same shapes,
-named ``<array>_state``.
+A multiclass model has one parameter set per class: every shape gains a
+leading class dimension (bias becomes (C,)).
+
+Optimizer state is optional and named ``<array>_state``: the parameter's
+shape for one state slot (AdaGrad), (slots, *shape) for more (Adam's m and
+v, FTRL's z and n); the header's optimizer.slots names them.
 """
 
 from __future__ import annotations
@@ -42,8 +46,11 @@ class ModelSpec:
     use_bias: bool
     use_linear: bool
     normalize: bool
+    n_classes: int = 1
+    classes: tuple[str, ...] | None = None   # multiclass: the label token of each class
 
     def factor_shape(self) -> tuple[int, ...] | None:
+        """Factor shape of one class."""
         if self.kind == "ffm":
             return (self.n_features, self.n_fields, self.k)
         if self.kind in ("fm", "fwfm"):
@@ -52,19 +59,22 @@ class ModelSpec:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
+        lead = (self.n_classes,) if self.task == "multiclass" else ()
         if self.use_bias:
-            out["bias"] = (1,)
+            out["bias"] = lead or (1,)
         if self.use_linear:
-            out["linear"] = (self.n_features,)
+            out["linear"] = lead + (self.n_features,)
         fs = self.factor_shape()
         if fs is not None:
-            out["factors"] = fs
+            out["factors"] = lead + fs
         if self.kind == "fwfm":
-            out["field_weights"] = (self.n_fields, self.n_fields)
+            out["field_weights"] = lead + (self.n_fields, self.n_fields)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["classes"] = None if self.classes is None else list(self.classes)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> "ModelSpec":
@@ -72,18 +82,30 @@ class ModelSpec:
             flags = {name: data[name] for name in ("use_bias", "use_linear", "normalize")}
             if not all(isinstance(v, bool) for v in flags.values()):
                 raise TypeError("use_bias, use_linear and normalize must be true or false")
+            classes = data.get("classes")
+            if classes is not None and not (isinstance(classes, list)
+                                            and all(isinstance(c, str) for c in classes)):
+                raise TypeError("classes must be a list of strings")
             spec = cls(
                 kind=str(data["kind"]),
                 task=str(data["task"]),
                 k=int(data["k"]),
                 n_features=int(data["n_features"]),
                 n_fields=int(data["n_fields"]),
+                n_classes=int(data.get("n_classes", 1)),   # format 1.0 files: one class
+                classes=None if classes is None else tuple(classes),
                 **flags,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
-        if spec.kind not in ("lr", "fm", "ffm", "fwfm") or spec.task != "binary":
+        if spec.kind not in ("lr", "fm", "ffm", "fwfm") or spec.task not in ("binary", "regression", "multiclass"):
             raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)
+        if spec.task == "multiclass":
+            if not (2 <= spec.n_classes <= 2**20 and spec.classes is not None
+                    and len(spec.classes) == spec.n_classes and len(set(spec.classes)) == spec.n_classes):
+                raise ModelFormatError("a multiclass model needs n_classes >= 2 distinct class labels", path)
+        elif spec.n_classes != 1 or spec.classes is not None:
+            raise ModelFormatError(f"a {spec.task} model has one output (n_classes 1, no classes)", path)
         if not (1 <= spec.k <= MAX_K and 0 <= spec.n_features <= 2**31 and 0 <= spec.n_fields <= 2**31):
             raise ModelFormatError(
                 f"model sizes out of range (k={spec.k}, n_features={spec.n_features}, "
@@ -142,6 +164,11 @@ class Model:
     def n_parameters(self) -> int:
         return int(sum(a.size for a in self.params.values()))
 
+    def count_zeros(self) -> int:
+        """Linear and factor weights that are exactly zero (FTRL's L1 makes them)."""
+        return int(sum(int(a.size) - int(np.count_nonzero(a))
+                       for name, a in self.params.items() if name in ("linear", "factors")))
+
 
 def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
     """Load and validate a model file (memory-mapped by default)."""
@@ -162,7 +189,7 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             )
         params[name] = arrays[name]
         st = arrays.get(f"{name}_state")
-        if st is not None and tuple(st.shape) == shape:
+        if st is not None and tuple(st.shape[-len(shape):]) == shape and st.ndim - len(shape) <= 1:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}
     return Model(spec=spec, params=params, state=state, meta=meta)

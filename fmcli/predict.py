@@ -12,15 +12,20 @@ from ._core import _kernels
 from .data.batch import Batch
 from .data.text import ReadLimits, TextReader
 from .errors import DataError
-from .metrics import auc, logloss_from_scores, sigmoid
+from .metrics import evaluate as evaluate_metrics, sigmoid, softmax
 from .model import Model
 
 
 @dataclass
 class Evaluation:
     rows: int
-    logloss: float
-    auc: float
+    metrics: dict[str, float]
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self.__dict__["metrics"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class Scorer:
@@ -32,15 +37,26 @@ class Scorer:
         self._bias, self._linear, self._factors, self._pairs, self._kp = model.kernel_arrays()
 
     def scores(self, batch: Batch) -> np.ndarray:
-        """Raw scores (logits) of a batch."""
+        """Raw scores of a batch: (n,), or (n, C) for a multiclass model."""
         s = self.model.spec
-        out = np.empty(batch.n_rows, np.float64)
+        C = s.n_classes
+        out = np.empty(batch.n_rows * C, np.float64)
         _kernels.score_rows(
             s.kind, self._bias, self._linear, self._factors, self._pairs, s.n_features, s.n_fields,
             self._kp, 0, batch.indptr, batch.fields, batch.features, batch.values, out,
-            s.use_bias, s.use_linear, s.normalize, self.threads,
+            s.use_bias, s.use_linear, s.normalize, self.threads, C,
         )
-        return out
+        return out.reshape(-1, C) if s.task == "multiclass" else out
+
+
+def to_predictions(task: str, scores: np.ndarray) -> np.ndarray:
+    """What a model predicts from raw scores: a probability (binary), C class
+    probabilities (multiclass) or the value (regression)."""
+    if task == "binary":
+        return sigmoid(scores)
+    if task == "multiclass":
+        return softmax(scores)
+    return scores
 
 
 class UnseenIds:
@@ -89,9 +105,15 @@ def iter_scores(
     limits: ReadLimits = ReadLimits(),
     unseen: UnseenIds | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (raw scores, labels as read) for each block of the input."""
+    """Yield (raw scores, labels) for each block of the input.
+
+    Labels are as read for binary and regression models, class indices for
+    multiclass (a label that is not one of the model's classes is an error)."""
     scorer = Scorer(model, threads)
-    reader = TextReader(source, fmt=fmt, label_mode="real", limits=limits, track_lines=unseen is not None)
+    spec = model.spec
+    extra = {"classes": list(spec.classes)} if spec.task == "multiclass" else {}
+    reader = TextReader(source, fmt=fmt, label_mode="class" if extra else "real", limits=limits,
+                        track_lines=unseen is not None, **extra)
     for batch in reader:
         if unseen is not None:
             unseen.check(batch, reader.name)
@@ -105,22 +127,46 @@ def predict(
     fmt: str = "auto",
     threads: int = 1,
 ) -> np.ndarray:
-    """Probabilities for every row of a file or Batch."""
+    """Predictions for every row of a file or Batch: probabilities (binary),
+    an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
+    task = model.spec.task
     if isinstance(source, Batch):
-        return sigmoid(Scorer(model, threads).scores(source))
-    parts = [sigmoid(s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads)]
-    return np.concatenate(parts) if parts else np.zeros(0)
+        return to_predictions(task, Scorer(model, threads).scores(source))
+    parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads)]
+    if parts:
+        return np.concatenate(parts)
+    return np.zeros((0, model.spec.n_classes) if task == "multiclass" else 0)
 
 
-def evaluate(labels: np.ndarray, scores: np.ndarray) -> Evaluation | None:
-    """Logloss and AUC of raw scores when the labels are binary (0/1 or -1/+1); else None."""
-    if labels.size == 0 or not np.isin(labels, (-1.0, 0.0, 1.0)).all():
+def evaluate(task: str, labels: np.ndarray, scores: np.ndarray,
+             weights: np.ndarray | None = None) -> Evaluation | None:
+    """The task's metrics of raw scores; None when the labels cannot be
+    scored (binary data whose labels are not 0/1 or -1/+1)."""
+    if labels.size == 0:
         return None
-    return Evaluation(int(labels.size), logloss_from_scores(labels, scores), auc(labels, scores))
+    if task == "binary":
+        if not np.isin(labels, (-1.0, 0.0, 1.0)).all():
+            return None
+        labels = (labels > 0).astype(np.float32)
+    return Evaluation(int(labels.size), evaluate_metrics(task, labels, scores, weights))
+
+
+def format_predictions(task: str, preds: np.ndarray, classes: tuple[str, ...] | None = None,
+                       top1: bool = False) -> str:
+    """One line per row, 6 significant digits (libffm's output): the
+    probability or value, or a multiclass row's C probabilities separated by
+    spaces, or with top1 its most probable class label."""
+    if preds.size == 0:
+        return ""
+    if task == "multiclass":
+        if top1:
+            names = np.asarray(classes, dtype=object)
+            return "\n".join(names[np.argmax(preds, axis=1)].tolist()) + "\n"
+        line = " ".join(["%.6g"] * preds.shape[1]) + "\n"
+        return (line * preds.shape[0]) % tuple(preds.reshape(-1).tolist())
+    return ("%.6g\n" * preds.size) % tuple(preds.tolist())
 
 
 def format_probabilities(probs: np.ndarray) -> str:
     """One probability per line, 6 significant digits (libffm's output)."""
-    if probs.size == 0:
-        return ""
-    return ("%.6g\n" * probs.size) % tuple(probs.tolist())
+    return format_predictions("binary", probs)

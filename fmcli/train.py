@@ -19,20 +19,30 @@ from . import __version__
 from ._core import _kernels
 from .config import Config, available_cpus
 from .data.batch import Batch
-from .data.text import ReadLimits, TextReader, binary_labels
+from .data.text import ReadLimits, TextReader, detect_task
+from .data.weights import read_weights
 from .errors import ConfigError, DataError, DivergenceError
-from .metrics import auc, logloss_from_scores
+from .metrics import DEFAULT_METRIC, METRICS, evaluate, is_better
 from .model import Model, ModelSpec, padded_k
 
 
 @dataclass
 class EpochStats:
     epoch: int
-    train_logloss: float
-    valid_logloss: float | None
-    valid_auc: float | None
+    train_loss: float                      # weighted mean training loss of the epoch
+    valid: dict[str, float] | None         # validation metrics (fmcli.metrics.evaluate)
     seconds: float
     rows_per_s: float
+    skipped_nonfinite: int = 0
+    task: str = "binary"
+
+    @property
+    def valid_logloss(self) -> float | None:
+        return None if self.valid is None else self.valid.get("logloss")
+
+    @property
+    def valid_auc(self) -> float | None:
+        return None if self.valid is None else self.valid.get("auc")
 
 
 @dataclass
@@ -43,21 +53,43 @@ class LoadedData:
     bytes_read: int
     seconds: float
     skipped: list = field(default_factory=list)   # DataErrors of rows skipped under max_bad_rows
+    task: str = "binary"
+    classes: list[str] | None = None             # multiclass: label token of each class index
 
 
 def load_data(source: str | os.PathLike | Batch, fmt: str = "auto",
-              limits: ReadLimits = ReadLimits()) -> LoadedData:
-    """Read a whole training or validation file (or take a ready Batch)."""
+              limits: ReadLimits = ReadLimits(), task: str = "binary",
+              classes: list[str] | None = None) -> LoadedData:
+    """Read a whole training or validation file (or take a ready Batch).
+
+    Labels come out as the kernels want them: 0/1 for binary, the target for
+    regression, the class index for multiclass (``classes`` fixes the classes,
+    as for validation data; else they are taken from the data).  task "auto"
+    reads the labels as tokens and decides (fmcli.data.text.detect_task)."""
     if isinstance(source, Batch):
-        return LoadedData(source, "<batch>", "batch", 0, 0.0)
+        if task == "binary":
+            source.labels = (source.labels > 0).astype(np.float32)
+        return LoadedData(source, "<batch>", "batch", 0, 0.0, task=task, classes=classes)
     t0 = time.perf_counter()
-    reader = TextReader(source, fmt=fmt, label_mode="binary", limits=limits)
+    mode = {"binary": "binary", "regression": "real"}.get(task, "class")
+    reader = TextReader(source, fmt=fmt, label_mode=mode, limits=limits, track_lines=True,
+                        **({"classes": classes} if mode == "class" else {}))
     batch = reader.read_all()
     if batch.n_rows == 0:
         raise DataError("no data rows (the file is empty, blank or only comments)", reader.name)
-    batch.labels = binary_labels(batch.labels)
+    found = reader.classes if mode == "class" else None
+    if task == "auto":
+        task = detect_task(found)
+        if task != "multiclass":
+            values = np.array([float(tok) for tok in found], np.float64)
+            batch.labels = values[batch.labels.astype(np.int64)].astype(np.float32)
+            found = None
+    if task == "binary":
+        batch.labels = (batch.labels > 0).astype(np.float32)
+    elif task == "multiclass" and classes is None and len(found) < 2:
+        raise DataError(f"multiclass training needs at least two classes, found only {found}", reader.name)
     return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read,
-                      time.perf_counter() - t0, reader.bad_rows)
+                      time.perf_counter() - t0, reader.bad_rows, task=task, classes=found)
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
@@ -80,55 +112,85 @@ def _available_memory() -> int | None:
 
 
 class TrainState:
-    """Parameters and optimizer state in the kernels' interleaved layout."""
+    """Parameters and optimizer state in the kernels' interleaved layout.
 
-    def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator):
+    Each array holds one parameter set per class (one for binary and
+    regression), class after class: B (C, w), L (C * n_features, w),
+    F (C * blocks, w * kp), R (C * n_fields^2, w), w = 1 + state slots."""
+
+    def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator,
+                 task: str = "binary", classes: list[str] | None = None):
         self.cfg = cfg
+        C = len(classes) if task == "multiclass" else 1
+        self.n_classes = C
         self.spec = ModelSpec(
             kind=cfg.model,
-            task=cfg.task,
+            task=task,
             k=cfg.k,
             n_features=n_features,
             n_fields=n_fields,
             use_bias=cfg.use_bias,
             use_linear=cfg.use_linear,
             normalize=cfg.normalize,
+            n_classes=C,
+            classes=tuple(classes) if task == "multiclass" else None,
         )
         dtype = np.dtype(cfg.dtype)
         self.ns = _kernels.n_state(cfg.optimizer)
         self.kp = padded_k(cfg.k)
         width = 1 + self.ns
         n_blocks = self.n_blocks(cfg, n_features, n_fields)
-        state_init = 1.0 if cfg.optimizer == "adagrad" else 0.0
-        self.B = np.zeros((1, width), dtype)
-        self.L = np.zeros((n_features, width), dtype)
-        self.F = aligned_zeros((n_blocks, width * self.kp), dtype)
+        pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
+        self.B = np.zeros((C, width), dtype)
+        self.L = np.zeros((C * n_features, width), dtype)
+        self.F = aligned_zeros((C * n_blocks, width * self.kp), dtype)
         # FwFM's field-pair weights start at 1 (FwFM then starts as FM).
-        self.R = np.zeros((n_fields * n_fields if cfg.model == "fwfm" else 0, width), dtype)
+        self.R = np.zeros((C * pairs, width), dtype)
         self.R[:, 0] = 1.0
-        self.B[:, 1:] = state_init
-        self.L[:, 1:] = state_init
-        self.R[:, 1:] = state_init
         if n_blocks:
             # libffm's initialisation: U(0, 1) / sqrt(k), padding stays zero.
             scale = np.float32(cfg.init_scale / np.sqrt(cfg.k))
             step = 1 << 20  # fill in slices so no full-size temporary is made
-            for start in range(0, n_blocks, step):
-                stop = min(start + step, n_blocks)
+            for start in range(0, C * n_blocks, step):
+                stop = min(start + step, C * n_blocks)
                 self.F[start:stop, : cfg.k] = rng.random((stop - start, cfg.k), dtype=np.float32) * scale
-            self.F[:, self.kp :] = state_init
+        self._init_state()
+
+    def _init_state(self) -> None:
+        cfg, kp = self.cfg, self.kp
+        if cfg.optimizer == "adagrad":
+            # libffm's AdaGrad accumulators start at 1
+            for a in (self.B, self.L, self.R):
+                a[:, 1:] = 1.0
+            self.F[:, kp:] = 1.0
+        elif cfg.optimizer == "ftrl":
+            # z such that FTRL's closed form at n = 0 gives back the initial weights
+            alpha, beta, l1 = cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1
+            for a, l1_, l2 in ((self.B, 0.0, cfg.l2_of("bias")), (self.L, l1, cfg.l2_of("linear")),
+                               (self.R, 0.0, 0.0)):
+                a[:, 1] = -(a[:, 0] * (beta / alpha + l2) + np.sign(a[:, 0]) * l1_)
+            l2 = cfg.l2_of("factors")
+            step = 1 << 18
+            for start in range(0, self.F.shape[0], step):
+                w = self.F[start : start + step, :kp]
+                self.F[start : start + step, kp : 2 * kp] = -(w * np.float32(beta / alpha + l2)
+                                                                + np.sign(w) * np.float32(l1))
 
     @staticmethod
     def n_blocks(cfg: Config, n_features: int, n_fields: int) -> int:
         return {"lr": 0, "fm": n_features, "fwfm": n_features, "ffm": n_features * n_fields}[cfg.model]
 
     @classmethod
-    def bytes_needed(cls, cfg: Config, n_features: int, n_fields: int) -> int:
-        """Memory for parameters and optimizer state (the auto-stop copy not included)."""
+    def bytes_needed(cls, cfg: Config, n_features: int, n_fields: int, n_classes: int = 1) -> int:
+        """Memory for parameters, optimizer state and mini-batch gradient sums
+        (the early-stopping copy not included)."""
         width = 1 + _kernels.n_state(cfg.optimizer)
         blocks = cls.n_blocks(cfg, n_features, n_fields)
         pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
-        return (blocks * padded_k(cfg.k) + n_features + 1 + pairs) * width * np.dtype(cfg.dtype).itemsize
+        weights = (blocks * padded_k(cfg.k) + n_features + 1 + pairs) * n_classes
+        if cfg.batch_size > 1:
+            width += cfg.threads   # one gradient sum per weight and thread
+        return weights * width * np.dtype(cfg.dtype).itemsize
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.B, self.L, self.F, self.R
@@ -147,51 +209,107 @@ class TrainState:
         return all(bool(np.isfinite(a).all()) for a in self.arrays())
 
     def scores(self, batch: Batch, threads: int) -> np.ndarray:
-        out = np.empty(batch.n_rows, np.float64)
+        """Raw scores: (n,) for one class, (n, C) for multiclass."""
+        C = self.n_classes
+        out = np.empty(batch.n_rows * C, np.float64)
         b, l, f, r = self.flat()
         s = self.spec
         _kernels.score_rows(
             s.kind, b, l, f, r, s.n_features, s.n_fields, self.kp, self.ns,
             batch.indptr, batch.fields, batch.features, batch.values, out,
-            s.use_bias, s.use_linear, s.normalize, threads,
+            s.use_bias, s.use_linear, s.normalize, threads, C,
         )
-        return out
+        return out.reshape(-1, C) if s.task == "multiclass" else out
 
-    def train_epoch(self, batch: Batch, order: np.ndarray) -> tuple[float, int]:
+    def train_epoch(self, batch: Batch, order: np.ndarray, weights: np.ndarray | None,
+                    step0: int, total_steps: int) -> tuple[float, float, int, int]:
         b, l, f, r = self.flat()
         s, c = self.spec, self.cfg
+        w = np.zeros(0, np.float32) if weights is None else weights
         return _kernels.train_epoch(
-            s.kind, c.optimizer, b, l, f, r, s.n_features, s.n_fields, self.kp,
-            batch.indptr, batch.fields, batch.features, batch.values, batch.labels, order,
-            c.learning_rate, c.l2, s.use_bias, s.use_linear, s.normalize, c.threads,
-            c.exact_adagrad,
+            s.kind, c.optimizer, s.task, b, l, f, r, s.n_features, s.n_fields, self.kp,
+            self.n_classes, batch.indptr, batch.fields, batch.features, batch.values,
+            batch.labels, w, order, c.step_size,
+            l2_bias=c.l2_of("bias"), l2_linear=c.l2_of("linear"), l2_factors=c.l2_of("factors"),
+            l1=c.l1, beta1=c.adam_beta1, beta2=c.adam_beta2, adam_eps=c.adam_eps,
+            ftrl_beta=c.ftrl_beta, label_smoothing=c.label_smoothing, clip_norm=c.clip_norm,
+            schedule=c.lr_schedule, warmup=c.warmup_steps, total_steps=total_steps, step0=step0,
+            batch_size=c.batch_size, use_bias=s.use_bias, use_linear=s.use_linear,
+            normalize=s.normalize, threads=c.threads, exact_rsqrt=c.exact_adagrad,
+            skip_nonfinite=c.on_nonfinite == "skip",
         )
 
     def to_model(self, meta: dict) -> Model:
         """The trained model; its arrays are views of this state where possible."""
-        s, k = self.spec, self.cfg.k
+        s, k, C = self.spec, self.cfg.k, self.n_classes
+        lead = (C,) if s.task == "multiclass" else ()
+
+        def take(a: np.ndarray, slot: int, shape: tuple[int, ...], width: int = 1) -> np.ndarray:
+            return a[:, slot * width : slot * width + (k if width > 1 else 1)].astype(
+                np.float32, copy=False).reshape(lead + shape)
+
+        def pairs(a: np.ndarray, slot: int) -> np.ndarray:
+            m = s.n_fields
+            return np.stack([_symmetric(x) for x in a[:, slot].reshape(C, m, m)]).reshape(lead + (m, m))
+
         params: dict[str, np.ndarray] = {}
         state: dict[str, np.ndarray] = {}
-        if s.use_bias:
-            params["bias"] = self.B[:, 0].astype(np.float32, copy=False)
-        if s.use_linear:
-            params["linear"] = self.L[:, 0].astype(np.float32, copy=False)
         shape = s.factor_shape()
-        if shape is not None:
-            params["factors"] = self.F[:, :k].astype(np.float32, copy=False).reshape(shape)
-        m = s.n_fields
-        if s.kind == "fwfm":
-            params["field_weights"] = _symmetric(self.R[:, 0].reshape(m, m))
-        if self.ns:
+        for slot in range(1 + self.ns):
+            out = params if slot == 0 else {}
             if s.use_bias:
-                state["bias"] = self.B[:, 1].astype(np.float32, copy=False)
+                out["bias"] = take(self.B, slot, (1,) if not lead else ())
             if s.use_linear:
-                state["linear"] = self.L[:, 1].astype(np.float32, copy=False)
+                out["linear"] = take(self.L, slot, (s.n_features,))
             if shape is not None:
-                state["factors"] = self.F[:, self.kp : self.kp + k].astype(np.float32, copy=False).reshape(shape)
+                out["factors"] = take(self.F, slot, shape, self.kp)
             if s.kind == "fwfm":
-                state["field_weights"] = _symmetric(self.R[:, 1].reshape(m, m))
+                out["field_weights"] = pairs(self.R, slot)
+            if slot:
+                for name, a in out.items():
+                    state.setdefault(name, []).append(a)
+        # one state slot: the parameter's shape; more: (slots, *shape)
+        state = {name: (v[0] if len(v) == 1 else np.stack(v)) for name, v in state.items()}
         return Model(spec=s, params=params, state=state, meta=meta)
+
+
+def _row_weights(config: Config, data: LoadedData, weights_file: str | os.PathLike | None) -> np.ndarray | None:
+    """Each training row's weight: its sample weight times its class weight (None: all 1)."""
+    batch = data.batch
+    w = batch.weights
+    if weights_file is not None:
+        if w is not None:
+            raise ConfigError(f"{data.name} has inline row weights (LABEL:WEIGHT); "
+                              "give weights inline or with --weights, not both")
+        w = read_weights(weights_file, batch.n_rows, data.name)
+    cw = config.class_weights()
+    if cw is None:
+        return w
+    if data.task == "binary":
+        labels = batch.labels.astype(np.int64)
+        names = ["0", "1"]
+    else:
+        labels = batch.labels.astype(np.int64)
+        names = list(data.classes)
+    counts = np.bincount(labels, minlength=len(names)).astype(np.float64)
+    if cw == "balanced":
+        per_class = np.where(counts > 0, labels.size / (len(names) * np.maximum(counts, 1)), 0.0)
+    else:
+        per_class = np.ones(len(names))
+        for key, value in cw.items():
+            if data.task == "binary":
+                try:
+                    index = 1 if float(key) > 0 else 0
+                except ValueError:
+                    raise ConfigError(f"class weight label {key!r} is not a binary label (0, 1 or -1)") from None
+            elif key in names:
+                index = names.index(key)
+            else:
+                raise ConfigError(f"class weight label {key!r} is not a class of {data.name} "
+                                  f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+            per_class[index] = value
+    cwr = per_class[labels].astype(np.float32)
+    return cwr if w is None else (w * cwr).astype(np.float32)
 
 
 def train(
@@ -199,18 +317,27 @@ def train(
     train_data: str | os.PathLike | Batch,
     valid: str | os.PathLike | Batch | None = None,
     *,
+    weights: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Model:
-    """Train a model; returns it with the run's summary in ``model.meta``."""
+    """Train a model; returns it with the run's summary in ``model.meta``.
+
+    weights: a file with one weight per training row (or give them inline as
+    LABEL:WEIGHT)."""
     say = log or (lambda msg: None)
-    if config.auto_stop and valid is None:
-        raise ConfigError("auto-stop needs a validation set (-p/--valid)")
+    patience = config.stop_patience
+    if patience and valid is None:
+        raise ConfigError("early stopping (--patience / --auto-stop) needs a validation set (-p/--valid)")
     limits = config.read_limits()
-    tr = load_data(train_data, config.format, limits)
+    tr = load_data(train_data, config.format, limits, config.task)
+    task = tr.task
+    if config.task == "auto":
+        say(f"task: {task} (from the labels of {tr.name})")
+        config = config.replace(task=task)   # re-validates the combination
     say(f"read {tr.batch.n_rows} rows from {tr.name} in {tr.seconds:.2f} s"
         + (f" ({tr.bytes_read / 1e6 / max(tr.seconds, 1e-9):.0f} MB/s)" if tr.bytes_read else ""))
-    va = load_data(valid, config.format, limits) if valid is not None else None
+    va = load_data(valid, config.format, limits, task, tr.classes) if valid is not None else None
     if va is not None:
         say(f"read {va.batch.n_rows} rows from {va.name} in {va.seconds:.2f} s")
     for data in (tr, va):
@@ -222,81 +349,109 @@ def train(
             f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
             "use --model fm or lr, or libffm input"
         )
+    row_weights = _row_weights(config, tr, weights)
+    if row_weights is not None and not float(row_weights.sum()) > 0:
+        raise DataError("every training row has weight 0", tr.name)
+    metric = config.early_stopping_metric or DEFAULT_METRIC[task]
+    if task not in METRICS[metric][0]:
+        raise ConfigError(f"metric {metric} is not defined for the {task} task")
 
     rng = np.random.default_rng(config.seed)
     n_features = max(tr.batch.max_feature + 1, 0)
     n_fields = max(tr.batch.max_field + 1, 0)
-    need = TrainState.bytes_needed(config, n_features, n_fields)
+    n_classes = len(tr.classes) if task == "multiclass" else 1
+    need = TrainState.bytes_needed(config, n_features, n_fields, n_classes)
     limit = config.max_memory if config.max_memory is not None else _available_memory()
     if limit is not None and need > limit:
         raise DataError(
             f"feature ids up to {n_features - 1} and {n_fields} fields need a {config.model} model "
-            f"of {need / 2**30:.2f} GiB (k={config.k}), more than "
+            f"of {need / 2**30:.2f} GiB (k={config.k}"
+            + (f", {n_classes} classes" if n_classes > 1 else "") + "), more than "
             + (f"--max-memory {limit / 2**30:.2f} GiB" if config.max_memory is not None
                else f"this machine's {limit / 2**30:.1f} GiB")
             + "; hash the ids into a smaller space or raise --max-memory",
             tr.name,
         )
-    state = TrainState(config, n_features, n_fields, rng)
+    state = TrainState(config, n_features, n_fields, rng, task, tr.classes)
     n_rows = tr.batch.n_rows
+    steps_per_epoch = -(-n_rows // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
     history: list[EpochStats] = []
-    best: tuple[float, int] = (float("inf"), 0)
+    best: tuple[float | None, int] = (None, 0)
     snap = None
+    nonfinite = 0
     t_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(n_rows) if config.shuffle else np.arange(n_rows)
         t0 = time.perf_counter()
-        loss, bad = state.train_epoch(tr.batch, order.astype(np.int64, copy=False))
+        loss, wsum, bad, first = state.train_epoch(
+            tr.batch, order.astype(np.int64, copy=False), row_weights,
+            (epoch - 1) * steps_per_epoch, total_steps)
         seconds = time.perf_counter() - t0
-        if bad or not np.isfinite(loss) or not state.all_finite():
+        nonfinite += bad
+        if first >= 0:
+            row = int(order[first])
+            line = int(tr.batch.lines[row]) if tr.batch.lines is not None else None
             raise DivergenceError(
-                f"training diverged in epoch {epoch} (non-finite score or weight"
-                + (f" on {bad} rows" if bad else "")
-                + "); lower the learning rate (-r) or raise l2 (-l); no model was written"
-            )
-        va_loss = va_auc = None
+                f"{tr.name}:{line if line is not None else f'row {row + 1}'}: non-finite score or loss "
+                f"in epoch {epoch}; lower the learning rate, set --clip-norm, or use "
+                "--on-nonfinite skip; no model was written")
+        if not state.all_finite():
+            raise DivergenceError(
+                f"a weight became non-finite in epoch {epoch}; lower the learning rate or set "
+                "--clip-norm; no model was written")
+        if bad:
+            say(f"epoch {epoch}: skipped {bad} rows with a non-finite score or loss (--on-nonfinite skip)")
+        va_metrics = None
         if va is not None:
-            scores = state.scores(va.batch, available_cpus())
-            va_loss = logloss_from_scores(va.batch.labels, scores)
-            va_auc = auc(va.batch.labels, scores)
-        stats = EpochStats(epoch, loss / n_rows, va_loss, va_auc, seconds, n_rows / max(seconds, 1e-9))
+            va_metrics = evaluate(task, va.batch.labels, state.scores(va.batch, available_cpus()),
+                                  va.batch.weights)
+        stats = EpochStats(epoch, loss / wsum if wsum > 0 else float("nan"), va_metrics, seconds,
+                           n_rows / max(seconds, 1e-9), bad, task)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-        if va_loss is not None:
-            if va_loss < best[0]:
-                best = (va_loss, epoch)
-                if config.auto_stop and epoch < config.epochs:
+        if va_metrics is not None:
+            value = va_metrics[metric]
+            if best[1] == 0 or is_better(metric, value, best[0]):
+                best = (value, epoch)
+                if patience and epoch < config.epochs:
                     snap = state.snapshot()
-            elif config.auto_stop:
-                say(f"validation logloss rose in epoch {epoch}; keeping epoch {best[1]}")
-                if snap is not None:
-                    state.restore(snap)
+            elif patience and epoch - best[1] >= patience:
+                say(f"validation {metric} has not improved for {epoch - best[1]} epoch(s); "
+                    f"keeping epoch {best[1]}")
                 break
-
-    final_epoch = best[1] if (config.auto_stop and va is not None) else history[-1].epoch
+    if patience and va is not None and best[1] != history[-1].epoch and snap is not None:
+        state.restore(snap)
+    final_epoch = best[1] if (patience and va is not None and snap is not None) else history[-1].epoch
     # With SOURCE_DATE_EPOCH set the file must be reproducible: leave out
     # wall-clock figures (they stay in the console output).
     timed = "SOURCE_DATE_EPOCH" not in os.environ
     epochs_meta = [
-        {k: v for k, v in asdict(h).items() if timed or k not in ("seconds", "rows_per_s")}
+        {"epoch": h.epoch, "train_loss": h.train_loss,
+         **{f"valid_{k}": v for k, v in (h.valid or {}).items()},
+         **({"seconds": h.seconds, "rows_per_s": h.rows_per_s} if timed else {})}
         for h in history
     ]
     final = history[final_epoch - 1]
     meta = {
         "created_at": _created_at(),
-        "hyperparameters": config.to_dict(),
-        "optimizer": {"name": config.optimizer, "state": state.ns > 0},
+        "hyperparameters": {**config.to_dict(), "learning_rate": config.step_size},
+        "optimizer": {"name": config.optimizer, "state": state.ns > 0,
+                      "slots": _STATE_SLOTS[config.optimizer], "steps": steps_per_epoch * len(history)},
         "training": {
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
             "train_rows": n_rows,
             "skipped_rows": len(tr.skipped) + (len(va.skipped) if va is not None else 0),
+            "nonfinite_rows": nonfinite,
             "valid_rows": va.batch.n_rows if va is not None else 0,
             "epochs_run": len(history),
             "model_epoch": final_epoch,
+            "early_stopping_metric": metric if va is not None else None,
             "best_epoch": best[1] or None,
-            "train_logloss": final.train_logloss,
+            "train_loss": final.train_loss,
+            "valid_metrics": final.valid,
             "valid_logloss": final.valid_logloss,
             "valid_auc": final.valid_auc,
             "seconds": time.perf_counter() - t_start if timed else None,
@@ -304,7 +459,12 @@ def train(
         },
         "fmcli_version": __version__,
     }
-    return state.to_model(meta)
+    model = state.to_model(meta)
+    model.meta["training"]["zero_weights"] = model.count_zeros()
+    return model
+
+
+_STATE_SLOTS = {"sgd": [], "adagrad": ["G"], "adam": ["m", "v"], "ftrl": ["z", "n"]}
 
 
 def _symmetric(upper: np.ndarray) -> np.ndarray:

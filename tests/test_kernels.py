@@ -61,13 +61,15 @@ def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype, e
     batch = to_batch(rows, labels)
     total = 0.0
     for _ in range(epochs):
-        loss, bad = _kernels.train_epoch(
-            model.kind, optimizer, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
-            model.n_features, model.n_fields, kp, batch.indptr, batch.fields,
-            batch.features, batch.values, batch.labels, np.asarray(order, np.int64),
-            eta, lam, model.use_bias, model.use_linear, model.normalize, 1, exact,
+        loss, wsum, bad, first = _kernels.train_epoch(
+            model.kind, optimizer, "binary", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
+            model.n_features, model.n_fields, kp, 1, batch.indptr, batch.fields,
+            batch.features, batch.values, (batch.labels > 0).astype(np.float32), np.zeros(0, np.float32),
+            np.asarray(order, np.int64), eta, l2_linear=lam, l2_factors=lam,
+            use_bias=model.use_bias, use_linear=model.use_linear, normalize=model.normalize,
+            threads=1, exact_rsqrt=exact,
         )
-        assert bad == 0
+        assert bad == 0 and first == -1 and wsum == len(order)
         total += loss
     return from_layout(model, B, L, F, R, kp), total
 

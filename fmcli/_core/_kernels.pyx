@@ -10,27 +10,46 @@
 #       each block is kp weights (k padded with zeros to a multiple of 4)
 #       followed by n_state * kp optimizer-state values, so a block's
 #       weights and accumulators share cache lines (libffm's layout).
-# A loaded model for scoring uses the same layout with n_state = 0.
+# A multiclass model has one such set per class, class after class in each
+# of B, L, F and R.  A loaded model for scoring uses the same layout with
+# n_state = 0.
 #
 # Rows come as CSR: indptr (int64), fields and features (int32), values
-# (float32), labels (float32, -1 / +1 for the logistic loss).
+# (float32), labels (float32: 0/1 for the binary task, the target for
+# regression, the class index for multiclass) and optional row weights.
 #
-# The float32 FFM pair loops run the SSE code of ffm_f32.h; everything else
-# (and all of float64, the precision the tests compare with the NumPy
-# reference) runs the loops below.
+# Losses (kappa = dloss/dscore, times the row weight):
+#   binary       q log(1+e^-t) + (1-q) log(1+e^t), q = y(1-eps) + eps/2
+#   regression   (t - y)^2 / 2
+#   multiclass   -sum_c q_c log softmax(t)_c, q_c = (1-eps)[c = y] + eps/C
 #
-# Threads: rows of an epoch are split statically across OpenMP threads and
-# every thread updates the shared parameters without locks (Hogwild, as
-# libffm does).  With one thread an epoch is a plain loop over `order`, so a
-# run is bit-for-bit reproducible for a seed.
+# Updates: with batch_size 1 every row steps the parameters it touches
+# (libffm's per-row SGD; FFM's pairs are stepped in place, pair by pair).
+# With batch_size b > 1 the gradients of b consecutive rows are computed at
+# the same parameters, summed per block in a per-thread accumulator, and each
+# touched block is stepped once with their mean (plus L2).  The update rules
+# themselves live in _optim.pxd.
+#
+# The float32 FFM per-row AdaGrad loops run the SSE code of ffm_f32.h;
+# everything else (and all of float64, the precision the tests compare with
+# the NumPy reference) runs the loops below.
+#
+# Threads: rows (or batches) of an epoch are split statically across OpenMP
+# threads and every thread updates the shared parameters without locks
+# (Hogwild, as libffm does).  With one thread an epoch is a plain loop over
+# `order`, so a run is bit-for-bit reproducible for a seed.
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
-from libc.math cimport exp, sqrt, isfinite
+from libc.string cimport memset
+from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
-                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32)
-from ._optim cimport opt_block, opt_pair, opt_n_state, OPT_SGD, OPT_ADAGRAD
+                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32,
+                      fm_ffm_update_opt_f32, fm_step_params)
+from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
+                      OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
+                      SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
 
 import numpy as np
 
@@ -44,8 +63,23 @@ cdef enum:
     KIND_FFM = 2
     KIND_FWFM = 3
 
+cdef enum:
+    TASK_BINARY = 0
+    TASK_REGRESSION = 1
+    TASK_MULTICLASS = 2
+
+# Parameter arrays, as emit() names them.
+cdef enum:
+    ARR_B = 0
+    ARR_L = 1
+    ARR_F = 2
+    ARR_R = 3
+
 KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM, "fwfm": KIND_FWFM}
-OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD}
+OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD, "adam": OPT_ADAM, "ftrl": OPT_FTRL}
+TASK_CODES = {"binary": TASK_BINARY, "regression": TASK_REGRESSION, "multiclass": TASK_MULTICLASS}
+SCHEDULE_CODES = {"constant": SCHED_CONSTANT, "linear": SCHED_LINEAR, "cosine": SCHED_COSINE,
+                  "inverse-sqrt": SCHED_INVSQRT}
 
 
 def openmp_info():
@@ -58,18 +92,47 @@ def n_state(str optimizer):
     return opt_n_state(OPT_CODES[optimizer])
 
 
+def step_size(str optimizer, double eta, double t, str schedule="constant", double warmup=0,
+              double total=1, double beta1=0.9, double beta2=0.999):
+    """The step size the kernels use at 0-based step t (for tests and logs)."""
+    cdef Opt o
+    o.kind = OPT_CODES[optimizer]
+    o.b1 = beta1
+    o.b2 = beta2
+    o.schedule = SCHEDULE_CODES[schedule]
+    o.warmup = warmup
+    o.total = total
+    return opt_step_eta(&o, eta, t)
+
+
 cdef struct Shape:
     int kind
+    int task
+    Py_ssize_t n_classes
     Py_ssize_t n_features
     Py_ssize_t n_fields
+    Py_ssize_t n_blocks      # factor blocks per class
     Py_ssize_t kp            # padded factor width (multiple of 4)
     Py_ssize_t fstride       # distance between factor blocks
     Py_ssize_t lstride       # distance between linear weights (and FwFM field-pair weights)
+    Py_ssize_t cB, cL, cF, cR  # distance between classes in B, L, F, R
     bint fielded             # FFM / FwFM: an entry whose field is outside the model is skipped
     bint use_bias
     bint use_linear
     bint normalize
-    bint exact               # float32 AdaGrad: refined instead of estimated 1/sqrt
+    bint batch               # mini-batch mode: emit() accumulates instead of stepping
+    # regularisation: L2 per group as the optimizer sees it (FTRL's closed
+    # form), the L2 coefficient inside per-row gradients (0 for FTRL and in
+    # mini-batch mode, where it is added once per step), and L1 (FTRL)
+    double l2b, l2l, l2f
+    double lamb, laml, lamf
+    double l1
+    # mini-batch accounting: first block id of each array in the id space
+    Py_ssize_t id0[4]
+    char* base[4]            # parameter arrays (class 0)
+    Py_ssize_t stride[4]     # block stride of each array
+    Py_ssize_t blen[4]       # weights per block of each array
+    Py_ssize_t itemsize      # sizeof(floating)
 
 
 cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
@@ -105,28 +168,41 @@ cdef struct Row:
 
 
 cdef struct Scratch:
-    # Per-thread work space: FM's kp sums, the compacted row, and for FwFM
-    # the factor gradients of a row, the field-pair gradients (m * m, zero
-    # between rows), which of them a row touched and in what order.
+    # Per-thread work space: FM's kp sums per class, the compacted row, the
+    # row's class scores, for FwFM the factor gradients of a row, the
+    # field-pair gradients (m * m, zero between rows), which of them a row
+    # touched and in what order; in mini-batch mode the gradient sums of the
+    # batch (weights only, per array), a mark per block and the touched ids.
     void* acc
     Row row
+    double* t
     void* gbuf
     void* rgrad
     char* rmark
     Py_ssize_t* touched
+    void* gacc[4]
+    char* mark
+    Py_ssize_t* ids
+    Py_ssize_t n_ids
+    long long first_bad      # position in `order` of the first non-finite row, or -1
 
 
-cdef Scratch* scratch_new(int nthreads, Py_ssize_t kp, Py_ssize_t max_nnz,
-                          size_t itemsize, Py_ssize_t fwfm_fields) noexcept nogil:
-    """One Scratch per thread, or NULL when memory is short.  fwfm_fields:
-    the model's fields when it is an FwFM being trained, else 0."""
-    cdef Py_ssize_t mm = fwfm_fields * fwfm_fields
+cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size_t itemsize,
+                          bint fwfm_train, bint batch) noexcept nogil:
+    """One Scratch per thread, or NULL when memory is short."""
+    cdef Py_ssize_t mm = s.n_fields * s.n_fields if fwfm_train else 0
+    cdef Py_ssize_t kp = s.kp, C = s.n_classes, a, total = 0
     cdef Scratch* sc = <Scratch*>calloc(nthreads, sizeof(Scratch))
     cdef int i
+    cdef bint ok
     if sc == NULL:
         return NULL
+    if batch:
+        total = s.id0[3] + C * s.n_fields * s.n_fields * (s.kind == KIND_FWFM)
     for i in range(nthreads):
-        sc[i].acc = malloc(itemsize * (kp + 4))
+        sc[i].first_bad = -1
+        sc[i].acc = malloc(itemsize * (kp + 4) * C)
+        sc[i].t = <double*>malloc(sizeof(double) * 2 * C)   # scores, then kappas
         sc[i].row.oj = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.of = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.xs = <float*>malloc(sizeof(float) * (max_nnz + 1))
@@ -134,19 +210,30 @@ cdef Scratch* scratch_new(int nthreads, Py_ssize_t kp, Py_ssize_t max_nnz,
         sc[i].rgrad = calloc(mm + 1, itemsize)
         sc[i].rmark = <char*>calloc(mm + 1, 1)
         sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (mm + 1))
-        if (sc[i].acc == NULL or sc[i].row.oj == NULL or sc[i].row.of == NULL or sc[i].row.xs == NULL
-                or sc[i].gbuf == NULL or sc[i].rgrad == NULL or sc[i].rmark == NULL or sc[i].touched == NULL):
+        ok = (sc[i].acc != NULL and sc[i].t != NULL and sc[i].row.oj != NULL and sc[i].row.of != NULL
+              and sc[i].row.xs != NULL and sc[i].gbuf != NULL and sc[i].rgrad != NULL
+              and sc[i].rmark != NULL and sc[i].touched != NULL)
+        if batch and ok:
+            for a in range(4):
+                sc[i].gacc[a] = calloc(((s.id0[a + 1] if a < 3 else total) - s.id0[a]) * s.blen[a] + 1,
+                                       itemsize)
+                ok = ok and sc[i].gacc[a] != NULL
+            sc[i].mark = <char*>calloc(total + 1, 1)
+            sc[i].ids = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (total + 1))
+            ok = ok and sc[i].mark != NULL and sc[i].ids != NULL
+        if not ok:
             scratch_free(sc, nthreads)
             return NULL
     return sc
 
 
 cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
-    cdef int i
+    cdef int i, a
     if sc == NULL:
         return
     for i in range(nthreads):
         free(sc[i].acc)
+        free(sc[i].t)
         free(sc[i].row.oj)
         free(sc[i].row.of)
         free(sc[i].row.xs)
@@ -154,6 +241,10 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].rgrad)
         free(sc[i].rmark)
         free(sc[i].touched)
+        for a in range(4):
+            free(sc[i].gacc[a])
+        free(sc[i].mark)
+        free(sc[i].ids)
     free(sc)
 
 
@@ -253,7 +344,66 @@ cdef inline Py_ssize_t field_pair(Py_ssize_t a, Py_ssize_t b, Py_ssize_t m) noex
     return b * m + a
 
 
-cdef void fwfm_update(const Shape* s, int opt, floating eta, floating lam, floating* F,
+
+
+cdef inline void emit(const Shape* s, const Opt* o, Scratch* sc, int arr, floating eta,
+                      floating* w, const floating* g, Py_ssize_t n, floating l1,
+                      floating l2) noexcept nogil:
+    """Hand the gradient g[0:n] of the block at w to the optimizer: step it now
+    (per-row mode), or add it to the batch's sums (mini-batch mode)."""
+    cdef Py_ssize_t idx, gid, d
+    cdef floating* acc
+    if not s.batch:
+        opt_block(o, eta, w, g, n, l1, l2)
+        return
+    idx = (<char*>w - s.base[arr]) // (<Py_ssize_t>sizeof(floating) * s.stride[arr])
+    gid = s.id0[arr] + idx
+    if not sc.mark[gid]:
+        sc.mark[gid] = 1
+        sc.ids[sc.n_ids] = gid
+        sc.n_ids += 1
+    acc = <floating*>sc.gacc[arr] + idx * n
+    for d in range(n):
+        acc[d] = acc[d] + g[d]
+
+
+cdef void flush(const Shape* s, const Opt* o, Scratch* sc, floating eta, double rows) noexcept nogil:
+    """Step every block the batch touched once, with the mean of its gradient
+    sums plus L2, then clear the sums."""
+    cdef Py_ssize_t i, d, gid, idx, n
+    cdef int arr
+    cdef floating* w
+    cdef floating* acc
+    cdef floating g[MAX_KP]
+    cdef floating lam, l1, l2
+    cdef floating inv = <floating>(1.0 / rows)
+    for i in range(sc.n_ids):
+        gid = sc.ids[i]
+        arr = ARR_R
+        while arr > 0 and gid < s.id0[arr]:
+            arr -= 1
+        idx = gid - s.id0[arr]
+        n = s.blen[arr]
+        w = <floating*>(s.base[arr]) + idx * s.stride[arr]
+        acc = <floating*>sc.gacc[arr] + idx * n
+        if arr == ARR_B:
+            l1, l2 = 0, <floating>s.l2b
+        elif arr == ARR_L:
+            l1, l2 = <floating>s.l1, <floating>s.l2l
+        elif arr == ARR_F:
+            l1, l2 = <floating>s.l1, <floating>s.l2f
+        else:
+            l1, l2 = 0, 0
+        lam = <floating>opt_grad_l2(o.kind, l2)
+        for d in range(n):
+            g[d] = acc[d] * inv + lam * w[d]
+            acc[d] = 0
+        opt_block(o, eta, w, g, n, l1, l2)
+        sc.mark[gid] = 0
+    sc.n_ids = 0
+
+
+cdef void fwfm_update(const Shape* s, const Opt* o, floating eta, floating* F,
                       floating* R, const int* fld, const int* feat, const float* val,
                       Py_ssize_t nnz, floating scale, floating kappa, Scratch* sc) noexcept nogil:
     """FwFM step: every gradient from the values at the start of the row, then
@@ -262,6 +412,7 @@ cdef void fwfm_update(const Shape* s, int opt, floating eta, floating lam, float
     cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride, ls = s.lstride
     cdef Py_ssize_t i, l, d, p, n_touched = 0
     cdef floating xi, xl, r
+    cdef floating lam = <floating>s.lamf, l1 = <floating>s.l1, l2 = <floating>s.l2f
     cdef floating* gbuf = <floating*>sc.gbuf
     cdef floating* rg = <floating*>sc.rgrad
     cdef floating* g
@@ -294,46 +445,56 @@ cdef void fwfm_update(const Shape* s, int opt, floating eta, floating lam, float
             g[d] = kappa * xi * g[d] + lam * wi[d]
     for i in range(nnz):
         if feat[i] < n and fld[i] < m:
-            opt_block(opt, eta, F + feat[i] * fs, gbuf + i * kp, kp, s.exact)
+            emit(s, o, sc, ARR_F, eta, F + feat[i] * fs, gbuf + i * kp, kp, l1, l2)
     for i in range(n_touched):
         p = sc.touched[i]
-        opt_block(opt, eta, R + p * ls, &rg[p], 1, s.exact)
+        emit(s, o, sc, ARR_R, eta, R + p * ls, &rg[p], 1, 0, 0)
         rg[p] = 0
         sc.rmark[p] = 0
 
 
-cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
+cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
                             floating* B, floating* L, floating* F, floating* R,
                             const int* fld, const int* feat, const float* val,
                             Py_ssize_t nnz, floating scale, floating kappa,
                             const floating* acc, const Row* prep, Scratch* sc) noexcept nogil:
-    """One optimizer step for every parameter the row touches.
+    """Gradients of every parameter the row touches, handed to emit().
 
     kappa is dloss/dscore at the parameters as they were when the row was
-    scored.  FFM blocks are updated pair by pair in place, as libffm does."""
+    scored.  In per-row mode FFM blocks are stepped pair by pair in place, as
+    libffm does."""
     cdef Py_ssize_t i, l, d, j1, j2, f1, f2
     cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride, ls = s.lstride
     cdef floating x1, kv, a, b, g
+    cdef floating lam = <floating>s.lamf, l1 = <floating>s.l1, l2 = <floating>s.l2f
     cdef floating* w1
     cdef floating* w2
     cdef floating* row1
     cdef floating g1[MAX_KP]
     cdef floating g2[MAX_KP]
+    cdef fm_step_params sp
     if s.use_bias:
-        opt_block(opt, eta, B, &kappa, 1, s.exact)
+        g = kappa + <floating>s.lamb * B[0]
+        emit(s, o, sc, ARR_B, eta, B, &g, 1, 0, <floating>s.l2b)
     # Ids outside the model are skipped exactly as score_row skips them.
     if s.use_linear:
         for i in range(nnz):
             if feat[i] >= n or (s.fielded and fld[i] >= m):
                 continue
             w1 = L + feat[i] * ls
-            g = kappa * (val[i] * scale) + lam * w1[0]
-            opt_block(opt, eta, w1, &g, 1, s.exact)
+            g = kappa * (val[i] * scale) + <floating>s.laml * w1[0]
+            emit(s, o, sc, ARR_L, eta, w1, &g, 1, l1, <floating>s.l2l)
     if s.kind == KIND_FFM:
         if floating is float:
-            if opt == OPT_ADAGRAD:
-                fm_ffm_update_adagrad_f32(F, kp, s.exact, prep.oj, prep.of, prep.xs, prep.count,
-                                          kappa, eta, lam)
+            if o.clip == 0 and not s.batch:
+                if o.kind == OPT_ADAGRAD:
+                    fm_ffm_update_adagrad_f32(F, kp, o.exact, prep.oj, prep.of, prep.xs, prep.count,
+                                              kappa, eta, lam)
+                else:
+                    sp.eta, sp.b1, sp.b2, sp.eps = eta, <float>o.b1, <float>o.b2, <float>o.eps
+                    sp.beta, sp.l1, sp.l2 = <float>o.ftrl_beta, l1, l2
+                    fm_ffm_update_opt_f32(o.kind, F, kp, prep.oj, prep.of, prep.xs, prep.count,
+                                          kappa, lam, &sp)
                 return
         for i in range(nnz):
             f1 = fld[i]
@@ -347,9 +508,16 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
                 w1 = row1 + fld[l] * fs
                 w2 = F + (feat[l] * m + f1) * fs
                 kv = kappa * x1 * (val[l] * scale)
-                opt_pair(opt, eta, lam, kv, w1, w2, kp, g1, g2, s.exact)
+                if s.batch:
+                    for d in range(kp):
+                        g1[d] = kv * w2[d]
+                        g2[d] = kv * w1[d]
+                    emit(s, o, sc, ARR_F, eta, w1, g1, kp, l1, l2)
+                    emit(s, o, sc, ARR_F, eta, w2, g2, kp, l1, l2)
+                else:
+                    opt_pair(o, eta, lam, kv, w1, w2, kp, g1, g2, l1, l2)
     elif s.kind == KIND_FWFM:
-        fwfm_update(s, opt, eta, lam, F, R, fld, feat, val, nnz, scale, kappa, sc)
+        fwfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
     elif s.kind == KIND_FM:
         for i in range(nnz):
             if feat[i] >= n:
@@ -360,7 +528,46 @@ cdef inline void update_row(const Shape* s, int opt, floating eta, floating lam,
             for d in range(kp):
                 a = w1[d]
                 g1[d] = kv * (acc[d] - a * x1) + lam * a
-            opt_block(opt, eta, w1, g1, kp, s.exact)
+            emit(s, o, sc, ARR_F, eta, w1, g1, kp, l1, l2)
+
+
+cdef inline double row_loss(const Shape* s, double* t, double y, double eps, double* kappa) noexcept nogil:
+    """The row's loss; kappa[c] receives dloss/dt_c (t: the C class scores).
+    A non-finite score gives a non-finite loss."""
+    cdef Py_ssize_t c, C = s.n_classes, yc
+    cdef double q, e1, e2, mx, z, lse
+    if s.task == TASK_REGRESSION:
+        kappa[0] = t[0] - y
+        return 0.5 * (t[0] - y) * (t[0] - y)
+    if s.task == TASK_BINARY:
+        q = y * (1 - eps) + 0.5 * eps
+        if q == 1:
+            kappa[0] = -1 / (1 + exp(t[0]))
+            return log1pexp(-t[0])
+        if q == 0:
+            kappa[0] = 1 / (1 + exp(-t[0]))
+            return log1pexp(t[0])
+        e1 = 1 / (1 + exp(-t[0]))
+        e2 = 1 / (1 + exp(t[0]))
+        kappa[0] = (1 - q) * e1 - q * e2
+        return q * log1pexp(-t[0]) + (1 - q) * log1pexp(t[0])
+    # multiclass: softmax cross-entropy
+    mx = t[0]
+    for c in range(1, C):
+        if t[c] > mx:
+            mx = t[c]
+    z = 0
+    for c in range(C):
+        z = z + exp(t[c] - mx)
+    lse = mx + log(z)
+    yc = <Py_ssize_t>y
+    q = 0
+    for c in range(C):
+        e1 = exp(t[c] - lse)
+        e2 = eps / C + ((1 - eps) if c == yc else 0)
+        kappa[c] = e1 - e2
+        q = q + e2 * (lse - t[c])
+    return q
 
 
 cdef inline floating* ptr(floating[::1] a) noexcept:
@@ -375,86 +582,211 @@ cdef inline const floating* cptr(const floating[::1] a) noexcept:
     return &a[0]
 
 
-cdef Shape make_shape(str kind, Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp,
-                      Py_ssize_t n_state_, bint use_bias, bint use_linear, bint normalize) except *:
+cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_features,
+                      Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_, bint use_bias,
+                      bint use_linear, bint normalize) except *:
     cdef Shape s
     if kp % 4 != 0 or not 0 < kp <= MAX_KP:
         raise ValueError(f"kp must be a multiple of 4 in 4..{MAX_KP}")
+    if n_classes < 1 or (task != "multiclass" and n_classes != 1):
+        raise ValueError("n_classes must be 1, or at least 1 for multiclass")
     s.kind = KIND_CODES[kind]
+    s.task = TASK_CODES[task]
+    s.n_classes = n_classes
     s.n_features = n_features
     s.n_fields = n_fields
+    s.n_blocks = {KIND_LR: 0, KIND_FM: n_features, KIND_FWFM: n_features,
+                  KIND_FFM: n_features * n_fields}[s.kind]
     s.kp = kp
     s.fstride = kp * (1 + n_state_)
     s.lstride = 1 + n_state_
+    s.cB = s.lstride
+    s.cL = n_features * s.lstride
+    s.cF = s.n_blocks * s.fstride
+    s.cR = n_fields * n_fields * s.lstride if s.kind == KIND_FWFM else 0
     s.fielded = s.kind == KIND_FFM or s.kind == KIND_FWFM
     s.use_bias = use_bias
     s.use_linear = use_linear
     s.normalize = normalize
-    s.exact = False
+    s.batch = False
+    s.itemsize = 4
+    s.l2b = s.l2l = s.l2f = s.lamb = s.laml = s.lamf = s.l1 = 0
+    s.id0[0] = 0
+    s.id0[1] = n_classes
+    s.id0[2] = n_classes + n_classes * n_features
+    s.id0[3] = s.id0[2] + n_classes * s.n_blocks
+    s.stride[ARR_B] = s.lstride
+    s.stride[ARR_L] = s.lstride
+    s.stride[ARR_F] = s.fstride
+    s.stride[ARR_R] = s.lstride
+    s.blen[ARR_B] = 1
+    s.blen[ARR_L] = 1
+    s.blen[ARR_F] = kp
+    s.blen[ARR_R] = 1
     return s
 
 
-def train_epoch(str kind, str optimizer, floating[::1] B, floating[::1] L, floating[::1] F,
-                floating[::1] R,
-                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp,
-                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
-                const float[::1] values, const float[::1] labels, const long long[::1] order,
-                double eta, double lam, bint use_bias=True, bint use_linear=True,
-                bint normalize=True, int threads=1, bint exact_rsqrt=False):
-    """One pass of logistic-loss training over rows in `order`.
-
-    Ids outside the model are skipped.  exact_rsqrt: float32 AdaGrad refines the
-    CPU's 1/sqrt estimate to float32 precision (slower; float64 is always
-    exact).  Returns (sum of row losses, number of rows skipped because their
-    score was not finite)."""
-    cdef int opt = OPT_CODES[optimizer]
-    cdef Shape s = make_shape(kind, n_features, n_fields, kp, opt_n_state(opt),
-                              use_bias, use_linear, normalize)
-    s.exact = exact_rsqrt
-    if B.shape[0] < s.lstride or L.shape[0] < n_features * s.lstride:
+cdef void check_sizes(const Shape* s, Py_ssize_t nB, Py_ssize_t nL, Py_ssize_t nF,
+                      Py_ssize_t nR) except *:
+    cdef Py_ssize_t C = s.n_classes
+    if nB < C * s.cB or nL < C * s.cL:
         raise ValueError("bias or linear array too small")
-    if s.kind != KIND_LR and F.shape[0] < n_features * (n_fields if s.kind == KIND_FFM else 1) * s.fstride:
+    if nF < C * s.cF:
         raise ValueError("factor array too small")
-    if s.kind == KIND_FWFM and R.shape[0] < n_fields * n_fields * s.lstride:
+    if nR < C * s.cR:
         raise ValueError("field-pair weight array too small")
+
+
+def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1] L,
+                floating[::1] F, floating[::1] R,
+                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_classes,
+                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
+                const float[::1] values, const float[::1] labels, const float[::1] weights,
+                const long long[::1] order, double eta, *,
+                double l2_bias=0, double l2_linear=0, double l2_factors=0, double l1=0,
+                double beta1=0.9, double beta2=0.999, double adam_eps=1e-8, double ftrl_beta=1,
+                double label_smoothing=0, double clip_norm=0, str schedule="constant",
+                double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
+                bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
+                bint exact_rsqrt=False, bint skip_nonfinite=False):
+    """One pass of training over the rows in `order`.
+
+    labels: 0/1 (binary), targets (regression) or class indices (multiclass);
+    weights: one per row, or empty for all ones.  eta is the base step size
+    (FTRL's alpha); step0 the run's step count before this epoch and
+    total_steps the run's length, both for the schedule and Adam's bias
+    correction.  Ids outside the model are skipped.  exact_rsqrt: float32
+    AdaGrad refines the CPU's 1/sqrt estimate to float32 precision.
+
+    A row whose score or loss is not finite is skipped and counted with
+    skip_nonfinite, else it stops the epoch.  Returns (sum of weighted row
+    losses, sum of their weights, rows skipped, position in `order` of the
+    row that stopped the epoch or -1)."""
+    cdef Opt o
+    o.kind = OPT_CODES[optimizer]
+    o.b1 = beta1
+    o.b2 = beta2
+    o.eps = adam_eps
+    o.ftrl_beta = ftrl_beta
+    o.clip = clip_norm
+    o.exact = exact_rsqrt
+    o.schedule = SCHEDULE_CODES[schedule]
+    o.warmup = warmup
+    o.total = total_steps
+    cdef Shape s = make_shape(kind, task, n_classes, n_features, n_fields, kp,
+                              opt_n_state(o.kind), use_bias, use_linear, normalize)
+    check_sizes(&s, B.shape[0], L.shape[0], F.shape[0], R.shape[0])
+    if labels.shape[0] < indptr.shape[0] - 1 or (weights.shape[0] and weights.shape[0] < labels.shape[0]):
+        raise ValueError("labels or weights shorter than the rows")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if kp > MAX_KP:
+        raise ValueError("k too large")
+    s.batch = batch_size > 1
+    s.itemsize = sizeof(floating)
+    s.l2b, s.l2l, s.l2f, s.l1 = l2_bias, l2_linear, l2_factors, l1
+    if not s.batch:
+        s.lamb = opt_grad_l2(o.kind, l2_bias)
+        s.laml = opt_grad_l2(o.kind, l2_linear)
+        s.lamf = opt_grad_l2(o.kind, l2_factors)
     cdef floating* pR = ptr(R)
     cdef floating* pB = ptr(B)
     cdef floating* pL = ptr(L)
     cdef floating* pF = ptr(F)
-    cdef Py_ssize_t n = order.shape[0]
-    cdef Py_ssize_t ii, row, start, nnz
-    cdef double t, loss = 0, y
-    cdef long long bad = 0
-    cdef floating scale, kappa
-    cdef floating feta = eta, flam = lam
+    s.base[ARR_B] = <char*>pB
+    s.base[ARR_L] = <char*>pL
+    s.base[ARR_F] = <char*>pF
+    s.base[ARR_R] = <char*>pR
+    cdef Py_ssize_t n = order.shape[0], C = n_classes
+    cdef Py_ssize_t ii, bi, row, start, nnz, c, first, last
+    cdef Py_ssize_t n_batches = (n + batch_size - 1) // batch_size
+    cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = label_smoothing
+    cdef bint has_w = weights.shape[0] > 0, bad
+    cdef long long nbad = 0
+    cdef int stop = 0
+    cdef int* pstop = &stop
+    cdef floating scale, eta_t
     cdef int nthreads = max(1, threads), tid
-    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating),
-                                   n_fields if s.kind == KIND_FWFM else 0)
+    cdef double* kap
+    cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating),
+                                   s.kind == KIND_FWFM, s.batch)
     if sc == NULL:
         raise MemoryError("no memory for the training work space")
     tid = 0
     try:
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
-            for ii in prange(n, schedule="static"):
-                row = order[ii]
-                start = indptr[row]
-                nnz = indptr[row + 1] - start
-                scale = <floating>row_scale(&values[start], nnz, s.normalize)
-                t = score_row(&s, pB, pL, pF, pR, &fields[start], &features[start], &values[start],
-                              nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
-                if not isfinite(t):
-                    bad += 1
+            for bi in prange(n_batches, schedule="static"):
+                if pstop[0]:
                     continue
-                y = labels[row]
-                kappa = <floating>(-y / (1.0 + exp(y * t)))
-                loss += log1pexp(-y * t)
-                update_row(&s, opt, feta, flam, pB, pL, pF, pR, &fields[start], &features[start],
-                           &values[start], nnz, scale, kappa, <floating*>sc[tid].acc, &sc[tid].row,
-                           &sc[tid])
+                eta_t = <floating>opt_step_eta(&o, eta, step0 + bi)
+                first = bi * batch_size
+                last = first + batch_size
+                if last > n:
+                    last = n
+                cnt = 0
+                kap = sc[tid].t + C
+                for ii in range(first, last):
+                    row = order[ii]
+                    start = indptr[row]
+                    nnz = indptr[row + 1] - start
+                    scale = <floating>row_scale(&values[start], nnz, s.normalize)
+                    bad = False
+                    for c in range(C):
+                        t = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF, pR + c * s.cR,
+                                      &fields[start], &features[start], &values[start], nnz, scale,
+                                      <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
+                        sc[tid].t[c] = t
+                        if not isfinite(t):
+                            bad = True
+                    l = 0
+                    if not bad:
+                        l = row_loss(&s, sc[tid].t, labels[row], eps, kap)
+                        bad = not isfinite(l)
+                    if bad:
+                        if skip_nonfinite:
+                            nbad += 1
+                            continue
+                        if sc[tid].first_bad < 0:
+                            sc[tid].first_bad = ii
+                        pstop[0] = 1
+                        break
+                    wr = weights[row] if has_w else 1.0
+                    loss += wr * l
+                    wsum += wr
+                    cnt = cnt + 1
+                    for c in range(C):
+                        update_row(&s, &o, eta_t, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
+                                   pR + c * s.cR, &fields[start], &features[start], &values[start],
+                                   nnz, scale, <floating>(wr * kap[c]),
+                                   <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row, &sc[tid])
+                if s.batch:
+                    if cnt > 0 and not pstop[0]:
+                        flush(&s, &o, &sc[tid], eta_t, cnt)
+                    else:
+                        flush_discard(&s, &sc[tid])
+        first = -1
+        for c in range(nthreads):
+            if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):
+                first = sc[c].first_bad
     finally:
         scratch_free(sc, nthreads)
-    return loss, bad
+    return loss, wsum, nbad, first
+
+
+cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
+    """Drop a batch's sums without stepping."""
+    cdef Py_ssize_t i, gid, idx
+    cdef int arr
+    for i in range(sc.n_ids):
+        gid = sc.ids[i]
+        arr = ARR_R
+        while arr > 0 and gid < s.id0[arr]:
+            arr -= 1
+        idx = gid - s.id0[arr]
+        memset(<char*>sc.gacc[arr] + idx * s.blen[arr] * s.itemsize, 0, s.blen[arr] * s.itemsize)
+        sc.mark[gid] = 0
+    sc.n_ids = 0
 
 
 def score_rows(str kind, const floating[::1] B, const floating[::1] L, const floating[::1] F,
@@ -462,26 +794,26 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
                const float[::1] values, double[::1] out, bint use_bias=True,
-               bint use_linear=True, bint normalize=True, int threads=1):
-    """Raw scores (logits) of every row into `out`.
+               bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1):
+    """Raw scores (logits) of every row into `out` (row-major, n_classes per row).
 
     Ids at or beyond the model's n_features / n_fields contribute nothing.
     n_state_ is the optimizer-state width of the layout (0 for a saved model)."""
-    cdef Shape s = make_shape(kind, n_features, n_fields, kp, n_state_,
-                              use_bias, use_linear, normalize)
-    cdef Py_ssize_t n = indptr.shape[0] - 1
-    if out.shape[0] < n:
+    cdef Shape s = make_shape(kind, "multiclass" if n_classes > 1 else "binary", n_classes,
+                              n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize)
+    cdef Py_ssize_t n = indptr.shape[0] - 1, C = n_classes, c
+    if out.shape[0] < n * C:
         raise ValueError("output array too small")
+    check_sizes(&s, B.shape[0] if use_bias else C * s.cB, L.shape[0] if use_linear else C * s.cL,
+                F.shape[0], R.shape[0])
     cdef const floating* pB = cptr(B)
     cdef const floating* pL = cptr(L)
     cdef const floating* pF = cptr(F)
     cdef const floating* pR = cptr(R)
-    if s.kind == KIND_FWFM and R.shape[0] < n_fields * n_fields * s.lstride:
-        raise ValueError("field-pair weight array too small")
     cdef Py_ssize_t row, start, nnz
     cdef floating scale
     cdef int nthreads = max(1, threads), tid
-    cdef Scratch* sc = scratch_new(nthreads, kp, longest_row(indptr), sizeof(floating), 0)
+    cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating), False, False)
     if sc == NULL:
         raise MemoryError("no memory for the scoring work space")
     tid = 0
@@ -492,8 +824,11 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
                 scale = <floating>row_scale(&values[start], nnz, s.normalize)
-                out[row] = score_row(&s, pB, pL, pF, pR, &fields[start], &features[start],
-                                     &values[start], nnz, scale, <floating*>sc[tid].acc, &sc[tid].row)
+                for c in range(C):
+                    out[row * C + c] = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
+                                                 pR + c * s.cR, &fields[start], &features[start],
+                                                 &values[start], nnz, scale,
+                                                 <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
     finally:
         scratch_free(sc, nthreads)
     return np.asarray(out)

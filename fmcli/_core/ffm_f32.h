@@ -212,4 +212,118 @@ static inline void fm_ffm_update_adagrad_f32(float *F, fm_idx kp, int refine, co
 #undef FM_UPDATE
 }
 
+/* The other optimizers' per-row pair updates (SGD, Adam, FTRL), with the same
+ * pair order and gradients as ffm_update_adagrad; the step rules are those of
+ * _optim.pxd (their reference), four lanes at a time.  Blocks are kp weights
+ * followed by the optimizer's state slots (Adam: m, v; FTRL: z, n), kp
+ * values each.  `eta` is the step's size (Adam: bias-corrected; FTRL:
+ * alpha). */
+enum { FM_OPT_SGD = 0, FM_OPT_ADAGRAD = 1, FM_OPT_ADAM = 2, FM_OPT_FTRL = 3 };
+
+typedef struct {
+    float eta, b1, b2, eps, beta, l1, l2;
+} fm_step_params;
+
+#if FM_SSE
+FM_INLINE __m128 fm_step_ps(const int kind, __m128 w, float *st, const fm_idx kp, __m128 g,
+                            const fm_step_params *p) {
+    const __m128 eta = _mm_set1_ps(p->eta);
+    if (kind == FM_OPT_ADAM) {
+        __m128 m = _mm_loadu_ps(st), v = _mm_loadu_ps(st + kp);
+        m = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(p->b1), m), _mm_mul_ps(_mm_set1_ps(1.0f - p->b1), g));
+        v = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(p->b2), v),
+                       _mm_mul_ps(_mm_set1_ps(1.0f - p->b2), _mm_mul_ps(g, g)));
+        _mm_storeu_ps(st, m);
+        _mm_storeu_ps(st + kp, v);
+        return _mm_sub_ps(w, _mm_div_ps(_mm_mul_ps(eta, m), _mm_add_ps(_mm_sqrt_ps(v), _mm_set1_ps(p->eps))));
+    }
+    if (kind == FM_OPT_FTRL) {
+        __m128 z = _mm_loadu_ps(st), n = _mm_loadu_ps(st + kp);
+        __m128 nn = _mm_add_ps(n, _mm_mul_ps(g, g));
+        __m128 sq = _mm_sqrt_ps(nn);
+        __m128 sig = _mm_div_ps(_mm_sub_ps(sq, _mm_sqrt_ps(n)), eta);
+        z = _mm_sub_ps(_mm_add_ps(z, g), _mm_mul_ps(sig, w));
+        _mm_storeu_ps(st, z);
+        _mm_storeu_ps(st + kp, nn);
+        const __m128 sign = _mm_set1_ps(-0.0f), l1 = _mm_set1_ps(p->l1);
+        __m128 az = _mm_andnot_ps(sign, z);
+        __m128 num = _mm_sub_ps(z, _mm_or_ps(_mm_and_ps(sign, z), l1));   /* z - sign(z) l1 */
+        __m128 den = _mm_add_ps(_mm_div_ps(_mm_add_ps(_mm_set1_ps(p->beta), sq), eta), _mm_set1_ps(p->l2));
+        __m128 nw = _mm_sub_ps(_mm_setzero_ps(), _mm_div_ps(num, den));
+        return _mm_andnot_ps(_mm_cmple_ps(az, l1), nw);
+    }
+    (void)st; (void)kp;
+    return _mm_sub_ps(w, _mm_mul_ps(eta, g));
+}
+#endif
+
+FM_INLINE float fm_step_1(const int kind, float w, float *st, const fm_idx kp, float g,
+                          const fm_step_params *p) {
+    if (kind == FM_OPT_ADAM) {
+        st[0] = p->b1 * st[0] + (1.0f - p->b1) * g;
+        st[kp] = p->b2 * st[kp] + (1.0f - p->b2) * g * g;
+        return w - p->eta * st[0] / (sqrtf(st[kp]) + p->eps);
+    }
+    if (kind == FM_OPT_FTRL) {
+        float n = st[kp], nn = n + g * g, sq = sqrtf(nn);
+        float z = st[0] + g - (sq - sqrtf(n)) / p->eta * w;
+        st[0] = z;
+        st[kp] = nn;
+        if (fabsf(z) <= p->l1) return 0.0f;
+        return -(z - (z > 0 ? p->l1 : -p->l1)) / ((p->beta + sq) / p->eta + p->l2);
+    }
+    return w - p->eta * g;
+}
+
+FM_INLINE void ffm_update_opt(const int kind, float *F, const fm_idx kp, const fm_idx *oj,
+                              const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam,
+                              const fm_step_params *p) {
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const float kv = kx1 * xs[l];
+#if FM_SSE
+            const __m128 k = _mm_set1_ps(kv), la = _mm_set1_ps(lam);
+            for (fm_idx d = 0; d < kp; d += 4) {
+                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+                a = fm_step_ps(kind, a, w1 + kp + d, kp, g1, p);
+                _mm_storeu_ps(w1 + d, a);
+                if (w1 == w2) b = a;
+                _mm_storeu_ps(w2 + d, fm_step_ps(kind, b, w2 + kp + d, kp, g2, p));
+            }
+#else
+            for (fm_idx d = 0; d < kp; d++) {
+                const float a = w1[d], b = w2[d];
+                const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
+                w1[d] = fm_step_1(kind, a, w1 + kp + d, kp, g1, p);
+                w2[d] = fm_step_1(kind, w1 == w2 ? w1[d] : b, w2 + kp + d, kp, g2, p);
+            }
+#endif
+        }
+    }
+}
+
+/* SGD, Adam or FTRL step of every pair of a prepared row (kind: FM_OPT_*). */
+static inline void fm_ffm_update_opt_f32(int kind, float *F, fm_idx kp, const fm_idx *oj,
+                                         const fm_idx *of, const float *xs, fm_idx c, float kappa,
+                                         float lam, const fm_step_params *p) {
+#define FM_UPDATE(K, KP) ffm_update_opt(K, F, KP, oj, of, xs, c, kappa, lam, p)
+#define FM_KINDS(KP) \
+    if (kind == FM_OPT_ADAM) FM_UPDATE(FM_OPT_ADAM, KP); \
+    else if (kind == FM_OPT_FTRL) FM_UPDATE(FM_OPT_FTRL, KP); \
+    else FM_UPDATE(FM_OPT_SGD, KP);
+    if (kp == 4) { FM_KINDS(4) }
+    else if (kp == 8) { FM_KINDS(8) }
+    else if (kp == 16) { FM_KINDS(16) }
+    else { FM_KINDS(kp) }
+#undef FM_KINDS
+#undef FM_UPDATE
+}
+
 #endif /* FMCLI_FFM_F32_H */

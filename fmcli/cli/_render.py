@@ -15,7 +15,13 @@ import click
 if TYPE_CHECKING:
     from ..train import EpochStats
 
-_EPOCH_HEADER = f"{'epoch':>5}  {'tr_logloss':>10}  {'va_logloss':>10}  {'va_auc':>7}  {'seconds':>8}  {'rows/s':>10}"
+# Columns of the per-epoch table: the training loss, then the task's
+# validation metrics (fmcli.metrics.evaluate), ECE and NE left to the file.
+_COLUMNS = {
+    "binary": ("tr_logloss", ("logloss", "auc")),
+    "regression": ("tr_sqloss", ("rmse", "mae")),
+    "multiclass": ("tr_logloss", ("logloss", "accuracy")),
+}
 
 
 def _console():
@@ -38,14 +44,14 @@ class EpochTable:
     def __call__(self, s: "EpochStats") -> None:
         if self.quiet:
             return
+        train_col, metrics = _COLUMNS[s.task]
         if not self.started:
-            self._echo(_EPOCH_HEADER, header=True)
+            self._echo(f"{'epoch':>5}  {train_col:>10}  "
+                       + "  ".join(f"{'va_' + m:>11}" for m in metrics)
+                       + f"  {'seconds':>8}  {'rows/s':>10}", header=True)
             self.started = True
-        va = f"{s.valid_logloss:10.5f}" if s.valid_logloss is not None else f"{'-':>10}"
-        auc = f"{s.valid_auc:7.4f}" if s.valid_auc is not None else f"{'-':>7}"
-        self._echo(
-            f"{s.epoch:5d}  {s.train_logloss:10.5f}  {va}  {auc}  {s.seconds:8.2f}  {s.rows_per_s:10.0f}"
-        )
+        va = "  ".join(f"{s.valid[m]:11.5f}" if s.valid is not None else f"{'-':>11}" for m in metrics)
+        self._echo(f"{s.epoch:5d}  {s.train_loss:10.5f}  {va}  {s.seconds:8.2f}  {s.rows_per_s:10.0f}")
 
     def _echo(self, line: str, header: bool = False) -> None:
         if stderr_is_tty():
@@ -72,7 +78,9 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
         ("file", f"{summary['path']} ({summary['file_bytes']:,} bytes)"),
         ("format", f"{h.get('format', '?')} (written by fmcli {h.get('fmcli_version', '?')})"),
         ("created", str(h.get("created_at", "?"))),
-        ("model", f"{m.get('kind', '?')} ({m.get('task', '?')}), k={m.get('k', '?')}"),
+        ("model", f"{m.get('kind', '?')} ({m.get('task', '?')}), k={m.get('k', '?')}"
+                  + (f", {m.get('n_classes')} classes: {', '.join(m.get('classes') or [])[:200]}"
+                     if m.get("task") == "multiclass" else "")),
         ("features", f"{m.get('n_features', 0):,}"),
         ("fields", f"{m.get('n_fields', 0):,}"),
         ("terms", ", ".join(n for n, on in (("bias", m.get("use_bias")), ("linear", m.get("use_linear"))) if on)
@@ -82,12 +90,19 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
     ]
     if hp:
         rows.append(("hyperparameters", ", ".join(
-            f"{k}={hp[k]}" for k in ("optimizer", "learning_rate", "l2", "epochs", "threads", "seed") if k in hp)))
+            f"{k}={hp[k]}" for k in ("optimizer", "learning_rate", "l2", "l1", "batch_size", "lr_schedule", "epochs",
+                      "threads", "seed") if k in hp)))
     if t:
         rows.append(("trained on", f"{t.get('train_file')} ({t.get('train_rows', 0):,} rows)"))
         rows.append(("epochs", f"{t.get('epochs_run')} run, model from epoch {t.get('model_epoch')}"))
-        if t.get("valid_logloss") is not None:
-            rows.append(("validation", f"{t.get('valid_file')}: logloss {t['valid_logloss']:.5f}, AUC {t['valid_auc']:.4f}"))
+        metrics = t.get("valid_metrics")
+        if metrics is None and t.get("valid_logloss") is not None:   # format 1.0 files
+            metrics = {"logloss": t["valid_logloss"], "auc": t.get("valid_auc")}
+        if metrics:
+            rows.append(("validation", f"{t.get('valid_file')}: "
+                         + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items() if v is not None)))
+        if t.get("zero_weights"):
+            rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:>{width}}  {v}")

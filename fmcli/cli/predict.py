@@ -24,19 +24,23 @@ from ._options import read_limit_options
 @click.option("--strict-ids", is_flag=True,
               help="Fail on a feature or field id the model has no weights for (default: ignore and count them).")
 @read_limit_options
-@click.option("-q", "--quiet", is_flag=True, help="Do not print logloss/AUC.")
-def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, max_line_bytes, quiet):
+@click.option("--top1", is_flag=True, help="Multiclass: print the most probable class label instead of the probabilities.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
+def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, max_line_bytes, top1, quiet):
     """Score DATA ('-' for stdin) with MODEL_FILE.
 
-    Writes one probability per line.  When DATA's labels are 0/1 or -1/+1,
-    prints logloss and AUC to stderr.  An output file is replaced only when
+    Writes one line per row: the probability of the positive class (binary),
+    the predicted value (regression), or the C class probabilities in the
+    model's class order (multiclass; --top1 prints the most probable label).
+    Prints the task's metrics to stderr (binary: logloss, AUC, normalized
+    entropy, calibration error; regression: RMSE, MAE; multiclass: logloss,
+    accuracy) when DATA's labels allow.  An output file is replaced only when
     every row was scored.
     """
     from ..atomic import atomic_output, check_writable
-    from ..metrics import sigmoid
     from ..model import load_model
     from ..data.text import ReadLimits
-    from ..predict import UnseenIds, evaluate, format_probabilities, iter_scores
+    from ..predict import UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
 
     from ..config import available_cpus
 
@@ -44,6 +48,9 @@ def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, ma
         check_writable(output)
     threads = threads or available_cpus()
     model = load_model(model_file)
+    task = model.spec.task
+    if top1 and task != "multiclass":
+        raise click.UsageError(f"--top1 applies to multiclass models; {model_file} is a {task} model")
     all_scores, all_labels = [], []
     with contextlib.ExitStack() as stack:
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
@@ -51,7 +58,7 @@ def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, ma
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
         for scores, labels in iter_scores(model, data, fmt=fmt, threads=threads, limits=limits,
                                           unseen=unseen):
-            out.write(format_probabilities(sigmoid(scores)))
+            out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)
             all_labels.append(labels)
         out.flush()
@@ -60,7 +67,7 @@ def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, ma
                      f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
                      quiet)
     if not quiet and all_scores:
-        ev = evaluate(np.concatenate(all_labels), np.concatenate(all_scores))
+        ev = evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
         if ev is not None:
-            auc = "n/a (one class)" if ev.auc != ev.auc else f"{ev.auc:.5f}"
-            _render.info(f"logloss = {ev.logloss:.5f}  auc = {auc}  rows = {ev.rows}")
+            _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
+                                   for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")

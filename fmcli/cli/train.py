@@ -7,7 +7,8 @@ import os
 import click
 
 from ..atomic import check_writable
-from ..config import FORMATS, MODELS, OPTIMIZERS, Config
+from ..config import FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, TASKS, Config
+from ..metrics import METRICS
 from . import _render
 from ._options import ByteSize, read_limit_options
 
@@ -33,16 +34,50 @@ def default_output(train_file: str) -> str:
 @click.option("-p", "--valid", type=click.Path(dir_okay=False),
               help="Validation file, scored after every epoch.")
 @click.option("--model", type=click.Choice(MODELS), default=D.model, help="Model family.")
+@click.option("--task", type=click.Choice(TASKS), default=D.task,
+              help="binary (logistic loss, labels 0/1 or -1/1), regression (squared loss), multiclass "
+                   "(softmax over the distinct labels); auto decides from the labels when unambiguous.")
 @click.option("-k", "--factors", "k", type=click.IntRange(1, 1024), default=D.k, help="Latent factors per feature (per field for FFM).")
 @click.option("-t", "--epochs", type=click.IntRange(1), default=D.epochs, help="Passes over the training data.")
-@click.option("-r", "--learning-rate", type=float, default=D.learning_rate, help="Learning rate (eta).")
+@click.option("-r", "--learning-rate", type=float, default=None, show_default=False,
+              help="Step size (eta).  [default: " + ", ".join(f"{k} {v}" for k, v in LEARNING_RATES.items())
+                   + "; FTRL uses --ftrl-alpha]")
 @click.option("-l", "--l2", type=float, default=D.l2, help="L2 regularisation (libffm's lambda) on linear weights and factors.")
+@click.option("--l2-bias", type=float, default=D.l2_bias, help="L2 on the bias.")
+@click.option("--l2-linear", type=float, default=None, show_default=False, help="L2 on linear weights.  [default: --l2]")
+@click.option("--l2-factors", type=float, default=None, show_default=False, help="L2 on factors.  [default: --l2]")
+@click.option("--l1", type=float, default=D.l1, help="L1 on linear weights and factors (FTRL; gives exact zeros).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=D.threads, help="Training threads (Hogwild; 1 is bit-for-bit reproducible).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, help="Update rule.")
+@click.option("--adam-beta1", type=float, default=D.adam_beta1, help="Adam: decay of the gradient mean.")
+@click.option("--adam-beta2", type=float, default=D.adam_beta2, help="Adam: decay of the squared-gradient mean.")
+@click.option("--adam-eps", type=float, default=D.adam_eps, help="Adam: denominator epsilon.")
+@click.option("--ftrl-alpha", type=float, default=D.ftrl_alpha, help="FTRL: step size alpha.")
+@click.option("--ftrl-beta", type=float, default=D.ftrl_beta, help="FTRL: beta (smooths early per-coordinate steps).")
+@click.option("--batch-size", type=click.IntRange(1), default=D.batch_size,
+              help="Rows per update: 1 steps after every row (libffm); more averages the rows' gradients.")
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=D.lr_schedule,
+              help="Step-size schedule over the run's updates (after warm-up).")
+@click.option("--warmup-steps", type=click.IntRange(0), default=D.warmup_steps,
+              help="Updates over which the step size rises linearly from 0.")
+@click.option("--clip-norm", type=float, default=D.clip_norm,
+              help="Scale each parameter vector's gradient to at most this L2 norm (0: off).")
+@click.option("--label-smoothing", type=float, default=D.label_smoothing,
+              help="Mix targets with the uniform distribution: y(1-e) + e/C.")
+@click.option("--class-weight", type=str, default=None, show_default=False,
+              help="'balanced' or LABEL=W[,LABEL=W...]: multiply the loss of rows with that label.")
+@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), default=None,
+              help="File with one weight per training row (or give LABEL:WEIGHT labels inline).")
+@click.option("--on-nonfinite", type=click.Choice(ON_NONFINITE), default=D.on_nonfinite,
+              help="A row with a NaN/inf score or loss: stop with an error, or skip its update and count it.")
 @click.option("--norm/--no-norm", "normalize", default=D.normalize, help="Instance-wise normalization (scale each row to unit length).")
 @click.option("--bias/--no-bias", "use_bias", default=D.use_bias, help="Global bias term.")
 @click.option("--linear/--no-linear", "use_linear", default=D.use_linear, help="Per-feature linear weights.")
-@click.option("--auto-stop", is_flag=True, default=D.auto_stop, help="Stop when validation logloss rises; keep the best epoch's model.")
+@click.option("--auto-stop", is_flag=True, default=D.auto_stop, help="Stop when the validation metric gets worse; keep the best epoch's model (--patience 1).")
+@click.option("--patience", type=click.IntRange(0), default=D.patience,
+              help="Stop after this many epochs without a better validation metric; keep the best epoch (0: off).")
+@click.option("--early-stopping-metric", type=click.Choice(list(METRICS)), default=None, show_default=False,
+              help="Validation metric for --patience.  [default: logloss; rmse for regression]")
 @click.option("--shuffle/--no-shuffle", default=D.shuffle, help="Shuffle rows every epoch.")
 @click.option("--seed", type=click.IntRange(0), default=D.seed, help="Seed for initialisation and shuffling.")
 @click.option("--init-scale", type=float, default=D.init_scale, help="Factor initialisation: U(0, init_scale)/sqrt(k).")
@@ -56,7 +91,7 @@ def default_output(train_file: str) -> str:
               help="Refuse a model larger than this (e.g. 8G) before allocating it.  [default: physical memory]")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def train(train_file, output, valid, quiet, no_optimizer_state, fmt, **options):
+def train(train_file, output, valid, quiet, no_optimizer_state, fmt, weights_file, **options):
     """Train a model on TRAIN_FILE (libffm or libsvm text; '-' reads stdin).
 
     With --no-bias --no-linear and the default AdaGrad this is libffm's FFM.
@@ -74,12 +109,15 @@ def train(train_file, output, valid, quiet, no_optimizer_state, fmt, **options):
         cfg,
         train_file,
         valid,
+        weights=weights_file,
         on_epoch=_render.EpochTable(quiet),
         log=lambda msg: _render.info(msg, quiet),
     )
     model.save(output, include_state=not no_optimizer_state)
     t = model.meta["training"]
     summary = f"wrote {output} (epoch {t['model_epoch']}"
-    if t.get("valid_logloss") is not None:
-        summary += f", va_logloss {t['valid_logloss']:.5f}, va_auc {t['valid_auc']:.4f}"
+    for name, value in (t.get("valid_metrics") or {}).items():
+        summary += f", va_{name} {value:.5f}"
+    if cfg.l1:
+        summary += f", {t['zero_weights']} weights exactly zero"
     _render.info(summary + ")", quiet)
