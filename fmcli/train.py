@@ -393,13 +393,13 @@ def train(
             row = int(order[first])
             line = int(tr.batch.lines[row]) if tr.batch.lines is not None else None
             raise DivergenceError(
-                f"{tr.name}:{line if line is not None else f'row {row + 1}'}: non-finite score or loss "
-                f"in epoch {epoch}; lower the learning rate, set --clip-norm, or use "
-                "--on-nonfinite skip; no model was written")
+                f"{tr.name}:{line if line is not None else f'row {row + 1}'}: training diverged in "
+                f"epoch {epoch} (a non-finite score or loss on this row); lower the learning rate (-r), "
+                "set --clip-norm, or use --on-nonfinite skip; no model was written")
         if not state.all_finite():
             raise DivergenceError(
-                f"a weight became non-finite in epoch {epoch}; lower the learning rate or set "
-                "--clip-norm; no model was written")
+                f"training diverged in epoch {epoch} (a weight became non-finite); lower the "
+                "learning rate (-r) or set --clip-norm; no model was written")
         if bad:
             say(f"epoch {epoch}: skipped {bad} rows with a non-finite score or loss (--on-nonfinite skip)")
         va_metrics = None

@@ -139,14 +139,16 @@ def _parse_direct(data: bytes, fmt: str, label_mode: str, guard: bytes):
     fields = np.full(nnz_cap, -7, np.int32)
     features = np.full(nnz_cap, -7, np.int32)
     values = np.full(nnz_cap, np.nan, np.float32)
-    result = _parse.parse_block(buf, fmt, label_mode, labels, indptr, fields, features, values)
+    weights = np.full(rows_cap, np.nan, np.float32)
+    result = _parse.parse_block(buf, fmt, label_mode, labels, indptr, fields, features, values,
+                                weights=weights)
     rows, nnz, lines, err, err_line, start, end = (int(x) for x in result[:7])
-    return (rows, nnz, lines, err, err_line, start, end), (labels, indptr, fields, features, values)
+    return (rows, nnz, lines, err, err_line, start, end), (labels, indptr, fields, features, values, weights)
 
 
 def _check_direct(data: bytes, fmt: str, label_mode: str):
     (rows, nnz, lines, err, err_line, start, end), arrays = _parse_direct(data, fmt, label_mode, GUARDS[0])
-    labels, indptr, fields, features, values = arrays
+    labels, indptr, fields, features, values = arrays[:5]
     n = len(data)
     rows_cap, nnz_cap = _capacity(n)
     n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
@@ -162,6 +164,8 @@ def _check_direct(data: bytes, fmt: str, label_mode: str):
     if fmt == "libsvm":
         assert (fields[:done] == 0).all()
     assert np.isfinite(values[:done]).all(), values[:done]
+    w = arrays[5]
+    assert np.isfinite(w[:rows]).all() and (w[:rows] >= 0).all(), w[:rows]
     if "inf-labels" not in KNOWN_BUGS:  # real-mode labels beyond float32 range
         assert np.isfinite(labels[:rows]).all(), labels[:rows]
     if label_mode == "binary":
@@ -221,7 +225,7 @@ def TestOneInput(data: bytes) -> None:
             # (it may also refuse more, e.g. over-long lines).
             if first[0] == "ok":
                 assert not err, ("reader accepted what parse_block refused", err)
-                assert first[1] == tuple(a.tobytes() for a in arrays), "reader and parse_block differ"
+                assert first[1] == tuple(a.tobytes() for a in arrays[:5]), "reader and parse_block differ"
 
 
 def _self_check() -> None:

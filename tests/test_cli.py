@@ -282,7 +282,10 @@ def test_missing_inputs(runner, data, tmp_path):
 @pytest.mark.parametrize("args", [
     ["train", "--bogus", "x.ffm"],
     ["train", "--model", "xx", "x.ffm"],
-    ["train", "--optimizer", "adam", "x.ffm"],
+    ["train", "--optimizer", "rmsprop", "x.ffm"],
+    ["train", "--task", "ranking", "x.ffm"],
+    ["train", "--lr-schedule", "step", "x.ffm"],
+    ["train", "--batch-size", "0", "x.ffm"],
     ["train", "-k", "0", "x.ffm"],
     ["train", "-t", "0", "x.ffm"],
     ["train", "-s", "abc", "x.ffm"],

@@ -23,6 +23,7 @@ from fmcli.errors import InputNotFoundError, ModelFormatError
 from fmcli.modelfile import (
     ALIGNMENT,
     FORMAT_MAJOR,
+    FORMAT_MINOR,
     MAGIC,
     TRAILER_MAGIC,
     read_header,
@@ -114,7 +115,7 @@ def test_round_trip(tmp_path: Path) -> None:
         assert got[name].shape == array.shape
         np.testing.assert_array_equal(got[name], array)
         assert got[name].flags.writeable and got[name].flags.c_contiguous
-    assert header["format"] == "1.0"
+    assert header["format"] == "1.1"
     for key, value in HEADER.items():
         assert header[key] == value
     assert [a["name"] for a in header["arrays"]] == list(arrays)
@@ -184,7 +185,7 @@ def test_offsets_are_aligned_and_after_header(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == MAGIC
     major, minor, flags, header_len = struct.unpack_from("<HHIQ", data, 8)
-    assert (major, minor, flags) == (FORMAT_MAJOR, 0, 0)
+    assert (major, minor, flags) == (FORMAT_MAJOR, FORMAT_MINOR, 0)
     header_end = 24 + header_len
     entries = read_header(path)["arrays"]
     assert entries[0]["offset"] == -(-header_end // ALIGNMENT) * ALIGNMENT
@@ -203,7 +204,7 @@ def test_header_is_compact_utf8_json_in_caller_order(tmp_path: Path) -> None:
     data = path.read_bytes()
     (header_len,) = struct.unpack_from("<Q", data, 16)
     text = data[24 : 24 + header_len].decode("utf-8")
-    assert text.startswith('{"format":"1.0","z":1,"a":"é","arrays":[]')
+    assert text.startswith('{"format":"1.1","z":1,"a":"é","arrays":[]')
 
 
 def test_numpy_scalars_in_header(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_one_thread_is_bit_for_bit_reproducible(data, kind):
     for name in arrays_a:
         assert arrays_a[name].tobytes() == arrays_b[name].tobytes(), name
     ha, hb = a.meta["training"]["history"], b.meta["training"]["history"]
-    assert [h["train_logloss"] for h in ha] == [h["train_logloss"] for h in hb]
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
     assert [h["valid_logloss"] for h in ha] == [h["valid_logloss"] for h in hb]
 
 
@@ -129,7 +129,7 @@ def test_training_learns(data, kind, optimizer, lr):
         Config(model=kind, optimizer=optimizer, learning_rate=lr, epochs=5, seed=0),
         data["train"], data["valid"], on_epoch=history.append,
     )
-    losses = [h.train_logloss for h in history]
+    losses = [h.train_loss for h in history]
     assert [h.epoch for h in history] == [1, 2, 3, 4, 5]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < losses[0] - 0.05
@@ -142,7 +142,8 @@ def test_training_learns(data, kind, optimizer, lr):
     # The logged validation loss is the model's loss on the validation file.
     p = predict(model, data["valid"])
     assert abs(logloss(labels_of(data["valid"]), p) - t["valid_logloss"]) < 1e-6
-    assert model.meta["optimizer"] == {"name": optimizer, "state": optimizer == "adagrad"}
+    assert model.meta["optimizer"] == {"name": optimizer, "state": optimizer == "adagrad",
+                                       "slots": ["G"] if optimizer == "adagrad" else [], "steps": 5 * 2000}
     assert model.spec.n_features == N_FIELDS * PER_FIELD
     assert model.spec.n_fields == N_FIELDS
 
@@ -324,8 +325,28 @@ def test_divergence_raises(data, tmp_path, kind):
     {"learning_rate": float("inf")},
     {"l2": -1e-5},
     {"model": "svm"},
-    {"optimizer": "adam"},
-    {"task": "regression"},
+    {"optimizer": "rmsprop"},
+    {"task": "ranking"},
+    {"optimizer": "ftrl", "learning_rate": 0.1},
+    {"l1": 0.1},
+    {"optimizer": "ftrl", "lr_schedule": "cosine"},
+    {"optimizer": "ftrl", "warmup_steps": 10},
+    {"optimizer": "ftrl", "ftrl_alpha": 0.0},
+    {"task": "regression", "label_smoothing": 0.1},
+    {"task": "regression", "class_weight": "balanced"},
+    {"label_smoothing": 1.0},
+    {"batch_size": 0},
+    {"class_weight": "1=x"},
+    {"class_weight": "1=-2"},
+    {"early_stopping_metric": "rmse"},
+    {"task": "multiclass", "early_stopping_metric": "auc"},
+    {"early_stopping_metric": "f1"},
+    {"auto_stop": True, "patience": 2},
+    {"exact_adagrad": True, "optimizer": "sgd"},
+    {"adam_beta1": 1.0},
+    {"clip_norm": -1.0},
+    {"lr_schedule": "step"},
+    {"on_nonfinite": "ignore"},
     {"format": "csv"},
     {"threads": 0},
     {"seed": -1},
@@ -344,7 +365,7 @@ def test_config_roundtrip_and_defaults():
     cfg = Config(model="fm", k=8, learning_rate=0.05)
     assert Config.from_dict({**cfg.to_dict(), "unknown_key": 1}) == cfg
     d = Config()
-    assert (d.model, d.k, d.epochs, d.learning_rate, d.optimizer) == ("ffm", 4, 15, 0.2, "adagrad")
+    assert (d.model, d.k, d.epochs, d.step_size, d.optimizer) == ("ffm", 4, 15, 0.2, "adagrad")
 
 
 def test_empty_training_file(tmp_path):
