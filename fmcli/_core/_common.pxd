@@ -35,12 +35,9 @@ cdef extern from "ffm_f32.h":
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
     ctypedef struct fm_step_params:
         float eta, b1, b2, eps, beta, l1, l2
-    void fm_ffm_update_opt_f32(int kind, float* F, Py_ssize_t kp, const Py_ssize_t* oj,
-                               const Py_ssize_t* of, const float* xs, Py_ssize_t c, float kappa,
-                               float lam, const fm_step_params* p) noexcept nogil
-    void fm_ffm_update_adagrad_f32(float* F, Py_ssize_t kp, int refine, const Py_ssize_t* oj,
-                                   const Py_ssize_t* of, const float* xs, Py_ssize_t c,
-                                   float kappa, float eta, float lam) noexcept nogil
+    void fm_ffm_update_f32(int kind, int refine, float* F, Py_ssize_t kp, const Py_ssize_t* oj,
+                           const Py_ssize_t* of, const float* xs, Py_ssize_t c, float kappa,
+                           float lam, const fm_step_params* p) noexcept nogil
 
 
 cdef inline floating fm_sqrt(floating x) noexcept nogil:

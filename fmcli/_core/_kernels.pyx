@@ -45,8 +45,7 @@ from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
-                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_adagrad_f32,
-                      fm_ffm_update_opt_f32, fm_step_params)
+                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -367,6 +366,15 @@ cdef inline void emit(const Shape* s, const Opt* o, Scratch* sc, int arr, floati
         acc[d] = acc[d] + g[d]
 
 
+cdef inline int block_of(const Shape* s, Py_ssize_t gid, Py_ssize_t* idx) noexcept nogil:
+    """The array (ARR_*) of mini-batch block id gid; idx receives its block index there."""
+    cdef int arr = ARR_R
+    while arr > 0 and gid < s.id0[arr]:
+        arr -= 1
+    idx[0] = gid - s.id0[arr]
+    return arr
+
+
 cdef void flush(const Shape* s, const Opt* o, Scratch* sc, floating eta, double rows) noexcept nogil:
     """Step every block the batch touched once, with the mean of its gradient
     sums plus L2, then clear the sums."""
@@ -379,10 +387,7 @@ cdef void flush(const Shape* s, const Opt* o, Scratch* sc, floating eta, double 
     cdef floating inv = <floating>(1.0 / rows)
     for i in range(sc.n_ids):
         gid = sc.ids[i]
-        arr = ARR_R
-        while arr > 0 and gid < s.id0[arr]:
-            arr -= 1
-        idx = gid - s.id0[arr]
+        arr = block_of(s, gid, &idx)
         n = s.blen[arr]
         w = <floating*>(s.base[arr]) + idx * s.stride[arr]
         acc = <floating*>sc.gacc[arr] + idx * n
@@ -473,6 +478,9 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
     cdef floating g1[MAX_KP]
     cdef floating g2[MAX_KP]
     cdef fm_step_params sp
+    # a local copy: stores through the weight pointers cannot alias it
+    cdef Opt oc = o[0]
+    o = &oc
     if s.use_bias:
         g = kappa + <floating>s.lamb * B[0]
         emit(s, o, sc, ARR_B, eta, B, &g, 1, 0, <floating>s.l2b)
@@ -487,14 +495,10 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
     if s.kind == KIND_FFM:
         if floating is float:
             if o.clip == 0 and not s.batch:
-                if o.kind == OPT_ADAGRAD:
-                    fm_ffm_update_adagrad_f32(F, kp, o.exact, prep.oj, prep.of, prep.xs, prep.count,
-                                              kappa, eta, lam)
-                else:
-                    sp.eta, sp.b1, sp.b2, sp.eps = eta, <float>o.b1, <float>o.b2, <float>o.eps
-                    sp.beta, sp.l1, sp.l2 = <float>o.ftrl_beta, l1, l2
-                    fm_ffm_update_opt_f32(o.kind, F, kp, prep.oj, prep.of, prep.xs, prep.count,
-                                          kappa, lam, &sp)
+                sp.eta, sp.b1, sp.b2, sp.eps = eta, <float>o.b1, <float>o.b2, <float>o.eps
+                sp.beta, sp.l1, sp.l2 = <float>o.ftrl_beta, l1, l2
+                fm_ffm_update_f32(o.kind, o.exact, F, kp, prep.oj, prep.of, prep.xs, prep.count,
+                                  kappa, lam, &sp)
                 return
         for i in range(nnz):
             f1 = fld[i]
@@ -780,10 +784,7 @@ cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
     cdef int arr
     for i in range(sc.n_ids):
         gid = sc.ids[i]
-        arr = ARR_R
-        while arr > 0 and gid < s.id0[arr]:
-            arr -= 1
-        idx = gid - s.id0[arr]
+        arr = block_of(s, gid, &idx)
         memset(<char*>sc.gacc[arr] + idx * s.blen[arr] * s.itemsize, 0, s.blen[arr] * s.itemsize)
         sc.mark[gid] = 0
     sc.n_ids = 0

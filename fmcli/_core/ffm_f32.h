@@ -1,12 +1,13 @@
-/* Float32 fast path of the FFM pair loops (forward and AdaGrad update).
+/* Float32 fast path of the FFM pair loops (forward and per-row update).
  *
- * Same mathematics as the generic Cython loops in _kernels.pyx (which remain
- * the reference, run for float64 and for the other optimizers), except that
- * the AdaGrad step uses the CPU's reciprocal-square-root estimate like libffm
- * unless `refine` asks for float32 precision (see fm_adagrad_ps); here the
- * k-vectors are processed four lanes at a time with SSE so that a pair costs
- * a few dozen instructions.  Factor blocks are kp floats (kp a multiple of 4)
- * followed by their kp AdaGrad accumulators; block (j, f) starts at
+ * Same mathematics as the generic Cython loops in _kernels.pyx and
+ * _optim.pxd (which remain the reference, run for float64, mini-batches and
+ * clipped gradients), except that the AdaGrad step uses the CPU's
+ * reciprocal-square-root estimate like libffm unless `refine` asks for
+ * float32 precision (see fm_adagrad_ps); here the k-vectors are processed
+ * four lanes at a time with SSE so that a pair costs a few dozen
+ * instructions.  Factor blocks are kp floats (kp a multiple of 4) followed by
+ * the optimizer's state slots of kp values each; block (j, f) starts at
  * F + (j * m + f) * fs.  Entries whose feature or field is outside the model
  * are skipped, exactly as in the generic loops.
  *
@@ -129,95 +130,15 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
 #endif
 }
 
-/* AdaGrad update of every pair's two blocks, pair by pair in row order:
+/* Per-row pair updates for every optimizer: for each pair i < l in row order
  *   g1 = lam*w1 + kv*w2,  g2 = lam*w2 + kv*w1   (from the values before the pair)
  * then w1 is stepped with g1 and w2 with g2.  When both are the same block
  * (a feature repeated within one field) the two steps apply one after the
- * other to it.  Blocks are kp weights followed by their kp accumulators. */
-FM_INLINE void ffm_update_adagrad(float *F, const fm_idx kp, const int refine, const fm_idx *oj,
-                                  const fm_idx *of, const float *xs, fm_idx c, float kappa,
-                                  float eta, float lam) {
-#if FM_SSE
-    const __m128 e = _mm_set1_ps(eta), la = _mm_set1_ps(lam);
-#endif
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const float kv = kx1 * xs[l];
-#if FM_SSE
-            const __m128 k = _mm_set1_ps(kv);
-            for (fm_idx d = 0; d < kp; d += 4) {
-                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
-                __m128 G1 = _mm_loadu_ps(w1 + kp + d);
-                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
-                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-                if (w1 == w2) {
-                    a = fm_adagrad_ps(a, &G1, g1, e, refine);
-                    a = fm_adagrad_ps(a, &G1, g2, e, refine);
-                    _mm_storeu_ps(w1 + d, a);
-                    _mm_storeu_ps(w1 + kp + d, G1);
-                } else {
-                    __m128 G2 = _mm_loadu_ps(w2 + kp + d);
-                    _mm_storeu_ps(w1 + d, fm_adagrad_ps(a, &G1, g1, e, refine));
-                    _mm_storeu_ps(w1 + kp + d, G1);
-                    _mm_storeu_ps(w2 + d, fm_adagrad_ps(b, &G2, g2, e, refine));
-                    _mm_storeu_ps(w2 + kp + d, G2);
-                }
-            }
-#else
-            (void)refine;
-            for (fm_idx d = 0; d < kp; d++) {
-                const float a = w1[d], b = w2[d];
-                const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
-                w1[kp + d] += g1 * g1;
-                w1[d] -= eta * g1 / sqrtf(w1[kp + d]);
-                w2[kp + d] += g2 * g2;
-                w2[d] -= eta * g2 / sqrtf(w2[kp + d]);
-            }
-#endif
-        }
-    }
-}
-
-/* Pair terms of a prepared row's score: sum over i < l of
- * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
-static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                                     const float *xs, fm_idx c) {
-    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c);
-    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c);
-    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c);
-    return ffm_pairs(F, kp, oj, of, xs, c);
-}
-
-/* The AdaGrad step of every pair of a prepared row. */
-static inline void fm_ffm_update_adagrad_f32(float *F, fm_idx kp, int refine, const fm_idx *oj,
-                                             const fm_idx *of, const float *xs, fm_idx c,
-                                             float kappa, float eta, float lam) {
-#define FM_UPDATE(KP, R) ffm_update_adagrad(F, KP, R, oj, of, xs, c, kappa, eta, lam)
-    if (refine) {
-        FM_UPDATE(kp, 1);
-    } else if (kp == 4) {
-        FM_UPDATE(4, 0);
-    } else if (kp == 8) {
-        FM_UPDATE(8, 0);
-    } else if (kp == 16) {
-        FM_UPDATE(16, 0);
-    } else {
-        FM_UPDATE(kp, 0);
-    }
-#undef FM_UPDATE
-}
-
-/* The other optimizers' per-row pair updates (SGD, Adam, FTRL), with the same
- * pair order and gradients as ffm_update_adagrad; the step rules are those of
- * _optim.pxd (their reference), four lanes at a time.  Blocks are kp weights
- * followed by the optimizer's state slots (Adam: m, v; FTRL: z, n), kp
- * values each.  `eta` is the step's size (Adam: bias-corrected; FTRL:
- * alpha). */
+ * other to it.  The step rules are those of _optim.pxd (their reference),
+ * four lanes at a time.  Blocks are kp weights followed by the optimizer's
+ * state slots, kp values each (AdaGrad: G; Adam: m, v; FTRL: z, n).  `eta`
+ * is the step's size (Adam: bias-corrected; FTRL: alpha); `refine` is
+ * AdaGrad's exact 1/sqrt (see fm_adagrad_ps). */
 enum { FM_OPT_SGD = 0, FM_OPT_ADAGRAD = 1, FM_OPT_ADAM = 2, FM_OPT_FTRL = 3 };
 
 typedef struct {
@@ -225,9 +146,15 @@ typedef struct {
 } fm_step_params;
 
 #if FM_SSE
-FM_INLINE __m128 fm_step_ps(const int kind, __m128 w, float *st, const fm_idx kp, __m128 g,
-                            const fm_step_params *p) {
+FM_INLINE __m128 fm_step_ps(const int kind, const int refine, __m128 w, float *st, const fm_idx kp,
+                            __m128 g, const fm_step_params *p) {
     const __m128 eta = _mm_set1_ps(p->eta);
+    if (kind == FM_OPT_ADAGRAD) {
+        __m128 G = _mm_loadu_ps(st);
+        w = fm_adagrad_ps(w, &G, g, eta, refine);
+        _mm_storeu_ps(st, G);
+        return w;
+    }
     if (kind == FM_OPT_ADAM) {
         __m128 m = _mm_loadu_ps(st), v = _mm_loadu_ps(st + kp);
         m = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(p->b1), m), _mm_mul_ps(_mm_set1_ps(1.0f - p->b1), g));
@@ -252,13 +179,16 @@ FM_INLINE __m128 fm_step_ps(const int kind, __m128 w, float *st, const fm_idx kp
         __m128 nw = _mm_sub_ps(_mm_setzero_ps(), _mm_div_ps(num, den));
         return _mm_andnot_ps(_mm_cmple_ps(az, l1), nw);
     }
-    (void)st; (void)kp;
     return _mm_sub_ps(w, _mm_mul_ps(eta, g));
 }
 #endif
 
 FM_INLINE float fm_step_1(const int kind, float w, float *st, const fm_idx kp, float g,
                           const fm_step_params *p) {
+    if (kind == FM_OPT_ADAGRAD) {
+        st[0] += g * g;
+        return w - p->eta * g / sqrtf(st[0]);
+    }
     if (kind == FM_OPT_ADAM) {
         st[0] = p->b1 * st[0] + (1.0f - p->b1) * g;
         st[kp] = p->b2 * st[kp] + (1.0f - p->b2) * g * g;
@@ -275,9 +205,14 @@ FM_INLINE float fm_step_1(const int kind, float w, float *st, const fm_idx kp, f
     return w - p->eta * g;
 }
 
-FM_INLINE void ffm_update_opt(const int kind, float *F, const fm_idx kp, const fm_idx *oj,
-                              const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam,
-                              const fm_step_params *p) {
+FM_INLINE void ffm_update(const int kind, const int refine, float *F, const fm_idx kp, const fm_idx *oj,
+                          const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam,
+                          const fm_step_params *params) {
+    /* A local copy: stores through the weight pointers cannot alias it. */
+    const fm_step_params local = *params, *p = &local;
+#if FM_SSE
+    const __m128 la = _mm_set1_ps(lam);
+#endif
     for (fm_idx i = 0; i < c; i++) {
         float *row1 = F + oj[i];
         float *col1 = F + of[i];
@@ -287,17 +222,18 @@ FM_INLINE void ffm_update_opt(const int kind, float *F, const fm_idx kp, const f
             float *w2 = col1 + oj[l];
             const float kv = kx1 * xs[l];
 #if FM_SSE
-            const __m128 k = _mm_set1_ps(kv), la = _mm_set1_ps(lam);
+            const __m128 k = _mm_set1_ps(kv);
             for (fm_idx d = 0; d < kp; d += 4) {
                 __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
                 __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
                 __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-                a = fm_step_ps(kind, a, w1 + kp + d, kp, g1, p);
+                a = fm_step_ps(kind, refine, a, w1 + kp + d, kp, g1, p);
                 _mm_storeu_ps(w1 + d, a);
                 if (w1 == w2) b = a;
-                _mm_storeu_ps(w2 + d, fm_step_ps(kind, b, w2 + kp + d, kp, g2, p));
+                _mm_storeu_ps(w2 + d, fm_step_ps(kind, refine, b, w2 + kp + d, kp, g2, p));
             }
 #else
+            (void)refine;
             for (fm_idx d = 0; d < kp; d++) {
                 const float a = w1[d], b = w2[d];
                 const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
@@ -309,15 +245,27 @@ FM_INLINE void ffm_update_opt(const int kind, float *F, const fm_idx kp, const f
     }
 }
 
-/* SGD, Adam or FTRL step of every pair of a prepared row (kind: FM_OPT_*). */
-static inline void fm_ffm_update_opt_f32(int kind, float *F, fm_idx kp, const fm_idx *oj,
-                                         const fm_idx *of, const float *xs, fm_idx c, float kappa,
-                                         float lam, const fm_step_params *p) {
-#define FM_UPDATE(K, KP) ffm_update_opt(K, F, KP, oj, of, xs, c, kappa, lam, p)
+/* Pair terms of a prepared row's score: sum over i < l of
+ * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
+static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                     const float *xs, fm_idx c) {
+    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c);
+    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c);
+    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c);
+    return ffm_pairs(F, kp, oj, of, xs, c);
+}
+
+/* The optimizer step (kind: FM_OPT_*) of every pair of a prepared row,
+ * instantiated for the common k so the inner loop disappears. */
+static inline void fm_ffm_update_f32(int kind, int refine, float *F, fm_idx kp, const fm_idx *oj,
+                                     const fm_idx *of, const float *xs, fm_idx c, float kappa,
+                                     float lam, const fm_step_params *p) {
+#define FM_UPDATE(K, R, KP) ffm_update(K, R, F, KP, oj, of, xs, c, kappa, lam, p)
 #define FM_KINDS(KP) \
-    if (kind == FM_OPT_ADAM) FM_UPDATE(FM_OPT_ADAM, KP); \
-    else if (kind == FM_OPT_FTRL) FM_UPDATE(FM_OPT_FTRL, KP); \
-    else FM_UPDATE(FM_OPT_SGD, KP);
+    if (kind == FM_OPT_ADAGRAD) { if (refine) FM_UPDATE(FM_OPT_ADAGRAD, 1, KP); else FM_UPDATE(FM_OPT_ADAGRAD, 0, KP); } \
+    else if (kind == FM_OPT_ADAM) FM_UPDATE(FM_OPT_ADAM, 0, KP); \
+    else if (kind == FM_OPT_FTRL) FM_UPDATE(FM_OPT_FTRL, 0, KP); \
+    else FM_UPDATE(FM_OPT_SGD, 0, KP);
     if (kp == 4) { FM_KINDS(4) }
     else if (kp == 8) { FM_KINDS(8) }
     else if (kp == 16) { FM_KINDS(16) }
