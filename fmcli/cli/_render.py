@@ -101,7 +101,7 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
         if metrics:
             rows.append(("validation", f"{t.get('valid_file')}: "
                          + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items() if v is not None)))
-        if t.get("zero_weights"):
+        if t.get("zero_weights") and hp.get("l1"):
             rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
