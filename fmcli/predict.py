@@ -19,13 +19,7 @@ from .model import Model
 @dataclass
 class Evaluation:
     rows: int
-    metrics: dict[str, float]
-
-    def __getattr__(self, name: str) -> float:
-        try:
-            return self.__dict__["metrics"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    metrics: dict[str, float]   # fmcli.metrics.evaluate's, for the model's task
 
 
 class Scorer:
