@@ -8,6 +8,8 @@ byte-for-byte unchanged (or, when there was none, not created).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import os
 import re
 
@@ -76,6 +78,12 @@ TRAIN_CASES = [
     ("too-many-bad-rows", "d.ffm", GOOD + b"1 x\n1 y\n", ["--max-bad-rows", "1"], 5,
      r"expected field:feature:value, found 'y' \(more than --max-bad-rows 1 bad rows\)"),
     ("libsvm-for-ffm", "d.svm", b"1 1:1 2:1\n0 3:1\n", [], None, r"libsvm \(no field ids\)"),
+    ("bad-row-in-gzip", "d.ffm.gz", gzip.compress(GOOD + b"1 1:2\n"), [], 4,
+     r"expected field:feature:value, found '1:2'"),
+    ("truncated-gzip", "d.ffm.gz", gzip.compress(GOOD * 50)[:-12], [], 1, r"truncated or corrupt gzip data$"),
+    ("truncated-bz2", "d.ffm.bz2", bz2.compress(GOOD * 50)[:40], [], 1, r"truncated or corrupt bz2 data$"),
+    ("corrupt-gzip", "d.ffm.gz", gzip.compress(GOOD)[:-8] + b"\0" * 8, [], 1, r"truncated or corrupt gzip data$"),
+    ("gz-not-gzip", "d.ffm.gz", GOOD, [], None, r"not gzip data, though the name ends in \.gz$"),
 ]
 
 

@@ -1,6 +1,7 @@
 """libffm and libsvm text readers.
 
-Input is read in byte blocks; each block's whole lines are tokenized by the
+Input is read in byte blocks, decompressed where it is compressed
+(:mod:`fmcli.data.source`); each block's whole lines are tokenized by the
 compiled parser (no Python object per token), and a partial last line is
 carried over to the next block together with the line counter, so an error
 anywhere names ``FILE:LINE``.
@@ -14,16 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
 from .._core import _parse
-from ..errors import ConfigError, DataError, InputNotFoundError
+from ..errors import ConfigError, DataError
 from .batch import Batch
+from .source import CorruptInputError, display_name, format_from_name, open_input
 
 DEFAULT_BLOCK_BYTES = 8 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 24   # 16 MiB: far beyond any real row, bounded memory
@@ -76,38 +76,6 @@ def sniff_format(head: bytes) -> str | None:
                 continue
             return "libffm" if token.count(b":") >= 2 else "libsvm"
     return None
-
-
-def open_input(path: str | os.PathLike) -> BinaryIO:
-    """Open a path for binary reading, or stdin for '-'."""
-    path = os.fspath(path)
-    if path == "-":
-        return sys.stdin.buffer
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputNotFoundError(f"{path}: is a directory, expected a data file") from None
-    except OSError as exc:
-        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
-
-
-_SUFFIX_FORMATS = {".ffm": "libffm", ".libffm": "libffm", ".svm": "libsvm", ".libsvm": "libsvm"}
-
-
-def format_from_name(path: str | os.PathLike) -> str | None:
-    """The format a file's extension names, if any."""
-    name = os.fspath(path)
-    for suffix, fmt in _SUFFIX_FORMATS.items():
-        if name.endswith(suffix):
-            return fmt
-    return None
-
-
-def display_name(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    return "<stdin>" if path == "-" else path
 
 
 @dataclass(frozen=True)
@@ -230,6 +198,10 @@ class TextReader:
             while True:
                 try:
                     block = f.read(self.block_bytes)
+                except CorruptInputError as exc:
+                    # The input stops (or breaks) inside the line after the
+                    # whole lines read so far.
+                    raise DataError(str(exc), self.name, self.lines + carry.count(b"\n") + 1) from None
                 except OSError as exc:
                     raise DataError(f"read error: {exc.strerror or exc}", self.name) from None
                 self.bytes_read += len(block)
@@ -278,8 +250,7 @@ class TextReader:
                 if final:
                     return
         finally:
-            if f is not sys.stdin.buffer:
-                f.close()
+            f.close()  # never closes stdin itself (see source.open_input)
 
     def _parse_into(self, cols: "_Columns", buf: bytes, cut: int, line_base: int) -> None:
         """Parse buf[:cut]; malformed rows are skipped while max_bad_rows allows."""

@@ -1,0 +1,340 @@
+"""Where input bytes come from: paths, globs, stdin, and compression.
+
+:func:`expand_inputs` turns command-line input specs (paths, shell globs,
+``-`` for stdin) into a list of paths.  :func:`open_input` opens one of them
+as a binary stream of its *decompressed* bytes:
+
+* a name ending in ``.gz``, ``.bz2``, ``.zst``/``.zstd`` or ``.lz4`` (any
+  case) is decompressed with that codec (lz4: the frame format); data that
+  does not start like that codec is a DataError;
+* stdin, and a file whose name names no compression, are decompressed when
+  they start with a codec's magic bytes, else read as they are.
+
+Decompression uses pyarrow, imported only when a compressed input is opened,
+so reading plain text never pays for importing it.  Truncated or corrupt
+compressed data raises :class:`CorruptInputError` (an OSError) from
+``read``, after the bytes decompressed before the damage have been returned,
+so a reader can name the line it reached.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from ..errors import ConfigError, DataError, InputNotFoundError
+
+STDIN = "-"
+
+# Compression suffixes (matched case-insensitively) and their pyarrow codec names.
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4"}
+
+# What each codec's data starts with; a zstd or lz4 frame may be preceded by
+# a skippable frame (magic 0x184D2A50..5F, little-endian).
+_MAGIC = {
+    "gzip": (b"\x1f\x8b",),
+    "bz2": (b"BZh",),
+    "zstd": (b"\x28\xb5\x2f\xfd",) + tuple(bytes([b, 0x2A, 0x4D, 0x18]) for b in range(0x50, 0x60)),
+    "lz4": (b"\x04\x22\x4d\x18",) + tuple(bytes([b, 0x2A, 0x4D, 0x18]) for b in range(0x50, 0x60)),
+}
+# Sniffing an input whose name says nothing: bytes that text cannot start
+# with.  A bz2 stream's "BZh" is text, so it also needs the block size digit
+# and the first block's (or the end of stream's) 48-bit magic.
+_SNIFF_BYTES = 10
+_BZ2_BLOCK = (b"1AY&SY", b"\x17rE8P\x90")
+
+_GLOB_CHARS = frozenset("*?[")
+
+# Decompressed bytes are asked of pyarrow in pieces: what a read returns
+# ends before the piece that fails.  (Where data stops is known to a
+# codec's block at best: a zstd block is up to 128 KiB, a bz2 one 900 kB.)
+_PIECE = 256 << 10
+
+
+class CorruptInputError(OSError):
+    """Compressed data that ends early or does not decompress."""
+
+    def __init__(self, codec: str, detail: str = ""):
+        self.codec = codec
+        self.detail = detail
+        super().__init__(f"truncated or corrupt {codec} data")
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """The name an input goes by in messages."""
+    path = os.fspath(path)
+    return "<stdin>" if path == STDIN else path
+
+
+def compression_from_name(path: str | os.PathLike) -> str | None:
+    """The codec a name's suffix names ('gzip', 'bz2', 'zstd', 'lz4'), or None."""
+    name = os.fspath(path).lower()
+    for suffix, codec in COMPRESSION_SUFFIXES.items():
+        if name.endswith(suffix):
+            return codec
+    return None
+
+
+def strip_compression_suffix(path: str | os.PathLike) -> str:
+    """The name without its compression suffix: 'day_0.ffm.gz' -> 'day_0.ffm'."""
+    name = os.fspath(path)
+    lower = name.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+_SUFFIX_FORMATS = {".ffm": "libffm", ".libffm": "libffm", ".svm": "libsvm", ".libsvm": "libsvm"}
+
+
+def format_from_name(path: str | os.PathLike) -> str | None:
+    """The format a file's extension names, if any, seen through a
+    compression suffix ('day_0.ffm.gz' -> 'libffm')."""
+    name = strip_compression_suffix(path)
+    for suffix, fmt in _SUFFIX_FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def expand_inputs(specs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Input specs as paths, in order.
+
+    A spec is ``-`` (stdin: at most once, and only as the sole input), a
+    path, or a shell glob (a spec holding ``*``, ``?`` or ``[`` that is not
+    itself an existing path), expanded in sorted order.  Duplicates are
+    kept.  A missing path, a glob matching nothing and a directory raise
+    InputNotFoundError."""
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    specs = [os.fspath(s) for s in specs]
+    if not specs:
+        raise ConfigError("no input files given")
+    if STDIN in specs and len(specs) > 1:
+        raise ConfigError("'-' (stdin) must be the only input")
+    paths: list[str] = []
+    for spec in specs:
+        if spec == STDIN:
+            paths.append(spec)
+            continue
+        if _GLOB_CHARS.intersection(spec) and not os.path.lexists(spec):
+            matches = sorted(glob.glob(spec))
+            if not matches:
+                raise InputNotFoundError(f"{spec}: no file matches")
+        else:
+            matches = [spec]
+        for path in matches:
+            if os.path.isdir(path):
+                raise InputNotFoundError(f"{path}: is a directory, expected a data file")
+            if not os.path.exists(path):
+                raise InputNotFoundError(f"{path}: no such file")
+            paths.append(path)
+    return paths
+
+
+def open_input(path: str | os.PathLike) -> BinaryIO:
+    """A binary stream of the decompressed bytes of a path, or of stdin for '-'.
+
+    Closing it never closes stdin."""
+    path = os.fspath(path)
+    name = display_name(path)
+    if path == STDIN:
+        stdin = sys.stdin.buffer
+        head = _read_head(stdin, name)
+        return _open_sniffed(_Replay(head, stdin, owned=False), head, name)
+    f = _open_file(path)
+    try:
+        codec = compression_from_name(path)
+        head = _read_head(f, name)
+        if codec is not None:
+            if head and not any(m.startswith(head) or head.startswith(m) for m in _MAGIC[codec]):
+                suffix = path[path.rfind("."):]
+                raise DataError(f"not {codec} data, though the name ends in {suffix}", name)
+            return _decompress(_rewind(f, head), codec, name)
+        return _open_sniffed(_rewind(f, head), head, name)
+    except BaseException:
+        f.close()
+        raise
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """The codec whose magic bytes `head` (the first bytes of an input)
+    starts with, or None for anything else (plain text, say)."""
+    if head.startswith(b"BZh"):
+        ok = len(head) >= 10 and head[3:4].isdigit() and head[3:4] != b"0" and head[4:10] in _BZ2_BLOCK
+        return "bz2" if ok else None
+    for codec in ("gzip", "zstd", "lz4"):
+        if head.startswith(_MAGIC[codec][0]):
+            return codec
+    return None
+
+
+def _open_file(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputNotFoundError(f"{path}: is a directory, expected a data file") from None
+    except OSError as exc:
+        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
+
+
+def _read_head(f: BinaryIO, name: str) -> bytes:
+    """Up to _SNIFF_BYTES first bytes (fewer only at the end of the input)."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < _SNIFF_BYTES:
+            part = f.read(_SNIFF_BYTES - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+    except OSError as exc:
+        raise DataError(f"read error: {exc.strerror or exc}", name) from None
+    return b"".join(parts)
+
+
+def _rewind(f: BinaryIO, head: bytes) -> BinaryIO:
+    """`f` from its first byte again: seeked back, or replaying `head`."""
+    try:
+        if f.seekable():
+            f.seek(0)
+            return f
+    except OSError:
+        pass
+    return _Replay(head, f, owned=True)
+
+
+def _open_sniffed(f: BinaryIO, head: bytes, name: str) -> BinaryIO:
+    codec = sniff_compression(head)
+    return f if codec is None else _decompress(f, codec, name)
+
+
+def _decompress(raw: BinaryIO, codec: str, name: str) -> BinaryIO:
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ConfigError(f"{name}: reading {codec} data needs pyarrow (pip install pyarrow)") from None
+    if not pa.Codec.is_available(codec):
+        raise ConfigError(f"{name}: this pyarrow build cannot decompress {codec}")
+    source = _Source(raw)
+    return _Decompressed(pa.CompressedInputStream(pa.PythonFile(source, mode="r"), codec), source, codec)
+
+
+class _Replay(io.RawIOBase):
+    """A stream whose first bytes were already read: they are read again."""
+
+    def __init__(self, head: bytes, base: BinaryIO, owned: bool):
+        self._head = head
+        self._base = base
+        self._owned = owned  # close the base on close (not for stdin)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            out, self._head = self._head + self._base.read(), b""
+            return out
+        if not self._head:
+            return self._base.read(size)
+        out, self._head = self._head[:size], self._head[size:]
+        if len(out) < size:
+            out += self._base.read(size - len(out))
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed and self._owned:
+            self._base.close()
+        super().close()
+
+
+class _Source(io.RawIOBase):
+    """The compressed bytes as pyarrow reads them, keeping a read error apart
+    from a decompression error."""
+
+    def __init__(self, base: BinaryIO):
+        self._base = base
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._base.read(size)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def close(self) -> None:
+        if not self.closed:
+            self._base.close()
+        super().close()
+
+
+class _Decompressed(io.RawIOBase):
+    """Decompressed bytes read from a pyarrow CompressedInputStream.
+
+    An error is held back while bytes read before it remain to be returned:
+    a read returns what was decompressed before the damage, the next one
+    raises CorruptInputError."""
+
+    def __init__(self, stream, source: _Source, codec: str):
+        self._stream = stream
+        self._source = source
+        self.codec = codec
+        self._error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
+        parts: list[bytes] = []
+        got = 0
+        while size is None or size < 0 or got < size:
+            piece = _PIECE if size is None or size < 0 else min(_PIECE, size - got)
+            try:
+                data = self._stream.read(piece)
+            except MemoryError:
+                raise
+            except Exception as exc:  # pyarrow: an OSError, or another ArrowException
+                # A failing read of the compressed bytes themselves is no
+                # fault of the data: pass it on as the OSError it was.
+                failed = self._source.error
+                self._error = failed if failed is not None else CorruptInputError(self.codec, str(exc))
+                if not parts:
+                    raise self._error from None
+                break
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._stream.close()
+            finally:
+                self._source.close()
+        super().close()
