@@ -14,7 +14,7 @@ SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
 ON_NONFINITE = ("stop", "skip")
 # Default step size per optimizer (FTRL's is ftrl_alpha).
 LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001}
-FORMATS = ("auto", "libffm", "libsvm")
+FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
 
 MAX_K = 1024
@@ -82,6 +82,11 @@ class Config:
     max_line_bytes: int = 1 << 24
     max_feature_id: int = 2**31 - 1
     max_memory: int | None = None  # bytes; None: the machine's physical memory
+    # data: the binary cache (None: fmcli.data.cache.default_cache_dir()) and
+    # how much parsed data may be held in memory before training streams it
+    cache: bool = True
+    cache_dir: str | None = None
+    memory_budget: int = 1 << 30
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -133,6 +138,8 @@ class Config:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.max_bad_rows < 0 or self.max_line_bytes < 1 or not 0 <= self.max_feature_id < 2**31:
             raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
+        if self.memory_budget < 0:
+            raise ConfigError(f"memory budget must be non-negative, got {self.memory_budget}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ConfigError(f"max_memory must be positive, got {self.max_memory}")
 

@@ -10,7 +10,9 @@ import numpy as np
 
 from ._core import _kernels
 from .data.batch import Batch
-from .data.text import ReadLimits, TextReader
+from .data.dataset import make_reader
+from .data.source import expand_inputs
+from .data.text import ReadLimits
 from .errors import DataError
 from .metrics import evaluate as evaluate_metrics, sigmoid, softmax
 from .model import Model
@@ -92,7 +94,7 @@ class UnseenIds:
 
 def iter_scores(
     model: Model,
-    source: str | os.PathLike,
+    source: str | os.PathLike | list,
     *,
     fmt: str = "auto",
     threads: int = 1,
@@ -105,13 +107,15 @@ def iter_scores(
     multiclass (a label that is not one of the model's classes is an error)."""
     scorer = Scorer(model, threads)
     spec = model.spec
-    extra = {"classes": list(spec.classes)} if spec.task == "multiclass" else {}
-    reader = TextReader(source, fmt=fmt, label_mode="class" if extra else "real", limits=limits,
-                        track_lines=unseen is not None, **extra)
-    for batch in reader:
-        if unseen is not None:
-            unseen.check(batch, reader.name)
-        yield scorer.scores(batch), batch.labels
+    classes = list(spec.classes) if spec.task == "multiclass" else None
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    for path in expand_inputs([os.fspath(s) for s in sources]):
+        reader = make_reader(path, fmt, "class" if classes else "real", limits,
+                             track_lines=unseen is not None, classes=classes)
+        for batch in reader:
+            if unseen is not None:
+                unseen.check(batch, reader.name)
+            yield scorer.scores(batch), batch.labels
 
 
 def predict(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +19,8 @@ from . import __version__
 from ._core import _kernels
 from .config import Config, available_cpus
 from .data.batch import Batch
-from .data.text import ReadLimits, TextReader, detect_task
+from .data.cache import default_cache_dir
+from .data.dataset import Dataset, dataset_from_batch, load_dataset
 from .data.weights import read_weights
 from .errors import ConfigError, DataError, DivergenceError
 from .metrics import DEFAULT_METRIC, METRICS, evaluate, is_better
@@ -43,53 +44,6 @@ class EpochStats:
     @property
     def valid_auc(self) -> float | None:
         return None if self.valid is None else self.valid.get("auc")
-
-
-@dataclass
-class LoadedData:
-    batch: Batch
-    name: str
-    format: str
-    bytes_read: int
-    seconds: float
-    skipped: list = field(default_factory=list)   # DataErrors of rows skipped under max_bad_rows
-    task: str = "binary"
-    classes: list[str] | None = None             # multiclass: label token of each class index
-
-
-def load_data(source: str | os.PathLike | Batch, fmt: str = "auto",
-              limits: ReadLimits = ReadLimits(), task: str = "binary",
-              classes: list[str] | None = None) -> LoadedData:
-    """Read a whole training or validation file (or take a ready Batch).
-
-    Labels come out as the kernels want them: 0/1 for binary, the target for
-    regression, the class index for multiclass (``classes`` fixes the classes,
-    as for validation data; else they are taken from the data).  task "auto"
-    reads the labels as tokens and decides (fmcli.data.text.detect_task)."""
-    if isinstance(source, Batch):
-        if task == "binary":
-            source.labels = (source.labels > 0).astype(np.float32)
-        return LoadedData(source, "<batch>", "batch", 0, 0.0, task=task, classes=classes)
-    t0 = time.perf_counter()
-    mode = {"binary": "binary", "regression": "real"}.get(task, "class")
-    reader = TextReader(source, fmt=fmt, label_mode=mode, limits=limits, track_lines=True,
-                        **({"classes": classes} if mode == "class" else {}))
-    batch = reader.read_all()
-    if batch.n_rows == 0:
-        raise DataError("no data rows (the file is empty, blank or only comments)", reader.name)
-    found = reader.classes if mode == "class" else None
-    if task == "auto":
-        task = detect_task(found)
-        if task != "multiclass":
-            values = np.array([float(tok) for tok in found], np.float64)
-            batch.labels = values[batch.labels.astype(np.int64)].astype(np.float32)
-            found = None
-    if task == "binary":
-        batch.labels = (batch.labels > 0).astype(np.float32)
-    elif task == "multiclass" and classes is None and len(found) < 2:
-        raise DataError(f"multiclass training needs at least two classes, found only {found}", reader.name)
-    return LoadedData(batch, reader.name, reader.fmt, reader.bytes_read,
-                      time.perf_counter() - t0, reader.bad_rows, task=task, classes=found)
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
@@ -273,49 +227,67 @@ class TrainState:
         return Model(spec=s, params=params, state=state, meta=meta)
 
 
-def _row_weights(config: Config, data: LoadedData, weights_file: str | os.PathLike | None) -> np.ndarray | None:
-    """Each training row's weight: its sample weight times its class weight (None: all 1)."""
-    batch = data.batch
-    w = batch.weights
-    if weights_file is not None:
-        if w is not None:
-            raise ConfigError(f"{data.name} has inline row weights (LABEL:WEIGHT); "
-                              "give weights inline or with --weights, not both")
-        w = read_weights(weights_file, batch.n_rows, data.name)
+def _class_weight_table(config: Config, data: Dataset) -> np.ndarray | None:
+    """Weight of each final label value (binary: [negative, positive]), or None."""
     cw = config.class_weights()
     if cw is None:
-        return w
-    if data.task == "binary":
-        labels = batch.labels.astype(np.int64)
-        names = ["0", "1"]
-    else:
-        labels = batch.labels.astype(np.int64)
-        names = list(data.classes)
-    counts = np.bincount(labels, minlength=len(names)).astype(np.float64)
+        return None
+    names = ["0", "1"] if data.task == "binary" else list(data.classes)
+    counts = np.asarray(data.label_counts, np.float64)
     if cw == "balanced":
-        per_class = np.where(counts > 0, labels.size / (len(names) * np.maximum(counts, 1)), 0.0)
-    else:
-        per_class = np.ones(len(names))
-        for key, value in cw.items():
-            if data.task == "binary":
-                try:
-                    index = 1 if float(key) > 0 else 0
-                except ValueError:
-                    raise ConfigError(f"class weight label {key!r} is not a binary label (0, 1 or -1)") from None
-            elif key in names:
-                index = names.index(key)
-            else:
-                raise ConfigError(f"class weight label {key!r} is not a class of {data.name} "
-                                  f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
-            per_class[index] = value
-    cwr = per_class[labels].astype(np.float32)
-    return cwr if w is None else (w * cwr).astype(np.float32)
+        return np.where(counts > 0, data.n_rows / (len(names) * np.maximum(counts, 1)), 0.0).astype(np.float32)
+    table = np.ones(len(names), np.float32)
+    for key, value in cw.items():
+        if data.task == "binary":
+            try:
+                index = 1 if float(key) > 0 else 0
+            except ValueError:
+                raise ConfigError(f"class weight label {key!r} is not a binary label (0, 1 or -1)") from None
+        elif key in names:
+            index = names.index(key)
+        else:
+            raise ConfigError(f"class weight label {key!r} is not a class of {data.name} "
+                              f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        table[index] = value
+    return table
+
+
+def _weights_of(batch: Batch, table: np.ndarray | None, file_weights: np.ndarray | None,
+                first_row: int) -> np.ndarray | None:
+    """The rows' weights: sample weights (inline or from the weights file)
+    times class weights; None when all are 1."""
+    w = batch.weights
+    if file_weights is not None:
+        w = file_weights[first_row : first_row + batch.n_rows]
+    if table is not None:
+        cw = table[batch.labels.astype(np.int64)]
+        w = cw if w is None else (w * cw).astype(np.float32)
+    return w
+
+
+def _data_options(config: Config) -> dict:
+    return {"fmt": config.format, "limits": config.read_limits(),
+            "cache_dir": (config.cache_dir or default_cache_dir()) if config.cache else None,
+            "memory_budget": config.memory_budget}
+
+
+def _load(source, config: Config, task: str, classes, say) -> Dataset:
+    if isinstance(source, Batch):
+        return dataset_from_batch(source, task, classes)
+    ds = load_dataset(source, task=task, classes=classes, log=say, **_data_options(config))
+    how = {"hit": "from the cache", "built": "and cached"}.get(ds.cached_from, "")
+    rate = f" ({ds.bytes_read / 1e6 / max(ds.seconds, 1e-9):.0f} MB/s)" if ds.cached_from != "hit" and ds.bytes_read else ""
+    say(f"read {ds.n_rows} rows from {ds.name} {how} in {ds.seconds:.2f} s{rate}".replace("  ", " "))
+    if ds.n_skipped:
+        say(f"skipped {ds.n_skipped} malformed rows of {ds.name} (--max-bad-rows)"
+            + (f"; first: {ds.skipped[0]}" if ds.skipped else ""))
+    return ds
 
 
 def train(
     config: Config,
-    train_data: str | os.PathLike | Batch,
-    valid: str | os.PathLike | Batch | None = None,
+    train_data: str | os.PathLike | Sequence[str] | Batch,
+    valid: str | os.PathLike | Sequence[str] | Batch | None = None,
     *,
     weights: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -323,42 +295,40 @@ def train(
 ) -> Model:
     """Train a model; returns it with the run's summary in ``model.meta``.
 
-    weights: a file with one weight per training row (or give them inline as
-    LABEL:WEIGHT)."""
+    train_data and valid: a path, a glob, '-', a list of them, or a Batch.
+    weights: a file with one weight per training row (or give them inline
+    as LABEL:WEIGHT)."""
     say = log or (lambda msg: None)
     patience = config.stop_patience
     if patience and valid is None:
         raise ConfigError("early stopping (--patience / --auto-stop) needs a validation set (-p/--valid)")
-    limits = config.read_limits()
-    tr = load_data(train_data, config.format, limits, config.task)
+    tr = _load(train_data, config, config.task, None, say)
     task = tr.task
     if config.task == "auto":
         say(f"task: {task} (from the labels of {tr.name})")
         config = config.replace(task=task)   # re-validates the combination
-    say(f"read {tr.batch.n_rows} rows from {tr.name} in {tr.seconds:.2f} s"
-        + (f" ({tr.bytes_read / 1e6 / max(tr.seconds, 1e-9):.0f} MB/s)" if tr.bytes_read else ""))
-    va = load_data(valid, config.format, limits, task, tr.classes) if valid is not None else None
-    if va is not None:
-        say(f"read {va.batch.n_rows} rows from {va.name} in {va.seconds:.2f} s")
-    for data in (tr, va):
-        if data is not None and data.skipped:
-            say(f"skipped {len(data.skipped)} malformed rows of {data.name} (--max-bad-rows); "
-                f"first: {data.skipped[0]}")
+    if task == "multiclass" and len(tr.classes) < 2:
+        raise DataError(f"multiclass training needs at least two classes, found only {tr.classes}", tr.name)
+    va = _load(valid, config, task, tr.classes, say) if valid is not None else None
     if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
         raise ConfigError(
             f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
             "use --model fm or lr, or libffm input"
         )
-    row_weights = _row_weights(config, tr, weights)
-    if row_weights is not None and not float(row_weights.sum()) > 0:
-        raise DataError("every training row has weight 0", tr.name)
+    file_weights = None
+    if weights is not None:
+        if tr.has_weights:
+            raise ConfigError(f"{tr.name} has inline row weights (LABEL:WEIGHT); "
+                              "give weights inline or with --weights, not both")
+        file_weights = read_weights(weights, tr.n_rows, tr.name)
+    class_table = _class_weight_table(config, tr)
     metric = config.early_stopping_metric or DEFAULT_METRIC[task]
     if task not in METRICS[metric][0]:
         raise ConfigError(f"metric {metric} is not defined for the {task} task")
 
     rng = np.random.default_rng(config.seed)
-    n_features = max(tr.batch.max_feature + 1, 0)
-    n_fields = max(tr.batch.max_field + 1, 0)
+    n_features = max(tr.max_feature + 1, 0)
+    n_fields = max(tr.max_field + 1, 0)
     n_classes = len(tr.classes) if task == "multiclass" else 1
     need = TrainState.bytes_needed(config, n_features, n_fields, n_classes)
     limit = config.max_memory if config.max_memory is not None else _available_memory()
@@ -373,39 +343,63 @@ def train(
             tr.name,
         )
     state = TrainState(config, n_features, n_fields, rng, task, tr.classes)
-    n_rows = tr.batch.n_rows
-    steps_per_epoch = -(-n_rows // config.batch_size)
+    n_rows = tr.n_rows
+    # Data that fits the memory budget is trained as one chunk (an exact
+    # shuffle of all rows each epoch); larger data streams chunk by chunk:
+    # the chunks' order is shuffled, then the rows within each chunk.
+    whole = tr.n_chunks == 1 or tr.data_bytes <= config.memory_budget
+    mem_batch = tr.in_memory() if whole else None
+    sizes = [n_rows] if whole else tr.chunk_rows
+    steps_per_epoch = sum(-(-r // config.batch_size) for r in sizes)
     total_steps = steps_per_epoch * config.epochs
+    va_batch = va.in_memory() if va is not None and va.data_bytes <= config.memory_budget else None
+    if not whole:
+        say(f"streaming {tr.n_chunks} chunks of up to {max(tr.chunk_rows)} rows per epoch "
+            f"(data of {tr.data_bytes / 2**20:.0f} MiB > --memory-budget)")
     history: list[EpochStats] = []
     best: tuple[float | None, int] = (None, 0)
     snap = None
     nonfinite = 0
     t_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(n_rows) if config.shuffle else np.arange(n_rows)
         t0 = time.perf_counter()
-        loss, wsum, bad, first = state.train_epoch(
-            tr.batch, order.astype(np.int64, copy=False), row_weights,
-            (epoch - 1) * steps_per_epoch, total_steps)
+        step = (epoch - 1) * steps_per_epoch
+        loss = wsum = 0.0
+        bad = 0
+        if whole:
+            parts = [(0, mem_batch, None)]
+        else:
+            parts = tr.chunks(rng.permutation(tr.n_chunks) if config.shuffle else None)
+        offsets = np.concatenate([[0], np.cumsum(tr.chunk_rows)])
+        for index, batch, fname in parts:
+            rows = batch.n_rows
+            order = rng.permutation(rows) if config.shuffle else np.arange(rows)
+            w = _weights_of(batch, class_table, file_weights, 0 if whole else int(offsets[index]))
+            l, ws, b, first = state.train_epoch(batch, order.astype(np.int64, copy=False), w, step,
+                                                total_steps)
+            step += -(-rows // config.batch_size)
+            loss, wsum, bad = loss + l, wsum + ws, bad + b
+            if first >= 0:
+                row = int(order[first])
+                where = fname or tr.file_of_rows(np.array([row]))[0]
+                line = int(batch.lines[row]) if batch.lines is not None else None
+                raise DivergenceError(
+                    f"{where}:{line if line is not None else f'row {row + 1}'}: training diverged in "
+                    f"epoch {epoch} (a non-finite score or loss on this row); lower the learning rate "
+                    "(-r), set --clip-norm, or use --on-nonfinite skip; no model was written")
         seconds = time.perf_counter() - t0
         nonfinite += bad
-        if first >= 0:
-            row = int(order[first])
-            line = int(tr.batch.lines[row]) if tr.batch.lines is not None else None
-            raise DivergenceError(
-                f"{tr.name}:{line if line is not None else f'row {row + 1}'}: training diverged in "
-                f"epoch {epoch} (a non-finite score or loss on this row); lower the learning rate (-r), "
-                "set --clip-norm, or use --on-nonfinite skip; no model was written")
         if not state.all_finite():
             raise DivergenceError(
                 f"training diverged in epoch {epoch} (a weight became non-finite); lower the "
                 "learning rate (-r) or set --clip-norm; no model was written")
+        if epoch == 1 and not wsum > 0 and bad < n_rows:
+            raise DataError("every training row has weight 0", tr.name)
         if bad:
             say(f"epoch {epoch}: skipped {bad} rows with a non-finite score or loss (--on-nonfinite skip)")
         va_metrics = None
         if va is not None:
-            va_metrics = evaluate(task, va.batch.labels, state.scores(va.batch, available_cpus()),
-                                  va.batch.weights)
+            va_metrics = _validate(state, va, va_batch, task)
         stats = EpochStats(epoch, loss / wsum if wsum > 0 else float("nan"), va_metrics, seconds,
                            n_rows / max(seconds, 1e-9), bad, task)
         history.append(stats)
@@ -443,9 +437,9 @@ def train(
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
             "train_rows": n_rows,
-            "skipped_rows": len(tr.skipped) + (len(va.skipped) if va is not None else 0),
+            "skipped_rows": tr.n_skipped + (va.n_skipped if va is not None else 0),
             "nonfinite_rows": nonfinite,
-            "valid_rows": va.batch.n_rows if va is not None else 0,
+            "valid_rows": va.n_rows if va is not None else 0,
             "epochs_run": len(history),
             "model_epoch": final_epoch,
             "early_stopping_metric": metric if va is not None else None,
@@ -462,6 +456,20 @@ def train(
     model = state.to_model(meta)
     model.meta["training"]["zero_weights"] = model.count_zeros()
     return model
+
+
+def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: str) -> dict[str, float]:
+    """The task's metrics on the validation data (scored with every CPU)."""
+    threads = available_cpus()
+    if va_batch is not None:
+        return evaluate(task, va_batch.labels, state.scores(va_batch, threads), va_batch.weights)
+    scores, labels, weights = [], [], []
+    for _, batch, _ in va.chunks():
+        scores.append(state.scores(batch, threads))
+        labels.append(np.array(batch.labels))
+        weights.append(batch.weights if batch.weights is not None else np.ones(batch.n_rows, np.float32))
+    return evaluate(task, np.concatenate(labels), np.concatenate(scores),
+                    np.concatenate(weights) if va.has_weights else None)
 
 
 _STATE_SLOTS = {"sgd": [], "adagrad": ["G"], "adam": ["m", "v"], "ftrl": ["z", "n"]}

@@ -15,7 +15,7 @@ from ._options import read_limit_options
 
 @click.command(context_settings={"show_default": True})
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.argument("data", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("data", nargs=-1, required=True, metavar="DATA...", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Where to write probabilities ('-' is stdout).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=None, show_default=False,
@@ -27,7 +27,9 @@ from ._options import read_limit_options
 @click.option("--top1", is_flag=True, help="Multiclass: print the most probable class label instead of the probabilities.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
 def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, max_line_bytes, top1, quiet):
-    """Score DATA ('-' for stdin) with MODEL_FILE.
+    """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
+    .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
+    are scored in order.
 
     Writes one line per row: the probability of the positive class (binary),
     the predicted value (regression), or the C class probabilities in the
@@ -56,7 +58,7 @@ def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, ma
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
         unseen = UnseenIds(model, strict=strict_ids)
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
-        for scores, labels in iter_scores(model, data, fmt=fmt, threads=threads, limits=limits,
+        for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
                                           unseen=unseen):
             out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)

@@ -14,12 +14,17 @@ from ._options import ByteSize, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
-_DATA_SUFFIXES = (".ffm", ".libffm", ".svm", ".libsvm", ".txt")
+_DATA_SUFFIXES = (".ffm", ".libffm", ".svm", ".libsvm", ".txt", ".parquet", ".pq")
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
 
 
 def default_output(train_file: str) -> str:
     """libffm-style default: the training file's base name, with '.fm'."""
     base = os.path.basename(train_file)
+    for suffix in _COMPRESSION_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+            break
     for suffix in _DATA_SUFFIXES:
         if base.endswith(suffix) and len(base) > len(suffix):
             base = base[: -len(suffix)]
@@ -28,7 +33,8 @@ def default_output(train_file: str) -> str:
 
 
 @click.command(context_settings={"show_default": True})
-@click.argument("train_file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("train_files", nargs=-1, required=True, metavar="TRAIN_FILE...",
+                type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Model file to write.  [default: TRAIN_FILE's base name + .fm]", show_default=False)
 @click.option("-p", "--valid", type=click.Path(dir_okay=False),
@@ -89,10 +95,19 @@ def default_output(train_file: str) -> str:
               help="Largest accepted feature id; a larger one is a bad row.")
 @click.option("--max-memory", type=ByteSize(), default=None, show_default=False,
               help="Refuse a model larger than this (e.g. 8G) before allocating it.  [default: physical memory]")
+@click.option("--cache/--no-cache", default=D.cache,
+              help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, show_default=False,
+              help="Where caches live.  [default: $FMCLI_CACHE_DIR, else $XDG_CACHE_HOME/fmcli or ~/.cache/fmcli]")
+@click.option("--memory-budget", type=ByteSize(), default=D.memory_budget, show_default="1G",
+              help="Parsed data up to this size is held in memory (exact shuffles); more is streamed "
+                   "in chunks from the cache.")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def train(train_file, output, valid, quiet, no_optimizer_state, fmt, weights_file, **options):
-    """Train a model on TRAIN_FILE (libffm or libsvm text; '-' reads stdin).
+def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, **options):
+    """Train a model on TRAIN_FILE... (libffm or libsvm text, plain or .gz,
+    .bz2, .zst, .lz4; Parquet; '-' reads stdin).  Several files and quoted
+    globs ('day_*.ffm.gz') are read one after another as one data set.
 
     With --no-bias --no-linear and the default AdaGrad this is libffm's FFM.
     The model file is written only when training succeeds, atomically.
@@ -101,13 +116,13 @@ def train(train_file, output, valid, quiet, no_optimizer_state, fmt, weights_fil
 
     cfg = Config(format=fmt, **options)
     if output is None:
-        if train_file == "-":
-            raise click.UsageError("training from stdin needs -o/--output")
-        output = default_output(train_file)
+        if train_files[0] == "-" or any(c in train_files[0] for c in "*?["):
+            raise click.UsageError("training from stdin or a glob needs -o/--output")
+        output = default_output(train_files[0])
     check_writable(output)
     model = run_training(
         cfg,
-        train_file,
+        list(train_files),
         valid,
         weights=weights_file,
         on_epoch=_render.EpochTable(quiet),

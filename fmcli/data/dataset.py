@@ -1,0 +1,355 @@
+"""Training and validation data: any number of inputs read once, as chunks.
+
+The first pass parses every input (text, compressed text, Parquet, stdin)
+in bounded memory, collects what the model needs to know before it exists
+(largest feature and field ids, classes, row count, label balance) and
+writes the rows, chunk by chunk, to the binary cache (fmcli.data.cache).
+Every epoch then reads chunks from the memory-mapped cache, or from memory
+when the whole data set fits the memory budget.  With the cache turned off
+and data larger than the budget, every epoch parses the inputs again.
+
+Chunks never span two input files and hold at most CHUNK_ROWS rows; they
+are the unit of out-of-core shuffling (see fmcli.train).
+
+Labels in chunks are what the kernels want: 0/1 (binary), the target
+(regression) or the class index (multiclass).  Readers produce them in a
+provisional form (binary: as written; multiclass: classes in order of first
+appearance); ``label_map`` turns that into the final form when a chunk is
+handed out, so a cache never has to be rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+from .batch import Batch
+from .cache import CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path
+from .text import ReadLimits, TextReader, detect_task, sort_classes
+
+CHUNK_ROWS = 1 << 18
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def make_reader(path: str, fmt: str, label_mode: str, limits: ReadLimits, track_lines: bool = True,
+                classes: Sequence[str] | None = None):
+    """The reader for one input: Parquet by name or --format parquet, else text."""
+    extra = {"classes": list(classes)} if classes is not None else {}
+    if fmt == "parquet" or (fmt == "auto" and str(path).lower().endswith(PARQUET_SUFFIXES)):
+        from .parquet import ParquetReader
+
+        return ParquetReader(path, label_mode=label_mode, limits=limits, track_lines=track_lines, **extra)
+    return TextReader(path, fmt=fmt, label_mode=label_mode, limits=limits, track_lines=track_lines, **extra)
+
+
+def _inputs(specs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    from .source import expand_inputs
+
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    return expand_inputs([os.fspath(s) for s in specs])
+
+
+@dataclass
+class Dataset:
+    """Rows of one or more inputs; iterate them with :meth:`chunks`."""
+
+    name: str                       # the inputs' names, comma-separated
+    format: str
+    task: str
+    n_rows: int
+    nnz: int
+    max_feature: int
+    max_field: int
+    classes: list[str] | None       # multiclass: label token of each class index
+    label_map: np.ndarray | None    # provisional label -> final label (see module doc)
+    label_counts: list[int]         # rows per final class (binary: [negatives, positives])
+    has_weights: bool
+    chunk_rows: list[int]
+    chunk_files: list[str]
+    bytes_read: int = 0
+    seconds: float = 0.0
+    skipped: list = field(default_factory=list)   # DataErrors of rows skipped (max_bad_rows)
+    n_skipped: int = 0
+    cache: CacheFile | None = None
+    cached_from: str | None = None  # "hit" (reused), "built", or None
+    _memory: list[Batch] | None = None
+    _reparse: Callable[[], Iterator[tuple[Batch, str]]] | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_rows)
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes the rows take in memory."""
+        return self.n_rows * (4 + 8 + 8 + (4 if self.has_weights else 0)) + self.nnz * 12
+
+    def _final(self, batch: Batch) -> Batch:
+        labels = batch.labels
+        if self.label_map is not None:
+            labels = self.label_map[labels.astype(np.int64)]
+        elif self.task == "binary":
+            labels = (labels > 0).astype(np.float32)
+        return Batch(np.ascontiguousarray(labels, np.float32), batch.indptr, batch.fields, batch.features,
+                     batch.values, batch.lines, batch.weights)
+
+    def chunks(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, Batch, str]]:
+        """(index, rows, file name) of every chunk, in `order` (default: as read).
+
+        From a cache, a chunk's pages are released once the next is asked
+        for, so streaming holds one chunk at a time."""
+        if self._memory is not None or self.cache is not None:
+            for i in (range(self.n_chunks) if order is None else order):
+                i = int(i)
+                if self._memory is not None:
+                    yield i, self._memory[i], self.chunk_files[i]
+                else:
+                    yield i, self._final(self.cache.chunk(i)), self.chunk_files[i]
+                    self.cache.release(i)
+            return
+        # no cache, too big for memory: parse again, in file order
+        assert self._reparse is not None
+        for i, (batch, name) in enumerate(self._reparse()):
+            yield i, self._final(batch), name
+
+    def in_memory(self) -> Batch:
+        """All rows as one Batch (the caller decided they fit)."""
+        parts = [b for _, b, _ in self.chunks()]
+        batch = Batch.concat(parts)
+        if len(parts) > 1:
+            batch.lines = np.concatenate([b.lines for b in parts]) if parts[0].lines is not None else None
+            if self.has_weights:
+                batch.weights = np.concatenate(
+                    [b.weights if b.weights is not None else np.ones(b.n_rows, np.float32) for b in parts])
+        return batch
+
+    def file_of_rows(self, rows: np.ndarray) -> list[str]:
+        """Input file of each row of :meth:`in_memory`'s batch."""
+        ends = np.cumsum(self.chunk_rows)
+        return [self.chunk_files[i] for i in np.searchsorted(ends, rows, side="right")]
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+class _Classes:
+    """Class tokens across inputs, in order of first appearance."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def remap(self, reader_classes: list[str], labels: np.ndarray) -> np.ndarray:
+        table = np.empty(len(reader_classes), np.float32)
+        for i, name in enumerate(reader_classes):
+            if name not in self.index:
+                self.index[name] = len(self.names)
+                self.names.append(name)
+            table[i] = self.index[name]
+        return table[labels.astype(np.int64)] if labels.size else labels
+
+
+def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
+           classes: Sequence[str] | None, stats: dict | None) -> Iterator[tuple[Batch, str]]:
+    """Every input's rows, as chunks of at most CHUNK_ROWS rows, with
+    provisional labels; `stats` (when given) collects what the first pass learns."""
+    found = _Classes()
+    for path in inputs:
+        reader = make_reader(path, fmt, label_mode, limits, True, classes)
+        pending: list[Batch] = []
+        rows = 0
+        t0 = time.perf_counter()
+        for batch in reader:
+            if label_mode == "class" and classes is None:
+                batch.labels = found.remap(reader.classes, batch.labels)
+            pending.append(batch)
+            rows += batch.n_rows
+            if rows >= CHUNK_ROWS:
+                yield _join(pending), reader.name
+                pending, rows = [], 0
+        if pending:
+            yield _join(pending), reader.name
+        if stats is not None:
+            stats["names"].append(reader.name)
+            stats["formats"].append(reader.fmt)
+            stats["bytes"] += reader.bytes_read
+            stats["skipped"].extend(reader.bad_rows)
+            stats["seconds"] += time.perf_counter() - t0
+    if stats is not None:
+        stats["classes"] = found.names
+
+
+def _join(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    batch = Batch.concat(parts)
+    batch.lines = np.concatenate([b.lines for b in parts])
+    return batch
+
+
+def load_dataset(
+    specs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    fmt: str = "auto",
+    limits: ReadLimits = ReadLimits(),
+    task: str = "binary",
+    classes: Sequence[str] | None = None,
+    cache_dir: str | None = None,
+    memory_budget: int = 1 << 30,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Dataset:
+    """Read (or find in the cache) the rows of `specs`: paths, globs or '-'.
+
+    task "auto" reads labels as tokens and decides (detect_task).  With
+    `classes` (a trained model's) a label outside them is an error.
+    cache_dir None turns the cache off."""
+    inputs = _inputs(specs)
+    label_mode = {"binary": "binary", "regression": "real"}.get(task, "class")
+    options = {"fmt": fmt, "label_mode": label_mode, "task": task,
+               "classes": None if classes is None else list(classes),
+               "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id]}
+    reusable = cache_dir is not None and "-" not in inputs
+    key = cache_key(inputs, options) if reusable else None
+    path = cache_path(cache_dir, key) if reusable else None
+    if reusable and os.path.exists(path):
+        t0 = time.perf_counter()
+        try:
+            cf = CacheFile(path, key)
+        except CacheInvalid as exc:
+            log(f"cache {path} is not usable ({exc}); rebuilding it")
+        else:
+            ds = _from_meta(cf.meta, cache=cf)
+            ds.seconds = time.perf_counter() - t0
+            ds.cached_from = "hit"
+            return ds
+
+    stats = {"names": [], "formats": [], "bytes": 0, "skipped": [], "seconds": 0.0, "classes": []}
+    writer = CacheWriter(path, cache_dir) if cache_dir is not None else None
+    memory: list[Batch] | None = [] if writer is None else None
+    chunk_rows, chunk_files, counts = [], [], {}
+    n_rows = nnz = 0
+    max_feature = max_field = -1
+    has_weights = False
+    t0 = time.perf_counter()
+    try:
+        for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats):
+            n_rows += batch.n_rows
+            nnz += batch.nnz
+            max_feature = max(max_feature, batch.max_feature)
+            max_field = max(max_field, batch.max_field)
+            has_weights = has_weights or batch.weights is not None
+            if label_mode != "real":
+                values, c = np.unique(batch.labels, return_counts=True)
+                for v, k in zip(values.tolist(), c.tolist()):
+                    counts[v] = counts.get(v, 0) + k
+            chunk_rows.append(batch.n_rows)
+            chunk_files.append(name)
+            if writer is not None:
+                writer.add(batch, name)
+            elif memory is not None:
+                memory.append(batch)
+                if n_rows * 24 + nnz * 12 > memory_budget and "-" not in inputs:
+                    memory = None          # too big: parse again every epoch instead
+        names = stats["names"]
+        if n_rows == 0:
+            raise DataError("no data rows (the file is empty, blank or only comments)", ", ".join(names))
+        meta = _meta(names, stats, task, label_mode, classes, n_rows, nnz, max_feature, max_field,
+                     has_weights, chunk_rows, chunk_files, counts)
+        cf = None
+        if writer is not None:
+            final = writer.finish(key or "", meta)
+            writer = None
+            cf = CacheFile(final, verify=False)
+            if not reusable:
+                os.unlink(final)   # stdin: the mapping stays valid for this run only
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    ds = _from_meta(meta, cache=cf)
+    ds.seconds = time.perf_counter() - t0
+    ds.skipped = stats["skipped"]
+    ds.cached_from = "built" if cf is not None else None
+    if cf is None:
+        if memory is not None:
+            ds._memory = [ds._final(b) for b in memory]
+        else:
+            ds._reparse = lambda: _parse(inputs, fmt, label_mode, limits, classes, None)
+    return ds
+
+
+def _meta(names, stats, task, label_mode, classes, n_rows, nnz, max_feature, max_field, has_weights,
+          chunk_rows, chunk_files, counts) -> dict:
+    found = stats["classes"]
+    label_map = None
+    final_classes = None if classes is None else list(classes)
+    if task == "auto":
+        task = detect_task(found)
+        if task != "multiclass":
+            values = np.array([float(t) for t in found], np.float64)
+            label_map = (values > 0).astype(np.float32) if task == "binary" else values.astype(np.float32)
+    if task == "multiclass" and classes is None:
+        final_classes = sort_classes(found)
+        position = {c: i for i, c in enumerate(final_classes)}
+        label_map = np.array([position[c] for c in found], np.float32)
+    # rows per final label
+    label_counts: list[int] = []
+    if task == "binary":
+        pos = sum(k for v, k in counts.items() if (label_map[int(v)] if label_map is not None else v) > 0)
+        label_counts = [n_rows - pos, pos]
+    elif task == "multiclass":
+        label_counts = [0] * len(final_classes)
+        for v, k in counts.items():
+            label_counts[int(label_map[int(v)]) if label_map is not None else int(v)] += k
+    return {
+        "names": names, "formats": stats["formats"], "bytes": stats["bytes"], "task": task,
+        "n_rows": n_rows, "nnz": nnz, "max_feature": max_feature, "max_field": max_field,
+        "classes": final_classes, "label_map": None if label_map is None else label_map.tolist(),
+        "label_counts": label_counts, "has_weights": has_weights, "chunk_rows": chunk_rows,
+        "chunk_files": chunk_files, "skipped": len(stats["skipped"]),
+    }
+
+
+def _from_meta(meta: dict, cache: CacheFile | None) -> Dataset:
+    formats = sorted(set(meta["formats"]))
+    return Dataset(
+        name=", ".join(meta["names"]), format=formats[0] if len(formats) == 1 else "mixed",
+        task=meta["task"], n_rows=meta["n_rows"], nnz=meta["nnz"], max_feature=meta["max_feature"],
+        max_field=meta["max_field"], classes=meta["classes"],
+        label_map=None if meta["label_map"] is None else np.array(meta["label_map"], np.float32),
+        label_counts=meta["label_counts"], has_weights=meta["has_weights"],
+        chunk_rows=meta["chunk_rows"], chunk_files=meta["chunk_files"], bytes_read=meta["bytes"],
+        cache=cache, n_skipped=meta["skipped"],
+    )
+
+
+def dataset_from_batch(batch: Batch, task: str = "binary", classes: Sequence[str] | None = None) -> Dataset:
+    """An in-memory Dataset of ready rows (labels as the task wants them, or
+    0/1 / -1/+1 for binary)."""
+    if task == "auto":
+        raise DataError("a Batch needs an explicit task", "<batch>")
+    labels = batch.labels
+    counts: list[int] = []
+    if task == "binary":
+        labels = (labels > 0).astype(np.float32)
+        pos = int(np.count_nonzero(labels))
+        counts = [batch.n_rows - pos, pos]
+    elif task == "multiclass":
+        if classes is None:
+            classes = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
+        counts = np.bincount(labels.astype(np.int64), minlength=len(classes)).tolist()
+    rows = Batch(labels, batch.indptr, batch.fields, batch.features, batch.values,
+                 batch.lines if batch.lines is not None else np.arange(1, batch.n_rows + 1),
+                 batch.weights)
+    return Dataset(name="<batch>", format="batch", task=task, n_rows=batch.n_rows, nnz=batch.nnz,
+                   max_feature=batch.max_feature, max_field=batch.max_field,
+                   classes=None if classes is None else list(classes), label_map=None,
+                   label_counts=counts, has_weights=batch.weights is not None,
+                   chunk_rows=[batch.n_rows], chunk_files=["<batch>"], _memory=[rows])
