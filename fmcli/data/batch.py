@@ -41,6 +41,19 @@ class Batch:
     def max_field(self) -> int:
         return int(self.fields.max()) if self.nnz else -1
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows start..stop-1 (views; indptr rebased to 0)."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return Batch(
+            labels=self.labels[start:stop],
+            indptr=self.indptr[start : stop + 1] - lo,
+            fields=self.fields[lo:hi],
+            features=self.features[lo:hi],
+            values=self.values[lo:hi],
+            lines=None if self.lines is None else self.lines[start:stop],
+            weights=None if self.weights is None else self.weights[start:stop],
+        )
+
     @classmethod
     def empty(cls) -> "Batch":
         return cls(

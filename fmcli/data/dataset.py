@@ -171,9 +171,11 @@ def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
                 batch.labels = found.remap(reader.classes, batch.labels)
             pending.append(batch)
             rows += batch.n_rows
-            if rows >= CHUNK_ROWS:
-                yield _join(pending), reader.name
-                pending, rows = [], 0
+            while rows >= CHUNK_ROWS:
+                whole = _join(pending)
+                yield whole.rows(0, CHUNK_ROWS), reader.name
+                rest = whole.rows(CHUNK_ROWS, whole.n_rows)
+                pending, rows = ([rest] if rest.n_rows else []), rest.n_rows
         if pending:
             yield _join(pending), reader.name
         if stats is not None:
