@@ -450,6 +450,8 @@ class Bench:
         ]
         if tool == FMCLI:
             argv += ["--no-bias", "--no-linear"]
+        if not self.args.fmcli_keep_cache:
+            argv.append("--no-cache")
         argv.append(self.data.train)
         m = self.runner.run(argv, _label(repeat, case, tool, "train"))
         epochs, reads = parse_fmcli_train(m.stderr)
@@ -880,6 +882,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ref.add_argument("--libffm-keep-cache", action="store_true",
                      help="let libffm reuse its .bin cache after the first run "
                           "(default: removed before every run, so every run converts text like fmcli)")
+    runs.add_argument("--fmcli-keep-cache", action="store_true",
+                      help="let fmcli use its binary cache (default: --no-cache, every run parses text)")
     out = ap.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write every raw figure here")
     out.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -938,6 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "learning_rate": float(LEARNING_RATE), "l2": float(L2),
                 "libffm_exact": args.libffm_exact, "with_linear": args.with_linear,
                 "libffm_keep_cache": args.libffm_keep_cache,
+                "fmcli_keep_cache": args.fmcli_keep_cache,
                 "order": "every repeat runs each case's tools back to back (fmcli, libffm, fmcli+linear)",
             },
             data={
