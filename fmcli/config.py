@@ -87,6 +87,13 @@ class Config:
     cache: bool = True
     cache_dir: str | None = None
     memory_budget: int = 1 << 30
+    # Parquet input (fmcli.data.parquet): the label and weight columns, the
+    # columns of a wide table (comma-separated; None: all others) and the
+    # hash space of its categorical values
+    label_column: str = "label"
+    weight_column: str | None = None
+    columns: str | None = None
+    hash_bits: int = 22
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -138,6 +145,8 @@ class Config:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.max_bad_rows < 0 or self.max_line_bytes < 1 or not 0 <= self.max_feature_id < 2**31:
             raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
+        if not 1 <= self.hash_bits <= 31:
+            raise ConfigError(f"hash bits must be between 1 and 31, got {self.hash_bits}")
         if self.memory_budget < 0:
             raise ConfigError(f"memory budget must be non-negative, got {self.memory_budget}")
         if self.max_memory is not None and self.max_memory < 1:
@@ -210,6 +219,12 @@ class Config:
                                   f"with weights >= 0, got {spec!r}")
             out[label.strip()] = value
         return out
+
+    def parquet_options(self) -> dict:
+        """Keyword arguments of fmcli.data.parquet.ParquetReader."""
+        columns = None if self.columns is None else tuple(c.strip() for c in self.columns.split(",") if c.strip())
+        return {"label_column": self.label_column, "weight_column": self.weight_column,
+                "columns": columns, "hash_bits": self.hash_bits}
 
     def read_limits(self):
         from .data.text import ReadLimits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import numpy as np
 
 from ._core import _kernels
 from .data.batch import Batch
+from .config import Config
 from .data.dataset import make_reader
 from .data.source import expand_inputs
 from .data.text import ReadLimits
@@ -108,10 +110,15 @@ def iter_scores(
     scorer = Scorer(model, threads)
     spec = model.spec
     classes = list(spec.classes) if spec.task == "multiclass" else None
+    # Parquet column options as in training
+    hp = model.meta.get("hyperparameters") or {}
+    known = {f.name for f in dataclasses.fields(Config)}
+    parquet = Config.from_dict({k: v for k, v in hp.items() if k in known and k in
+                                ("label_column", "weight_column", "columns", "hash_bits")}).parquet_options()
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     for path in expand_inputs([os.fspath(s) for s in sources]):
         reader = make_reader(path, fmt, "class" if classes else "real", limits,
-                             track_lines=unseen is not None, classes=classes)
+                             track_lines=unseen is not None, classes=classes, parquet=parquet)
         for batch in reader:
             if unseen is not None:
                 unseen.check(batch, reader.name)

@@ -268,7 +268,7 @@ def _weights_of(batch: Batch, table: np.ndarray | None, file_weights: np.ndarray
 def _data_options(config: Config) -> dict:
     return {"fmt": config.format, "limits": config.read_limits(),
             "cache_dir": (config.cache_dir or default_cache_dir()) if config.cache else None,
-            "memory_budget": config.memory_budget}
+            "memory_budget": config.memory_budget, "parquet": config.parquet_options()}
 
 
 def _load(source, config: Config, task: str, classes, say) -> Dataset:

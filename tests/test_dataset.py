@@ -171,3 +171,31 @@ def test_cli_trains_on_a_quoted_glob(tmp_path):
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == len(lines)
     p = predict(load_model(tmp_path / "m.fm"), [str(tmp_path / "day_0.ffm")])
     np.testing.assert_allclose(p, [float(x) for x in res.stdout.splitlines()[: p.size]], rtol=1e-5)
+
+
+def test_wide_parquet_trains_and_predicts_with_the_same_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 600
+    color = rng.choice(["red", "green", "blue"], n)
+    size = rng.integers(0, 5, n)
+    noise = rng.choice(["a", "b"], n)
+    y = ((color == "red") ^ (size > 2)).astype(np.int64)
+    pq.write_table(pa.table({"target": y, "color": color, "size": size, "noise": noise}), tmp_path / "w.parquet")
+    model_path = tmp_path / "m.fm"
+    res = CliRunner().invoke(cli, ["train", "--model", "fm", "-t", "10", "--label-column", "target", "--columns",
+                                   "color,size", "--hash-bits", "12", "-o", str(model_path),
+                                   str(tmp_path / "w.parquet")])
+    assert res.exit_code == 0, res.output
+    model = load_model(model_path)
+    assert model.meta["hyperparameters"]["columns"] == "color,size"
+    assert model.spec.n_features <= 2**12 and model.spec.n_fields == 2
+    res = CliRunner().invoke(cli, ["predict", str(model_path), str(tmp_path / "w.parquet")])
+    assert res.exit_code == 0, res.output
+    p = np.array([float(x) for x in res.stdout.split()])
+    assert p.size == n and np.mean((p > 0.5) == y) > 0.9
+    res = CliRunner().invoke(cli, ["train", "--label-column", "target", "--columns", "colour", "-o", str(tmp_path / "x.fm"),
+                                   str(tmp_path / "w.parquet")])
+    assert res.exit_code == 65 and "colour" in res.stderr

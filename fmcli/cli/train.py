@@ -95,6 +95,13 @@ def default_output(train_file: str) -> str:
               help="Largest accepted feature id; a larger one is a bad row.")
 @click.option("--max-memory", type=ByteSize(), default=None, show_default=False,
               help="Refuse a model larger than this (e.g. 8G) before allocating it.  [default: physical memory]")
+@click.option("--label-column", default=D.label_column, help="Parquet: the label column.")
+@click.option("--weight-column", default=None, show_default=False,
+              help="Parquet: a column of row weights.  [default: 'weight' when the sparse schema has it]")
+@click.option("--columns", default=None, show_default=False,
+              help="Parquet wide tables: the columns to use as fields, comma-separated.  [default: all others]")
+@click.option("--hash-bits", type=click.IntRange(1, 31), default=D.hash_bits,
+              help="Parquet wide tables: categorical values are hashed into 2^N feature ids.")
 @click.option("--cache/--no-cache", default=D.cache,
               help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, show_default=False,

@@ -37,13 +37,15 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def make_reader(path: str, fmt: str, label_mode: str, limits: ReadLimits, track_lines: bool = True,
-                classes: Sequence[str] | None = None):
-    """The reader for one input: Parquet by name or --format parquet, else text."""
+                classes: Sequence[str] | None = None, parquet: dict | None = None):
+    """The reader for one input: Parquet by name or --format parquet, else text.
+    `parquet`: ParquetReader's column options."""
     extra = {"classes": list(classes)} if classes is not None else {}
     if fmt == "parquet" or (fmt == "auto" and str(path).lower().endswith(PARQUET_SUFFIXES)):
         from .parquet import ParquetReader
 
-        return ParquetReader(path, label_mode=label_mode, limits=limits, track_lines=track_lines, **extra)
+        return ParquetReader(path, label_mode=label_mode, limits=limits, track_lines=track_lines,
+                             **extra, **(parquet or {}))
     return TextReader(path, fmt=fmt, label_mode=label_mode, limits=limits, track_lines=track_lines, **extra)
 
 
@@ -157,12 +159,13 @@ class _Classes:
 
 
 def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
-           classes: Sequence[str] | None, stats: dict | None) -> Iterator[tuple[Batch, str]]:
+           classes: Sequence[str] | None, stats: dict | None,
+           parquet: dict | None = None) -> Iterator[tuple[Batch, str]]:
     """Every input's rows, as chunks of at most CHUNK_ROWS rows, with
     provisional labels; `stats` (when given) collects what the first pass learns."""
     found = _Classes()
     for path in inputs:
-        reader = make_reader(path, fmt, label_mode, limits, True, classes)
+        reader = make_reader(path, fmt, label_mode, limits, True, classes, parquet)
         pending: list[Batch] = []
         rows = 0
         t0 = time.perf_counter()
@@ -205,6 +208,7 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     cache_dir: str | None = None,
     memory_budget: int = 1 << 30,
+    parquet: dict | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Dataset:
     """Read (or find in the cache) the rows of `specs`: paths, globs or '-'.
@@ -216,7 +220,8 @@ def load_dataset(
     label_mode = {"binary": "binary", "regression": "real"}.get(task, "class")
     options = {"fmt": fmt, "label_mode": label_mode, "task": task,
                "classes": None if classes is None else list(classes),
-               "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id]}
+               "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id],
+               "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()}}
     reusable = cache_dir is not None and "-" not in inputs
     key = cache_key(inputs, options) if reusable else None
     path = cache_path(cache_dir, key) if reusable else None
@@ -241,7 +246,7 @@ def load_dataset(
     has_weights = False
     t0 = time.perf_counter()
     try:
-        for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats):
+        for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats, parquet):
             n_rows += batch.n_rows
             nnz += batch.nnz
             max_feature = max(max_feature, batch.max_feature)
@@ -283,7 +288,7 @@ def load_dataset(
         if memory is not None:
             ds._memory = [ds._final(b) for b in memory]
         else:
-            ds._reparse = lambda: _parse(inputs, fmt, label_mode, limits, classes, None)
+            ds._reparse = lambda: _parse(inputs, fmt, label_mode, limits, classes, None, parquet)
     return ds
 
 
