@@ -199,3 +199,22 @@ def test_wide_parquet_trains_and_predicts_with_the_same_columns(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--label-column", "target", "--columns", "colour", "-o", str(tmp_path / "x.fm"),
                                    str(tmp_path / "w.parquet")])
     assert res.exit_code == 65 and "colour" in res.stderr
+
+
+def test_prefetching_keeps_order_and_errors():
+    from fmcli.data.dataset import _prefetched
+
+    assert list(_prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise DivergenceError("boom")
+
+    got = []
+    with pytest.raises(DivergenceError, match="boom"):
+        for x in _prefetched(failing()):
+            got.append(x)
+    assert got == [1]
+    gen = _prefetched(iter(range(1000)))
+    assert next(gen) == 0
+    gen.close()          # stops the thread without consuming the rest

@@ -115,9 +115,11 @@ class Dataset:
                     yield i, self._final(self.cache.chunk(i)), self.chunk_files[i]
                     self.cache.release(i)
             return
-        # no cache, too big for memory: parse again, in file order
+        # no cache, too big for memory: parse again, in file order, the next
+        # chunk in a thread while the caller trains on this one (the parser
+        # and the kernels both run without the GIL)
         assert self._reparse is not None
-        for i, (batch, name) in enumerate(self._reparse()):
+        for i, (batch, name) in enumerate(_prefetched(self._reparse())):
             yield i, self._final(batch), name
 
     def in_memory(self) -> Batch:
@@ -139,6 +141,51 @@ class Dataset:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """`items`, produced one ahead by a background thread; its exceptions
+    are raised here, and closing this generator stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", done))
+        except BaseException as exc:  # handed to the consumer
+            q.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="fmcli-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(0.05)
 
 
 class _Classes:
