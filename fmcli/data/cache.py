@@ -114,7 +114,7 @@ class CacheWriter:
             if a is None:
                 continue
             _pad(self.f)
-            data = np.ascontiguousarray(a, dtype=dtype).tobytes()
+            data = memoryview(np.ascontiguousarray(a, dtype=dtype)).cast("B")
             crc = zlib.crc32(data, crc)
             self.f.write(data)
         self.chunks.append({"rows": rows, "nnz": nnz, "file": file, "offset": start,
@@ -127,8 +127,8 @@ class CacheWriter:
         pos = _pad(self.f)
         self.f.write(table)
         self.f.write(_TAIL.pack(pos, len(table), TRAILER))
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        # No fsync: after a crash a half-written cache fails its checks on
+        # opening and is rebuilt, so durability buys nothing here.
         self.f.close()
         final = self.path or self.tmp
         os.replace(self.tmp, final)

@@ -33,11 +33,13 @@ from .cache import CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
+TEXT_BLOCK_BYTES = 64 << 20   # text read per parser call while building a data set
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def make_reader(path: str, fmt: str, label_mode: str, limits: ReadLimits, track_lines: bool = True,
-                classes: Sequence[str] | None = None, parquet: dict | None = None):
+                classes: Sequence[str] | None = None, parquet: dict | None = None,
+                block_bytes: int | None = None):
     """The reader for one input: Parquet by name or --format parquet, else text.
     `parquet`: ParquetReader's column options."""
     extra = {"classes": list(classes)} if classes is not None else {}
@@ -46,6 +48,8 @@ def make_reader(path: str, fmt: str, label_mode: str, limits: ReadLimits, track_
 
         return ParquetReader(path, label_mode=label_mode, limits=limits, track_lines=track_lines,
                              **extra, **(parquet or {}))
+    if block_bytes is not None:
+        extra["block_bytes"] = block_bytes
     return TextReader(path, fmt=fmt, label_mode=label_mode, limits=limits, track_lines=track_lines, **extra)
 
 
@@ -212,13 +216,16 @@ def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
     provisional labels; `stats` (when given) collects what the first pass learns."""
     found = _Classes()
     for path in inputs:
-        reader = make_reader(path, fmt, label_mode, limits, True, classes, parquet)
+        reader = make_reader(path, fmt, label_mode, limits, True, classes, parquet, TEXT_BLOCK_BYTES)
         pending: list[Batch] = []
         rows = 0
         t0 = time.perf_counter()
         for batch in reader:
             if label_mode == "class" and classes is None:
                 batch.labels = found.remap(reader.classes, batch.labels)
+            if not pending and CHUNK_ROWS // 4 <= batch.n_rows <= CHUNK_ROWS:
+                yield batch, reader.name      # big enough to be a chunk as it is
+                continue
             pending.append(batch)
             rows += batch.n_rows
             while rows >= CHUNK_ROWS:
