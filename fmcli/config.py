@@ -16,6 +16,8 @@ ON_NONFINITE = ("stop", "skip")
 LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001}
 FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
+# cpu: the compiled core; cuda: fmcli.gpu (CuPy); auto: cuda when usable, else cpu
+DEVICES = ("cpu", "cuda", "auto")
 
 MAX_K = 1024
 
@@ -77,6 +79,7 @@ class Config:
     exact_adagrad: bool = False
     format: str = "auto"
     dtype: str = "float32"
+    device: str = "cpu"
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
     max_bad_rows: int = 0
     max_line_bytes: int = 1 << 24
@@ -90,6 +93,11 @@ class Config:
     # Parquet input (fmcli.data.parquet): the label and weight columns, the
     # columns of a wide table (comma-separated; None: all others) and the
     # hash space of its categorical values
+    # checkpoints (fmcli.checkpoint) and warm starts
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0            # rows; 0: at the end of every epoch only
+    keep_checkpoints: int = 2
+    init_model: str | None = None        # continue from this model's weights and optimizer state
     label_column: str = "label"
     weight_column: str | None = None
     columns: str | None = None
@@ -108,6 +116,7 @@ class Config:
         choice("on_nonfinite", ON_NONFINITE)
         choice("format", FORMATS)
         choice("dtype", DTYPES)
+        choice("device", DEVICES)
         if not 1 <= self.k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.epochs < 1:
@@ -145,6 +154,10 @@ class Config:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.max_bad_rows < 0 or self.max_line_bytes < 1 or not 0 <= self.max_feature_id < 2**31:
             raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint-every must be >= 0 rows and keep-checkpoints >= 1")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ConfigError("--checkpoint-every needs --checkpoint-dir")
         if not 1 <= self.hash_bits <= 31:
             raise ConfigError(f"hash bits must be between 1 and 31, got {self.hash_bits}")
         if self.memory_budget < 0:

@@ -45,6 +45,19 @@ class OutputError(FMError):
     exit_code = EX_CANTCREAT
 
 
+class OutputIOError(OutputError):
+    """Writing an output failed part-way (disk full, file too large, quota,
+    an I/O error); the file it would have replaced is left as it was."""
+
+    exit_code = EX_IOERR
+
+
+class LockedError(FMError):
+    """Another run holds the lock of the output file."""
+
+    exit_code = EX_TEMPFAIL
+
+
 class DataError(FMError):
     """Malformed input data, located as ``FILE:LINE: message``."""
 
@@ -77,3 +90,20 @@ class DeviceError(FMError):
 
 class DivergenceError(FMError):
     """Training produced a non-finite loss or weight."""
+
+
+class Interrupted(FMError):
+    """Training stopped on SIGINT or SIGTERM (after a checkpoint, when one was configured)."""
+
+    def __init__(self, signum: int, checkpointed: bool = False):
+        import signal
+
+        self.signum = int(signum)
+        self.checkpointed = checkpointed
+        self.exit_code = 128 + self.signum
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"interrupted by {name}" + ("; a checkpoint was written, continue with "
+                                                     "fm train --resume" if checkpointed else ""))

@@ -22,9 +22,11 @@ from .data.batch import Batch
 from .data.cache import default_cache_dir
 from .data.dataset import Dataset, dataset_from_batch, load_dataset
 from .data.weights import read_weights
-from .errors import ConfigError, DataError, DivergenceError
+from . import checkpoint
+from .checkpoint import json_safe
+from .errors import ConfigError, DataError, DivergenceError, Interrupted
 from .metrics import DEFAULT_METRIC, METRICS, evaluate, is_better
-from .model import Model, ModelSpec, padded_k
+from .model import Model, ModelSpec, load_model, padded_k
 
 
 @dataclass
@@ -129,6 +131,63 @@ class TrainState:
                 w = self.F[start : start + step, :kp]
                 self.F[start : start + step, kp : 2 * kp] = -(w * np.float32(beta / alpha + l2)
                                                                 + np.sign(w) * np.float32(l1))
+
+    def warm_start(self, parent: Model, path: str, say: Callable[[str], None]) -> int:
+        """Start from `parent`'s weights (and optimizer state when it has the
+        same optimizer's); ids beyond its range keep their fresh values.
+        Returns the updates the parent had made (Adam's step count and the
+        schedules continue from there)."""
+        p, s, cfg = parent.spec, self.spec, self.cfg
+        for name, mine, theirs in (("model", s.kind, p.kind), ("task", s.task, p.task), ("k", s.k, p.k),
+                                   ("bias term", s.use_bias, p.use_bias),
+                                   ("linear term", s.use_linear, p.use_linear),
+                                   ("normalization", s.normalize, p.normalize),
+                                   ("classes", s.classes, p.classes)):
+            if mine != theirs:
+                raise ConfigError(f"{path}: --init-model has {name} {theirs!r} but this run trains {mine!r}")
+        C, n0, m0, k, kp = self.n_classes, p.n_features, p.n_fields, s.k, self.kp
+        n, m = s.n_features, s.n_fields
+        width = 1 + self.ns
+        same_opt = (parent.meta.get("optimizer") or {}).get("name") == cfg.optimizer
+        if not same_opt:
+            say(f"{path} was trained with another optimizer: its weights are kept, the "
+                f"{cfg.optimizer} state starts fresh")
+        elif self.ns and not parent.state:
+            say(f"{path} has no optimizer state (--no-optimizer-state): it starts fresh")
+
+        def slots(name: str, shape: tuple[int, ...]):
+            """The parent's parameter and state slots of one array, each (C, *shape)."""
+            out = [np.asarray(parent.params[name], np.float32).reshape((C,) + shape)]
+            st = parent.state.get(name) if same_opt else None
+            if st is not None and self.ns:
+                st = np.asarray(st, np.float32)
+                out += [x.reshape((C,) + shape) for x in (st[None] if self.ns == 1 else st)]
+            return out
+
+        if s.use_bias and "bias" in parent.params:
+            for i, a in enumerate(slots("bias", ())):
+                self.B[:, i] = a
+        if s.use_linear and "linear" in parent.params:
+            L = self.L.reshape(C, n, width)
+            for i, a in enumerate(slots("linear", (n0,))):
+                L[:, :n0, i] = a
+        if "factors" in parent.params:
+            if s.kind == "ffm":
+                F = self.F.reshape(C, n, m, width * kp)
+                for i, a in enumerate(slots("factors", (n0, m0, k))):
+                    F[:, :n0, :m0, i * kp : i * kp + k] = a
+            else:
+                F = self.F.reshape(C, n, width * kp)
+                for i, a in enumerate(slots("factors", (n0, k))):
+                    F[:, :n0, i * kp : i * kp + k] = a
+        if s.kind == "fwfm":
+            R = self.R.reshape(C, m, m, width)
+            for i, a in enumerate(slots("field_weights", (m0, m0))):
+                R[:, :m0, :m0, i] = a
+        if n > n0 or m > m0:
+            say(f"{path} knew {n0} features and {m0} fields; this data has {n} and {m}: "
+                "the new ones start from fresh values")
+        return int((parent.meta.get("optimizer") or {}).get("steps") or 0) if same_opt else 0
 
     @staticmethod
     def n_blocks(cfg: Config, n_features: int, n_fields: int) -> int:
@@ -284,6 +343,14 @@ def _load(source, config: Config, task: str, classes, say) -> Dataset:
     return ds
 
 
+SLICE_ROWS = 1 << 16   # rows per kernel call: the grain of progress, checkpoints and signals
+
+
+def _data_key(ds: Dataset) -> dict:
+    """What a checkpoint remembers of its training data."""
+    return {"name": ds.name, "rows": ds.n_rows, "nnz": ds.nnz, "chunks": ds.chunk_rows}
+
+
 def train(
     config: Config,
     train_data: str | os.PathLike | Sequence[str] | Batch,
@@ -292,16 +359,28 @@ def train(
     weights: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     log: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], int | None] | None = None,
+    resume: str | None = None,
+    run_info: dict | None = None,
 ) -> Model:
     """Train a model; returns it with the run's summary in ``model.meta``.
 
     train_data and valid: a path, a glob, '-', a list of them, or a Batch.
     weights: a file with one weight per training row (or give them inline
-    as LABEL:WEIGHT)."""
+    as LABEL:WEIGHT).  on_progress(epoch, rows done, rows in the epoch) is
+    called every SLICE_ROWS rows; should_stop() returning a signal number
+    ends the run there (after a checkpoint, when config.checkpoint_dir is
+    set) with :class:`~fmcli.errors.Interrupted`.  resume: a checkpoint
+    directory to continue from (the configuration must be the checkpoint's;
+    see :func:`resume_arguments`).  run_info: stored in checkpoints (the
+    command line's own arguments)."""
     say = log or (lambda msg: None)
     patience = config.stop_patience
     if patience and valid is None:
         raise ConfigError("early stopping (--patience / --auto-stop) needs a validation set (-p/--valid)")
+    ckpt = checkpoint.load_latest(resume) if resume is not None else None
     tr = _load(train_data, config, config.task, None, say)
     task = tr.task
     if config.task == "auto":
@@ -315,6 +394,9 @@ def train(
             f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
             "use --model fm or lr, or libffm input"
         )
+    if ckpt is not None and ckpt.info["data"] != json_safe(_data_key(tr)):
+        raise ConfigError(f"{resume}: the training data changed since the checkpoint was written "
+                          f"({ckpt.info['data']['rows']} rows then, {tr.n_rows} now)")
     file_weights = None
     if weights is not None:
         if tr.has_weights:
@@ -327,8 +409,9 @@ def train(
         raise ConfigError(f"metric {metric} is not defined for the {task} task")
 
     rng = np.random.default_rng(config.seed)
-    n_features = max(tr.max_feature + 1, 0)
-    n_fields = max(tr.max_field + 1, 0)
+    parent = load_model(config.init_model) if config.init_model else None
+    n_features = max(tr.max_feature + 1, parent.spec.n_features if parent else 0, 0)
+    n_fields = max(tr.max_field + 1, parent.spec.n_fields if parent else 0, 0)
     n_classes = len(tr.classes) if task == "multiclass" else 1
     need = TrainState.bytes_needed(config, n_features, n_fields, n_classes)
     limit = config.max_memory if config.max_memory is not None else _available_memory()
@@ -343,6 +426,11 @@ def train(
             tr.name,
         )
     state = TrainState(config, n_features, n_fields, rng, task, tr.classes)
+    steps_before = 0            # updates made by the parent model's runs (Adam, schedules)
+    lineage = None
+    if parent is not None:
+        steps_before = state.warm_start(parent, config.init_model, say)
+        lineage = _lineage(parent, config.init_model)
     n_rows = tr.n_rows
     # Data that fits the memory budget is trained as one chunk (an exact
     # shuffle of all rows each epoch); larger data streams chunk by chunk:
@@ -350,43 +438,112 @@ def train(
     whole = tr.n_chunks == 1 or tr.data_bytes <= config.memory_budget
     mem_batch = tr.in_memory() if whole else None
     sizes = [n_rows] if whole else tr.chunk_rows
-    steps_per_epoch = sum(-(-r // config.batch_size) for r in sizes)
-    total_steps = steps_per_epoch * config.epochs
+    bs = config.batch_size
+    steps_per_epoch = sum(-(-r // bs) for r in sizes)
+    total_steps = steps_before + steps_per_epoch * config.epochs
+    grain = min(SLICE_ROWS, config.checkpoint_every) if config.checkpoint_every else SLICE_ROWS
+    slice_rows = max(bs, grain // bs * bs)
     va_batch = va.in_memory() if va is not None and va.data_bytes <= config.memory_budget else None
     if not whole:
         say(f"streaming {tr.n_chunks} chunks of up to {max(tr.chunk_rows)} rows per epoch "
             f"(data of {tr.data_bytes / 2**20:.0f} MiB > --memory-budget)")
+    offsets = np.concatenate([[0], np.cumsum(tr.chunk_rows)])
     history: list[EpochStats] = []
     best: tuple[float | None, int] = (None, 0)
     snap = None
     nonfinite = 0
+    first_epoch = 1
+    if ckpt is not None:
+        state.restore(tuple(ckpt.arrays[n] for n in ("B", "L", "F", "R")))
+        if "best_B" in ckpt.arrays:
+            snap = tuple(np.array(ckpt.arrays[f"best_{n}"]) for n in ("B", "L", "F", "R"))
+        c = ckpt.info
+        history = [EpochStats(**h) for h in c["history"]]
+        best = (c["best"][0], c["best"][1])
+        nonfinite = c["nonfinite"]
+        first_epoch = c["epoch"]
+        steps_before = c["steps_before"]
+        total_steps = steps_before + steps_per_epoch * config.epochs
+        lineage = c.get("parent")
+        say(f"resuming from {ckpt.path}: epoch {c['epoch']}, "
+            f"{c['rows_done']} of {n_rows} rows done")
+
+    def write_checkpoint(epoch: int, chunk_pos: int, row_pos: int, rows_done: int, rng_state: dict,
+                         sums: tuple[float, float, int]) -> None:
+        if not config.checkpoint_dir:
+            return
+        arrays = dict(zip(("B", "L", "F", "R"), state.arrays()))
+        if snap is not None:
+            arrays.update(zip(("best_B", "best_L", "best_F", "best_R"), snap))
+        info = {"epoch": epoch, "chunk_pos": chunk_pos, "row_pos": row_pos, "rows_done": rows_done,
+                "rng": rng_state, "sums": list(sums), "history": [asdict(h) for h in history],
+                "best": list(best), "nonfinite": nonfinite, "steps_before": steps_before,
+                "config": config.to_dict(), "data": _data_key(tr), "parent": lineage,
+                "run": run_info or {}}
+        path = checkpoint.save(config.checkpoint_dir, info, arrays, config.keep_checkpoints)
+        if on_checkpoint is not None:
+            on_checkpoint({"path": path, "epoch": epoch, "rows_done": rows_done})
+
     t_start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    stopped = False
+    for epoch in range(first_epoch, config.epochs + 1):
         t0 = time.perf_counter()
-        step = (epoch - 1) * steps_per_epoch
-        loss = wsum = 0.0
-        bad = 0
+        step = steps_before + (epoch - 1) * steps_per_epoch
+        resuming = ckpt is not None and epoch == ckpt.info["epoch"]
+        if resuming:
+            rng.bit_generator.state = ckpt.info["rng"]
+        epoch_rng = rng.bit_generator.state
+        loss, wsum, bad = (ckpt.info["sums"] if resuming else (0.0, 0.0, 0))
+        loss, wsum, bad = float(loss or 0.0), float(wsum or 0.0), int(bad)
+        chunk_pos, row_pos = (ckpt.info["chunk_pos"], ckpt.info["row_pos"]) if resuming else (0, 0)
+        rows_done = ckpt.info["rows_done"] if resuming else 0
+        since_ckpt = 0
         if whole:
-            parts = [(0, mem_batch, None)]
+            chunk_order = np.zeros(1, np.int64)
+        elif tr.file_order_only:
+            chunk_order = np.arange(tr.n_chunks)
         else:
-            parts = tr.chunks(rng.permutation(tr.n_chunks) if config.shuffle else None)
-        offsets = np.concatenate([[0], np.cumsum(tr.chunk_rows)])
-        for index, batch, fname in parts:
+            chunk_order = rng.permutation(tr.n_chunks) if config.shuffle else np.arange(tr.n_chunks)
+        # replay the draws of the chunks a resumed epoch had finished
+        for ci in chunk_order[:chunk_pos]:
+            rows = n_rows if whole else tr.chunk_rows[int(ci)]
+            if config.shuffle:
+                rng.permutation(rows)
+            step += -(-rows // bs)
+        parts = ([(0, mem_batch, None)] if whole
+                 else tr.chunks(chunk_order[chunk_pos:]) if chunk_pos < len(chunk_order) else [])
+        for pos, (index, batch, fname) in enumerate(parts, start=chunk_pos):
             rows = batch.n_rows
-            order = rng.permutation(rows) if config.shuffle else np.arange(rows)
+            order = (rng.permutation(rows) if config.shuffle else np.arange(rows)).astype(np.int64)
             w = _weights_of(batch, class_table, file_weights, 0 if whole else int(offsets[index]))
-            l, ws, b, first = state.train_epoch(batch, order.astype(np.int64, copy=False), w, step,
-                                                total_steps)
-            step += -(-rows // config.batch_size)
-            loss, wsum, bad = loss + l, wsum + ws, bad + b
-            if first >= 0:
-                row = int(order[first])
-                where = fname or tr.file_of_rows(np.array([row]))[0]
-                line = int(batch.lines[row]) if batch.lines is not None else None
-                raise DivergenceError(
-                    f"{where}:{line if line is not None else f'row {row + 1}'}: training diverged in "
-                    f"epoch {epoch} (a non-finite score or loss on this row); lower the learning rate "
-                    "(-r), set --clip-norm, or use --on-nonfinite skip; no model was written")
+            start = row_pos if pos == chunk_pos else 0
+            step += start // bs
+            for lo in range(start, rows, slice_rows):
+                hi = min(rows, lo + slice_rows)
+                part = order[lo:hi]
+                l, ws, b, first = state.train_epoch(batch, part, w, step, total_steps)
+                step += -(-(hi - lo) // bs)
+                loss, wsum, bad = loss + l, wsum + ws, bad + b
+                if first >= 0:
+                    row = int(part[first])
+                    where = fname or tr.file_of_rows(np.array([row]))[0]
+                    line = int(batch.lines[row]) if batch.lines is not None else None
+                    raise DivergenceError(
+                        f"{where}:{line if line is not None else f'row {row + 1}'}: training diverged in "
+                        f"epoch {epoch} (a non-finite score or loss on this row); lower the learning "
+                        "rate (-r), set --clip-norm, or use --on-nonfinite skip; no model was written")
+                rows_done += hi - lo
+                since_ckpt += hi - lo
+                if on_progress is not None:
+                    on_progress(epoch, rows_done, n_rows)
+                at = (pos, hi) if hi < rows else (pos + 1, 0)
+                signum = should_stop() if should_stop is not None else None
+                if signum or (config.checkpoint_every and since_ckpt >= config.checkpoint_every
+                              and rows_done < n_rows):
+                    write_checkpoint(epoch, at[0], at[1], rows_done, epoch_rng, (loss, wsum, bad))
+                    since_ckpt = 0
+                if signum:
+                    raise Interrupted(signum, checkpointed=bool(config.checkpoint_dir))
         seconds = time.perf_counter() - t0
         nonfinite += bad
         if not state.all_finite():
@@ -414,7 +571,11 @@ def train(
             elif patience and epoch - best[1] >= patience:
                 say(f"validation {metric} has not improved for {epoch - best[1]} epoch(s); "
                     f"keeping epoch {best[1]}")
-                break
+                stopped = True
+        if epoch < config.epochs and not stopped:
+            write_checkpoint(epoch + 1, 0, 0, 0, rng.bit_generator.state, (0.0, 0.0, 0))
+        if stopped:
+            break
     if patience and va is not None and best[1] != history[-1].epoch and snap is not None:
         state.restore(snap)
     final_epoch = best[1] if (patience and va is not None and snap is not None) else history[-1].epoch
@@ -432,7 +593,8 @@ def train(
         "created_at": _created_at(),
         "hyperparameters": {**config.to_dict(), "learning_rate": config.step_size},
         "optimizer": {"name": config.optimizer, "state": state.ns > 0,
-                      "slots": _STATE_SLOTS[config.optimizer], "steps": steps_per_epoch * len(history)},
+                      "slots": _STATE_SLOTS[config.optimizer],
+                      "steps": steps_before + steps_per_epoch * len(history)},
         "training": {
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
@@ -453,9 +615,30 @@ def train(
         },
         "fmcli_version": __version__,
     }
+    if lineage is not None:
+        meta["parent"] = lineage
     model = state.to_model(meta)
     model.meta["training"]["zero_weights"] = model.count_zeros()
     return model
+
+
+def _lineage(parent: Model, path: str) -> dict:
+    """The parent model of a warm start: where it was, its hash and its own parent."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": os.path.abspath(path), "sha256": h.hexdigest(),
+            "created_at": parent.meta.get("created_at"), "parent_sha256": (parent.meta.get("parent") or {}).get("sha256")}
+
+
+def resume_arguments(directory: str) -> dict:
+    """The configuration and run arguments stored in the newest checkpoint
+    of `directory` (for ``fm train --resume``)."""
+    ck = checkpoint.load_latest(directory)
+    return {"config": Config.from_dict(ck.info["config"]), "run": ck.info.get("run") or {}, "path": ck.path}
 
 
 def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: str) -> dict[str, float]:

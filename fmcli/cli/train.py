@@ -10,12 +10,18 @@ from ..atomic import check_writable
 from ..config import FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, TASKS, Config
 from ..metrics import METRICS
 from . import _render
+from . import _ops
 from ._options import ByteSize, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
 _DATA_SUFFIXES = (".ffm", ".libffm", ".svm", ".libsvm", ".txt", ".parquet", ".pq")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path (or glob) made absolute, so that --resume works from any directory."""
+    return path if path in (None, "-") else os.path.abspath(path)
 
 
 def default_output(train_file: str) -> str:
@@ -33,7 +39,7 @@ def default_output(train_file: str) -> str:
 
 
 @click.command(context_settings={"show_default": True})
-@click.argument("train_files", nargs=-1, required=True, metavar="TRAIN_FILE...",
+@click.argument("train_files", nargs=-1, required=False, metavar="TRAIN_FILE...",
                 type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Model file to write.  [default: TRAIN_FILE's base name + .fm]", show_default=False)
@@ -109,9 +115,23 @@ def default_output(train_file: str) -> str:
 @click.option("--memory-budget", type=ByteSize(), default=D.memory_budget, show_default="1G",
               help="Parsed data up to this size is held in memory (exact shuffles); more is streamed "
                    "in chunks from the cache.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, show_default=False,
+              help="Write checkpoints here (at every epoch's end, every --checkpoint-every rows, and on "
+                   "SIGINT/SIGTERM) so that --resume can continue the run.")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=D.checkpoint_every,
+              help="Also checkpoint every this many training rows (0: at epoch ends only).")
+@click.option("--keep-checkpoints", type=click.IntRange(1), default=D.keep_checkpoints,
+              help="Checkpoints to keep (older ones are removed).")
+@click.option("--init-model", type=click.Path(dir_okay=False), default=None, show_default=False,
+              help="Warm start: continue from this model's weights and optimizer state (new feature "
+                   "and field ids start fresh).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, show_default=False,
+              help="Continue the run whose checkpoints are in this directory (its settings, inputs and "
+                   "output are the checkpoint's; other options are ignored).")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
+@_ops.train_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, **options):
+def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, resume_dir, **options):
     """Train a model on TRAIN_FILE... (libffm or libsvm text, plain or .gz,
     .bz2, .zst, .lz4; Parquet; '-' reads stdin).  Several files and quoted
     globs ('day_*.ffm.gz') are read one after another as one data set.
@@ -121,21 +141,48 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
     """
     from ..train import train as run_training
 
-    cfg = Config(format=fmt, **options)
+    if resume_dir is not None:
+        from ..train import resume_arguments
+
+        saved = resume_arguments(resume_dir)
+        run = saved["run"]
+        cfg = saved["config"]
+        train_files = tuple(run.get("train_files") or ())
+        valid, weights_file = run.get("valid"), run.get("weights")
+        output = output or run.get("output")
+        no_optimizer_state = bool(run.get("no_optimizer_state", no_optimizer_state))
+        if not train_files or not output:
+            raise click.UsageError(f"{saved['path']} does not say which files to train on or where to write")
+        _render.info(f"resuming {saved['path']} with its settings; writing {output}", quiet)
+    else:
+        if not train_files:
+            raise click.UsageError("Missing argument 'TRAIN_FILE...'.")
+        cfg = Config(format=fmt, **options)
     if output is None:
         if train_files[0] == "-" or any(c in train_files[0] for c in "*?["):
             raise click.UsageError("training from stdin or a glob needs -o/--output")
         output = default_output(train_files[0])
+    session = _ops.current_run()
+    if session.dry_run:
+        return session.plan(cfg, train_files, valid, output)
+    session.begin(cfg, output, list(train_files), valid, weights_file)
     check_writable(output)
     model = run_training(
         cfg,
         list(train_files),
         valid,
         weights=weights_file,
-        on_epoch=_render.EpochTable(quiet),
+        resume=resume_dir,
+        run_info={"train_files": [_absolute(f) for f in train_files], "valid": _absolute(valid),
+                  "weights": _absolute(weights_file), "output": os.path.abspath(output),
+                  "no_optimizer_state": no_optimizer_state, **session.run_info()},
+        on_epoch=session.on_epoch(_render.EpochTable(quiet)),
         log=lambda msg: _render.info(msg, quiet),
+        **session.callbacks(run_training),
     )
+    session.trained(model)
     model.save(output, include_state=not no_optimizer_state)
+    session.saved(output)
     t = model.meta["training"]
     summary = f"wrote {output} (epoch {t['model_epoch']}"
     for name, value in (t.get("valid_metrics") or {}).items():

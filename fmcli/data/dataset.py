@@ -123,8 +123,15 @@ class Dataset:
         # chunk in a thread while the caller trains on this one (the parser
         # and the kernels both run without the GIL)
         assert self._reparse is not None
+        wanted = None if order is None else {int(i) for i in order}
         for i, (batch, name) in enumerate(_prefetched(self._reparse())):
-            yield i, self._final(batch), name
+            if wanted is None or i in wanted:
+                yield i, self._final(batch), name
+
+    @property
+    def file_order_only(self) -> bool:
+        """Chunks come only in file order (parsed again every epoch)."""
+        return self._memory is None and self.cache is None
 
     def in_memory(self) -> Batch:
         """All rows as one Batch (the caller decided they fit)."""
