@@ -196,8 +196,11 @@ class CacheFile:
             self._layout.append(spans)
             if verify:
                 crc = 0
+                view = memoryview(self.mm)
                 for name, (o, count, dtype) in spans.items():
-                    crc = zlib.crc32(self.mm[o : o + count * np.dtype(dtype).itemsize], crc)
+                    crc = zlib.crc32(view[o : o + count * np.dtype(dtype).itemsize], crc)
+                view.release()
+                self.release(len(self._layout) - 1)   # keep resident memory bounded
                 if crc != c["crc32"]:
                     raise CacheInvalid("checksum mismatch (corrupt)")
 
