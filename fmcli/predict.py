@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._core import _kernels
 from .data.batch import Batch
-from .config import Config
+from .config import DEVICES, Config
 from .data.dataset import make_reader
 from .data.source import expand_inputs
 from .data.text import ReadLimits
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .metrics import evaluate as evaluate_metrics, sigmoid, softmax
 from .model import Model
 
@@ -45,6 +45,22 @@ class Scorer:
             s.use_bias, s.use_linear, s.normalize, self.threads, C,
         )
         return out.reshape(-1, C) if s.task == "multiclass" else out
+
+
+def make_scorer(model: Model, threads: int = 1, device: str = "cpu",
+                log: Callable[[str], None] | None = None):
+    """A Scorer on the CPU, or for device cuda / auto one on a CUDA device
+    (fmcli.gpu, imported only then; auto falls back to the CPU, saying why)."""
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device != "cpu":
+        from .gpu.device import resolve
+
+        if resolve(device, log) == "cuda":
+            from .gpu.state import GpuScorer
+
+            return GpuScorer(model)
+    return Scorer(model, threads)
 
 
 def to_predictions(task: str, scores: np.ndarray) -> np.ndarray:
@@ -102,12 +118,15 @@ def iter_scores(
     threads: int = 1,
     limits: ReadLimits = ReadLimits(),
     unseen: UnseenIds | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (raw scores, labels) for each block of the input.
 
     Labels are as read for binary and regression models, class indices for
-    multiclass (a label that is not one of the model's classes is an error)."""
-    scorer = Scorer(model, threads)
+    multiclass (a label that is not one of the model's classes is an error).
+    device: cpu, cuda or auto (see :func:`make_scorer`)."""
+    scorer = make_scorer(model, threads, device, log)
     spec = model.spec
     classes = list(spec.classes) if spec.task == "multiclass" else None
     # Parquet column options as in training
@@ -131,13 +150,15 @@ def predict(
     *,
     fmt: str = "auto",
     threads: int = 1,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Predictions for every row of a file or Batch: probabilities (binary),
     an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
     task = model.spec.task
     if isinstance(source, Batch):
-        return to_predictions(task, Scorer(model, threads).scores(source))
-    parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads)]
+        return to_predictions(task, make_scorer(model, threads, device).scores(source))
+    parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads,
+                                                             device=device)]
     if parts:
         return np.concatenate(parts)
     return np.zeros((0, model.spec.n_classes) if task == "multiclass" else 0)

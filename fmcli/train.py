@@ -425,7 +425,7 @@ def train(
             + "; hash the ids into a smaller space or raise --max-memory",
             tr.name,
         )
-    state = TrainState(config, n_features, n_fields, rng, task, tr.classes)
+    state, device = _new_state(config, n_features, n_fields, rng, task, tr.classes, say)
     steps_before = 0            # updates made by the parent model's runs (Adam, schedules)
     lineage = None
     if parent is not None:
@@ -596,6 +596,7 @@ def train(
                       "slots": _STATE_SLOTS[config.optimizer],
                       "steps": steps_before + steps_per_epoch * len(history)},
         "training": {
+            "device": device,
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
             "train_rows": n_rows,
@@ -639,6 +640,28 @@ def resume_arguments(directory: str) -> dict:
     of `directory` (for ``fm train --resume``)."""
     ck = checkpoint.load_latest(directory)
     return {"config": Config.from_dict(ck.info["config"]), "run": ck.info.get("run") or {}, "path": ck.path}
+
+
+def _new_state(config: Config, n_features: int, n_fields: int, rng: np.random.Generator, task: str,
+               classes, say: Callable[[str], None]):
+    """(the training state, the device it lives on: 'cpu' or 'cuda').
+
+    --device cuda / auto import fmcli.gpu (CuPy) here and nowhere else; auto
+    falls back to the CPU, saying why, when no device (or kernel build) works."""
+    if config.device != "cpu":
+        from .errors import DeviceError
+        from .gpu.device import resolve
+
+        if resolve(config.device, say) == "cuda":
+            from .gpu.state import GpuState
+
+            try:
+                return GpuState(config, n_features, n_fields, rng, task, classes), "cuda"
+            except DeviceError as exc:
+                if config.device != "auto":
+                    raise
+                say(f"device auto: {exc}; running on the CPU")
+    return TrainState(config, n_features, n_fields, rng, task, classes), "cpu"
 
 
 def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: str) -> dict[str, float]:

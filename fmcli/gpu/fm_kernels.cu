@@ -1,0 +1,629 @@
+// fmcli GPU kernels: training (per-row Hogwild, and exact mini-batches) and
+// scoring of LR, FM, FFM and FwFM models.  T is float or double, K the
+// padded factor width (a multiple of 4); the host instantiates the pair it
+// needs (fmcli/gpu/layout.py: kernel_names).
+//
+// fm_train_rows     batch size 1.  One warp per row (grid-stride over the
+//                   rows of a launch): score, loss, gradient and optimizer
+//                   step fused, in place, as the CPU's per-row loop does.
+//                   Warps do not synchronise with each other: rows race on
+//                   shared parameters like the CPU's Hogwild threads.
+// fm_batch_grad     batch size b > 1 (exact mode).  One warp per row of a
+//                   mini-batch: every row's data gradients at the parameters
+//                   of the start of the batch, written as (block id, value)
+//                   contributions into slots the host planned.
+// fm_batch_apply_*  after the host sorted the contributions by (block id,
+//                   slot): the first slot of each block's run sums the run in
+//                   slot order (deterministic), divides by the batch's row
+//                   count, adds L2 and steps the block once.
+// fm_score_rows     one warp per row: raw scores of every class.
+//
+// Rows: CSR (indptr int64, fields/features int32, values float32), labels
+// float32, optional weights float32; `order` lists row indices, and a
+// launch covers positions pos0 .. pos0 + n_pos - 1 of it.  Per position the
+// kernels write its status (ROW_*), weighted loss and weight.
+
+#include "fm_device.cu"
+
+// ---------------------------------------------------------------------------
+// Per-row (Hogwild) update of one class's parameters
+
+template <typename T, int K>
+__device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T* R,
+                           const int* fld, const int* feat, const float* val, int nnz, T scale,
+                           T kappa, int lane, T* scr) {
+    typedef Lanes<K> LN;
+    const int grp = lane / LN::G, q = lane % LN::G;
+    const T lamb = grad_l2<T>(s, s.l2b), laml = grad_l2<T>(s, s.l2l), lamf = grad_l2<T>(s, s.l2f);
+    const T l1 = (T)s.l1, l2f = (T)s.l2f;
+    const bool clip = s.clip > 0;
+    if (s.use_bias && lane == 0) {
+        T g = kappa + lamb * B[0];
+        opt_scalar<T>(o, B, g, (T)0, (T)s.l2b);
+    }
+    if (s.use_linear) {
+        for (int i = lane; i < nnz; i += 32) {
+            if (!entry_ok(s, fld, feat, i)) continue;
+            T* w = L + (long long)feat[i] * s.ls;
+            T g = kappa * (val[i] * scale) + laml * w[0];
+            opt_scalar<T>(o, w, g, l1, (T)s.l2l);
+        }
+    }
+    if (s.kind == KIND_FFM) {
+        // libffm's pair loop: both gradients from the pair's current values,
+        // then w1 and w2 stepped.  The pairs of a row touch distinct blocks
+        // when its (feature, field) entries are distinct, so stepping them in
+        // parallel is the CPU's sequential loop.
+        const long long P = (long long)nnz * (nnz - 1) / 2;
+        int i = 0, l = 0;
+        if (grp < P) pair_decode(grp, nnz, i, l);
+        for (long long base = 0; base < P; base += LN::NPW) {
+            const long long p = base + grp;
+            bool act = p < P && entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l);
+            T* w1 = F;
+            T* w2 = F;
+            T g1[LN::E] = {}, g2[LN::E] = {};
+            T n1 = 0, n2 = 0;
+            if (act) {
+                w1 = F + ((long long)feat[i] * s.m + fld[l]) * s.fs;
+                w2 = F + ((long long)feat[l] * s.m + fld[i]) * s.fs;
+                T kv = kappa * (val[i] * scale) * (val[l] * scale);
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    T a[4], b[4];
+                    ld4(w1 + LN::at(q, c), a);
+                    ld4(w2 + LN::at(q, c), b);
+                    for (int e = 0; e < 4; ++e) {
+                        T x = lamf * a[e] + kv * b[e];
+                        T y = lamf * b[e] + kv * a[e];
+                        g1[c * 4 + e] = x;
+                        g2[c * 4 + e] = y;
+                        n1 = n1 + x * x;
+                        n2 = n2 + y * y;
+                    }
+                }
+            }
+            if (clip) {
+                T f1 = clip_scale<T>(s.clip, group_sum<LN::G>(n1));
+                T f2 = clip_scale<T>(s.clip, group_sum<LN::G>(n2));
+                for (int e = 0; e < LN::E; ++e) {
+                    if (f1 != 1) g1[e] = g1[e] * f1;
+                    if (f2 != 1) g2[e] = g2[e] * f2;
+                }
+            }
+            if (act) {
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w1 + LN::at(q, c), K, g1 + 4 * c, l1, l2f);
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w2 + LN::at(q, c), K, g2 + 4 * c, l1, l2f);
+            }
+            if (p < P) pair_advance(nnz, LN::NPW, i, l);
+        }
+    } else if (s.kind == KIND_FM) {
+        // g_i = kappa x_i (acc - V_i x_i) + lam V_i, acc from the start of the row
+        T acc[LN::E], sq;
+        fm_sums<T, K>(s, F, feat, val, nnz, scale, lane, acc, sq);
+        for (int base = 0; base < nnz; base += LN::NPW) {
+            const int i = base + grp;
+            const bool act = i < nnz && feat[i] < s.n;
+            T* w = F;
+            T g[LN::E] = {};
+            T nrm = 0;
+            if (act) {
+                w = F + (long long)feat[i] * s.fs;
+                T x = val[i] * scale;
+                T kv = kappa * x;
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    T a[4];
+                    ld4(w + LN::at(q, c), a);
+                    for (int e = 0; e < 4; ++e) {
+                        T v = kv * (acc[c * 4 + e] - a[e] * x) + lamf * a[e];
+                        g[c * 4 + e] = v;
+                        nrm = nrm + v * v;
+                    }
+                }
+            }
+            if (clip) {
+                T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
+                if (f != 1)
+                    for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
+            }
+            if (act)
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+        }
+    } else if (s.kind == KIND_FWFM) {
+        // Every gradient from the start of the row (into this warp's scratch:
+        // nnz factor gradients, then one field-pair gradient per pair), then
+        // the factors stepped, then each touched field-pair weight once with
+        // its gradient summed over the row's pairs (no L2).
+        const long long P = (long long)nnz * (nnz - 1) / 2;
+        T* gbuf = scr;
+        T* rgb = scr + (long long)nnz * K;
+        for (int i = grp; i < nnz; i += LN::NPW) {
+            if (!entry_ok(s, fld, feat, i)) continue;
+            T g[LN::E];
+            for (int e = 0; e < LN::E; ++e) g[e] = 0;
+            const T* wi = F + (long long)feat[i] * s.fs;
+            for (int l = 0; l < nnz; ++l) {
+                if (l == i || !entry_ok(s, fld, feat, l)) continue;
+                T xl = val[l] * scale;
+                const T* wl = F + (long long)feat[l] * s.fs;
+                T r = R[field_pair(fld[i], fld[l], s.m) * s.ls] * xl;
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    T b[4];
+                    ld4(wl + LN::at(q, c), b);
+                    for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + r * b[e];
+                }
+            }
+            T kx = kappa * (val[i] * scale);
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                T a[4], v[4];
+                ld4(wi + LN::at(q, c), a);
+                for (int e = 0; e < 4; ++e) v[e] = kx * g[c * 4 + e] + lamf * a[e];
+                st4(gbuf + (long long)i * K + LN::at(q, c), v);
+            }
+        }
+        {
+            int i = 0, l = 0;
+            if (grp < P) pair_decode(grp, nnz, i, l);
+            for (long long base = 0; base < P; base += LN::NPW) {
+                const long long p = base + grp;
+                const bool act = p < P && entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l);
+                T d = 0;
+                if (act) {
+                    const T* wi = F + (long long)feat[i] * s.fs;
+                    const T* wl = F + (long long)feat[l] * s.fs;
+                    for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                        T a[4], b[4];
+                        ld4(wi + LN::at(q, c), a);
+                        ld4(wl + LN::at(q, c), b);
+                        d = d + ((a[0] * b[0] + a[1] * b[1]) + (a[2] * b[2] + a[3] * b[3]));
+                    }
+                }
+                d = group_sum<LN::G>(d);
+                if (act && q == 0) rgb[p] = kappa * (val[i] * scale) * (val[l] * scale) * d;
+                if (p < P) pair_advance(nnz, LN::NPW, i, l);
+            }
+        }
+        __syncwarp();
+        for (int base = 0; base < nnz; base += LN::NPW) {
+            const int i = base + grp;
+            const bool act = i < nnz && entry_ok(s, fld, feat, i);
+            T g[LN::E] = {};
+            T nrm = 0;
+            if (act) {
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    ld4(gbuf + (long long)i * K + LN::at(q, c), g + 4 * c);
+                    for (int e = 0; e < 4; ++e) nrm = nrm + g[c * 4 + e] * g[c * 4 + e];
+                }
+            }
+            if (clip) {
+                T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
+                if (f != 1)
+                    for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
+            }
+            if (act) {
+                T* w = F + (long long)feat[i] * s.fs;
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+            }
+        }
+        // Field-pair weights.  With a field repeated in the row several pairs
+        // share a weight: the first of them steps it with their sum.
+        bool rep = false;
+        for (int i = lane; i < nnz; i += 32)
+            for (int l = 0; l < i; ++l)
+                if (fld[l] == fld[i]) rep = true;
+        rep = __any_sync(FM_FULL_MASK, rep);
+        int i = 0, l = 0;
+        if (lane < P) pair_decode(lane, nnz, i, l);
+        for (long long p = lane; p < P; p += 32) {
+            if (entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l)) {
+                const long long key = field_pair(fld[i], fld[l], s.m);
+                T g = rgb[p];
+                bool owner = true;
+                if (rep) {
+                    int a = 0, b = 1;
+                    for (long long pp = 0; pp < P; ++pp) {
+                        if (pp != p && entry_ok(s, fld, feat, a) && entry_ok(s, fld, feat, b)
+                                && field_pair(fld[a], fld[b], s.m) == key) {
+                            if (pp < p) {
+                                owner = false;
+                                break;
+                            }
+                            g = g + rgb[pp];
+                        }
+                        pair_advance(nnz, 1, a, b);
+                    }
+                }
+                if (owner) opt_scalar<T>(o, R + key * s.ls, g, (T)0, (T)0);
+            }
+            pair_advance(nnz, 32, i, l);
+        }
+    }
+    __syncwarp();
+}
+
+// Scores and loss of one row; every lane returns the same.  kap receives the
+// C kappas (dloss/dt_c) in the warp's scratch tb (C > 1) or in kap0 (C = 1).
+template <typename T, int K>
+__device__ __forceinline__ bool row_forward(const Shape& s, const T* B, const T* L, const T* F,
+                                            const T* R, const int* fld, const int* feat,
+                                            const float* val, int nnz, T scale, double y, int lane,
+                                            double* tb, double& loss, double& kap0) {
+    bool bad = false;
+    double t0 = 0;
+    for (long long c = 0; c < s.C; ++c) {
+        double t = score_class<T, K>(s, B + c * s.cB, L + c * s.cL, F + c * s.cF, R + c * s.cR,
+                                     fld, feat, val, nnz, scale, lane);
+        if (!isfinite(t)) bad = true;
+        if (s.C == 1)
+            t0 = t;
+        else if (lane == 0)
+            tb[c] = t;
+    }
+    loss = 0;
+    kap0 = 0;
+    if (s.C == 1) {
+        if (!bad) {
+            loss = loss_one(s.task, t0, y, s.smooth, kap0);
+            bad = !isfinite(loss);
+        }
+        return !bad;
+    }
+    __syncwarp();
+    if (lane == 0 && !bad) loss = loss_multi(s.C, tb, y, s.smooth, tb + s.C);
+    loss = __shfl_sync(FM_FULL_MASK, loss, 0);
+    __syncwarp();
+    if (!bad) bad = !isfinite(loss);
+    return !bad;
+}
+
+template <typename T, int K>
+__global__ void fm_train_rows(const long long* sh, const double* hp, T* B, T* L, T* F, T* R,
+                              const long long* indptr, const int* fields, const int* features,
+                              const float* values, const float* labels, const float* weights,
+                              int has_w, const long long* order, long long pos0, long long n_pos,
+                              double step0, double total, signed char* status, double* rloss,
+                              double* rweight, int* stop, double* tbuf, T* scratch,
+                              long long scratch_len) {
+    const Shape s = load_shape(sh, hp);
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long n_warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    double* tb = tbuf + warp * 2 * s.C;
+    T* scr = scratch + warp * scratch_len;
+    for (long long k = warp; k < n_pos; k += n_warps) {
+        int halt = 0;
+        if (lane == 0) halt = *(volatile int*)stop;
+        if (__shfl_sync(FM_FULL_MASK, halt, 0)) break;
+        const long long pos = pos0 + k;
+        const long long row = order[pos];
+        const long long start = indptr[row];
+        const int nnz = (int)(indptr[row + 1] - start);
+        const int* fld = fields + start;
+        const int* feat = features + start;
+        const float* val = values + start;
+        const T scale = (T)row_scale(val, nnz, s.normalize, lane);
+        double loss, kap0;
+        bool ok = row_forward<T, K>(s, B, L, F, R, fld, feat, val, nnz, scale, (double)labels[row],
+                                    lane, tb, loss, kap0);
+        const double wr = has_w ? (double)weights[row] : 1.0;
+        if (!ok) {
+            if (lane == 0) {
+                status[k] = s.skip ? ROW_SKIPPED : ROW_BAD;
+                if (!s.skip) *(volatile int*)stop = 1;
+            }
+            if (s.skip) continue;
+            break;
+        }
+        if (lane == 0) {
+            status[k] = ROW_OK;
+            rloss[k] = wr * loss;
+            rweight[k] = wr;
+        }
+        const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, step0 + (double)pos, total));
+        for (long long c = 0; c < s.C; ++c) {
+            const double kc = s.C == 1 ? kap0 : tb[s.C + c];
+            update_row<T, K>(s, o, B + c * s.cB, L + c * s.cL, F + c * s.cF, R + c * s.cR, fld, feat,
+                             val, nnz, scale, (T)(wr * kc), lane, scr);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Exact mini-batches
+
+// Contributions of one row and class: scalar slots [bias][linear x nnz]
+// [FwFM pair weight x P] and vector slots [FM/FwFM factor x nnz | FFM 2 x P]
+// starting at so and vo.  Dead rows (skipped) write the id n_ids, which
+// sorts last and is never applied.
+template <typename T, int K>
+__device__ void contribute(const Shape& s, long long c, const T* L, const T* F, const T* R,
+                           const int* fld, const int* feat, const float* val, int nnz, T scale,
+                           T kappa, bool live, int lane, long long so, long long vo,
+                           long long* sgid, T* sval, long long* vgid, T* vval) {
+    typedef Lanes<K> LN;
+    const int grp = lane / LN::G, q = lane % LN::G;
+    const long long dead = s.n_ids;
+    const long long P = (long long)nnz * (nnz - 1) / 2;
+    (void)L;
+    if (s.use_bias) {
+        if (lane == 0) {
+            sgid[so] = live ? s.id0[0] + c : dead;
+            sval[so] = kappa;
+        }
+        so += 1;
+    }
+    if (s.use_linear) {
+        for (int i = lane; i < nnz; i += 32) {
+            const bool ok = live && entry_ok(s, fld, feat, i);
+            sgid[so + i] = ok ? s.id0[1] + c * s.n + feat[i] : dead;
+            sval[so + i] = ok ? kappa * (val[i] * scale) : (T)0;
+        }
+        so += nnz;
+    }
+    if (s.kind == KIND_FM) {
+        T acc[LN::E], sq;
+        fm_sums<T, K>(s, F, feat, val, nnz, scale, lane, acc, sq);
+        for (int i = grp; i < nnz; i += LN::NPW) {
+            const bool ok = live && feat[i] < s.n;
+            if (q == 0) vgid[vo + i] = ok ? s.id0[2] + c * s.blocks + feat[i] : dead;
+            if (!ok) continue;
+            const T* w = F + (long long)feat[i] * s.fs;
+            T x = val[i] * scale;
+            T kv = kappa * x;
+            for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                T a[4], v[4];
+                ld4(w + LN::at(q, cc), a);
+                for (int e = 0; e < 4; ++e) v[e] = kv * (acc[cc * 4 + e] - a[e] * x);
+                st4(vval + (vo + i) * K + LN::at(q, cc), v);
+            }
+        }
+    } else if (s.kind == KIND_FFM) {
+        int i = 0, l = 0;
+        if (grp < P) pair_decode(grp, nnz, i, l);
+        for (long long p = grp; p < P; p += LN::NPW) {
+            const bool ok = live && entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l);
+            const long long b1 = (long long)feat[i] * s.m + fld[l];
+            const long long b2 = (long long)feat[l] * s.m + fld[i];
+            if (q == 0) {
+                vgid[vo + 2 * p] = ok ? s.id0[2] + c * s.blocks + b1 : dead;
+                vgid[vo + 2 * p + 1] = ok ? s.id0[2] + c * s.blocks + b2 : dead;
+            }
+            if (ok) {
+                const T* w1 = F + b1 * s.fs;
+                const T* w2 = F + b2 * s.fs;
+                T kv = kappa * (val[i] * scale) * (val[l] * scale);
+                for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                    T a[4], b[4], u[4], v[4];
+                    ld4(w1 + LN::at(q, cc), a);
+                    ld4(w2 + LN::at(q, cc), b);
+                    for (int e = 0; e < 4; ++e) {
+                        u[e] = kv * b[e];
+                        v[e] = kv * a[e];
+                    }
+                    st4(vval + (vo + 2 * p) * K + LN::at(q, cc), u);
+                    st4(vval + (vo + 2 * p + 1) * K + LN::at(q, cc), v);
+                }
+            }
+            pair_advance(nnz, LN::NPW, i, l);
+        }
+    } else if (s.kind == KIND_FWFM) {
+        for (int i = grp; i < nnz; i += LN::NPW) {
+            const bool ok = live && entry_ok(s, fld, feat, i);
+            if (q == 0) vgid[vo + i] = ok ? s.id0[2] + c * s.blocks + feat[i] : dead;
+            if (!ok) continue;
+            T g[LN::E];
+            for (int e = 0; e < LN::E; ++e) g[e] = 0;
+            for (int l = 0; l < nnz; ++l) {
+                if (l == i || !entry_ok(s, fld, feat, l)) continue;
+                T xl = val[l] * scale;
+                const T* wl = F + (long long)feat[l] * s.fs;
+                T r = R[field_pair(fld[i], fld[l], s.m) * s.ls] * xl;
+                for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                    T b[4];
+                    ld4(wl + LN::at(q, cc), b);
+                    for (int e = 0; e < 4; ++e) g[cc * 4 + e] = g[cc * 4 + e] + r * b[e];
+                }
+            }
+            T kx = kappa * (val[i] * scale);
+            for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                T v[4];
+                for (int e = 0; e < 4; ++e) v[e] = kx * g[cc * 4 + e];
+                st4(vval + (vo + i) * K + LN::at(q, cc), v);
+            }
+        }
+        int i = 0, l = 0;
+        if (grp < P) pair_decode(grp, nnz, i, l);
+        for (long long base = 0; base < P; base += LN::NPW) {
+            const long long p = base + grp;
+            const bool ok = p < P && live && entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l);
+            T d = 0;
+            if (ok) {
+                const T* wi = F + (long long)feat[i] * s.fs;
+                const T* wl = F + (long long)feat[l] * s.fs;
+                for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                    T a[4], b[4];
+                    ld4(wi + LN::at(q, cc), a);
+                    ld4(wl + LN::at(q, cc), b);
+                    d = d + ((a[0] * b[0] + a[1] * b[1]) + (a[2] * b[2] + a[3] * b[3]));
+                }
+            }
+            d = group_sum<LN::G>(d);
+            if (p < P && q == 0) {
+                sgid[so + p] = ok ? s.id0[3] + c * s.m * s.m + field_pair(fld[i], fld[l], s.m) : dead;
+                sval[so + p] = ok ? kappa * (val[i] * scale) * (val[l] * scale) * d : (T)0;
+            }
+            if (p < P) pair_advance(nnz, LN::NPW, i, l);
+        }
+    }
+}
+
+template <typename T, int K>
+__global__ void fm_batch_grad(const long long* sh, const double* hp, const T* B, const T* L,
+                              const T* F, const T* R, const long long* indptr, const int* fields,
+                              const int* features, const float* values, const float* labels,
+                              const float* weights, int has_w, const long long* order,
+                              long long pos0, long long n_pos, const long long* sofs,
+                              const long long* vofs, long long* sgid, T* sval, long long* vgid,
+                              T* vval, signed char* status, double* rloss, double* rweight,
+                              const int* stop, int* count, int* bad, double* tbuf) {
+    const Shape s = load_shape(sh, hp);
+    if (*stop) return;   // an earlier batch stopped the epoch (set between launches)
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long n_warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    double* tb = tbuf + warp * 2 * s.C;
+    const long long s0 = sofs[pos0], v0 = vofs[pos0];
+    for (long long k = warp; k < n_pos; k += n_warps) {
+        const long long pos = pos0 + k;
+        const long long row = order[pos];
+        const long long start = indptr[row];
+        const int nnz = (int)(indptr[row + 1] - start);
+        const int* fld = fields + start;
+        const int* feat = features + start;
+        const float* val = values + start;
+        const T scale = (T)row_scale(val, nnz, s.normalize, lane);
+        double loss, kap0;
+        const bool ok = row_forward<T, K>(s, B, L, F, R, fld, feat, val, nnz, scale,
+                                          (double)labels[row], lane, tb, loss, kap0);
+        const double wr = has_w ? (double)weights[row] : 1.0;
+        if (lane == 0) {
+            if (ok) {
+                status[k] = ROW_OK;
+                rloss[k] = wr * loss;
+                rweight[k] = wr;
+                atomicAdd(count, 1);
+            } else {
+                status[k] = s.skip ? ROW_SKIPPED : ROW_BAD;
+                if (!s.skip) *bad = 1;
+            }
+        }
+        const long long sper = (sofs[pos + 1] - sofs[pos]) / s.C;
+        const long long vper = (vofs[pos + 1] - vofs[pos]) / s.C;
+        for (long long c = 0; c < s.C; ++c) {
+            const double kc = !ok ? 0.0 : (s.C == 1 ? kap0 : tb[s.C + c]);
+            contribute<T, K>(s, c, L + c * s.cL, F + c * s.cF, R + c * s.cR, fld, feat, val, nnz,
+                             scale, (T)(wr * kc), ok, lane, sofs[pos] - s0 + c * sper,
+                             vofs[pos] - v0 + c * vper, sgid, sval, vgid, vval);
+        }
+        __syncwarp();
+    }
+}
+
+// Whether the batch is applied: not after a stop, not with a row that stops
+// the epoch (which then stops it), not without a counted row.
+__device__ __forceinline__ bool batch_live(int* stop, const int* bad, const int* count) {
+    if (*stop) return false;
+    if (*bad) {
+        *stop = 1;
+        return false;
+    }
+    return *count > 0;
+}
+
+template <typename T, int K>
+__global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, const long long* sg,
+                                   const long long* perm, long long n, const T* vval,
+                                   const int* count, const int* bad, int* stop, double t,
+                                   double total) {
+    typedef Lanes<K> LN;
+    const Shape s = load_shape(sh, hp);
+    if (!batch_live(stop, bad, count)) return;
+    const int lane = threadIdx.x & 31;
+    const int grp = lane / LN::G, q = lane % LN::G;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long n_warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, t, total));
+    const T inv = (T)(1.0 / *count);
+    const T lam = grad_l2<T>(s, s.l2f), l1 = (T)s.l1, l2 = (T)s.l2f;
+    for (long long base = warp * LN::NPW; base < n; base += n_warps * LN::NPW) {
+        const long long j = base + grp;
+        const long long gid = j < n ? sg[j] : s.n_ids;
+        const bool act = j < n && gid < s.n_ids && (j == 0 || sg[j - 1] != gid);
+        T g[LN::E] = {};
+        T nrm = 0;
+        T* w = F;
+        if (act) {
+            for (long long jj = j; jj < n && sg[jj] == gid; ++jj) {
+                const T* v = vval + perm[jj] * K;
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    T u[4];
+                    ld4(v + LN::at(q, c), u);
+                    for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + u[e];
+                }
+            }
+            w = F + (gid - s.id0[2]) * s.fs;
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                T a[4];
+                ld4(w + LN::at(q, c), a);
+                for (int e = 0; e < 4; ++e) {
+                    T v = g[c * 4 + e] * inv + lam * a[e];
+                    g[c * 4 + e] = v;
+                    nrm = nrm + v * v;
+                }
+            }
+        }
+        if (s.clip > 0) {
+            T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
+            if (f != 1)
+                for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
+        }
+        if (act)
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2);
+    }
+}
+
+template <typename T, int K>
+__global__ void fm_batch_apply_scalar(const long long* sh, const double* hp, T* B, T* L, T* R,
+                                      const long long* sg, const long long* perm, long long n,
+                                      const T* sval, const int* count, const int* bad, int* stop,
+                                      double t, double total) {
+    const Shape s = load_shape(sh, hp);
+    if (!batch_live(stop, bad, count)) return;
+    const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, t, total));
+    const T inv = (T)(1.0 / *count);
+    const long long n_threads = (long long)gridDim.x * blockDim.x;
+    for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += n_threads) {
+        const long long gid = sg[j];
+        if (gid >= s.n_ids || (j > 0 && sg[j - 1] == gid)) continue;
+        T g = 0;
+        for (long long jj = j; jj < n && sg[jj] == gid; ++jj) g = g + sval[perm[jj]];
+        T* w;
+        double l1 = 0, l2 = 0;
+        if (gid < s.id0[1]) {
+            w = B + (gid - s.id0[0]) * s.ls;
+            l2 = s.l2b;
+        } else if (gid < s.id0[2]) {
+            w = L + (gid - s.id0[1]) * s.ls;
+            l1 = s.l1;
+            l2 = s.l2l;
+        } else {
+            w = R + (gid - s.id0[3]) * s.ls;
+        }
+        g = g * inv + grad_l2<T>(s, l2) * w[0];
+        opt_scalar<T>(o, w, g, (T)l1, (T)l2);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scoring
+
+template <typename T, int K>
+__global__ void fm_score_rows(const long long* sh, const T* B, const T* L, const T* F, const T* R,
+                              const long long* indptr, const int* fields, const int* features,
+                              const float* values, long long n_rows, double* out) {
+    const double hp[HP_SIZE] = {0};
+    const Shape s = load_shape(sh, hp);
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long n_warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long row = warp; row < n_rows; row += n_warps) {
+        const long long start = indptr[row];
+        const int nnz = (int)(indptr[row + 1] - start);
+        const T scale = (T)row_scale(values + start, nnz, s.normalize, lane);
+        for (long long c = 0; c < s.C; ++c) {
+            double t = score_class<T, K>(s, B + c * s.cB, L + c * s.cL, F + c * s.cF, R + c * s.cR,
+                                         fields + start, features + start, values + start, nnz,
+                                         scale, lane);
+            if (lane == 0) out[row * s.C + c] = t;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+"""Host-side plans of the GPU backend: rows packed for the device, launch
+geometry, and the exact (mini-batch) mode's contribution slots and sort.
+
+Everything takes an array module ``xp`` (CuPy, or NumPy for tests and for
+the CPU emulation of the kernels) and never synchronises with the device
+more than once per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import group_size
+
+WARP = 32
+
+
+@dataclass(frozen=True)
+class Launch:
+    grid: int    # blocks
+    block: int   # threads per block (a multiple of 32)
+
+    @property
+    def warps(self) -> int:
+        return self.grid * self.block // WARP
+
+
+def row_launch(n_rows: int, sm_count: int, *, warps_per_block: int = 4, blocks_per_sm: int = 8,
+               max_warps: int | None = None) -> Launch:
+    """A warp per row, grid-stride: enough warps to fill the device (or all
+    rows, or max_warps when each warp needs scratch memory), never zero."""
+    warps = min(max(int(n_rows), 1), max(1, sm_count) * blocks_per_sm * warps_per_block)
+    if max_warps is not None:
+        warps = max(1, min(warps, int(max_warps)))
+    per_block = min(warps_per_block, warps)
+    return Launch(-(-warps // per_block), WARP * per_block)
+
+
+def item_launch(n_items: int, items_per_warp: int, sm_count: int, *, warps_per_block: int = 4,
+                blocks_per_sm: int = 32) -> Launch:
+    """Warps for n_items items, items_per_warp to a warp (grid-stride beyond
+    what the device holds at once), never zero."""
+    warps = max(1, -(-int(n_items) // items_per_warp))
+    warps = min(warps, max(1, sm_count) * blocks_per_sm * warps_per_block)
+    per_block = min(warps_per_block, warps)
+    return Launch(-(-warps // per_block), WARP * per_block)
+
+
+def vector_items_per_warp(kp: int) -> int:
+    return WARP // group_size(kp)
+
+
+@dataclass
+class DeviceRows:
+    """A Batch's CSR arrays on the device."""
+
+    indptr: object      # int64 (n_rows + 1,)
+    fields: object      # int32 (nnz,), at least one element
+    features: object    # int32
+    values: object      # float32
+    labels: object      # float32 (n_rows,), at least one element
+    n_rows: int
+    max_nnz: int        # the longest row
+
+
+def pack_rows(xp, batch) -> DeviceRows:
+    """Copy a Batch's rows to the device, in the dtypes the kernels take.
+    Empty arrays get one dummy element (a kernel argument needs memory)."""
+
+    def put(a, dtype):
+        a = np.ascontiguousarray(a, dtype=dtype)
+        if a.size == 0:
+            a = np.zeros(1, dtype)
+        return xp.asarray(a)
+
+    indptr = np.ascontiguousarray(batch.indptr, dtype=np.int64)
+    max_nnz = int(np.diff(indptr).max()) if indptr.size > 1 else 0
+    return DeviceRows(
+        indptr=xp.asarray(indptr), fields=put(batch.fields, np.int32),
+        features=put(batch.features, np.int32), values=put(batch.values, np.float32),
+        labels=put(batch.labels, np.float32), n_rows=int(batch.n_rows), max_nnz=max_nnz,
+    )
+
+
+def fwfm_scratch_len(kp: int, max_nnz: int) -> int:
+    """Per-warp scratch of the per-row FwFM update: the row's factor
+    gradients (max_nnz * kp) and its field-pair gradients (one per pair)."""
+    return max_nnz * kp + max_nnz * (max_nnz - 1) // 2
+
+
+# ---------------------------------------------------------------------------
+# Exact mode
+
+
+def slot_counts(xp, nnz, kind: str, n_classes: int, use_bias: bool, use_linear: bool):
+    """Contribution slots per row: (scalar slots, vector slots), each for all
+    classes.  Scalar: bias, one per entry (linear), one per pair (FwFM's
+    field-pair weights); vector (kp values): one per entry (FM, FwFM) or two
+    per pair (FFM)."""
+    nnz = nnz.astype(np.int64)
+    pairs = nnz * (nnz - 1) // 2
+    scalar = xp.full(nnz.shape, int(use_bias), np.int64)
+    if use_linear:
+        scalar = scalar + nnz
+    if kind == "fwfm":
+        scalar = scalar + pairs
+    if kind in ("fm", "fwfm"):
+        vector = nnz
+    elif kind == "ffm":
+        vector = 2 * pairs
+    else:
+        vector = xp.zeros(nnz.shape, np.int64)
+    return scalar * n_classes, vector * n_classes
+
+
+@dataclass
+class ExactPlan:
+    """Where each position of an epoch's order writes its contributions.
+
+    sofs / vofs: device int64 (n + 1,), exclusive prefix sums of the rows'
+    scalar / vector slots in order; bounds: host positions where batches
+    start (n_batches + 1,); batch_s / batch_v: host slot offsets at those
+    bounds, so batch b owns slots batch_s[b] .. batch_s[b + 1] - 1."""
+
+    sofs: object
+    vofs: object
+    bounds: np.ndarray
+    batch_s: np.ndarray
+    batch_v: np.ndarray
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.bounds) - 1
+
+    def scalar_slots(self, b: int) -> int:
+        return int(self.batch_s[b + 1] - self.batch_s[b])
+
+    def vector_slots(self, b: int) -> int:
+        return int(self.batch_v[b + 1] - self.batch_v[b])
+
+    @property
+    def max_scalar(self) -> int:
+        return int(np.diff(self.batch_s).max()) if self.n_batches else 0
+
+    @property
+    def max_vector(self) -> int:
+        return int(np.diff(self.batch_v).max()) if self.n_batches else 0
+
+
+def exact_plan(xp, asnumpy, indptr, order, batch_size: int, kind: str, n_classes: int,
+               use_bias: bool, use_linear: bool) -> ExactPlan:
+    """Contribution slots of every position of `order` (device arrays) cut
+    into batches of batch_size positions; one transfer to the host."""
+    n = int(order.shape[0])
+    nnz = indptr[order + 1] - indptr[order]
+    per_s, per_v = slot_counts(xp, nnz, kind, n_classes, use_bias, use_linear)
+    sofs = xp.zeros(n + 1, np.int64)
+    vofs = xp.zeros(n + 1, np.int64)
+    if n:
+        sofs[1:] = xp.cumsum(per_s)
+        vofs[1:] = xp.cumsum(per_v)
+    bounds = np.minimum(np.arange(0, -(-n // batch_size) + 1, dtype=np.int64) * batch_size, n)
+    at = xp.asarray(bounds)
+    both = asnumpy(xp.stack([sofs[at], vofs[at]]))
+    return ExactPlan(sofs, vofs, bounds, both[0].astype(np.int64), both[1].astype(np.int64))
+
+
+def sort_contributions(xp, gid, n_ids: int):
+    """The order of contribution slots by (block id, slot) and the sorted ids.
+
+    Slots of one block end up adjacent and in slot order (rows in batch
+    order, a row's contributions in the CPU's emit order), so summing a run
+    front to back adds the rows' gradients in the order the CPU does, and
+    the result does not depend on the sort algorithm.  Dead slots carry
+    n_ids and sort last."""
+    n = int(gid.shape[0])
+    if n == 0:
+        return gid, gid
+    idx = xp.arange(n, dtype=np.int64)
+    if (int(n_ids) + 1) * n < 2**62:
+        perm = xp.argsort(gid * n + idx)
+    else:
+        perm = xp.lexsort(xp.stack([idx, gid]))
+    return perm, gid[perm]
+
+
+def segment_sums(perm, sorted_gid, values, n_ids: int) -> dict[int, np.ndarray]:
+    """Host model of the apply kernels' reduction (for tests): for each live
+    block id, its contributions summed front to back in sorted order."""
+    out: dict[int, np.ndarray] = {}
+    values = np.asarray(values)
+    for j, gid in enumerate(np.asarray(sorted_gid).tolist()):
+        if gid >= n_ids:
+            continue
+        v = values[int(perm[j])]
+        out[gid] = v.copy() if gid not in out else out[gid] + v
+    return out

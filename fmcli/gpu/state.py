@@ -1,0 +1,309 @@
+"""GpuState: training state on a CUDA device, with the interface of
+fmcli.train.TrainState (the orchestration picks one or the other).
+
+The arrays are the CPU's layout (B, L, F, R with optimizer state interleaved
+per block, classes stacked), held in device memory; initialisation runs on
+the host with the same random draws, so a run on either device starts from
+the same weights and shuffles rows in the same order.
+
+Batch size 1 trains per row with fm_train_rows (Hogwild across warps, like
+the CPU's threads).  Batch size b > 1 is the exact mode: per mini-batch
+fm_batch_grad writes every row's gradient contributions into planned slots,
+the host sorts them by parameter block (on the device), and the apply
+kernels step each touched block once with the batch's mean gradient, as
+the CPU core's mini-batch mode does (fmcli/_core/_kernels.pyx); the result
+is deterministic.  A training set that stays the same Batch between epochs
+stays on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DeviceError
+from ..model import Model, padded_k
+from . import plan
+from .layout import ROW_BAD, ROW_SKIPPED, hyper_array, shape_array
+
+ROWS_PER_LAUNCH = 1 << 21          # per-row mode: positions per kernel launch
+BATCHES_PER_SUMMARY = 256          # exact mode: batches between reductions of the row statistics
+SCRATCH_BUDGET = 256 << 20         # bytes of per-warp scratch (FwFM per-row mode)
+
+
+def default_backend():
+    from .device import CupyBackend
+
+    return CupyBackend()
+
+
+class _Resident:
+    """Device copies of the last few host objects used (Batches, weight
+    arrays), found by identity; the host object is kept alive with its copy.
+    Training passes the same objects slice after slice and epoch after epoch."""
+
+    def __init__(self, upload, keep: int = 2):
+        self.upload, self.keep, self.items = upload, keep, []
+
+    def get(self, obj):
+        for i, (o, dev) in enumerate(self.items):
+            if o is obj:
+                self.items.append(self.items.pop(i))
+                return dev
+        dev = self.upload(obj)
+        self.items.append((obj, dev))
+        del self.items[: -self.keep]
+        return dev
+
+
+class GpuState:
+    """Parameters and optimizer state on the device (see the module docstring)."""
+
+    def __init__(self, cfg, n_features: int, n_fields: int, rng: np.random.Generator,
+                 task: str = "binary", classes: list[str] | None = None, *, backend=None):
+        from ..train import TrainState
+
+        self.backend = backend if backend is not None else default_backend()
+        xp = self.xp = self.backend.xp
+        self.dtype = np.dtype(cfg.dtype)
+        # Compile and check the memory before the host initialisation draws
+        # from rng: after a DeviceError the CPU can take over unchanged.
+        self.kernels = self.backend.module(self.dtype, padded_k(cfg.k))
+        C = len(classes) if task == "multiclass" else 1
+        need = TrainState.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
+        free = self.backend.free_memory()
+        if free is not None and need > free:
+            raise DeviceError(f"the model needs {need / 2**30:.2f} GiB of device memory and "
+                              f"{self.backend.describe()} has {free / 2**30:.2f} GiB free")
+        host = TrainState(cfg, n_features, n_fields, rng, task, classes)
+        self.cfg, self.spec, self.n_classes = host.cfg, host.spec, host.n_classes
+        self.ns, self.kp = host.ns, host.kp
+        self._shapes = tuple(a.shape for a in host.arrays())
+        self.B, self.L, self.F, self.R = (xp.asarray(np.ascontiguousarray(a).reshape(-1))
+                                          for a in host.arrays())
+        del host
+        s = self.spec
+        self.sh = xp.asarray(shape_array(
+            s.kind, s.task, cfg.optimizer, cfg.lr_schedule, self.n_classes, s.n_features,
+            s.n_fields, self.kp, self.ns, use_bias=s.use_bias, use_linear=s.use_linear,
+            normalize=s.normalize, skip_nonfinite=cfg.on_nonfinite == "skip"))
+        self.hp = xp.asarray(hyper_array(cfg))
+        self.n_ids = int(self.backend.asnumpy(self.sh)[-1])
+        self._rows = _Resident(lambda batch: plan.pack_rows(xp, batch))
+        self._weights = _Resident(lambda w: xp.asarray(np.ascontiguousarray(w, dtype=np.float32)))
+        self._dummy = {np.dtype(t): xp.zeros(4, t) for t in (np.float32, np.float64, np.int32, np.int64)}
+
+    # -- the TrainState interface ---------------------------------------------
+    def device_arrays(self) -> tuple:
+        """B, L, F, R on the device (flat)."""
+        return self.B, self.L, self.F, self.R
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """Host copies of B, L, F, R in TrainState's shapes (for checkpoints)."""
+        return tuple(self.backend.asnumpy(a).reshape(shape)
+                     for a, shape in zip(self.device_arrays(), self._shapes))
+
+    def snapshot(self) -> tuple[np.ndarray, ...]:
+        return self.arrays()
+
+    def restore(self, snap) -> None:
+        """Set the parameters from arrays shaped like arrays()' (host or device)."""
+        for a, saved in zip(self.device_arrays(), snap):
+            a[...] = self.xp.asarray(saved).reshape(-1).astype(a.dtype, copy=False)
+
+    def all_finite(self) -> bool:
+        xp = self.xp
+        return all(bool(xp.isfinite(a).all()) for a in self.device_arrays())
+
+    def warm_start(self, parent: Model, path: str, say) -> int:
+        """TrainState.warm_start, applied on the host and copied back."""
+        host = self._host_state()
+        steps = host.warm_start(parent, path, say)
+        self.restore(host.arrays())
+        return steps
+
+    def scores(self, batch, threads: int = 1) -> np.ndarray:
+        """Raw scores: (n,) for one class, (n, C) for multiclass."""
+        rows = self._rows.get(batch)
+        return _score(self, rows, self.sh, self._params(), self.kernels, self.spec.task == "multiclass")
+
+    def train_epoch(self, batch, order: np.ndarray, weights: np.ndarray | None, step0: int,
+                    total_steps: int) -> tuple[float, float, int, int]:
+        """One pass over `order` (see fmcli._core._kernels.train_epoch):
+        (weighted loss sum, weight sum, rows skipped, position of the row
+        that stopped the epoch or -1)."""
+        xp = self.xp
+        n = int(len(order))
+        if n == 0:
+            return 0.0, 0.0, 0, -1
+        rows = self._rows.get(batch)
+        order_d = xp.asarray(np.ascontiguousarray(order, dtype=np.int64))
+        has_w = weights is not None
+        w_d = self._weights.get(weights) if has_w else self._arg(None, np.float32)
+        common = (rows, order_d, w_d, np.int32(has_w), n, float(step0), float(total_steps))
+        if self.cfg.batch_size == 1:
+            parts = self._per_row(*common)
+        else:
+            parts = self._exact(*common)
+        return _collect(self.backend.asnumpy(xp.stack(parts)))
+
+    def to_model(self, meta: dict) -> Model:
+        return self._host_state().to_model(meta)
+
+    def _host_state(self):
+        """A TrainState holding host copies of the parameters."""
+        from ..train import TrainState
+
+        host = TrainState.__new__(TrainState)
+        host.cfg, host.spec, host.n_classes, host.ns, host.kp = (
+            self.cfg, self.spec, self.n_classes, self.ns, self.kp)
+        host.B, host.L, host.F, host.R = self.arrays()
+        return host
+
+    # -- internals ------------------------------------------------------------
+    def _arg(self, a, dtype):
+        """A kernel argument: the array, or a small dummy for an empty one."""
+        return a if a is not None and a.size else self._dummy[np.dtype(dtype)]
+
+    def _params(self):
+        d = self.dtype
+        return tuple(self._arg(a, d) for a in (self.B, self.L, self.F, self.R))
+
+    def _launch(self, n_rows: int, max_warps: int | None = None) -> plan.Launch:
+        b = self.backend
+        return plan.row_launch(n_rows, b.sm_count, warps_per_block=b.warps_per_block,
+                               blocks_per_sm=b.blocks_per_sm, max_warps=max_warps)
+
+    def _stats(self, status, rloss, rweight, pos0: int):
+        """(loss, weight, skipped, first bad position or -1) of one launch, on the device."""
+        xp = self.xp
+        pos = xp.arange(pos0, pos0 + status.shape[0], dtype=np.float64)
+        bad = xp.where(status == ROW_BAD, pos, np.inf).min()
+        return xp.stack([rloss.sum(), rweight.sum(), (status == ROW_SKIPPED).sum().astype(np.float64), bad])
+
+    def _per_row(self, rows, order, w, has_w, n, step0, total):
+        xp, s = self.xp, self.spec
+        C = self.n_classes
+        scratch_len = plan.fwfm_scratch_len(self.kp, rows.max_nnz) if s.kind == "fwfm" else 0
+        max_warps = None
+        if scratch_len:
+            max_warps = max(1, SCRATCH_BUDGET // (scratch_len * self.dtype.itemsize))
+        geo = self._launch(min(n, ROWS_PER_LAUNCH), max_warps)
+        tbuf = xp.zeros(geo.warps * 2 * C, np.float64)
+        scratch = xp.zeros(max(4, geo.warps * scratch_len), self.dtype)
+        stop = xp.zeros(1, np.int32)
+        fn = self.kernels["fm_train_rows"]
+        parts = []
+        for pos0 in range(0, n, ROWS_PER_LAUNCH):
+            cnt = min(ROWS_PER_LAUNCH, n - pos0)
+            status = xp.zeros(cnt, np.int8)
+            rloss = xp.zeros(cnt, np.float64)
+            rweight = xp.zeros(cnt, np.float64)
+            fn((geo.grid,), (geo.block,), (
+                self.sh, self.hp, *self._params(), rows.indptr, rows.fields, rows.features,
+                rows.values, rows.labels, w, has_w, order, np.int64(pos0), np.int64(cnt),
+                np.float64(step0), np.float64(total), status, rloss, rweight, stop, tbuf, scratch,
+                np.int64(scratch_len)))
+            parts.append(self._stats(status, rloss, rweight, pos0))
+        return parts
+
+    def _exact(self, rows, order, w, has_w, n, step0, total):
+        xp, s, b = self.xp, self.spec, self.cfg.batch_size
+        C, kp = self.n_classes, self.kp
+        pl = plan.exact_plan(xp, self.backend.asnumpy, rows.indptr, order, b, s.kind, C,
+                             s.use_bias, s.use_linear)
+        sgid = xp.zeros(max(4, pl.max_scalar), np.int64)
+        sval = xp.zeros(max(4, pl.max_scalar), self.dtype)
+        vgid = xp.zeros(max(4, pl.max_vector), np.int64)
+        vval = xp.zeros(max(4, pl.max_vector) * kp, self.dtype)
+        geo = self._launch(b)
+        tbuf = xp.zeros(geo.warps * 2 * C, np.float64)
+        stop = xp.zeros(1, np.int32)
+        counts = xp.zeros(pl.n_batches, np.int32)
+        bads = xp.zeros(pl.n_batches, np.int32)
+        grad, apply_vec, apply_scalar = (self.kernels[k] for k in
+                                         ("fm_batch_grad", "fm_batch_apply_vec", "fm_batch_apply_scalar"))
+        B, L, F, R = self._params()
+        sm, ipw = self.backend.sm_count, plan.vector_items_per_warp(kp)
+        parts = []
+        for g0 in range(0, pl.n_batches, BATCHES_PER_SUMMARY):
+            g1 = min(g0 + BATCHES_PER_SUMMARY, pl.n_batches)
+            first, last = int(pl.bounds[g0]), int(pl.bounds[g1])
+            status = xp.zeros(last - first, np.int8)
+            rloss = xp.zeros(last - first, np.float64)
+            rweight = xp.zeros(last - first, np.float64)
+            for bi in range(g0, g1):
+                pos0, cnt = int(pl.bounds[bi]), int(pl.bounds[bi + 1] - pl.bounds[bi])
+                at = pos0 - first
+                grad((geo.grid,), (geo.block,), (
+                    self.sh, self.hp, B, L, F, R, rows.indptr, rows.fields, rows.features,
+                    rows.values, rows.labels, w, has_w, order, np.int64(pos0), np.int64(cnt),
+                    pl.sofs, pl.vofs, sgid, sval, vgid, vval, status[at:], rloss[at:],
+                    rweight[at:], stop, counts[bi:], bads[bi:], tbuf))
+                t = np.float64(step0 + bi)
+                nv, ns = pl.vector_slots(bi), pl.scalar_slots(bi)
+                if nv:
+                    perm, sg = plan.sort_contributions(xp, vgid[:nv], self.n_ids)
+                    geo_v = plan.item_launch(nv, ipw, sm)
+                    apply_vec((geo_v.grid,), (geo_v.block,), (
+                        self.sh, self.hp, F, sg, perm, np.int64(nv), vval, counts[bi:], bads[bi:],
+                        stop, t, np.float64(total)))
+                if ns:
+                    perm, sg = plan.sort_contributions(xp, sgid[:ns], self.n_ids)
+                else:
+                    perm = sg = self._dummy[np.dtype(np.int64)]
+                # launched even without slots: it is what stops the epoch after a bad row
+                geo_s = plan.item_launch(ns, 32, sm)
+                apply_scalar((geo_s.grid,), (geo_s.block,), (
+                    self.sh, self.hp, B, L, R, sg, perm, np.int64(ns), sval, counts[bi:], bads[bi:],
+                    stop, t, np.float64(total)))
+            parts.append(self._stats(status, rloss, rweight, first))
+        return parts
+
+
+def _collect(stats: np.ndarray) -> tuple[float, float, int, int]:
+    stats = np.asarray(stats, np.float64).reshape(-1, 4)
+    first = float(stats[:, 3].min()) if len(stats) else np.inf
+    return (float(stats[:, 0].sum()), float(stats[:, 1].sum()), int(stats[:, 2].sum()),
+            int(first) if np.isfinite(first) else -1)
+
+
+def _score(owner, rows: plan.DeviceRows, sh, params, kernels, multiclass: bool) -> np.ndarray:
+    xp = owner.xp
+    n, C = rows.n_rows, int(owner.n_classes)
+    out = xp.zeros(max(1, n * C), np.float64)
+    if n:
+        geo = owner._launch(n)
+        kernels["fm_score_rows"]((geo.grid,), (geo.block,), (
+            sh, *params, rows.indptr, rows.fields, rows.features, rows.values, np.int64(n), out))
+    host = owner.backend.asnumpy(out)[: n * C].astype(np.float64, copy=False)
+    return host.reshape(-1, C) if multiclass else host
+
+
+class GpuScorer:
+    """Scores batches with a loaded model on the device (fmcli.predict.Scorer's interface)."""
+
+    def __init__(self, model: Model, *, backend=None):
+        self.backend = backend if backend is not None else default_backend()
+        self.model = model
+        xp = self.xp = self.backend.xp
+        s = model.spec
+        bias, linear, factors, pairs, kp = model.kernel_arrays()
+        self.kp, self.n_classes = kp, s.n_classes
+        self._dummy = {np.dtype(np.float32): xp.zeros(4, np.float32)}
+        self.params = tuple(xp.asarray(a) if a.size else self._dummy[np.dtype(np.float32)]
+                            for a in (bias, linear, factors, pairs))
+        self.sh = xp.asarray(shape_array(
+            s.kind, s.task, "sgd", "constant", s.n_classes, s.n_features, s.n_fields, kp, 0,
+            use_bias=s.use_bias, use_linear=s.use_linear, normalize=s.normalize))
+        self.kernels = self.backend.module(np.float32, kp)
+
+    def _launch(self, n_rows: int) -> plan.Launch:
+        b = self.backend
+        return plan.row_launch(n_rows, b.sm_count, warps_per_block=b.warps_per_block,
+                               blocks_per_sm=b.blocks_per_sm)
+
+    def scores(self, batch) -> np.ndarray:
+        """Raw scores of a batch: (n,), or (n, C) for a multiclass model."""
+        rows = plan.pack_rows(self.xp, batch)
+        return _score(self, rows, self.sh, self.params, self.kernels, self.model.spec.task == "multiclass")
+
