@@ -30,7 +30,7 @@ help:
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
-	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect}.1"
+	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
 	@echo "  make clean       remove build products (keeps $(VENV))"
@@ -128,14 +128,12 @@ fuzz: $(FUZZ_STAMP)
 
 # --- documentation and packaging -------------------------------------------
 
-# man/fm-model.5 is written by hand and is never regenerated.
+# Generated from the click tree plus the EXIT STATUS, ENVIRONMENT, FILES and
+# EXAMPLES sections in fmcli/cli/_manpages.py; tests/test_docs.py checks that
+# the pages are current.  man/fm-model.5 is written by hand and is never
+# regenerated.
 man: $(STAMP)
-	$(PIP) install -q click-man
-	@mkdir -p man
-	$(PY) -c 'from click_man.core import write_man_pages; \
-		from fmcli import __version__; from fmcli.cli import cli; \
-		write_man_pages("fm", cli, version=__version__, target_dir="man", date="$(MAN_DATE)")'
-	@ls man
+	$(PY) -m fmcli.cli._manpages --date $(MAN_DATE) man
 
 wheel: $(STAMP)
 	$(PIP) wheel -q --no-build-isolation --no-deps -w dist .

@@ -12,16 +12,24 @@ hours of training rather than at the final save.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .errors import OutputError
+from .errors import LockedError, OutputError, OutputIOError
 
-__all__ = ["atomic_output", "check_writable"]
+__all__ = ["atomic_output", "check_writable", "output_lock", "lock_path", "IO_ERRNOS"]
+
+# Errors of a write that ran out of room or failed on the device: reported as
+# I/O errors (exit status 74), not as "cannot create output" (73).
+IO_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EIO", "EDQUOT")
+                      if hasattr(errno, name))
 
 _BINARY_MODES = frozenset({"wb"})
 _TEXT_MODES = frozenset({"w", "wt"})
@@ -32,6 +40,11 @@ _umask_lock = threading.Lock()
 def _reason(exc: OSError) -> str:
     """The human part of an ``OSError`` (without errno and file name noise)."""
     return exc.strerror or str(exc)
+
+
+def _write_failed(target: str, exc: OSError) -> OutputIOError:
+    previous = "the previous file is unchanged" if os.path.lexists(target) else "nothing was written"
+    return OutputIOError(f"cannot write output {target}: {_reason(exc)}; {previous}")
 
 
 def _current_umask() -> int:
@@ -109,6 +122,8 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
 
     Raises:
         ValueError: ``mode`` is not one of the supported modes.
+        OutputIOError: writing failed with ENOSPC, EFBIG, EDQUOT or EIO (in
+            the ``with`` block or when flushing); ``path`` is unchanged.
         OutputError: the temporary file cannot be created (missing directory,
             no permission) or the finished file cannot be flushed or renamed
             into place.
@@ -116,6 +131,17 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     if mode not in _BINARY_MODES and mode not in _TEXT_MODES:
         raise ValueError(f"unsupported mode {mode!r}; expected 'wb', 'w' or 'wt'")
     target = os.fspath(path)
+    if is_special(target):
+        # A device or pipe (/dev/null, /dev/stdout, a FIFO): write to it in
+        # place; renaming a temporary file onto it would replace the device.
+        try:
+            fobj_special: IO[Any] = (open(target, "w", encoding="utf-8", newline="\n")
+                                     if mode in _TEXT_MODES else open(target, "wb"))
+        except OSError as exc:
+            raise OutputError(f"cannot write output {target}: {_reason(exc)}") from exc
+        with fobj_special:
+            yield fobj_special
+        return
     directory, basename = os.path.split(target)
     directory = directory or os.curdir
     try:
@@ -134,10 +160,12 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
 
     try:
         yield fobj
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             fobj.close()
         _unlink_quietly(tmp)
+        if isinstance(exc, OSError) and exc.errno in IO_ERRNOS:
+            raise _write_failed(target, exc) from exc
         raise
 
     try:
@@ -158,10 +186,20 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
         with contextlib.suppress(Exception):
             fobj.close()
         _unlink_quietly(tmp)
+        if isinstance(exc, OSError) and exc.errno in IO_ERRNOS:
+            raise _write_failed(target, exc) from exc
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write output {target}: {_reason(exc)}") from exc
         raise
     _fsync_directory(directory)
+
+
+def is_special(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` exists and is not a regular file (a device, FIFO or socket)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
@@ -184,3 +222,95 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise OutputError(f"cannot create output {target}: directory {directory} is not writable")
     if os.path.isdir(target):
         raise OutputError(f"cannot create output {target}: it is a directory")
+
+
+# --------------------------------------------------------------------------
+# Output locks
+# --------------------------------------------------------------------------
+
+def lock_path(path: str | os.PathLike[str]) -> str:
+    """The lock file of an output: ``.NAME.lock`` in the same directory."""
+    directory, basename = os.path.split(os.fspath(path))
+    return os.path.join(directory, f".{basename}.lock")
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says about its holder (its pid and start time)."""
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    except OSError:
+        return "another process"
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if "pid" not in fields:
+        return "another process"
+    return f"process {fields['pid']}" + (f", started {fields['started']}" if fields.get("started") else "")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str], timeout: float = 0.0,
+                poll: float = 0.1) -> Iterator[str]:
+    """Hold an advisory lock on ``path``'s lock file (see :func:`lock_path`).
+
+    The lock is an ``flock`` on ``.NAME.lock`` next to ``path``, holding the
+    holder's pid and start time; it protects a run that writes ``path`` from
+    another one writing the same file.  A lock held by another process is
+    waited for up to ``timeout`` seconds (0: not at all).  The lock file is
+    removed when the lock is released.
+
+    Raises:
+        LockedError: another process holds the lock (naming it).
+        OutputError: the lock file cannot be created.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform
+        yield ""
+        return
+
+    target = os.fspath(path)
+    if is_special(target):          # /dev/null and the like: nothing to protect
+        yield ""
+        return
+    name = lock_path(target)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot create lock file {name} for {target}: {_reason(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise OutputError(f"cannot lock {name} for {target}: {_reason(exc)}") from exc
+            holder = _holder(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                advice = (f"waited {timeout:g} s; try again later or raise --lock-timeout" if timeout > 0
+                          else "wait for it to finish or give --lock-timeout SECONDS")
+                raise LockedError(f"{target} is being written by {holder} (lock file {name}); "
+                                  f"{advice}") from None
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            continue
+        # The previous holder may have removed the file between our open and
+        # flock: then the lock is on an orphaned inode, so start over.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(name))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        break
+    try:
+        started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()}\nstarted={started}\n".encode(), 0)
+        yield name
+    finally:
+        # Unlink while still holding the lock, so that a waiter that opened
+        # this file notices (above) that it is gone.
+        _unlink_quietly(name)
+        os.close(fd)

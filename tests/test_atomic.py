@@ -159,3 +159,28 @@ def test_check_writable_read_only_directory(tmp_path: Path) -> None:
                 f.write(b"x")
     finally:
         os.chmod(ro, 0o755)
+
+
+def test_devices_are_written_in_place_not_replaced(tmp_path):
+    """-o /dev/null must not rename a temporary file onto the device."""
+    import stat as _stat
+
+    from fmcli.atomic import atomic_output, output_lock
+
+    before = os.stat("/dev/null")
+    with output_lock("/dev/null"):
+        with atomic_output("/dev/null", "w") as f:
+            f.write("scores\n")
+    after = os.stat("/dev/null")
+    assert _stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    with atomic_output(fifo) as f:
+        f.write(b"abc")
+    reader.join(5)
+    assert got == [b"abc"] and _stat.S_ISFIFO(os.stat(fifo).st_mode)

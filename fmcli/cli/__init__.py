@@ -1,19 +1,22 @@
 """The `fm` command: a click group with one thin module per command.
 
 Every :class:`~fmcli.errors.FMError` is turned here, in one place, into one
-line on stderr and its exit code; commands never print tracebacks for user
-errors.
+line on stderr and its exit code (see :mod:`fmcli.cli._status`); commands
+never print tracebacks for user errors.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
 
 from .. import __version__
-from ..errors import EX_SIGPIPE, EX_SOFTWARE, FMError
+from ..atomic import IO_ERRNOS
+from ..errors import EX_CONFIG, EX_SIGPIPE, EX_SOFTWARE, ConfigError, FMError
+from ._status import SignalExit, classify
 
 
 class FMGroup(click.Group):
@@ -26,10 +29,33 @@ class FMGroup(click.Group):
         except FMError as exc:
             if debug:
                 raise
-            click.echo(f"fm: error: {exc}", err=True)
+            message = str(exc)
+            config_file, keys = ctx.meta.get("fm.config_file"), ctx.meta.get("fm.config_keys")
+            if isinstance(exc, ConfigError) and config_file and keys:
+                from ..settings import blame
+
+                message = blame(message, config_file, keys)
+            click.echo(f"fm: error: {message}", err=True)
             ctx.exit(exc.exit_code)
+        except click.BadParameter as exc:
+            # A bad value from an FM_* variable is a configuration error, not
+            # a usage error: say which variable, in one line.
+            from ..settings import env_source
+
+            name = env_source(exc)
+            if name is None or debug:
+                raise
+            click.echo(f"fm: error: environment variable {name}={os.environ.get(name)!r}: "
+                       f"{exc.message.rstrip('.')}", err=True)
+            ctx.exit(EX_CONFIG)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except KeyboardInterrupt as exc:
+            # SIGINT, or SIGTERM (see main): any output being written was
+            # abandoned and its previous version kept.
+            _, code, message = classify(exc)
+            click.echo(f"fm: {message}", err=True)
+            ctx.exit(code)
         except BrokenPipeError:
             # The reader of stdout went away (`fm predict ... | head`): stop
             # quietly with the status a shell gives SIGPIPE.
@@ -41,6 +67,16 @@ class FMGroup(click.Group):
                 raise
             click.echo("fm: error: out of memory", err=True)
             ctx.exit(1)
+        except OSError as exc:
+            if debug:
+                raise
+            if exc.errno in IO_ERRNOS:   # e.g. a full disk under the cache
+                _, code, message = classify(exc)
+                click.echo(f"fm: error: {message}", err=True)
+                ctx.exit(code)
+            click.echo(f"fm: internal error: {type(exc).__name__}: {exc} "
+                       "(rerun with --debug for a traceback)", err=True)
+            ctx.exit(EX_SOFTWARE)
         except Exception as exc:  # a bug: say so in one line, traceback with --debug
             if debug:
                 raise
@@ -71,5 +107,26 @@ cli.add_command(_predict.predict)
 cli.add_command(_inspect.inspect)
 
 
+def _setup_envvars() -> None:
+    from ..settings import apply_envvars
+
+    apply_envvars(cli)   # FM_TRAIN_EPOCHS, FM_PREDICT_THREADS, ...
+
+
+_setup_envvars()
+
+
+def _terminate(signum, frame):
+    raise SignalExit(signum)
+
+
 def main() -> None:
+    # Writing past RLIMIT_FSIZE must fail with EFBIG (an I/O error, exit 74,
+    # the old file kept) rather than kill the process with SIGXFSZ.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # SIGTERM unwinds like Ctrl-C: temporary files are removed, locks
+    # released, and the status is 143.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="fm")

@@ -24,7 +24,12 @@ _COLUMNS = {
 }
 
 
+_live = None   # the Progress display while one is shown; prints go through its console
+
+
 def _console():
+    if _live is not None:
+        return _live.console
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
@@ -54,15 +59,85 @@ class EpochTable:
         self._echo(f"{s.epoch:5d}  {s.train_loss:10.5f}  {va}  {s.seconds:8.2f}  {s.rows_per_s:10.0f}")
 
     def _echo(self, line: str, header: bool = False) -> None:
-        if stderr_is_tty():
+        if _live is not None or stderr_is_tty():
             _console().print(line, style="bold" if header else None)
         else:
             click.echo(line, err=True)
 
 
 def info(message: str, quiet: bool = False) -> None:
-    if not quiet:
+    if quiet:
+        return
+    if _live is not None:
+        _live.console.print(message, markup=False, highlight=False)
+    else:
         click.echo(message, err=True)
+
+
+class EpochProgress:
+    """A progress bar for the epoch being trained, on a terminal only.
+
+    Called as ``on_progress(epoch, rows_done, rows_total)`` (a training loss
+    so far may follow); shows rows done of the epoch's rows, rows/s, the
+    time left and the loss.  Lines printed meanwhile (the epoch table,
+    messages) appear above the bar, which disappears when :meth:`close` is
+    called.  Does nothing when stderr is not a terminal or with --quiet.
+    """
+
+    def __init__(self, quiet: bool = False, console=None):
+        self.enabled = not quiet and (console is not None or stderr_is_tty())
+        self._console = console
+        self._progress = None
+        self._task = None
+        self._epoch = None
+
+    def _start(self) -> None:
+        global _live
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = self._console or Console(stderr=True, highlight=False)
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("rows"), _rate_column(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+            console=console, transient=True, refresh_per_second=4)
+        self._progress.start()
+        _live = self._progress
+
+    def __call__(self, epoch: int, rows_done: int, rows_total: int, loss: float | None = None) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            self._start()
+        fields = {"epoch": epoch, "loss": "" if loss is None else f"loss {loss:.5f}"}
+        if self._task is None:
+            self._task = self._progress.add_task("train", total=rows_total, **fields)
+        elif epoch != self._epoch:
+            self._progress.reset(self._task, total=rows_total, **fields)
+        self._epoch = epoch
+        self._progress.update(self._task, completed=rows_done, total=rows_total, **fields)
+
+    def close(self) -> None:
+        global _live
+        if self._progress is not None:
+            self._progress.stop()
+            if _live is self._progress:
+                _live = None
+            self._progress = None
+            self._task = None
+
+
+def _rate_column():
+    """rows/s of the bar's task (rich's own speed column counts bytes)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.speed
+            return Text("- rows/s" if speed is None else f"{speed:,.0f} rows/s")
+
+    return RateColumn()
 
 
 def model_summary(summary: dict[str, Any], as_json: bool) -> None:

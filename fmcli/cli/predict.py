@@ -8,8 +8,9 @@ import sys
 import click
 import numpy as np
 
-from ..config import FORMATS
+from ..config import DEVICES, FORMATS
 from . import _render
+from . import _ops
 from ._options import read_limit_options
 
 
@@ -20,13 +21,17 @@ from ._options import read_limit_options
               help="Where to write probabilities ('-' is stdout).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=None, show_default=False,
               help="Scoring threads (results do not depend on it).  [default: all CPUs]")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu",
+              help="Score on the cpu, a CUDA GPU (cuda; needs CuPy), or the GPU when one is usable (auto).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", help="Input format.")
 @click.option("--strict-ids", is_flag=True,
               help="Fail on a feature or field id the model has no weights for (default: ignore and count them).")
 @read_limit_options
 @click.option("--top1", is_flag=True, help="Multiclass: print the most probable class label instead of the probabilities.")
+@_ops.predict_options
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
-def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, max_line_bytes, top1, quiet):
+def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
+            quiet):
     """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
     .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
     are scored in order.
@@ -59,7 +64,8 @@ def predict(model_file, data, output, threads, fmt, strict_ids, max_bad_rows, ma
         unseen = UnseenIds(model, strict=strict_ids)
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
         for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
-                                          unseen=unseen):
+                                          unseen=unseen, device=device,
+                                          log=lambda msg: _render.info(msg, quiet)):
             out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)
             all_labels.append(labels)

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..atomic import check_writable
-from ..config import FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, TASKS, Config
+from ..config import DEVICES, FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, TASKS, Config
 from ..metrics import METRICS
 from . import _render
 from . import _ops
@@ -60,6 +60,10 @@ def default_output(train_file: str) -> str:
 @click.option("--l2-factors", type=float, default=None, show_default=False, help="L2 on factors.  [default: --l2]")
 @click.option("--l1", type=float, default=D.l1, help="L1 on linear weights and factors (FTRL; gives exact zeros).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=D.threads, help="Training threads (Hogwild; 1 is bit-for-bit reproducible).")
+@click.option("--device", type=click.Choice(DEVICES), default=D.device,
+              help="cpu; cuda: a CUDA GPU (needs CuPy: pip install 'fmcli[gpu]'); auto: the GPU when one "
+                   "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "
+                   "batches are exact (deterministic).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, help="Update rule.")
 @click.option("--adam-beta1", type=float, default=D.adam_beta1, help="Adam: decay of the gradient mean.")
 @click.option("--adam-beta2", type=float, default=D.adam_beta2, help="Adam: decay of the squared-gradient mean.")
