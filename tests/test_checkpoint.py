@@ -142,3 +142,26 @@ def test_warm_start_refuses_another_model_kind(data, tmp_path):
     with pytest.raises(ConfigError, match="--init-model has model 'fm' but this run trains 'ffm'"):
         train(Config(model="ffm", epochs=1, init_model=str(tmp_path / "fm.fm"), cache=False),
               str(data / "day2.ffm"))
+
+
+def test_sigterm_mid_epoch_exits_143_with_a_checkpoint_and_a_run_log(data, tmp_path):
+    import json
+
+    ck, log = tmp_path / "ck", tmp_path / "run.jsonl"
+    cmd = fm_cmd("--model", "ffm", "-t", "40", "-s", "1", "--checkpoint-dir", ck, "--checkpoint-every", "4000",
+                 "--log-json", log, "-o", tmp_path / "m.fm", data / "tr.ffm")
+    proc = subprocess.Popen(cmd, env=env(tmp_path / "cache"), stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(ck.glob("ckpt-*.fmc")):
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert time.time() - sent < 5
+    assert not (tmp_path / "m.fm").exists()
+    ck_info = checkpoint.load_latest(str(ck)).info
+    assert 1 <= ck_info["epoch"] <= 40
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_end"
+    assert events[-1]["status"] == "interrupted" and events[-1]["exit_code"] == 143
