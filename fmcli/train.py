@@ -343,12 +343,13 @@ def _load(source, config: Config, task: str, classes, say) -> Dataset:
     return ds
 
 
-SLICE_ROWS = 1 << 16   # rows per kernel call: the grain of progress, checkpoints and signals
+SLICE_ROWS = 1 << 15   # rows per kernel call: the grain of progress, checkpoints and signals
 
 
 def _data_key(ds: Dataset) -> dict:
     """What a checkpoint remembers of its training data."""
-    return {"name": ds.name, "rows": ds.n_rows, "nnz": ds.nnz, "chunks": ds.chunk_rows}
+    return {"name": ds.name, "rows": ds.n_rows, "nnz": ds.nnz, "chunks": ds.chunk_rows,
+            "inputs": ds.fingerprints}
 
 
 def train(

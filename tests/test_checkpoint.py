@@ -134,6 +134,13 @@ def test_daily_warm_starts_equal_one_run_over_all_days(data, tmp_path, optimizer
         np.testing.assert_array_equal(np.asarray(day2.params[name]), np.asarray(whole.params[name]), name)
     parent = day2.meta["parent"]
     assert parent["path"].endswith("day1.fm") and len(parent["sha256"]) == 64
+    day2.save(tmp_path / "day2.fm")
+    from click.testing import CliRunner
+
+    from fmcli.cli import cli
+
+    shown = CliRunner().invoke(cli, ["inspect", str(tmp_path / "day2.fm")]).stdout
+    assert "warm start from" in shown and parent["sha256"][:16] in shown
     assert day2.meta["optimizer"]["steps"] == whole.meta["optimizer"]["steps"]
 
 

@@ -176,6 +176,9 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
         if metrics:
             rows.append(("validation", f"{t.get('valid_file')}: "
                          + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items() if v is not None)))
+        parent = h.get("parent")
+        if parent:
+            rows.append(("warm start from", f"{parent.get('path')} (sha256 {str(parent.get('sha256'))[:16]}...)"))
         if t.get("zero_weights") and hp.get("l1"):
             rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
     width = max(len(k) for k, _ in rows)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from .batch import Batch
-from .cache import CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path
+from .cache import CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, fingerprint
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
@@ -82,6 +82,7 @@ class Dataset:
     seconds: float = 0.0
     skipped: list = field(default_factory=list)   # DataErrors of rows skipped (max_bad_rows)
     n_skipped: int = 0
+    fingerprints: list = field(default_factory=list)   # of the input files (fmcli.data.cache.fingerprint)
     cache: CacheFile | None = None
     cached_from: str | None = None  # "hit" (reused), "built", or None
     _memory: list[Batch] | None = None
@@ -278,6 +279,7 @@ def load_dataset(
     `classes` (a trained model's) a label outside them is an error.
     cache_dir None turns the cache off."""
     inputs = _inputs(specs)
+    prints = [fingerprint(p) for p in inputs if p != "-"]
     label_mode = {"binary": "binary", "regression": "real"}.get(task, "class")
     options = {"fmt": fmt, "label_mode": label_mode, "task": task,
                "classes": None if classes is None else list(classes),
@@ -296,6 +298,7 @@ def load_dataset(
             ds = _from_meta(cf.meta, cache=cf)
             ds.seconds = time.perf_counter() - t0
             ds.cached_from = "hit"
+            ds.fingerprints = prints
             return ds
 
     stats = {"names": [], "formats": [], "bytes": 0, "skipped": [], "seconds": 0.0, "classes": []}
@@ -345,6 +348,7 @@ def load_dataset(
     ds.seconds = time.perf_counter() - t0
     ds.skipped = stats["skipped"]
     ds.cached_from = "built" if cf is not None else None
+    ds.fingerprints = prints
     if cf is None:
         if memory is not None:
             ds._memory = [ds._final(b) for b in memory]
