@@ -102,6 +102,7 @@ class Config:
     weight_column: str | None = None
     columns: str | None = None
     hash_bits: int = 22
+    float_columns: str = "value"         # wide Parquet float columns: "value" or "bucket"
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -158,6 +159,8 @@ class Config:
             raise ConfigError("checkpoint-every must be >= 0 rows and keep-checkpoints >= 1")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ConfigError("--checkpoint-every needs --checkpoint-dir")
+        if self.float_columns not in ("value", "bucket"):
+            raise ConfigError(f"float columns must be 'value' or 'bucket', got {self.float_columns!r}")
         if not 1 <= self.hash_bits <= 31:
             raise ConfigError(f"hash bits must be between 1 and 31, got {self.hash_bits}")
         if self.memory_budget < 0:
@@ -237,7 +240,7 @@ class Config:
         """Keyword arguments of fmcli.data.parquet.ParquetReader."""
         columns = None if self.columns is None else tuple(c.strip() for c in self.columns.split(",") if c.strip())
         return {"label_column": self.label_column, "weight_column": self.weight_column,
-                "columns": columns, "hash_bits": self.hash_bits}
+                "columns": columns, "hash_bits": self.hash_bits, "float_columns": self.float_columns}
 
     def read_limits(self):
         from .data.text import ReadLimits

@@ -133,7 +133,7 @@ def iter_scores(
     hp = model.meta.get("hyperparameters") or {}
     known = {f.name for f in dataclasses.fields(Config)}
     parquet = Config.from_dict({k: v for k, v in hp.items() if k in known and k in
-                                ("label_column", "weight_column", "columns", "hash_bits")}).parquet_options()
+                                ("label_column", "weight_column", "columns", "hash_bits", "float_columns")}).parquet_options()
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     for path in expand_inputs([os.fspath(s) for s in sources]):
         reader = make_reader(path, fmt, "class" if classes else "real", limits,

@@ -519,3 +519,20 @@ def test_write_parquet_is_atomic(tmp_path):
     write_parquet([batch, Batch.empty(), batch], out, row_group_rows=300)
     assert pq.ParquetFile(out).metadata.num_row_groups == 7
     assert_same(Batch.concat([batch, batch]), ParquetReader(out).read_all())
+
+
+def test_wide_float_columns_can_be_bucketed(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fmcli.data.parquet import ParquetReader, feature_hash
+
+    x = [0.5, 1.0, 2.0, 3.0, 100.0, -2.0, None]
+    pq.write_table(pa.table({"label": [1, 0, 1, 0, 1, 0, 1], "x": x}), tmp_path / "f.parquet")
+    batch = ParquetReader(tmp_path / "f.parquet", float_columns="bucket", hash_bits=20).read_all()
+    # floor(ln(3)^2) = 1, floor(ln(100)^2) = 21; 2 and below: floor(x)
+    expected = [feature_hash("x", f"b{b}", 20) for b in (0, 1, 2, 1, 21, -2)]
+    assert batch.features.tolist() == expected and batch.values.tolist() == [1.0] * 6
+    assert batch.indptr.tolist() == [0, 1, 2, 3, 4, 5, 6, 6]
+    plain = ParquetReader(tmp_path / "f.parquet", hash_bits=20).read_all()
+    assert set(plain.features.tolist()) == {feature_hash("x", None, 20)} and plain.values[4] == 100.0

@@ -112,6 +112,9 @@ def default_output(train_file: str) -> str:
               help="Parquet wide tables: the columns to use as fields, comma-separated.  [default: all others]")
 @click.option("--hash-bits", type=click.IntRange(1, 31), default=D.hash_bits,
               help="Parquet wide tables: categorical values are hashed into 2^N feature ids.")
+@click.option("--float-columns", type=click.Choice(["value", "bucket"]), default=D.float_columns,
+              help="Parquet wide tables: a float column is one feature with the number as its value, or "
+                   "a categorical feature per bucket floor(ln(x)^2) (x > 2; else floor(x)).")
 @click.option("--cache/--no-cache", default=D.cache,
               help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, show_default=False,

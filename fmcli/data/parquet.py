@@ -33,7 +33,11 @@ position in that list being the field index.  Per row and column:
   string: the string itself, ``str(int)`` for integers, ``"1"``/``"0"`` for
   booleans (so equal values hash equally whatever the column's type);
 * a floating-point column: one feature per column, id
-  ``feature_hash(column)``, with the number as its value.
+  ``feature_hash(column)``, with the number as its value; or, with
+  ``float_columns="bucket"``, a categorical feature per bucket, the bucket
+  being ``floor(ln(x)^2)`` for x > 2 and ``floor(x)`` otherwise (the
+  log-binning of the winning Criteo solution), hashed as the text
+  ``"b<bucket>"``.
 
 ``feature_hash(column, text)`` is 64-bit FNV-1a of the bytes ``data =
 column.encode() + b"\\0" + text.encode()`` (``data = column.encode()`` for a
@@ -398,6 +402,7 @@ class ParquetReader:
         weight_column: str | None = None,
         columns: Sequence[str] | None = None,
         hash_bits: int = DEFAULT_HASH_BITS,
+        float_columns: str = "value",
     ):
         _need_pyarrow()
         if label_mode not in LABEL_MODES:
@@ -436,6 +441,9 @@ class ParquetReader:
         self.weight_column = weight_column
         self.columns = columns
         self.hash_bits = int(hash_bits)
+        if float_columns not in ("value", "bucket"):
+            raise ValueError(f"float_columns must be 'value' or 'bucket', got {float_columns!r}")
+        self.float_columns = float_columns
         self.bytes_read = 0
         self.lines = 0                   # rows read so far
         self.bad_rows: list[DataError] = []
@@ -882,6 +890,19 @@ class ParquetReader:
                 hashes = self._hash_values(name, dictionary)
                 np.take(hashes, indices, out=ids[j])
                 present[j] = True if valid is None else valid
+            elif kind == "num" and self.float_columns == "bucket":
+                # a categorical token per bucket: floor(ln(x)^2) above 2, else floor(x)
+                x, valid = _numbers(arr)
+                ok = ~np.isnan(x) if valid is None else valid & ~np.isnan(x)
+                checks.add(_P_ENTRY, ok & ~np.isfinite(x), lambda r, name=name, arr=arr: (
+                    f"column '{name}': expected a finite number, found {_show_value(arr, r)}"))
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                    b = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3)) ** 2), np.floor(x))
+                b = np.where(ok & np.isfinite(b), b, 0).astype(np.int64)
+                uniq, inverse = np.unique(b, return_inverse=True)
+                hashes = self._hash_values(name, pa.array([f"b{u}" for u in uniq.tolist()]))
+                ids[j] = hashes[inverse.reshape(-1)]
+                present[j] = ok
             elif kind == "num":
                 x, valid = _numbers(arr)
                 with np.errstate(over="ignore", invalid="ignore"):
