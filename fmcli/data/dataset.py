@@ -135,15 +135,38 @@ class Dataset:
         return self._memory is None and self.cache is None
 
     def in_memory(self) -> Batch:
-        """All rows as one Batch (the caller decided they fit)."""
-        parts = [b for _, b, _ in self.chunks()]
-        batch = Batch.concat(parts)
-        if len(parts) > 1:
-            batch.lines = np.concatenate([b.lines for b in parts]) if parts[0].lines is not None else None
-            if self.has_weights:
-                batch.weights = np.concatenate(
-                    [b.weights if b.weights is not None else np.ones(b.n_rows, np.float32) for b in parts])
-        return batch
+        """All rows as one Batch (the caller decided they fit).
+
+        The result is filled chunk by chunk into arrays allocated once, and
+        chunks held in memory are let go as they are copied, so the rows are
+        never held twice; afterwards the data set's chunks are views of it."""
+        if self._memory is not None and len(self._memory) == 1:
+            return self._memory[0]
+        n, nnz = self.n_rows, self.nnz
+        out = Batch(labels=np.empty(n, np.float32), indptr=np.empty(n + 1, np.int64),
+                    fields=np.empty(nnz, np.int32), features=np.empty(nnz, np.int32),
+                    values=np.empty(nnz, np.float32), lines=np.empty(n, np.int64),
+                    weights=np.ones(n, np.float32) if self.has_weights else None)
+        out.indptr[0] = 0
+        r = e = 0
+        for i, b, _ in self.chunks():
+            rows, k = b.n_rows, b.nnz
+            out.labels[r : r + rows] = b.labels
+            out.indptr[r + 1 : r + rows + 1] = b.indptr[1:] - b.indptr[0] + e
+            out.fields[e : e + k] = b.fields
+            out.features[e : e + k] = b.features
+            out.values[e : e + k] = b.values
+            out.lines[r : r + rows] = b.lines if b.lines is not None else np.arange(1, rows + 1)
+            if out.weights is not None and b.weights is not None:
+                out.weights[r : r + rows] = b.weights
+            r, e = r + rows, e + k
+            del b
+            if self._memory is not None:
+                self._memory[i] = None        # copied: let it go
+        if self._memory is not None:
+            bounds = np.concatenate([[0], np.cumsum(self.chunk_rows)])
+            self._memory = [out.rows(int(a), int(z)) for a, z in zip(bounds[:-1], bounds[1:])]
+        return out
 
     def file_of_rows(self, rows: np.ndarray) -> list[str]:
         """Input file of each row of :meth:`in_memory`'s batch."""
