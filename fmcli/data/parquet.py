@@ -89,7 +89,7 @@ import numpy as np
 from ..atomic import atomic_output
 from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
-from .text import LABEL_MODES, MAX_ID, ReadLimits, _show_classes, describe_token, open_input, \
+from .text import MAX_ID, ReadLimits, check_label_mode, _show_classes, describe_token, open_input, \
     sort_classes
 
 try:  # an optional dependency: only Parquet input and output need it
@@ -405,14 +405,7 @@ class ParquetReader:
         float_columns: str = "value",
     ):
         _need_pyarrow()
-        if label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label mode {label_mode!r}")
-        if classes is not None:
-            if label_mode != "class":
-                raise ValueError("classes are for the class label mode")
-            classes = [str(c) for c in classes]
-            if len(set(classes)) != len(classes):
-                raise ValueError("classes must be distinct")
+        classes = check_label_mode(label_mode, classes)
         if batch_rows < 1:
             raise ValueError("batch_rows must be at least 1")
         if not 1 <= hash_bits <= 31:

@@ -87,6 +87,20 @@ class ReadLimits:
     max_feature_id: int = MAX_ID
 
 
+def check_label_mode(label_mode: str, classes: Sequence[str] | None) -> list[str] | None:
+    """Validate a reader's label mode and fixed classes; the classes as strings."""
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {label_mode!r}")
+    if classes is None:
+        return None
+    if label_mode != "class":
+        raise ValueError("classes are for the class label mode")
+    classes = [str(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise ValueError("classes must be distinct")
+    return classes
+
+
 class TextReader:
     """Stream a libffm/libsvm file as CSR batches of whole lines.
 
@@ -119,14 +133,7 @@ class TextReader:
     ):
         if fmt not in ("auto", "libffm", "libsvm"):
             raise ValueError(f"unknown text format {fmt!r}")
-        if label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label mode {label_mode!r}")
-        if classes is not None:
-            if label_mode != "class":
-                raise ValueError("classes are for the class label mode")
-            classes = [str(c) for c in classes]
-            if len(set(classes)) != len(classes):
-                raise ValueError("classes must be distinct")
+        classes = check_label_mode(label_mode, classes)
         self.path = path
         self.name = display_name(path)
         if fmt == "auto":
