@@ -218,3 +218,13 @@ def test_prefetching_keeps_order_and_errors():
     gen = _prefetched(iter(range(1000)))
     assert next(gen) == 0
     gen.close()          # stops the thread without consuming the rest
+
+
+def test_a_cache_hit_names_the_inputs_as_this_run_does(tmp_path, cache_dir, monkeypatch):
+    data = tmp_path / "d.ffm"
+    data.write_bytes(TRAIN.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    load_dataset("d.ffm", cache_dir=cache_dir).close()
+    hit = load_dataset(str(data), cache_dir=cache_dir)
+    assert hit.cached_from == "hit" and hit.name == str(data) and set(hit.chunk_files) == {str(data)}
+    hit.close()

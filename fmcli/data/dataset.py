@@ -319,6 +319,13 @@ def load_dataset(
             log(f"cache {path} is not usable ({exc}); rebuilding it")
         else:
             ds = _from_meta(cf.meta, cache=cf)
+            # the inputs as this run names them (the cache may be from another directory)
+            from .source import display_name
+
+            now = [display_name(p) for p in inputs]
+            rename = dict(zip(cf.meta["names"], now))
+            ds.name = ", ".join(now)
+            ds.chunk_files = [rename.get(f, f) for f in ds.chunk_files]
             ds.seconds = time.perf_counter() - t0
             ds.cached_from = "hit"
             ds.fingerprints = prints
