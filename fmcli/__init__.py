@@ -17,23 +17,18 @@ __all__ = ["Config", "Model", "train", "predict", "load_model", "__version__"]
 
 def __getattr__(name):
     if name == "Config":
-        from .config import Config
-
-        return Config
-    if name == "Model":
-        from .model import Model
-
-        return Model
-    if name == "load_model":
-        from .model import load_model
-
-        return load_model
-    if name == "train":
-        from .train import train
-
-        return train
-    if name == "predict":
-        from .predict import predict
-
-        return predict
-    raise AttributeError(f"module 'fmcli' has no attribute {name!r}")
+        from .config import Config as value
+    elif name == "Model":
+        from .model import Model as value
+    elif name == "load_model":
+        from .model import load_model as value
+    elif name == "train":
+        from .train import train as value
+    elif name == "predict":
+        from .predict import predict as value
+    else:
+        raise AttributeError(f"module 'fmcli' has no attribute {name!r}")
+    # Importing the submodules fmcli.train / fmcli.predict binds them as
+    # attributes of the package; the public names are the functions.
+    globals()[name] = value
+    return value

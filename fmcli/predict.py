@@ -120,12 +120,19 @@ def iter_scores(
     unseen: UnseenIds | None = None,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    raw: bool | None = None,
+    has_label: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (raw scores, labels) for each block of the input.
 
     Labels are as read for binary and regression models, class indices for
     multiclass (a label that is not one of the model's classes is an error).
-    device: cpu, cuda or auto (see :func:`make_scorer`)."""
+    device: cpu, cuda or auto (see :func:`make_scorer`).
+
+    raw: the input is raw rows (e.g. Criteo TSV) to transform with the
+    model's preprocessing spec (fm train --spec); None: decide per input
+    (fmcli.data.criteo.looks_raw) when the model has a spec and `fmt` is
+    auto.  has_label: raw rows without a header have a label column."""
     scorer = make_scorer(model, threads, device, log)
     spec = model.spec
     classes = list(spec.classes) if spec.task == "multiclass" else None
@@ -135,13 +142,54 @@ def iter_scores(
     parquet = Config.from_dict({k: v for k, v in hp.items() if k in known and k in
                                 ("label_column", "weight_column", "columns", "hash_bits", "float_columns")}).parquet_options()
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    pre = None
+    if raw or (raw is None and fmt == "auto" and model.meta.get("spec")):
+        from .data.criteo import model_spec
+
+        pre = model_spec(model)
+        if pre is None:
+            raise ConfigError("raw input needs a model trained with a preprocessing spec "
+                              "(fm convert ... then fm train --spec FILE)")
     for path in expand_inputs([os.fspath(s) for s in sources]):
-        reader = make_reader(path, fmt, "class" if classes else "real", limits,
-                             track_lines=unseen is not None, classes=classes, parquet=parquet)
+        if pre is not None and (raw or _looks_raw(path, pre)):
+            from .data.criteo import RawReader
+
+            reader = RawReader(pre, [path], limits=limits, has_label=has_label)
+        else:
+            reader = make_reader(path, fmt, "class" if classes else "real", limits,
+                                 track_lines=unseen is not None, classes=classes, parquet=parquet)
         for batch in reader:
             if unseen is not None:
                 unseen.check(batch, reader.name)
-            yield scorer.scores(batch), batch.labels
+            labels = batch.labels
+            if getattr(reader, "labelled", True) is False:   # raw rows without labels
+                labels = np.full(batch.n_rows, np.nan, np.float32)
+            elif classes is not None and reader.fmt == "raw":
+                labels = _class_indices(labels, classes, batch, reader.name)
+            yield scorer.scores(batch), labels
+
+
+def _class_indices(labels: np.ndarray, classes: list[str], batch: Batch, name: str) -> np.ndarray:
+    """Raw rows' numeric labels as indices into a multiclass model's classes."""
+    index: dict[float, int] = {}
+    for i, c in enumerate(classes):
+        try:
+            index.setdefault(float(c), i)
+        except ValueError:
+            pass
+    out = np.empty(labels.size, np.float32)
+    for r, v in enumerate(labels.tolist()):
+        if v not in index:
+            line = int(batch.lines[r]) if batch.lines is not None else None
+            raise DataError(f"label {v:g} is not one of the model's classes", name, line)
+        out[r] = index[v]
+    return out
+
+
+def _looks_raw(path: str, spec) -> bool:
+    from .data.criteo import looks_raw
+
+    return looks_raw(path, spec)
 
 
 def predict(
@@ -151,6 +199,7 @@ def predict(
     fmt: str = "auto",
     threads: int = 1,
     device: str = "cpu",
+    raw: bool | None = None,
 ) -> np.ndarray:
     """Predictions for every row of a file or Batch: probabilities (binary),
     an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
@@ -158,7 +207,7 @@ def predict(
     if isinstance(source, Batch):
         return to_predictions(task, make_scorer(model, threads, device).scores(source))
     parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads,
-                                                             device=device)]
+                                                             device=device, raw=raw)]
     if parts:
         return np.concatenate(parts)
     return np.zeros((0, model.spec.n_classes) if task == "multiclass" else 0)
@@ -196,3 +245,14 @@ def format_predictions(task: str, preds: np.ndarray, classes: tuple[str, ...] | 
 def format_probabilities(probs: np.ndarray) -> str:
     """One probability per line, 6 significant digits (libffm's output)."""
     return format_predictions("binary", probs)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``fmcli.predict`` is the function even when this submodule was imported
+    first (importing a submodule binds it as an attribute of the package)."""
+
+    def __call__(self, *args, **kwargs):
+        return predict(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

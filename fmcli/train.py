@@ -697,3 +697,14 @@ def _created_at() -> str:
         else _dt.datetime.now(_dt.timezone.utc)
     )
     return when.replace(microsecond=0).isoformat()
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``fmcli.train`` is the function even when this submodule was imported
+    first (importing a submodule binds it as an attribute of the package)."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -398,3 +398,20 @@ def test_two_threads_close_to_one(data, kind):
     np.testing.assert_allclose(
         predict(two, data["valid"], threads=2), predict(two, data["valid"], threads=1), rtol=1e-6
     )
+
+
+def test_public_api_functions_stay_callable(data):
+    import subprocess
+    import sys
+
+    code = (
+        "import fmcli.predict, fmcli.train\n"       # submodules imported first
+        "import fmcli\n"
+        f"m = fmcli.train(fmcli.Config(model='lr', epochs=1, cache=False), {str(data['train'])!r})\n"
+        f"a = fmcli.predict(m, {str(data['valid'])!r})\n"
+        f"b = fmcli.predict(m, {str(data['valid'])!r})\n"
+        "assert (a == b).all() and a.size > 0\n"
+        "from fmcli import predict, train\n"
+        "assert callable(predict) and callable(train)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
