@@ -14,6 +14,12 @@ leading class dimension (bias becomes (C,)).
 Optimizer state is optional and named ``<array>_state``: the parameter's
 shape for one state slot (AdaGrad), (slots, *shape) for more (Adam's m and
 v, FTRL's z and n); the header's optimizer.slots names them.
+
+Parameters may be stored as float16, or (factors) as int8 with a float16
+scale per k-vector (``factors_scale``, shape factors.shape[:-1]); they are
+float32 again once loaded.  Arrays named ``spec_*`` belong to the
+preprocessing spec in the header's ``spec`` key (fmcli.data.criteo) and are
+kept as they are.
 """
 
 from __future__ import annotations
@@ -121,6 +127,8 @@ class Model:
     params: dict[str, np.ndarray]
     state: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)   # spec_* arrays, stored as they are
+    stored_dtype: str = "float32"    # how the file held the parameters (float32, float16, int8)
 
     # -- scoring layout -------------------------------------------------------
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -145,7 +153,12 @@ class Model:
         return bias, linear, flat, pairs, kp
 
     # -- persistence ----------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, include_state: bool = True) -> None:
+    def save(self, path: str | os.PathLike, *, include_state: bool = True, dtype: str = "float32") -> None:
+        """Write the model file.  dtype: float32, or float16 (parameters but
+        the bias), or int8 (factors as int8 with a float16 scale per k-vector,
+        the rest as float16) to make it smaller; optimizer state is float32."""
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
         header = {
             "fmcli_version": __version__,
             "model": self.spec.to_dict(),
@@ -154,10 +167,18 @@ class Model:
         if isinstance(header.get("optimizer"), dict):
             header["optimizer"] = {**header["optimizer"], "state": bool(include_state and self.state)}
         # Strided views are fine: the writer converts them in bounded slices.
-        arrays = {name: a.astype(np.float32, copy=False) for name, a in self.params.items()}
+        arrays: dict[str, np.ndarray] = {}
+        for name, a in self.params.items():
+            if dtype == "float32" or name == "bias":
+                arrays[name] = a.astype(np.float32, copy=False)
+            elif dtype == "int8" and name == "factors":
+                arrays[name], arrays[f"{name}_scale"] = quantize_int8(a)
+            else:
+                arrays[name] = to_float16(a)
         if include_state:
             for name, a in self.state.items():
                 arrays[f"{name}_state"] = a.astype(np.float32, copy=False)
+        arrays.update(self.extras)
         write_model_file(path, header, arrays)
 
     @property
@@ -178,21 +199,82 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
     params: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}
     expected = spec.shapes()
+    stored = "float32"
     for name, shape in expected.items():
         if name not in arrays:
             raise ModelFormatError(f"array {name!r} is missing", path)
-        if tuple(arrays[name].shape) != shape or arrays[name].dtype != np.float32:
+        a = arrays[name]
+        if tuple(a.shape) != shape or a.dtype not in (np.float32, np.float16, np.int8):
             raise ModelFormatError(
-                f"array {name!r} has shape {tuple(arrays[name].shape)} {arrays[name].dtype}, "
-                f"expected {shape} float32",
+                f"array {name!r} has shape {tuple(a.shape)} {a.dtype}, "
+                f"expected {shape} float32 (or float16, int8)",
                 path,
             )
-        params[name] = arrays[name]
+        if a.dtype == np.int8:
+            scale = arrays.get(f"{name}_scale")
+            if scale is None or tuple(scale.shape) != shape[:-1] or scale.dtype not in (np.float16, np.float32):
+                raise ModelFormatError(f"int8 array {name!r} needs a float16 {name}_scale of shape "
+                                       f"{shape[:-1]}", path)
+            a = dequantize_int8(a, scale)
+            stored = "int8"
+        elif a.dtype == np.float16:
+            a = a.astype(np.float32)
+            stored = "float16" if stored == "float32" else stored
+        params[name] = a
         st = arrays.get(f"{name}_state")
         if st is not None and tuple(st.shape[-len(shape):]) == shape and st.ndim - len(shape) <= 1:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}
-    return Model(spec=spec, params=params, state=state, meta=meta)
+    extras = {name: a for name, a in arrays.items() if name.startswith("spec_")}
+    return Model(spec=spec, params=params, state=state, meta=meta, extras=extras, stored_dtype=stored)
+
+
+STORAGE_DTYPES = ("float32", "float16", "int8")
+_F16_MAX = float(np.finfo(np.float16).max)
+_SLICE = 1 << 22
+
+
+def to_float16(a: np.ndarray) -> np.ndarray:
+    """float32 -> float16, in bounded slices; values beyond float16's range
+    (65504) are an error rather than infinities."""
+    flat = np.asarray(a).reshape(-1)
+    out = np.empty(flat.size, np.float16)
+    for s in range(0, flat.size, _SLICE):
+        part = np.asarray(flat[s : s + _SLICE], np.float32)
+        if part.size and float(np.abs(part).max()) > _F16_MAX:
+            raise ValueError(f"a weight of magnitude {float(np.abs(part).max()):g} does not fit float16")
+        out[s : s + _SLICE] = part
+    return out.reshape(a.shape)
+
+
+def quantize_int8(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization per k-vector (the last axis): q =
+    round(x / s) with s = max|x| / 127 stored as float16 (rounded up, so that
+    |q| <= 127).  Returns (q, s)."""
+    k = a.shape[-1]
+    flat = np.asarray(a).reshape(-1, k)
+    q = np.empty(flat.shape, np.int8)
+    scale = np.empty(flat.shape[0], np.float16)
+    tiny = float(np.finfo(np.float16).smallest_subnormal)
+    step = max(1, _SLICE // max(k, 1))
+    for s in range(0, flat.shape[0], step):
+        x = np.asarray(flat[s : s + step], np.float32)
+        m = np.abs(x).max(axis=1) / np.float32(127)
+        sc = m.astype(np.float16)
+        low = sc.astype(np.float32) < m           # rounded down: take the next float16 up
+        sc[low] = np.nextafter(sc[low], np.float16(np.inf))
+        sc[(m > 0) & (sc == 0)] = np.float16(tiny)
+        if not np.isfinite(sc).all():
+            raise ValueError("a factor vector is too large for a float16 scale")
+        div = sc.astype(np.float32)
+        div[div == 0] = 1
+        q[s : s + step] = np.clip(np.rint(x / div[:, None]), -127, 127).astype(np.int8)
+        scale[s : s + step] = sc
+    return q.reshape(a.shape), scale.reshape(a.shape[:-1])
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * np.asarray(scale, np.float32)[..., None]
 
 
 def inspect_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -69,6 +69,8 @@ DTYPES: dict[str, np.dtype] = {
     "int32": np.dtype("<i4"),
     "int64": np.dtype("<i8"),
     "uint8": np.dtype("u1"),
+    "float16": np.dtype("<f2"),   # smaller model files (fm convert --dtype float16)
+    "int8": np.dtype("i1"),       # quantized factors (fm convert --dtype int8)
 }
 
 _PREFIX = struct.Struct("<8sHHIQ")
@@ -225,7 +227,7 @@ def write_model_file(
             Numpy scalars are accepted and stored as plain JSON numbers.
         arrays: name to array.  Arrays are stored in C order and little-endian
             byte order (big-endian input is converted); the dtype must be one
-            of float32, float64, int32, int64 or uint8.
+            of float32, float64, int32, int64, uint8, float16 or int8.
 
     Raises:
         ValueError: a bad header (``"arrays"`` present, NaN or infinity, a

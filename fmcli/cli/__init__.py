@@ -95,9 +95,11 @@ def cli(debug: bool) -> None:
       fm train -p va.ffm -o ctr.fm train.ffm     train with validation
       fm predict ctr.fm test.ffm > p.txt          one probability per line
       fm inspect ctr.fm                           what a model file holds
+      fm convert criteo train.txt -o tr.ffm       raw logs (and formats, models)
     """
 
 
+from . import convert as _convert  # noqa: E402
 from . import inspect as _inspect  # noqa: E402
 from . import predict as _predict  # noqa: E402
 from . import train as _train  # noqa: E402
@@ -105,6 +107,7 @@ from . import train as _train  # noqa: E402
 cli.add_command(_train.train)
 cli.add_command(_predict.predict)
 cli.add_command(_inspect.inspect)
+cli.add_command(_convert.convert)
 
 
 def _setup_envvars() -> None:

@@ -95,7 +95,8 @@ _CODES = {
     "fm": None,
     "train": {0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 143},
     "predict": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
-    "inspect": {0, 2, 65, 66, 70, 130, 141, 143},
+    "convert": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
+    "inspect": {0, 2, 65, 66, 70, 78, 130, 141, 143},
 }
 
 _ENV_SETTINGS = (
@@ -109,6 +110,7 @@ _ENV_EXAMPLES = {
               "; a flag pair such as \\-\\-norm/\\-\\-no\\-norm is FM_TRAIN_NORM=false"),
     "predict": ("FM_PREDICT_THREADS=4, FM_PREDICT_STRICT_IDS=1", ""),
     "inspect": ("FM_INSPECT_JSON=1", ""),
+    "convert": ("FM_CONVERT_MIN_COUNT=20, FM_CONVERT_HASH_SPACE=2000000", ""),
 }
 
 _ENV = {
@@ -137,6 +139,10 @@ _ENV = {
                             "(by default every CPU the process may run on)."),
     ],
     "inspect": [],
+    "convert": [
+        ("TMPDIR", "Where standard input is spooled when a raw log has to be read twice "
+                   "(counting rare values) or its header read ahead."),
+    ],
 }
 
 _FILES = {
@@ -154,9 +160,32 @@ _FILES = {
     "predict": [
         (".OUTPUT.lock", "As for fm train: the lock of \\-o OUTPUT while it is written."),
     ],
+    "convert": [
+        (".OUTPUT.lock", "As for fm train: the lock of each output (OUTPUT and, with \\-\\-split, its "
+                         ".valid sibling) while it is written."),
+        ("OUTPUT.spec.json",
+         "Raw logs: the preprocessing spec (see PREPROCESSING SPEC)."),
+    ],
 }
 
 _EXAMPLES = {
+    "convert": [
+        ("Raw Criteo logs to libffm with a 90/10 train/validation split, training with the spec, "
+         "and scoring raw test rows through the same transform:",
+         "fm convert criteo train.txt.gz \\-o tr.ffm \\-\\-split 0.9\n"
+         "fm train \\-\\-spec tr.ffm.spec.json \\-p tr.valid.ffm \\-o ctr.fm tr.ffm\n"
+         "fm predict \\-\\-no\\-label ctr.fm test.txt > p.txt"),
+        ("The same transform for another day's logs (no counting pass):",
+         "fm convert \\-\\-spec tr.ffm.spec.json day_1.gz \\-o day_1.ffm"),
+        ("libffm to Parquet and back to compressed libffm; libsvm with a field map to libffm:",
+         "fm convert tr.ffm \\-o tr.parquet\n"
+         "fm convert tr.parquet \\-o tr.ffm.zst\n"
+         "fm convert \\-\\-fields fields.txt tr.svm \\-o tr.ffm"),
+        ("A smaller model for serving; libffm's model files in and out:",
+         "fm convert ctr.fm \\-o small.fm \\-\\-dtype float16 \\-\\-strip\\-state\n"
+         "fm convert train.model \\-\\-from libffm\\-model \\-o ctr.fm\n"
+         "fm convert ctr.fm \\-\\-to libffm\\-bin\\-model \\-o ctr.model"),
+    ],
     "fm": [
         ("Train an FFM model with validation, score a test file and look at the model:",
          "fm train \\-p va.ffm \\-o ctr.fm tr.ffm\nfm predict ctr.fm te.ffm > predictions.txt\n"
@@ -190,6 +219,85 @@ _EXAMPLES = {
     "inspect": [
         ("A model's header as JSON, e.g. its validation metrics:",
          "fm inspect \\-\\-json ctr.fm | jq .header.training.valid_metrics"),
+        ("The 20 strongest interactions of an FFM model, the fields of its features learned from a "
+         "sample of the training data, and its field\\-pair strengths:",
+         "fm inspect \\-\\-top\\-interactions 20 \\-\\-field\\-pairs \\-\\-data 'day_0.ffm.gz' "
+         "\\-\\-rows 1000000 ctr.fm"),
+        ("Statistics of compressed training files (rows, ids, labels, bad rows):",
+         "fm inspect \\-\\-max\\-bad\\-rows 100 'day_*.ffm.gz'"),
+    ],
+}
+
+# further sections of a command's page: (title, paragraphs)
+_SECTIONS = {
+    "convert": [
+        ("RAW LOG TRANSFORM", [
+            "Every feature column is one field (in the order of the spec's columns) and gives one "
+            "entry of value 1 per row.  Its token: an integer (criteo) or number (csv) x > 2 is "
+            "b<floor(ln(x)^2)>, x <= 2 is v<floor(x)> (0 is v0, \\-2 is v\\-2), an empty value is "
+            "the empty token; a categorical value is itself, or <rare> when it was seen fewer than "
+            "\\-\\-min\\-count times in the training rows; Avazu's hour YYMMDDHH is HH.  With "
+            "\\-\\-numeric\\-rule value a numeric column is one entry with the number as its value "
+            "(none when empty).  The feature id is H(column, token) mod \\-\\-hash\\-space, H being "
+            "64\\-bit FNV\\-1a over the column name's UTF\\-8 bytes, a zero byte and the token's, "
+            "then MurmurHash3's 64\\-bit finaliser (the hash of Parquet wide tables: with a "
+            "power\\-of\\-two space a categorical value gets the same id in both).",
+            "Criteo rows hold the label, I1..I13 and C1..C26, tab\\-separated; a row whose trailing "
+            "empty columns were left out is read as if they were there.  Avazu and csv input start "
+            "with a header; columns are found by name in each file, and a file without the label "
+            "column has no labels.  Values cannot contain line breaks.",
+        ]),
+        ("PREPROCESSING SPEC", [
+            "A JSON object, version fmcli_spec 1: kind (criteo, avazu or csv), input (delimiter, "
+            "header, layout, label), columns (name, field, type: numeric, categorical or hour, and "
+            "how many values are kept), numeric_rule, min_count, tokens, hash (function fnv1a64\\-fmix64, "
+            "space), rows (what the counting pass saw) and vocabulary: the kept values of each "
+            "categorical column as base64 of their sorted little\\-endian 64\\-bit H.  A value is "
+            "kept exactly when its H is in that set (a 64\\-bit hash: collisions are negligible).  "
+            "fm train \\-\\-spec stores it in the model's header (key spec; the vocabulary goes to "
+            "the array spec_vocabulary, see fm\\-model(5)); fm predict then transforms raw input "
+            "with it and fm convert \\-\\-spec applies it to more logs.",
+        ]),
+    ],
+    "inspect": [
+        ("INTERACTION STRENGTHS", [
+            "The strength of a pair of features is the magnitude of the weight the model gives to the "
+            "product of their values: FM |<v_i, v_j>|; FwFM |r_ab <v_i, v_j>| for feature i in field "
+            "a and j in field b; FFM |<w_i,b, w_j,a>|, w_i,b being feature i's vector for field b.  "
+            "A multiclass model's strength is the largest over its classes, or that of \\-\\-class.",
+            "\\-\\-top\\-interactions is exact: every candidate pair is scored, a block of features "
+            "against chunks of the others at a time, keeping a running top N, and a block whose "
+            "Cauchy\\-Schwarz bound cannot beat it is skipped.  FFM and FwFM pairs are pairs of "
+            "(feature, field) occurrences: their fields come from \\-\\-data, or from the "
+            "feature\\-to\\-field map of the preprocessing spec stored in the model (fm convert's, when "
+            "every categorical column has a kept vocabulary).  Two features of one field are a "
+            "candidate only when \\-\\-data shows rows with several features in that field.  When "
+            "the model file keeps optimizer state, features that training never updated are left out.",
+            "\\-\\-field\\-pairs: FwFM's |r_ab|; FFM and FM: the mean strength of the feature pairs "
+            "that occur together in rows of \\-\\-data (the pairs are counted too), or, without "
+            "\\-\\-data, of all pairs of features of the two fields in the spec's map (at most 2048 "
+            "features of a field, drawn at random).  \\-\\-features: score = |linear weight| + the "
+            "norm of the feature's factor vector (FFM: of all its field blocks; multiclass: over all "
+            "classes).",
+        ]),
+        ("DATA STATISTICS", [
+            "Distinct fields and features are counted exactly, in a bitmap, while every id is below "
+            "2^28, and estimated by HyperLogLog (about 1% error) beyond; the output says which.  "
+            "Labels: positives and negatives (binary), the range of numbers (regression), the rows "
+            "of each class (multiclass).",
+        ]),
+        ("JSON OUTPUT", [
+            "One object.  For a model: schema (fmcli.inspect/1), type (model), path, file_bytes, "
+            "header (the file's header as stored), n_parameters, has_optimizer_state, model, memory "
+            "(parameter_bytes, optimizer_state_bytes, optimizer_state_slots, "
+            "optimizer_state_in_file, spec_bytes, file_bytes), hyperparameters, optimizer, training, "
+            "history (an object per epoch), spec (null without one) and, when asked for, sample, "
+            "top_interactions, field_pairs and top_features.  For data: schema "
+            "(fmcli.inspect.data/1), type (data), files, format, rows, truncated, entries, "
+            "entries_per_row, rows_without_features, values_other_than_1, fields and features "
+            "(distinct, exact, max_id), labels, weights, bad_rows, seconds.  NaN and infinities are "
+            "written as null.",
+        ]),
     ],
 }
 
@@ -198,7 +306,8 @@ _NAMES = {
     "fm": "train and serve click-through-rate models (LR, FM, FFM, FwFM)",
     "train": "train a click-through-rate model on libffm, libsvm or Parquet data",
     "predict": "score data with a trained model",
-    "inspect": "show what a model file holds",
+    "inspect": "show what a model file or data files hold",
+    "convert": "convert data (libffm, libsvm, Parquet, raw click logs) and model files",
 }
 
 
@@ -233,7 +342,8 @@ def _configuration(name: str, command: click.Command) -> str | None:
     if not any(p.name == "config_file" for p in command.params):
         return None
     example = {"train": "[train]\nepochs = 20\nlearning\\-rate = 0.05\nnorm = false\ncache\\-dir = \"/var/cache/fm\"",
-               "predict": "[predict]\nthreads = 4\nstrict\\-ids = true"}[name]
+               "predict": "[predict]\nthreads = 4\nstrict\\-ids = true",
+               "convert": "[convert]\nmin\\-count = 20\nhash\\-space = 2000000"}[name]
     return _section("CONFIGURATION FILE", [
         f"\\-\\-config FILE reads the [{name}] table of a TOML file (other commands' tables, such "
         "as [train] and [predict], may be in the same file).  Its keys are the long option names "
@@ -289,6 +399,8 @@ def render(command: click.Command, ctx: click.Context, date: str, version: str,
         lines.append(".SH OPTIONS")
         for opts, help_text in records:
             lines.append(_tp(_record(opts), "\n.br\n".join(_paragraphs(help_text)) or ""))
+    for title, paragraphs in _SECTIONS.get(name, []):
+        lines.append(_section(title, ["\n.PP\n".join(paragraphs)]))
     if isinstance(command, click.Group):
         lines.append(".SH COMMANDS")
         for sub_name, sub in command.commands.items():

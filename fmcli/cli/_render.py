@@ -1,7 +1,8 @@
 """All terminal rendering: the only module that imports rich.
 
-Tables and colour only when stderr is a terminal; plain, stable lines
-otherwise (cron logs, pipes).
+Tables and colour only when the stream written is a terminal (stderr for
+training progress, stdout for `fm inspect`); plain, stable lines otherwise
+(cron logs, pipes).
 """
 
 from __future__ import annotations
@@ -140,15 +141,210 @@ def _rate_column():
     return RateColumn()
 
 
-def model_summary(summary: dict[str, Any], as_json: bool) -> None:
-    """`fm inspect` output: JSON on stdout, or a readable summary."""
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=False))
+# --------------------------------------------------------------------------
+# fm inspect: on a terminal, tables and colour (rich); otherwise plain,
+# stable lines; --json: one object
+# --------------------------------------------------------------------------
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars as numbers, NaN and infinities as null."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
+def _print_json(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(_jsonable(result), indent=2, allow_nan=False))
+
+
+class _Table:
+    """A table for the terminal (rich) or plain text; `heat` colours cells."""
+
+    def __init__(self, title: str, columns: list[str], rows: list[list[str]], *, text: tuple[int, ...] = (),
+                 heat: list[list[float | None]] | None = None):
+        self.title = title
+        self.columns = columns
+        self.rows = rows
+        self.text = text            # the columns that hold text (left-aligned); the others hold numbers
+        self.heat = heat            # per row, per column after the first: a value in [0, 1] or None
+
+
+def _show(rows: list[tuple[str, str]], tables: list[_Table], console=None) -> None:
+    if console is None and not stdout_is_tty():
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            click.echo(f"{k:>{width}}  {v}")
+        for t in tables:
+            _plain_table(t)
         return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console(highlight=False)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan", justify="right", no_wrap=True)
+    grid.add_column()
+    for k, v in rows:
+        grid.add_row(Text(k), Text(v))
+    console.print(grid)
+    for t in tables:
+        console.print()
+        if t.heat is not None and _table_width(t) > console.width:
+            for part in _heat_map(t, console.width):
+                console.print(part)
+        else:
+            console.print(_rich_table(t))
+
+
+def _plain_table(t: _Table) -> None:
+    click.echo("")
+    click.echo(f"{t.title}:")
+    widths = [max([len(c)] + [len(r[i]) for r in t.rows]) for i, c in enumerate(t.columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) if i in t.text else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    click.echo(line(t.columns))
+    for r in t.rows:
+        click.echo(line(r))
+
+
+def _rich_table(t: _Table):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(t.title, style="bold"), title_justify="left", header_style="bold")
+    for i, c in enumerate(t.columns):
+        table.add_column(c, justify="left" if i in t.text else "right", no_wrap=True)
+    for r, cells in enumerate(t.rows):
+        out = []
+        for i, cell in enumerate(cells):
+            style = None
+            if t.heat is not None and i >= 1:
+                v = t.heat[r][i - 1]
+                style = _heat_style(v)
+            out.append(Text(cell, style=style or ""))
+        table.add_row(*out)
+    return table
+
+
+def _table_width(t: _Table) -> int:
+    """Columns' widths plus rich's borders and padding."""
+    widths = [max([len(c)] + [len(r[i]) for r in t.rows]) for i, c in enumerate(t.columns)]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+_SHADES = " ░▒▓█"
+
+
+def _heat_map(t: _Table, width: int) -> list:
+    """A matrix too wide for the terminal: a cell per pair, shaded (and
+    coloured) by strength, rows numbered, when even that fits; then the
+    strongest pairs."""
+    from rich.table import Table
+    from rich.text import Text
+
+    n = len(t.rows)
+    index_width = len(str(n - 1))
+    label_width = min(24, max(len(r[0]) for r in t.rows))
+    room = width - label_width - index_width - 2
+    cell = 2 if 2 * n <= room else 1
+    if n > room:
+        return [Text(t.title, style="bold"), Text(f"({n} fields: too many to draw; --json has the matrix)"),
+                _strongest(t)]
+    grid = Table(box=None, padding=(0, 0), show_header=False, title=Text(t.title, style="bold"),
+                 title_justify="left")
+    grid.add_column(no_wrap=True)
+    for _ in range(n):
+        grid.add_column(no_wrap=True, width=cell)
+    for r, cells in enumerate(t.rows):
+        out = [Text(f"{r:>{index_width}} {cells[0][:label_width]:<{label_width}} ")]
+        for v in t.heat[r]:
+            shade = "·" if v is None else _SHADES[1 + min(len(_SHADES) - 2, int(v * (len(_SHADES) - 1)))]
+            out.append(Text(shade * cell, style=_heat_style(v) or ""))
+        grid.add_row(*out)
+    legend = Text(f"columns: the rows' fields in the same order; {_SHADES[1:]} weakest to strongest, "
+                  "· no pairs")
+    return [grid, legend, _strongest(t)]
+
+
+def _strongest(t: _Table):
+    """The ten strongest pairs of a heat table, with their values."""
+    from rich.table import Table
+    from rich.text import Text
+
+    n = len(t.rows)
+    cells = sorted(((t.heat[r][c], r, c) for r in range(n) for c in range(r + 1, n) if t.heat[r][c] is not None),
+                   reverse=True)[:10]
+    top = Table(title=Text("strongest field pairs", style="bold"), title_justify="left", header_style="bold")
+    for name, justify in (("field a", "left"), ("field b", "left"), ("strength", "right")):
+        top.add_column(name, justify=justify, no_wrap=True)
+    for _, r, c in cells:
+        top.add_row(Text(t.rows[r][0]), Text(t.rows[c][0]),
+                    Text(t.rows[r][c + 1], style=_heat_style(t.heat[r][c]) or ""))
+    return top
+
+
+def _heat_style(v: float | None) -> str | None:
+    """Dark blue (weak) through purple to red and yellow (strong)."""
+    if v is None:
+        return "dim"
+    v = min(1.0, max(0.0, v))
+    r = int(30 + 225 * min(1.0, 1.6 * v))
+    g = int(30 + 200 * max(0.0, v - 0.55) / 0.45)
+    b = int(110 * (1 - v))
+    fg = "black" if v > 0.6 else "white"
+    return f"{fg} on rgb({r},{g},{b})"
+
+
+def _num(x: Any, fmt: str | None = None, digits: int = 4) -> str:
+    """A number for a table: fixed decimals where that reads well, else exponent."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if fmt is not None:
+        return format(float(x), fmt)
+    x = float(x)
+    return f"{x:.{digits}f}" if x == 0 or 1e-3 <= abs(x) < 1e6 else f"{x:.{digits - 1}e}"
+
+
+def _bytes(n: int) -> str:
+    size, unit = float(n), "bytes"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, u
+    return f"{n:,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
+
+
+def inspect_model(result: dict[str, Any], as_json: bool, console=None) -> None:
+    """`fm inspect MODEL` output: JSON on stdout, or a readable summary."""
+    if as_json:
+        _print_json(result)
+        return
+    _show(_model_rows(result), _model_tables(result), console)
+
+
+def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     h = summary["header"]
     m = h.get("model", {})
     t = h.get("training", {}) or {}
     hp = h.get("hyperparameters", {}) or {}
+    mem = summary.get("memory") or {}
     rows: list[tuple[str, str]] = [
         ("file", f"{summary['path']} ({summary['file_bytes']:,} bytes)"),
         ("format", f"{h.get('format', '?')} (written by fmcli {h.get('fmcli_version', '?')})"),
@@ -163,12 +359,25 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
         ("normalization", "instance (1/||x||)" if m.get("normalize") else "none"),
         ("parameters", f"{summary['n_parameters']:,}" + (" + optimizer state" if summary["has_optimizer_state"] else "")),
     ]
+    if mem:
+        state = mem.get("optimizer_state_bytes") or 0
+        slots = mem.get("optimizer_state_slots") or []
+        rows.append(("memory", f"parameters {_bytes(mem.get('parameter_bytes', 0))}; optimizer state "
+                     + (f"{_bytes(state)}" + (", in the file" if mem.get("optimizer_state_in_file")
+                                              else ", not in the file") if slots or state else "none")))
     if hp:
         rows.append(("hyperparameters", ", ".join(
             f"{k}={hp[k]}" for k in ("optimizer", "learning_rate", "l2", "l1", "batch_size", "lr_schedule", "epochs",
                       "threads", "seed") if k in hp)))
+    opt = summary.get("optimizer")
+    if opt and opt.get("name"):
+        slots = opt.get("slots") or []
+        rows.append(("optimizer", f"{opt['name']}: " + (f"{len(slots)} state slot{'s' * (len(slots) != 1)} "
+                                                        f"({', '.join(slots)})" if slots else "no state")
+                     + (f", {opt['steps']:,} steps" if isinstance(opt.get("steps"), int) else "")))
     if t:
-        rows.append(("trained on", f"{t.get('train_file')} ({t.get('train_rows', 0):,} rows)"))
+        rows.append(("trained on", f"{t.get('train_file')} ({t.get('train_rows', 0):,} rows"
+                     + (f", on {t['device']}" if t.get("device") else "") + ")"))
         rows.append(("epochs", f"{t.get('epochs_run')} run, model from epoch {t.get('model_epoch')}"))
         metrics = t.get("valid_metrics")
         if metrics is None and t.get("valid_logloss") is not None:   # format 1.0 files
@@ -176,13 +385,174 @@ def model_summary(summary: dict[str, Any], as_json: bool) -> None:
         if metrics:
             rows.append(("validation", f"{t.get('valid_file')}: "
                          + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items() if v is not None)))
-        parent = h.get("parent")
-        if parent:
-            rows.append(("warm start from", f"{parent.get('path')} (sha256 {str(parent.get('sha256'))[:16]}...)"))
-        if t.get("zero_weights") and hp.get("l1"):
-            rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:>{width}}  {v}")
+        if t.get("skipped_rows"):
+            rows.append(("skipped rows", f"{t['skipped_rows']:,}"))
+    parent = h.get("parent")
+    if parent:
+        rows.append(("warm start from", f"{parent.get('path')} (sha256 {str(parent.get('sha256'))[:16]}...)"))
+    if t.get("zero_weights") and hp.get("l1"):
+        rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
+    spec = summary.get("spec")
+    if spec:
+        rows.append(("preprocessing", _spec_line(spec)))
     for a in h.get("arrays", []):
-        click.echo(f"{'array':>{width}}  {a['name']}: {a['dtype']} {tuple(a['shape'])}")
+        rows.append(("array", f"{a['name']}: {a['dtype']} {tuple(a['shape'])}"))
+    sample = summary.get("sample")
+    if sample:
+        rows.append(("sample data", f"{', '.join(sample['files'])}: "
+                     + ("the first " if sample.get("truncated") else "") + f"{sample['rows']:,} rows, "
+                     f"{sample['distinct_features']:,} distinct features"
+                     + (f", {sample['entries_ignored']:,} entries with ids beyond the model ignored"
+                        if sample.get("entries_ignored") else "")))
+    return rows
+
+
+def _spec_line(spec: dict[str, Any]) -> str:
+    """A one-line digest of a preprocessing spec (--json has all of it)."""
+    parts = []
+    if spec.get("kind") is not None:
+        parts.append(str(spec["kind"]))
+    cols = spec.get("fields", spec.get("columns"))
+    if isinstance(cols, dict):
+        cols = list(cols)
+    if isinstance(cols, list):
+        names = [c if isinstance(c, str) else str(c.get("name", c.get("column", "?"))) if isinstance(c, dict)
+                 else str(c) for c in cols]
+        parts.append(f"{len(names)} fields ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    for k, v in spec.items():
+        if k in ("kind", "fields", "columns") or isinstance(v, (dict, list)):
+            continue
+        parts.append(f"{k}={v}")
+        if len(parts) > 8:
+            parts.append("...")
+            break
+    return ", ".join(parts) or "(empty)"
+
+
+def _model_tables(result: dict[str, Any]) -> list[_Table]:
+    tables = []
+    history = result.get("history") or []
+    if history:
+        keys = ["epoch", "train_loss"]
+        for h in history:
+            keys += [k for k in h if k not in keys and k not in ("seconds", "rows_per_s")]
+        keys += [k for k in ("seconds", "rows_per_s") if any(k in h for h in history)]
+        kept = (result["header"].get("training") or {}).get("model_epoch")
+        rows = []
+        for h in history:
+            cells = []
+            for k in keys:
+                v = h.get(k)
+                cells.append(str(v) if k == "epoch" else f"{v:,.0f}" if k == "rows_per_s" and v is not None
+                             else f"{v:.2f}" if k == "seconds" and v is not None else _num(v, ".5f"))
+            rows.append(cells + (["*" if h.get("epoch") == kept else ""]))
+        tables.append(_Table("history (* the epoch the model is from)", keys + ["kept"], rows))
+    ti = result.get("top_interactions")
+    if ti is not None:
+        tables.append(_interactions_table(ti))
+    fp = result.get("field_pairs")
+    if fp is not None:
+        tables.append(_field_pairs_table(fp))
+    tf = result.get("top_features")
+    if tf is not None:
+        tables.append(_features_table(tf))
+    return tables
+
+
+def _interactions_table(ti: dict[str, Any]) -> _Table:
+    pairs = ti["pairs"]
+    has_class = any(p.get("class") is not None for p in pairs)
+    has_r = any("field_weight" in p for p in pairs)
+    has_count = any(p["a"].get("count") is not None for p in pairs)
+    columns = ["rank", "feature a", "feature b"] + (["class"] if has_class else []) + \
+        ["strength", "value"] + (["r_ab"] if has_r else []) + (["count a", "count b"] if has_count else [])
+    rows = []
+    for p in pairs:
+        rows.append([str(p["rank"]), p["a"]["name"], p["b"]["name"]] + ([str(p.get("class"))] if has_class else [])
+                    + [_num(p["strength"]), _num(p["value"])] + ([_num(p.get("field_weight"))] if has_r else [])
+                    + ([_num(p["a"].get("count")), _num(p["b"].get("count"))] if has_count else []))
+    title = (f"top interactions: strength {ti['definition']}"
+             + (f", class {ti['class']}" if ti.get("class") is not None else "")
+             + f"; {ti['candidates']:,} candidates ({ti['candidates_are']})")
+    return _Table(title, columns, rows, text=(1, 2, 3) if has_class else (1, 2))
+
+
+def _field_pairs_table(fp: dict[str, Any]) -> _Table:
+    names = [str(n) for n in fp["field_names"]]
+    values = [v for row in fp["matrix"] for v in row if v is not None]
+    lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+    rows, heat = [], []
+    for name, row in zip(names, fp["matrix"]):      # colours from the weakest pair to the strongest
+        rows.append([name] + [_num(v, digits=3) for v in row])
+        heat.append([None if v is None else (v - lo) / (hi - lo) if hi > lo else 1.0 for v in row])
+    return _Table(f"field pairs: {fp['statistic']}; from {fp['source']}", ["field"] + names, rows, text=(0,),
+                  heat=heat)
+
+
+def _features_table(tf: dict[str, Any]) -> _Table:
+    feats = tf["features"]
+    has_count = any(f.get("count") is not None for f in feats)
+    columns = ["rank", "feature", "linear", "factor norm", "score"] + (["count"] if has_count else [])
+    rows = [[str(f["rank"]), f["name"], _num(f["linear"]), _num(f["factor_norm"]), _num(f["score"])]
+            + ([_num(f.get("count"))] if has_count else []) for f in feats]
+    title = (f"top features: score = {tf['score']}" + (f", class {tf['class']}" if tf.get("class") is not None else "")
+             + f"; {tf['candidates']:,} candidates ({tf['candidates_are']})")
+    return _Table(title, columns, rows, text=(1,))
+
+
+def inspect_data(stats: dict[str, Any], as_json: bool, console=None) -> None:
+    """`fm inspect DATA...` output."""
+    if as_json:
+        _print_json(stats)
+        return
+    rows: list[tuple[str, str]] = []
+    for f in stats["files"]:
+        what = [f["format"]] + ([f["compression"]] if f.get("compression") else []) + [f"{f['rows']:,} rows"]
+        if f.get("bytes_on_disk") is not None:
+            what.append(_bytes(f["bytes_on_disk"]) + " on disk")
+        rows.append(("file", f"{f['path']}: {', '.join(what)}"))
+    per = stats["entries_per_row"]
+    rows += [
+        ("format", stats["format"]),
+        ("rows", f"{stats['rows']:,}" + (" (stopped at --rows)" if stats.get("truncated") else "")),
+        ("entries", f"{stats['entries']:,}; per row min {per['min']:,}, mean {per['mean']:.2f}, max {per['max']:,}"
+         + (f"; {stats['rows_without_features']:,} rows without features" if stats["rows_without_features"] else "")),
+        ("fields", _distinct(stats["fields"])),
+        ("features", _distinct(stats["features"])),
+        ("labels", _labels(stats["labels"], stats["rows"])),
+        ("values", "all 1" if not stats["values_other_than_1"]
+         else f"{stats['values_other_than_1']:,} entries with a value other than 1"),
+    ]
+    w = stats.get("weights")
+    rows.append(("weights", "none (every row weighs 1)" if not w else
+                 f"{w['rows']:,} weighted rows: min {w['min']:.4g}, mean {w['mean']:.4g}, max {w['max']:.4g}"))
+    bad = stats["bad_rows"]
+    rows.append(("bad rows", f"{bad['count']:,}" + (f" (first: {bad['first'][0]})" if bad["first"] else "")))
+    rows.append(("seconds", f"{stats['seconds']:.2f}"))
+    _show(rows, [], console)
+
+
+def _distinct(d: dict[str, Any]) -> str:
+    count = (f"{d['distinct']:,} distinct" if d["exact"]
+             else f"~{d['distinct']:,} distinct (HyperLogLog estimate, about 1% error)")
+    return count + (f", largest id {d['max_id']:,}" if d["max_id"] >= 0 else "")
+
+
+def _labels(lab: dict[str, Any], rows: int) -> str:
+    if "classes" in lab:
+        items = list(lab["classes"].items())
+        shown = ", ".join(f"{k} {v:,}" for k, v in items[:10]) + (", ..." if len(items) > 10 else "")
+        return f"{'multiclass' if lab['task'] else 'one class'}, {lab['n_classes']:,} classes: {shown}"
+    if lab.get("task") == "binary":
+        rate = lab["positive_rate"]
+        return f"binary: {lab['positives']:,} positive ({100 * rate:.2f}%), {lab['negatives']:,} negative"
+    if lab.get("min") is None:
+        return "none (no rows)"
+    spread = ", ".join(f"{k} {_num(lab[k], '.6g')}" for k in ("min", "max", "mean", "std"))
+    if lab.get("task") == "regression":
+        return f"numbers (regression): {spread}"
+    values = lab.get("values") or {}
+    shown = ", ".join(f"{k}: {v:,}" for k, v in list(values.items())[:12])
+    if len(values) == 1:
+        return f"one value for every row: {shown}"
+    return f"integers (multiclass or regression): {shown}; {spread}"

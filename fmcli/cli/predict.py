@@ -28,10 +28,16 @@ from ._options import read_limit_options
               help="Fail on a feature or field id the model has no weights for (default: ignore and count them).")
 @read_limit_options
 @click.option("--top1", is_flag=True, help="Multiclass: print the most probable class label instead of the probabilities.")
+@click.option("--raw", is_flag=True,
+              help="DATA is raw rows (Criteo TSV, Avazu or other CSV) to transform with the model's "
+                   "preprocessing spec (fm train --spec).  [default: detected from the first lines when "
+                   "the model has a spec; compressed stdin needs --raw]")
+@click.option("--no-label", is_flag=True,
+              help="Raw rows without a header have no label column (e.g. Criteo's test set); no metrics.")
 @_ops.predict_options
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
 def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
-            quiet):
+            raw, no_label, quiet):
     """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
     .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
     are scored in order.
@@ -43,6 +49,10 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     entropy, calibration error; regression: RMSE, MAE; multiclass: logloss,
     accuracy) when DATA's labels allow.  An output file is replaced only when
     every row was scored.
+
+    A model trained with fm train --spec also scores raw rows (the logs fm
+    convert read, e.g. Criteo TSV) through the same transform: such input is
+    recognised by its first lines, or by --raw.
     """
     from ..atomic import atomic_output, check_writable
     from ..model import load_model
@@ -63,9 +73,12 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
         unseen = UnseenIds(model, strict=strict_ids)
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
+        if (raw or no_label) and fmt != "auto":
+            raise click.UsageError(f"--raw and --no-label read raw rows, not --format {fmt}")
         for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
                                           unseen=unseen, device=device,
-                                          log=lambda msg: _render.info(msg, quiet)):
+                                          log=lambda msg: _render.info(msg, quiet),
+                                          raw=True if raw else None, has_label=not no_label):
             out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)
             all_labels.append(labels)

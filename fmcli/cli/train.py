@@ -136,9 +136,13 @@ def default_output(train_file: str) -> str:
               help="Continue the run whose checkpoints are in this directory (its settings, inputs and "
                    "output are the checkpoint's; other options are ignored).")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None, show_default=False,
+              help="Preprocessing spec written by fm convert for raw logs: stored in the model, so that "
+                   "fm predict can score raw rows with the very same transform.")
 @_ops.train_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, resume_dir, **options):
+def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, resume_dir, spec_file,
+          **options):
     """Train a model on TRAIN_FILE... (libffm or libsvm text, plain or .gz,
     .bz2, .zst, .lz4; Parquet; '-' reads stdin).  Several files and quoted
     globs ('day_*.ffm.gz') are read one after another as one data set.
@@ -156,6 +160,7 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
         cfg = saved["config"]
         train_files = tuple(run.get("train_files") or ())
         valid, weights_file = run.get("valid"), run.get("weights")
+        spec_file = spec_file or run.get("spec")
         output = output or run.get("output")
         no_optimizer_state = bool(run.get("no_optimizer_state", no_optimizer_state))
         if not train_files or not output:
@@ -169,6 +174,11 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
         if train_files[0] == "-" or any(c in train_files[0] for c in "*?["):
             raise click.UsageError("training from stdin or a glob needs -o/--output")
         output = default_output(train_files[0])
+    spec = None
+    if spec_file is not None:
+        from ..data.criteo import load_spec
+
+        spec = load_spec(spec_file)   # a bad spec fails before training
     session = _ops.current_run()
     if session.dry_run:
         return session.plan(cfg, train_files, valid, output)
@@ -182,12 +192,17 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
         resume=resume_dir,
         run_info={"train_files": [_absolute(f) for f in train_files], "valid": _absolute(valid),
                   "weights": _absolute(weights_file), "output": os.path.abspath(output),
-                  "no_optimizer_state": no_optimizer_state, **session.run_info()},
+                  "no_optimizer_state": no_optimizer_state, "spec": _absolute(spec_file),
+                  **session.run_info()},
         on_epoch=session.on_epoch(_render.EpochTable(quiet)),
         log=lambda msg: _render.info(msg, quiet),
         **session.callbacks(run_training),
     )
     session.trained(model)
+    if spec is not None:
+        from ..data.criteo import attach_spec
+
+        attach_spec(model, spec)
     model.save(output, include_state=not no_optimizer_state)
     session.saved(output)
     t = model.meta["training"]
