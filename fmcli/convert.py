@@ -579,7 +579,7 @@ def convert_raw(kind: str, inputs: Sequence[str], output: str, *, to: str | None
     conversion, e.g. of the training rows) instead of making one: no
     counting pass, and no spec file unless `spec_out` is given."""
     from . import __version__
-    from .data.criteo import RawReader, Spec, VocabularyCounter, split_fraction
+    from .data.criteo import RawReader, VocabularyCounter, split_fraction
 
     t0 = time.monotonic()
     dst = output_format(output, to)

@@ -14,7 +14,6 @@ import pytest
 from fmcli import checkpoint
 from fmcli.config import Config
 from fmcli.errors import ConfigError, Interrupted
-from fmcli.model import load_model
 from fmcli.train import train
 
 HERE = Path(__file__).resolve().parent

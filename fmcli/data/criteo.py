@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
-from .parquet import _FNV_OFFSET, _FNV_PRIME, _MIX1, _MIX2, _fmix, _fnv1a   # the same hash
+from .parquet import _FNV_OFFSET, _FNV_PRIME, _fmix, _fnv1a, fmix64, hash_strings64   # the same hash
 from .source import CorruptInputError, display_name, open_input
 from .text import ReadLimits, describe_token
 
@@ -111,36 +111,7 @@ def hash_tokens(column: str, strings) -> np.ndarray:
         strings = pa.array(list(strings), pa.string())
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
-    strings = strings.cast(pa.large_binary())     # the UTF-8 bytes (raw bytes of a binary array)
-    n = len(strings)
-    if n == 0:
-        return np.zeros(0, np.uint64)
-    _, offsets_buf, data_buf = strings.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=strings.offset * 8)
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    order = np.argsort(-lengths, kind="stable")     # longest first: active strings are a prefix
-    starts, lengths = offsets[:-1][order], lengths[order]
-    h = np.full(n, _fnv1a(column.encode("utf-8") + b"\0"), np.uint64)
-    steps = min(int(lengths[0]), _VECTOR_BYTES)
-    active = np.searchsorted(-lengths, -np.arange(steps), side="left")
-    prime = np.uint64(_FNV_PRIME)
-    for p in range(steps):
-        m = int(active[p])
-        part = h[:m]
-        part ^= data[starts[:m] + p]
-        part *= prime
-    for i in np.flatnonzero(lengths > _VECTOR_BYTES).tolist():
-        s = int(starts[i])
-        h[i] = _fnv1a(data[s + _VECTOR_BYTES : s + int(lengths[i])].tobytes(), int(h[i]))
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX1)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX2)
-    h ^= h >> np.uint64(33)
-    out = np.empty(n, np.uint64)
-    out[order] = h
-    return out
+    return hash_strings64(column, strings)
 
 
 def _mix_rows(h: np.ndarray, column_hashes: np.ndarray) -> np.ndarray:
@@ -151,13 +122,7 @@ def _mix_rows(h: np.ndarray, column_hashes: np.ndarray) -> np.ndarray:
 
 
 def _finish_rows(h: np.ndarray) -> np.ndarray:
-    h = h.copy()
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX1)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX2)
-    h ^= h >> np.uint64(33)
-    return h
+    return fmix64(h.copy())
 
 
 def split_fraction(row_hashes: np.ndarray) -> np.ndarray:
@@ -844,7 +809,6 @@ class RawReader:
         present = None
         values = None
         problems: dict[int, str] = {}   # row -> first problem (by column order)
-        order: list[np.ndarray] = []
 
         def flag(rows: np.ndarray, message: Callable[[int], str]) -> None:
             for r in rows.tolist():

@@ -152,21 +152,22 @@ def feature_hash(column: str, value: str | None = None, hash_bits: int = DEFAULT
     return _fmix(_fnv1a(data)) & ((1 << hash_bits) - 1)
 
 
-def _hash_strings(column: str, strings, hash_bits: int) -> np.ndarray:
-    """feature_hash(column, s, hash_bits) of each string of an Arrow string
-    array, vectorised over the strings (one numpy step per byte position)."""
-    strings = strings.cast(pa.large_string())
+def hash_strings64(column: str, strings) -> np.ndarray:
+    """The full 64-bit hash (feature_hash before the modulo) of column and
+    each string of an Arrow string or binary array, as uint64, vectorised
+    over the strings (one numpy step per byte position)."""
+    strings = strings.cast(pa.large_binary())     # the UTF-8 bytes (raw bytes of a binary array)
     n = len(strings)
+    if n == 0:
+        return np.zeros(0, np.uint64)
     _, offsets_buf, data_buf = strings.buffers()
     offsets = np.frombuffer(offsets_buf, np.int64, count=n + 1, offset=strings.offset * 8)
-    data = (np.frombuffer(data_buf, np.uint8) if data_buf is not None and n
-            else np.zeros(0, np.uint8))
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     lengths = np.diff(offsets)
     order = np.argsort(-lengths, kind="stable")     # longest first: active strings are a prefix
     starts, lengths = offsets[:-1][order], lengths[order]
     h = np.full(n, _fnv1a(column.encode("utf-8") + b"\0"), np.uint64)
-    longest = int(lengths[0]) if n else 0
-    steps = min(longest, _VECTOR_BYTES)
+    steps = min(int(lengths[0]), _VECTOR_BYTES)
     active = np.searchsorted(-lengths, -np.arange(steps), side="left")  # how many are longer than p
     prime = np.uint64(_FNV_PRIME)
     for p in range(steps):
@@ -177,13 +178,23 @@ def _hash_strings(column: str, strings, hash_bits: int) -> np.ndarray:
     for i in np.flatnonzero(lengths > _VECTOR_BYTES).tolist():  # the rest of long values
         s = int(starts[i])
         h[i] = _fnv1a(data[s + _VECTOR_BYTES : s + int(lengths[i])].tobytes(), int(h[i]))
+    out = np.empty(n, np.uint64)
+    out[order] = fmix64(h)
+    return out
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser of every element of a uint64 array (in place)."""
     for shift_mul in (_MIX1, _MIX2, None):
         h ^= h >> np.uint64(33)
         if shift_mul is not None:
             h *= np.uint64(shift_mul)
-    out = np.empty(n, np.int32)
-    out[order] = (h & np.uint64((1 << hash_bits) - 1)).astype(np.int32)
-    return out
+    return h
+
+
+def _hash_strings(column: str, strings, hash_bits: int) -> np.ndarray:
+    """feature_hash(column, s, hash_bits) of each string of an Arrow string array."""
+    return (hash_strings64(column, strings) & np.uint64((1 << hash_bits) - 1)).astype(np.int32)
 
 
 # ---------------------------------------------------------------------------
