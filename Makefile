@@ -30,7 +30,7 @@ help:
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
-	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect}.1 from the CLI"
+	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
 	@echo "  make clean       remove build products (keeps $(VENV))"
