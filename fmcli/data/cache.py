@@ -72,9 +72,10 @@ def fingerprint(path: str, sample: int = 1 << 20) -> dict:
             "sha256_head_tail": h.hexdigest()}
 
 
-def cache_key(inputs: Sequence[str], options: dict) -> str:
-    """The key of a cache built from `inputs` with parse `options`."""
-    doc = {"version": VERSION, "inputs": [fingerprint(p) for p in inputs], "options": options}
+def cache_key(fingerprints: Sequence[dict], options: dict) -> str:
+    """The key of a cache built from inputs with these fingerprints (see
+    :func:`fingerprint`) and parse `options`."""
+    doc = {"version": VERSION, "inputs": list(fingerprints), "options": options}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -309,7 +309,7 @@ def load_dataset(
                "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id],
                "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()}}
     reusable = cache_dir is not None and "-" not in inputs
-    key = cache_key(inputs, options) if reusable else None
+    key = cache_key(prints, options) if reusable else None
     path = cache_path(cache_dir, key) if reusable else None
     if reusable and os.path.exists(path):
         t0 = time.perf_counter()
