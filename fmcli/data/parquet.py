@@ -89,8 +89,8 @@ import numpy as np
 from ..atomic import atomic_output
 from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
-from .text import MAX_ID, ReadLimits, check_label_mode, _show_classes, describe_token, open_input, \
-    sort_classes
+from .text import (MAX_ID, ReadLimits, _show_classes, check_label_mode, describe_token, open_input,
+                   renumber_classes)
 
 try:  # an optional dependency: only Parquet input and output need it
     import pyarrow as pa
@@ -773,13 +773,8 @@ class ParquetReader:
 
     def _renumber_classes(self, labels: np.ndarray) -> None:
         """Put the classes found into canonical order, relabelling rows."""
-        order = sort_classes(self.classes)
-        new = {c: i for i, c in enumerate(order)}
-        perm = np.array([new[c] for c in self.classes], np.float32)
-        if labels.size:
-            labels[:] = perm[labels.astype(np.intp)]
-        self.classes = order
-        self._codes = dict(new)
+        self.classes = renumber_classes(self.classes, labels)
+        self._codes = {c: i for i, c in enumerate(self.classes)}
 
     # weights
 

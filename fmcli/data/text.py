@@ -184,13 +184,8 @@ class TextReader:
     def _renumber_classes(self, labels: np.ndarray) -> None:
         """Put the classes found into canonical order, relabelling rows."""
         assert self.classes is not None
-        order = sort_classes(self.classes)
-        new = {c: i for i, c in enumerate(order)}
-        perm = np.array([new[c] for c in self.classes], np.float32)
-        if labels.size:
-            labels[:] = perm[labels.astype(np.intp)]
-        self.classes = order
-        self._codes = {c.encode("utf-8"): i for i, c in enumerate(order)}
+        self.classes = renumber_classes(self.classes, labels)
+        self._codes = {c.encode("utf-8"): i for i, c in enumerate(self.classes)}
         self._words = None
 
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
@@ -522,6 +517,17 @@ def binary_labels(labels: np.ndarray) -> np.ndarray:
 # Label tokens as the parser reads numbers (no nan, inf or hex).
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def renumber_classes(classes: Sequence[str], labels: np.ndarray) -> list[str]:
+    """Relabel `labels` (indices into `classes`, in place) for the classes in
+    canonical order (:func:`sort_classes`); returns that order."""
+    order = sort_classes(classes)
+    new = {c: i for i, c in enumerate(order)}
+    perm = np.array([new[c] for c in classes], np.float32)
+    if labels.size:
+        labels[:] = perm[labels.astype(np.intp)]
+    return order
 
 
 def sort_classes(classes: Sequence[str]) -> list[str]:
