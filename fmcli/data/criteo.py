@@ -51,7 +51,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
 from .parquet import _FNV_OFFSET, _FNV_PRIME, _fmix, _fnv1a, fmix64, hash_strings64   # the same hash
-from .source import CorruptInputError, display_name, open_input
+from .source import BOM as _BOM, display_name, line_blocks, open_input
 from .text import ReadLimits, describe_token
 
 try:
@@ -79,7 +79,6 @@ CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
 CRITEO_COLUMNS = ["label"] + CRITEO_INTEGERS + CRITEO_CATEGORICAL
 
 BLOCK_BYTES = 16 << 20
-_BOM = b"\xef\xbb\xbf"
 
 _VECTOR_BYTES = 256
 
@@ -632,58 +631,17 @@ class RawReader:
 
     def _line_blocks(self, path: str, name: str) -> Iterator[tuple[bytes, int]]:
         """(buffer of whole lines, each ending in a newline; lines before it)."""
-        f = open_input(path)
         max_line = self.limits.max_line_bytes
+
+        def long_line(line: int, head: bytes) -> None:
+            self._report([(line, f"line longer than {max_line} bytes (--max-line-bytes), "
+                                 f"starting {describe_token(head)}")], name)
+
+        f = open_input(path)
         try:
-            carry = b""
-            first = True
-            lines = 0
-            dropping = False
-            while True:
-                try:
-                    block = f.read(self.block_bytes)
-                except CorruptInputError as exc:
-                    raise DataError(str(exc), name, lines + carry.count(b"\n") + 1) from None
-                except OSError as exc:
-                    raise DataError(f"read error: {exc.strerror or exc}", name) from None
-                if self.on_bytes is not None:
-                    self.on_bytes(len(block))
-                final = not block
-                buf = carry + block if carry else block
-                if first:
-                    if len(buf) < len(_BOM) and not final:
-                        carry = buf
-                        continue
-                    if buf.startswith(_BOM):
-                        buf = buf[len(_BOM):]
-                    first = False
-                if dropping:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        carry = b""
-                        if final:
-                            return
-                        continue
-                    buf, dropping = buf[nl + 1:], False
-                    lines += 1
-                if final:
-                    if buf:
-                        if not buf.endswith(b"\n"):
-                            buf += b"\n"
-                        yield buf, lines
-                    return
-                cut = buf.rfind(b"\n") + 1
-                if cut == 0:
-                    if max_line and len(buf) > max_line:
-                        self._report([(lines + 1, f"line longer than {max_line} bytes (--max-line-bytes), "
-                                                  f"starting {describe_token(buf[:40])}")], name)
-                        carry, dropping = b"", True
-                        continue
-                    carry = buf
-                    continue
-                yield buf[:cut], lines
-                lines += buf.count(b"\n", 0, cut)
-                carry = buf[cut:]
+            for buf, cut, lines in line_blocks(f, name, self.block_bytes, max_line, long_line, self.on_bytes):
+                chunk = buf[:cut]
+                yield (chunk if chunk.endswith(b"\n") else chunk + b"\n"), lines
         finally:
             f.close()
 

@@ -23,7 +23,7 @@ import glob
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from ..errors import ConfigError, DataError, InputNotFoundError
@@ -338,3 +338,73 @@ class _Decompressed(io.RawIOBase):
             finally:
                 self._source.close()
         super().close()
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
+                on_long_line: Callable[[int, bytes], None],
+                on_bytes: Callable[[int], None] | None = None) -> Iterator[tuple[bytes, int, int]]:
+    """The whole lines of stream `f`, block by block, for the text readers.
+
+    Yields (buf, cut, lines): buf[:cut] are whole lines (in the last block,
+    all that is left, perhaps without a final newline) and `lines` counts
+    the lines before them.  A UTF-8 byte-order mark at the start is
+    dropped.  A line longer than `max_line` (0: no limit) is never held
+    whole: on_long_line(its line number, its first 40 bytes) either raises
+    or returns, and then the line is skipped.  on_bytes(n) is told of every
+    n bytes read.  Read errors and corrupt compressed data are DataErrors
+    naming `name` (and the line reached)."""
+    carry = b""
+    first = True
+    dropping = False  # inside an over-long line that is being skipped
+    lines = 0
+    while True:
+        try:
+            block = f.read(block_bytes)
+        except CorruptInputError as exc:
+            # The input stops (or breaks) inside the line after the whole
+            # lines read so far.
+            raise DataError(str(exc), name, lines + carry.count(b"\n") + 1) from None
+        except OSError as exc:
+            raise DataError(f"read error: {exc.strerror or exc}", name) from None
+        if on_bytes is not None:
+            on_bytes(len(block))
+        final = not block
+        buf = carry + block if carry else block
+        if first:
+            if len(buf) < len(BOM) and not final:
+                carry = buf  # too short to tell whether it starts with a BOM
+                continue
+            if buf.startswith(BOM):
+                buf = buf[len(BOM):]  # a UTF-8 byte-order mark is not data
+            first = False
+        if dropping:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                carry = b""
+                if final:
+                    return
+                continue
+            buf, dropping = buf[nl + 1 :], False
+            lines += 1
+        if not buf:
+            if final:
+                return
+            carry = b""
+            continue
+        if final:
+            yield buf, len(buf), lines
+            return
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            if max_line and len(buf) > max_line:
+                on_long_line(lines + 1, buf[:40])
+                carry, dropping = b"", True
+                continue
+            carry = buf  # a line longer than one block: keep reading
+            continue
+        yield buf, cut, lines
+        lines += buf.count(b"\n", 0, cut)
+        carry = buf[cut:]

@@ -23,12 +23,11 @@ import numpy as np
 from .._core import _parse
 from ..errors import ConfigError, DataError
 from .batch import Batch
-from .source import CorruptInputError, display_name, format_from_name, open_input
+from .source import display_name, format_from_name, line_blocks, open_input
 
 DEFAULT_BLOCK_BYTES = 8 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 24   # 16 MiB: far beyond any real row, bounded memory
 MAX_ID = 2**31 - 1
-_BOM = b"\xef\xbb\xbf"
 
 LABEL_MODES = ("binary", "real", "class")
 
@@ -191,66 +190,24 @@ class TextReader:
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
         """(buffer, end of its last whole line, number of lines before it)."""
         f = open_input(self.path)
-        max_line = self.limits.max_line_bytes
+
+        def long_line(line: int, head: bytes) -> None:
+            # fail, or skip the line, without ever holding more than the limit
+            self._bad(self._describe(E_LONG_LINE, head), line)
+
+        def count(n: int) -> None:
+            self.bytes_read += n
+
         try:
-            carry = b""
-            first = True
-            dropping = False  # inside an over-long line that is being skipped
             self.lines = 0
-            while True:
-                try:
-                    block = f.read(self.block_bytes)
-                except CorruptInputError as exc:
-                    # The input stops (or breaks) inside the line after the
-                    # whole lines read so far.
-                    raise DataError(str(exc), self.name, self.lines + carry.count(b"\n") + 1) from None
-                except OSError as exc:
-                    raise DataError(f"read error: {exc.strerror or exc}", self.name) from None
-                self.bytes_read += len(block)
-                final = not block
-                buf = carry + block if carry else block
-                if first:
-                    if len(buf) < len(_BOM) and not final:
-                        carry = buf  # too short to tell whether it starts with a BOM
-                        continue
-                    if buf.startswith(_BOM):
-                        buf = buf[len(_BOM):]  # a UTF-8 byte-order mark is not data
-                    first = False
-                if dropping:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        carry = b""
-                        if final:
-                            return
-                        continue
-                    buf, dropping = buf[nl + 1 :], False
-                    self.lines += 1
-                if not buf:
-                    if final:
-                        return
-                    carry = b""
-                    continue
-                if final:
-                    cut = len(buf)
-                else:
-                    cut = buf.rfind(b"\n") + 1
-                    if cut == 0:
-                        if max_line and len(buf) > max_line:
-                            # A line longer than the limit: fail or skip it
-                            # without ever holding more than the limit.
-                            self._bad(self._describe(E_LONG_LINE, buf[:40]), self.lines + 1)
-                            carry, dropping = b"", True
-                            continue
-                        carry = buf  # a line longer than one block: keep reading
-                        continue
+            for buf, cut, lines in line_blocks(f, self.name, self.block_bytes,
+                                               self.limits.max_line_bytes, long_line, count):
+                self.lines = lines
                 if self.fmt == "auto":
                     # Undecided until a block holds a feature token; until
                     # then every row is label-only and parses the same way.
                     self.fmt = sniff_format(buf[:cut]) or "auto"
-                yield buf, cut, self.lines
-                carry = buf[cut:]
-                if final:
-                    return
+                yield buf, cut, lines
         finally:
             f.close()  # never closes stdin itself (see source.open_input)
 
