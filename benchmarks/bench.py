@@ -10,6 +10,8 @@ Measured per (model, k, threads):
 
 * parse MB/s: fmcli's text reader over the training file, in-process;
   libffm's text-to-binary conversion of the training file;
+* cache read rows/s: one pass over every chunk of fmcli's binary cache of
+  the training file, in-process (the cache is built once per repeat);
 * training rows/s and seconds per epoch from each tool's own epoch timer
   (training only; neither tool counts its validation pass there);
 * "all-in" seconds per epoch: (whole train command wall time - time spent
@@ -19,10 +21,18 @@ Measured per (model, k, threads):
 * whole-command wall time and peak RSS of training and of prediction, and
   prediction rows/s.
 
+Tools: ``fmcli`` (``fm train --no-bias --no-linear``, libffm's model),
+``fmcli+linear`` (fmcli's defaults), ``libffm`` (ffm only) and, for every
+``--variant NAME=ARGS``, ``fmcli:NAME`` (the ``fmcli`` command plus ARGS).
+Ratios: every fmcli tool against libffm, every variant against ``fmcli``,
+and every tool's N-thread figures against its 1-thread ones.
+
 Usage::
 
     python benchmarks/bench.py --train train.ffm --valid va.ffm \\
         --libffm-dir /path/to/libffm --epochs 15 --threads 1,2 --json out.json
+    python benchmarks/bench.py --models ffm,fwfm --k 4,8 \\
+        --variant "b8=--batch-size 8" --markdown
 
 Without --train/--valid a dataset is generated with benchmarks/synth.py.
 """
@@ -31,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -53,10 +65,12 @@ LEARNING_RATE = "0.2"
 L2 = "0.00002"
 TRAIN_SEED, VALID_SEED = 1, 2
 
-MODELS = ("lr", "fm", "ffm")
+MODELS = ("lr", "fm", "ffm", "fwfm")
 FMCLI = "fmcli"                 # --no-bias --no-linear: libffm's model
 FMCLI_LINEAR = "fmcli+linear"   # fmcli's defaults: bias + linear + pairwise
 LIBFFM = "libffm"
+VARIANT_PREFIX = "fmcli:"       # fmcli:NAME = FMCLI plus a --variant's arguments
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 INSTALL_HINT = "run `make bench`, which installs fmcli into the virtual environment first"
 
@@ -90,6 +104,39 @@ class ParseRun:
     rows: int
     seconds: float
     mb_per_s: float
+
+
+@dataclass
+class CacheReadRun:
+    """One pass over fmcli's binary cache of the training file, in-process.
+
+    The cache is built (untimed here: build_s) into a temporary directory,
+    then opened as a cache hit (open_s: the file's checks, every chunk's
+    CRC-32 included) and read: read_s is one pass over every chunk, with
+    every array summed so that all of its pages are really read."""
+
+    repeat: int
+    rows: int
+    nnz: int
+    cache_bytes: int
+    chunks: int
+    build_s: float
+    open_s: float
+    read_s: float
+    rows_per_s: float            # rows / read_s
+    open_read_rows_per_s: float  # rows / (open_s + read_s): a cache hit's first pass
+
+
+@dataclass
+class Variant:
+    """A --variant: the exact fmcli tool plus extra `fm train` arguments."""
+
+    name: str
+    args: list[str]
+
+    @property
+    def tool(self) -> str:
+        return VARIANT_PREFIX + self.name
 
 
 @dataclass
@@ -156,6 +203,7 @@ class Summary:
     tool: str
     runs: int
     parse_mb_s: float | None
+    cache_read_rows_s: float | None   # fmcli tools: the in-process binary cache pass
     train_rows_s: float | None
     epoch_s: float | None
     all_in_epoch_s: float | None
@@ -174,8 +222,9 @@ class Ratio:
     """fmcli against libffm for one (model, k, threads).
 
     Speed ratios are fmcli/libffm, > 1 when fmcli is faster (for times:
-    libffm's time / fmcli's time).  peak_rss is fmcli/libffm (< 1: fmcli
-    smaller).  va_logloss_diff_pct < 0 when fmcli's logloss is lower."""
+    libffm's time / fmcli's time).  peak_rss (train) and predict_peak_rss
+    are fmcli/libffm (< 1: fmcli smaller).  va_logloss_diff_pct < 0 when
+    fmcli's logloss is lower."""
 
     model: str
     k: int
@@ -188,6 +237,47 @@ class Ratio:
     train_wall: float | None
     peak_rss: float | None
     va_logloss_diff_pct: float | None
+    predict_peak_rss: float | None = None
+
+
+@dataclass
+class VariantRatio:
+    """A --variant against the exact fmcli tool on the same (model, k, threads).
+
+    Same conventions as Ratio, with the variant in fmcli's place and the
+    exact fmcli tool in libffm's: speed > 1 when the variant is faster,
+    peak RSS < 1 when it is smaller, va_logloss_diff_pct < 0 when its best
+    validation logloss is lower."""
+
+    model: str
+    k: int
+    threads: int
+    tool: str
+    baseline: str
+    train_rows_s: float | None
+    all_in_epoch: float | None
+    predict_rows_s: float | None
+    peak_rss: float | None
+    predict_peak_rss: float | None
+    va_logloss_diff_pct: float | None
+
+
+@dataclass
+class Scaling:
+    """One tool's figures at `threads` over its figures at `base_threads` (1).
+
+    > 1 when more threads are faster: train_rows_s and predict_rows_s are
+    rows/s at `threads` / rows/s at `base_threads`; all_in_epoch is the
+    all-in epoch time at `base_threads` / at `threads`."""
+
+    model: str
+    k: int
+    tool: str
+    threads: int
+    base_threads: int
+    train_rows_s: float | None
+    all_in_epoch: float | None
+    predict_rows_s: float | None
 
 
 @dataclass
@@ -212,6 +302,7 @@ class Results:
     meta: dict
     data: dict
     parse: list[ParseRun] = field(default_factory=list)
+    cache_read: list[CacheReadRun] = field(default_factory=list)
     train: list[TrainRun] = field(default_factory=list)
     predict: list[PredictRun] = field(default_factory=list)
 
@@ -394,7 +485,7 @@ def find_fm() -> Path:
     if not found:
         raise BenchError(f"no `fm` command next to {sys.executable}; {INSTALL_HINT}")
     try:
-        import fmcli.data.text  # noqa: F401
+        importlib.import_module("fmcli.data.text")
     except ImportError as exc:
         raise BenchError(f"cannot import fmcli ({exc}); {INSTALL_HINT}") from None
     return Path(found)
@@ -426,6 +517,67 @@ def measure_parse(path: Path, repeat: int) -> ParseRun:
     return ParseRun(repeat, reader.bytes_read, rows, seconds, reader.bytes_read / 1e6 / seconds)
 
 
+def _touch(batch) -> float:
+    """A sum over every array of a chunk, so that every page of it is read."""
+    total = float(batch.labels.sum(dtype="float64")) + float(batch.values.sum(dtype="float64"))
+    total += int(batch.indptr[-1]) + int(batch.fields.sum(dtype="int64")) + int(batch.features.sum(dtype="int64"))
+    if batch.lines is not None:
+        total += int(batch.lines.sum(dtype="int64"))
+    if batch.weights is not None:
+        total += float(batch.weights.sum(dtype="float64"))
+    return total
+
+
+def measure_cache_read(path: Path, repeat: int, scratch: Path) -> CacheReadRun:
+    """Time one pass over fmcli's binary cache of `path`, in this process.
+
+    fmcli.data.dataset.load_dataset builds the cache into a temporary
+    directory under `scratch` (the first call parses the text and writes
+    it); a second call finds it, as a later `fm train` on the same input
+    would (open_s: opening and checking it), and Dataset.chunks then hands
+    out every chunk as training does.  Only that pass is read_s; the
+    temporary directory is removed afterwards."""
+    from fmcli.data.dataset import load_dataset
+
+    with tempfile.TemporaryDirectory(prefix="fmcache-", dir=scratch) as cache_dir:
+        t0 = time.perf_counter()
+        built = load_dataset(str(path), cache_dir=cache_dir)
+        build_s = time.perf_counter() - t0
+        cached_from = built.cached_from
+        built.close()
+        del built
+        if cached_from != "built":
+            raise BenchError(f"fmcli did not build a binary cache of {path} (got {cached_from!r})")
+        cache_bytes = sum(f.stat().st_size for f in Path(cache_dir).glob("*.fmcache"))
+
+        t0 = time.perf_counter()
+        ds = load_dataset(str(path), cache_dir=cache_dir)
+        open_s = time.perf_counter() - t0
+        try:
+            if ds.cached_from != "hit":
+                raise BenchError(f"fmcli did not reuse its binary cache of {path} (got {ds.cached_from!r})")
+            rows = nnz = chunks = 0
+            checksum = 0.0   # only so that every page is read
+            t0 = time.perf_counter()
+            for _, batch, _ in ds.chunks():
+                rows += batch.n_rows
+                nnz += batch.features.size
+                checksum += _touch(batch)
+                chunks += 1
+                del batch
+            read_s = max(time.perf_counter() - t0, 1e-9)
+        finally:
+            ds.close()
+        if rows != ds.n_rows or nnz != ds.nnz:
+            raise BenchError(f"fmcli's binary cache of {path}: read {rows} rows / {nnz} values, "
+                             f"expected {ds.n_rows} / {ds.nnz}")
+    return CacheReadRun(
+        repeat=repeat, rows=rows, nnz=nnz, cache_bytes=cache_bytes, chunks=chunks,
+        build_s=build_s, open_s=open_s, read_s=read_s,
+        rows_per_s=rows / read_s, open_read_rows_per_s=rows / (open_s + read_s),
+    )
+
+
 class Bench:
     """Runs the measurements of one benchmark invocation."""
 
@@ -438,18 +590,23 @@ class Bench:
         self.libffm_dir = libffm_dir
         self.scratch = scratch
         self.say = say
+        self.variants = {v.tool: v for v in args.variant}
 
     # -- fmcli ------------------------------------------------------------
 
     def fmcli_train(self, tool: str, case: Case, repeat: int) -> TrainRun:
+        """`fm train` as `tool`: FMCLI, FMCLI_LINEAR or a variant's fmcli:NAME."""
         model_path = self.scratch / "fmcli.fm"
         argv = [
             self.fm, "train", "--model", case.model, "-k", case.k, "-t", self.args.epochs,
             "-s", case.threads, "-r", LEARNING_RATE, "-l", L2,
             "-p", self.data.valid, "-o", model_path,
         ]
-        if tool == FMCLI:
+        variant = self.variants.get(tool)
+        if tool == FMCLI or variant is not None:
             argv += ["--no-bias", "--no-linear"]
+        if variant is not None:
+            argv += variant.args
         if not self.args.fmcli_keep_cache:
             argv.append("--no-cache")
         argv.append(self.data.train)
@@ -520,7 +677,8 @@ class Bench:
     # -- the run ----------------------------------------------------------
 
     def tools_for(self, model: str) -> list[str]:
-        """The tools run on a case, in the order they alternate."""
+        """The tools run on a case, in the order they alternate:
+        fmcli, libffm (ffm only), the variants in the order given, fmcli+linear."""
         if model == "lr":
             return [FMCLI_LINEAR]  # lr has only bias and linear terms
         tools = []
@@ -528,6 +686,7 @@ class Bench:
             tools.append(FMCLI)
         if self.libffm_dir is not None and model == "ffm":
             tools.append(LIBFFM)
+        tools += list(self.variants)
         if self.args.with_linear or not self.args.libffm_exact:
             tools.append(FMCLI_LINEAR)
         return tools
@@ -539,6 +698,11 @@ class Bench:
             p = measure_parse(self.data.train, rep)
             results.parse.append(p)
             self.say(f"[{rep}/{reps}] parse {self.data.train.name}: {p.seconds:.2f} s, {p.mb_per_s:.0f} MB/s")
+            c = measure_cache_read(self.data.train, rep, self.scratch)
+            results.cache_read.append(c)
+            self.say(f"[{rep}/{reps}] cache read {self.data.train.name}: {c.rows:,} rows in {c.read_s:.3f} s, "
+                     f"{c.rows_per_s:,.0f} rows/s (open and check {c.open_s:.3f} s, "
+                     f"build {c.build_s:.2f} s, {c.cache_bytes / 1e6:.1f} MB)")
             for case in cases:
                 for tool in self.tools_for(case.model):
                     if tool == LIBFFM:
@@ -554,7 +718,8 @@ class Bench:
 
 
 def _label(repeat: int, case: Case, tool: str, what: str) -> str:
-    return f"r{repeat}-{case.model}-k{case.k}-s{case.threads}-{tool}-{what}"
+    """Log file stem of one command (a variant's fmcli:NAME becomes fmcli_NAME)."""
+    return f"r{repeat}-{case.model}-k{case.k}-s{case.threads}-{tool.replace(':', '_')}-{what}"
 
 
 def _size(path: Path) -> int | None:
@@ -573,7 +738,7 @@ def _progress_line(rep: int, reps: int, case: Case, tr: TrainRun, pr: PredictRun
     va = f"{tr.best_va_logloss:.5f}" if tr.best_va_logloss is not None else "-"
     cache = "" if tr.converted is None else ("  (converted)" if tr.converted else "  (.bin cache reused)")
     return (
-        f"[{rep}/{reps}] {case.model} k={case.k} s={case.threads} {tr.tool:<12} "
+        f"[{rep}/{reps}] {case.model:<4} k={case.k} s={case.threads} {tr.tool:<12} "
         f"train {tr.wall_s:6.1f} s {_fmt(tr.peak_rss_mb, '.0f')} MB  best va {va}  "
         f"predict {pr.wall_s:5.2f} s{cache}"
     )
@@ -591,6 +756,7 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 def summarize(results: Results, cases: list[Case], tools_for: Callable[[str], list[str]]) -> list[Summary]:
     fmcli_parse = _median(p.mb_per_s for p in results.parse)
+    fmcli_cache_read = _median(c.rows_per_s for c in results.cache_read)
     rows = []
     for case in cases:
         for tool in tools_for(case.model):
@@ -602,6 +768,7 @@ def summarize(results: Results, cases: list[Case], tools_for: Callable[[str], li
             rows.append(Summary(
                 model=case.model, k=case.k, threads=case.threads, tool=tool, runs=len(trains),
                 parse_mb_s=_median(r.train_parse_mb_s for r in trains) if tool == LIBFFM else fmcli_parse,
+                cache_read_rows_s=None if tool == LIBFFM else fmcli_cache_read,
                 train_rows_s=_median(e.rows_per_s for e in epochs),
                 epoch_s=_median(e.seconds for e in epochs),
                 all_in_epoch_s=_median(r.all_in_epoch_s for r in trains),
@@ -638,8 +805,47 @@ def compute_ratios(summaries: list[Summary]) -> list[Ratio]:
                 train_wall=_div(ref.wall_s, s.wall_s),
                 peak_rss=_div(s.peak_rss_mb, ref.peak_rss_mb),
                 va_logloss_diff_pct=(diff - 1) * 100 if diff is not None else None,
+                predict_peak_rss=_div(s.predict_rss_mb, ref.predict_rss_mb),
             ))
     return ratios
+
+
+def compute_variant_ratios(summaries: list[Summary]) -> list[VariantRatio]:
+    """Every --variant against the exact fmcli tool on the same (model, k, threads)."""
+    ratios = []
+    for ref in (s for s in summaries if s.tool == FMCLI):
+        for s in summaries:
+            if not s.tool.startswith(VARIANT_PREFIX) or (s.model, s.k, s.threads) != (ref.model, ref.k, ref.threads):
+                continue
+            diff = _div(s.best_va_logloss, ref.best_va_logloss)
+            ratios.append(VariantRatio(
+                model=s.model, k=s.k, threads=s.threads, tool=s.tool, baseline=ref.tool,
+                train_rows_s=_div(s.train_rows_s, ref.train_rows_s),
+                all_in_epoch=_div(ref.all_in_epoch_s, s.all_in_epoch_s),
+                predict_rows_s=_div(s.predict_rows_s, ref.predict_rows_s),
+                peak_rss=_div(s.peak_rss_mb, ref.peak_rss_mb),
+                predict_peak_rss=_div(s.predict_rss_mb, ref.predict_rss_mb),
+                va_logloss_diff_pct=(diff - 1) * 100 if diff is not None else None,
+            ))
+    return ratios
+
+
+def compute_scaling(summaries: list[Summary], base_threads: int = 1) -> list[Scaling]:
+    """Every tool at every thread count over the same tool at `base_threads`,
+    for each (model, k) where both ran."""
+    base = {(s.model, s.k, s.tool): s for s in summaries if s.threads == base_threads}
+    out = []
+    for s in summaries:
+        ref = base.get((s.model, s.k, s.tool))
+        if ref is None or s.threads == base_threads:
+            continue
+        out.append(Scaling(
+            model=s.model, k=s.k, tool=s.tool, threads=s.threads, base_threads=base_threads,
+            train_rows_s=_div(s.train_rows_s, ref.train_rows_s),
+            all_in_epoch=_div(ref.all_in_epoch_s, s.all_in_epoch_s),
+            predict_rows_s=_div(s.predict_rows_s, ref.predict_rows_s),
+        ))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -647,8 +853,8 @@ def compute_ratios(summaries: list[Summary]) -> list[Ratio]:
 # --------------------------------------------------------------------------
 
 HEADERS = [
-    "model", "k", "threads", "tool", "parse MB/s", "train rows/s", "epoch s", "epoch s all-in",
-    "best va_logloss", "predict rows/s", "wall s", "peak RSS MB", "predict RSS MB",
+    "model", "k", "threads", "tool", "parse MB/s", "cache read rows/s", "train rows/s", "epoch s",
+    "epoch s all-in", "best va_logloss", "predict rows/s", "wall s", "peak RSS MB", "predict RSS MB",
 ]
 
 
@@ -664,7 +870,8 @@ def table_rows(summaries: list[Summary]) -> list[list[str]]:
     return [
         [
             s.model, "-" if s.model == "lr" else str(s.k), str(s.threads), s.tool,
-            _fmt(s.parse_mb_s, ".0f"), _fmt(s.train_rows_s, ",.0f"), _seconds(s.epoch_s),
+            _fmt(s.parse_mb_s, ".0f"), _fmt(s.cache_read_rows_s, ",.0f"), _fmt(s.train_rows_s, ",.0f"),
+            _seconds(s.epoch_s),
             _seconds(s.all_in_epoch_s), _fmt(s.best_va_logloss, ".5f"),
             _fmt(s.predict_rows_s, ",.0f"), _fmt(s.wall_s, ".1f"), _fmt(s.peak_rss_mb, ".0f"),
             _fmt(s.predict_rss_mb, ".0f"),
@@ -693,21 +900,54 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}%"
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
+def _case(model: str, k: int) -> str:
+    return model if model == "lr" else f"{model} k={k}"
+
+
 def ratio_lines(ratios: list[Ratio]) -> list[str]:
-    lines = []
-    for r in ratios:
-        diff = "-" if r.va_logloss_diff_pct is None else f"{r.va_logloss_diff_pct:+.2f}%"
-        thread_word = "thread" if r.threads == 1 else "threads"
-        lines.append(
-            f"{r.tool} vs libffm, {r.model} k={r.k}, {r.threads} {thread_word}: "
-            f"parse {_x(r.parse)}, train rows/s {_x(r.train_rows_s)}, epoch all-in {_x(r.all_in_epoch)}, "
-            f"predict rows/s {_x(r.predict_rows_s)}, train wall {_x(r.train_wall)}; "
-            f"peak RSS {_x(r.peak_rss)}; best va_logloss {diff}"
-        )
-    return lines
+    """One line per fmcli tool, model, k and thread count against libffm."""
+    return [
+        f"{r.tool} vs libffm, {_case(r.model, r.k)}, {_threads(r.threads)}: "
+        f"parse {_x(r.parse)}, train rows/s {_x(r.train_rows_s)}, epoch all-in {_x(r.all_in_epoch)}, "
+        f"predict rows/s {_x(r.predict_rows_s)}, train wall {_x(r.train_wall)}; "
+        f"peak RSS train {_x(r.peak_rss)}, predict {_x(r.predict_peak_rss)}; "
+        f"best va_logloss {_pct(r.va_logloss_diff_pct)}"
+        for r in ratios
+    ]
 
 
-def report(results: Results, summaries: list[Summary], ratios: list[Ratio], markdown: bool) -> str:
+def variant_ratio_lines(ratios: list[VariantRatio]) -> list[str]:
+    """One line per variant, model, k and thread count against the exact fmcli tool."""
+    return [
+        f"{r.tool} vs {r.baseline}, {_case(r.model, r.k)}, {_threads(r.threads)}: "
+        f"train rows/s {_x(r.train_rows_s)}, epoch all-in {_x(r.all_in_epoch)}, "
+        f"predict rows/s {_x(r.predict_rows_s)}; "
+        f"peak RSS train {_x(r.peak_rss)}, predict {_x(r.predict_peak_rss)}; "
+        f"best va_logloss {_pct(r.va_logloss_diff_pct)}"
+        for r in ratios
+    ]
+
+
+def scaling_lines(scaling: list[Scaling]) -> list[str]:
+    """One line per tool, model, k and thread count against the same tool on 1 thread."""
+    return [
+        f"{c.tool}, {_case(c.model, c.k)}: {_threads(c.threads)} / {_threads(c.base_threads)}: "
+        f"train rows/s {_x(c.train_rows_s)}, epoch all-in {_x(c.all_in_epoch)}, "
+        f"predict rows/s {_x(c.predict_rows_s)}"
+        for c in scaling
+    ]
+
+
+def report(results: Results, summaries: list[Summary], ratios: list[Ratio], markdown: bool,
+           variant_ratios: Sequence[VariantRatio] = (), scaling: Sequence[Scaling] = ()) -> str:
     d = results.data
     out = [
         f"train: {d['train']} ({d['train_bytes'] / 1e6:.1f} MB, {d['train_rows']:,} rows); "
@@ -723,15 +963,26 @@ def report(results: Results, summaries: list[Summary], ratios: list[Ratio], mark
         out += ["", "Ratios fmcli/libffm (speed: > 1 means fmcli is faster; "
                     "peak RSS: < 1 means fmcli uses less; va_logloss: negative means fmcli is better):"]
         out += [bullet + line for line in ratio_lines(ratios)]
+    if variant_ratios:
+        out += ["", f"Variants against {FMCLI} (speed: > 1 means the variant is faster; "
+                    "peak RSS: < 1 means it uses less; va_logloss: negative means it is better):"]
+        out += [bullet + line for line in variant_ratio_lines(list(variant_ratios))]
+    if scaling:
+        out += ["", "Thread scaling, N threads over 1 thread (> 1 means more threads are faster):"]
+        out += [bullet + line for line in scaling_lines(list(scaling))]
     notes = [
         f"{FMCLI} = fm train --no-bias --no-linear (libffm's model); "
         f"{FMCLI_LINEAR} = fm train defaults (bias + linear + pairwise).",
+        *(f"{VARIANT_PREFIX}{name} = {FMCLI} plus {shlex.join(args)}."
+          for name, args in results.meta.get("variants", {}).items()),
         "train rows/s, epoch s: each tool's own epoch timer, training only; "
         "neither tool includes its validation pass there (libffm's tr_time has 0.1 s resolution).",
         "epoch s all-in: (train command wall - reading/converting the text input) / epochs; "
         "includes validation, start-up, initialisation and writing the model, for both tools.",
         "parse MB/s: fmcli = TextReader over the train file, in-process; "
         "libffm = its text-to-binary conversion of the train file (includes hashing and writing the .bin cache).",
+        "cache read rows/s: fmcli only; one pass over every chunk of fmcli's binary cache of the train file, "
+        "in-process, every array read (opening and checking the cache is not included; see the JSON's open_s).",
         "wall s, peak RSS MB: whole `train` command; predict rows/s, predict RSS MB: whole `predict` "
         "command on the validation file, including start-up and model load (fmcli scores with the "
         "row's thread count; ffm-predict is single-threaded).",
@@ -759,7 +1010,9 @@ def to_json(value):
     return value
 
 
-def write_json(path: Path, results: Results, summaries: list[Summary], ratios: list[Ratio]) -> None:
+def write_json(path: Path, results: Results, summaries: list[Summary], ratios: list[Ratio],
+               variant_ratios: Sequence[VariantRatio] = (), scaling: Sequence[Scaling] = ()) -> None:
+    """Every raw figure (each run, each epoch), the summaries and all ratios, as JSON."""
     train = []
     for r in results.train:
         row = to_json(r)
@@ -769,10 +1022,13 @@ def write_json(path: Path, results: Results, summaries: list[Summary], ratios: l
         "meta": results.meta,
         "data": results.data,
         "parse": to_json(results.parse),
+        "cache_read": to_json(results.cache_read),
         "train": train,
         "predict": to_json(results.predict),
         "summary": to_json(summaries),
         "ratios": to_json(ratios),
+        "variant_ratios": to_json(variant_ratios),
+        "scaling": to_json(scaling),
     }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -846,6 +1102,20 @@ def _model_list(text: str) -> list[str]:
     return values
 
 
+def _variant(text: str) -> Variant:
+    """NAME=ARGS: the tool fmcli:NAME, `fm train` with ARGS split as a shell would."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not _VARIANT_NAME.match(name):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=ARGS with NAME of letters, digits and _.+- (e.g. \"b8=--batch-size 8\"), got {text!r}")
+    try:
+        args = shlex.split(rest)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot split the arguments of {text!r}: {exc}") from None
+    return Variant(name, args)
+
+
 def build_cases(args: argparse.Namespace) -> list[Case]:
     cases = []
     for model in args.models:
@@ -868,7 +1138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--work-dir", type=Path, default=Path("bench-out"),
                       help="generated data, logs and scratch files")
     runs = ap.add_argument_group("runs")
-    runs.add_argument("--models", type=_model_list, default=["ffm"], help="comma list of lr,fm,ffm")
+    runs.add_argument("--models", type=_model_list, default=["ffm"], help="comma list of lr,fm,ffm,fwfm")
     runs.add_argument("--k", type=_int_list, default=[4], help="comma list of factor lengths")
     runs.add_argument("--epochs", type=int, default=3, help="epochs per training run")
     runs.add_argument("--threads", type=_int_list, default=[1, 2], help="comma list of thread counts")
@@ -884,6 +1154,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                           "(default: removed before every run, so every run converts text like fmcli)")
     runs.add_argument("--fmcli-keep-cache", action="store_true",
                       help="let fmcli use its binary cache (default: --no-cache, every run parses text)")
+    runs.add_argument("--variant", type=_variant, action="append", default=[], metavar="NAME=ARGS",
+                      help="repeatable: also run, on every case but lr, the tool fmcli:NAME, i.e. "
+                           "fm train --no-bias --no-linear plus ARGS (e.g. \"b8=--batch-size 8\"), "
+                           "compared with fmcli and libffm")
     out = ap.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write every raw figure here")
     out.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -893,6 +1167,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--epochs, --repeat and --rows must be at least 1")
     if (args.train is None) != (args.valid is None):
         ap.error("give both --train and --valid, or neither (then data is generated)")
+    names = [v.name for v in args.variant]
+    if len(set(names)) != len(names):
+        ap.error(f"--variant names must differ, got {', '.join(names)}")
+    if args.variant and not args.libffm_exact:
+        ap.error("--variant runs are compared with the exact fmcli tool: drop --no-libffm-exact")
     return args
 
 
@@ -943,7 +1222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "libffm_exact": args.libffm_exact, "with_linear": args.with_linear,
                 "libffm_keep_cache": args.libffm_keep_cache,
                 "fmcli_keep_cache": args.fmcli_keep_cache,
-                "order": "every repeat runs each case's tools back to back (fmcli, libffm, fmcli+linear)",
+                "variants": {v.name: v.args for v in args.variant},
+                "order": "every repeat times fmcli's parser and cache read, then runs each case's tools "
+                         "back to back (fmcli, libffm, fmcli:NAME..., fmcli+linear)",
             },
             data={
                 "train": train.name, "valid": valid.name,
@@ -961,9 +1242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _remove(scratch / leftover)
         summaries = summarize(results, cases, bench.tools_for)
         ratios = compute_ratios(summaries)
-        print(report(results, summaries, ratios, args.markdown))
+        variant_ratios = compute_variant_ratios(summaries)
+        scaling = compute_scaling(summaries)
+        print(report(results, summaries, ratios, args.markdown, variant_ratios, scaling))
         if args.json:
-            write_json(args.json, results, summaries, ratios)
+            write_json(args.json, results, summaries, ratios, variant_ratios, scaling)
             say(f"wrote {args.json}")
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

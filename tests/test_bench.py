@@ -1,0 +1,230 @@
+"""benchmarks/bench.py end to end on a tiny generated data set.
+
+libffm is replaced by two small scripts that print what the real
+ffm-train and ffm-predict print and write the files they write, so the
+whole harness (fmcli tools, --variant, libffm parsing, cache read, ratios,
+JSON) runs without a libffm build.  Nothing here depends on how fast
+anything ran: only on which figures are present and that they are numbers.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "bench.py"
+
+FAKE_FFM_TRAIN = '''
+import os
+import sys
+
+args = sys.argv[1:]
+opts, positional = {}, []
+while args:
+    a = args.pop(0)
+    if a.startswith("-") and args:
+        opts[a] = args.pop(0)
+    else:
+        positional.append(a)
+train, model = positional
+epochs = int(opts.get("-t", "15"))
+for path in [train] + ([opts["-p"]] if "-p" in opts else []):
+    print("First check if the text file has already been converted to binary format (0.0 seconds)")
+    print()
+    cache = os.path.basename(path) + ".bin"
+    if os.path.exists(cache):
+        print("Binary file found.")
+    else:
+        print("Binary file NOT found. Convert text file to binary file (0.5 seconds)")
+        open(cache, "w").close()
+    print()
+print("iter   tr_logloss   va_logloss      tr_time")
+for i in range(1, epochs + 1):
+    print(f"{i:4d}{0.5 - 0.01 * i:13.5f}{0.48 - 0.01 * i:13.5f}{0.1 * i:13.1f}")
+with open(model, "w") as f:
+    f.write("fake libffm model\\n")
+'''
+
+FAKE_FFM_PREDICT = '''
+import sys
+
+test, model, out = sys.argv[1:4]
+with open(model) as f:
+    f.read()
+with open(test) as f:
+    rows = sum(1 for line in f if line.strip())
+with open(out, "w") as f:
+    f.write("0.5\\n" * rows)
+print("logloss = 0.45")
+'''
+
+
+def _script(path: Path, body: str) -> None:
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+@pytest.fixture
+def fake_libffm(tmp_path):
+    d = tmp_path / "libffm"
+    d.mkdir()
+    _script(d / "ffm-train", FAKE_FFM_TRAIN)
+    _script(d / "ffm-predict", FAKE_FFM_PREDICT)
+    return d
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.skipif(shutil.which("fm", path=str(Path(sys.executable).parent)) is None,
+                    reason="needs the fm command next to this Python (an installed fmcli)")
+def test_bench_end_to_end(tmp_path, fake_libffm):
+    work = tmp_path / "work"
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--rows", "3000", "--epochs", "1", "--repeat", "1",
+         "--threads", "1", "--k", "4", "--models", "lr,fm,ffm,fwfm",
+         "--variant", "b2=--batch-size 2", "--libffm-dir", str(fake_libffm),
+         "--json", str(out), "--work-dir", str(work), "--markdown"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FMCLI_CACHE_DIR": str(tmp_path / "fmcache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+
+    expected = {
+        ("lr", "fmcli+linear"),
+        ("fm", "fmcli"), ("fm", "fmcli:b2"),
+        ("ffm", "fmcli"), ("ffm", "libffm"), ("ffm", "fmcli:b2"),
+        ("fwfm", "fmcli"), ("fwfm", "fmcli:b2"),
+    }
+    for section in ("train", "predict", "summary"):
+        assert {(r["model"], r["tool"]) for r in doc[section]} == expected, section
+    assert doc["meta"]["variants"] == {"b2": ["--batch-size", "2"]}
+    variant_train = [r for r in doc["train"] if r["tool"] == "fmcli:b2"]
+    assert all(r["argv"][-4:-1] == ["--batch-size", "2", "--no-cache"] for r in variant_train)
+    assert all("--no-bias" in r["argv"] and "--no-linear" in r["argv"] for r in variant_train)
+    fwfm = [r for r in doc["train"] if r["model"] == "fwfm"]
+    assert all(r["argv"][r["argv"].index("--model") + 1] == "fwfm" for r in fwfm)
+
+    for s in doc["summary"]:
+        for key in ("train_rows_s", "epoch_s", "all_in_epoch_s", "best_va_logloss",
+                    "predict_rows_s", "peak_rss_mb", "predict_rss_mb", "parse_mb_s"):
+            assert _number(s[key]), (s["model"], s["tool"], key, s[key])
+        if s["tool"] == "libffm":
+            assert s["cache_read_rows_s"] is None
+            assert s["converted"] == [True]
+        else:
+            assert _number(s["cache_read_rows_s"]) and s["cache_read_rows_s"] > 0
+
+    [cache_read] = doc["cache_read"]
+    assert cache_read["rows"] == doc["data"]["train_rows"] == 3000
+    assert cache_read["nnz"] > 0 and cache_read["cache_bytes"] > 0 and cache_read["chunks"] >= 1
+    assert cache_read["rows_per_s"] > 0 and cache_read["open_read_rows_per_s"] > 0
+    assert not list(work.glob("scratch/fmcache-*")), "the temporary cache directory is removed"
+    assert not list(work.glob("scratch/*.bin")), "libffm's .bin caches are removed"
+
+    # fmcli and the variant against libffm (ffm only: libffm runs only there)
+    assert {(r["model"], r["tool"]) for r in doc["ratios"]} == {("ffm", "fmcli"), ("ffm", "fmcli:b2")}
+    for r in doc["ratios"]:
+        for key in ("parse", "train_rows_s", "all_in_epoch", "predict_rows_s", "train_wall",
+                    "peak_rss", "predict_peak_rss", "va_logloss_diff_pct"):
+            assert _number(r[key]), (r["tool"], key, r[key])
+    # the variant against the exact fmcli tool, on every model but lr
+    assert {r["model"] for r in doc["variant_ratios"]} == {"fm", "ffm", "fwfm"}
+    for r in doc["variant_ratios"]:
+        assert (r["tool"], r["baseline"]) == ("fmcli:b2", "fmcli")
+        for key in ("train_rows_s", "all_in_epoch", "predict_rows_s", "peak_rss",
+                    "predict_peak_rss", "va_logloss_diff_pct"):
+            assert _number(r[key]), (r["model"], key, r[key])
+    assert doc["scaling"] == []  # one thread count only
+
+    report = proc.stdout
+    assert "| parse MB/s | cache read rows/s | train rows/s |" in report
+    assert "fmcli:b2 vs libffm, ffm k=4, 1 thread" in report
+    assert "fmcli:b2 vs fmcli, fwfm k=4, 1 thread" in report
+    assert "fmcli:b2 = fmcli plus --batch-size 2." in report
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("fmcli_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_scaling_and_variant_ratios():
+    bench = _load_bench()
+
+    def summary(threads, tool, rows_s, all_in, logloss, rss):
+        return bench.Summary(
+            model="ffm", k=4, threads=threads, tool=tool, runs=1, parse_mb_s=100.0,
+            cache_read_rows_s=1e6, train_rows_s=rows_s, epoch_s=1.0, all_in_epoch_s=all_in,
+            best_va_logloss=logloss, predict_rows_s=rows_s / 2, predict_logloss=logloss,
+            wall_s=all_in, peak_rss_mb=rss, predict_wall_s=1.0, predict_rss_mb=rss / 2,
+        )
+
+    summaries = [
+        summary(1, "fmcli", 100.0, 4.0, 0.40, 200.0),
+        summary(1, "fmcli:f16", 150.0, 2.0, 0.41, 100.0),
+        summary(2, "fmcli", 180.0, 2.5, 0.40, 200.0),
+        summary(2, "fmcli:f16", 300.0, 1.0, 0.42, 120.0),
+        summary(4, "fmcli", 200.0, 2.0, 0.40, 200.0),
+    ]
+    scaling = bench.compute_scaling(summaries)
+    got = {(c.tool, c.threads): c for c in scaling}
+    assert set(got) == {("fmcli", 2), ("fmcli:f16", 2), ("fmcli", 4)}
+    assert got["fmcli", 2].train_rows_s == pytest.approx(1.8)
+    assert got["fmcli", 2].all_in_epoch == pytest.approx(1.6)
+    assert got["fmcli:f16", 2].train_rows_s == pytest.approx(2.0)
+    assert got["fmcli", 4].predict_rows_s == pytest.approx(2.0)
+
+    ratios = {r.threads: r for r in bench.compute_variant_ratios(summaries)}
+    assert set(ratios) == {1, 2}
+    assert ratios[1].train_rows_s == pytest.approx(1.5)
+    assert ratios[1].all_in_epoch == pytest.approx(2.0)
+    assert ratios[1].peak_rss == pytest.approx(0.5)
+    assert ratios[1].va_logloss_diff_pct == pytest.approx(2.5)
+    assert ratios[2].va_logloss_diff_pct == pytest.approx(5.0)
+    assert bench.compute_ratios(summaries) == []   # no libffm rows
+
+    lines = bench.scaling_lines(scaling) + bench.variant_ratio_lines(list(ratios.values()))
+    assert "fmcli, ffm k=4: 2 threads / 1 thread: train rows/s 1.80x" in lines[0]
+    assert any("fmcli:f16 vs fmcli, ffm k=4, 1 thread" in line and "+2.50%" in line for line in lines)
+
+
+@pytest.mark.parametrize("text, name, args", [
+    ("f16=--storage float16", "f16", ["--storage", "float16"]),
+    ("b8=--batch-size 8 --optimizer 'adam'", "b8", ["--batch-size", "8", "--optimizer", "adam"]),
+    ("same=", "same", []),
+])
+def test_variant_option(text, name, args):
+    bench = _load_bench()
+    parsed = bench.parse_args(["--variant", text])
+    assert [(v.name, v.args, v.tool) for v in parsed.variant] == [(name, args, "fmcli:" + name)]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--variant", "no-equals-sign"],
+    ["--variant", "bad name=--batch-size 2"],
+    ["--variant", "a=--x", "--variant", "a=--y"],
+    ["--variant", "a=--x", "--no-libffm-exact"],
+    ["--models", "ffm,gbdt"],
+])
+def test_bad_options(argv):
+    bench = _load_bench()
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
