@@ -490,17 +490,6 @@ def _crc_of_file(f: BinaryIO, end: int, path: str) -> int:
     return crc
 
 
-def _crc_of_buffer(buf: _mmap.mmap, end: int) -> int:
-    crc = 0
-    view = memoryview(buf)
-    try:
-        for start in range(0, end, _CHUNK):
-            crc = zlib.crc32(view[start : min(start + _CHUNK, end)], crc)
-    finally:
-        view.release()
-    return crc
-
-
 def _check_crc(actual: int, struct_: _Structure, path: str) -> None:
     if actual != struct_.stored_crc:
         raise ModelFormatError(
@@ -583,6 +572,11 @@ def read_model_file(
                 _check_crc(_crc_of_file(f, structure.payload_end, name), structure, name)
             arrays = {spec.name: _read_array(f, spec, name) for spec in structure.specs}
             return structure.header, arrays
+        # The CRC is read through the file, not the mapping: pages read via
+        # the mapping would stay in this process's resident set, and a
+        # scorer needs only the parameters' pages, not the optimizer state's.
+        if verify:
+            _check_crc(_crc_of_file(f, structure.payload_end, name), structure, name)
         try:
             mapping = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
@@ -590,12 +584,6 @@ def read_model_file(
     if len(mapping) < structure.payload_end + TRAILER_SIZE:
         mapping.close()
         raise ModelFormatError("file shrank while being read", name)
-    if verify:
-        try:
-            _check_crc(_crc_of_buffer(mapping, structure.payload_end), structure, name)
-        except BaseException:
-            mapping.close()
-            raise
     arrays = {}
     for spec in structure.specs:
         count = spec.nbytes // spec.dtype.itemsize

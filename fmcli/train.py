@@ -437,14 +437,17 @@ def train(
     # shuffle of all rows each epoch); larger data streams chunk by chunk:
     # the chunks' order is shuffled, then the rows within each chunk.
     whole = tr.n_chunks == 1 or tr.data_bytes <= config.memory_budget
-    mem_batch = tr.in_memory() if whole else None
+    # the CPU kernels read the compact form (uint8 fields, no all-1 values)
+    compact = device == "cpu"
+    mem_batch = tr.in_memory(compact) if whole else None
     sizes = [n_rows] if whole else tr.chunk_rows
     bs = config.batch_size
     steps_per_epoch = sum(-(-r // bs) for r in sizes)
     total_steps = steps_before + steps_per_epoch * config.epochs
     grain = min(SLICE_ROWS, config.checkpoint_every) if config.checkpoint_every else SLICE_ROWS
     slice_rows = max(bs, grain // bs * bs)
-    va_batch = va.in_memory() if va is not None and va.data_bytes <= config.memory_budget else None
+    va_batch = (va.in_memory(compact) if va is not None and va.data_bytes <= config.memory_budget
+                else None)
     if not whole:
         say(f"streaming {tr.n_chunks} chunks of up to {max(tr.chunk_rows)} rows per epoch "
             f"(data of {tr.data_bytes / 2**20:.0f} MiB > --memory-budget)")

@@ -35,6 +35,9 @@ cdef extern from "ffm_f32.h":
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
     ctypedef struct fm_step_params:
         float eta, b1, b2, eps, beta, l1, l2
+    int fm_simd_init() noexcept nogil
+    int fm_simd_set(int level) noexcept nogil
+    int fm_simd_level
     void fm_ffm_update_f32(int kind, int refine, float* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c, float kappa,
                            float lam, const fm_step_params* p) noexcept nogil

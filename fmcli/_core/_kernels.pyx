@@ -30,7 +30,8 @@
 # touched block is stepped once with their mean (plus L2).  The update rules
 # themselves live in _optim.pxd.
 #
-# The float32 FFM per-row AdaGrad loops run the SSE code of ffm_f32.h;
+# The float32 FFM per-row loops run the SIMD code of ffm_f32.h (SSE, or AVX
+# where the CPU has it, chosen at import);
 # everything else (and all of float64, the precision the tests compare with
 # the NumPy reference) runs the loops below.
 #
@@ -45,7 +46,7 @@ from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
-                      fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
+                      fm_simd_init, fm_simd_set, fm_simd_level, fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -79,6 +80,22 @@ OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD, "adam": OPT_ADAM, "ftrl": O
 TASK_CODES = {"binary": TASK_BINARY, "regression": TASK_REGRESSION, "multiclass": TASK_MULTICLASS}
 SCHEDULE_CODES = {"constant": SCHED_CONSTANT, "linear": SCHED_LINEAR, "cosine": SCHED_COSINE,
                   "inverse-sqrt": SCHED_INVSQRT}
+
+
+SIMD_LEVELS = ("scalar", "sse", "avx")
+fm_simd_init()
+
+
+def simd():
+    """The instruction set the float32 FFM loops use: "avx", "sse" or "scalar"."""
+    return SIMD_LEVELS[fm_simd_level]
+
+
+def set_simd(str level):
+    """Use `level` ("sse" or "avx") for the float32 FFM loops where the CPU
+    has it; returns the level in use.  Every level gives bit-identical
+    results; this exists for tests and measurements."""
+    return SIMD_LEVELS[fm_simd_set(SIMD_LEVELS.index(level))]
 
 
 def openmp_info():
@@ -174,6 +191,8 @@ cdef struct Scratch:
     # batch (weights only, per array), a mark per block and the touched ids.
     void* acc
     Row row
+    int* fld                 # a row's fields, widened from uint8
+    float* ones              # values of a row stored without values (all 1)
     double* t
     void* gbuf
     void* rgrad
@@ -205,12 +224,18 @@ cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size
         sc[i].row.oj = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.of = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
         sc[i].row.xs = <float*>malloc(sizeof(float) * (max_nnz + 1))
+        sc[i].fld = <int*>malloc(sizeof(int) * (max_nnz + 1))
+        sc[i].ones = <float*>malloc(sizeof(float) * (max_nnz + 1))
+        if sc[i].ones != NULL:
+            for a in range(max_nnz + 1):
+                sc[i].ones[a] = 1
         sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1) if mm else 1)
         sc[i].rgrad = calloc(mm + 1, itemsize)
         sc[i].rmark = <char*>calloc(mm + 1, 1)
         sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (mm + 1))
         ok = (sc[i].acc != NULL and sc[i].t != NULL and sc[i].row.oj != NULL and sc[i].row.of != NULL
-              and sc[i].row.xs != NULL and sc[i].gbuf != NULL and sc[i].rgrad != NULL
+              and sc[i].row.xs != NULL and sc[i].fld != NULL and sc[i].ones != NULL
+              and sc[i].gbuf != NULL and sc[i].rgrad != NULL
               and sc[i].rmark != NULL and sc[i].touched != NULL)
         if batch and ok:
             for a in range(4):
@@ -236,6 +261,8 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].row.oj)
         free(sc[i].row.of)
         free(sc[i].row.xs)
+        free(sc[i].fld)
+        free(sc[i].ones)
         free(sc[i].gbuf)
         free(sc[i].rgrad)
         free(sc[i].rmark)
@@ -245,6 +272,59 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].mark)
         free(sc[i].ids)
     free(sc)
+
+
+cdef struct Entries:
+    # The entry arrays of a batch: fields as int32 or (compact) uint8, and
+    # values, or NULL when every value is 1 (a compact batch stores none).
+    const int* f32
+    const unsigned char* f8
+    const int* feat
+    const float* val
+
+
+cdef Entries entries_of(object fields, const int[::1] features, const float[::1] values) except *:
+    """Pointers to a batch's entry arrays; fields may be int32 or uint8 and
+    values empty (all 1).  The caller keeps the arrays alive."""
+    cdef Entries e
+    cdef const int[::1] f32
+    cdef const unsigned char[::1] f8
+    cdef Py_ssize_t nnz = features.shape[0]
+    e.f32 = NULL
+    e.f8 = NULL
+    e.feat = &features[0] if nnz else NULL
+    e.val = NULL
+    if fields.dtype == np.uint8:
+        f8 = fields
+        if f8.shape[0] != nnz:
+            raise ValueError("fields and features differ in length")
+        e.f8 = &f8[0] if nnz else NULL
+    else:
+        f32 = fields
+        if f32.shape[0] != nnz:
+            raise ValueError("fields and features differ in length")
+        e.f32 = &f32[0] if nnz else NULL
+    if values.shape[0]:
+        if values.shape[0] != nnz:
+            raise ValueError("values and features differ in length")
+        e.val = &values[0]
+    return e
+
+
+cdef inline const int* row_fields(const Entries* e, Py_ssize_t start, Py_ssize_t nnz,
+                                  Scratch* sc) noexcept nogil:
+    cdef Py_ssize_t i
+    if e.f8 == NULL:
+        return e.f32 + start
+    for i in range(nnz):
+        sc.fld[i] = e.f8[start + i]
+    return sc.fld
+
+
+cdef inline const float* row_values(const Entries* e, Py_ssize_t start, Scratch* sc) noexcept nogil:
+    if e.val == NULL:
+        return sc.ones
+    return e.val + start
 
 
 cdef Py_ssize_t longest_row(const long long[::1] indptr) noexcept nogil:
@@ -644,7 +724,7 @@ cdef void check_sizes(const Shape* s, Py_ssize_t nB, Py_ssize_t nL, Py_ssize_t n
 def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1] L,
                 floating[::1] F, floating[::1] R,
                 Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_classes,
-                const long long[::1] indptr, const int[::1] fields, const int[::1] features,
+                const long long[::1] indptr, fields, const int[::1] features,
                 const float[::1] values, const float[::1] labels, const float[::1] weights,
                 const long long[::1] order, double eta, *,
                 double l2_bias=0, double l2_linear=0, double l2_factors=0, double l1=0,
@@ -655,6 +735,8 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 bint exact_rsqrt=False, bint skip_nonfinite=False):
     """One pass of training over the rows in `order`.
 
+    fields: int32, or uint8 (a compact batch); values: one per entry, or
+    empty when every value is 1.
     labels: 0/1 (binary), targets (regression) or class indices (multiclass);
     weights: one per row, or empty for all ones.  eta is the base step size
     (FTRL's alpha); step0 the run's step count before this epoch and
@@ -680,6 +762,9 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     cdef Shape s = make_shape(kind, task, n_classes, n_features, n_fields, kp,
                               opt_n_state(o.kind), use_bias, use_linear, normalize)
     check_sizes(&s, B.shape[0], L.shape[0], F.shape[0], R.shape[0])
+    cdef Entries ent = entries_of(fields, features, values)
+    cdef const int* fp
+    cdef const float* vp
     if labels.shape[0] < indptr.shape[0] - 1 or (weights.shape[0] and weights.shape[0] < labels.shape[0]):
         raise ValueError("labels or weights shorter than the rows")
     if batch_size < 1:
@@ -734,11 +819,13 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                     row = order[ii]
                     start = indptr[row]
                     nnz = indptr[row + 1] - start
-                    scale = <floating>row_scale(&values[start], nnz, s.normalize)
+                    fp = row_fields(&ent, start, nnz, &sc[tid])
+                    vp = row_values(&ent, start, &sc[tid])
+                    scale = <floating>row_scale(vp, nnz, s.normalize)
                     bad = False
                     for c in range(C):
                         t = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF, pR + c * s.cR,
-                                      &fields[start], &features[start], &values[start], nnz, scale,
+                                      fp, ent.feat + start, vp, nnz, scale,
                                       <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
                         sc[tid].t[c] = t
                         if not isfinite(t):
@@ -761,7 +848,7 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                     cnt = cnt + 1
                     for c in range(C):
                         update_row(&s, &o, eta_t, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
-                                   pR + c * s.cR, &fields[start], &features[start], &values[start],
+                                   pR + c * s.cR, fp, ent.feat + start, vp,
                                    nnz, scale, <floating>(wr * kap[c]),
                                    <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row, &sc[tid])
                 if s.batch:
@@ -793,13 +880,14 @@ cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
 def score_rows(str kind, const floating[::1] B, const floating[::1] L, const floating[::1] F,
                const floating[::1] R,
                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
-               const long long[::1] indptr, const int[::1] fields, const int[::1] features,
+               const long long[::1] indptr, fields, const int[::1] features,
                const float[::1] values, double[::1] out, bint use_bias=True,
                bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1):
     """Raw scores (logits) of every row into `out` (row-major, n_classes per row).
 
     Ids at or beyond the model's n_features / n_fields contribute nothing.
-    n_state_ is the optimizer-state width of the layout (0 for a saved model)."""
+    n_state_ is the optimizer-state width of the layout (0 for a saved model).
+    fields may be int32 or uint8, values empty when every value is 1."""
     cdef Shape s = make_shape(kind, "multiclass" if n_classes > 1 else "binary", n_classes,
                               n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize)
     cdef Py_ssize_t n = indptr.shape[0] - 1, C = n_classes, c
@@ -813,6 +901,9 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
     cdef const floating* pR = cptr(R)
     cdef Py_ssize_t row, start, nnz
     cdef floating scale
+    cdef Entries ent = entries_of(fields, features, values)
+    cdef const int* fp
+    cdef const float* vp
     cdef int nthreads = max(1, threads), tid
     cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating), False, False)
     if sc == NULL:
@@ -824,11 +915,13 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
             for row in prange(n, schedule="static"):
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
-                scale = <floating>row_scale(&values[start], nnz, s.normalize)
+                fp = row_fields(&ent, start, nnz, &sc[tid])
+                vp = row_values(&ent, start, &sc[tid])
+                scale = <floating>row_scale(vp, nnz, s.normalize)
                 for c in range(C):
                     out[row * C + c] = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
-                                                 pR + c * s.cR, &fields[start], &features[start],
-                                                 &values[start], nnz, scale,
+                                                 pR + c * s.cR, fp, ent.feat + start,
+                                                 vp, nnz, scale,
                                                  <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
     finally:
         scratch_free(sc, nthreads)

@@ -245,6 +245,163 @@ FM_INLINE void ffm_update(const int kind, const int refine, float *F, const fm_i
     }
 }
 
+/* AVX paths, chosen at run time (the build itself stays portable: only these
+ * functions are compiled for AVX, and they run only on a CPU that has it).
+ * They perform exactly the SSE loops' operations, lane for lane and in the
+ * same order, so results are bit-for-bit those of the SSE path; they only
+ * handle twice the lanes per instruction.  FMCLI_SIMD=sse in the environment
+ * (read once, at import) or fm_simd_set(FM_SIMD_SSE) keeps to SSE. */
+enum { FM_SIMD_SCALAR = 0, FM_SIMD_SSE = 1, FM_SIMD_AVX = 2 };
+
+#if FM_SSE && (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FM_AVX 1
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#define FM_AVX_FN static __attribute__((target("avx"), noinline))
+#define FM_AVX_INLINE static inline __attribute__((target("avx"), always_inline))
+#else
+#define FM_AVX 0
+#endif
+
+static int fm_simd_level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
+
+/* The best level this CPU supports (the environment may lower it). */
+static inline int fm_simd_best(void) {
+#if FM_AVX
+    const char *env = getenv("FMCLI_SIMD");
+    if (env && (strcmp(env, "sse") == 0 || strcmp(env, "SSE") == 0)) return FM_SIMD_SSE;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx")) return FM_SIMD_AVX;
+#endif
+    return FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
+}
+
+/* Use `level` if this CPU can, else the best it can; returns the level set. */
+static inline int fm_simd_set(int level) {
+    int best = fm_simd_best();
+#if FM_AVX
+    if (level >= FM_SIMD_AVX) {
+        __builtin_cpu_init();
+        level = __builtin_cpu_supports("avx") ? FM_SIMD_AVX : best;
+    }
+#endif
+    if (level > best && best < FM_SIMD_AVX) level = best;
+    if (level < FM_SIMD_SSE) level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
+    fm_simd_level = level;
+    return level;
+}
+
+static inline int fm_simd_init(void) {
+    fm_simd_level = fm_simd_best();
+    return fm_simd_level;
+}
+
+#if FM_AVX
+/* AdaGrad on eight lanes, as fm_adagrad_ps on four. */
+FM_AVX_INLINE __m256 fm_adagrad_avx(__m256 w, __m256 *G, __m256 g, __m256 eta, const int refine) {
+    __m256 acc = _mm256_add_ps(*G, _mm256_mul_ps(g, g));
+    __m256 r = _mm256_rsqrt_ps(acc);
+    if (refine) {
+        const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
+        r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(acc, r), r)));
+    }
+    *G = acc;
+    return _mm256_sub_ps(w, _mm256_mul_ps(_mm256_mul_ps(eta, g), r));
+}
+
+/* A pair whose two blocks are one (a feature repeated within its field):
+ * the second step sees the first's result, as in ffm_update. */
+FM_AVX_INLINE void fm_adagrad_alias4(float *w, __m128 kv, __m128 la, __m128 e, const int refine) {
+    __m128 a = _mm_loadu_ps(w), G = _mm_loadu_ps(w + 4);
+    __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(kv, a));
+    __m128 g2 = g1;
+    a = fm_adagrad_ps(a, &G, g1, e, refine);
+    a = fm_adagrad_ps(a, &G, g2, e, refine);
+    _mm_storeu_ps(w + 4, G);
+    _mm_storeu_ps(w, a);
+}
+
+/* k padded to 4 with AdaGrad: a block is 8 floats (w, G), so one pair's two
+ * weight vectors share a register, [w1 | w2], as do their accumulators. */
+FM_AVX_INLINE void ffm_adagrad_avx4(float *F, const fm_idx *oj, const fm_idx *of, const float *xs,
+                                    fm_idx c, float kappa, float lam, float eta, const int refine) {
+    const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const float kv = kx1 * xs[l];
+            if (w1 == w2) {
+                fm_adagrad_alias4(w1, _mm_set1_ps(kv), _mm256_castps256_ps128(la),
+                                  _mm256_castps256_ps128(e), refine);
+                continue;
+            }
+            const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
+            const __m256 k = _mm256_set1_ps(kv);
+            __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
+            __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
+            __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(w1 + 4)),
+                                            _mm_loadu_ps(w2 + 4), 1);
+            __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(k, y));
+            x = fm_adagrad_avx(x, &G, g, e, refine);
+            _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
+            _mm_storeu_ps(w1 + 4, _mm256_castps256_ps128(G));
+            _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
+            _mm_storeu_ps(w2 + 4, _mm256_extractf128_ps(G, 1));
+        }
+    }
+}
+
+/* k padded to a multiple of 8 with AdaGrad: eight lanes of one vector at a
+ * time, the SSE loop's order of loads and stores kept (so a repeated block
+ * behaves the same). */
+FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                    const float *xs, fm_idx c, float kappa, float lam, float eta,
+                                    const int refine) {
+    const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const __m256 k = _mm256_set1_ps(kx1 * xs[l]);
+            for (fm_idx d = 0; d < kp; d += 8) {
+                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+                __m256 G = _mm256_loadu_ps(w1 + kp + d);
+                a = fm_adagrad_avx(a, &G, g1, e, refine);
+                _mm256_storeu_ps(w1 + kp + d, G);
+                _mm256_storeu_ps(w1 + d, a);
+                if (w1 == w2) b = a;
+                G = _mm256_loadu_ps(w2 + kp + d);
+                b = fm_adagrad_avx(b, &G, g2, e, refine);
+                _mm256_storeu_ps(w2 + kp + d, G);
+                _mm256_storeu_ps(w2 + d, b);
+            }
+        }
+    }
+}
+
+#define FM_AVX_ADAGRAD(R) \
+    FM_AVX_FN void ffm_adagrad_avx_r##R(float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, \
+                                        const float *xs, fm_idx c, float kappa, float lam, float eta) { \
+        if (kp == 4) ffm_adagrad_avx4(F, oj, of, xs, c, kappa, lam, eta, R); \
+        else if (kp == 8) ffm_adagrad_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, R); \
+        else if (kp == 16) ffm_adagrad_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, R); \
+        else ffm_adagrad_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, R); \
+    }
+FM_AVX_ADAGRAD(0)
+FM_AVX_ADAGRAD(1)
+#undef FM_AVX_ADAGRAD
+#endif /* FM_AVX */
+
 /* Pair terms of a prepared row's score: sum over i < l of
  * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
 static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
@@ -260,6 +417,13 @@ static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj
 static inline void fm_ffm_update_f32(int kind, int refine, float *F, fm_idx kp, const fm_idx *oj,
                                      const fm_idx *of, const float *xs, fm_idx c, float kappa,
                                      float lam, const fm_step_params *p) {
+#if FM_AVX
+    if (fm_simd_level >= FM_SIMD_AVX && kind == FM_OPT_ADAGRAD && (kp == 4 || kp % 8 == 0)) {
+        if (refine) ffm_adagrad_avx_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta);
+        else ffm_adagrad_avx_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta);
+        return;
+    }
+#endif
 #define FM_UPDATE(K, R, KP) ffm_update(K, R, F, KP, oj, of, xs, c, kappa, lam, p)
 #define FM_KINDS(KP) \
     if (kind == FM_OPT_ADAGRAD) { if (refine) FM_UPDATE(FM_OPT_ADAGRAD, 1, KP); else FM_UPDATE(FM_OPT_ADAGRAD, 0, KP); } \
