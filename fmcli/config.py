@@ -16,6 +16,8 @@ ON_NONFINITE = ("stop", "skip")
 LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001}
 FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
+# How FFM factor weights are held while training (fmcli.train.TrainState).
+STORAGES = ("float32", "float16")
 # cpu: the compiled core; cuda: fmcli.gpu (CuPy); auto: cuda when usable, else cpu
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -79,6 +81,9 @@ class Config:
     exact_adagrad: bool = False
     format: str = "auto"
     dtype: str = "float32"
+    # float16: FFM factor weights held as float16 during training (float32
+    # arithmetic and AdaGrad accumulators): 6 k bytes per block instead of 8 k
+    storage: str = "float32"
     device: str = "cpu"
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
     max_bad_rows: int = 0
@@ -117,6 +122,7 @@ class Config:
         choice("on_nonfinite", ON_NONFINITE)
         choice("format", FORMATS)
         choice("dtype", DTYPES)
+        choice("storage", STORAGES)
         choice("device", DEVICES)
         if not 1 <= self.k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {self.k}")
@@ -180,6 +186,14 @@ class Config:
             raise ConfigError("--l1 needs --optimizer ftrl (its closed form produces the exact zeros)")
         if self.exact_adagrad and opt != "adagrad":
             raise ConfigError("--exact-adagrad applies to --optimizer adagrad only")
+        if self.storage == "float16":
+            needs = {"--model ffm": self.model == "ffm", "--optimizer adagrad": opt == "adagrad",
+                     "--dtype float32": self.dtype == "float32", "--batch-size 1": self.batch_size == 1,
+                     "no --clip-norm": not self.clip_norm, "--device cpu": self.device == "cpu"}
+            missing = [k for k, ok in needs.items() if not ok]
+            if missing:
+                raise ConfigError("--storage float16 is the float32 FFM AdaGrad loop's; it needs "
+                                  + ", ".join(missing))
         if self.task == "regression":
             if self.label_smoothing:
                 raise ConfigError("label smoothing applies to the binary and multiclass tasks, not regression")

@@ -72,7 +72,11 @@ class TrainState:
 
     Each array holds one parameter set per class (one for binary and
     regression), class after class: B (C, w), L (C * n_features, w),
-    F (C * blocks, w * kp), R (C * n_fields^2, w), w = 1 + state slots."""
+    F (C * blocks, w * kp), R (C * n_fields^2, w), w = 1 + state slots.
+    With --storage float16 an F row is kp float16 weights then the state
+    (see factor_slot)."""
+
+    half = False    # float16 factor weights (set from the config)
 
     def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator,
                  task: str = "binary", classes: list[str] | None = None):
@@ -99,7 +103,11 @@ class TrainState:
         pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
         self.B = np.zeros((C, width), dtype)
         self.L = np.zeros((C * n_features, width), dtype)
-        self.F = aligned_zeros((C * n_blocks, width * self.kp), dtype)
+        self.half = cfg.storage == "float16"
+        # float16 storage: a block is kp float16 weights then kp float32
+        # accumulators, held in F as 3 kp / 2 four-byte words (see _kernels)
+        words = self.kp // 2 + self.ns * self.kp if self.half else width * self.kp
+        self.F = aligned_zeros((C * n_blocks, words), dtype)
         # FwFM's field-pair weights start at 1 (FwFM then starts as FM).
         self.R = np.zeros((C * pairs, width), dtype)
         self.R[:, 0] = 1.0
@@ -109,8 +117,18 @@ class TrainState:
             step = 1 << 20  # fill in slices so no full-size temporary is made
             for start in range(0, C * n_blocks, step):
                 stop = min(start + step, C * n_blocks)
-                self.F[start:stop, : cfg.k] = rng.random((stop - start, cfg.k), dtype=np.float32) * scale
+                self.factor_slot(0)[start:stop, : cfg.k] = (
+                    rng.random((stop - start, cfg.k), dtype=np.float32) * scale)
         self._init_state()
+
+    def factor_slot(self, slot: int) -> np.ndarray:
+        """Slot `slot` of every factor block, (blocks, kp): 0 the weights (float16
+        with --storage float16), 1.. the optimizer's state."""
+        kp = self.kp
+        if not self.half:
+            return self.F[:, slot * kp : (slot + 1) * kp]
+        halves = self.F.view(np.float16)
+        return halves[:, :kp] if slot == 0 else halves[:, kp:].view(np.float32)
 
     def _init_state(self) -> None:
         cfg, kp = self.cfg, self.kp
@@ -118,7 +136,8 @@ class TrainState:
             # libffm's AdaGrad accumulators start at 1
             for a in (self.B, self.L, self.R):
                 a[:, 1:] = 1.0
-            self.F[:, kp:] = 1.0
+            for slot in range(1, 1 + self.ns):
+                self.factor_slot(slot)[...] = 1.0
         elif cfg.optimizer == "ftrl":
             # z such that FTRL's closed form at n = 0 gives back the initial weights
             alpha, beta, l1 = cfg.ftrl_alpha, cfg.ftrl_beta, cfg.l1
@@ -173,13 +192,11 @@ class TrainState:
                 L[:, :n0, i] = a
         if "factors" in parent.params:
             if s.kind == "ffm":
-                F = self.F.reshape(C, n, m, width * kp)
                 for i, a in enumerate(slots("factors", (n0, m0, k))):
-                    F[:, :n0, :m0, i * kp : i * kp + k] = a
+                    self.factor_slot(i).reshape(C, n, m, kp)[:, :n0, :m0, :k] = a
             else:
-                F = self.F.reshape(C, n, width * kp)
                 for i, a in enumerate(slots("factors", (n0, k))):
-                    F[:, :n0, i * kp : i * kp + k] = a
+                    self.factor_slot(i).reshape(C, n, kp)[:, :n0, :k] = a
         if s.kind == "fwfm":
             R = self.R.reshape(C, m, m, width)
             for i, a in enumerate(slots("field_weights", (m0, m0))):
@@ -203,7 +220,10 @@ class TrainState:
         weights = (blocks * padded_k(cfg.k) + n_features + 1 + pairs) * n_classes
         if cfg.batch_size > 1:
             width += cfg.threads   # one gradient sum per weight and thread
-        return weights * width * np.dtype(cfg.dtype).itemsize
+        total = weights * width * np.dtype(cfg.dtype).itemsize
+        if cfg.storage == "float16":
+            total -= blocks * padded_k(cfg.k) * n_classes * 2   # the weights take 2 bytes, not 4
+        return total
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.B, self.L, self.F, self.R
@@ -219,7 +239,10 @@ class TrainState:
             a[...] = saved
 
     def all_finite(self) -> bool:
-        return all(bool(np.isfinite(a).all()) for a in self.arrays())
+        arrays = self.arrays()
+        if self.half:   # F holds float16 and float32 words: look at each
+            arrays = arrays[:2] + arrays[3:] + tuple(self.factor_slot(i) for i in range(1 + self.ns))
+        return all(bool(np.isfinite(a).all()) for a in arrays)
 
     def scores(self, batch: Batch, threads: int) -> np.ndarray:
         """Raw scores: (n,) for one class, (n, C) for multiclass."""
@@ -230,7 +253,7 @@ class TrainState:
         _kernels.score_rows(
             s.kind, b, l, f, r, s.n_features, s.n_fields, self.kp, self.ns,
             batch.indptr, batch.fields, batch.features, batch.values, out,
-            s.use_bias, s.use_linear, s.normalize, threads, C,
+            s.use_bias, s.use_linear, s.normalize, threads, C, self.half,
         )
         return out.reshape(-1, C) if s.task == "multiclass" else out
 
@@ -248,7 +271,7 @@ class TrainState:
             ftrl_beta=c.ftrl_beta, label_smoothing=c.label_smoothing, clip_norm=c.clip_norm,
             schedule=c.lr_schedule, warmup=c.warmup_steps, total_steps=total_steps, step0=step0,
             batch_size=c.batch_size, use_bias=s.use_bias, use_linear=s.use_linear,
-            normalize=s.normalize, threads=c.threads, exact_rsqrt=c.exact_adagrad,
+            normalize=s.normalize, threads=c.threads, exact_rsqrt=c.exact_adagrad, half_factors=self.half,
             skip_nonfinite=c.on_nonfinite == "skip",
         )
 
@@ -257,9 +280,8 @@ class TrainState:
         s, k, C = self.spec, self.cfg.k, self.n_classes
         lead = (C,) if s.task == "multiclass" else ()
 
-        def take(a: np.ndarray, slot: int, shape: tuple[int, ...], width: int = 1) -> np.ndarray:
-            return a[:, slot * width : slot * width + (k if width > 1 else 1)].astype(
-                np.float32, copy=False).reshape(lead + shape)
+        def take(a: np.ndarray, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+            return a[:, slot : slot + 1].astype(np.float32, copy=False).reshape(lead + shape)
 
         def pairs(a: np.ndarray, slot: int) -> np.ndarray:
             m = s.n_fields
@@ -275,7 +297,8 @@ class TrainState:
             if s.use_linear:
                 out["linear"] = take(self.L, slot, (s.n_features,))
             if shape is not None:
-                out["factors"] = take(self.F, slot, shape, self.kp)
+                out["factors"] = self.factor_slot(slot)[:, :k].astype(np.float32, copy=False).reshape(
+                    lead + shape)
             if s.kind == "fwfm":
                 out["field_weights"] = pairs(self.R, slot)
             if slot:

@@ -160,3 +160,190 @@ def test_dataset_keeps_compact_chunks_and_hands_out_plain_ones(tmp_path, values)
     again = expanded(whole)
     np.testing.assert_array_equal(again.values, b.values)
     np.testing.assert_array_equal(again.indptr, b.indptr)
+
+
+# -- float16 factor storage (--storage float16) ----------------------------
+
+
+def half_state(b: Batch, kp: int, seed=3):
+    """The float32 state of ffm_state with its weights in float16 blocks."""
+    n, m, B, L, F32, R = ffm_state(b, kp, seed)
+    blocks = F32.reshape(-1, 2 * kp)
+    words = np.zeros((blocks.shape[0], kp // 2 + kp), np.float32)
+    halves = words.view(np.float16)
+    halves[:, :kp] = blocks[:, :kp].astype(np.float16)
+    halves[:, kp:].view(np.float32)[...] = blocks[:, kp:]
+    return n, m, words.reshape(-1)
+
+
+def train_half(b: Batch, kp: int, refine=False, epochs=2, step0=0):
+    n, m, F = half_state(b, kp)
+    B, L, R = np.zeros(2, np.float32), np.zeros(2 * n, np.float32), np.zeros(0, np.float32)
+    order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
+    losses = []
+    for e in range(epochs):
+        losses.append(_kernels.train_epoch(
+            "ffm", "adagrad", "binary", B, L, F, R, n, m, kp, 1, b.indptr, b.fields, b.features, b.values,
+            b.labels, np.zeros(0, np.float32), order, 0.2, l2_factors=2e-5, use_bias=False,
+            use_linear=False, threads=1, exact_rsqrt=refine, half_factors=True,
+            step0=step0 + e * b.n_rows)[0])
+    return F, losses
+
+
+def weights_of_half(F, kp):
+    return F.reshape(-1, kp // 2 + kp).view(np.float16)[:, :kp].astype(np.float32)
+
+
+@pytest.mark.parametrize("kp", [4, 8])
+def test_float16_storage_trains_like_float32(kp):
+    b = one_hot_batch(6, n_rows=600)
+    F32, l32 = train(b, kp, False)
+    F16, l16 = train_half(b, kp)
+    np.testing.assert_allclose([x[0] for x in l32], l16, rtol=2e-3)
+    w32 = F32.reshape(-1, 2 * kp)[:, :kp]
+    w16 = weights_of_half(F16, kp)
+    # float16 keeps 11 significant bits (spacing 2^-12 near 0.3) and every
+    # step rounds at random: the weights random-walk around float32's by a
+    # few spacings over a few hundred updates
+    assert np.abs(w32 - w16).max() < 1e-2
+    assert np.abs(w32 - w16).mean() < 1e-3
+    # and its accumulators moved like float32's
+    G16 = F16.reshape(-1, kp // 2 + kp).view(np.float16)[:, kp:].view(np.float32)
+    np.testing.assert_allclose(G16, F32.reshape(-1, 2 * kp)[:, kp:], rtol=1e-3)
+
+
+def test_float16_training_is_reproducible_and_depends_on_the_step_number():
+    b = one_hot_batch(7)
+    a, _ = train_half(b, 4)
+    again, _ = train_half(b, 4)
+    np.testing.assert_array_equal(a, again)
+    other, _ = train_half(b, 4, step0=10_000)
+    assert not np.array_equal(a, other)     # other random bits for the rounding
+
+
+def test_float16_without_f16c_agrees(simd_levels):
+    if "avx" not in simd_levels or not _kernels.f16c():
+        pytest.skip("this CPU has no F16C/AVX2 path to compare with")
+    b = one_hot_batch(8, n_rows=500, values=True)
+    fast, l_fast = train_half(b, 8)
+    n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
+    e = np.zeros(0, np.float32)
+    scores = {}
+    for level in ("avx", "sse"):
+        _kernels.set_simd(level)
+        s = np.empty(b.n_rows)
+        _kernels.score_rows("ffm", e, e, fast, e, n, m, 8, 1, b.indptr, b.fields, b.features, b.values, s,
+                            False, False, True, 1, 1, True)
+        scores[level] = s
+    # widening float16 is exact either way, and the sums run in the same order
+    np.testing.assert_array_equal(scores["avx"], scores["sse"])
+    _kernels.set_simd("sse")
+    assert not _kernels.f16c()
+    slow, l_slow = train_half(b, 8)
+    np.testing.assert_allclose(l_fast, l_slow, rtol=2e-3)
+    diff = np.abs(weights_of_half(fast, 8) - weights_of_half(slow, 8))
+    assert diff.max() < 1e-2 and diff.mean() < 1e-3
+
+
+def test_float16_rounding_is_toward_zero_plus_random_bits():
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.normal(0, 1, 5000), rng.normal(0, 1e-5, 500), [0, -0.0, 65504, 65519]]
+                       ).astype(np.float32)
+    out, back = np.zeros(x.size, np.uint16), np.zeros(x.size, np.float32)
+    _kernels.float16_round(x, np.zeros(x.size, np.uint32), out, back)
+    # no random bits: the float16 value nearest x that is no farther from 0
+    near = x.astype(np.float16)
+    away = np.abs(near.astype(np.float32)) > np.abs(x)
+    near[away] = np.nextafter(near[away], np.float16(0))
+    np.testing.assert_array_equal(out.view(np.float16), near)
+    np.testing.assert_array_equal(back, near.astype(np.float32))
+    # with random bits: unbiased (the mean rounding error is ~0, not about
+    # -spacing/2), and only the two neighbours occur
+    v = np.full(20000, 0.3001, np.float32)
+    bits = rng.integers(0, 2**32, v.size, dtype=np.uint64).astype(np.uint32)
+    out, back = np.zeros(v.size, np.uint16), np.zeros(v.size, np.float32)
+    _kernels.float16_round(v, bits, out, back)
+    lo = np.float16(0.3001)
+    if lo > np.float16(0.3001):
+        lo = np.nextafter(lo, np.float16(0))
+    hi = np.nextafter(lo, np.float16(1))
+    assert set(np.unique(back).tolist()) == {float(lo), float(hi)}
+    spacing = float(hi) - float(lo)
+    assert abs(float(back.astype(np.float64).mean()) - float(np.float32(0.3001))) < spacing * 0.02
+
+
+@pytest.fixture(scope="module")
+def ffm_files(tmp_path_factory):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d = tmp_path_factory.mktemp("f16")
+    synth = Path(__file__).resolve().parent.parent / "benchmarks" / "synth.py"
+    subprocess.run([sys.executable, str(synth), "--rows", "6000", "--seed", "4", "--fields", "10",
+                    "--out", str(d / "tr.ffm"), "-q"], check=True)
+    lines = (d / "tr.ffm").read_text().splitlines(keepends=True)
+    (d / "va.ffm").write_text("".join(lines[:1000]))
+    return d
+
+
+def test_float16_storage_end_to_end(ffm_files, tmp_path, monkeypatch):
+    from fmcli import checkpoint
+    from fmcli.config import Config
+    from fmcli.errors import Interrupted
+    from fmcli.model import load_model
+    from fmcli.predict import predict
+    from fmcli.train import train
+    import signal
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    tr, va = str(ffm_files / "tr.ffm"), str(ffm_files / "va.ffm")
+    base = Config(model="ffm", epochs=2, cache=False, threads=1)
+    m32 = train(base, tr, va)
+    m16 = train(base.replace(storage="float16"), tr, va)
+    l32 = m32.meta["training"]["history"][-1]["valid_logloss"]
+    l16 = m16.meta["training"]["history"][-1]["valid_logloss"]
+    assert abs(l16 - l32) < 0.002 * l32
+    # the model file holds float32 factors (exactly the float16 values) and the
+    # AdaGrad state; it predicts like any model
+    path = tmp_path / "m16.fm"
+    m16.save(path)
+    loaded = load_model(path)
+    f = np.asarray(loaded.params["factors"])
+    assert f.dtype == np.float32 and np.array_equal(f, f.astype(np.float16).astype(np.float32))
+    assert loaded.state["factors"].shape == f.shape
+    assert loaded.meta["hyperparameters"]["storage"] == "float16"
+    out = list(predict(loaded, va))
+    assert len(out) > 0
+    # warm start from it (float16 again and float32)
+    for storage in ("float16", "float32"):
+        warm = train(base.replace(storage=storage, epochs=1, init_model=str(path)), tr, va)
+        assert warm.meta["training"]["history"][-1]["valid_logloss"] < l16 + 0.01
+    # an interrupted float16 run resumes to the same model
+    ck = tmp_path / "ck"
+    cfg = base.replace(storage="float16", checkpoint_dir=str(ck), checkpoint_every=1500)
+    ref = train(cfg, tr)
+    for p in ck.iterdir():
+        p.unlink()
+    calls = []
+
+    def stop_once():
+        calls.append(1)
+        return signal.SIGTERM if len(calls) == 3 else None
+
+    with pytest.raises(Interrupted):
+        train(cfg, tr, should_stop=stop_once)
+    assert checkpoint.load_latest(str(ck)) is not None
+    resumed = train(cfg, tr, resume=str(ck))
+    for name in ref.params:
+        assert np.array_equal(np.asarray(ref.params[name]), np.asarray(resumed.params[name]))
+
+
+@pytest.mark.parametrize("change", [dict(model="fm"), dict(optimizer="adam"), dict(dtype="float64"),
+                                    dict(batch_size=8), dict(clip_norm=1.0), dict(device="cuda")])
+def test_float16_storage_refuses_what_it_does_not_run(change):
+    from fmcli.config import Config
+    from fmcli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--storage float16"):
+        Config(storage="float16", **change)

@@ -35,6 +35,14 @@ cdef extern from "ffm_f32.h":
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
     ctypedef struct fm_step_params:
         float eta, b1, b2, eps, beta, l1, l2
+    float fm_ffm_pairs_f16(const char* F, Py_ssize_t kp, const Py_ssize_t* oj,
+                           const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
+    void fm_ffm_adagrad_f16(int refine, char* F, Py_ssize_t kp, const Py_ssize_t* oj,
+                            const Py_ssize_t* of, const float* xs, Py_ssize_t c, float kappa,
+                            float lam, float eta, unsigned int seed) noexcept nogil
+    int fm_f16c
+    float fm_h2f(unsigned short h) noexcept nogil
+    unsigned short fm_f2h_sr(float f, unsigned int r) noexcept nogil
     int fm_simd_init() noexcept nogil
     int fm_simd_set(int level) noexcept nogil
     int fm_simd_level

@@ -46,7 +46,8 @@ from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
-                      fm_simd_init, fm_simd_set, fm_simd_level, fm_ffm_prepare, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
+                      fm_simd_init, fm_simd_set, fm_simd_level, fm_f16c, fm_ffm_prepare,
+                      fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -91,11 +92,27 @@ def simd():
     return SIMD_LEVELS[fm_simd_level]
 
 
+def f16c():
+    """Whether float16 factors are converted with F16C (else in software)."""
+    return bool(fm_f16c)
+
+
 def set_simd(str level):
     """Use `level` ("sse" or "avx") for the float32 FFM loops where the CPU
     has it; returns the level in use.  Every level gives bit-identical
     results; this exists for tests and measurements."""
     return SIMD_LEVELS[fm_simd_set(SIMD_LEVELS.index(level))]
+
+
+def float16_round(const float[::1] x, const unsigned int[::1] bits, unsigned short[::1] out,
+                  float[::1] back):
+    """The scalar float16 conversions of --storage float16, for tests:
+    out[i] = x[i] rounded to float16 with the random bits[i] (0: toward
+    zero), back[i] = out[i] widened again."""
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out[i] = fm_f2h_sr(x[i], bits[i])
+        back[i] = fm_h2f(out[i])
 
 
 def openmp_info():
@@ -149,6 +166,8 @@ cdef struct Shape:
     Py_ssize_t stride[4]     # block stride of each array
     Py_ssize_t blen[4]       # weights per block of each array
     Py_ssize_t itemsize      # sizeof(floating)
+    bint half                # FFM blocks: kp float16 weights, then kp float32 AdaGrad
+                             # accumulators (fstride counts 4-byte words: 3 kp / 2)
 
 
 cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
@@ -202,6 +221,7 @@ cdef struct Scratch:
     char* mark
     Py_ssize_t* ids
     Py_ssize_t n_ids
+    unsigned int seed        # float16 storage: the row's stochastic-rounding seed
     long long first_bad      # position in `order` of the first non-finite row, or -1
 
 
@@ -361,7 +381,11 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
             if j1 < n and (not s.fielded or fld[i] < m):
                 t += L[j1 * s.lstride] * (val[i] * scale)
     if s.kind == KIND_FFM:
-        if floating is float:
+        if floating is float and s.half:
+            # offsets in bytes: a block is fs 4-byte words
+            prep.count = fm_ffm_prepare(n, m, fs * 4, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            t += fm_ffm_pairs_f16(<const char*>F, kp, prep.oj, prep.of, prep.xs, prep.count)
+        elif floating is float:
             prep.count = fm_ffm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
             t += fm_ffm_pairs_f32(F, kp, prep.oj, prep.of, prep.xs, prep.count)
         else:
@@ -573,6 +597,11 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
             g = kappa * (val[i] * scale) + <floating>s.laml * w1[0]
             emit(s, o, sc, ARR_L, eta, w1, &g, 1, l1, <floating>s.l2l)
     if s.kind == KIND_FFM:
+        if floating is float and s.half:
+            # train_epoch checked: AdaGrad, per row, no clipping
+            fm_ffm_adagrad_f16(o.exact, <char*>F, kp, prep.oj, prep.of, prep.xs, prep.count,
+                               kappa, lam, eta, sc.seed)
+            return
         if floating is float:
             if o.clip == 0 and not s.batch:
                 sp.eta, sp.b1, sp.b2, sp.eps = eta, <float>o.b1, <float>o.b2, <float>o.eps
@@ -668,7 +697,7 @@ cdef inline const floating* cptr(const floating[::1] a) noexcept:
 
 cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_features,
                       Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_, bint use_bias,
-                      bint use_linear, bint normalize) except *:
+                      bint use_linear, bint normalize, bint half=False) except *:
     cdef Shape s
     if kp % 4 != 0 or not 0 < kp <= MAX_KP:
         raise ValueError(f"kp must be a multiple of 4 in 4..{MAX_KP}")
@@ -682,7 +711,13 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
     s.n_blocks = {KIND_LR: 0, KIND_FM: n_features, KIND_FWFM: n_features,
                   KIND_FFM: n_features * n_fields}[s.kind]
     s.kp = kp
-    s.fstride = kp * (1 + n_state_)
+    s.half = half
+    if half:
+        if kind != "ffm" or n_state_ > 1:
+            raise ValueError("float16 factor storage is for FFM with AdaGrad (or no state)")
+        s.fstride = kp // 2 + kp * n_state_
+    else:
+        s.fstride = kp * (1 + n_state_)
     s.lstride = 1 + n_state_
     s.cB = s.lstride
     s.cL = n_features * s.lstride
@@ -732,7 +767,7 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 double label_smoothing=0, double clip_norm=0, str schedule="constant",
                 double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
                 bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
-                bint exact_rsqrt=False, bint skip_nonfinite=False):
+                bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False):
     """One pass of training over the rows in `order`.
 
     fields: int32, or uint8 (a compact batch); values: one per entry, or
@@ -743,6 +778,8 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     total_steps the run's length, both for the schedule and Adam's bias
     correction.  Ids outside the model are skipped.  exact_rsqrt: float32
     AdaGrad refines the CPU's 1/sqrt estimate to float32 precision.
+    half_factors: F holds FFM blocks of float16 weights and float32 AdaGrad
+    accumulators (float32 training, one row at a time, without clipping).
 
     A row whose score or loss is not finite is skipped and counted with
     skip_nonfinite, else it stops the epoch.  Returns (sum of weighted row
@@ -760,8 +797,12 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     o.warmup = warmup
     o.total = total_steps
     cdef Shape s = make_shape(kind, task, n_classes, n_features, n_fields, kp,
-                              opt_n_state(o.kind), use_bias, use_linear, normalize)
+                              opt_n_state(o.kind), use_bias, use_linear, normalize, half_factors)
     check_sizes(&s, B.shape[0], L.shape[0], F.shape[0], R.shape[0])
+    if half_factors and (floating is double or o.kind != OPT_ADAGRAD or batch_size != 1
+                         or clip_norm != 0):
+        raise ValueError("float16 factor storage trains float32 FFM with AdaGrad, one row at a "
+                         "time, without clipping")
     cdef Entries ent = entries_of(fields, features, values)
     cdef const int* fp
     cdef const float* vp
@@ -846,7 +887,10 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                     loss += wr * l
                     wsum += wr
                     cnt = cnt + 1
+                    # the row's step number: float16 storage's rounding is reproducible
+                    sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):
+                        sc[tid].seed = sc[tid].seed + 1
                         update_row(&s, &o, eta_t, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
                                    pR + c * s.cR, fp, ent.feat + start, vp,
                                    nnz, scale, <floating>(wr * kap[c]),
@@ -882,14 +926,19 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
                const long long[::1] indptr, fields, const int[::1] features,
                const float[::1] values, double[::1] out, bint use_bias=True,
-               bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1):
+               bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1,
+               bint half_factors=False):
     """Raw scores (logits) of every row into `out` (row-major, n_classes per row).
 
     Ids at or beyond the model's n_features / n_fields contribute nothing.
     n_state_ is the optimizer-state width of the layout (0 for a saved model).
-    fields may be int32 or uint8, values empty when every value is 1."""
+    fields may be int32 or uint8, values empty when every value is 1.
+    half_factors: FFM blocks of float16 weights (see train_epoch)."""
     cdef Shape s = make_shape(kind, "multiclass" if n_classes > 1 else "binary", n_classes,
-                              n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize)
+                              n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize,
+                              half_factors)
+    if half_factors and floating is double:
+        raise ValueError("float16 factor storage is read in float32")
     cdef Py_ssize_t n = indptr.shape[0] - 1, C = n_classes, c
     if out.shape[0] < n * C:
         raise ValueError("output array too small")

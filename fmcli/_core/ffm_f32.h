@@ -277,6 +277,19 @@ static inline int fm_simd_best(void) {
     return FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
 }
 
+static int fm_f16c;
+
+/* F16C (float16 conversions) is used with the AVX level, where the CPU has it. */
+static inline void fm_simd_f16c(void) {
+#if FM_AVX
+    __builtin_cpu_init();
+    fm_f16c = fm_simd_level >= FM_SIMD_AVX && __builtin_cpu_supports("f16c")
+              && __builtin_cpu_supports("avx2");
+#else
+    fm_f16c = 0;
+#endif
+}
+
 /* Use `level` if this CPU can, else the best it can; returns the level set. */
 static inline int fm_simd_set(int level) {
     int best = fm_simd_best();
@@ -289,11 +302,13 @@ static inline int fm_simd_set(int level) {
     if (level > best && best < FM_SIMD_AVX) level = best;
     if (level < FM_SIMD_SSE) level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
     fm_simd_level = level;
+    fm_simd_f16c();
     return level;
 }
 
 static inline int fm_simd_init(void) {
     fm_simd_level = fm_simd_best();
+    fm_simd_f16c();
     return fm_simd_level;
 }
 
@@ -401,6 +416,278 @@ FM_AVX_ADAGRAD(0)
 FM_AVX_ADAGRAD(1)
 #undef FM_AVX_ADAGRAD
 #endif /* FM_AVX */
+
+/* ------------------------------------------------------------------------
+ * float16 storage of the FFM weights (opt-in, --storage float16).
+ *
+ * A block is kp IEEE binary16 weights followed by kp float32 AdaGrad
+ * accumulators: 6 kp bytes instead of 8 kp.  The accumulators stay float32:
+ * they start at 1 and grow by squared gradients of order 1e-5, which a
+ * 10-bit mantissa would round away.  Weights are widened to float32, the
+ * pair's step computed exactly as in the float32 loops, and the result
+ * rounded stochastically on the way back: up or down with probabilities
+ * that make the stored value unbiased.  Rounding to nearest would drop every
+ * step smaller than half a float16 spacing (2^-12 near 0.3, about AdaGrad's
+ * step here), and training would stall.  The random bits come from xorshift32
+ * seeded with the row's step number, so a run is reproducible.  Offsets (oj, of) are in bytes
+ * here: fm_ffm_prepare is called with the block size in bytes.
+ * With F16C and AVX2 the conversions take one instruction per four or eight
+ * values; elsewhere scalar loops convert in software.
+ * ------------------------------------------------------------------------ */
+#include <stdint.h>
+#include <string.h>
+
+static inline float fm_h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    float f;
+    if (e == 0) {
+        f = (float)m * (1.0f / 16777216.0f);   /* zero or subnormal: m * 2^-24, exact */
+        memcpy(&x, &f, 4);
+        x |= sign;
+    } else if (e == 31) {
+        x = sign | 0x7f800000u | (m << 13);
+    } else {
+        x = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* Scalar loops (no F16C): same arithmetic as the SIMD ones, one lane at a time. */
+static inline float ffm_pairs_h_scalar(const char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                       const float *xs, fm_idx c) {
+    float lanes[4] = {0, 0, 0, 0};
+    for (fm_idx i = 0; i < c; i++) {
+        for (fm_idx l = i + 1; l < c; l++) {
+            const uint16_t *w1 = (const uint16_t *)(F + oj[i] + of[l]);
+            const uint16_t *w2 = (const uint16_t *)(F + oj[l] + of[i]);
+            const float v = xs[i] * xs[l];
+            for (fm_idx d = 0; d < kp; d++) lanes[d & 3] += fm_h2f(w1[d]) * fm_h2f(w2[d]) * v;
+        }
+    }
+    return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+}
+
+static inline float fm_adagrad_1(float w, float *G, float g, float eta) {
+    *G += g * g;
+    return w - eta * g / sqrtf(*G);
+}
+
+/* float16 by round-toward-zero; with random bits added below the kept
+ * mantissa first, stochastic rounding (see fm_ffm_adagrad_f16). */
+static inline uint16_t fm_f2h_rz(float f) {
+    uint32_t x, sign, a;
+    memcpy(&x, &f, 4);
+    sign = (x >> 16) & 0x8000u;
+    a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477fe000u) return (uint16_t)(sign | (a == 0x7f800000u ? 0x7c00u : 0x7bffu));
+    if (a < 0x38800000u) {
+        if (a < 0x33800000u) return (uint16_t)sign;
+        return (uint16_t)(sign | (((a & 0x7fffffu) | 0x800000u) >> (126u - (a >> 23))));
+    }
+    return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+}
+
+static inline uint16_t fm_f2h_sr(float f, uint32_t r) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    x += r & 0x1fffu;
+    memcpy(&f, &x, 4);
+    return fm_f2h_rz(f);
+}
+
+/* A seed's first state for xorshift32 (never 0). */
+static inline uint32_t fm_seed32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    return x | 1u;
+}
+
+static inline uint32_t fm_xorshift32(uint32_t x) {
+    x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+    return x;
+}
+
+static inline void ffm_adagrad_h_scalar(char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                        const float *xs, fm_idx c, float kappa, float lam, float eta,
+                                        uint32_t seed) {
+    uint32_t r = fm_seed32(seed);
+    for (fm_idx i = 0; i < c; i++) {
+        for (fm_idx l = i + 1; l < c; l++) {
+            uint16_t *w1 = (uint16_t *)(F + oj[i] + of[l]);
+            uint16_t *w2 = (uint16_t *)(F + oj[l] + of[i]);
+            float *G1 = (float *)(w1 + kp), *G2 = (float *)(w2 + kp);
+            const float kv = kappa * xs[i] * xs[l];
+            for (fm_idx d = 0; d < kp; d++) {
+                const float a = fm_h2f(w1[d]), b = fm_h2f(w2[d]);
+                const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
+                r = fm_xorshift32(r);
+                w1[d] = fm_f2h_sr(fm_adagrad_1(a, &G1[d], g1, eta), r);
+                w2[d] = fm_f2h_sr(fm_adagrad_1(fm_h2f(w2[d]), &G2[d], g2, eta), r >> 16);
+            }
+        }
+    }
+}
+
+#if FM_AVX
+#define FM_F16C_FN static __attribute__((target("avx2,f16c"), noinline))
+#define FM_F16C_INLINE static inline __attribute__((target("avx2,f16c"), always_inline))
+
+FM_F16C_INLINE float ffm_pairs_h_k(const char *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                    const float *xs, fm_idx c) {
+    __m128 acc = _mm_setzero_ps();
+    for (fm_idx i = 0; i < c; i++) {
+        const char *row1 = F + oj[i];
+        const char *col1 = F + of[i];
+        const float x1 = xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            const uint16_t *w1 = (const uint16_t *)(row1 + of[l]);
+            const uint16_t *w2 = (const uint16_t *)(col1 + oj[l]);
+            const __m128 vv = _mm_set1_ps(x1 * xs[l]);
+            for (fm_idx d = 0; d < kp; d += 4) {
+                __m128 a = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w1 + d)));
+                __m128 b = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w2 + d)));
+                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(a, b), vv));
+            }
+        }
+    }
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+    acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
+    return _mm_cvtss_f32(acc);
+}
+
+FM_F16C_FN float ffm_pairs_h_f16c(const char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                  const float *xs, fm_idx c) {
+    if (kp == 4) return ffm_pairs_h_k(F, 4, oj, of, xs, c);
+    if (kp == 8) return ffm_pairs_h_k(F, 8, oj, of, xs, c);
+    if (kp == 16) return ffm_pairs_h_k(F, 16, oj, of, xs, c);
+    return ffm_pairs_h_k(F, kp, oj, of, xs, c);
+}
+
+FM_F16C_INLINE __m128 fm_h4_load(const uint16_t *p) {
+    return _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p));
+}
+
+/* Stochastic rounding to float16: random bits r (the low 13 used) added
+ * below the mantissa that float16 keeps, then truncation. */
+FM_F16C_INLINE void fm_h4_store_sr(uint16_t *p, __m128 v, __m128i r) {
+    __m128i bits = _mm_add_epi32(_mm_castps_si128(v), _mm_and_si128(r, _mm_set1_epi32(0x1fff)));
+    _mm_storel_epi64((__m128i *)p, _mm_cvtps_ph(_mm_castsi128_ps(bits), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+}
+
+FM_F16C_INLINE __m128i fm_xorshift32_x4(__m128i x) {
+    x = _mm_xor_si128(x, _mm_slli_epi32(x, 13));
+    x = _mm_xor_si128(x, _mm_srli_epi32(x, 17));
+    return _mm_xor_si128(x, _mm_slli_epi32(x, 5));
+}
+
+FM_F16C_INLINE __m256i fm_xorshift32_x8(__m256i x) {
+    x = _mm256_xor_si256(x, _mm256_slli_epi32(x, 13));
+    x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 17));
+    return _mm256_xor_si256(x, _mm256_slli_epi32(x, 5));
+}
+
+/* One pair's four lanes at a time (any kp, and a block paired with itself). */
+FM_F16C_INLINE void fm_h_pair4(uint16_t *w1, uint16_t *w2, const fm_idx kp, __m128 k, __m128 la, __m128 e,
+                               __m128i *rnd, const int refine) {
+    float *G1 = (float *)(w1 + kp), *G2 = (float *)(w2 + kp);
+    for (fm_idx d = 0; d < kp; d += 4) {
+        __m128 a = fm_h4_load(w1 + d), b = fm_h4_load(w2 + d);
+        __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+        __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+        __m128 G = _mm_loadu_ps(G1 + d);
+        a = fm_adagrad_ps(a, &G, g1, e, refine);
+        _mm_storeu_ps(G1 + d, G);
+        *rnd = fm_xorshift32_x4(*rnd);
+        fm_h4_store_sr(w1 + d, a, *rnd);
+        if (w1 == w2) b = fm_h4_load(w1 + d);
+        G = _mm_loadu_ps(G2 + d);
+        b = fm_adagrad_ps(b, &G, g2, e, refine);
+        _mm_storeu_ps(G2 + d, G);
+        fm_h4_store_sr(w2 + d, b, _mm_srli_epi32(*rnd, 16));
+    }
+}
+
+FM_F16C_INLINE void ffm_adagrad_h_f16c(char *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                       const float *xs, fm_idx c, float kappa, float lam, float eta,
+                                       uint32_t seed, const int refine) {
+    const __m128 la = _mm_set1_ps(lam), e = _mm_set1_ps(eta);
+    const __m256 la8 = _mm256_set1_ps(lam), e8 = _mm256_set1_ps(eta);
+    const __m256i low13 = _mm256_set1_epi32(0x1fff);
+    __m128i rnd = _mm_set_epi32((int)fm_seed32(seed + 3), (int)fm_seed32(seed + 2),
+                                (int)fm_seed32(seed + 1), (int)fm_seed32(seed));
+    __m256i rnd8 = _mm256_set_epi32((int)fm_seed32(seed + 11), (int)fm_seed32(seed + 10),
+                                    (int)fm_seed32(seed + 9), (int)fm_seed32(seed + 8),
+                                    (int)fm_seed32(seed + 7), (int)fm_seed32(seed + 6),
+                                    (int)fm_seed32(seed + 5), (int)fm_seed32(seed + 4));
+    for (fm_idx i = 0; i < c; i++) {
+        char *row1 = F + oj[i];
+        char *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            uint16_t *w1 = (uint16_t *)(row1 + of[l]);
+            uint16_t *w2 = (uint16_t *)(col1 + oj[l]);
+            const float kv = kx1 * xs[l];
+            if (kp != 4 || w1 == w2) {
+                fm_h_pair4(w1, w2, kp, _mm_set1_ps(kv), la, e, &rnd, refine);
+                continue;
+            }
+            /* k padded to 4: both vectors in one register, [w1 | w2] */
+            float *G1 = (float *)(w1 + 4), *G2 = (float *)(w2 + 4);
+            __m256 x = _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)w1),
+                                                          _mm_loadl_epi64((const __m128i *)w2)));
+            __m256 y = _mm256_permute2f128_ps(x, x, 1);                              /* [w2 | w1] */
+            __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(G1)), _mm_loadu_ps(G2), 1);
+            __m256 g = _mm256_add_ps(_mm256_mul_ps(la8, x), _mm256_mul_ps(_mm256_set1_ps(kv), y));
+            x = fm_adagrad_avx(x, &G, g, e8, refine);
+            _mm_storeu_ps(G1, _mm256_castps256_ps128(G));
+            _mm_storeu_ps(G2, _mm256_extractf128_ps(G, 1));
+            rnd8 = fm_xorshift32_x8(rnd8);
+            __m256i bits = _mm256_add_epi32(_mm256_castps_si256(x), _mm256_and_si256(rnd8, low13));
+            __m128i h = _mm256_cvtps_ph(_mm256_castsi256_ps(bits), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            _mm_storel_epi64((__m128i *)w1, h);
+            _mm_storeh_pd((double *)w2, _mm_castsi128_pd(h));
+        }
+    }
+}
+
+#define FM_F16C_ADAGRAD(R) \
+    FM_F16C_FN void ffm_adagrad_h_f16c_r##R(char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, \
+                                           const float *xs, fm_idx c, float kappa, float lam, float eta, \
+                                           uint32_t seed) { \
+        if (kp == 4) ffm_adagrad_h_f16c(F, 4, oj, of, xs, c, kappa, lam, eta, seed, R); \
+        else if (kp == 8) ffm_adagrad_h_f16c(F, 8, oj, of, xs, c, kappa, lam, eta, seed, R); \
+        else if (kp == 16) ffm_adagrad_h_f16c(F, 16, oj, of, xs, c, kappa, lam, eta, seed, R); \
+        else ffm_adagrad_h_f16c(F, kp, oj, of, xs, c, kappa, lam, eta, seed, R); \
+    }
+FM_F16C_ADAGRAD(0)
+FM_F16C_ADAGRAD(1)
+#undef FM_F16C_ADAGRAD
+#endif /* FM_AVX */
+
+/* Pair terms of a prepared row of float16 blocks (see above). */
+static inline float fm_ffm_pairs_f16(const char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                     const float *xs, fm_idx c) {
+#if FM_AVX
+    if (fm_f16c) return ffm_pairs_h_f16c(F, kp, oj, of, xs, c);
+#endif
+    return ffm_pairs_h_scalar(F, kp, oj, of, xs, c);
+}
+
+/* AdaGrad steps of every pair of a prepared row of float16 blocks. */
+static inline void fm_ffm_adagrad_f16(int refine, char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                      const float *xs, fm_idx c, float kappa, float lam, float eta,
+                                      uint32_t seed) {
+#if FM_AVX
+    if (fm_f16c) {
+        if (refine) ffm_adagrad_h_f16c_r1(F, kp, oj, of, xs, c, kappa, lam, eta, seed);
+        else ffm_adagrad_h_f16c_r0(F, kp, oj, of, xs, c, kappa, lam, eta, seed);
+        return;
+    }
+#endif
+    (void)refine;
+    ffm_adagrad_h_scalar(F, kp, oj, of, xs, c, kappa, lam, eta, seed);
+}
 
 /* Pair terms of a prepared row's score: sum over i < l of
  * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..atomic import check_writable
-from ..config import DEVICES, FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, TASKS, Config
+from ..config import DEVICES, FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
 from ..metrics import METRICS
 from . import _render
 from . import _ops
@@ -97,6 +97,9 @@ def default_output(train_file: str) -> str:
 @click.option("--shuffle/--no-shuffle", default=D.shuffle, help="Shuffle rows every epoch.")
 @click.option("--seed", type=click.IntRange(0), default=D.seed, help="Seed for initialisation and shuffling.")
 @click.option("--init-scale", type=float, default=D.init_scale, help="Factor initialisation: U(0, init_scale)/sqrt(k).")
+@click.option("--storage", type=click.Choice(STORAGES), default=D.storage,
+              help="How FFM factor weights are held while training: float16 halves the weights' "
+                   "memory traffic (float32 arithmetic and AdaGrad state; FFM, AdaGrad, CPU only).")
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
               help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")
