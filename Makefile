@@ -29,7 +29,8 @@ help:
 	@echo "  make dev         as install, plus the [dev] extras"
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
-	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm x k 4,8,16 x 1,2 threads, as markdown"
+	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm x k 4,8,16 x 1,2 threads (and FFM"
+	@echo "                   with --storage float16), as markdown"
 	@echo "                   (BENCH_ARGS=\"--train train.ffm --valid va.ffm --libffm-dir DIR\")"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
@@ -92,7 +93,8 @@ bench: $(STAMP)
 # The whole matrix; BENCH_ARGS comes last, so it can add data, libffm,
 # --variant NAME=ARGS, --json FILE, or override --models, --k or --threads.
 bench-report: $(STAMP)
-	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm --k 4,8,16 --threads 1,2 --markdown $(BENCH_ARGS)
+	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm --k 4,8,16 --threads 1,2 --markdown \
+	    --variant "f16@ffm=--storage float16" $(BENCH_ARGS)
 
 # --- fuzzing ----------------------------------------------------------------
 

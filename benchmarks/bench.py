@@ -133,10 +133,14 @@ class Variant:
 
     name: str
     args: list[str]
+    models: tuple[str, ...] = ()     # the models it runs on (empty: every model but lr)
 
     @property
     def tool(self) -> str:
         return VARIANT_PREFIX + self.name
+
+    def runs_on(self, model: str) -> bool:
+        return model in self.models if self.models else model != "lr"
 
 
 @dataclass
@@ -686,7 +690,7 @@ class Bench:
             tools.append(FMCLI)
         if self.libffm_dir is not None and model == "ffm":
             tools.append(LIBFFM)
-        tools += list(self.variants)
+        tools += [tool for tool, v in self.variants.items() if v.runs_on(model)]
         if self.args.with_linear or not self.args.libffm_exact:
             tools.append(FMCLI_LINEAR)
         return tools
@@ -1103,17 +1107,21 @@ def _model_list(text: str) -> list[str]:
 
 
 def _variant(text: str) -> Variant:
-    """NAME=ARGS: the tool fmcli:NAME, `fm train` with ARGS split as a shell would."""
+    """NAME[@MODELS]=ARGS: the tool fmcli:NAME, `fm train` with ARGS split as a
+    shell would, on the comma-listed MODELS (default: every model but lr)."""
     name, sep, rest = text.partition("=")
-    name = name.strip()
-    if not sep or not _VARIANT_NAME.match(name):
+    name, _, only = name.strip().partition("@")
+    models = tuple(m.strip() for m in only.split(",") if m.strip()) if only else ()
+    if not sep or not _VARIANT_NAME.match(name) or any(m not in MODELS or m == "lr" for m in models):
         raise argparse.ArgumentTypeError(
-            f"expected NAME=ARGS with NAME of letters, digits and _.+- (e.g. \"b8=--batch-size 8\"), got {text!r}")
+            f"expected NAME[@MODELS]=ARGS with NAME of letters, digits and _.+- and MODELS a comma "
+            f"list of {', '.join(m for m in MODELS if m != 'lr')} (e.g. \"b8=--batch-size 8\", "
+            f"\"f16@ffm=--storage float16\"), got {text!r}")
     try:
         args = shlex.split(rest)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"cannot split the arguments of {text!r}: {exc}") from None
-    return Variant(name, args)
+    return Variant(name, args, models)
 
 
 def build_cases(args: argparse.Namespace) -> list[Case]:
@@ -1154,9 +1162,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                           "(default: removed before every run, so every run converts text like fmcli)")
     runs.add_argument("--fmcli-keep-cache", action="store_true",
                       help="let fmcli use its binary cache (default: --no-cache, every run parses text)")
-    runs.add_argument("--variant", type=_variant, action="append", default=[], metavar="NAME=ARGS",
-                      help="repeatable: also run, on every case but lr, the tool fmcli:NAME, i.e. "
-                           "fm train --no-bias --no-linear plus ARGS (e.g. \"b8=--batch-size 8\"), "
+    runs.add_argument("--variant", type=_variant, action="append", default=[],
+                      metavar="NAME[@MODELS]=ARGS",
+                      help="repeatable: also run, on every case but lr (or only on the comma-listed "
+                           "MODELS), the tool fmcli:NAME, i.e. fm train --no-bias --no-linear plus "
+                           "ARGS (e.g. \"b8=--batch-size 8\", \"f16@ffm=--storage float16\"), "
                            "compared with fmcli and libffm")
     out = ap.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write every raw figure here")

@@ -215,11 +215,21 @@ def test_variant_option(text, name, args):
     bench = _load_bench()
     parsed = bench.parse_args(["--variant", text])
     assert [(v.name, v.args, v.tool) for v in parsed.variant] == [(name, args, "fmcli:" + name)]
+    assert parsed.variant[0].runs_on("fm") and not parsed.variant[0].runs_on("lr")
+
+
+def test_variant_limited_to_models():
+    bench = _load_bench()
+    v = bench.parse_args(["--variant", "f16@ffm,fwfm=--storage float16"]).variant[0]
+    assert (v.name, v.args, v.models) == ("f16", ["--storage", "float16"], ("ffm", "fwfm"))
+    assert v.runs_on("ffm") and v.runs_on("fwfm") and not v.runs_on("fm") and not v.runs_on("lr")
 
 
 @pytest.mark.parametrize("argv", [
     ["--variant", "no-equals-sign"],
     ["--variant", "bad name=--batch-size 2"],
+    ["--variant", "a@gbdt=--x"],
+    ["--variant", "a@lr=--x"],
     ["--variant", "a=--x", "--variant", "a=--y"],
     ["--variant", "a=--x", "--no-libffm-exact"],
     ["--models", "ffm,gbdt"],
