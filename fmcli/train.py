@@ -242,7 +242,8 @@ class TrainState:
         arrays = self.arrays()
         if self.half:   # F holds float16 and float32 words: look at each
             arrays = arrays[:2] + arrays[3:] + tuple(self.factor_slot(i) for i in range(1 + self.ns))
-        return all(bool(np.isfinite(a).all()) for a in arrays)
+        step = 1 << 16   # in slices: no temporary the size of the model
+        return all(bool(np.isfinite(a[i : i + step]).all()) for a in arrays for i in range(0, len(a), step))
 
     def scores(self, batch: Batch, threads: int) -> np.ndarray:
         """Raw scores: (n,) for one class, (n, C) for multiclass."""
@@ -297,7 +298,10 @@ class TrainState:
             if s.use_linear:
                 out["linear"] = take(self.L, slot, (s.n_features,))
             if shape is not None:
-                out["factors"] = self.factor_slot(slot)[:, :k].astype(np.float32, copy=False).reshape(
+                # float16 weights stay float16 here (a view); saving widens them,
+                # slice by slice, once the training data is gone
+                f = self.factor_slot(slot)[:, :k]
+                out["factors"] = (f if f.dtype == np.float16 else f.astype(np.float32, copy=False)).reshape(
                     lead + shape)
             if s.kind == "fwfm":
                 out["field_weights"] = pairs(self.R, slot)

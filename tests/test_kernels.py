@@ -138,7 +138,7 @@ def test_training_loss_is_sum_of_row_losses_before_update():
     expected = model.copy()
     losses = []
     for i in order:
-        losses.append(ref.adagrad_step(expected, state := ref.init_adagrad_state(expected), rows[i], labels[i], 0.0, 0.0))
+        losses.append(ref.adagrad_step(expected, ref.init_adagrad_state(expected), rows[i], labels[i], 0.0, 0.0))
     _, total = run_kernel(model, rows, labels, order, 1, "adagrad", 1e-300, 0.0, np.float64)
     np.testing.assert_allclose(total, sum(losses), rtol=1e-10)
 

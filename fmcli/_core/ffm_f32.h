@@ -99,34 +99,44 @@ static inline fm_idx fm_ffm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fl
 
 FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                           const float *xs, fm_idx c) {
+    /* Two accumulators, pairs alternating between them: one alone makes
+     * every pair wait for the previous pair's addition (its latency, not
+     * the loads and multiplications, bounds a single chain). */
 #if FM_SSE
-    __m128 acc = _mm_setzero_ps();
+    __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
+#define FM_PAIR(A, L) do { \
+        const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
+        const __m128 vv = _mm_set1_ps(x1 * xs[L]); \
+        for (fm_idx d = 0; d < kp; d += 4) \
+            A = _mm_add_ps(A, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(w1 + d), _mm_loadu_ps(w2 + d)), vv)); \
+    } while (0)
 #else
-    float acc = 0.0f;
+    float acc = 0.0f, acc2 = 0.0f;
+#define FM_PAIR(A, L) do { \
+        const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
+        const float v = x1 * xs[L]; \
+        for (fm_idx d = 0; d < kp; d++) A += w1[d] * w2[d] * v; \
+    } while (0)
 #endif
     for (fm_idx i = 0; i < c; i++) {
         const float *row1 = F + oj[i];
         const float *col1 = F + of[i];
         const float x1 = xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            const float *w1 = row1 + of[l];
-            const float *w2 = col1 + oj[l];
-            const float v = x1 * xs[l];
-#if FM_SSE
-            const __m128 vv = _mm_set1_ps(v);
-            for (fm_idx d = 0; d < kp; d += 4)
-                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(w1 + d), _mm_loadu_ps(w2 + d)), vv));
-#else
-            for (fm_idx d = 0; d < kp; d++) acc += w1[d] * w2[d] * v;
-#endif
+        fm_idx l = i + 1;
+        for (; l + 1 < c; l += 2) {
+            FM_PAIR(acc, l);
+            FM_PAIR(acc2, l + 1);
         }
+        if (l < c) FM_PAIR(acc, l);
     }
+#undef FM_PAIR
 #if FM_SSE
+    acc = _mm_add_ps(acc, acc2);
     acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
     acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
     return _mm_cvtss_f32(acc);
 #else
-    return acc;
+    return acc + acc2;
 #endif
 }
 
@@ -456,16 +466,21 @@ static inline float fm_h2f(uint16_t h) {
 /* Scalar loops (no F16C): same arithmetic as the SIMD ones, one lane at a time. */
 static inline float ffm_pairs_h_scalar(const char *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                        const float *xs, fm_idx c) {
-    float lanes[4] = {0, 0, 0, 0};
+    /* lane for lane and pair for pair the SIMD loop's sums (two sets of four
+     * lanes, pairs alternating), so the two agree bit for bit */
+    float lanes[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
     for (fm_idx i = 0; i < c; i++) {
         for (fm_idx l = i + 1; l < c; l++) {
             const uint16_t *w1 = (const uint16_t *)(F + oj[i] + of[l]);
             const uint16_t *w2 = (const uint16_t *)(F + oj[l] + of[i]);
             const float v = xs[i] * xs[l];
-            for (fm_idx d = 0; d < kp; d++) lanes[d & 3] += fm_h2f(w1[d]) * fm_h2f(w2[d]) * v;
+            float *acc = lanes[(l - i - 1) & 1];
+            for (fm_idx d = 0; d < kp; d++) acc[d & 3] += fm_h2f(w1[d]) * fm_h2f(w2[d]) * v;
         }
     }
-    return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+    float t[4];
+    for (int q = 0; q < 4; q++) t[q] = lanes[0][q] + lanes[1][q];
+    return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
 static inline float fm_adagrad_1(float w, float *G, float g, float eta) {
@@ -535,22 +550,31 @@ static inline void ffm_adagrad_h_scalar(char *F, fm_idx kp, const fm_idx *oj, co
 
 FM_F16C_INLINE float ffm_pairs_h_k(const char *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                     const float *xs, fm_idx c) {
-    __m128 acc = _mm_setzero_ps();
+    /* two accumulators, pairs alternating, as in ffm_pairs */
+    __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
+#define FM_HPAIR(A, L) do { \
+        const uint16_t *w1 = (const uint16_t *)(row1 + of[L]); \
+        const uint16_t *w2 = (const uint16_t *)(col1 + oj[L]); \
+        const __m128 vv = _mm_set1_ps(x1 * xs[L]); \
+        for (fm_idx d = 0; d < kp; d += 4) { \
+            __m128 a = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w1 + d))); \
+            __m128 b = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w2 + d))); \
+            A = _mm_add_ps(A, _mm_mul_ps(_mm_mul_ps(a, b), vv)); \
+        } \
+    } while (0)
     for (fm_idx i = 0; i < c; i++) {
         const char *row1 = F + oj[i];
         const char *col1 = F + of[i];
         const float x1 = xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            const uint16_t *w1 = (const uint16_t *)(row1 + of[l]);
-            const uint16_t *w2 = (const uint16_t *)(col1 + oj[l]);
-            const __m128 vv = _mm_set1_ps(x1 * xs[l]);
-            for (fm_idx d = 0; d < kp; d += 4) {
-                __m128 a = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w1 + d)));
-                __m128 b = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w2 + d)));
-                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(a, b), vv));
-            }
+        fm_idx l = i + 1;
+        for (; l + 1 < c; l += 2) {
+            FM_HPAIR(acc, l);
+            FM_HPAIR(acc2, l + 1);
         }
+        if (l < c) FM_HPAIR(acc, l);
     }
+#undef FM_HPAIR
+    acc = _mm_add_ps(acc, acc2);
     acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
     acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
     return _mm_cvtss_f32(acc);

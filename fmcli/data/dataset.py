@@ -211,6 +211,16 @@ def compacted(b: Batch, small_fields: bool) -> Batch:
     return Batch(b.labels, b.indptr, fields, b.features, values, b.lines, b.weights)
 
 
+def _owning(b: Batch) -> Batch:
+    """`b` with copies of the arrays that are views of larger ones: a chunk cut
+    from joined parser blocks would otherwise keep all of them alive."""
+    def own(a):
+        return a.copy() if isinstance(getattr(a, "base", None), np.ndarray) and a.base.nbytes > a.nbytes else a
+
+    return Batch(own(b.labels), own(b.indptr), own(b.fields), own(b.features), own(b.values),
+                 own(b.lines), own(b.weights))
+
+
 def expanded(b: Batch) -> Batch:
     """`b` in the plain form: int32 fields and a value per entry."""
     fields, values = b.fields, b.values
@@ -400,7 +410,7 @@ def load_dataset(
             if writer is not None:
                 writer.add(batch, name)
             elif memory is not None:
-                memory.append(compacted(batch, batch.max_field < 256))
+                memory.append(_owning(compacted(batch, batch.max_field < 256)))
                 if n_rows * 24 + nnz * 12 > memory_budget and "-" not in inputs:
                     memory = None          # too big: parse again every epoch instead
         names = stats["names"]
