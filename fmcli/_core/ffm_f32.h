@@ -97,11 +97,27 @@ static inline fm_idx fm_ffm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fl
     return c;
 }
 
+/* The forward loops' walk over the pairs of a prepared row, with two
+ * accumulators that the pairs alternate between: one alone makes every
+ * pair wait for the previous pair's addition (its latency, not the loads
+ * and multiplications, bounds a single chain).  PAIR(A, L) adds pair
+ * (i, L) to accumulator A, given row1 = F + oj[i], col1 = F + of[i] and
+ * x1 = xs[i] (T: the element type of F's bytes as the loop sees them). */
+#define FM_PAIR_LOOP(T, PAIR) \
+    for (fm_idx i = 0; i < c; i++) { \
+        const T *row1 = F + oj[i]; \
+        const T *col1 = F + of[i]; \
+        const float x1 = xs[i]; \
+        fm_idx l = i + 1; \
+        for (; l + 1 < c; l += 2) { \
+            PAIR(acc, l); \
+            PAIR(acc2, l + 1); \
+        } \
+        if (l < c) PAIR(acc, l); \
+    }
+
 FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                           const float *xs, fm_idx c) {
-    /* Two accumulators, pairs alternating between them: one alone makes
-     * every pair wait for the previous pair's addition (its latency, not
-     * the loads and multiplications, bounds a single chain). */
 #if FM_SSE
     __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
 #define FM_PAIR(A, L) do { \
@@ -118,17 +134,7 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
         for (fm_idx d = 0; d < kp; d++) A += w1[d] * w2[d] * v; \
     } while (0)
 #endif
-    for (fm_idx i = 0; i < c; i++) {
-        const float *row1 = F + oj[i];
-        const float *col1 = F + of[i];
-        const float x1 = xs[i];
-        fm_idx l = i + 1;
-        for (; l + 1 < c; l += 2) {
-            FM_PAIR(acc, l);
-            FM_PAIR(acc2, l + 1);
-        }
-        if (l < c) FM_PAIR(acc, l);
-    }
+    FM_PAIR_LOOP(float, FM_PAIR)
 #undef FM_PAIR
 #if FM_SSE
     acc = _mm_add_ps(acc, acc2);
@@ -550,7 +556,6 @@ static inline void ffm_adagrad_h_scalar(char *F, fm_idx kp, const fm_idx *oj, co
 
 FM_F16C_INLINE float ffm_pairs_h_k(const char *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                     const float *xs, fm_idx c) {
-    /* two accumulators, pairs alternating, as in ffm_pairs */
     __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
 #define FM_HPAIR(A, L) do { \
         const uint16_t *w1 = (const uint16_t *)(row1 + of[L]); \
@@ -562,17 +567,7 @@ FM_F16C_INLINE float ffm_pairs_h_k(const char *F, const fm_idx kp, const fm_idx 
             A = _mm_add_ps(A, _mm_mul_ps(_mm_mul_ps(a, b), vv)); \
         } \
     } while (0)
-    for (fm_idx i = 0; i < c; i++) {
-        const char *row1 = F + oj[i];
-        const char *col1 = F + of[i];
-        const float x1 = xs[i];
-        fm_idx l = i + 1;
-        for (; l + 1 < c; l += 2) {
-            FM_HPAIR(acc, l);
-            FM_HPAIR(acc2, l + 1);
-        }
-        if (l < c) FM_HPAIR(acc, l);
-    }
+    FM_PAIR_LOOP(char, FM_HPAIR)
 #undef FM_HPAIR
     acc = _mm_add_ps(acc, acc2);
     acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
