@@ -12,7 +12,7 @@ import numpy as np
 from ._core import _kernels
 from .data.batch import Batch
 from .config import DEVICES, Config
-from .data.dataset import make_reader
+from .data.dataset import make_reader, prefetched
 from .data.source import expand_inputs
 from .data.text import ReadLimits
 from .errors import ConfigError, DataError
@@ -158,7 +158,9 @@ def iter_scores(
         else:
             reader = make_reader(path, fmt, "class" if classes else "real", limits,
                                  track_lines=unseen is not None, classes=classes, parquet=parquet)
-        for batch in reader:
+        # the next block is parsed in a background thread while this one is
+        # scored (the parser and the kernels both run without the GIL)
+        for batch in prefetched(iter(reader)):
             if unseen is not None:
                 unseen.check(batch, reader.name)
             labels = batch.labels

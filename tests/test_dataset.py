@@ -202,9 +202,9 @@ def test_wide_parquet_trains_and_predicts_with_the_same_columns(tmp_path):
 
 
 def test_prefetching_keeps_order_and_errors():
-    from fmcli.data.dataset import _prefetched
+    from fmcli.data.dataset import prefetched
 
-    assert list(_prefetched(iter(range(50)))) == list(range(50))
+    assert list(prefetched(iter(range(50)))) == list(range(50))
 
     def failing():
         yield 1
@@ -212,10 +212,10 @@ def test_prefetching_keeps_order_and_errors():
 
     got = []
     with pytest.raises(DivergenceError, match="boom"):
-        for x in _prefetched(failing()):
+        for x in prefetched(failing()):
             got.append(x)
     assert got == [1]
-    gen = _prefetched(iter(range(1000)))
+    gen = prefetched(iter(range(1000)))
     assert next(gen) == 0
     gen.close()          # stops the thread without consuming the rest
 

@@ -129,7 +129,7 @@ class Dataset:
         # and the kernels both run without the GIL)
         assert self._reparse is not None
         wanted = None if order is None else {int(i) for i in order}
-        for i, (batch, name) in enumerate(_prefetched(self._reparse())):
+        for i, (batch, name) in enumerate(prefetched(self._reparse())):
             if wanted is None or i in wanted:
                 yield i, self._final(batch), name
 
@@ -233,7 +233,7 @@ def expanded(b: Batch) -> Batch:
     return Batch(b.labels, b.indptr, fields, b.features, values, b.lines, b.weights)
 
 
-def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
     """`items`, produced one ahead by a background thread; its exceptions
     are raised here, and closing this generator stops the thread."""
     import queue
