@@ -223,6 +223,8 @@ cdef struct Scratch:
     Py_ssize_t n_ids
     unsigned int seed        # float16 storage: the row's stochastic-rounding seed
     long long first_bad      # position in `order` of the first non-finite row, or -1
+    char pad[64]             # the threads' Scratch structs share no cache line (their
+                             # fields are written every row)
 
 
 cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size_t itemsize,
