@@ -192,7 +192,7 @@ class Config:
                      "no --clip-norm": not self.clip_norm, "--device cpu": self.device == "cpu"}
             missing = [k for k, ok in needs.items() if not ok]
             if missing:
-                raise ConfigError("--storage float16 is the float32 FFM AdaGrad loop's; it needs "
+                raise ConfigError("--storage float16 applies only to FFM trained with AdaGrad in float32 on the CPU; it needs "
                                   + ", ".join(missing))
         if self.task == "regression":
             if self.label_smoothing:
