@@ -298,8 +298,8 @@ class TrainState:
             if s.use_linear:
                 out["linear"] = take(self.L, slot, (s.n_features,))
             if shape is not None:
-                # float16 weights stay float16 here (a view); saving widens them,
-                # slice by slice, once the training data is gone
+                # float16 weights stay float16 here (a view, no model-sized copy
+                # while the training data is still held); saving widens them
                 f = self.factor_slot(slot)[:, :k]
                 out["factors"] = (f if f.dtype == np.float16 else f.astype(np.float32, copy=False)).reshape(
                     lead + shape)
