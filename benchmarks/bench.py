@@ -916,28 +916,27 @@ def _case(model: str, k: int) -> str:
     return model if model == "lr" else f"{model} k={k}"
 
 
+def _ratio_line(r: Ratio | VariantRatio, baseline: str, speed: list[tuple[str, float | None]]) -> str:
+    """`r` against `baseline`: the given speed ratios, then memory and logloss."""
+    speeds = ", ".join(f"{name} {_x(value)}" for name, value in speed)
+    return (f"{r.tool} vs {baseline}, {_case(r.model, r.k)}, {_threads(r.threads)}: {speeds}; "
+            f"peak RSS train {_x(r.peak_rss)}, predict {_x(r.predict_peak_rss)}; "
+            f"best va_logloss {_pct(r.va_logloss_diff_pct)}")
+
+
 def ratio_lines(ratios: list[Ratio]) -> list[str]:
     """One line per fmcli tool, model, k and thread count against libffm."""
-    return [
-        f"{r.tool} vs libffm, {_case(r.model, r.k)}, {_threads(r.threads)}: "
-        f"parse {_x(r.parse)}, train rows/s {_x(r.train_rows_s)}, epoch all-in {_x(r.all_in_epoch)}, "
-        f"predict rows/s {_x(r.predict_rows_s)}, train wall {_x(r.train_wall)}; "
-        f"peak RSS train {_x(r.peak_rss)}, predict {_x(r.predict_peak_rss)}; "
-        f"best va_logloss {_pct(r.va_logloss_diff_pct)}"
-        for r in ratios
-    ]
+    return [_ratio_line(r, "libffm", [("parse", r.parse), ("train rows/s", r.train_rows_s),
+                                      ("epoch all-in", r.all_in_epoch), ("predict rows/s", r.predict_rows_s),
+                                      ("train wall", r.train_wall)])
+            for r in ratios]
 
 
 def variant_ratio_lines(ratios: list[VariantRatio]) -> list[str]:
     """One line per variant, model, k and thread count against the exact fmcli tool."""
-    return [
-        f"{r.tool} vs {r.baseline}, {_case(r.model, r.k)}, {_threads(r.threads)}: "
-        f"train rows/s {_x(r.train_rows_s)}, epoch all-in {_x(r.all_in_epoch)}, "
-        f"predict rows/s {_x(r.predict_rows_s)}; "
-        f"peak RSS train {_x(r.peak_rss)}, predict {_x(r.predict_peak_rss)}; "
-        f"best va_logloss {_pct(r.va_logloss_diff_pct)}"
-        for r in ratios
-    ]
+    return [_ratio_line(r, r.baseline, [("train rows/s", r.train_rows_s), ("epoch all-in", r.all_in_epoch),
+                                        ("predict rows/s", r.predict_rows_s)])
+            for r in ratios]
 
 
 def scaling_lines(scaling: list[Scaling]) -> list[str]:
