@@ -84,6 +84,9 @@ class Config:
     # float16: FFM factor weights held as float16 during training (float32
     # arithmetic and AdaGrad accumulators): 6 k bytes per block instead of 8 k
     storage: str = "float32"
+    # FFM with 2+ threads: the N most frequent features are trained on
+    # per-thread replicas exchanged every few thousand rows (None: auto, 0: off)
+    hot_features: int | None = None
     device: str = "cpu"
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
     max_bad_rows: int = 0
@@ -155,6 +158,8 @@ class Config:
         self._check_combinations()
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.hot_features is not None and not 0 <= self.hot_features <= 65535:
+            raise ConfigError(f"hot features must be between 0 and 65535, got {self.hot_features}")
         if not self.init_scale >= 0 or self.init_scale == float("inf"):
             raise ConfigError(f"init scale must be a non-negative number, got {self.init_scale}")
         if self.seed < 0:
@@ -194,6 +199,15 @@ class Config:
             if missing:
                 raise ConfigError("--storage float16 applies only to FFM trained with AdaGrad in float32 on the CPU; it needs "
                                   + ", ".join(missing))
+        if self.hot_features:
+            needs = {"--model ffm": self.model == "ffm", "--threads 2 or more": self.threads > 1,
+                     "--dtype float32": self.dtype == "float32", "--storage float32": self.storage == "float32",
+                     "--batch-size 1": self.batch_size == 1, "no --clip-norm": not self.clip_norm,
+                     "an optimizer other than adam": opt != "adam", "--device cpu": self.device == "cpu"}
+            missing = [k for k, ok in needs.items() if not ok]
+            if missing:
+                raise ConfigError("--hot-features applies only to FFM trained on 2+ CPU threads in float32, one "
+                                  "row at a time; it needs " + ", ".join(missing))
         if self.task == "regression":
             if self.label_smoothing:
                 raise ConfigError("label smoothing applies to the binary and multiclass tasks, not regression")

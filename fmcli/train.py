@@ -77,6 +77,7 @@ class TrainState:
     (see factor_slot)."""
 
     half = False    # float16 factor weights (set from the config)
+    hot: np.ndarray | None = None   # features trained on per-thread replicas (see choose_hot)
 
     def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator,
                  task: str = "binary", classes: list[str] | None = None):
@@ -120,6 +121,43 @@ class TrainState:
                 self.factor_slot(0)[start:stop, : cfg.k] = (
                     rng.random((stop - start, cfg.k), dtype=np.float32) * scale)
         self._init_state()
+
+    def replicable(self) -> bool:
+        """Whether the kernels can train hot features on per-thread replicas:
+        float32 FFM (float32 storage), several threads, one class, one row at a
+        time, no clipping, and an optimizer whose steps add up (not Adam)."""
+        c = self.cfg
+        return (c.model == "ffm" and c.threads > 1 and c.dtype == "float32" and not self.half
+                and c.batch_size == 1 and not c.clip_norm and c.optimizer != "adam"
+                and self.n_classes == 1)
+
+    def choose_hot(self, batch: Batch) -> None:
+        """Pick the features that every thread would otherwise keep writing:
+        the --hot-features most frequent in batch (auto: on a batch of
+        HOT_MIN_ROWS or more, as many as fit HOT_BYTES per thread, each on at
+        least HOT_MIN_SHARE of the rows)."""
+        want = self.cfg.hot_features
+        if want and self.n_classes > 1:
+            raise ConfigError("--hot-features applies to the binary and regression tasks, not multiclass")
+        if (not self.replicable() or want == 0 or batch.n_rows == 0
+                or (want is None and batch.n_rows < HOT_MIN_ROWS)):
+            self.hot = None
+            return
+        n = self.spec.n_features
+        per_feature = self.F.shape[1] * self.F.itemsize * self.spec.n_fields
+        counts = np.zeros(n, np.int64)
+        step = 1 << 20   # in slices: bincount widens its input to int64
+        for i in range(0, len(batch.features), step):
+            part = batch.features[i : i + step]
+            counts += np.bincount(part[part < n], minlength=n)[:n]
+        if want is None:
+            want = min(HOT_BYTES // per_feature, int((counts >= HOT_MIN_SHARE * batch.n_rows).sum()))
+        want = min(want, int(np.count_nonzero(counts)), MAX_HOT_FEATURES)
+        if want <= 0:
+            self.hot = None
+            return
+        top = np.argpartition(-counts, want - 1)[:want]
+        self.hot = np.sort(top).astype(np.int32)
 
     def factor_slot(self, slot: int) -> np.ndarray:
         """Slot `slot` of every factor block, (blocks, kp): 0 the weights (float16
@@ -273,7 +311,7 @@ class TrainState:
             schedule=c.lr_schedule, warmup=c.warmup_steps, total_steps=total_steps, step0=step0,
             batch_size=c.batch_size, use_bias=s.use_bias, use_linear=s.use_linear,
             normalize=s.normalize, threads=c.threads, exact_rsqrt=c.exact_adagrad, half_factors=self.half,
-            skip_nonfinite=c.on_nonfinite == "skip",
+            skip_nonfinite=c.on_nonfinite == "skip", hot_features=self.hot, hot_sync=HOT_SYNC_ROWS,
         )
 
     def to_model(self, meta: dict) -> Model:
@@ -371,6 +409,17 @@ def _load(source, config: Config, task: str, classes, say) -> Dataset:
 
 
 SLICE_ROWS = 1 << 15   # rows per kernel call: the grain of progress, checkpoints and signals
+# Hot-feature replicas (multi-threaded FFM, see fmcli/_core/hot.h): a thread's
+# replica takes at most HOT_BYTES, of features on at least HOT_MIN_SHARE of the
+# rows, exchanged with the shared model every HOT_SYNC_ROWS of its rows.  By
+# default they are used on data of HOT_MIN_ROWS or more: their staleness costs
+# accuracy where a few hundred rows are a sizeable share of an epoch, and the
+# contention they avoid matters on long runs.
+HOT_BYTES = 1 << 19
+HOT_MIN_SHARE = 0.002
+HOT_MIN_ROWS = 100_000
+HOT_SYNC_ROWS = 256
+MAX_HOT_FEATURES = 65535
 
 
 def _data_key(ds: Dataset) -> dict:
@@ -517,6 +566,7 @@ def train(
 
     t_start = time.perf_counter()
     stopped = False
+    hot_chosen = False   # from the first batch trained on
     for epoch in range(first_epoch, config.epochs + 1):
         t0 = time.perf_counter()
         step = steps_before + (epoch - 1) * steps_per_epoch
@@ -545,6 +595,12 @@ def train(
                  else tr.chunks(chunk_order[chunk_pos:]) if chunk_pos < len(chunk_order) else [])
         for pos, (index, batch, fname) in enumerate(parts, start=chunk_pos):
             rows = batch.n_rows
+            if device == "cpu" and not hot_chosen:
+                state.choose_hot(batch)
+                hot_chosen = True
+                if state.hot is not None:
+                    say(f"{config.threads} threads: the {len(state.hot)} most frequent features "
+                        "train on per-thread replicas (--hot-features)")
             order = (rng.permutation(rows) if config.shuffle else np.arange(rows)).astype(np.int64)
             w = _weights_of(batch, class_table, file_weights, 0 if whole else int(offsets[index]))
             start = row_pos if pos == chunk_pos else 0

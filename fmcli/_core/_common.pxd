@@ -51,6 +51,28 @@ cdef extern from "ffm_f32.h":
                            float lam, const fm_step_params* p) noexcept nogil
 
 
+cdef extern from "hot.h":
+    # Per-thread replicas of the hottest FFM features (see hot.h).
+    ctypedef struct fm_replica:
+        float* local
+        float* snap
+        unsigned char* mark
+        unsigned short* touched
+        Py_ssize_t n_touched
+        Py_ssize_t rep
+    Py_ssize_t fm_ffm_prepare_hot(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
+                                  const int* feat, const float* val, Py_ssize_t nnz, float scale,
+                                  Py_ssize_t* oj, Py_ssize_t* of, float* xs,
+                                  const unsigned short* slot, fm_replica* r) noexcept nogil
+    Py_ssize_t fm_float_distance(const float* F, const float* p) noexcept nogil
+    void fm_hot_load(const float* F, const int* hot, Py_ssize_t H, Py_ssize_t len, float* local,
+                     float* snap) noexcept nogil
+    void fm_hot_exchange(float* F, const int* hot, Py_ssize_t len, fm_replica* r) noexcept nogil
+    int fm_try_lock(int* lock) noexcept nogil
+    void fm_unlock(int* lock) noexcept nogil
+    void fm_lock(int* lock) noexcept nogil
+
+
 cdef inline floating fm_sqrt(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)

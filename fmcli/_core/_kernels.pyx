@@ -37,8 +37,10 @@
 #
 # Threads: rows (or batches) of an epoch are split statically across OpenMP
 # threads and every thread updates the shared parameters without locks
-# (Hogwild, as libffm does).  With one thread an epoch is a plain loop over
-# `order`, so a run is bit-for-bit reproducible for a seed.
+# (Hogwild, as libffm does), except that float32 FFM can train the hottest
+# features on per-thread replicas exchanged every few hundred rows (hot.h).
+# With one thread an epoch is a plain loop over `order`, so a run is
+# bit-for-bit reproducible for a seed.
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
@@ -47,7 +49,9 @@ from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
                       fm_simd_init, fm_simd_set, fm_simd_level, fm_f16c, fm_ffm_prepare,
-                      fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params)
+                      fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
+                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_hot_load, fm_hot_exchange,
+                      fm_try_lock, fm_unlock, fm_lock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -168,6 +172,8 @@ cdef struct Shape:
     Py_ssize_t itemsize      # sizeof(floating)
     bint half                # FFM blocks: kp float16 weights, then kp float32 AdaGrad
                              # accumulators (fstride counts 4-byte words: 3 kp / 2)
+    const unsigned short* hot_slot  # float32 FFM with per-thread replicas (hot.h): per
+                                    # feature, 1 + its slot in a replica, or 0; else NULL
 
 
 cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
@@ -200,6 +206,7 @@ cdef struct Row:
     Py_ssize_t* of
     float* xs
     Py_ssize_t count
+    fm_replica* hot          # the thread's replica of the hot features (hot.h), when in use
 
 
 cdef struct Scratch:
@@ -222,6 +229,8 @@ cdef struct Scratch:
     Py_ssize_t* ids
     Py_ssize_t n_ids
     unsigned int seed        # float16 storage: the row's stochastic-rounding seed
+    fm_replica hot           # the thread's replica of the hot features' blocks (hot.h)
+    Py_ssize_t since         # rows trained since its last exchange
     long long first_bad      # position in `order` of the first non-finite row, or -1
     char pad[64]             # the threads' Scratch structs share no cache line (their
                              # fields are written every row)
@@ -293,6 +302,10 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
             free(sc[i].gacc[a])
         free(sc[i].mark)
         free(sc[i].ids)
+        free(sc[i].hot.local)
+        free(sc[i].hot.snap)
+        free(sc[i].hot.mark)
+        free(sc[i].hot.touched)
     free(sc)
 
 
@@ -388,7 +401,12 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
             prep.count = fm_ffm_prepare(n, m, fs * 4, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
             t += fm_ffm_pairs_f16(<const char*>F, kp, prep.oj, prep.of, prep.xs, prep.count)
         elif floating is float:
-            prep.count = fm_ffm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            if s.hot_slot != NULL:
+                prep.count = fm_ffm_prepare_hot(n, m, fs, fld, feat, val, nnz, scale, prep.oj,
+                                                prep.of, prep.xs, s.hot_slot, prep.hot)
+            else:
+                prep.count = fm_ffm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of,
+                                            prep.xs)
             t += fm_ffm_pairs_f32(F, kp, prep.oj, prep.of, prep.xs, prep.count)
         else:
             for i in range(nnz):
@@ -714,6 +732,7 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
                   KIND_FFM: n_features * n_fields}[s.kind]
     s.kp = kp
     s.half = half
+    s.hot_slot = NULL
     if half:
         if kind != "ffm" or n_state_ > 1:
             raise ValueError("float16 factor storage is for FFM with AdaGrad (or no state)")
@@ -769,7 +788,8 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 double label_smoothing=0, double clip_norm=0, str schedule="constant",
                 double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
                 bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
-                bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False):
+                bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False,
+                hot_features=None, Py_ssize_t hot_sync=512):
     """One pass of training over the rows in `order`.
 
     fields: int32, or uint8 (a compact batch); values: one per entry, or
@@ -782,6 +802,11 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     AdaGrad refines the CPU's 1/sqrt estimate to float32 precision.
     half_factors: F holds FFM blocks of float16 weights and float32 AdaGrad
     accumulators (float32 training, one row at a time, without clipping).
+    hot_features: with several threads, float32 FFM, one class, one row at a
+    time, no clipping and an additive optimizer (not Adam), each thread
+    trains these features (int32 ids, at most 65535) on a replica that it
+    exchanges with the shared model every hot_sync rows and at the end (see
+    hot.h); elsewhere they are ignored.
 
     A row whose score or loss is not finite is skipped and counted with
     skip_nonfinite, else it stops the epoch.  Returns (sum of weighted row
@@ -844,8 +869,40 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                                    s.kind == KIND_FWFM, s.batch)
     if sc == NULL:
         raise MemoryError("no memory for the training work space")
+    cdef const int[::1] hot
+    cdef Py_ssize_t H = 0, hlen = s.n_fields * s.fstride
+    cdef unsigned short* slot = NULL
+    cdef int lock = 0
+    cdef int* plock = &lock
+    if (hot_features is not None and len(hot_features) and nthreads > 1 and floating is float
+            and s.kind == KIND_FFM and not s.half and not s.batch and o.clip == 0 and C == 1
+            and o.kind != OPT_ADAM):
+        hot = hot_features
+        H = hot.shape[0]
     tid = 0
     try:
+        if H:
+            if H > 65535 or hot_sync < 1:
+                raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
+            slot = <unsigned short*>calloc(n_features + 1, sizeof(unsigned short))
+            if slot == NULL:
+                raise MemoryError("no memory for the training work space")
+            for ii in range(H):
+                if not 0 <= hot[ii] < n_features or slot[hot[ii]]:
+                    raise ValueError("hot features must be distinct ids of the model")
+                slot[hot[ii]] = <unsigned short>(ii + 1)
+            for c in range(nthreads):
+                sc[c].hot.local = <float*>malloc(sizeof(float) * H * hlen)
+                sc[c].hot.snap = <float*>malloc(sizeof(float) * H * hlen)
+                sc[c].hot.mark = <unsigned char*>calloc(H, 1)
+                sc[c].hot.touched = <unsigned short*>malloc(sizeof(unsigned short) * H)
+                if (sc[c].hot.local == NULL or sc[c].hot.snap == NULL or sc[c].hot.mark == NULL
+                        or sc[c].hot.touched == NULL):
+                    raise MemoryError("no memory for the training work space")
+                fm_hot_load(<float*>pF, &hot[0], H, hlen, sc[c].hot.local, sc[c].hot.snap)
+                sc[c].hot.rep = fm_float_distance(<float*>pF, sc[c].hot.local)
+                sc[c].row.hot = &sc[c].hot
+            s.hot_slot = slot
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
             for bi in prange(n_batches, schedule="static"):
@@ -902,12 +959,23 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                         flush(&s, &o, &sc[tid], eta_t, cnt)
                     else:
                         flush_discard(&s, &sc[tid])
+                elif H:
+                    sc[tid].since = sc[tid].since + 1
+                    if sc[tid].since >= hot_sync and fm_try_lock(plock):
+                        fm_hot_exchange(<float*>pF, &hot[0], hlen, &sc[tid].hot)
+                        fm_unlock(plock)
+                        sc[tid].since = 0
+            if H:
+                fm_lock(plock)
+                fm_hot_exchange(<float*>pF, &hot[0], hlen, &sc[tid].hot)
+                fm_unlock(plock)
         first = -1
         for c in range(nthreads):
             if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):
                 first = sc[c].first_bad
     finally:
         scratch_free(sc, nthreads)
+        free(slot)
     return loss, wsum, nbad, first
 
 

@@ -29,6 +29,28 @@ class ByteSize(click.ParamType):
         return size
 
 
+class AutoCount(click.ParamType):
+    """'auto' (None) or a count in 0..maximum."""
+
+    name = "auto|N"
+
+    def __init__(self, maximum: int):
+        self.maximum = maximum
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+        if not 0 <= n <= self.maximum:
+            self.fail(f"{n} is not in 0..{self.maximum}", param, ctx)
+        return n
+
+
 def read_limit_options(f):
     """--max-bad-rows and --max-line-bytes (Config.max_bad_rows, max_line_bytes)."""
     f = click.option("--max-line-bytes", type=ByteSize(), default=D.max_line_bytes, show_default=True,

@@ -11,7 +11,7 @@ from ..config import DEVICES, FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPT
 from ..metrics import METRICS
 from . import _render
 from . import _ops
-from ._options import ByteSize, read_limit_options
+from ._options import AutoCount, ByteSize, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
@@ -100,6 +100,11 @@ def default_output(train_file: str) -> str:
 @click.option("--storage", type=click.Choice(STORAGES), default=D.storage,
               help="How FFM factor weights are held while training: float16 halves the weights' "
                    "memory traffic (float32 arithmetic and AdaGrad state; FFM, AdaGrad, CPU only).")
+@click.option("--hot-features", type=AutoCount(65535), default="auto", show_default=True,
+              help="FFM with 2+ threads: train the N features most rows carry on a replica per "
+                   "thread, merged into the model every 2048 rows, instead of every thread writing "
+                   "their shared cache lines (auto: those on 0.2% of rows or more, up to 1 MiB per "
+                   "thread; 0: plain Hogwild).")
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
               help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")

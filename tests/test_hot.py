@@ -1,0 +1,248 @@
+"""Per-thread replicas of the hot FFM features (fmcli/_core/hot.h).
+
+With several threads, the features that most rows carry are trained on a
+copy per thread, exchanged with the shared model as `shared += local - snap`.
+The threads' interleaving makes a multi-threaded run nondeterministic, so
+the tests build data on which the result is known exactly:
+
+* every feature hot and no exchange before the end: the model is the start
+  plus the change of each thread's half trained alone;
+* the first half of the rows using only hot features and the second only
+  cold ones, exchanging after every row: the two threads share no
+  parameter, so the model is the one-thread model.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fmcli._core import _kernels
+from fmcli.cli import cli
+from fmcli.config import Config
+from fmcli.data.batch import Batch
+from fmcli.errors import ConfigError
+from fmcli.train import HOT_MIN_SHARE, TrainState, train
+
+openmp = pytest.mark.skipif(not _kernels.openmp_info()[0], reason="built without OpenMP")
+
+KP = 4
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "samples",
+                      "train.ffm")
+
+
+def rows(seed, n_rows, features, n_fields=6) -> Batch:
+    """One entry per field, each a feature drawn from `features`."""
+    rng = np.random.default_rng(seed)
+    feats = rng.choice(features, (n_rows, n_fields)).astype(np.int32)
+    return Batch(labels=(rng.random(n_rows) < 0.4).astype(np.float32),
+                 indptr=np.arange(0, n_rows * n_fields + 1, n_fields, dtype=np.int64),
+                 fields=np.tile(np.arange(n_fields, dtype=np.int32), n_rows),
+                 features=feats.reshape(-1), values=np.ones(n_rows * n_fields, np.float32))
+
+
+def joined(a: Batch, b: Batch) -> Batch:
+    return Batch(labels=np.concatenate([a.labels, b.labels]),
+                 indptr=np.concatenate([a.indptr, a.indptr[-1] + b.indptr[1:]]),
+                 fields=np.concatenate([a.fields, b.fields]),
+                 features=np.concatenate([a.features, b.features]),
+                 values=np.concatenate([a.values, b.values]))
+
+
+def start(n, m, optimizer="adagrad", seed=1):
+    ns = _kernels.n_state(optimizer)
+    F = np.ones((n * m, (1 + ns) * KP), np.float32)
+    F[:, :KP] = np.random.default_rng(seed).random((n * m, KP), dtype=np.float32) * 0.5
+    if optimizer != "adagrad":
+        F[:, KP:] = 0
+    return F.reshape(-1)
+
+
+def run(b, F, order, threads, optimizer="adagrad", **kw):
+    width = 1 + _kernels.n_state(optimizer)
+    n, m = len(F) // (6 * width * KP), 6
+    z = np.zeros(0, np.float32)
+    # unused: no bias, no linear terms
+    B, L = np.zeros(width, np.float32), np.zeros(width * n, np.float32)
+    return _kernels.train_epoch(
+        "ffm", optimizer, "binary", B, L, F, z, n, m, KP, 1, b.indptr, b.fields, b.features,
+        b.values, b.labels, z, order, 0.2, l2_factors=1e-4, use_bias=False, use_linear=False,
+        threads=threads, **kw)
+
+
+@openmp
+@pytest.mark.parametrize("optimizer", ["adagrad", "sgd", "ftrl"])
+def test_without_exchanges_the_model_adds_up_both_threads_changes(optimizer):
+    n, m = 40, 6
+    b = rows(0, 400, np.arange(n))
+    order = np.random.default_rng(2).permutation(b.n_rows).astype(np.int64)
+    F0 = start(n, m, optimizer)
+    # static schedule: the first thread trains order[:200], the second the rest
+    halves = []
+    for part in (order[:200], order[200:]):
+        F = F0.copy()
+        run(b, F, part, 1, optimizer)
+        halves.append(F)
+    F = F0.copy()
+    run(b, F, order, 2, optimizer, hot_features=np.arange(n, dtype=np.int32), hot_sync=10**9)
+    expect = halves[0] + halves[1] - F0
+    assert not np.array_equal(halves[0], F0) and not np.array_equal(halves[1], F0)
+    np.testing.assert_allclose(F, expect, rtol=2e-6, atol=2e-6)
+
+
+@openmp
+@pytest.mark.parametrize("sync", [1, 7])
+def test_exchanges_keep_every_change(sync):
+    # rows of the first half use hot features 0..19 only, the second half
+    # cold features 20..39 only: the threads share nothing
+    n, m = 40, 6
+    a = rows(3, 300, np.arange(20))
+    c = rows(4, 300, np.arange(20, 40))
+    b = joined(a, c)
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    F0 = start(n, m)
+    one = F0.copy()
+    l1 = run(b, one, order, 1)
+    two = F0.copy()
+    l2 = run(b, two, order, 2, hot_features=np.arange(20, dtype=np.int32), hot_sync=sync)
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+    assert l2[0] == pytest.approx(l1[0], rel=1e-6)
+
+
+def test_one_thread_ignores_hot_features():
+    n, m = 40, 6
+    b = rows(6, 300, np.arange(n))
+    order = np.arange(b.n_rows, dtype=np.int64)
+    plain, hot = start(n, m), start(n, m)
+    run(b, plain, order, 1)
+    run(b, hot, order, 1, hot_features=np.arange(10, dtype=np.int32), hot_sync=1)
+    assert np.array_equal(plain, hot)
+
+
+def test_kernels_refuse_bad_hot_features():
+    n, m = 40, 6
+    b = rows(7, 50, np.arange(n))
+    order = np.arange(b.n_rows, dtype=np.int64)
+    for hot in ([3, 3], [40], [-1]):
+        with pytest.raises(ValueError, match="distinct ids"):
+            run(b, start(n, m), order, 2, hot_features=np.array(hot, np.int32))
+    with pytest.raises(ValueError, match="every 1 or more rows"):
+        run(b, start(n, m), order, 2, hot_features=np.array([1], np.int32), hot_sync=0)
+
+
+def skewed(n_rows=2000, n=300, seed=8) -> Batch:
+    """Feature j drawn with probability ~ 1 / (j + 1): low ids are hot."""
+    p = 1.0 / np.arange(1, n + 1)
+    rng = np.random.default_rng(seed)
+    feats = rng.choice(n, (n_rows, 6), p=p / p.sum()).astype(np.int32)
+    return Batch(labels=(rng.random(n_rows) < 0.4).astype(np.float32),
+                 indptr=np.arange(0, n_rows * 6 + 1, 6, dtype=np.int64),
+                 fields=np.tile(np.arange(6, dtype=np.int32), n_rows), features=feats.reshape(-1),
+                 values=np.ones(n_rows * 6, np.float32))
+
+
+def state(**kw) -> TrainState:
+    cfg = Config(model="ffm", k=4, threads=2, **kw)
+    return TrainState(cfg, 300, 6, np.random.default_rng(0))
+
+
+def test_choose_hot_takes_the_most_frequent_features():
+    b = skewed()
+    counts = np.bincount(b.features, minlength=300)
+    st = state(hot_features=10)
+    st.choose_hot(b)
+    assert sorted(st.hot.tolist()) == st.hot.tolist()
+    assert set(st.hot.tolist()) == set(np.argsort(-counts, kind="stable")[:10].tolist())
+    # auto: none on small data
+    st = state()
+    st.choose_hot(b)
+    assert st.hot is None
+
+
+def test_auto_takes_the_features_on_a_share_of_rows_within_a_budget(monkeypatch):
+    import fmcli.train as T
+
+    b = skewed()
+    counts = np.bincount(b.features, minlength=300)
+    monkeypatch.setattr(T, "HOT_MIN_ROWS", b.n_rows)
+    # every feature on HOT_MIN_SHARE of the rows or more (the budget allows them all)
+    st = state()
+    st.choose_hot(b)
+    assert set(st.hot.tolist()) == set(np.flatnonzero(counts >= HOT_MIN_SHARE * b.n_rows).tolist())
+    # a budget of HOT_BYTES per thread caps them
+    monkeypatch.setattr(T, "HOT_BYTES", 5 * st.F.shape[1] * 4 * 6)
+    st.choose_hot(b)
+    assert set(st.hot.tolist()) == set(np.argsort(-counts, kind="stable")[:5].tolist())
+    # more than the data has: the features it has
+    st = state(hot_features=5000)
+    st.choose_hot(b)
+    assert len(st.hot) == np.count_nonzero(counts)
+
+
+@pytest.mark.parametrize("kw", [dict(hot_features=0), dict(threads=1), dict(optimizer="adam"),
+                                dict(batch_size=4), dict(clip_norm=1.0), dict(storage="float16")])
+def test_no_replicas_where_they_do_not_apply(kw):
+    threads = kw.pop("threads", 2)
+    cfg = Config(model="ffm", k=4, threads=threads, **kw)
+    st = TrainState(cfg, 300, 6, np.random.default_rng(0))
+    st.choose_hot(skewed())
+    assert st.hot is None
+
+
+@pytest.mark.parametrize("change", [dict(threads=1), dict(model="fm"), dict(optimizer="adam"),
+                                    dict(dtype="float64"), dict(batch_size=8), dict(clip_norm=1.0),
+                                    dict(storage="float16")])
+def test_explicit_hot_features_refuse_what_they_do_not_run(change):
+    kw = dict(model="ffm", threads=2, hot_features=100)
+    kw.update(change)
+    with pytest.raises(ConfigError, match="--hot-features"):
+        Config(**kw)
+
+
+def test_explicit_hot_features_refuse_multiclass():
+    b = skewed(300)
+    b = Batch(labels=(np.arange(300) % 3).astype(np.float32), indptr=b.indptr, fields=b.fields,
+              features=b.features, values=b.values)
+    with pytest.raises(ConfigError, match="multiclass"):
+        train(Config(model="ffm", task="multiclass", threads=2, hot_features=10, epochs=1), b)
+
+
+def test_threads_with_replicas_train_as_well_as_without():
+    b = skewed(60000, seed=9)
+    va = skewed(5000, seed=10)
+    # labels that the factors can learn (the parity of the two first entries'
+    # ids), 15% of them flipped
+    for x in (b, va):
+        f = x.features.reshape(-1, 6)
+        noise = np.random.default_rng(len(x.labels)).random(len(x.labels)) < 0.15
+        x.labels[:] = ((f[:, 0] + f[:, 1]) % 2 == 0) ^ noise
+    loss, said = {}, []
+    for hot in (0, 50):
+        m = train(Config(model="ffm", k=4, threads=2, hot_features=hot, epochs=2, cache=False), b, va,
+                  log=said.append)
+        loss[hot] = m.meta["training"]["history"][-1]["valid_logloss"]
+    assert [x for x in said if "replicas" in x] == [
+        "2 threads: the 50 most frequent features train on per-thread replicas (--hot-features)"]
+    assert loss[50] < 0.5
+    assert loss[50] == pytest.approx(loss[0], rel=0.01)
+
+
+def test_cli_hot_features_option(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["train", "--hot-features", "many", SAMPLE,
+                               "-o", str(tmp_path / "m.fm")])
+    assert bad.exit_code == 2 and "neither 'auto' nor a whole number" in bad.output
+    bad = runner.invoke(cli, ["train", "--hot-features", "70000", SAMPLE,
+                               "-o", str(tmp_path / "m.fm")])
+    assert bad.exit_code == 2 and "not in 0..65535" in bad.output
+    bad = runner.invoke(cli, ["train", "--hot-features", "10", SAMPLE,
+                               "-o", str(tmp_path / "m.fm")])
+    assert bad.exit_code != 0 and "--threads 2 or more" in bad.output
+    assert not (tmp_path / "m.fm").exists()
+    for value in ("auto", "0", "25"):
+        ok = runner.invoke(cli, ["train", "-s", "2", "--hot-features", value, "--no-cache", "-q",
+                                  SAMPLE, "-o", str(tmp_path / f"m{value}.fm")])
+        assert ok.exit_code == 0, ok.output
+        assert (tmp_path / f"m{value}.fm").exists()
