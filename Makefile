@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench bench-report man lint wheel clean distclean fuzz
+.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz
 
 help:
 	@echo "fmcli make targets:"
@@ -32,6 +32,8 @@ help:
 	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm x k 4,8,16 x 1,2 threads (and FFM"
 	@echo "                   with --storage float16), as markdown"
 	@echo "                   (BENCH_ARGS=\"--train train.ffm --valid va.ffm --libffm-dir DIR\")"
+	@echo "  make bench-scaling  training rows/s at 1 and 2 threads in interleaved slices (BENCH_ARGS:"
+	@echo "                   --train FILE --valid FILE, or --rows N to generate; -k, --linear, --json)"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
@@ -95,6 +97,11 @@ bench: $(STAMP)
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm --k 4,8,16 --threads 1,2 --markdown \
 	    --variant "f16@ffm=--storage float16" $(BENCH_ARGS)
+
+# Training rows/s at 1 and 2 threads, measured in interleaved slices (robust
+# to a machine whose speed drifts); BENCH_ARGS as for bench.py's data options.
+bench-scaling: $(STAMP)
+	$(PY) benchmarks/scaling.py --threads 1,2 --hogwild $(BENCH_ARGS)
 
 # --- fuzzing ----------------------------------------------------------------
 

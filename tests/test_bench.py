@@ -238,3 +238,30 @@ def test_bad_options(argv):
     bench = _load_bench()
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
+
+
+SCALING = ROOT / "benchmarks" / "scaling.py"
+
+
+def test_scaling_benchmark_runs_every_setting_on_the_same_slices(tmp_path):
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "3000", "--work-dir", str(tmp_path),
+                           "--slice-rows", "500", "--epochs", "2", "--hogwild", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    names = [s["name"] for s in report["settings"]]
+    assert names == ["1 thread", "2 threads", "2 threads, --hot-features 0"]
+    for s in report["settings"]:
+        assert len(s["rows_per_s"]) == 12   # 6 slices x 2 epochs, each timed
+        assert all(x > 0 for x in s["rows_per_s"])
+        assert math.isfinite(s["va_logloss"]) and 0 < s["va_logloss"] < 1
+        assert s["ratio_q25"] <= s["ratio_median"] <= s["ratio_q75"]
+    assert report["settings"][0]["ratio_median"] == 1.0
+    assert "x 1 thread" in proc.stdout and "2 threads, --hot-features 0" in proc.stdout
+
+
+def test_scaling_benchmark_needs_one_thread_and_more(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCALING), "--threads", "2", "--rows", "100",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--threads must list 1" in proc.stderr

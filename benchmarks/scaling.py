@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Thread scaling of training, measured in interleaved slices.
+
+On a shared machine the speed of the CPU drifts by 20-40% within minutes,
+so the ratio of two runs made a minute apart says little about threads.
+Here every setting trains its own model on the same rows, slice by slice,
+and the settings take turns on each slice (in alternating order), so each
+slice's rows/s of N threads and of 1 thread are measured seconds apart.
+The report gives every setting's median rows/s and the median (and
+quartiles) of its per-slice ratio to the 1-thread setting, then the
+validation logloss of every model after the pass, so that a faster setting
+is seen to train as well.
+
+Settings: 1 thread, and for every other --threads count fmcli's default
+(hot features on per-thread replicas where they apply) and, with
+--hogwild, the plain Hogwild run (--hot-features 0).
+
+Usage::
+
+    python benchmarks/scaling.py --train train.ffm --valid va.ffm --threads 1,2 --hogwild
+    python benchmarks/scaling.py --train train.ffm --k 8 --linear --json out.json
+
+Without --train/--valid a dataset is generated with benchmarks/synth.py
+(as bench.py does, in --work-dir).
+
+This times the training kernels only (the epoch timer of fm train): data
+are read once, before any timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench import generate_dataset  # noqa: E402
+
+from fmcli.config import Config  # noqa: E402
+from fmcli.data.dataset import load_dataset  # noqa: E402
+from fmcli.metrics import evaluate  # noqa: E402
+from fmcli.train import TrainState  # noqa: E402
+
+
+@dataclass
+class Setting:
+    name: str
+    threads: int
+    hot_features: int | None       # None: fmcli's default (auto)
+    rows_per_s: list[float] = field(default_factory=list)
+    hot: int = 0                   # features on per-thread replicas
+    va_logloss: float | None = None
+
+
+def settings(threads: list[int], hogwild: bool) -> list[Setting]:
+    out = [Setting("1 thread", 1, None)] if 1 in threads else []
+    for n in threads:
+        if n == 1:
+            continue
+        out.append(Setting(f"{n} threads", n, None))
+        if hogwild:
+            out.append(Setting(f"{n} threads, --hot-features 0", n, 0))
+    return out
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = np.percentile(values, [25, 50, 75])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--train", type=Path, help="libffm training file (default: generated)")
+    ap.add_argument("--valid", type=Path, help="libffm validation file (logloss after the pass)")
+    ap.add_argument("--rows", type=int, default=200_000, help="rows to generate without --train")
+    ap.add_argument("--work-dir", type=Path, default=Path("bench-out"), help="where generated data go")
+    ap.add_argument("--model", default="ffm", choices=["lr", "fm", "ffm", "fwfm"])
+    ap.add_argument("-k", "--k", type=int, default=4)
+    ap.add_argument("--threads", default="1,2", help="comma list; must include 1")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the training rows")
+    ap.add_argument("--slice-rows", type=int, default=16384, help="rows per timed slice")
+    ap.add_argument("--linear", action="store_true",
+                    help="fmcli's defaults (bias and linear terms); without: libffm's model")
+    ap.add_argument("--hogwild", action="store_true",
+                    help="also run plain Hogwild (--hot-features 0) at every thread count above 1")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write every slice's figures here")
+    args = ap.parse_args(argv)
+    threads = sorted({int(t) for t in args.threads.split(",")})
+    if 1 not in threads or len(threads) < 2 or min(threads) < 1:
+        ap.error("--threads must list 1 and at least one larger count")
+
+    if args.train is None:
+        args.train, generated_valid = generate_dataset(args.work_dir, args.rows,
+                                                       lambda msg: print(msg, file=sys.stderr))
+        args.valid = args.valid or generated_valid
+    t0 = time.perf_counter()
+    ds = load_dataset(str(args.train), cache_dir=None)
+    batch = ds.in_memory(compact=True)
+    va = load_dataset(str(args.valid), cache_dir=None).in_memory(compact=True) if args.valid else None
+    n_features = ds.max_feature + 1
+    n_fields = ds.max_field + 1
+    if va is not None:
+        n_features = max(n_features, va.features.max(initial=-1) + 1)
+    print(f"read {batch.n_rows:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    runs = settings(threads, args.hogwild)
+    states = []
+    for s in runs:
+        cfg = Config(model=args.model, k=args.k, threads=s.threads, hot_features=s.hot_features,
+                     use_bias=args.linear, use_linear=args.linear, seed=args.seed)
+        st = TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
+        st.choose_hot(batch)
+        s.hot = 0 if st.hot is None else len(st.hot)
+        states.append(st)
+
+    rng = np.random.default_rng(args.seed)
+    n = batch.n_rows
+    total = n * args.epochs
+    step = 0
+    turn = 0
+    for _ in range(args.epochs):
+        order = rng.permutation(n).astype(np.int64)
+        for lo in range(0, n, args.slice_rows):
+            part = order[lo : lo + args.slice_rows]
+            pairs = list(zip(runs, states))
+            for s, st in (pairs if turn % 2 == 0 else pairs[::-1]):
+                t = time.perf_counter()
+                st.train_epoch(batch, part, None, step, total)
+                s.rows_per_s.append(len(part) / (time.perf_counter() - t))
+            step += len(part)
+            turn += 1
+
+    if va is not None:
+        for s, st in zip(runs, states):
+            s.va_logloss = evaluate("binary", va.labels, st.scores(va, max(threads)))["logloss"]
+
+    base = runs[0].rows_per_s
+    what = "fmcli's defaults (bias, linear, pairs)" if args.linear else "--no-bias --no-linear (libffm's model)"
+    print(f"{args.model} k={args.k}, {what}: {batch.n_rows:,} rows x {args.epochs} epoch(s) "
+          f"in slices of {args.slice_rows:,}, settings interleaved")
+    print(f"{'setting':34} {'hot':>5} {'rows/s':>10} {'x 1 thread (q25 / median / q75)':>34} {'va_logloss':>11}")
+    report = []
+    for s in runs:
+        ratios = [a / b for a, b in zip(s.rows_per_s, base)]
+        q25, med, q75 = quartiles(ratios)
+        rate = statistics.median(s.rows_per_s)
+        ll = f"{s.va_logloss:.5f}" if s.va_logloss is not None else "-"
+        print(f"{s.name:34} {s.hot:>5} {rate:>10,.0f} {f'{q25:.2f} / {med:.2f} / {q75:.2f}':>34} {ll:>11}")
+        report.append({**asdict(s), "median_rows_per_s": rate, "ratio_q25": q25, "ratio_median": med,
+                       "ratio_q75": q75})
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "rows": batch.n_rows, "settings": report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
