@@ -58,6 +58,7 @@ venv: $(PY)
 $(STAMP): pyproject.toml setup.py $(CORE_SOURCES) | $(PY)
 	$(PIP) install -q 'setuptools>=64' wheel 'Cython>=3.0.10,<4'
 	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PY) -m compileall -q fmcli   # byte code up front: faster start-up of every fm command
 	@touch $@
 
 install: $(STAMP)

@@ -79,6 +79,7 @@ PREFIX_SIZE = _PREFIX.size  # 24
 TRAILER_SIZE = _TRAILER.size  # 24
 
 _CHUNK = 16 * 1024 * 1024
+_CRC_CHUNK = 1 << 20   # the checksum pass reads this much at a time: crc32 then finds it in cache
 
 
 def _align(n: int) -> int:
@@ -475,7 +476,7 @@ def _read_structure(f: BinaryIO, path: str) -> _Structure:
 
 def _crc_of_file(f: BinaryIO, end: int, path: str) -> int:
     crc, pos = 0, 0
-    buf = bytearray(min(_CHUNK, max(end, 1)))
+    buf = bytearray(min(_CRC_CHUNK, max(end, 1)))
     view = memoryview(buf)
     try:
         f.seek(0)

@@ -50,7 +50,7 @@ from libc.math cimport exp, log, sqrt, isfinite
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
                       fm_simd_init, fm_simd_set, fm_simd_level, fm_f16c, fm_ffm_prepare,
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
-                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_hot_load, fm_hot_exchange,
+                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
                       fm_try_lock, fm_unlock, fm_lock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
@@ -1024,6 +1024,13 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
     cdef const int* fp
     cdef const float* vp
     cdef int nthreads = max(1, threads), tid
+    # Scoring waits on memory (a row reads blocks scattered over the model), so
+    # while a row is scored the next row's factor and linear blocks are
+    # prefetched (class 0's; n_pf / n_pl = 0: none).  Training does not gain.
+    cdef Py_ssize_t frow = (s.n_fields if s.kind == KIND_FFM else 1) * s.fstride * sizeof(floating)
+    cdef Py_ssize_t lrow = s.lstride * sizeof(floating)
+    cdef Py_ssize_t n_pf = s.n_features if s.kind != KIND_LR else 0
+    cdef Py_ssize_t n_pl = s.n_features if s.use_linear else 0
     cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating), False, False)
     if sc == NULL:
         raise MemoryError("no memory for the scoring work space")
@@ -1034,6 +1041,11 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
             for row in prange(n, schedule="static"):
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
+                if row + 1 < n:   # start loading the next row's parameters
+                    fm_prefetch_features(pF, frow, ent.feat + indptr[row + 1],
+                                         indptr[row + 2] - indptr[row + 1], n_pf)
+                    fm_prefetch_features(pL, lrow, ent.feat + indptr[row + 1],
+                                         indptr[row + 2] - indptr[row + 1], n_pl)
                 fp = row_fields(&ent, start, nnz, &sc[tid])
                 vp = row_values(&ent, start, &sc[tid])
                 scale = <floating>row_scale(vp, nnz, s.normalize)

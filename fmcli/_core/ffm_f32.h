@@ -97,6 +97,22 @@ static inline fm_idx fm_ffm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fl
     return c;
 }
 
+/* Ask the CPU to start loading the factor rows (row_bytes each) of the
+ * features of a row about to be scored: a row's pairs read blocks of every
+ * one of its features, scattered over the model. */
+static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
+                                        fm_idx n) {
+#if defined(__GNUC__)
+    for (fm_idx i = 0; i < nnz; i++) {
+        if (feat[i] >= n) continue;
+        const char *p = (const char *)F + (fm_idx)feat[i] * row_bytes;
+        for (fm_idx off = 0; off < row_bytes; off += 64) __builtin_prefetch(p + off, 0, 1);
+    }
+#else
+    (void)F; (void)row_bytes; (void)feat; (void)nnz; (void)n;
+#endif
+}
+
 /* The forward loops' walk over the pairs of a prepared row, with two
  * accumulators that the pairs alternate between: one alone makes every
  * pair wait for the previous pair's addition (its latency, not the loads
