@@ -78,14 +78,15 @@ def test_without_exchanges_the_model_adds_up_both_threads_changes(optimizer):
     b = rows(0, 400, np.arange(n))
     order = np.random.default_rng(2).permutation(b.n_rows).astype(np.int64)
     F0 = start(n, m, optimizer)
-    # static schedule: the first thread trains order[:200], the second the rest
+    # balance=False: the first thread trains order[:200], the second the rest
     halves = []
     for part in (order[:200], order[200:]):
         F = F0.copy()
         run(b, F, part, 1, optimizer)
         halves.append(F)
     F = F0.copy()
-    run(b, F, order, 2, optimizer, hot_features=np.arange(n, dtype=np.int32), hot_sync=10**9)
+    run(b, F, order, 2, optimizer, hot_features=np.arange(n, dtype=np.int32), hot_sync=10**9,
+        balance=False)
     expect = halves[0] + halves[1] - F0
     assert not np.array_equal(halves[0], F0) and not np.array_equal(halves[1], F0)
     np.testing.assert_allclose(F, expect, rtol=2e-6, atol=2e-6)
@@ -106,7 +107,8 @@ def test_exchanges_keep_every_change(sync):
     one = F0.copy()
     l1 = run(b, one, order, 1)
     two = F0.copy()
-    l2 = run(b, two, order, 2, hot_features=np.arange(20, dtype=np.int32), hot_sync=sync)
+    l2 = run(b, two, order, 2, hot_features=np.arange(20, dtype=np.int32), hot_sync=sync,
+             balance=False)
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
     assert l2[0] == pytest.approx(l1[0], rel=1e-6)
 

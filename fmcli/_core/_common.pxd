@@ -15,13 +15,21 @@ cdef extern from *:
     #include <omp.h>
     static int fm_have_openmp(void) { return 1; }
     static int fm_max_threads(void) { return omp_get_max_threads(); }
+    /* The schedule of the next schedule("runtime") loop this thread starts:
+     * static (each thread one contiguous share) or dynamic (chunks handed
+     * to whichever thread is free). */
+    static void fm_set_schedule(int dynamic, int chunk) {
+        omp_set_schedule(dynamic ? omp_sched_dynamic : omp_sched_static, dynamic ? chunk : 0);
+    }
     #else
     static int fm_have_openmp(void) { return 0; }
     static int fm_max_threads(void) { return 1; }
+    static void fm_set_schedule(int dynamic, int chunk) { (void)dynamic; (void)chunk; }
     #endif
     """
     int fm_have_openmp() noexcept nogil
     int fm_max_threads() noexcept nogil
+    void fm_set_schedule(int dynamic, int chunk) noexcept nogil
 
 
 cdef extern from "ffm_f32.h":

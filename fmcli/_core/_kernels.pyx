@@ -35,8 +35,8 @@
 # everything else (and all of float64, the precision the tests compare with
 # the NumPy reference) runs the loops below.
 #
-# Threads: rows (or batches) of an epoch are split statically across OpenMP
-# threads and every thread updates the shared parameters without locks
+# Threads: rows (or batches) of an epoch are handed to OpenMP threads in
+# chunks of BALANCE_CHUNK and every thread updates the shared parameters without locks
 # (Hogwild, as libffm does), except that float32 FFM can train the hottest
 # features on per-thread replicas exchanged every few hundred rows (hot.h).
 # With one thread an epoch is a plain loop over `order`, so a run is
@@ -47,7 +47,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
-from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, log1pexp,
+from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set_schedule, log1pexp,
                       fm_simd_init, fm_simd_set, fm_simd_level, fm_f16c, fm_ffm_prepare,
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
@@ -60,6 +60,7 @@ import numpy as np
 
 cdef enum:
     MAX_KP = 1024       # fmcli.config.MAX_K rounded up to a multiple of 4
+    BALANCE_CHUNK = 256 # rows (or batches) a thread takes at a time with balance=True
 
 # Model kinds (the names are fmcli.config.MODELS).
 cdef enum:
@@ -789,7 +790,7 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
                 bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
                 bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False,
-                hot_features=None, Py_ssize_t hot_sync=512):
+                hot_features=None, Py_ssize_t hot_sync=512, bint balance=True):
     """One pass of training over the rows in `order`.
 
     fields: int32, or uint8 (a compact batch); values: one per entry, or
@@ -802,6 +803,9 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     AdaGrad refines the CPU's 1/sqrt estimate to float32 precision.
     half_factors: F holds FFM blocks of float16 weights and float32 AdaGrad
     accumulators (float32 training, one row at a time, without clipping).
+    balance: threads take BALANCE_CHUNK rows (batches) at a time, so none
+    waits for a slower one at the end; else each takes one contiguous share
+    of `order` (the first thread the first share).
     hot_features: with several threads, float32 FFM, one class, one row at a
     time, no clipping and an additive optimizer (not Adam), each thread
     trains these features (int32 ids, at most 65535) on a replica that it
@@ -903,9 +907,10 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 sc[c].hot.rep = fm_float_distance(<float*>pF, sc[c].hot.local)
                 sc[c].row.hot = &sc[c].hot
             s.hot_slot = slot
+        fm_set_schedule(balance and nthreads > 1, BALANCE_CHUNK)
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
-            for bi in prange(n_batches, schedule="static"):
+            for bi in prange(n_batches, schedule="runtime"):
                 if pstop[0]:
                     continue
                 eta_t = <floating>opt_step_eta(&o, eta, step0 + bi)
