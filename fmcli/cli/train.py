@@ -101,10 +101,10 @@ def default_output(train_file: str) -> str:
               help="How FFM factor weights are held while training: float16 halves the weights' "
                    "memory traffic (float32 arithmetic and AdaGrad state; FFM, AdaGrad, CPU only).")
 @click.option("--hot-features", type=AutoCount(65535), default="auto", show_default=True,
-              help="FFM with 2+ threads: train the N features most rows carry on a replica per "
-                   "thread, merged into the model every 2048 rows, instead of every thread writing "
-                   "their shared cache lines (auto: those on 0.2% of rows or more, up to 1 MiB per "
-                   "thread; 0: plain Hogwild).")
+              help="FFM with 2+ threads: train the N features most rows carry on a copy per "
+                   "thread, merged into the model every 256 rows, instead of every thread writing "
+                   "their shared cache lines (auto: on 100k rows or more, those on 0.2% of rows or "
+                   "more, up to 512 KiB per thread; 0: plain Hogwild).")
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
               help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")
