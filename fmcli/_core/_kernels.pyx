@@ -790,7 +790,7 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
                 bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
                 bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False,
-                hot_features=None, Py_ssize_t hot_sync=512, bint balance=True):
+                hot_features=None, Py_ssize_t hot_sync=256, bint balance=True):
     """One pass of training over the rows in `order`.
 
     fields: int32, or uint8 (a compact batch); values: one per entry, or
