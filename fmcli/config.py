@@ -22,6 +22,7 @@ STORAGES = ("float32", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 
 MAX_K = 1024
+MAX_HOT_FEATURES = 65535   # a replica slot is a uint16 in the kernels (hot.h)
 
 
 def available_cpus() -> int:
@@ -158,8 +159,8 @@ class Config:
         self._check_combinations()
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
-        if self.hot_features is not None and not 0 <= self.hot_features <= 65535:
-            raise ConfigError(f"hot features must be between 0 and 65535, got {self.hot_features}")
+        if self.hot_features is not None and not 0 <= self.hot_features <= MAX_HOT_FEATURES:
+            raise ConfigError(f"hot features must be between 0 and {MAX_HOT_FEATURES}, got {self.hot_features}")
         if not self.init_scale >= 0 or self.init_scale == float("inf"):
             raise ConfigError(f"init scale must be a non-negative number, got {self.init_scale}")
         if self.seed < 0:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from ._core import _kernels
-from .config import Config, available_cpus
+from .config import MAX_HOT_FEATURES, Config, available_cpus
 from .data.batch import Batch
 from .data.cache import default_cache_dir
 from .data.dataset import Dataset, dataset_from_batch, load_dataset
@@ -419,7 +419,6 @@ HOT_BYTES = 1 << 19
 HOT_MIN_SHARE = 0.002
 HOT_MIN_ROWS = 100_000
 HOT_SYNC_ROWS = 256
-MAX_HOT_FEATURES = 65535
 
 
 def _data_key(ds: Dataset) -> dict:

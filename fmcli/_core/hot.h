@@ -27,14 +27,13 @@
 #ifndef FMCLI_HOT_H
 #define FMCLI_HOT_H
 
-#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "ffm_f32.h"   /* fm_idx */
 #if defined(_MSC_VER)
 #include <intrin.h>
 #endif
-
-typedef ptrdiff_t fm_hidx;
 
 /* A thread's replica: the blocks of the H hot features (len floats each),
  * its copy as of the last exchange, and the slots touched since then. */
@@ -43,21 +42,21 @@ typedef struct {
     float *snap;
     uint8_t *mark;
     uint16_t *touched;
-    fm_hidx n_touched;
-    fm_hidx rep;        /* local's distance from F, in floats */
+    fm_idx n_touched;
+    fm_idx rep;        /* local's distance from F, in floats */
 } fm_replica;
 
 /* fm_ffm_prepare, except that a feature with slot[j] = s > 0 is addressed at
  * r->rep + (s - 1) * m * fs (its blocks in the thread's replica) and noted
  * as touched. */
-static inline fm_hidx fm_ffm_prepare_hot(fm_hidx n, fm_hidx m, fm_hidx fs, const int *fld,
-                                         const int *feat, const float *val, fm_hidx nnz,
-                                         float scale, fm_hidx *oj, fm_hidx *of, float *xs,
+static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int *fld,
+                                         const int *feat, const float *val, fm_idx nnz,
+                                         float scale, fm_idx *oj, fm_idx *of, float *xs,
                                          const uint16_t *slot, fm_replica *r) {
-    fm_hidx c = 0;
-    for (fm_hidx i = 0; i < nnz; i++) {
+    fm_idx c = 0;
+    for (fm_idx i = 0; i < nnz; i++) {
         if (feat[i] >= n || fld[i] >= m) continue;
-        const fm_hidx s = slot[feat[i]];
+        const fm_idx s = slot[feat[i]];
         if (s) {
             oj[c] = r->rep + (s - 1) * m * fs;
             if (!r->mark[s - 1]) {
@@ -65,9 +64,9 @@ static inline fm_hidx fm_ffm_prepare_hot(fm_hidx n, fm_hidx m, fm_hidx fs, const
                 r->touched[r->n_touched++] = (uint16_t)(s - 1);
             }
         } else {
-            oj[c] = (fm_hidx)feat[i] * m * fs;
+            oj[c] = (fm_idx)feat[i] * m * fs;
         }
-        of[c] = (fm_hidx)fld[i] * fs;
+        of[c] = (fm_idx)fld[i] * fs;
         xs[c] = val[i] * scale;
         c++;
     }
@@ -75,16 +74,16 @@ static inline fm_hidx fm_ffm_prepare_hot(fm_hidx n, fm_hidx m, fm_hidx fs, const
 }
 
 /* The distance from F to p in floats (both float arrays). */
-static inline fm_hidx fm_float_distance(const float *F, const float *p) {
-    return (fm_hidx)(((intptr_t)p - (intptr_t)F) / (intptr_t)sizeof(float));
+static inline fm_idx fm_float_distance(const float *F, const float *p) {
+    return (fm_idx)(((intptr_t)p - (intptr_t)F) / (intptr_t)sizeof(float));
 }
 
 /* Start a replica: local and snap take the shared values of the H features
  * in hot (len floats each, the feature's m blocks). */
-static void fm_hot_load(const float *F, const int *hot, fm_hidx H, fm_hidx len, float *local,
+static void fm_hot_load(const float *F, const int *hot, fm_idx H, fm_idx len, float *local,
                         float *snap) {
-    for (fm_hidx h = 0; h < H; h++) {
-        const float *g = F + (fm_hidx)hot[h] * len;
+    for (fm_idx h = 0; h < H; h++) {
+        const float *g = F + (fm_idx)hot[h] * len;
         memcpy(local + h * len, g, sizeof(float) * (size_t)len);
         memcpy(snap + h * len, g, sizeof(float) * (size_t)len);
     }
@@ -93,13 +92,13 @@ static void fm_hot_load(const float *F, const int *hot, fm_hidx H, fm_hidx len, 
 /* Exchange the touched features of a replica with the shared model (under
  * the lock).  The others are as they were: the thread changed nothing, and
  * it sees the other threads' changes to them at a later exchange. */
-static void fm_hot_exchange(float *F, const int *hot, fm_hidx len, fm_replica *r) {
-    for (fm_hidx t = 0; t < r->n_touched; t++) {
-        const fm_hidx h = r->touched[t];
-        float *__restrict g = F + (fm_hidx)hot[h] * len;
+static void fm_hot_exchange(float *F, const int *hot, fm_idx len, fm_replica *r) {
+    for (fm_idx t = 0; t < r->n_touched; t++) {
+        const fm_idx h = r->touched[t];
+        float *__restrict g = F + (fm_idx)hot[h] * len;
         float *__restrict l = r->local + h * len;
         float *__restrict s = r->snap + h * len;
-        for (fm_hidx e = 0; e < len; e++) {
+        for (fm_idx e = 0; e < len; e++) {
             const float v = g[e] + (l[e] - s[e]);
             g[e] = v;
             l[e] = v;

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..atomic import check_writable
-from ..config import DEVICES, FORMATS, LEARNING_RATES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
+from ..config import DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
 from ..metrics import METRICS
 from . import _render
 from . import _ops
@@ -100,7 +100,7 @@ def default_output(train_file: str) -> str:
 @click.option("--storage", type=click.Choice(STORAGES), default=D.storage,
               help="How FFM factor weights are held while training: float16 halves the weights' "
                    "memory traffic (float32 arithmetic and AdaGrad state; FFM, AdaGrad, CPU only).")
-@click.option("--hot-features", type=AutoCount(65535), default="auto", show_default=True,
+@click.option("--hot-features", type=AutoCount(MAX_HOT_FEATURES), default="auto", show_default=True,
               help="FFM with 2+ threads: train the N features most rows carry on a copy per "
                    "thread, merged into the model every 256 rows, instead of every thread writing "
                    "their shared cache lines (auto: on 100k rows or more, those on 0.2% of rows or "
