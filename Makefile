@@ -30,7 +30,7 @@ help:
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
 	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm x k 4,8,16 x 1,2 threads (and FFM"
-	@echo "                   with --storage float16), as markdown"
+	@echo "                   with --storage float16, FM/FFM/FwFM with rowwise-adagrad), as markdown"
 	@echo "                   (BENCH_ARGS=\"--train train.ffm --valid va.ffm --libffm-dir DIR\")"
 	@echo "  make bench-scaling  training rows/s at 1 and 2 threads in interleaved slices (BENCH_ARGS:"
 	@echo "                   --train FILE --valid FILE, or --rows N to generate; -k, --linear, --json)"
@@ -97,7 +97,8 @@ bench: $(STAMP)
 # --variant NAME=ARGS, --json FILE, or override --models, --k or --threads.
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm --k 4,8,16 --threads 1,2 --markdown \
-	    --variant "f16@ffm=--storage float16" $(BENCH_ARGS)
+	    --variant "f16@ffm=--storage float16" --variant "rowwise@fm,ffm,fwfm=--optimizer rowwise-adagrad" \
+	    $(BENCH_ARGS)
 
 # Training rows/s at 1 and 2 threads, measured in interleaved slices (robust
 # to a machine whose speed drifts); BENCH_ARGS as for bench.py's data options.

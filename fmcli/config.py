@@ -9,11 +9,12 @@ from .errors import ConfigError
 
 MODELS = ("lr", "fm", "ffm", "fwfm")
 TASKS = ("binary", "regression", "multiclass", "auto")
-OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl")
+# rowwise-adagrad: AdaGrad with one accumulator per factor vector (fmcli/_core/_optim.pxd)
+OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl", "rowwise-adagrad")
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
 ON_NONFINITE = ("stop", "skip")
 # Default step size per optimizer (FTRL's is ftrl_alpha).
-LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001}
+LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001, "rowwise-adagrad": 0.2}
 FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
 # How FFM factor weights are held while training (fmcli.train.TrainState).
@@ -190,8 +191,10 @@ class Config:
                               "--lr-schedule and --warmup-steps apply to sgd, adagrad and adam")
         if self.l1 and opt != "ftrl":
             raise ConfigError("--l1 needs --optimizer ftrl (its closed form produces the exact zeros)")
-        if self.exact_adagrad and opt != "adagrad":
-            raise ConfigError("--exact-adagrad applies to --optimizer adagrad only")
+        if self.exact_adagrad and opt not in ("adagrad", "rowwise-adagrad"):
+            raise ConfigError("--exact-adagrad applies to --optimizer adagrad and rowwise-adagrad only")
+        if opt == "rowwise-adagrad" and self.device == "cuda":
+            raise ConfigError("--optimizer rowwise-adagrad runs on the CPU; it needs --device cpu (or auto)")
         if self.storage == "float16":
             needs = {"--model ffm": self.model == "ffm", "--optimizer adagrad": opt == "adagrad",
                      "--dtype float32": self.dtype == "float32", "--batch-size 1": self.batch_size == 1,

@@ -71,7 +71,7 @@ SCHEMA_MODEL = "fmcli.inspect/1"
 SCHEMA_DATA = "fmcli.inspect.data/1"
 
 # initial value of each optimizer's squared-gradient accumulator (see fmcli.train)
-_ACCUMULATOR = {"adagrad": ("G", 1.0), "adam": ("v", 0.0), "ftrl": ("n", 0.0)}
+_ACCUMULATOR = {"adagrad": ("G", 1.0), "adam": ("v", 0.0), "ftrl": ("n", 0.0), "rowwise-adagrad": ("G", 1.0)}
 
 _ROW_BLOCK = 256          # features per block of the pair search
 _COL_BLOCK = 4096         # features per chunk they are multiplied with

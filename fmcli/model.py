@@ -13,7 +13,9 @@ leading class dimension (bias becomes (C,)).
 
 Optimizer state is optional and named ``<array>_state``: the parameter's
 shape for one state slot (AdaGrad), (slots, *shape) for more (Adam's m and
-v, FTRL's z and n); the header's optimizer.slots names them.
+v, FTRL's z and n); the header's optimizer.slots names them.  Row-wise
+AdaGrad keeps one accumulator per k-vector: its factors_state is
+factors.shape[:-1].
 
 Parameters may be stored as float16, or (factors) as int8 with a float16
 scale per k-vector (``factors_scale``, shape factors.shape[:-1]); they are
@@ -222,6 +224,8 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             stored = "float16" if stored == "float32" else stored
         params[name] = a
         st = arrays.get(f"{name}_state")
+        if name == "factors" and (header.get("optimizer") or {}).get("name") == "rowwise-adagrad":
+            shape = shape[:-1]   # one accumulator per k-vector
         if st is not None and tuple(st.shape[-len(shape):]) == shape and st.ndim - len(shape) <= 1:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}

@@ -74,9 +74,11 @@ class TrainState:
     regression), class after class: B (C, w), L (C * n_features, w),
     F (C * blocks, w * kp), R (C * n_fields^2, w), w = 1 + state slots.
     With --storage float16 an F row is kp float16 weights then the state
-    (see factor_slot)."""
+    (see factor_slot); with row-wise AdaGrad it is kp weights then one
+    accumulator."""
 
     half = False    # float16 factor weights (set from the config)
+    rowwise = False # one AdaGrad accumulator per factor block (set from the config)
     hot: np.ndarray | None = None   # features trained on per-thread replicas (see choose_hot)
 
     def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator,
@@ -105,9 +107,8 @@ class TrainState:
         self.B = np.zeros((C, width), dtype)
         self.L = np.zeros((C * n_features, width), dtype)
         self.half = cfg.storage == "float16"
-        # float16 storage: a block is kp float16 weights then kp float32
-        # accumulators, held in F as 3 kp / 2 four-byte words (see _kernels)
-        words = self.kp // 2 + self.ns * self.kp if self.half else width * self.kp
+        self.rowwise = cfg.optimizer == "rowwise-adagrad"
+        words = self.factor_words(cfg)
         self.F = aligned_zeros((C * n_blocks, words), dtype)
         # FwFM's field-pair weights start at 1 (FwFM then starts as FM).
         self.R = np.zeros((C * pairs, width), dtype)
@@ -159,10 +160,25 @@ class TrainState:
         top = np.argpartition(-counts, want - 1)[:want]
         self.hot = np.sort(top).astype(np.int32)
 
+    @staticmethod
+    def factor_words(cfg: Config) -> int:
+        """Four-byte words per factor block: kp weights and their state, kp
+        per slot; float16 storage: kp float16 weights (kp / 2 words) then kp
+        float32 accumulators; row-wise AdaGrad: kp weights then one accumulator."""
+        kp, ns = padded_k(cfg.k), _kernels.n_state(cfg.optimizer)
+        if cfg.storage == "float16":
+            return kp // 2 + ns * kp
+        if cfg.optimizer == "rowwise-adagrad":
+            return kp + 1
+        return (1 + ns) * kp
+
     def factor_slot(self, slot: int) -> np.ndarray:
         """Slot `slot` of every factor block, (blocks, kp): 0 the weights (float16
-        with --storage float16), 1.. the optimizer's state."""
+        with --storage float16), 1.. the optimizer's state ((blocks, 1) for
+        row-wise AdaGrad's accumulator)."""
         kp = self.kp
+        if self.rowwise and slot:
+            return self.F[:, kp : kp + 1]
         if not self.half:
             return self.F[:, slot * kp : (slot + 1) * kp]
         halves = self.F.view(np.float16)
@@ -170,7 +186,7 @@ class TrainState:
 
     def _init_state(self) -> None:
         cfg, kp = self.cfg, self.kp
-        if cfg.optimizer == "adagrad":
+        if cfg.optimizer in ("adagrad", "rowwise-adagrad"):
             # libffm's AdaGrad accumulators start at 1
             for a in (self.B, self.L, self.R):
                 a[:, 1:] = 1.0
@@ -212,13 +228,15 @@ class TrainState:
         elif self.ns and not parent.state:
             say(f"{path} has no optimizer state (--no-optimizer-state): it starts fresh")
 
-        def slots(name: str, shape: tuple[int, ...]):
-            """The parent's parameter and state slots of one array, each (C, *shape)."""
+        def slots(name: str, shape: tuple[int, ...], state_shape: tuple[int, ...] | None = None):
+            """The parent's parameter and state slots of one array, each (C, *shape)
+            (the state (C, *state_shape) when given)."""
             out = [np.asarray(parent.params[name], np.float32).reshape((C,) + shape)]
             st = parent.state.get(name) if same_opt else None
             if st is not None and self.ns:
                 st = np.asarray(st, np.float32)
-                out += [x.reshape((C,) + shape) for x in (st[None] if self.ns == 1 else st)]
+                sh = (C,) + (shape if state_shape is None else state_shape)
+                out += [x.reshape(sh) for x in (st[None] if self.ns == 1 else st)]
             return out
 
         if s.use_bias and "bias" in parent.params:
@@ -229,12 +247,14 @@ class TrainState:
             for i, a in enumerate(slots("linear", (n0,))):
                 L[:, :n0, i] = a
         if "factors" in parent.params:
-            if s.kind == "ffm":
-                for i, a in enumerate(slots("factors", (n0, m0, k))):
-                    self.factor_slot(i).reshape(C, n, m, kp)[:, :n0, :m0, :k] = a
-            else:
-                for i, a in enumerate(slots("factors", (n0, k))):
-                    self.factor_slot(i).reshape(C, n, kp)[:, :n0, :k] = a
+            # a block per feature (FM, FwFM) or per feature and field (FFM)
+            old, new = ((n0, m0), (n, m)) if s.kind == "ffm" else ((n0,), (n,))
+            within = (slice(None),) + tuple(slice(0, x) for x in old)
+            for i, a in enumerate(slots("factors", old + (k,), old if self.rowwise else None)):
+                if i and self.rowwise:   # one accumulator per block
+                    self.factor_slot(i).reshape((C,) + new)[within] = a
+                else:
+                    self.factor_slot(i).reshape((C,) + new + (kp,))[within + (slice(0, k),)] = a
         if s.kind == "fwfm":
             R = self.R.reshape(C, m, m, width)
             for i, a in enumerate(slots("field_weights", (m0, m0))):
@@ -252,16 +272,12 @@ class TrainState:
     def bytes_needed(cls, cfg: Config, n_features: int, n_fields: int, n_classes: int = 1) -> int:
         """Memory for parameters, optimizer state and mini-batch gradient sums
         (the early-stopping copy not included)."""
-        width = 1 + _kernels.n_state(cfg.optimizer)
+        sums = cfg.threads if cfg.batch_size > 1 else 0   # one gradient sum per weight and thread
         blocks = cls.n_blocks(cfg, n_features, n_fields)
         pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
-        weights = (blocks * padded_k(cfg.k) + n_features + 1 + pairs) * n_classes
-        if cfg.batch_size > 1:
-            width += cfg.threads   # one gradient sum per weight and thread
-        total = weights * width * np.dtype(cfg.dtype).itemsize
-        if cfg.storage == "float16":
-            total -= blocks * padded_k(cfg.k) * n_classes * 2   # the weights take 2 bytes, not 4
-        return total
+        scalars = (n_features + 1 + pairs) * (1 + _kernels.n_state(cfg.optimizer) + sums)
+        factors = blocks * (cls.factor_words(cfg) + sums * padded_k(cfg.k))
+        return (scalars + factors) * n_classes * np.dtype(cfg.dtype).itemsize
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.B, self.L, self.F, self.R
@@ -292,7 +308,7 @@ class TrainState:
         _kernels.score_rows(
             s.kind, b, l, f, r, s.n_features, s.n_fields, self.kp, self.ns,
             batch.indptr, batch.fields, batch.features, batch.values, out,
-            s.use_bias, s.use_linear, s.normalize, threads, C, self.half,
+            s.use_bias, s.use_linear, s.normalize, threads, C, self.half, self.rowwise,
         )
         return out.reshape(-1, C) if s.task == "multiclass" else out
 
@@ -312,6 +328,7 @@ class TrainState:
             batch_size=c.batch_size, use_bias=s.use_bias, use_linear=s.use_linear,
             normalize=s.normalize, threads=c.threads, exact_rsqrt=c.exact_adagrad, half_factors=self.half,
             skip_nonfinite=c.on_nonfinite == "skip", hot_features=self.hot, hot_sync=HOT_SYNC_ROWS,
+            k=c.k,
         )
 
     def to_model(self, meta: dict) -> Model:
@@ -335,7 +352,10 @@ class TrainState:
                 out["bias"] = take(self.B, slot, (1,) if not lead else ())
             if s.use_linear:
                 out["linear"] = take(self.L, slot, (s.n_features,))
-            if shape is not None:
+            if shape is not None and slot and self.rowwise:
+                # one accumulator per k-vector
+                out["factors"] = self.factor_slot(slot)[:, 0].reshape(lead + shape[:-1])
+            elif shape is not None:
                 # float16 weights stay float16 here (a view, no model-sized copy
                 # while the training data is still held); saving widens them
                 f = self.factor_slot(slot)[:, :k]
@@ -764,7 +784,7 @@ def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: st
                     np.concatenate(weights) if va.has_weights else None)
 
 
-_STATE_SLOTS = {"sgd": [], "adagrad": ["G"], "adam": ["m", "v"], "ftrl": ["z", "n"]}
+_STATE_SLOTS = {"sgd": [], "adagrad": ["G"], "adam": ["m", "v"], "ftrl": ["z", "n"], "rowwise-adagrad": ["G"]}
 
 
 def _symmetric(upper: np.ndarray) -> np.ndarray:

@@ -44,7 +44,10 @@ Training matrix
 * Optimizers ``sgd``, ``adagrad`` (G starts at 1), ``adam`` (lazy, bias
   correction with the global step number ``t + 1``), ``ftrl`` (per element
   z, n; z initialised so that the closed form at n = 0 returns the initial
-  weight).  The state is a dict made by :func:`init_state`.
+  weight), ``rowwise-adagrad`` (one G per block, starting at 1: a factor
+  k-vector's G grows by the mean of its k squared gradients, a scalar's by
+  its square; every weight of the block steps by ``eta g / sqrt(G)``).  The
+  state is a dict made by :func:`init_state`.
 * L2 per group (bias, linear, factors; never the FwFM field weights) added to
   the gradient as ``l2 * w`` with w the start-of-row / start-of-batch value
   (ffm per row: the pair's pre-step value); for ftrl, l1/l2 enter the closed
@@ -578,7 +581,7 @@ def train(
 # ===========================================================================
 
 TASKS = ("binary", "regression", "multiclass")
-OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl", "rowwise-adagrad")
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
 GROUPS = ("bias", "linear", "factors", "field_weights")
 
@@ -767,7 +770,7 @@ def learning_rate(eta: float, schedule: str, t: int, total_steps: int, warmup: i
 # Optimizer state
 # ---------------------------------------------------------------------------
 
-_SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n")}
+_SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n"), "rowwise-adagrad": ("G",)}
 
 
 def _filled_like(model: RefModel, value: float) -> dict:
@@ -815,7 +818,8 @@ def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
         {"optimizer": name, "t": 0, "total_steps": total_steps or None,
          "classes": [ {slot: dict shaped like the parameters, ...} per class ]}
 
-    slots: sgd none; adagrad "G" (all 1.0); adam "m", "v" (all 0.0);
+    slots: sgd none; adagrad "G" (all 1.0); rowwise-adagrad "G" (all 1.0, its
+    factors entry one per k-vector: factors.shape[:-1]); adam "m", "v" (all 0.0);
     ftrl "z" (from the current weights, see :func:`ftrl_initial_z`, with the
     group's l1/l2 and alpha = eta) and "n" (all 0.0).  ``eta`` is needed only
     for ftrl.  ``t`` counts the steps taken so far; ``total_steps`` is the T of
@@ -829,6 +833,10 @@ def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
         cstate = {}
         if optimizer == "adagrad":
             cstate["G"] = _filled_like(model, 1.0)
+        elif optimizer == "rowwise-adagrad":
+            cstate["G"] = _filled_like(model, 1.0)
+            if model.factors is not None:
+                cstate["G"]["factors"] = np.ones(model.factors.shape[:-1])
         elif optimizer == "adam":
             cstate["m"] = _filled_like(model, 0.0)
             cstate["v"] = _filled_like(model, 0.0)
@@ -929,6 +937,10 @@ def _apply(model: RefModel, cstate: dict, hp: _Hyper, group: str, index, g_data,
         w = w - eta_t * g
     elif hp.optimizer == "adagrad":
         G = _read(cstate["G"], group, index) + g * g
+        _write(cstate["G"], group, index, G)
+        w = w - eta_t * g / np.sqrt(G)
+    elif hp.optimizer == "rowwise-adagrad":
+        G = _read(cstate["G"], group, index) + float(np.sum(g * g)) / g.size
         _write(cstate["G"], group, index, G)
         w = w - eta_t * g / np.sqrt(G)
     elif hp.optimizer == "adam":

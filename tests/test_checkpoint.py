@@ -121,9 +121,10 @@ def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
     assert checkpoint.load_latest(str(tmp_path / "ck")).path.endswith("ckpt-00000003.fmc")
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "ftrl"])
-def test_daily_warm_starts_equal_one_run_over_all_days(data, tmp_path, optimizer):
-    base = dict(model="ffm", optimizer=optimizer, epochs=1, shuffle=False, cache=False)
+@pytest.mark.parametrize("model,optimizer", [("ffm", "adagrad"), ("ffm", "adam"), ("ffm", "ftrl"),
+                                             ("ffm", "rowwise-adagrad"), ("fm", "rowwise-adagrad")])
+def test_daily_warm_starts_equal_one_run_over_all_days(data, tmp_path, model, optimizer):
+    base = dict(model=model, optimizer=optimizer, epochs=1, shuffle=False, cache=False)
     whole = train(Config(**base), [str(data / "day1.ffm"), str(data / "day2.ffm")])
     day1 = train(Config(**base), str(data / "day1.ffm"))
     day1.save(tmp_path / "day1.fm")

@@ -1,7 +1,8 @@
 """The fast paths give the same results as the plain ones.
 
 * The AVX loops of the float32 FFM kernels (chosen at import where the CPU
-  has AVX) against the SSE loops: bit for bit, every k and AdaGrad mode.
+  has AVX) against the SSE loops: bit for bit, every k and AdaGrad mode,
+  per-element and row-wise.
 * Compact in-memory batches (uint8 fields, no values when all are 1)
   against plain ones: bit for bit, training and scoring.
 * Dataset.in_memory(compact=True) and the compact chunks a data set keeps.
@@ -36,25 +37,26 @@ def one_hot_batch(seed, n_rows=400, n_fields=9, n_features=60, repeat=True, valu
                  values=np.concatenate(vals).astype(np.float32))
 
 
-def ffm_state(b: Batch, kp: int, seed=3):
+def ffm_state(b: Batch, kp: int, seed=3, optimizer="adagrad"):
     n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
-    F = np.ones((n * m, 2 * kp), np.float32)
+    F = np.ones((n * m, kp + 1 if optimizer == "rowwise-adagrad" else 2 * kp), np.float32)
     F[:, :kp] = np.random.default_rng(seed).random((n * m, kp), dtype=np.float32) * 0.5
     return n, m, np.zeros(1, np.float32), np.zeros(n, np.float32), F.reshape(-1), np.zeros(0, np.float32)
 
 
-def train(b: Batch, kp: int, refine: bool, epochs=2, fields=None, values=None, model="ffm"):
-    n, m, B, L, F, R = ffm_state(b, kp)
+def train(b: Batch, kp: int, refine: bool, epochs=2, fields=None, values=None, model="ffm",
+          optimizer="adagrad"):
+    n, m, B, L, F, R = ffm_state(b, kp, optimizer=optimizer)
     if model == "ffm":
         B, L = np.zeros(2, np.float32), np.zeros(2 * n, np.float32)
     order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
     losses = []
     for _ in range(epochs):
         losses.append(_kernels.train_epoch(
-            "ffm", "adagrad", "binary", B, L, F, R, n, m, kp, 1, b.indptr,
+            "ffm", optimizer, "binary", B, L, F, R, n, m, kp, 1, b.indptr,
             b.fields if fields is None else fields, b.features, b.values if values is None else values,
             b.labels, np.zeros(0, np.float32), order, 0.2, l2_factors=2e-5, use_bias=False,
-            use_linear=False, threads=1, exact_rsqrt=refine))
+            use_linear=False, threads=1, exact_rsqrt=refine, k=kp - 1))
     return F, losses
 
 
@@ -77,20 +79,32 @@ def test_simd_level_is_reported_and_settable(simd_levels):
 
 @pytest.mark.parametrize("kp", [4, 8, 12, 16])
 @pytest.mark.parametrize("refine", [False, True])
-def test_avx_loops_match_sse_bit_for_bit(simd_levels, kp, refine):
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise-adagrad"])
+def test_avx_loops_match_sse_bit_for_bit(simd_levels, kp, refine, optimizer):
     if "avx" not in simd_levels:
         pytest.skip("this CPU has no AVX")
     b = one_hot_batch(1, values=True)
     out = {}
     for level in simd_levels:
         _kernels.set_simd(level)
-        out[level] = train(b, kp, refine)
+        out[level] = train(b, kp, refine, optimizer=optimizer)
     F_sse, loss_sse = out["sse"]
     F_avx, loss_avx = out["avx"]
     assert loss_sse == loss_avx
     np.testing.assert_array_equal(F_sse, F_avx)
     # and training did move the weights
-    assert not np.array_equal(F_sse, ffm_state(b, kp)[4])
+    assert not np.array_equal(F_sse, ffm_state(b, kp, optimizer=optimizer)[4])
+
+
+@pytest.mark.parametrize("kp", [4, 8])
+def test_rowwise_adagrad_estimate_is_close_to_refined(kp):
+    """The CPU's 1/sqrt estimate (the default) against its refinement."""
+    b = one_hot_batch(2)
+    F_est, loss_est = train(b, kp, False, optimizer="rowwise-adagrad")
+    F_ref, loss_ref = train(b, kp, True, optimizer="rowwise-adagrad")
+    assert not np.array_equal(F_est, F_ref)
+    np.testing.assert_allclose(F_est, F_ref, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(loss_est, loss_ref, rtol=1e-3)
 
 
 @pytest.mark.parametrize("kp", [4, 8])

@@ -216,7 +216,11 @@ def test_layout_names_match_the_kernel_source():
 
 def test_codes_match_the_cpu_core():
     assert {k: layout.KINDS.index(k) for k in layout.KINDS} == _kernels.KIND_CODES
-    assert {o: layout.OPTIMIZERS.index(o) for o in layout.OPTIMIZERS} == _kernels.OPT_CODES
+    assert {o: layout.OPTIMIZERS.index(o) for o in layout.OPTIMIZERS} == {
+        o: code for o, code in _kernels.OPT_CODES.items() if o in layout.OPTIMIZERS}
+    # the one optimizer only the CPU runs (its codes come after the shared ones)
+    assert set(_kernels.OPT_CODES) - set(layout.OPTIMIZERS) == {"rowwise-adagrad"}
+    assert _kernels.OPT_CODES["rowwise-adagrad"] == len(layout.OPTIMIZERS)
     assert {t: layout.TASKS.index(t) for t in layout.TASKS} == _kernels.TASK_CODES
     assert {s: layout.SCHEDULES.index(s) for s in layout.SCHEDULES} == _kernels.SCHEDULE_CODES
 
@@ -865,3 +869,18 @@ def test_gpu_fm_train_and_predict(cuda, data, tmp_path):
                                np.loadtxt(on_gpu.stdout.splitlines()), rtol=2e-5, atol=1e-6)
     info = json.loads(fm("inspect", "--json", out).stdout)
     assert info["header"]["hyperparameters"]["device"] == "cuda"
+
+
+def test_rowwise_adagrad_runs_on_the_cpu(data, tmp_path, monkeypatch):
+    """The GPU kernels have no row-wise AdaGrad: --device cuda is refused up
+    front, and --device auto with a device trains on the CPU, saying why."""
+    out = tmp_path / "m.fm"
+    result = fm("train", "--device", "cuda", "--optimizer", "rowwise-adagrad", "-t", "1", "-o", out, data["train"])
+    assert result.exit_code == ConfigError.exit_code and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "fm: error: --optimizer rowwise-adagrad runs on the CPU; it needs --device cpu (or auto)")
+    monkeypatch.setattr(gpu_device, "probe", lambda: (True, "a test device"))
+    result = fm("train", "--device", "auto", "--optimizer", "rowwise-adagrad", "-t", "1", "-o", out, data["train"])
+    assert result.exit_code == 0, result.output
+    assert "device auto: the GPU kernels have no rowwise-adagrad optimizer; running on the CPU" in result.stderr
+    assert load_model(out).meta["training"]["device"] == "cpu"

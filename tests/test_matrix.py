@@ -12,8 +12,14 @@ from fmcli.model import padded_k
 
 KINDS = ("lr", "fm", "ffm", "fwfm")
 TASKS = ("binary", "regression", "multiclass")
-OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
-SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n")}
+OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl", "rowwise-adagrad")
+SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n"), "rowwise-adagrad": ("G",)}
+
+
+def factor_width(optimizer, kp):
+    """Values per factor block: kp weights, then kp per state slot (row-wise
+    AdaGrad: one accumulator)."""
+    return kp + 1 if optimizer == "rowwise-adagrad" else (1 + len(SLOTS[optimizer])) * kp
 
 
 def to_layout(models, state, optimizer, dtype):
@@ -36,12 +42,15 @@ def to_layout(models, state, optimizer, dtype):
         Ls.append(L)
         if model.kind != "lr":
             blocks = model.factors.reshape(-1, model.k)
-            F = np.zeros((blocks.shape[0], w * kp), dtype)
+            F = np.zeros((blocks.shape[0], factor_width(optimizer, kp)), dtype)
             if optimizer == "adagrad":
                 F[:, kp:] = 1.0   # the padding's accumulators, as TrainState sets them
             F[:, : model.k] = blocks
-            for s, name in enumerate(slots, start=1):
-                F[:, s * kp : s * kp + model.k] = cs[name]["factors"].reshape(-1, model.k)
+            if optimizer == "rowwise-adagrad":
+                F[:, kp] = cs["G"]["factors"].reshape(-1)
+            else:
+                for s, name in enumerate(slots, start=1):
+                    F[:, s * kp : s * kp + model.k] = cs[name]["factors"].reshape(-1, model.k)
             Fs.append(F)
         if model.kind == "fwfm":
             R = np.zeros((model.n_fields ** 2, w), dtype)
@@ -62,7 +71,8 @@ def from_layout(models, B, L, F, R, kp):
         got.bias = float(B[c * w])
         got.linear = L.reshape(len(models), model.n_features, w)[c, :, 0].astype(np.float64)
         if model.kind != "lr":
-            blocks = F.reshape(len(models), -1, w * kp)[c, :, : model.k]
+            width = F.size // (len(models) * (model.factors.size // model.k))
+            blocks = F.reshape(len(models), -1, width)[c, :, : model.k]
             got.factors = blocks.astype(np.float64).reshape(model.factors.shape)
         if model.kind == "fwfm":
             got.field_weights = R.reshape(len(models), -1, w)[c, :, 0].reshape(m0.n_fields, m0.n_fields)
@@ -120,7 +130,7 @@ def run_both(kind, task, optimizer, *, seed=0, epochs=2, eta=0.05, weights=None,
             np.zeros(0, np.float32) if weights is None else np.asarray(weights, np.float32),
             order.astype(np.int64), eta, step0=epoch * steps, total_steps=epochs * steps,
             use_bias=models[0].use_bias, use_linear=models[0].use_linear,
-            normalize=models[0].normalize, threads=1, exact_rsqrt=True, **hp)
+            normalize=models[0].normalize, threads=1, exact_rsqrt=True, k=models[0].k, **hp)
         assert bad == 0 and first == -1
         losses.append(loss / wsum)
     return from_layout(models, B, L, F, R, kp), expected, losses, ref_losses
@@ -168,7 +178,7 @@ def test_mini_batches_match_reference(kind, task, optimizer):
     {"schedule": "inverse-sqrt", "warmup": 3},
     {"clip_norm": 0.02, "batch_size": 4, "schedule": "cosine"},
 ])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rowwise-adagrad"])
 def test_training_controls_match_reference(kind, controls, optimizer):
     got, expected, losses, ref_losses = run_both(kind, "binary", optimizer, seed=9, eta=0.2,
                                                  l2_factors=0.01, **controls)
@@ -188,9 +198,10 @@ def test_row_weights_match_reference(kind, task):
 
 
 @pytest.mark.parametrize("kind", ["fm", "ffm"])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "ftrl"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "ftrl", "rowwise-adagrad"])
 def test_float32_fast_paths_match_reference(kind, optimizer):
-    """float32 runs the SSE pair loops for FFM: they agree with the reference to float32 rounding."""
+    """float32 runs the SIMD pair loops for FFM: they agree with the reference to
+    float32 rounding (row-wise AdaGrad with its refined 1/sqrt)."""
     models, rows, labels, order = problem(kind, "binary", 21, k=4)
     state = ref.init_state(models, optimizer, eta=0.05, l1=0.001 if optimizer == "ftrl" else 0.0,
                            l2_factors=0.01)
@@ -202,7 +213,8 @@ def test_float32_fast_paths_match_reference(kind, optimizer):
     _kernels.train_epoch(kind, optimizer, "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields, features,
                          values, labels.astype(np.float32), np.zeros(0, np.float32),
                          order.astype(np.int64), 0.05, l1=0.001 if optimizer == "ftrl" else 0.0,
-                         l2_factors=0.01, total_steps=len(rows))
+                         l2_factors=0.01, total_steps=len(rows), k=4,
+                         exact_rsqrt=optimizer == "rowwise-adagrad")
     got = from_layout(models, B, L, F, R, kp)
     np.testing.assert_allclose(got[0].factors, expected[0].factors, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got[0].linear, expected[0].linear, rtol=2e-4, atol=2e-5)

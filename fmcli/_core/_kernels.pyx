@@ -9,7 +9,8 @@
 #                      a <= b, at R[(a * n_fields + b) * lstride]
 #       each block is kp weights (k padded with zeros to a multiple of 4)
 #       followed by n_state * kp optimizer-state values, so a block's
-#       weights and accumulators share cache lines (libffm's layout).
+#       weights and accumulators share cache lines (libffm's layout);
+#       with row-wise AdaGrad by its one accumulator (kp + 1 values).
 # A multiclass model has one such set per class, class after class in each
 # of B, L, F and R.  A loaded model for scoring uses the same layout with
 # n_state = 0.
@@ -53,7 +54,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
                       fm_try_lock, fm_unlock, fm_lock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
-                      OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL,
+                      OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL, OPT_ROWADA,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
 
 import numpy as np
@@ -82,7 +83,8 @@ cdef enum:
     ARR_R = 3
 
 KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM, "fwfm": KIND_FWFM}
-OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD, "adam": OPT_ADAM, "ftrl": OPT_FTRL}
+OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD, "adam": OPT_ADAM, "ftrl": OPT_FTRL,
+             "rowwise-adagrad": OPT_ROWADA}
 TASK_CODES = {"binary": TASK_BINARY, "regression": TASK_REGRESSION, "multiclass": TASK_MULTICLASS}
 SCHEDULE_CODES = {"constant": SCHED_CONSTANT, "linear": SCHED_LINEAR, "cosine": SCHED_COSINE,
                   "inverse-sqrt": SCHED_INVSQRT}
@@ -627,6 +629,7 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
             if o.clip == 0 and not s.batch:
                 sp.eta, sp.b1, sp.b2, sp.eps = eta, <float>o.b1, <float>o.b2, <float>o.eps
                 sp.beta, sp.l1, sp.l2 = <float>o.ftrl_beta, l1, l2
+                sp.inv_k = <float>(1.0 / o.row_k)
                 fm_ffm_update_f32(o.kind, o.exact, F, kp, prep.oj, prep.of, prep.xs, prep.count,
                                   kappa, lam, &sp)
                 return
@@ -718,7 +721,7 @@ cdef inline const floating* cptr(const floating[::1] a) noexcept:
 
 cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_features,
                       Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_, bint use_bias,
-                      bint use_linear, bint normalize, bint half=False) except *:
+                      bint use_linear, bint normalize, bint half=False, bint row_state=False) except *:
     cdef Shape s
     if kp % 4 != 0 or not 0 < kp <= MAX_KP:
         raise ValueError(f"kp must be a multiple of 4 in 4..{MAX_KP}")
@@ -738,6 +741,10 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
         if kind != "ffm" or n_state_ > 1:
             raise ValueError("float16 factor storage is for FFM with AdaGrad (or no state)")
         s.fstride = kp // 2 + kp * n_state_
+    elif row_state:
+        if n_state_ != 1:
+            raise ValueError("row-wise optimizer state is one value per block")
+        s.fstride = kp + 1
     else:
         s.fstride = kp * (1 + n_state_)
     s.lstride = 1 + n_state_
@@ -790,7 +797,7 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
                 bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
                 bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False,
-                hot_features=None, Py_ssize_t hot_sync=256, bint balance=True):
+                hot_features=None, Py_ssize_t hot_sync=256, bint balance=True, Py_ssize_t k=0):
     """One pass of training over the rows in `order`.
 
     fields: int32, or uint8 (a compact batch); values: one per entry, or
@@ -811,6 +818,9 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     trains these features (int32 ids, at most 65535) on a replica that it
     exchanges with the shared model every hot_sync rows and at the end (see
     hot.h); elsewhere they are ignored.
+    k: the unpadded factor width, which "rowwise-adagrad" needs (its
+    accumulator grows by the mean of a block's k squared gradients; its
+    factor blocks are kp weights and that one value).
 
     A row whose score or loss is not finite is skipped and counted with
     skip_nonfinite, else it stops the epoch.  Returns (sum of weighted row
@@ -824,11 +834,15 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
     o.ftrl_beta = ftrl_beta
     o.clip = clip_norm
     o.exact = exact_rsqrt
+    if o.kind == OPT_ROWADA and not 0 < k <= kp:
+        raise ValueError("row-wise AdaGrad needs the unpadded k (1..kp)")
+    o.row_k = k if k > 0 else kp
     o.schedule = SCHEDULE_CODES[schedule]
     o.warmup = warmup
     o.total = total_steps
     cdef Shape s = make_shape(kind, task, n_classes, n_features, n_fields, kp,
-                              opt_n_state(o.kind), use_bias, use_linear, normalize, half_factors)
+                              opt_n_state(o.kind), use_bias, use_linear, normalize, half_factors,
+                              o.kind == OPT_ROWADA)
     check_sizes(&s, B.shape[0], L.shape[0], F.shape[0], R.shape[0])
     if half_factors and (floating is double or o.kind != OPT_ADAGRAD or batch_size != 1
                          or clip_norm != 0):
@@ -1002,16 +1016,17 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                const long long[::1] indptr, fields, const int[::1] features,
                const float[::1] values, double[::1] out, bint use_bias=True,
                bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1,
-               bint half_factors=False):
+               bint half_factors=False, bint row_state=False):
     """Raw scores (logits) of every row into `out` (row-major, n_classes per row).
 
     Ids at or beyond the model's n_features / n_fields contribute nothing.
     n_state_ is the optimizer-state width of the layout (0 for a saved model).
     fields may be int32 or uint8, values empty when every value is 1.
-    half_factors: FFM blocks of float16 weights (see train_epoch)."""
+    half_factors: FFM blocks of float16 weights (see train_epoch); row_state:
+    factor blocks of a row-wise AdaGrad layout (kp weights and one value)."""
     cdef Shape s = make_shape(kind, "multiclass" if n_classes > 1 else "binary", n_classes,
                               n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize,
-                              half_factors)
+                              half_factors, row_state)
     if half_factors and floating is double:
         raise ValueError("float16 factor storage is read in float32")
     cdef Py_ssize_t n = indptr.shape[0] - 1, C = n_classes, c

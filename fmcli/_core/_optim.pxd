@@ -10,6 +10,10 @@
 #   optimizer  state slots          step (g: the block's gradient, clipped)
 #   sgd        -                    w -= eta g
 #   adagrad    G (starts at 1)      G += g^2; w -= eta g / sqrt(G)
+#   rowwise-   G, one per block     G += sum(g^2) / k; w -= eta g / sqrt(G)
+#   adagrad    (starts at 1)        (k: the block's real weights, 1 for a
+#                                   linear weight; the state is a single
+#                                   value after the block's n weights)
 #   adam       m, v (start at 0)    m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 #                                   w -= eta_n m / (sqrt(v) + eps), where
 #                                   eta_n = eta sqrt(1-b2^n) / (1-b1^n) and n
@@ -26,13 +30,14 @@
 # form instead, so grad_l2 is 0 for it.
 
 from libc.math cimport sqrt, pow, cos, fabs, M_PI
-from ._common cimport floating, fm_sqrt, fm_adagrad_f32
+from ._common cimport floating, fm_sqrt, fm_adagrad_f32, fm_rowada_f32
 
 cdef enum:
     OPT_SGD = 0
     OPT_ADAGRAD = 1
     OPT_ADAM = 2
     OPT_FTRL = 3
+    OPT_ROWADA = 4           # row-wise AdaGrad
 
 cdef enum:
     SCHED_CONSTANT = 0
@@ -50,14 +55,15 @@ cdef struct Opt:
     double ftrl_beta         # ftrl (alpha is the step size)
     double clip              # > 0: a block's gradient is scaled to norm <= clip
     bint exact               # float32 adagrad: refined instead of estimated 1/sqrt
+    double row_k             # row-wise AdaGrad: real weights in a factor block (k)
     int schedule
     double warmup            # steps
     double total             # steps in the whole run
 
 
 cdef inline int opt_n_state(int kind) noexcept nogil:
-    """Number of state slots per weight."""
-    if kind == OPT_ADAGRAD:
+    """Number of state slots per weight (row-wise AdaGrad: one per block)."""
+    if kind == OPT_ADAGRAD or kind == OPT_ROWADA:
         return 1
     if kind == OPT_ADAM or kind == OPT_FTRL:
         return 2
@@ -106,7 +112,7 @@ cdef inline void opt_block(const Opt* o, floating eta, floating* w, const floati
     cdef Py_ssize_t d
     cdef floating* s1 = w + n
     cdef floating* s2 = w + 2 * n
-    cdef floating gd, norm = 0, sig, z, a
+    cdef floating gd, norm = 0, sig, z, a, ss, r
     cdef floating clipped[OPT_MAX_BLOCK]
     cdef const floating* g = g0
     if o.clip > 0:
@@ -125,6 +131,19 @@ cdef inline void opt_block(const Opt* o, floating eta, floating* w, const floati
             for d in range(n):
                 s1[d] = s1[d] + g[d] * g[d]
                 w[d] = w[d] - eta * g[d] / fm_sqrt(s1[d])
+    elif o.kind == OPT_ROWADA:
+        # one accumulator at w[n]; a factor block (n = kp >= 4) has k real
+        # weights (its padding's gradients are 0), any other block one
+        if floating is float:
+            fm_rowada_f32(w, g, eta, <float>(1.0 / o.row_k) if n > 1 else 1.0, n, o.exact)
+        else:
+            ss = 0
+            for d in range(n):
+                ss = ss + g[d] * g[d]
+            s1[0] = s1[0] + ss / (<floating>o.row_k if n > 1 else 1)
+            r = 1 / fm_sqrt(s1[0])
+            for d in range(n):
+                w[d] = w[d] - eta * g[d] * r
     elif o.kind == OPT_ADAM:
         for d in range(n):
             gd = g[d]

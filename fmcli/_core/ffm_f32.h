@@ -171,10 +171,11 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
  * state slots, kp values each (AdaGrad: G; Adam: m, v; FTRL: z, n).  `eta`
  * is the step's size (Adam: bias-corrected; FTRL: alpha); `refine` is
  * AdaGrad's exact 1/sqrt (see fm_adagrad_ps). */
-enum { FM_OPT_SGD = 0, FM_OPT_ADAGRAD = 1, FM_OPT_ADAM = 2, FM_OPT_FTRL = 3 };
+enum { FM_OPT_SGD = 0, FM_OPT_ADAGRAD = 1, FM_OPT_ADAM = 2, FM_OPT_FTRL = 3, FM_OPT_ROWADA = 4 };
 
 typedef struct {
     float eta, b1, b2, eps, beta, l1, l2;
+    float inv_k;   /* row-wise AdaGrad: 1 / k, the real weights of a block */
 } fm_step_params;
 
 #if FM_SSE
@@ -275,6 +276,139 @@ FM_INLINE void ffm_update(const int kind, const int refine, float *F, const fm_i
 #endif
         }
     }
+}
+
+/* Row-wise AdaGrad (--optimizer rowwise-adagrad): one accumulator per block,
+ * right after its kp weights (a block is kp + 1 floats), and for a block
+ * with gradient g
+ *     G += (sum_d g_d^2) / k;   w -= eta * g / sqrt(G)
+ * so every weight of a block takes the same step size.  The 1/sqrt is the
+ * CPU's estimate unless `refine` (as fm_adagrad_ps).  fm_rowada_f32 is the
+ * step of one block; the pair loops below step FFM's two blocks of a pair
+ * as ffm_update does (gradients from the values before the pair, then w1,
+ * then w2, which sees w1's step when they are one block). */
+#if FM_SSE
+/* Sum of the four lanes of v in every lane, added as (v0 + v2) + (v1 + v3). */
+static inline __m128 fm_hsum4_ps(__m128 v) {
+    v = _mm_add_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_add_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+static inline __m128 fm_rsqrt_ps(__m128 x, const int refine) {
+    __m128 r = _mm_rsqrt_ps(x);
+    if (refine) {
+        const __m128 half = _mm_set1_ps(0.5f), three = _mm_set1_ps(3.0f);
+        r = _mm_mul_ps(_mm_mul_ps(half, r), _mm_sub_ps(three, _mm_mul_ps(_mm_mul_ps(x, r), r)));
+    }
+    return r;
+}
+
+/* The accumulator after adding the squares summed in the lanes of sq, in
+ * every lane (stored back to *G), and its reciprocal square root. */
+static inline __m128 fm_rowada_acc(float *G, __m128 sq, __m128 ik, const int refine) {
+    __m128 acc = _mm_add_ps(_mm_set1_ps(*G), _mm_mul_ps(fm_hsum4_ps(sq), ik));
+    _mm_store_ss(G, acc);
+    return fm_rsqrt_ps(acc, refine);
+}
+#endif
+
+/* Row-wise AdaGrad step of the block of n weights w (n a multiple of 4, or
+ * 1), accumulator w[n], with gradient g; inv_k: 1 / the block's real weights. */
+static inline void fm_rowada_f32(float *w, const float *g, float eta, float inv_k, fm_idx n, int refine) {
+#if FM_SSE
+    if (n % 4 == 0) {
+        __m128 sq = _mm_setzero_ps();
+        for (fm_idx d = 0; d < n; d += 4) {
+            __m128 gd = _mm_loadu_ps(g + d);
+            sq = _mm_add_ps(sq, _mm_mul_ps(gd, gd));
+        }
+        const __m128 r = fm_rowada_acc(w + n, sq, _mm_set1_ps(inv_k), refine), e = _mm_set1_ps(eta);
+        for (fm_idx d = 0; d < n; d += 4)
+            _mm_storeu_ps(w + d, _mm_sub_ps(_mm_loadu_ps(w + d), _mm_mul_ps(_mm_mul_ps(e, _mm_loadu_ps(g + d)), r)));
+        return;
+    }
+    if (n == 1) {   /* one weight: AdaGrad itself */
+        __m128 acc = _mm_add_ss(_mm_load_ss(w + 1), _mm_mul_ss(_mm_mul_ss(_mm_load_ss(g), _mm_load_ss(g)),
+                                                               _mm_set_ss(inv_k)));
+        _mm_store_ss(w + 1, acc);
+        __m128 r = fm_rsqrt_ps(_mm_shuffle_ps(acc, acc, 0), refine);
+        _mm_store_ss(w, _mm_sub_ss(_mm_load_ss(w), _mm_mul_ss(_mm_mul_ss(_mm_set_ss(eta), _mm_load_ss(g)), r)));
+        return;
+    }
+    (void)refine;
+#else
+    (void)refine;
+#endif
+    float ss = 0.0f;
+    for (fm_idx d = 0; d < n; d++) ss += g[d] * g[d];
+    w[n] += ss * inv_k;
+    const float r = 1.0f / sqrtf(w[n]);
+    for (fm_idx d = 0; d < n; d++) w[d] -= eta * g[d] * r;
+}
+
+/* Row-wise AdaGrad on every pair of a prepared row (blocks of kp + 1). */
+FM_INLINE void ffm_rowada_update(const int refine, float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                 const float *xs, fm_idx c, float kappa, float lam, float eta, float inv_k) {
+#if FM_SSE
+    const __m128 la = _mm_set1_ps(lam), e = _mm_set1_ps(eta), ik = _mm_set1_ps(inv_k);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const __m128 k = _mm_set1_ps(kx1 * xs[l]);
+            /* squares summed per lane over the even and the odd groups of four,
+             * then the two added (the AVX loop's eight lanes, in its order) */
+            __m128 s1[2] = {_mm_setzero_ps(), _mm_setzero_ps()}, s2[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+            for (fm_idx d = 0; d < kp; d += 4) {
+                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+                s1[(d >> 2) & 1] = _mm_add_ps(s1[(d >> 2) & 1], _mm_mul_ps(g1, g1));
+                s2[(d >> 2) & 1] = _mm_add_ps(s2[(d >> 2) & 1], _mm_mul_ps(g2, g2));
+            }
+            /* w2's accumulator is read after w1's is stored: one block, both adds */
+            const __m128 r1 = fm_rowada_acc(w1 + kp, kp > 4 ? _mm_add_ps(s1[0], s1[1]) : s1[0], ik, refine);
+            const __m128 r2 = fm_rowada_acc(w2 + kp, kp > 4 ? _mm_add_ps(s2[0], s2[1]) : s2[0], ik, refine);
+            for (fm_idx d = 0; d < kp; d += 4) {
+                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+                a = _mm_sub_ps(a, _mm_mul_ps(_mm_mul_ps(e, g1), r1));
+                _mm_storeu_ps(w1 + d, a);
+                if (w1 == w2) b = a;
+                _mm_storeu_ps(w2 + d, _mm_sub_ps(b, _mm_mul_ps(_mm_mul_ps(e, g2), r2)));
+            }
+        }
+    }
+#else
+    (void)refine;
+    for (fm_idx i = 0; i < c; i++) {
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = F + oj[i] + of[l];
+            float *w2 = F + oj[l] + of[i];
+            const float kv = kappa * xs[i] * xs[l];
+            float s1 = 0.0f, s2 = 0.0f;
+            for (fm_idx d = 0; d < kp; d++) {
+                const float g1 = lam * w1[d] + kv * w2[d], g2 = lam * w2[d] + kv * w1[d];
+                s1 += g1 * g1;
+                s2 += g2 * g2;
+            }
+            w1[kp] += s1 * inv_k;
+            const float r1 = 1.0f / sqrtf(w1[kp]);
+            w2[kp] += s2 * inv_k;
+            const float r2 = 1.0f / sqrtf(w2[kp]);
+            for (fm_idx d = 0; d < kp; d++) {
+                const float a = w1[d], b = w2[d];
+                const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
+                w1[d] = a - eta * g1 * r1;
+                w2[d] = (w1 == w2 ? w1[d] : b) - eta * g2 * r2;
+            }
+        }
+    }
+#endif
 }
 
 /* AVX paths, chosen at run time (the build itself stays portable: only these
@@ -434,6 +568,118 @@ FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj,
             }
         }
     }
+}
+
+/* Row-wise AdaGrad with k padded to 4: a block is 5 floats, and one pair's
+ * two weight vectors share a register, [w1 | w2], as in ffm_adagrad_avx4;
+ * each half's squares are summed in the SSE loop's order, so results are
+ * those of ffm_rowada_update bit for bit. */
+FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
+                                   float kappa, float lam, float eta, float inv_k, const int refine) {
+    const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta), ik = _mm256_set1_ps(inv_k);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const float kv = kx1 * xs[l];
+            if (w1 == w2) {
+                const fm_idx one[2] = {0, 0};
+                const float x2[2] = {1.0f, kv};
+                ffm_rowada_update(refine, w1, 4, one, one, x2, 2, 1.0f, lam, eta, inv_k);
+                continue;
+            }
+            const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
+            __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
+            __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
+            __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(_mm256_set1_ps(kv), y));
+            __m256 sq = _mm256_mul_ps(g, g);
+            sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(1, 0, 3, 2)));
+            sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(2, 3, 0, 1)));
+            __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(w1[4])), _mm_set1_ps(w2[4]), 1);
+            G = _mm256_add_ps(G, _mm256_mul_ps(sq, ik));
+            __m256 r = _mm256_rsqrt_ps(G);
+            if (refine) {
+                const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
+                r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(G, r), r)));
+            }
+            x = _mm256_sub_ps(x, _mm256_mul_ps(_mm256_mul_ps(e, g), r));
+            _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
+            _mm_store_ss(w1 + 4, _mm256_castps256_ps128(G));
+            _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
+            _mm_store_ss(w2 + 4, _mm256_extractf128_ps(G, 1));
+        }
+    }
+}
+
+/* Row-wise AdaGrad with k padded to a multiple of 8: eight lanes at a time,
+ * the squares of lanes 0-3 and 4-7 added at the end (the SSE loop's even and
+ * odd groups), so results are those of ffm_rowada_update bit for bit. */
+FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs,
+                                   fm_idx c, float kappa, float lam, float eta, float inv_k, const int refine) {
+    const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    const __m128 ik = _mm_set1_ps(inv_k);
+    for (fm_idx i = 0; i < c; i++) {
+        float *row1 = F + oj[i];
+        float *col1 = F + of[i];
+        const float kx1 = kappa * xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            float *w1 = row1 + of[l];
+            float *w2 = col1 + oj[l];
+            const float kv = kx1 * xs[l];
+            if (w1 == w2) {
+                const fm_idx one[2] = {0, 0};
+                const float x2[2] = {1.0f, kv};
+                ffm_rowada_update(refine, w1, kp, one, one, x2, 2, 1.0f, lam, eta, inv_k);
+                continue;
+            }
+            const __m256 k = _mm256_set1_ps(kv);
+            __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
+            for (fm_idx d = 0; d < kp; d += 8) {
+                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+                s1 = _mm256_add_ps(s1, _mm256_mul_ps(g1, g1));
+                s2 = _mm256_add_ps(s2, _mm256_mul_ps(g2, g2));
+            }
+            const __m128 q1 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1));
+            const __m128 q2 = _mm_add_ps(_mm256_castps256_ps128(s2), _mm256_extractf128_ps(s2, 1));
+            const __m128 r1h = fm_rowada_acc(w1 + kp, q1, ik, refine);
+            const __m128 r2h = fm_rowada_acc(w2 + kp, q2, ik, refine);
+            const __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(r1h), r1h, 1);
+            const __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(r2h), r2h, 1);
+            for (fm_idx d = 0; d < kp; d += 8) {
+                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+                _mm256_storeu_ps(w1 + d, _mm256_sub_ps(a, _mm256_mul_ps(_mm256_mul_ps(e, g1), r1)));
+                _mm256_storeu_ps(w2 + d, _mm256_sub_ps(b, _mm256_mul_ps(_mm256_mul_ps(e, g2), r2)));
+            }
+        }
+    }
+}
+
+#define FM_AVX_ROWADA(R) \
+    FM_AVX_FN void ffm_rowada_avx8_r##R(float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs, \
+                                        fm_idx c, float kappa, float lam, float eta, float inv_k) { \
+        if (kp == 8) ffm_rowada_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
+        else if (kp == 16) ffm_rowada_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
+        else ffm_rowada_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
+    }
+FM_AVX_ROWADA(0)
+FM_AVX_ROWADA(1)
+#undef FM_AVX_ROWADA
+
+FM_AVX_FN void ffm_rowada_avx4_r0(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
+                                  float kappa, float lam, float eta, float inv_k) {
+    ffm_rowada_avx4(F, oj, of, xs, c, kappa, lam, eta, inv_k, 0);
+}
+
+FM_AVX_FN void ffm_rowada_avx4_r1(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
+                                  float kappa, float lam, float eta, float inv_k) {
+    ffm_rowada_avx4(F, oj, of, xs, c, kappa, lam, eta, inv_k, 1);
 }
 
 #define FM_AVX_ADAGRAD(R) \
@@ -739,6 +985,29 @@ static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj
 static inline void fm_ffm_update_f32(int kind, int refine, float *F, fm_idx kp, const fm_idx *oj,
                                      const fm_idx *of, const float *xs, fm_idx c, float kappa,
                                      float lam, const fm_step_params *p) {
+    if (kind == FM_OPT_ROWADA) {
+#if FM_AVX
+        if (fm_simd_level >= FM_SIMD_AVX && kp == 4) {
+            if (refine) ffm_rowada_avx4_r1(F, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+            else ffm_rowada_avx4_r0(F, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+            return;
+        }
+        if (fm_simd_level >= FM_SIMD_AVX && kp % 8 == 0) {
+            if (refine) ffm_rowada_avx8_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+            else ffm_rowada_avx8_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+            return;
+        }
+#endif
+#define FM_ROWADA(R, KP) ffm_rowada_update(R, F, KP, oj, of, xs, c, kappa, lam, p->eta, p->inv_k)
+#define FM_ROWADA_K(KP) { if (refine) FM_ROWADA(1, KP); else FM_ROWADA(0, KP); }
+        if (kp == 4) FM_ROWADA_K(4)
+        else if (kp == 8) FM_ROWADA_K(8)
+        else if (kp == 16) FM_ROWADA_K(16)
+        else FM_ROWADA_K(kp)
+#undef FM_ROWADA_K
+#undef FM_ROWADA
+        return;
+    }
 #if FM_AVX
     if (fm_simd_level >= FM_SIMD_AVX && kind == FM_OPT_ADAGRAD && (kp == 4 || kp % 8 == 0)) {
         if (refine) ffm_adagrad_avx_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta);

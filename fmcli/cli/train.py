@@ -64,7 +64,9 @@ def default_output(train_file: str) -> str:
               help="cpu; cuda: a CUDA GPU (needs CuPy: pip install 'fmcli[gpu]'); auto: the GPU when one "
                    "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "
                    "batches are exact (deterministic).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer, help="Update rule.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer,
+              help="Update rule.  rowwise-adagrad: AdaGrad with one accumulator per factor vector "
+                   "(k + 1 values per vector instead of 2k while training; CPU only).")
 @click.option("--adam-beta1", type=float, default=D.adam_beta1, help="Adam: decay of the gradient mean.")
 @click.option("--adam-beta2", type=float, default=D.adam_beta2, help="Adam: decay of the squared-gradient mean.")
 @click.option("--adam-eps", type=float, default=D.adam_eps, help="Adam: denominator epsilon.")
@@ -106,7 +108,8 @@ def default_output(train_file: str) -> str:
                    "their shared cache lines (auto: on 100k rows or more, those on 0.2% of rows or "
                    "more, up to 512 KiB per thread; 0: plain Hogwild).")
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
-              help="Refine AdaGrad's 1/sqrt to float32 precision (slower); by default the CPU's estimate, as libffm.")
+              help="Refine AdaGrad's (and rowwise-adagrad's) 1/sqrt to float32 precision (slower); by "
+                   "default the CPU's estimate, as libffm.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=D.format, help="Input format (auto: from the first row).")
 @read_limit_options
 @click.option("--max-feature-id", type=click.IntRange(0, 2**31 - 1), default=D.max_feature_id,

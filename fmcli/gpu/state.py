@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DeviceError
 from ..model import Model, padded_k
 from . import plan
-from .layout import ROW_BAD, ROW_SKIPPED, hyper_array, shape_array
+from .layout import OPTIMIZERS as GPU_OPTIMIZERS, ROW_BAD, ROW_SKIPPED, hyper_array, shape_array
 
 ROWS_PER_LAUNCH = 1 << 21          # per-row mode: positions per kernel launch
 BATCHES_PER_SUMMARY = 256          # exact mode: batches between reductions of the row statistics
@@ -62,6 +62,8 @@ class GpuState:
                  task: str = "binary", classes: list[str] | None = None, *, backend=None):
         from ..train import TrainState
 
+        if cfg.optimizer not in GPU_OPTIMIZERS:
+            raise DeviceError(f"the GPU kernels have no {cfg.optimizer} optimizer")
         self.backend = backend if backend is not None else default_backend()
         xp = self.xp = self.backend.xp
         self.dtype = np.dtype(cfg.dtype)
