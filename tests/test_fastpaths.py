@@ -3,6 +3,8 @@
 * The AVX loops of the float32 FFM kernels (chosen at import where the CPU
   has AVX) against the SSE loops: bit for bit, every k and AdaGrad mode,
   per-element and row-wise.
+* The loops for rows whose entries share one value (one-hot rows) against
+  the general ones: bit for bit, every optimizer.
 * Compact in-memory batches (uint8 fields, no values when all are 1)
   against plain ones: bit for bit, training and scoring.
 * Dataset.in_memory(compact=True) and the compact chunks a data set keeps.
@@ -39,7 +41,8 @@ def one_hot_batch(seed, n_rows=400, n_fields=9, n_features=60, repeat=True, valu
 
 def ffm_state(b: Batch, kp: int, seed=3, optimizer="adagrad"):
     n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
-    F = np.ones((n * m, kp + 1 if optimizer == "rowwise-adagrad" else 2 * kp), np.float32)
+    width = kp + 1 if optimizer == "rowwise-adagrad" else (1 + _kernels.n_state(optimizer)) * kp
+    F = np.ones((n * m, width), np.float32)
     F[:, :kp] = np.random.default_rng(seed).random((n * m, kp), dtype=np.float32) * 0.5
     return n, m, np.zeros(1, np.float32), np.zeros(n, np.float32), F.reshape(-1), np.zeros(0, np.float32)
 
@@ -48,7 +51,8 @@ def train(b: Batch, kp: int, refine: bool, epochs=2, fields=None, values=None, m
           optimizer="adagrad"):
     n, m, B, L, F, R = ffm_state(b, kp, optimizer=optimizer)
     if model == "ffm":
-        B, L = np.zeros(2, np.float32), np.zeros(2 * n, np.float32)
+        w = 1 + _kernels.n_state(optimizer)
+        B, L = np.zeros(w, np.float32), np.zeros(w * n, np.float32)
     order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
     losses = []
     for _ in range(epochs):
@@ -94,6 +98,35 @@ def test_avx_loops_match_sse_bit_for_bit(simd_levels, kp, refine, optimizer):
     np.testing.assert_array_equal(F_sse, F_avx)
     # and training did move the weights
     assert not np.array_equal(F_sse, ffm_state(b, kp, optimizer=optimizer)[4])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "ftrl", "rowwise-adagrad"])
+@pytest.mark.parametrize("kp", [4, 8, 12])
+@pytest.mark.parametrize("values", [False, True])
+def test_uniform_row_loops_match_the_general_ones(simd_levels, optimizer, kp, values):
+    """One-hot rows (values=False: every entry 1, then scaled) take the loops
+    that hoist x_i x_l; rows of other values do not.  Either way the results
+    equal those of the general loops, at every SIMD level."""
+    b = one_hot_batch(4, values=values)
+    try:
+        for level in simd_levels:
+            _kernels.set_simd(level)
+            out = {}
+            for uniform in (True, False):
+                assert _kernels.uniform_rows(uniform) is uniform
+                F, losses = train(b, kp, False, optimizer=optimizer)
+                n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
+                scores = np.empty(b.n_rows)
+                _kernels.score_rows("ffm", np.zeros(1, np.float32), np.zeros(1, np.float32), F,
+                                    np.zeros(0, np.float32), n, m, kp, _kernels.n_state(optimizer), b.indptr,
+                                    b.fields, b.features, b.values, scores, False, False, True, 1, 1, False,
+                                    optimizer == "rowwise-adagrad")
+                out[uniform] = F, losses, scores
+            np.testing.assert_array_equal(out[True][0], out[False][0])
+            assert out[True][1] == out[False][1]
+            np.testing.assert_array_equal(out[True][2], out[False][2])
+    finally:
+        _kernels.uniform_rows(True)
 
 
 @pytest.mark.parametrize("kp", [4, 8])

@@ -56,6 +56,8 @@ cdef extern from "ffm_f32.h":
     unsigned short fm_f2h_sr(float f, unsigned int r) noexcept nogil
     int fm_simd_init() noexcept nogil
     int fm_simd_set(int level) noexcept nogil
+    int fm_set_uniform_rows(int on) noexcept nogil
+    int fm_uniform_rows
     int fm_simd_level
     void fm_ffm_update_f32(int kind, int refine, float* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c, float kappa,

@@ -49,7 +49,7 @@ from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set_schedule, log1pexp,
-                      fm_simd_init, fm_simd_set, fm_simd_level, fm_f16c, fm_ffm_prepare,
+                      fm_simd_init, fm_simd_set, fm_simd_level, fm_set_uniform_rows, fm_uniform_rows, fm_f16c, fm_ffm_prepare,
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
                       fm_try_lock, fm_unlock, fm_lock)
@@ -109,6 +109,15 @@ def set_simd(str level):
     has it; returns the level in use.  Every level gives bit-identical
     results; this exists for tests and measurements."""
     return SIMD_LEVELS[fm_simd_set(SIMD_LEVELS.index(level))]
+
+
+def uniform_rows(on=None):
+    """Whether the float32 FFM loops take one-hot rows' common x_i x_l once
+    per row (bit-identical results; see ffm_f32.h); `on` changes it, for
+    tests and measurements.  Returns the setting in effect."""
+    if on is not None:
+        fm_set_uniform_rows(1 if on else 0)
+    return bool(fm_uniform_rows)
 
 
 def float16_round(const float[::1] x, const unsigned int[::1] bits, unsigned short[::1] out,

@@ -133,12 +133,14 @@ static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const i
     }
 
 FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                          const float *xs, fm_idx c) {
+                          const float *xs, fm_idx c, const int U) {
+    const float vu = c ? xs[0] * xs[0] : 0.0f;   /* U: every pair's x_i x_l */
 #if FM_SSE
     __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
+    const __m128 vu4 = _mm_set1_ps(vu);
 #define FM_PAIR(A, L) do { \
         const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
-        const __m128 vv = _mm_set1_ps(x1 * xs[L]); \
+        const __m128 vv = U ? vu4 : _mm_set1_ps(x1 * xs[L]); \
         for (fm_idx d = 0; d < kp; d += 4) \
             A = _mm_add_ps(A, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(w1 + d), _mm_loadu_ps(w2 + d)), vv)); \
     } while (0)
@@ -146,7 +148,7 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
     float acc = 0.0f, acc2 = 0.0f;
 #define FM_PAIR(A, L) do { \
         const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
-        const float v = x1 * xs[L]; \
+        const float v = U ? vu : x1 * xs[L]; \
         for (fm_idx d = 0; d < kp; d++) A += w1[d] * w2[d] * v; \
     } while (0)
 #endif
@@ -238,9 +240,10 @@ FM_INLINE float fm_step_1(const int kind, float w, float *st, const fm_idx kp, f
     return w - p->eta * g;
 }
 
-FM_INLINE void ffm_update(const int kind, const int refine, float *F, const fm_idx kp, const fm_idx *oj,
-                          const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam,
-                          const fm_step_params *params) {
+FM_INLINE void ffm_update(const int kind, const int refine, const int U, float *F, const fm_idx kp,
+                          const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c, float kappa,
+                          float lam, const fm_step_params *params) {
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;   /* U: every pair's kappa x_i x_l */
     /* A local copy: stores through the weight pointers cannot alias it. */
     const fm_step_params local = *params, *p = &local;
 #if FM_SSE
@@ -253,7 +256,7 @@ FM_INLINE void ffm_update(const int kind, const int refine, float *F, const fm_i
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const float kv = kx1 * xs[l];
+            const float kv = U ? ku : kx1 * xs[l];
 #if FM_SSE
             const __m128 k = _mm_set1_ps(kv);
             for (fm_idx d = 0; d < kp; d += 4) {
@@ -347,8 +350,10 @@ static inline void fm_rowada_f32(float *w, const float *g, float eta, float inv_
 }
 
 /* Row-wise AdaGrad on every pair of a prepared row (blocks of kp + 1). */
-FM_INLINE void ffm_rowada_update(const int refine, float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                                 const float *xs, fm_idx c, float kappa, float lam, float eta, float inv_k) {
+FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const fm_idx kp, const fm_idx *oj,
+                                 const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam, float eta,
+                                 float inv_k) {
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
 #if FM_SSE
     const __m128 la = _mm_set1_ps(lam), e = _mm_set1_ps(eta), ik = _mm_set1_ps(inv_k);
     for (fm_idx i = 0; i < c; i++) {
@@ -358,7 +363,7 @@ FM_INLINE void ffm_rowada_update(const int refine, float *F, const fm_idx kp, co
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const __m128 k = _mm_set1_ps(kx1 * xs[l]);
+            const __m128 k = _mm_set1_ps(U ? ku : kx1 * xs[l]);
             /* squares summed per lane over the even and the odd groups of four,
              * then the two added (the AVX loop's eight lanes, in its order) */
             __m128 s1[2] = {_mm_setzero_ps(), _mm_setzero_ps()}, s2[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
@@ -389,7 +394,7 @@ FM_INLINE void ffm_rowada_update(const int refine, float *F, const fm_idx kp, co
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = F + oj[i] + of[l];
             float *w2 = F + oj[l] + of[i];
-            const float kv = kappa * xs[i] * xs[l];
+            const float kv = U ? ku : kappa * xs[i] * xs[l];
             float s1 = 0.0f, s2 = 0.0f;
             for (fm_idx d = 0; d < kp; d++) {
                 const float g1 = lam * w1[d] + kv * w2[d], g2 = lam * w2[d] + kv * w1[d];
@@ -506,8 +511,9 @@ FM_AVX_INLINE void fm_adagrad_alias4(float *w, __m128 kv, __m128 la, __m128 e, c
 /* k padded to 4 with AdaGrad: a block is 8 floats (w, G), so one pair's two
  * weight vectors share a register, [w1 | w2], as do their accumulators. */
 FM_AVX_INLINE void ffm_adagrad_avx4(float *F, const fm_idx *oj, const fm_idx *of, const float *xs,
-                                    fm_idx c, float kappa, float lam, float eta, const int refine) {
+                                    fm_idx c, float kappa, float lam, float eta, const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
     for (fm_idx i = 0; i < c; i++) {
         float *row1 = F + oj[i];
         float *col1 = F + of[i];
@@ -515,7 +521,7 @@ FM_AVX_INLINE void ffm_adagrad_avx4(float *F, const fm_idx *oj, const fm_idx *of
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const float kv = kx1 * xs[l];
+            const float kv = U ? ku : kx1 * xs[l];
             if (w1 == w2) {
                 fm_adagrad_alias4(w1, _mm_set1_ps(kv), _mm256_castps256_ps128(la),
                                   _mm256_castps256_ps128(e), refine);
@@ -542,8 +548,9 @@ FM_AVX_INLINE void ffm_adagrad_avx4(float *F, const fm_idx *oj, const fm_idx *of
  * behaves the same). */
 FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                     const float *xs, fm_idx c, float kappa, float lam, float eta,
-                                    const int refine) {
+                                    const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
     for (fm_idx i = 0; i < c; i++) {
         float *row1 = F + oj[i];
         float *col1 = F + of[i];
@@ -551,7 +558,7 @@ FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj,
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const __m256 k = _mm256_set1_ps(kx1 * xs[l]);
+            const __m256 k = _mm256_set1_ps(U ? ku : kx1 * xs[l]);
             for (fm_idx d = 0; d < kp; d += 8) {
                 __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
                 __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
@@ -575,8 +582,9 @@ FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj,
  * each half's squares are summed in the SSE loop's order, so results are
  * those of ffm_rowada_update bit for bit. */
 FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
-                                   float kappa, float lam, float eta, float inv_k, const int refine) {
+                                   float kappa, float lam, float eta, float inv_k, const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta), ik = _mm256_set1_ps(inv_k);
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
     for (fm_idx i = 0; i < c; i++) {
         float *row1 = F + oj[i];
         float *col1 = F + of[i];
@@ -584,11 +592,11 @@ FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of,
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const float kv = kx1 * xs[l];
+            const float kv = U ? ku : kx1 * xs[l];
             if (w1 == w2) {
                 const fm_idx one[2] = {0, 0};
                 const float x2[2] = {1.0f, kv};
-                ffm_rowada_update(refine, w1, 4, one, one, x2, 2, 1.0f, lam, eta, inv_k);
+                ffm_rowada_update(refine, 0, w1, 4, one, one, x2, 2, 1.0f, lam, eta, inv_k);
                 continue;
             }
             const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
@@ -618,8 +626,10 @@ FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of,
  * the squares of lanes 0-3 and 4-7 added at the end (the SSE loop's even and
  * odd groups), so results are those of ffm_rowada_update bit for bit. */
 FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs,
-                                   fm_idx c, float kappa, float lam, float eta, float inv_k, const int refine) {
+                                   fm_idx c, float kappa, float lam, float eta, float inv_k, const int refine,
+                                   const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
+    const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
     const __m128 ik = _mm_set1_ps(inv_k);
     for (fm_idx i = 0; i < c; i++) {
         float *row1 = F + oj[i];
@@ -628,11 +638,11 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
         for (fm_idx l = i + 1; l < c; l++) {
             float *w1 = row1 + of[l];
             float *w2 = col1 + oj[l];
-            const float kv = kx1 * xs[l];
+            const float kv = U ? ku : kx1 * xs[l];
             if (w1 == w2) {
                 const fm_idx one[2] = {0, 0};
                 const float x2[2] = {1.0f, kv};
-                ffm_rowada_update(refine, w1, kp, one, one, x2, 2, 1.0f, lam, eta, inv_k);
+                ffm_rowada_update(refine, 0, w1, kp, one, one, x2, 2, 1.0f, lam, eta, inv_k);
                 continue;
             }
             const __m256 k = _mm256_set1_ps(kv);
@@ -661,38 +671,37 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
     }
 }
 
+/* Entry points for kp == 4 or a multiple of 8, R: refine, u: uniform values
+ * (see fm_ffm_update_f32). */
+#define FM_AVX_ROWADA_U(R, U) \
+    if (kp == 4) ffm_rowada_avx4(F, oj, of, xs, c, kappa, lam, eta, inv_k, R, U); \
+    else if (kp == 8) ffm_rowada_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, inv_k, R, U); \
+    else if (kp == 16) ffm_rowada_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, inv_k, R, U); \
+    else ffm_rowada_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, inv_k, R, U);
 #define FM_AVX_ROWADA(R) \
-    FM_AVX_FN void ffm_rowada_avx8_r##R(float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs, \
-                                        fm_idx c, float kappa, float lam, float eta, float inv_k) { \
-        if (kp == 8) ffm_rowada_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
-        else if (kp == 16) ffm_rowada_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
-        else ffm_rowada_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, inv_k, R); \
+    FM_AVX_FN void ffm_rowada_avx_r##R(float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs, \
+                                       fm_idx c, float kappa, float lam, float eta, float inv_k, int u) { \
+        if (u) { FM_AVX_ROWADA_U(R, 1) } else { FM_AVX_ROWADA_U(R, 0) } \
     }
 FM_AVX_ROWADA(0)
 FM_AVX_ROWADA(1)
 #undef FM_AVX_ROWADA
+#undef FM_AVX_ROWADA_U
 
-FM_AVX_FN void ffm_rowada_avx4_r0(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
-                                  float kappa, float lam, float eta, float inv_k) {
-    ffm_rowada_avx4(F, oj, of, xs, c, kappa, lam, eta, inv_k, 0);
-}
-
-FM_AVX_FN void ffm_rowada_avx4_r1(float *F, const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c,
-                                  float kappa, float lam, float eta, float inv_k) {
-    ffm_rowada_avx4(F, oj, of, xs, c, kappa, lam, eta, inv_k, 1);
-}
-
+#define FM_AVX_ADAGRAD_U(R, U) \
+    if (kp == 4) ffm_adagrad_avx4(F, oj, of, xs, c, kappa, lam, eta, R, U); \
+    else if (kp == 8) ffm_adagrad_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, R, U); \
+    else if (kp == 16) ffm_adagrad_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, R, U); \
+    else ffm_adagrad_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, R, U);
 #define FM_AVX_ADAGRAD(R) \
     FM_AVX_FN void ffm_adagrad_avx_r##R(float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, \
-                                        const float *xs, fm_idx c, float kappa, float lam, float eta) { \
-        if (kp == 4) ffm_adagrad_avx4(F, oj, of, xs, c, kappa, lam, eta, R); \
-        else if (kp == 8) ffm_adagrad_avx8(F, 8, oj, of, xs, c, kappa, lam, eta, R); \
-        else if (kp == 16) ffm_adagrad_avx8(F, 16, oj, of, xs, c, kappa, lam, eta, R); \
-        else ffm_adagrad_avx8(F, kp, oj, of, xs, c, kappa, lam, eta, R); \
+                                        const float *xs, fm_idx c, float kappa, float lam, float eta, int u) { \
+        if (u) { FM_AVX_ADAGRAD_U(R, 1) } else { FM_AVX_ADAGRAD_U(R, 0) } \
     }
 FM_AVX_ADAGRAD(0)
 FM_AVX_ADAGRAD(1)
 #undef FM_AVX_ADAGRAD
+#undef FM_AVX_ADAGRAD_U
 #endif /* FM_AVX */
 
 /* ------------------------------------------------------------------------
@@ -970,14 +979,39 @@ static inline void fm_ffm_adagrad_f16(int refine, char *F, fm_idx kp, const fm_i
     ffm_adagrad_h_scalar(F, kp, oj, of, xs, c, kappa, lam, eta, seed);
 }
 
+/* Rows whose entries all have one value after scaling (one-hot rows, as
+ * libffm-style categorical data is, normalized or not) give every pair the
+ * same x_i x_l: the pair loops then take that product once per row instead
+ * of loading and multiplying per pair.  It is the same float product, so
+ * the results are bit for bit those of the general loops.
+ * fm_uniform_rows = 0 (fm_set_uniform_rows) always runs the general loops,
+ * for tests and measurements. */
+static int fm_uniform_rows = 1;
+
+static inline int fm_set_uniform_rows(int on) {
+    fm_uniform_rows = on != 0;
+    return fm_uniform_rows;
+}
+
+static inline int fm_uniform(const float *xs, fm_idx c) {
+    if (!fm_uniform_rows) return 0;
+    for (fm_idx i = 1; i < c; i++)
+        if (xs[i] != xs[0]) return 0;
+    return 1;
+}
+
 /* Pair terms of a prepared row's score: sum over i < l of
  * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
 static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                      const float *xs, fm_idx c) {
-    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c);
-    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c);
-    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c);
-    return ffm_pairs(F, kp, oj, of, xs, c);
+#define FM_PAIRS_U(U) \
+    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c, U); \
+    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c, U); \
+    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c, U); \
+    return ffm_pairs(F, kp, oj, of, xs, c, U);
+    if (fm_uniform(xs, c)) { FM_PAIRS_U(1) }
+    FM_PAIRS_U(0)
+#undef FM_PAIRS_U
 }
 
 /* The optimizer step (kind: FM_OPT_*) of every pair of a prepared row,
@@ -985,47 +1019,37 @@ static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj
 static inline void fm_ffm_update_f32(int kind, int refine, float *F, fm_idx kp, const fm_idx *oj,
                                      const fm_idx *of, const float *xs, fm_idx c, float kappa,
                                      float lam, const fm_step_params *p) {
-    if (kind == FM_OPT_ROWADA) {
+    const int u = fm_uniform(xs, c);
 #if FM_AVX
-        if (fm_simd_level >= FM_SIMD_AVX && kp == 4) {
-            if (refine) ffm_rowada_avx4_r1(F, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
-            else ffm_rowada_avx4_r0(F, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+    if (fm_simd_level >= FM_SIMD_AVX && (kp == 4 || kp % 8 == 0)) {
+        if (kind == FM_OPT_ROWADA) {
+            if (refine) ffm_rowada_avx_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k, u);
+            else ffm_rowada_avx_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k, u);
             return;
         }
-        if (fm_simd_level >= FM_SIMD_AVX && kp % 8 == 0) {
-            if (refine) ffm_rowada_avx8_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
-            else ffm_rowada_avx8_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta, p->inv_k);
+        if (kind == FM_OPT_ADAGRAD) {
+            if (refine) ffm_adagrad_avx_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta, u);
+            else ffm_adagrad_avx_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta, u);
             return;
         }
-#endif
-#define FM_ROWADA(R, KP) ffm_rowada_update(R, F, KP, oj, of, xs, c, kappa, lam, p->eta, p->inv_k)
-#define FM_ROWADA_K(KP) { if (refine) FM_ROWADA(1, KP); else FM_ROWADA(0, KP); }
-        if (kp == 4) FM_ROWADA_K(4)
-        else if (kp == 8) FM_ROWADA_K(8)
-        else if (kp == 16) FM_ROWADA_K(16)
-        else FM_ROWADA_K(kp)
-#undef FM_ROWADA_K
-#undef FM_ROWADA
-        return;
-    }
-#if FM_AVX
-    if (fm_simd_level >= FM_SIMD_AVX && kind == FM_OPT_ADAGRAD && (kp == 4 || kp % 8 == 0)) {
-        if (refine) ffm_adagrad_avx_r1(F, kp, oj, of, xs, c, kappa, lam, p->eta);
-        else ffm_adagrad_avx_r0(F, kp, oj, of, xs, c, kappa, lam, p->eta);
-        return;
     }
 #endif
-#define FM_UPDATE(K, R, KP) ffm_update(K, R, F, KP, oj, of, xs, c, kappa, lam, p)
-#define FM_KINDS(KP) \
-    if (kind == FM_OPT_ADAGRAD) { if (refine) FM_UPDATE(FM_OPT_ADAGRAD, 1, KP); else FM_UPDATE(FM_OPT_ADAGRAD, 0, KP); } \
-    else if (kind == FM_OPT_ADAM) FM_UPDATE(FM_OPT_ADAM, 0, KP); \
-    else if (kind == FM_OPT_FTRL) FM_UPDATE(FM_OPT_FTRL, 0, KP); \
-    else FM_UPDATE(FM_OPT_SGD, 0, KP);
+#define FM_UPDATE(K, R, KP, U) \
+    if (K == FM_OPT_ROWADA) ffm_rowada_update(R, U, F, KP, oj, of, xs, c, kappa, lam, p->eta, p->inv_k); \
+    else ffm_update(K, R, U, F, KP, oj, of, xs, c, kappa, lam, p)
+#define FM_KINDS_U(KP, U) \
+    if (kind == FM_OPT_ADAGRAD) { if (refine) FM_UPDATE(FM_OPT_ADAGRAD, 1, KP, U); else FM_UPDATE(FM_OPT_ADAGRAD, 0, KP, U); } \
+    else if (kind == FM_OPT_ROWADA) { if (refine) FM_UPDATE(FM_OPT_ROWADA, 1, KP, U); else FM_UPDATE(FM_OPT_ROWADA, 0, KP, U); } \
+    else if (kind == FM_OPT_ADAM) FM_UPDATE(FM_OPT_ADAM, 0, KP, U); \
+    else if (kind == FM_OPT_FTRL) FM_UPDATE(FM_OPT_FTRL, 0, KP, U); \
+    else FM_UPDATE(FM_OPT_SGD, 0, KP, U);
+#define FM_KINDS(KP) if (u) { FM_KINDS_U(KP, 1) } else { FM_KINDS_U(KP, 0) }
     if (kp == 4) { FM_KINDS(4) }
     else if (kp == 8) { FM_KINDS(8) }
     else if (kp == 16) { FM_KINDS(16) }
     else { FM_KINDS(kp) }
 #undef FM_KINDS
+#undef FM_KINDS_U
 #undef FM_UPDATE
 }
 
