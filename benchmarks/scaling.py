@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Thread scaling of training, measured in interleaved slices.
+"""Thread scaling of training (and other A/B comparisons), measured in interleaved slices.
 
 On a shared machine the speed of the CPU drifts by 20-40% within minutes,
 so the ratio of two runs made a minute apart says little about threads.
@@ -13,12 +13,18 @@ is seen to train as well.
 
 Settings: 1 thread, and for every other --threads count fmcli's default
 (hot features on per-thread replicas where they apply) and, with
---hogwild, the plain Hogwild run (--hot-features 0).
+--hogwild, the plain Hogwild run (--hot-features 0).  With several
+--optimizers every optimizer gets those settings (ratios are to the first
+optimizer's 1 thread), and --general-loops adds each setting again with the
+kernels' one-hot shortcut off (fmcli._core._kernels.uniform_rows(False):
+the same results, computed by the general loops).
 
 Usage::
 
     python benchmarks/scaling.py --train train.ffm --valid va.ffm --threads 1,2 --hogwild
     python benchmarks/scaling.py --train train.ffm --k 8 --linear --json out.json
+    python benchmarks/scaling.py --train train.ffm --threads 1,2 --optimizers adagrad,rowwise-adagrad
+    python benchmarks/scaling.py --train train.ffm --threads 1 --general-loops
 
 Without --train/--valid a dataset is generated with benchmarks/synth.py
 (as bench.py does, in --work-dir).
@@ -45,6 +51,7 @@ sys.path.insert(0, str(HERE))
 
 from bench import generate_dataset  # noqa: E402
 
+from fmcli._core import _kernels  # noqa: E402
 from fmcli.config import Config  # noqa: E402
 from fmcli.data.dataset import load_dataset  # noqa: E402
 from fmcli.metrics import evaluate  # noqa: E402
@@ -56,19 +63,25 @@ class Setting:
     name: str
     threads: int
     hot_features: int | None       # None: fmcli's default (auto)
+    optimizer: str = "adagrad"
+    uniform: bool = True           # the kernels' one-hot shortcut (see --general-loops)
     rows_per_s: list[float] = field(default_factory=list)
     hot: int = 0                   # features on per-thread replicas
     va_logloss: float | None = None
 
 
-def settings(threads: list[int], hogwild: bool) -> list[Setting]:
-    out = [Setting("1 thread", 1, None)] if 1 in threads else []
-    for n in threads:
-        if n == 1:
-            continue
-        out.append(Setting(f"{n} threads", n, None))
-        if hogwild:
-            out.append(Setting(f"{n} threads, --hot-features 0", n, 0))
+def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("adagrad",),
+             general: bool = False) -> list[Setting]:
+    out = []
+    for opt in optimizers:
+        name = f"{opt}, " if len(optimizers) > 1 else ""
+        for n in threads:
+            kinds = [("", None)] if n == 1 else [("", None)] + ([(", --hot-features 0", 0)] if hogwild else [])
+            for suffix, hot in kinds:
+                label = f"{name}{n} thread{'s' if n > 1 else ''}{suffix}"
+                out.append(Setting(label, n, hot, opt))
+                if general:
+                    out.append(Setting(label + ", general loops", n, hot, opt, uniform=False))
     return out
 
 
@@ -93,12 +106,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="fmcli's defaults (bias and linear terms); without: libffm's model")
     ap.add_argument("--hogwild", action="store_true",
                     help="also run plain Hogwild (--hot-features 0) at every thread count above 1")
+    ap.add_argument("--optimizers", default="adagrad",
+                    help="comma list: every setting for each (ratios to the first one's 1 thread)")
+    ap.add_argument("--general-loops", action="store_true",
+                    help="also run every setting with the one-hot shortcut of the FFM loops off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write every slice's figures here")
     args = ap.parse_args(argv)
     threads = sorted({int(t) for t in args.threads.split(",")})
-    if 1 not in threads or len(threads) < 2 or min(threads) < 1:
-        ap.error("--threads must list 1 and at least one larger count")
+    optimizers = tuple(dict.fromkeys(o.strip() for o in args.optimizers.split(",") if o.strip()))
+    if 1 not in threads or min(threads) < 1:
+        ap.error("--threads must list 1 (the base of the ratios)")
+    runs = settings(threads, args.hogwild, optimizers, args.general_loops)
+    if len(runs) < 2:
+        ap.error("nothing to compare: give --threads with 1 and a larger count, several --optimizers "
+                 "or --general-loops")
 
     if args.train is None:
         args.train, generated_valid = generate_dataset(args.work_dir, args.rows,
@@ -114,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         n_features = max(n_features, va.features.max(initial=-1) + 1)
     print(f"read {batch.n_rows:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    runs = settings(threads, args.hogwild)
     states = []
     for s in runs:
         cfg = Config(model=args.model, k=args.k, threads=s.threads, hot_features=s.hot_features,
-                     use_bias=args.linear, use_linear=args.linear, seed=args.seed)
+                     use_bias=args.linear, use_linear=args.linear, seed=args.seed, optimizer=s.optimizer)
         st = TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
         st.choose_hot(batch)
         s.hot = 0 if st.hot is None else len(st.hot)
@@ -135,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             part = order[lo : lo + args.slice_rows]
             pairs = list(zip(runs, states))
             for s, st in (pairs if turn % 2 == 0 else pairs[::-1]):
+                _kernels.uniform_rows(s.uniform)
                 t = time.perf_counter()
                 st.train_epoch(batch, part, None, step, total)
                 s.rows_per_s.append(len(part) / (time.perf_counter() - t))
+            _kernels.uniform_rows(True)
             step += len(part)
             turn += 1
 
@@ -149,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     what = "fmcli's defaults (bias, linear, pairs)" if args.linear else "--no-bias --no-linear (libffm's model)"
     print(f"{args.model} k={args.k}, {what}: {batch.n_rows:,} rows x {args.epochs} epoch(s) "
           f"in slices of {args.slice_rows:,}, settings interleaved")
-    print(f"{'setting':34} {'hot':>5} {'rows/s':>10} {'x 1 thread (q25 / median / q75)':>34} {'va_logloss':>11}")
+    width = max(34, max(len(s.name) for s in runs))
+    print(f"{'setting':{width}} {'hot':>5} {'rows/s':>10} {'x ' + runs[0].name + ' (q25 / median / q75)':>34} "
+          f"{'va_logloss':>11}")
     report = []
     for s in runs:
         ratios = [a / b for a, b in zip(s.rows_per_s, base)]
         q25, med, q75 = quartiles(ratios)
         rate = statistics.median(s.rows_per_s)
         ll = f"{s.va_logloss:.5f}" if s.va_logloss is not None else "-"
-        print(f"{s.name:34} {s.hot:>5} {rate:>10,.0f} {f'{q25:.2f} / {med:.2f} / {q75:.2f}':>34} {ll:>11}")
+        print(f"{s.name:{width}} {s.hot:>5} {rate:>10,.0f} {f'{q25:.2f} / {med:.2f} / {q75:.2f}':>34} {ll:>11}")
         report.append({**asdict(s), "median_rows_per_s": rate, "ratio_q25": q25, "ratio_median": med,
                        "ratio_q75": q75})
     if args.json:

@@ -265,3 +265,23 @@ def test_scaling_benchmark_needs_one_thread_and_more(tmp_path):
     proc = subprocess.run([sys.executable, str(SCALING), "--threads", "2", "--rows", "100",
                            "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--threads must list 1" in proc.stderr
+
+
+def test_scaling_benchmark_compares_optimizers_and_the_general_loops(tmp_path):
+    out = tmp_path / "ab.json"
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "2000", "--work-dir", str(tmp_path),
+                           "--slice-rows", "500", "--threads", "1", "--optimizers", "adagrad,rowwise-adagrad",
+                           "--general-loops", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = {s["name"]: s for s in json.loads(out.read_text())["settings"]}
+    assert list(report) == ["adagrad, 1 thread", "adagrad, 1 thread, general loops",
+                            "rowwise-adagrad, 1 thread", "rowwise-adagrad, 1 thread, general loops"]
+    assert [s["optimizer"] for s in report.values()] == ["adagrad"] * 2 + ["rowwise-adagrad"] * 2
+    for name in ("adagrad, 1 thread", "rowwise-adagrad, 1 thread"):
+        # the one-hot shortcut computes the same model as the general loops
+        assert report[name]["va_logloss"] == report[name + ", general loops"]["va_logloss"]
+        assert len(report[name]["rows_per_s"]) == 4
+    assert report["adagrad, 1 thread"]["va_logloss"] != report["rowwise-adagrad, 1 thread"]["va_logloss"]
+    proc = subprocess.run([sys.executable, str(SCALING), "--threads", "1", "--rows", "100",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing to compare" in proc.stderr
