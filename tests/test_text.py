@@ -949,3 +949,43 @@ def test_read_weights_count_mismatch(tmp_path):
 def test_read_weights_missing_file(tmp_path):
     with pytest.raises(InputNotFoundError):
         read_weights(tmp_path / "nope.txt", 1, "d.ffm")
+
+
+@pytest.mark.parametrize("mode", ["binary", "class"])
+@pytest.mark.parametrize("first", [(1, 1), (3, 5), (2, 1000), (1000, 4)])
+def test_read_all_grows_full_arrays_and_resumes_at_the_line(tmp_path, monkeypatch, mode, first):
+    """read_all starts small and lets the first block grow the arrays: where
+    they are full the parser stops, they grow, and parsing resumes at the
+    start of that line.  The result is that of the streaming reader, with
+    the same line numbers, weights, bad rows and classes."""
+    rng = np.random.default_rng(7)
+    lines = []
+    for i in range(300):
+        n = int(rng.integers(0, 12))
+        label = ["0", "1"][i % 2] if mode == "binary" else ["a", "b", "c"][i % 3]
+        if i % 7 == 0:
+            label += ":2.5"
+        toks = [f"{rng.integers(0, 9)}:{rng.integers(0, 500)}:{rng.random():.3f}" for _ in range(n)]
+        lines.append(" ".join([label] + toks))
+        if i % 50 == 3:
+            lines.append("# a comment")
+        if i % 61 == 5:
+            lines.append("1 oops")   # a bad row (skipped)
+    path = tmp_path / "rows.ffm"
+    path.write_text("\n".join(lines) + "\n")
+    limits = ReadLimits(max_bad_rows=100)
+
+    def reader(block_bytes):
+        return TextReader(path, label_mode=mode, limits=limits, track_lines=True, block_bytes=block_bytes)
+
+    want_reader = reader(1 << 20)
+    want = Batch.concat(list(want_reader))
+    monkeypatch.setattr(text_module, "_FIRST_CAPACITY", first)
+    for block_bytes in (1 << 20, 1000, 97):
+        r = reader(block_bytes)
+        got = r.read_all()
+        for name in ("labels", "indptr", "fields", "features", "values", "lines", "weights"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{name} {block_bytes}")
+        assert [e.line for e in r.bad_rows] == [e.line for e in want_reader.bad_rows]
+        assert r.lines == want_reader.lines == len(lines)
+        assert r.classes == (sorted(want_reader.classes) if mode == "class" else None)

@@ -338,7 +338,10 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                         err = E_TOKEN
                         break
                     p = q + 1
-                    if parse_number(p, lend, &v, &q) != 0:
+                    if p < lend and is_digit(p[0]) and (p + 1 == lend or is_sep(p[1])):
+                        v = p[0] - 48               # a one-digit value ("1" of one-hot data)
+                        q = p + 1
+                    elif parse_number(p, lend, &v, &q) != 0:
                         err = E_VALUE if (p < lend and not is_sep(p[0])) else E_TOKEN
                         break
                     if not at_token_end(q, lend):

@@ -345,7 +345,8 @@ BOM = b"\xef\xbb\xbf"
 
 def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
                 on_long_line: Callable[[int, bytes], None],
-                on_bytes: Callable[[int], None] | None = None) -> Iterator[tuple[bytes, int, int]]:
+                on_bytes: Callable[[int], None] | None = None,
+                lines_after: Callable[[], int | None] | None = None) -> Iterator[tuple[bytes, int, int]]:
     """The whole lines of stream `f`, block by block, for the text readers.
 
     Yields (buf, cut, lines): buf[:cut] are whole lines (in the last block,
@@ -355,7 +356,10 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
     whole: on_long_line(its line number, its first 40 bytes) either raises
     or returns, and then the line is skipped.  on_bytes(n) is told of every
     n bytes read.  Read errors and corrupt compressed data are DataErrors
-    naming `name` (and the line reached)."""
+    naming `name` (and the line reached).  A consumer that counts the lines
+    it parses anyway gives lines_after(): after each block it returns the
+    lines through that block's end (or None), which saves counting them
+    here."""
     carry = b""
     first = True
     dropping = False  # inside an over-long line that is being skipped
@@ -406,5 +410,6 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
             carry = buf  # a line longer than one block: keep reading
             continue
         yield buf, cut, lines
-        lines += buf.count(b"\n", 0, cut)
+        told = lines_after() if lines_after is not None else None
+        lines = told if told is not None else lines + buf.count(b"\n", 0, cut)
         carry = buf[cut:]

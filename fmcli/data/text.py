@@ -32,7 +32,7 @@ MAX_ID = 2**31 - 1
 LABEL_MODES = ("binary", "real", "class")
 
 # Parser error codes (fmcli/_core/_parse.pyx).
-E_TOKEN, E_LONG_LINE, E_CR, E_MIXED_LABELS, E_FEATURE_LIMIT = 3, 9, 10, 11, 12
+E_TOKEN, E_CAPACITY, E_LONG_LINE, E_CR, E_MIXED_LABELS, E_FEATURE_LIMIT = 3, 8, 9, 10, 11, 12
 
 _MESSAGES = {
     1: "expected a numeric label",
@@ -166,11 +166,14 @@ class TextReader:
     def read_all(self) -> Batch:
         """The whole input as one Batch, parsed straight into growing arrays."""
         self._start()
-        cols = _Columns(1 << 16, 1 << 20, track_lines=self.track_lines,
-                        spans=self.label_mode == "class")
+        cols = _Columns(*_FIRST_CAPACITY, track_lines=self.track_lines, spans=self.label_mode == "class")
+        parsed = 0   # bytes parsed so far: they tell how many rows and entries a block holds
         for buf, cut, line_base in self._blocks():
-            cols.reserve(*_capacity(cut))
+            if parsed:
+                more = cut / parsed * 1.1
+                cols.reserve(int(cols.rows * more) + 64, int(cols.nnz * more) + 1024)
             self._parse_into(cols, buf, cut, line_base)
+            parsed += cut
         batch = cols.finish()
         if self.label_mode == "class" and not self._fixed_classes:
             self._renumber_classes(batch.labels)
@@ -200,8 +203,10 @@ class TextReader:
 
         try:
             self.lines = 0
+            # _parse_into leaves self.lines at the lines through the block
             for buf, cut, lines in line_blocks(f, self.name, self.block_bytes,
-                                               self.limits.max_line_bytes, long_line, count):
+                                               self.limits.max_line_bytes, long_line, count,
+                                               lambda: self.lines):
                 self.lines = lines
                 if self.fmt == "auto":
                     # Undecided until a block holds a feature token; until
@@ -239,6 +244,12 @@ class TextReader:
                 self.lines = line0 + lines
                 return
             cols.nnz = int(cols.indptr[cols.rows])  # drop the unfinished row
+            if message is None and err == E_CAPACITY:
+                # the arrays are full: grow them and parse again from the
+                # start of the line that did not fit
+                cols.reserve(max(1024, cols.rows // 8), max(1 << 16, cols.nnz // 8))
+                offset, line0 = buf.rfind(b"\n", offset, offset + start) + 1 or offset, line0 + err_line
+                continue
             if message is None:
                 lineno = line0 + err_line + 1
                 message = self._describe(err, buf[offset + start : offset + end])
@@ -394,6 +405,12 @@ class TextReader:
         return f"{_MESSAGES.get(err, 'internal parser error')}, {found}"
 
 
+# read_all's first (rows, entries): the first block grows them as it needs
+# (parsing stops where they are full, they grow, and it resumes at that line);
+# later blocks reserve what the bytes parsed so far predict.
+_FIRST_CAPACITY = (1 << 16, 1 << 20)
+
+
 def _capacity(nbytes: int) -> tuple[int, int]:
     """Upper bounds on (rows, entries) in nbytes of text.
 
@@ -407,7 +424,10 @@ class _Columns:
     """CSR output arrays that grow in place.
 
     ``ndarray.resize`` reallocates; for large arrays the C library remaps the
-    pages instead of copying them, so growing never holds two copies."""
+    pages instead of copying them, so growing never holds two copies.  It
+    also zero-fills what it adds, so capacity added is memory touched: small
+    arrays grow by half (their reallocation may copy), large ones by what is
+    asked and a sixteenth."""
 
     def __init__(self, rows_cap: int, nnz_cap: int, track_lines: bool = False, spans: bool = False):
         self.lines = np.zeros(rows_cap, np.int64) if track_lines else None
@@ -422,9 +442,14 @@ class _Columns:
         self.rows = 0
         self.nnz = 0
 
+    @staticmethod
+    def _grown(cap: int, need: int) -> int:
+        return max(need, cap + (cap // 2 if cap < 1 << 23 else cap // 16))
+
     def reserve(self, rows: int, nnz: int) -> None:
+        """Room for `rows` more rows and `nnz` more entries."""
         if self.rows + rows > self.labels.shape[0]:
-            cap = max(self.rows + rows, self.labels.shape[0] * 3 // 2)
+            cap = self._grown(self.labels.shape[0], self.rows + rows)
             self.labels.resize(cap, refcheck=False)
             self.weights.resize(cap, refcheck=False)
             self.indptr.resize(cap + 1, refcheck=False)
@@ -433,7 +458,7 @@ class _Columns:
             if self.spans is not None:
                 self.spans.resize(2 * cap, refcheck=False)
         if self.nnz + nnz > self.fields.shape[0]:
-            cap = max(self.nnz + nnz, self.fields.shape[0] * 3 // 2)
+            cap = self._grown(self.fields.shape[0], self.nnz + nnz)
             for a in (self.fields, self.features, self.values):
                 a.resize(cap, refcheck=False)
 
