@@ -15,18 +15,15 @@ from fmcli import checkpoint
 from fmcli.config import Config
 from fmcli.errors import ConfigError, Interrupted
 from fmcli.train import train
+from synthdata import write_synth
 
 HERE = Path(__file__).resolve().parent
-SYNTH = HERE.parent / "benchmarks" / "synth.py"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckdata")
-    subprocess.run([sys.executable, str(SYNTH), "--rows", "12000", "--seed", "3", "--fields", "12",
-                    "--out", str(d / "tr.ffm"), "-q"], check=True)
-    lines = (d / "tr.ffm").read_text().splitlines(keepends=True)
-    (d / "va.ffm").write_text("".join(lines[:1500]))
+    lines = write_synth(d, 12000, seed=3, fields=12, valid_rows=1500)
     (d / "day1.ffm").write_text("".join(lines[:6000]))
     (d / "day2.ffm").write_text("".join(lines[6000:]))
     return d

@@ -321,16 +321,10 @@ def test_float16_rounding_is_toward_zero_plus_random_bits():
 
 @pytest.fixture(scope="module")
 def ffm_files(tmp_path_factory):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from synthdata import write_synth
 
     d = tmp_path_factory.mktemp("f16")
-    synth = Path(__file__).resolve().parent.parent / "benchmarks" / "synth.py"
-    subprocess.run([sys.executable, str(synth), "--rows", "6000", "--seed", "4", "--fields", "10",
-                    "--out", str(d / "tr.ffm"), "-q"], check=True)
-    lines = (d / "tr.ffm").read_text().splitlines(keepends=True)
-    (d / "va.ffm").write_text("".join(lines[:1000]))
+    write_synth(d, 6000, seed=4, fields=10, valid_rows=1000)
     return d
 
 

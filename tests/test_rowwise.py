@@ -4,10 +4,6 @@ test_matrix.py (every model, task and control) and its SIMD loops against
 each other in test_fastpaths.py; here: the layout, the model file, warm
 starts, threads and the settings it refuses."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,17 +13,13 @@ from fmcli.config import Config
 from fmcli.errors import ConfigError
 from fmcli.model import load_model, padded_k
 from fmcli.train import TrainState, train
-
-SYNTH = Path(__file__).resolve().parent.parent / "benchmarks" / "synth.py"
+from synthdata import write_synth
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("rowwise")
-    subprocess.run([sys.executable, str(SYNTH), "--rows", "6000", "--seed", "5", "--fields", "8",
-                    "--out", str(d / "tr.ffm"), "-q"], check=True)
-    lines = (d / "tr.ffm").read_text().splitlines(keepends=True)
-    (d / "va.ffm").write_text("".join(lines[:1000]))
+    write_synth(d, 6000, seed=5, fields=8, valid_rows=1000)
     return d
 
 

@@ -132,6 +132,23 @@ static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const i
         if (l < c) PAIR(acc, l); \
     }
 
+/* The update loops' walk over the pairs of a prepared row: the statements
+ * given run for every pair i < l with w1 = block(j_i, f_l) = F + oj[i] +
+ * of[l], w2 = block(j_l, f_i) and kv = kappa x_i x_l (with U, the row's one
+ * product ku: see fm_uniform), and may `continue` to the next pair. */
+#define FM_UPDATE_PAIRS(...) \
+    for (fm_idx i = 0; i < c; i++) { \
+        float *row1 = F + oj[i]; \
+        float *col1 = F + of[i]; \
+        const float kx1 = kappa * xs[i]; \
+        for (fm_idx l = i + 1; l < c; l++) { \
+            float *w1 = row1 + of[l]; \
+            float *w2 = col1 + oj[l]; \
+            const float kv = U ? ku : kx1 * xs[l]; \
+            __VA_ARGS__ \
+        } \
+    }
+
 FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
                           const float *xs, fm_idx c, const int U) {
     const float vu = c ? xs[0] * xs[0] : 0.0f;   /* U: every pair's x_i x_l */
@@ -356,38 +373,31 @@ FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const 
     const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
 #if FM_SSE
     const __m128 la = _mm_set1_ps(lam), e = _mm_set1_ps(eta), ik = _mm_set1_ps(inv_k);
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const __m128 k = _mm_set1_ps(U ? ku : kx1 * xs[l]);
-            /* squares summed per lane over the even and the odd groups of four,
-             * then the two added (the AVX loop's eight lanes, in its order) */
-            __m128 s1[2] = {_mm_setzero_ps(), _mm_setzero_ps()}, s2[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
-            for (fm_idx d = 0; d < kp; d += 4) {
-                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
-                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
-                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-                s1[(d >> 2) & 1] = _mm_add_ps(s1[(d >> 2) & 1], _mm_mul_ps(g1, g1));
-                s2[(d >> 2) & 1] = _mm_add_ps(s2[(d >> 2) & 1], _mm_mul_ps(g2, g2));
-            }
-            /* w2's accumulator is read after w1's is stored: one block, both adds */
-            const __m128 r1 = fm_rowada_acc(w1 + kp, kp > 4 ? _mm_add_ps(s1[0], s1[1]) : s1[0], ik, refine);
-            const __m128 r2 = fm_rowada_acc(w2 + kp, kp > 4 ? _mm_add_ps(s2[0], s2[1]) : s2[0], ik, refine);
-            for (fm_idx d = 0; d < kp; d += 4) {
-                __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
-                __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
-                __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-                a = _mm_sub_ps(a, _mm_mul_ps(_mm_mul_ps(e, g1), r1));
-                _mm_storeu_ps(w1 + d, a);
-                if (w1 == w2) b = a;
-                _mm_storeu_ps(w2 + d, _mm_sub_ps(b, _mm_mul_ps(_mm_mul_ps(e, g2), r2)));
-            }
+    FM_UPDATE_PAIRS(
+        const __m128 k = _mm_set1_ps(kv);
+        /* squares summed per lane over the even and the odd groups of four,
+         * then the two added (the AVX loop's eight lanes, in its order) */
+        __m128 s1[2] = {_mm_setzero_ps(), _mm_setzero_ps()}, s2[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+        for (fm_idx d = 0; d < kp; d += 4) {
+            __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+            __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+            __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+            s1[(d >> 2) & 1] = _mm_add_ps(s1[(d >> 2) & 1], _mm_mul_ps(g1, g1));
+            s2[(d >> 2) & 1] = _mm_add_ps(s2[(d >> 2) & 1], _mm_mul_ps(g2, g2));
         }
-    }
+        /* w2's accumulator is read after w1's is stored: one block, both adds */
+        const __m128 r1 = fm_rowada_acc(w1 + kp, kp > 4 ? _mm_add_ps(s1[0], s1[1]) : s1[0], ik, refine);
+        const __m128 r2 = fm_rowada_acc(w2 + kp, kp > 4 ? _mm_add_ps(s2[0], s2[1]) : s2[0], ik, refine);
+        for (fm_idx d = 0; d < kp; d += 4) {
+            __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
+            __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
+            __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
+            a = _mm_sub_ps(a, _mm_mul_ps(_mm_mul_ps(e, g1), r1));
+            _mm_storeu_ps(w1 + d, a);
+            if (w1 == w2) b = a;
+            _mm_storeu_ps(w2 + d, _mm_sub_ps(b, _mm_mul_ps(_mm_mul_ps(e, g2), r2)));
+        }
+    )
 #else
     (void)refine;
     for (fm_idx i = 0; i < c; i++) {
@@ -514,33 +524,25 @@ FM_AVX_INLINE void ffm_adagrad_avx4(float *F, const fm_idx *oj, const fm_idx *of
                                     fm_idx c, float kappa, float lam, float eta, const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
     const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const float kv = U ? ku : kx1 * xs[l];
-            if (w1 == w2) {
-                fm_adagrad_alias4(w1, _mm_set1_ps(kv), _mm256_castps256_ps128(la),
-                                  _mm256_castps256_ps128(e), refine);
-                continue;
-            }
-            const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
-            const __m256 k = _mm256_set1_ps(kv);
-            __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
-            __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
-            __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(w1 + 4)),
-                                            _mm_loadu_ps(w2 + 4), 1);
-            __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(k, y));
-            x = fm_adagrad_avx(x, &G, g, e, refine);
-            _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
-            _mm_storeu_ps(w1 + 4, _mm256_castps256_ps128(G));
-            _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
-            _mm_storeu_ps(w2 + 4, _mm256_extractf128_ps(G, 1));
+    FM_UPDATE_PAIRS(
+        if (w1 == w2) {
+            fm_adagrad_alias4(w1, _mm_set1_ps(kv), _mm256_castps256_ps128(la),
+                              _mm256_castps256_ps128(e), refine);
+            continue;
         }
-    }
+        const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
+        const __m256 k = _mm256_set1_ps(kv);
+        __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
+        __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
+        __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(w1 + 4)),
+                                        _mm_loadu_ps(w2 + 4), 1);
+        __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(k, y));
+        x = fm_adagrad_avx(x, &G, g, e, refine);
+        _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
+        _mm_storeu_ps(w1 + 4, _mm256_castps256_ps128(G));
+        _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
+        _mm_storeu_ps(w2 + 4, _mm256_extractf128_ps(G, 1));
+    )
 }
 
 /* k padded to a multiple of 8 with AdaGrad: eight lanes of one vector at a
@@ -551,30 +553,32 @@ FM_AVX_INLINE void ffm_adagrad_avx8(float *F, const fm_idx kp, const fm_idx *oj,
                                     const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
     const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const __m256 k = _mm256_set1_ps(U ? ku : kx1 * xs[l]);
-            for (fm_idx d = 0; d < kp; d += 8) {
-                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
-                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
-                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
-                __m256 G = _mm256_loadu_ps(w1 + kp + d);
-                a = fm_adagrad_avx(a, &G, g1, e, refine);
-                _mm256_storeu_ps(w1 + kp + d, G);
-                _mm256_storeu_ps(w1 + d, a);
-                if (w1 == w2) b = a;
-                G = _mm256_loadu_ps(w2 + kp + d);
-                b = fm_adagrad_avx(b, &G, g2, e, refine);
-                _mm256_storeu_ps(w2 + kp + d, G);
-                _mm256_storeu_ps(w2 + d, b);
-            }
+    FM_UPDATE_PAIRS(
+        const __m256 k = _mm256_set1_ps(kv);
+        for (fm_idx d = 0; d < kp; d += 8) {
+            __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+            __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+            __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+            __m256 G = _mm256_loadu_ps(w1 + kp + d);
+            a = fm_adagrad_avx(a, &G, g1, e, refine);
+            _mm256_storeu_ps(w1 + kp + d, G);
+            _mm256_storeu_ps(w1 + d, a);
+            if (w1 == w2) b = a;
+            G = _mm256_loadu_ps(w2 + kp + d);
+            b = fm_adagrad_avx(b, &G, g2, e, refine);
+            _mm256_storeu_ps(w2 + kp + d, G);
+            _mm256_storeu_ps(w2 + d, b);
         }
-    }
+    )
+}
+
+/* A pair whose two blocks are one (a feature repeated within its field),
+ * for the AVX row-wise loops: the SSE loop's two steps, one after the other. */
+FM_INLINE void fm_rowada_alias(float *w, const fm_idx kp, float kv, float lam, float eta, float inv_k,
+                               const int refine) {
+    const fm_idx zero[2] = {0, 0};
+    const float x2[2] = {1.0f, kv};
+    ffm_rowada_update(refine, 0, w, kp, zero, zero, x2, 2, 1.0f, lam, eta, inv_k);
 }
 
 /* Row-wise AdaGrad with k padded to 4: a block is 5 floats, and one pair's
@@ -585,41 +589,31 @@ FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of,
                                    float kappa, float lam, float eta, float inv_k, const int refine, const int U) {
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta), ik = _mm256_set1_ps(inv_k);
     const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const float kv = U ? ku : kx1 * xs[l];
-            if (w1 == w2) {
-                const fm_idx one[2] = {0, 0};
-                const float x2[2] = {1.0f, kv};
-                ffm_rowada_update(refine, 0, w1, 4, one, one, x2, 2, 1.0f, lam, eta, inv_k);
-                continue;
-            }
-            const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
-            __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
-            __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
-            __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(_mm256_set1_ps(kv), y));
-            __m256 sq = _mm256_mul_ps(g, g);
-            sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(1, 0, 3, 2)));
-            sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(2, 3, 0, 1)));
-            __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(w1[4])), _mm_set1_ps(w2[4]), 1);
-            G = _mm256_add_ps(G, _mm256_mul_ps(sq, ik));
-            __m256 r = _mm256_rsqrt_ps(G);
-            if (refine) {
-                const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
-                r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(G, r), r)));
-            }
-            x = _mm256_sub_ps(x, _mm256_mul_ps(_mm256_mul_ps(e, g), r));
-            _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
-            _mm_store_ss(w1 + 4, _mm256_castps256_ps128(G));
-            _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
-            _mm_store_ss(w2 + 4, _mm256_extractf128_ps(G, 1));
+    FM_UPDATE_PAIRS(
+        if (w1 == w2) {
+            fm_rowada_alias(w1, 4, kv, lam, eta, inv_k, refine);
+            continue;
         }
-    }
+        const __m128 a = _mm_loadu_ps(w1), b = _mm_loadu_ps(w2);
+        __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
+        __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
+        __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(_mm256_set1_ps(kv), y));
+        __m256 sq = _mm256_mul_ps(g, g);
+        sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(1, 0, 3, 2)));
+        sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(2, 3, 0, 1)));
+        __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(w1[4])), _mm_set1_ps(w2[4]), 1);
+        G = _mm256_add_ps(G, _mm256_mul_ps(sq, ik));
+        __m256 r = _mm256_rsqrt_ps(G);
+        if (refine) {
+            const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
+            r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(G, r), r)));
+        }
+        x = _mm256_sub_ps(x, _mm256_mul_ps(_mm256_mul_ps(e, g), r));
+        _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
+        _mm_store_ss(w1 + 4, _mm256_castps256_ps128(G));
+        _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
+        _mm_store_ss(w2 + 4, _mm256_extractf128_ps(G, 1));
+    )
 }
 
 /* Row-wise AdaGrad with k padded to a multiple of 8: eight lanes at a time,
@@ -631,44 +625,34 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
     const __m256 la = _mm256_set1_ps(lam), e = _mm256_set1_ps(eta);
     const float ku = c ? kappa * xs[0] * xs[0] : 0.0f;
     const __m128 ik = _mm_set1_ps(inv_k);
-    for (fm_idx i = 0; i < c; i++) {
-        float *row1 = F + oj[i];
-        float *col1 = F + of[i];
-        const float kx1 = kappa * xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            float *w1 = row1 + of[l];
-            float *w2 = col1 + oj[l];
-            const float kv = U ? ku : kx1 * xs[l];
-            if (w1 == w2) {
-                const fm_idx one[2] = {0, 0};
-                const float x2[2] = {1.0f, kv};
-                ffm_rowada_update(refine, 0, w1, kp, one, one, x2, 2, 1.0f, lam, eta, inv_k);
-                continue;
-            }
-            const __m256 k = _mm256_set1_ps(kv);
-            __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
-            for (fm_idx d = 0; d < kp; d += 8) {
-                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
-                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
-                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
-                s1 = _mm256_add_ps(s1, _mm256_mul_ps(g1, g1));
-                s2 = _mm256_add_ps(s2, _mm256_mul_ps(g2, g2));
-            }
-            const __m128 q1 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1));
-            const __m128 q2 = _mm_add_ps(_mm256_castps256_ps128(s2), _mm256_extractf128_ps(s2, 1));
-            const __m128 r1h = fm_rowada_acc(w1 + kp, q1, ik, refine);
-            const __m128 r2h = fm_rowada_acc(w2 + kp, q2, ik, refine);
-            const __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(r1h), r1h, 1);
-            const __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(r2h), r2h, 1);
-            for (fm_idx d = 0; d < kp; d += 8) {
-                __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
-                __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
-                __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
-                _mm256_storeu_ps(w1 + d, _mm256_sub_ps(a, _mm256_mul_ps(_mm256_mul_ps(e, g1), r1)));
-                _mm256_storeu_ps(w2 + d, _mm256_sub_ps(b, _mm256_mul_ps(_mm256_mul_ps(e, g2), r2)));
-            }
+    FM_UPDATE_PAIRS(
+        if (w1 == w2) {
+            fm_rowada_alias(w1, kp, kv, lam, eta, inv_k, refine);
+            continue;
         }
-    }
+        const __m256 k = _mm256_set1_ps(kv);
+        __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
+        for (fm_idx d = 0; d < kp; d += 8) {
+            __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+            __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+            __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+            s1 = _mm256_add_ps(s1, _mm256_mul_ps(g1, g1));
+            s2 = _mm256_add_ps(s2, _mm256_mul_ps(g2, g2));
+        }
+        const __m128 q1 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1));
+        const __m128 q2 = _mm_add_ps(_mm256_castps256_ps128(s2), _mm256_extractf128_ps(s2, 1));
+        const __m128 r1h = fm_rowada_acc(w1 + kp, q1, ik, refine);
+        const __m128 r2h = fm_rowada_acc(w2 + kp, q2, ik, refine);
+        const __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(r1h), r1h, 1);
+        const __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(r2h), r2h, 1);
+        for (fm_idx d = 0; d < kp; d += 8) {
+            __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
+            __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+            __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+            _mm256_storeu_ps(w1 + d, _mm256_sub_ps(a, _mm256_mul_ps(_mm256_mul_ps(e, g1), r1)));
+            _mm256_storeu_ps(w2 + d, _mm256_sub_ps(b, _mm256_mul_ps(_mm256_mul_ps(e, g2), r2)));
+        }
+    )
 }
 
 /* Entry points for kp == 4 or a multiple of 8, R: refine, u: uniform values
