@@ -377,6 +377,7 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
             on_bytes(len(block))
         final = not block
         buf = carry + block if carry else block
+        block = carry = b""   # not held while buf is parsed
         if first:
             if len(buf) < len(BOM) and not final:
                 carry = buf  # too short to tell whether it starts with a BOM
