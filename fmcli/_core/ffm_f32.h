@@ -631,6 +631,10 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
             continue;
         }
         const __m256 k = _mm256_set1_ps(kv);
+        /* k padded to 8 or 16: the weights and gradients stay in registers
+         * between the two passes; longer blocks load them again */
+        const int keep = kp <= 16;
+        __m256 av[2], bv[2], g1v[2], g2v[2];
         __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
         for (fm_idx d = 0; d < kp; d += 8) {
             __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
@@ -638,6 +642,12 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
             __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
             s1 = _mm256_add_ps(s1, _mm256_mul_ps(g1, g1));
             s2 = _mm256_add_ps(s2, _mm256_mul_ps(g2, g2));
+            if (keep) {
+                av[d >> 3] = a;
+                bv[d >> 3] = b;
+                g1v[d >> 3] = g1;
+                g2v[d >> 3] = g2;
+            }
         }
         const __m128 q1 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1));
         const __m128 q2 = _mm_add_ps(_mm256_castps256_ps128(s2), _mm256_extractf128_ps(s2, 1));
@@ -646,9 +656,18 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
         const __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(r1h), r1h, 1);
         const __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(r2h), r2h, 1);
         for (fm_idx d = 0; d < kp; d += 8) {
-            __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
-            __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
-            __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+            __m256 a, b, g1, g2;
+            if (keep) {
+                a = av[d >> 3];
+                b = bv[d >> 3];
+                g1 = g1v[d >> 3];
+                g2 = g2v[d >> 3];
+            } else {
+                a = _mm256_loadu_ps(w1 + d);
+                b = _mm256_loadu_ps(w2 + d);
+                g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
+                g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
+            }
             _mm256_storeu_ps(w1 + d, _mm256_sub_ps(a, _mm256_mul_ps(_mm256_mul_ps(e, g1), r1)));
             _mm256_storeu_ps(w2 + d, _mm256_sub_ps(b, _mm256_mul_ps(_mm256_mul_ps(e, g2), r2)));
         }
