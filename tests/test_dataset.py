@@ -220,6 +220,38 @@ def test_prefetching_keeps_order_and_errors():
     gen.close()          # stops the thread without consuming the rest
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_prefetching_holds_at_most_depth_items_ahead(depth):
+    """While the consumer works on an item, the thread has made at most
+    `depth` more and waits: depth + 1 items are alive, not more."""
+    import gc
+    import time
+    import weakref
+
+    from fmcli.data.dataset import prefetched
+
+    class Item:
+        def __init__(self, i):
+            self.i = i
+
+    alive = weakref.WeakSet()
+
+    def items():
+        for i in range(30):
+            item = Item(i)
+            alive.add(item)
+            yield item
+            del item
+
+    seen = []
+    for x in prefetched(items(), depth=depth):
+        time.sleep(0.01)   # the thread has all the time it wants to run ahead
+        gc.collect()
+        seen.append((x.i, len(alive)))
+    assert [i for i, _ in seen] == list(range(30))
+    assert max(n for _, n in seen) == depth + 1, seen
+
+
 def test_a_cache_hit_names_the_inputs_as_this_run_does(tmp_path, cache_dir, monkeypatch):
     data = tmp_path / "d.ffm"
     data.write_bytes(TRAIN.read_bytes())

@@ -234,40 +234,54 @@ def expanded(b: Batch) -> Batch:
 
 
 def prefetched(items: Iterator, depth: int = 1) -> Iterator:
-    """`items`, produced one ahead by a background thread; its exceptions
-    are raised here, and closing this generator stops the thread."""
+    """`items`, produced `depth` ahead by a background thread; its exceptions
+    are raised here, and closing this generator stops the thread.
+
+    The thread starts on an item only once the consumer has asked for the
+    one before the item it holds: at most depth + 1 items are alive (the
+    consumer's, and those made or being made ahead of it)."""
     import queue
     import threading
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    q: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(depth + 1)
     stop = threading.Event()
     done = object()
 
     def run() -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            it = iter(items)
+            while True:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            q.put(("done", done))
+                try:
+                    item = next(it)
+                except StopIteration:
+                    q.put(("done", done))
+                    return
+                q.put(("item", item))
+                del item
         except BaseException as exc:  # handed to the consumer
             q.put(("error", exc))
 
     worker = threading.Thread(target=run, name="fmcli-prefetch", daemon=True)
     worker.start()
     try:
+        first = True
         while True:
+            if not first:
+                slots.release()   # the consumer is done with the item it had
+            first = False
             kind, value = q.get()
             if kind == "done":
                 return
             if kind == "error":
                 raise value
             yield value
+            value = None
     finally:
         stop.set()
         while worker.is_alive():
