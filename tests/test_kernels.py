@@ -117,6 +117,55 @@ def test_training_matches_reference_float32(kind):
     np.testing.assert_allclose(got.linear, expected.linear, rtol=1e-4, atol=1e-5)
     if kind != "lr":
         np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-4, atol=1e-5)
+    if kind == "fwfm":
+        np.testing.assert_allclose(np.triu(got.field_weights), np.triu(expected.field_weights),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 4, 8, 12, 16, 20])
+def test_float32_fwfm_matches_reference_for_every_width(k):
+    """The SIMD FwFM loops are instantiated for k padded to 4, 8 and 16 and run
+    generically otherwise (beyond 16 without keeping sums in registers); rows of up to 12 entries over 9 fields give each
+    row dozens of field pairs (AdaGrad steps them four at a time)."""
+    rng = np.random.default_rng(k)
+    model = ref.RefModel.random("fwfm", 40, 9, k, rng, scale=0.3)
+    rows = [ref.make_row(r.fields, r.features, r.values.astype(np.float32))
+            for r in ref.random_rows(rng, 60, 40, 9, max_nnz=12)]
+    labels = rng.choice([-1.0, 1.0], size=len(rows))
+    order = rng.permutation(len(rows))
+    expected = model.copy()
+    ref.train(expected, rows, labels, order=order, epochs=2, optimizer="adagrad", eta=0.1, lam=0.001)
+    got, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.001, np.float32)
+    np.testing.assert_allclose(got.factors, expected.factors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.triu(got.field_weights), np.triu(expected.field_weights), rtol=1e-4, atol=1e-5)
+    assert np.abs(np.triu(got.field_weights - model.field_weights)).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fwfm_ignores_unknown_ids(dtype):
+    """Entries whose feature or field is outside the model change neither the
+    scores nor the training of FwFM (without normalization, where they would
+    still count)."""
+    model, rows, labels, order = make_problem("fwfm", seed=6, k=4, normalize=False)
+    extra = [ref.make_row(np.append(r.fields, [0, model.n_fields + 2]),
+                          np.append(r.features, [model.n_features + 5, 1]),
+                          np.append(r.values, [1.5, 2.0]).astype(np.float32)) for r in rows]
+    plain, _ = run_kernel(model, rows, labels, order, 2, "adagrad", 0.1, 0.001, dtype)
+    more, _ = run_kernel(model, extra, labels, order, 2, "adagrad", 0.1, 0.001, dtype)
+    np.testing.assert_array_equal(more.factors, plain.factors)
+    np.testing.assert_array_equal(more.field_weights, plain.field_weights)
+    B, L, F, R, kp = to_layout(model, "sgd", dtype)
+    outs = []
+    for rs in (rows, extra):
+        batch = to_batch(rs, labels)
+        out = np.empty(len(rs))
+        _kernels.score_rows("fwfm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
+                            model.n_features, model.n_fields, kp, 0, batch.indptr, batch.fields,
+                            batch.features, batch.values, out, True, True, False, 1)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[0], [ref.score(model, r) for r in rows], rtol=1e-5 if dtype == np.float32
+                               else 1e-10, atol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("kind", ["lr", "fm", "ffm", "fwfm"])
@@ -167,7 +216,7 @@ def test_one_thread_is_reproducible():
     np.testing.assert_array_equal(one.factors, again.factors)
 
 
-@pytest.mark.parametrize("kind", ["lr", "fm", "ffm"])
+@pytest.mark.parametrize("kind", ["lr", "fm", "ffm", "fwfm"])
 def test_scoring_does_not_depend_on_threads(kind):
     model, rows, labels, _ = make_problem(kind, seed=4, k=4)
     B, L, F, R, kp = to_layout(model, "sgd", np.float32)

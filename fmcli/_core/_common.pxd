@@ -64,6 +64,22 @@ cdef extern from "ffm_f32.h":
                            float lam, const fm_step_params* p) noexcept nogil
 
 
+cdef extern from "fwfm_f32.h":
+    # Float32 fast path of FwFM's row loops (see fwfm_f32.h).
+    Py_ssize_t fm_fwfm_prepare(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
+                               const int* feat, const float* val, Py_ssize_t nnz, float scale,
+                               Py_ssize_t* ov, Py_ssize_t* fi, float* xs) noexcept nogil
+    float fm_fwfm_pairs_f32(const float* F, Py_ssize_t kp, const float* R, Py_ssize_t ls, Py_ssize_t m,
+                            const Py_ssize_t* ov, const Py_ssize_t* fi, const float* xs,
+                            Py_ssize_t c) noexcept nogil
+    void fm_fwfm_grads_f32(const float* F, Py_ssize_t kp, const float* R, Py_ssize_t ls, Py_ssize_t m,
+                           const Py_ssize_t* ov, const Py_ssize_t* fi, const float* xs, Py_ssize_t c,
+                           float kappa, float lam, float* g, float* rg, char* rmark,
+                           Py_ssize_t* touched, Py_ssize_t* n_touched) noexcept nogil
+    void fm_fwfm_adagrad_r_f32(float* R, Py_ssize_t ls, const Py_ssize_t* touched, Py_ssize_t nt,
+                               float* rg, char* rmark, float eta) noexcept nogil
+
+
 cdef extern from "hot.h":
     # Per-thread replicas of the hottest FFM features (see hot.h).
     ctypedef struct fm_replica:

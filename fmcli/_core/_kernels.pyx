@@ -32,7 +32,8 @@
 # themselves live in _optim.pxd.
 #
 # The float32 FFM per-row loops run the SIMD code of ffm_f32.h (SSE, or AVX
-# where the CPU has it, chosen at import);
+# where the CPU has it, chosen at import), and float32 FwFM scores rows and
+# computes their per-row gradients with fwfm_f32.h;
 # everything else (and all of float64, the precision the tests compare with
 # the NumPy reference) runs the loops below.
 #
@@ -51,6 +52,7 @@ from libc.math cimport exp, log, sqrt, isfinite
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set_schedule, log1pexp,
                       fm_simd_init, fm_simd_set, fm_simd_level, fm_set_uniform_rows, fm_uniform_rows, fm_f16c, fm_ffm_prepare,
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
+                      fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
                       fm_try_lock, fm_unlock, fm_lock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
@@ -387,8 +389,8 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                              const float* val, Py_ssize_t nnz, floating scale,
                              floating* acc, Row* prep) noexcept nogil:
     """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values);
-    for the float32 FFM path, prep receives the compacted row that update_row
-    then reuses.
+    for the float32 FFM and FwFM paths, prep receives the compacted row that
+    update_row then reuses.
 
     Entries whose feature (or, for FFM, field) is outside the model add
     nothing; they still count in the row's normalization."""
@@ -438,21 +440,26 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                     pair = pair + dot(w1, w2, kp) * (x1 * (val[l] * scale))
             t += pair
     elif s.kind == KIND_FWFM:
-        for i in range(nnz):
-            j1 = feat[i]
-            f1 = fld[i]
-            if j1 >= n or f1 >= m:
-                continue
-            x1 = val[i] * scale
-            w1 = F + j1 * fs
-            for l in range(i + 1, nnz):
-                j2 = feat[l]
-                f2 = fld[l]
-                if j2 >= n or f2 >= m:
+        if floating is float:
+            # the compacted row (prep.of: fields) that update_row then reuses
+            prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            t += fm_fwfm_pairs_f32(F, kp, R, s.lstride, m, prep.oj, prep.of, prep.xs, prep.count)
+        else:
+            for i in range(nnz):
+                j1 = feat[i]
+                f1 = fld[i]
+                if j1 >= n or f1 >= m:
                     continue
-                pair = pair + (R[field_pair(f1, f2, m) * s.lstride] * dot(w1, F + j2 * fs, kp)
-                               * (x1 * (val[l] * scale)))
-        t += pair
+                x1 = val[i] * scale
+                w1 = F + j1 * fs
+                for l in range(i + 1, nnz):
+                    j2 = feat[l]
+                    f2 = fld[l]
+                    if j2 >= n or f2 >= m:
+                        continue
+                    pair = pair + (R[field_pair(f1, f2, m) * s.lstride] * dot(w1, F + j2 * fs, kp)
+                                   * (x1 * (val[l] * scale)))
+            t += pair
     elif s.kind == KIND_FM:
         for d in range(kp):
             acc[d] = 0
@@ -594,6 +601,28 @@ cdef void fwfm_update(const Shape* s, const Opt* o, floating eta, floating* F,
         sc.rmark[p] = 0
 
 
+cdef void fwfm_update_f32(const Shape* s, const Opt* o, float eta, float* F, float* R, float kappa,
+                          const Row* prep, Scratch* sc) noexcept nogil:
+    """fwfm_update on the row score_row compacted (prep), its gradients from
+    the SIMD loops of fwfm_f32.h; the steps are the same."""
+    cdef Py_ssize_t kp = s.kp, ls = s.lstride, i, p, n_touched = 0
+    cdef float* gbuf = <float*>sc.gbuf
+    cdef float* rg = <float*>sc.rgrad
+    fm_fwfm_grads_f32(F, kp, R, ls, s.n_fields, prep.oj, prep.of, prep.xs, prep.count, kappa,
+                      <float>s.lamf, gbuf, rg, sc.rmark, sc.touched, &n_touched)
+    for i in range(prep.count):
+        emit(s, o, sc, ARR_F, eta, F + prep.oj[i], gbuf + i * kp, kp, <float>s.l1, <float>s.l2f)
+    if o.kind == OPT_ADAGRAD and o.clip == 0 and not s.batch:
+        # what opt_block does to each, four weights at a time
+        fm_fwfm_adagrad_r_f32(R, ls, sc.touched, n_touched, rg, sc.rmark, eta)
+        return
+    for i in range(n_touched):
+        p = sc.touched[i]
+        emit(s, o, sc, ARR_R, eta, R + p * ls, &rg[p], 1, 0, 0)
+        rg[p] = 0
+        sc.rmark[p] = 0
+
+
 cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
                             floating* B, floating* L, floating* F, floating* R,
                             const int* fld, const int* feat, const float* val,
@@ -663,7 +692,10 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
                 else:
                     opt_pair(o, eta, lam, kv, w1, w2, kp, g1, g2, l1, l2)
     elif s.kind == KIND_FWFM:
-        fwfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
+        if floating is float:
+            fwfm_update_f32(s, o, eta, F, R, kappa, prep, sc)
+        else:
+            fwfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
     elif s.kind == KIND_FM:
         for i in range(nnz):
             if feat[i] >= n:

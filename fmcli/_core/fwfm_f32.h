@@ -1,0 +1,206 @@
+/* Float32 fast path of FwFM's row loops (score, and the gradients of one
+ * row's per-row step).
+ *
+ * The mathematics are those of the generic loops in _kernels.pyx (the float64
+ * reference): for a row's kept entries i (feature j_i, field f_i, value
+ * x_i = val_i * scale) the pair term is
+ *     sum over i < l of  R[f_i, f_l] x_i x_l <v_i, v_l>
+ * and the row's gradients at the parameters the row was scored with are
+ *     v_i:       kappa * sum over l != i of R[f_i, f_l] x_i x_l v_l  +  lam v_i
+ *     R[a, b]:   kappa * sum over the row's pairs with fields {a, b} of x_i x_l <v_i, v_l>
+ * Here every pair is visited once (the generic loop visits each twice, once
+ * from either side) and the k-vectors are handled four lanes at a time with
+ * SSE; only the order of the float32 additions differs from the generic loop.
+ * The steps themselves stay with the optimizers of _optim.pxd (the caller
+ * hands these gradients to them), so every optimizer, mini-batches and
+ * clipping behave as in the generic path.
+ *
+ * A factor block is kp weights (kp a multiple of 4) and its state: feature j's
+ * block starts at F + j * fs.  Field-pair weight (a, b), a <= b, is
+ * R[(a * m + b) * ls]. */
+#ifndef FMCLI_FWFM_F32_H
+#define FMCLI_FWFM_F32_H
+
+#include <string.h>
+
+#include "ffm_f32.h"
+
+/* Compact a row: entries outside the model are dropped and, for each kept
+ * entry i, ov[i] = j_i * fs (its block), fi[i] = f_i and xs[i] = x_i * scale. */
+static inline fm_idx fm_fwfm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fld, const int *feat,
+                                     const float *val, fm_idx nnz, float scale, fm_idx *ov, fm_idx *fi,
+                                     float *xs) {
+    fm_idx c = 0;
+    for (fm_idx i = 0; i < nnz; i++) {
+        if (feat[i] >= n || fld[i] >= m) continue;
+        ov[c] = (fm_idx)feat[i] * fs;
+        fi[c] = fld[i];
+        xs[c] = val[i] * scale;
+        c++;
+    }
+    return c;
+}
+
+/* Index of the weight of fields a and b (the upper triangle of R). */
+static inline fm_idx fm_field_pair(fm_idx a, fm_idx b, fm_idx m) {
+    return a <= b ? a * m + b : b * m + a;
+}
+
+FM_INLINE float fwfm_pairs(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                           const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
+#if FM_SSE
+    __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
+#else
+    float acc = 0.0f;
+#endif
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        const fm_idx a = fi[i];
+        const float xi = xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            const float *vl = F + ov[l];
+            const float s = R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]);
+#if FM_SSE
+            const __m128 sv = _mm_set1_ps(s);
+            __m128 *A = (l & 1) ? &acc2 : &acc;
+            for (fm_idx d = 0; d < kp; d += 4)
+                *A = _mm_add_ps(*A, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(vi + d), _mm_loadu_ps(vl + d)), sv));
+#else
+            float dot = 0.0f;
+            for (fm_idx d = 0; d < kp; d++) dot += vi[d] * vl[d];
+            acc += dot * s;
+#endif
+        }
+    }
+#if FM_SSE
+    acc = _mm_add_ps(acc, acc2);
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+    acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
+    return _mm_cvtss_f32(acc);
+#else
+    return acc;
+#endif
+}
+
+/* The gradients of a prepared row: g[i * kp ...] for entry i's block, and
+ * rg[p] += the row's gradient of field-pair weight p, where the p the row
+ * touches are listed once each in touched[0 .. *n_touched) (rmark[p] set). */
+FM_INLINE void fwfm_grads(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                          const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c, float kappa,
+                          float lam, float *g, float *rg, char *rmark, fm_idx *touched, fm_idx *n_touched) {
+    fm_idx nt = *n_touched;
+    memset(g, 0, sizeof(float) * (size_t)(c * kp));
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        float *gi = g + i * kp;
+        const fm_idx a = fi[i];
+        const float xi = xs[i];
+#if FM_SSE
+        /* k padded to at most 16: entry i's sum stays in registers */
+        const int keep = kp <= 16;
+        __m128 ga[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+#endif
+        for (fm_idx l = i + 1; l < c; l++) {
+            const float *vl = F + ov[l];
+            float *gl = g + l * kp;
+            const fm_idx p = fm_field_pair(a, fi[l], m);
+            const float xx = xi * xs[l], s = R[p * ls] * xx;
+            float dot;
+#if FM_SSE
+            const __m128 sv = _mm_set1_ps(s);
+            __m128 prod = _mm_setzero_ps();
+            for (fm_idx d = 0; d < kp; d += 4) {
+                const __m128 x = _mm_loadu_ps(vi + d), y = _mm_loadu_ps(vl + d);
+                prod = _mm_add_ps(prod, _mm_mul_ps(x, y));
+                if (keep) ga[d >> 2] = _mm_add_ps(ga[d >> 2], _mm_mul_ps(sv, y));
+                else _mm_storeu_ps(gi + d, _mm_add_ps(_mm_loadu_ps(gi + d), _mm_mul_ps(sv, y)));
+                _mm_storeu_ps(gl + d, _mm_add_ps(_mm_loadu_ps(gl + d), _mm_mul_ps(sv, x)));
+            }
+            dot = _mm_cvtss_f32(fm_hsum4_ps(prod));
+#else
+            dot = 0.0f;
+            for (fm_idx d = 0; d < kp; d++) {
+                dot += vi[d] * vl[d];
+                gi[d] += s * vl[d];
+                gl[d] += s * vi[d];
+            }
+#endif
+            if (!rmark[p]) {
+                rmark[p] = 1;
+                touched[nt++] = p;
+            }
+            rg[p] += kappa * xx * dot;
+        }
+#if FM_SSE
+        if (keep)
+            for (fm_idx d = 0; d < kp; d += 4) _mm_storeu_ps(gi + d, _mm_add_ps(_mm_loadu_ps(gi + d), ga[d >> 2]));
+#endif
+    }
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        float *gi = g + i * kp;
+        for (fm_idx d = 0; d < kp; d++) gi[d] = kappa * gi[d] + lam * vi[d];
+    }
+    *n_touched = nt;
+}
+
+/* AdaGrad steps of the field-pair weights a row touched: for each p in
+ * touched[0 .. nt), weight R[p * ls] (its accumulator right after it) with
+ * gradient rg[p]; then rg[p] and rmark[p] are cleared.  The arithmetic is
+ * fm_adagrad_f32's on one weight (exact square root), four weights at a time. */
+static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touched, fm_idx nt, float *rg,
+                                         char *rmark, float eta) {
+    fm_idx t = 0;
+#if FM_SSE
+    const __m128 e = _mm_set1_ps(eta);
+    for (; t + 4 <= nt; t += 4) {
+        float *w0 = R + touched[t] * ls, *w1 = R + touched[t + 1] * ls;
+        float *w2 = R + touched[t + 2] * ls, *w3 = R + touched[t + 3] * ls;
+        const __m128 g = _mm_setr_ps(rg[touched[t]], rg[touched[t + 1]], rg[touched[t + 2]], rg[touched[t + 3]]);
+        const __m128 w = _mm_setr_ps(w0[0], w1[0], w2[0], w3[0]);
+        const __m128 G = _mm_add_ps(_mm_setr_ps(w0[1], w1[1], w2[1], w3[1]), _mm_mul_ps(g, g));
+        const __m128 nw = _mm_sub_ps(w, _mm_div_ps(_mm_mul_ps(e, g), _mm_sqrt_ps(G)));
+        float ow[4], oG[4];
+        _mm_storeu_ps(ow, nw);
+        _mm_storeu_ps(oG, G);
+        w0[0] = ow[0]; w0[1] = oG[0];
+        w1[0] = ow[1]; w1[1] = oG[1];
+        w2[0] = ow[2]; w2[1] = oG[2];
+        w3[0] = ow[3]; w3[1] = oG[3];
+    }
+#endif
+    for (; t < nt; t++) {
+        float *w = R + touched[t] * ls;
+        const float g = rg[touched[t]];
+        w[1] += g * g;
+        w[0] -= eta * g / sqrtf(w[1]);
+    }
+    for (t = 0; t < nt; t++) {
+        rg[touched[t]] = 0.0f;
+        rmark[touched[t]] = 0;
+    }
+}
+
+/* Pair terms of a prepared row's score (see fm_fwfm_prepare). */
+static inline float fm_fwfm_pairs_f32(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                      const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
+    if (kp == 4) return fwfm_pairs(F, 4, R, ls, m, ov, fi, xs, c);
+    if (kp == 8) return fwfm_pairs(F, 8, R, ls, m, ov, fi, xs, c);
+    if (kp == 16) return fwfm_pairs(F, 16, R, ls, m, ov, fi, xs, c);
+    return fwfm_pairs(F, kp, R, ls, m, ov, fi, xs, c);
+}
+
+/* The gradients of a prepared row (see fwfm_grads). */
+static inline void fm_fwfm_grads_f32(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                     const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c,
+                                     float kappa, float lam, float *g, float *rg, char *rmark,
+                                     fm_idx *touched, fm_idx *n_touched) {
+#define FM_FWFM_GRADS(KP) fwfm_grads(F, KP, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched)
+    if (kp == 4) FM_FWFM_GRADS(4);
+    else if (kp == 8) FM_FWFM_GRADS(8);
+    else if (kp == 16) FM_FWFM_GRADS(16);
+    else FM_FWFM_GRADS(kp);
+#undef FM_FWFM_GRADS
+}
+
+#endif /* FMCLI_FWFM_F32_H */
