@@ -2,7 +2,7 @@
 
 * The AVX loops of the float32 FFM kernels (chosen at import where the CPU
   has AVX) against the SSE loops: bit for bit, every k and AdaGrad mode,
-  per-element and row-wise.
+  per-element and row-wise; and those of float32 FwFM.
 * The loops for rows whose entries share one value (one-hot rows) against
   the general ones: bit for bit, every optimizer.
 * Compact in-memory batches (uint8 fields, no values when all are 1)
@@ -98,6 +98,42 @@ def test_avx_loops_match_sse_bit_for_bit(simd_levels, kp, refine, optimizer):
     np.testing.assert_array_equal(F_sse, F_avx)
     # and training did move the weights
     assert not np.array_equal(F_sse, ffm_state(b, kp, optimizer=optimizer)[4])
+
+
+@pytest.mark.parametrize("kp", [8, 16, 24])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_fwfm_avx_loops_match_sse_bit_for_bit(simd_levels, kp, optimizer):
+    """float32 FwFM with k padded to a multiple of 8 scores and takes its
+    gradients eight lanes at a time under AVX: the same model, loss and scores
+    as the SSE loops, bit for bit (rows that repeat a field included)."""
+    if "avx" not in simd_levels:
+        pytest.skip("this CPU has no AVX")
+    b = one_hot_batch(2, values=True)
+    n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
+    w = 1 + _kernels.n_state(optimizer)
+    rng = np.random.default_rng(7)
+    F0 = np.full((n, w * kp), 1.0 if optimizer == "adagrad" else 0.0, np.float32)
+    F0[:, :kp] = rng.random((n, kp), dtype=np.float32) * 0.5
+    R0 = np.full((m * m, w), 1.0 if optimizer == "adagrad" else 0.0, np.float32)
+    R0[:, 0] = rng.uniform(0.5, 1.5, m * m)
+    order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
+    out = {}
+    for level in simd_levels:
+        _kernels.set_simd(level)
+        B, L = np.zeros(w, np.float32), np.zeros(w * n, np.float32)
+        F, R = F0.reshape(-1).copy(), R0.reshape(-1).copy()
+        losses = [_kernels.train_epoch("fwfm", optimizer, "binary", B, L, F, R, n, m, kp, 1, b.indptr, b.fields,
+                                       b.features, b.values, b.labels, np.zeros(0, np.float32), order, 0.1,
+                                       l2_factors=2e-5, threads=1, total_steps=2 * b.n_rows,
+                                       step0=e * b.n_rows)[0] for e in range(2)]
+        scores = np.empty(b.n_rows)
+        _kernels.score_rows("fwfm", B, L, F, R, n, m, kp, 0, b.indptr, b.fields, b.features, b.values, scores,
+                            True, True, True, 1)
+        out[level] = F, R, losses, scores
+    for a, c in zip(out["sse"], out["avx"]):
+        np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(out["sse"][0], F0.reshape(-1))
+    assert not np.array_equal(out["sse"][1], R0.reshape(-1))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam", "ftrl", "rowwise-adagrad"])

@@ -10,7 +10,9 @@
  *     R[a, b]:   kappa * sum over the row's pairs with fields {a, b} of x_i x_l <v_i, v_l>
  * Here every pair is visited once (the generic loop visits each twice, once
  * from either side) and the k-vectors are handled four lanes at a time with
- * SSE; only the order of the float32 additions differs from the generic loop.
+ * SSE, or eight with AVX where the CPU has it and k is padded to a multiple
+ * of 8 (bit-for-bit the SSE results); only the order of the float32
+ * additions differs from the generic loop.
  * The steps themselves stay with the optimizers of _optim.pxd (the caller
  * hands these gradients to them), so every optimizer, mini-batches and
  * clipping behave as in the generic path.
@@ -46,10 +48,15 @@ static inline fm_idx fm_field_pair(fm_idx a, fm_idx b, fm_idx m) {
     return a <= b ? a * m + b : b * m + a;
 }
 
+/* The SSE loops sum a k-vector's groups of four lanes in two partial sums
+ * (even and odd groups) that are added at the end: the AVX loops below hold
+ * the same two partial sums in the halves of one register, so the two
+ * levels give bit-for-bit the same results. */
 FM_INLINE float fwfm_pairs(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
                            const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
 #if FM_SSE
-    __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
+    /* [l's parity][group's parity]: pairs alternate between two chains */
+    __m128 acc[2][2] = {{_mm_setzero_ps(), _mm_setzero_ps()}, {_mm_setzero_ps(), _mm_setzero_ps()}};
 #else
     float acc = 0.0f;
 #endif
@@ -62,9 +69,10 @@ FM_INLINE float fwfm_pairs(const float *F, const fm_idx kp, const float *R, fm_i
             const float s = R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]);
 #if FM_SSE
             const __m128 sv = _mm_set1_ps(s);
-            __m128 *A = (l & 1) ? &acc2 : &acc;
+            __m128 *A = acc[l & 1];
             for (fm_idx d = 0; d < kp; d += 4)
-                *A = _mm_add_ps(*A, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(vi + d), _mm_loadu_ps(vl + d)), sv));
+                A[(d >> 2) & 1] = _mm_add_ps(A[(d >> 2) & 1],
+                                             _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(vi + d), _mm_loadu_ps(vl + d)), sv));
 #else
             float dot = 0.0f;
             for (fm_idx d = 0; d < kp; d++) dot += vi[d] * vl[d];
@@ -73,10 +81,10 @@ FM_INLINE float fwfm_pairs(const float *F, const fm_idx kp, const float *R, fm_i
         }
     }
 #if FM_SSE
-    acc = _mm_add_ps(acc, acc2);
-    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
-    acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
-    return _mm_cvtss_f32(acc);
+    __m128 t = _mm_add_ps(_mm_add_ps(acc[0][0], acc[0][1]), _mm_add_ps(acc[1][0], acc[1][1]));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+    return _mm_cvtss_f32(t);
 #else
     return acc;
 #endif
@@ -108,15 +116,15 @@ FM_INLINE void fwfm_grads(const float *F, const fm_idx kp, const float *R, fm_id
             float dot;
 #if FM_SSE
             const __m128 sv = _mm_set1_ps(s);
-            __m128 prod = _mm_setzero_ps();
+            __m128 prod[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
             for (fm_idx d = 0; d < kp; d += 4) {
                 const __m128 x = _mm_loadu_ps(vi + d), y = _mm_loadu_ps(vl + d);
-                prod = _mm_add_ps(prod, _mm_mul_ps(x, y));
+                prod[(d >> 2) & 1] = _mm_add_ps(prod[(d >> 2) & 1], _mm_mul_ps(x, y));
                 if (keep) ga[d >> 2] = _mm_add_ps(ga[d >> 2], _mm_mul_ps(sv, y));
                 else _mm_storeu_ps(gi + d, _mm_add_ps(_mm_loadu_ps(gi + d), _mm_mul_ps(sv, y)));
                 _mm_storeu_ps(gl + d, _mm_add_ps(_mm_loadu_ps(gl + d), _mm_mul_ps(sv, x)));
             }
-            dot = _mm_cvtss_f32(fm_hsum4_ps(prod));
+            dot = _mm_cvtss_f32(fm_hsum4_ps(_mm_add_ps(prod[0], prod[1])));
 #else
             dot = 0.0f;
             for (fm_idx d = 0; d < kp; d++) {
@@ -181,9 +189,103 @@ static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touc
     }
 }
 
+#if FM_AVX
+/* k padded to a multiple of 8: the loops above eight lanes at a time. */
+FM_AVX_INLINE float fwfm_pairs_avx(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                   const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        const fm_idx a = fi[i];
+        const float xi = xs[i];
+        for (fm_idx l = i + 1; l < c; l++) {
+            const float *vl = F + ov[l];
+            const __m256 sv = _mm256_set1_ps(R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]));
+            for (fm_idx d = 0; d < kp; d += 8)
+                acc[l & 1] = _mm256_add_ps(acc[l & 1], _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(vi + d),
+                                                                                    _mm256_loadu_ps(vl + d)), sv));
+        }
+    }
+    __m128 t = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1)),
+                          _mm_add_ps(_mm256_castps256_ps128(acc[1]), _mm256_extractf128_ps(acc[1], 1)));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+    return _mm_cvtss_f32(t);
+}
+
+FM_AVX_INLINE void fwfm_grads_avx(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                  const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c, float kappa,
+                                  float lam, float *g, float *rg, char *rmark, fm_idx *touched,
+                                  fm_idx *n_touched) {
+    fm_idx nt = *n_touched;
+    memset(g, 0, sizeof(float) * (size_t)(c * kp));
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        float *gi = g + i * kp;
+        const fm_idx a = fi[i];
+        const float xi = xs[i];
+        const int keep = kp <= 16;
+        __m256 ga[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (fm_idx l = i + 1; l < c; l++) {
+            const float *vl = F + ov[l];
+            float *gl = g + l * kp;
+            const fm_idx p = fm_field_pair(a, fi[l], m);
+            const float xx = xi * xs[l], s = R[p * ls] * xx;
+            const __m256 sv = _mm256_set1_ps(s);
+            __m256 prod = _mm256_setzero_ps();
+            for (fm_idx d = 0; d < kp; d += 8) {
+                const __m256 x = _mm256_loadu_ps(vi + d), y = _mm256_loadu_ps(vl + d);
+                prod = _mm256_add_ps(prod, _mm256_mul_ps(x, y));
+                if (keep) ga[d >> 3] = _mm256_add_ps(ga[d >> 3], _mm256_mul_ps(sv, y));
+                else _mm256_storeu_ps(gi + d, _mm256_add_ps(_mm256_loadu_ps(gi + d), _mm256_mul_ps(sv, y)));
+                _mm256_storeu_ps(gl + d, _mm256_add_ps(_mm256_loadu_ps(gl + d), _mm256_mul_ps(sv, x)));
+            }
+            const float dot = _mm_cvtss_f32(fm_hsum4_ps(_mm_add_ps(_mm256_castps256_ps128(prod),
+                                                                   _mm256_extractf128_ps(prod, 1))));
+            if (!rmark[p]) {
+                rmark[p] = 1;
+                touched[nt++] = p;
+            }
+            rg[p] += kappa * xx * dot;
+        }
+        if (keep)
+            for (fm_idx d = 0; d < kp; d += 8)
+                _mm256_storeu_ps(gi + d, _mm256_add_ps(_mm256_loadu_ps(gi + d), ga[d >> 3]));
+    }
+    const __m256 k8 = _mm256_set1_ps(kappa), l8 = _mm256_set1_ps(lam);
+    for (fm_idx i = 0; i < c; i++) {
+        const float *vi = F + ov[i];
+        float *gi = g + i * kp;
+        for (fm_idx d = 0; d < kp; d += 8)
+            _mm256_storeu_ps(gi + d, _mm256_add_ps(_mm256_mul_ps(k8, _mm256_loadu_ps(gi + d)),
+                                                   _mm256_mul_ps(l8, _mm256_loadu_ps(vi + d))));
+    }
+    *n_touched = nt;
+}
+
+FM_AVX_FN float fm_fwfm_pairs_avx(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                  const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
+    if (kp == 8) return fwfm_pairs_avx(F, 8, R, ls, m, ov, fi, xs, c);
+    if (kp == 16) return fwfm_pairs_avx(F, 16, R, ls, m, ov, fi, xs, c);
+    return fwfm_pairs_avx(F, kp, R, ls, m, ov, fi, xs, c);
+}
+
+FM_AVX_FN void fm_fwfm_grads_avx(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
+                                 const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c, float kappa,
+                                 float lam, float *g, float *rg, char *rmark, fm_idx *touched,
+                                 fm_idx *n_touched) {
+    if (kp == 8) fwfm_grads_avx(F, 8, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched);
+    else if (kp == 16) fwfm_grads_avx(F, 16, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched);
+    else fwfm_grads_avx(F, kp, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched);
+}
+#endif
+
 /* Pair terms of a prepared row's score (see fm_fwfm_prepare). */
 static inline float fm_fwfm_pairs_f32(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
                                       const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
+#if FM_AVX
+    if (fm_simd_level >= FM_SIMD_AVX && kp % 8 == 0) return fm_fwfm_pairs_avx(F, kp, R, ls, m, ov, fi, xs, c);
+#endif
     if (kp == 4) return fwfm_pairs(F, 4, R, ls, m, ov, fi, xs, c);
     if (kp == 8) return fwfm_pairs(F, 8, R, ls, m, ov, fi, xs, c);
     if (kp == 16) return fwfm_pairs(F, 16, R, ls, m, ov, fi, xs, c);
@@ -195,6 +297,12 @@ static inline void fm_fwfm_grads_f32(const float *F, fm_idx kp, const float *R, 
                                      const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c,
                                      float kappa, float lam, float *g, float *rg, char *rmark,
                                      fm_idx *touched, fm_idx *n_touched) {
+#if FM_AVX
+    if (fm_simd_level >= FM_SIMD_AVX && kp % 8 == 0) {
+        fm_fwfm_grads_avx(F, kp, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched);
+        return;
+    }
+#endif
 #define FM_FWFM_GRADS(KP) fwfm_grads(F, KP, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched)
     if (kp == 4) FM_FWFM_GRADS(4);
     else if (kp == 8) FM_FWFM_GRADS(8);
