@@ -48,6 +48,20 @@ static inline fm_idx fm_field_pair(fm_idx a, fm_idx b, fm_idx m) {
     return a <= b ? a * m + b : b * m + a;
 }
 
+/* The scoring loops' walk over the pairs i < l of a prepared row: the
+ * statements given run with vi, vl (the two blocks) and s = R[f_i, f_l] x_i x_l. */
+#define FM_FWFM_SCORE_PAIRS(...) \
+    for (fm_idx i = 0; i < c; i++) { \
+        const float *vi = F + ov[i]; \
+        const fm_idx a = fi[i]; \
+        const float xi = xs[i]; \
+        for (fm_idx l = i + 1; l < c; l++) { \
+            const float *vl = F + ov[l]; \
+            const float s = R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]); \
+            __VA_ARGS__ \
+        } \
+    }
+
 /* The SSE loops sum a k-vector's groups of four lanes in two partial sums
  * (even and odd groups) that are added at the end: the AVX loops below hold
  * the same two partial sums in the halves of one register, so the two
@@ -60,34 +74,49 @@ FM_INLINE float fwfm_pairs(const float *F, const fm_idx kp, const float *R, fm_i
 #else
     float acc = 0.0f;
 #endif
-    for (fm_idx i = 0; i < c; i++) {
-        const float *vi = F + ov[i];
-        const fm_idx a = fi[i];
-        const float xi = xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            const float *vl = F + ov[l];
-            const float s = R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]);
 #if FM_SSE
-            const __m128 sv = _mm_set1_ps(s);
-            __m128 *A = acc[l & 1];
-            for (fm_idx d = 0; d < kp; d += 4)
-                A[(d >> 2) & 1] = _mm_add_ps(A[(d >> 2) & 1],
-                                             _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(vi + d), _mm_loadu_ps(vl + d)), sv));
-#else
-            float dot = 0.0f;
-            for (fm_idx d = 0; d < kp; d++) dot += vi[d] * vl[d];
-            acc += dot * s;
-#endif
-        }
-    }
-#if FM_SSE
+    FM_FWFM_SCORE_PAIRS(
+        const __m128 sv = _mm_set1_ps(s);
+        __m128 *A = acc[l & 1];
+        for (fm_idx d = 0; d < kp; d += 4)
+            A[(d >> 2) & 1] = _mm_add_ps(A[(d >> 2) & 1],
+                                         _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(vi + d), _mm_loadu_ps(vl + d)), sv));
+    )
     __m128 t = _mm_add_ps(_mm_add_ps(acc[0][0], acc[0][1]), _mm_add_ps(acc[1][0], acc[1][1]));
     t = _mm_add_ps(t, _mm_movehl_ps(t, t));
     t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
     return _mm_cvtss_f32(t);
 #else
+    FM_FWFM_SCORE_PAIRS(
+        float dot = 0.0f;
+        for (fm_idx d = 0; d < kp; d++) dot += vi[d] * vl[d];
+        acc += dot * s;
+    )
     return acc;
 #endif
+}
+
+/* The gradient loops' names for entry i (its block vi, its gradient gi,
+ * field a, value xi) and for pair (i, l): vl, gl, the field-pair weight's
+ * index p, xx = x_i x_l and s = R[p] x_i x_l. */
+#define FM_FWFM_ENTRY \
+    const float *vi = F + ov[i]; \
+    float *gi = g + i * kp; \
+    const fm_idx a = fi[i]; \
+    const float xi = xs[i];
+#define FM_FWFM_PAIR_ENTRY \
+    const float *vl = F + ov[l]; \
+    float *gl = g + l * kp; \
+    const fm_idx p = fm_field_pair(a, fi[l], m); \
+    const float xx = xi * xs[l], s = R[p * ls] * xx;
+
+/* Add v to field-pair weight p's gradient, listing p the first time. */
+static inline void fm_fwfm_rg_add(float *rg, char *rmark, fm_idx *touched, fm_idx *nt, fm_idx p, float v) {
+    if (!rmark[p]) {
+        rmark[p] = 1;
+        touched[(*nt)++] = p;
+    }
+    rg[p] += v;
 }
 
 /* The gradients of a prepared row: g[i * kp ...] for entry i's block, and
@@ -99,20 +128,14 @@ FM_INLINE void fwfm_grads(const float *F, const fm_idx kp, const float *R, fm_id
     fm_idx nt = *n_touched;
     memset(g, 0, sizeof(float) * (size_t)(c * kp));
     for (fm_idx i = 0; i < c; i++) {
-        const float *vi = F + ov[i];
-        float *gi = g + i * kp;
-        const fm_idx a = fi[i];
-        const float xi = xs[i];
+        FM_FWFM_ENTRY
 #if FM_SSE
         /* k padded to at most 16: entry i's sum stays in registers */
         const int keep = kp <= 16;
         __m128 ga[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
 #endif
         for (fm_idx l = i + 1; l < c; l++) {
-            const float *vl = F + ov[l];
-            float *gl = g + l * kp;
-            const fm_idx p = fm_field_pair(a, fi[l], m);
-            const float xx = xi * xs[l], s = R[p * ls] * xx;
+            FM_FWFM_PAIR_ENTRY
             float dot;
 #if FM_SSE
             const __m128 sv = _mm_set1_ps(s);
@@ -133,11 +156,7 @@ FM_INLINE void fwfm_grads(const float *F, const fm_idx kp, const float *R, fm_id
                 gl[d] += s * vi[d];
             }
 #endif
-            if (!rmark[p]) {
-                rmark[p] = 1;
-                touched[nt++] = p;
-            }
-            rg[p] += kappa * xx * dot;
+            fm_fwfm_rg_add(rg, rmark, touched, &nt, p, kappa * xx * dot);
         }
 #if FM_SSE
         if (keep)
@@ -194,18 +213,12 @@ static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touc
 FM_AVX_INLINE float fwfm_pairs_avx(const float *F, const fm_idx kp, const float *R, fm_idx ls, fm_idx m,
                                    const fm_idx *ov, const fm_idx *fi, const float *xs, fm_idx c) {
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (fm_idx i = 0; i < c; i++) {
-        const float *vi = F + ov[i];
-        const fm_idx a = fi[i];
-        const float xi = xs[i];
-        for (fm_idx l = i + 1; l < c; l++) {
-            const float *vl = F + ov[l];
-            const __m256 sv = _mm256_set1_ps(R[fm_field_pair(a, fi[l], m) * ls] * (xi * xs[l]));
-            for (fm_idx d = 0; d < kp; d += 8)
-                acc[l & 1] = _mm256_add_ps(acc[l & 1], _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(vi + d),
-                                                                                    _mm256_loadu_ps(vl + d)), sv));
-        }
-    }
+    FM_FWFM_SCORE_PAIRS(
+        const __m256 sv = _mm256_set1_ps(s);
+        for (fm_idx d = 0; d < kp; d += 8)
+            acc[l & 1] = _mm256_add_ps(acc[l & 1], _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(vi + d),
+                                                                                _mm256_loadu_ps(vl + d)), sv));
+    )
     __m128 t = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1)),
                           _mm_add_ps(_mm256_castps256_ps128(acc[1]), _mm256_extractf128_ps(acc[1], 1)));
     t = _mm_add_ps(t, _mm_movehl_ps(t, t));
@@ -220,17 +233,11 @@ FM_AVX_INLINE void fwfm_grads_avx(const float *F, const fm_idx kp, const float *
     fm_idx nt = *n_touched;
     memset(g, 0, sizeof(float) * (size_t)(c * kp));
     for (fm_idx i = 0; i < c; i++) {
-        const float *vi = F + ov[i];
-        float *gi = g + i * kp;
-        const fm_idx a = fi[i];
-        const float xi = xs[i];
+        FM_FWFM_ENTRY
         const int keep = kp <= 16;
         __m256 ga[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         for (fm_idx l = i + 1; l < c; l++) {
-            const float *vl = F + ov[l];
-            float *gl = g + l * kp;
-            const fm_idx p = fm_field_pair(a, fi[l], m);
-            const float xx = xi * xs[l], s = R[p * ls] * xx;
+            FM_FWFM_PAIR_ENTRY
             const __m256 sv = _mm256_set1_ps(s);
             __m256 prod = _mm256_setzero_ps();
             for (fm_idx d = 0; d < kp; d += 8) {
@@ -242,11 +249,7 @@ FM_AVX_INLINE void fwfm_grads_avx(const float *F, const fm_idx kp, const float *
             }
             const float dot = _mm_cvtss_f32(fm_hsum4_ps(_mm_add_ps(_mm256_castps256_ps128(prod),
                                                                    _mm256_extractf128_ps(prod, 1))));
-            if (!rmark[p]) {
-                rmark[p] = 1;
-                touched[nt++] = p;
-            }
-            rg[p] += kappa * xx * dot;
+            fm_fwfm_rg_add(rg, rmark, touched, &nt, p, kappa * xx * dot);
         }
         if (keep)
             for (fm_idx d = 0; d < kp; d += 8)
@@ -279,6 +282,9 @@ FM_AVX_FN void fm_fwfm_grads_avx(const float *F, fm_idx kp, const float *R, fm_i
     else fwfm_grads_avx(F, kp, R, ls, m, ov, fi, xs, c, kappa, lam, g, rg, rmark, touched, n_touched);
 }
 #endif
+#undef FM_FWFM_ENTRY
+#undef FM_FWFM_PAIR_ENTRY
+#undef FM_FWFM_SCORE_PAIRS
 
 /* Pair terms of a prepared row's score (see fm_fwfm_prepare). */
 static inline float fm_fwfm_pairs_f32(const float *F, fm_idx kp, const float *R, fm_idx ls, fm_idx m,
