@@ -594,9 +594,17 @@ cdef void fwfm_update(const Shape* s, const Opt* o, floating eta, floating* F,
     for i in range(nnz):
         if feat[i] < n and fld[i] < m:
             emit(s, o, sc, ARR_F, eta, F + feat[i] * fs, gbuf + i * kp, kp, l1, l2)
+    emit_field_pairs(s, o, sc, eta, R, rg, n_touched)
+
+
+cdef inline void emit_field_pairs(const Shape* s, const Opt* o, Scratch* sc, floating eta, floating* R,
+                                  floating* rg, Py_ssize_t n_touched) noexcept nogil:
+    """Hand each field-pair weight a FwFM row touched its summed gradient
+    (no L2 on them), then clear the sums and marks."""
+    cdef Py_ssize_t i, p
     for i in range(n_touched):
         p = sc.touched[i]
-        emit(s, o, sc, ARR_R, eta, R + p * ls, &rg[p], 1, 0, 0)
+        emit(s, o, sc, ARR_R, eta, R + p * s.lstride, &rg[p], 1, 0, 0)
         rg[p] = 0
         sc.rmark[p] = 0
 
@@ -605,7 +613,7 @@ cdef void fwfm_update_f32(const Shape* s, const Opt* o, float eta, float* F, flo
                           const Row* prep, Scratch* sc) noexcept nogil:
     """fwfm_update on the row score_row compacted (prep), its gradients from
     the SIMD loops of fwfm_f32.h; the steps are the same."""
-    cdef Py_ssize_t kp = s.kp, ls = s.lstride, i, p, n_touched = 0
+    cdef Py_ssize_t kp = s.kp, ls = s.lstride, i, n_touched = 0
     cdef float* gbuf = <float*>sc.gbuf
     cdef float* rg = <float*>sc.rgrad
     fm_fwfm_grads_f32(F, kp, R, ls, s.n_fields, prep.oj, prep.of, prep.xs, prep.count, kappa,
@@ -615,12 +623,8 @@ cdef void fwfm_update_f32(const Shape* s, const Opt* o, float eta, float* F, flo
     if o.kind == OPT_ADAGRAD and o.clip == 0 and not s.batch:
         # what opt_block does to each, four weights at a time
         fm_fwfm_adagrad_r_f32(R, ls, sc.touched, n_touched, rg, sc.rmark, eta)
-        return
-    for i in range(n_touched):
-        p = sc.touched[i]
-        emit(s, o, sc, ARR_R, eta, R + p * ls, &rg[p], 1, 0, 0)
-        rg[p] = 0
-        sc.rmark[p] = 0
+    else:
+        emit_field_pairs(s, o, sc, eta, R, rg, n_touched)
 
 
 cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
