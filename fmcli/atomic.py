@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import errno
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -23,13 +24,23 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from .errors import LockedError, OutputError, OutputIOError
+from .safepaths import locked_temp, release, sweep_stale, temp_pattern
 
-__all__ = ["atomic_output", "check_writable", "output_lock", "lock_path", "IO_ERRNOS"]
+__all__ = ["atomic_output", "check_writable", "prepare_directory", "output_lock", "lock_path", "IO_ERRNOS"]
 
 # Errors of a write that ran out of room or failed on the device: reported as
 # I/O errors (exit status 74), not as "cannot create output" (73).
 IO_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EIO", "EDQUOT")
                       if hasattr(errno, name))
+
+# What atomic_output and output_lock add to an output's name: ".NAME.XXXXXXXX.tmp"
+# (tempfile's 8 random characters) and ".NAME.lock".  A name must leave room
+# for them under the file system's limit.
+_NAME_EXTRA = len(".") + len(".XXXXXXXX") + len(".tmp")
+
+# The directories of file-descriptor links: /dev/fd/N, /proc/self/fd/N (and
+# /proc/PID/fd/N, /proc/thread-self/fd/N, which /proc/self resolves to).
+_FD_DIRECTORY = re.compile(r"/dev/fd|/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd")
 
 _BINARY_MODES = frozenset({"wb"})
 _TEXT_MODES = frozenset({"w", "wt"})
@@ -100,6 +111,12 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
+def _discard(tmp: str, lock: int) -> None:
+    """Remove an unfinished temporary file, then drop its lock (see locked_temp)."""
+    _unlink_quietly(tmp)
+    release(lock)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file that atomically replaces ``path`` on success.
@@ -112,6 +129,10 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     renamed onto ``path`` and the directory is fsync'ed.  When the block raises
     anything, :class:`KeyboardInterrupt` included, the temporary file is
     removed, ``path`` is left as it was and the exception propagates.
+
+    The temporary file is flock'ed for as long as it exists, and temporary
+    files of ``path`` that no live process holds (left by a writer killed
+    with SIGKILL) are removed first; see :mod:`fmcli.safepaths`.
 
     The caller must not close the yielded file object.
 
@@ -134,18 +155,31 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     if is_special(target):
         # A device or pipe (/dev/null, /dev/stdout, a FIFO): write to it in
         # place; renaming a temporary file onto it would replace the device.
+        # A regular file behind /dev/stdout is appended to, never truncated:
+        # the shell opened it (`> out` emptied it already, `>> out` must keep it).
+        how = "a" if _is_regular(target) else "w"
         try:
-            fobj_special: IO[Any] = (open(target, "w", encoding="utf-8", newline="\n")
-                                     if mode in _TEXT_MODES else open(target, "wb"))
+            fobj_special: IO[Any] = (open(target, how, encoding="utf-8", newline="\n")
+                                     if mode in _TEXT_MODES else open(target, how + "b"))
         except OSError as exc:
             raise OutputError(f"cannot write output {target}: {_reason(exc)}") from exc
-        with fobj_special:
-            yield fobj_special
+        try:
+            with fobj_special:
+                yield fobj_special
+        except OSError as exc:
+            # /dev/full, a full disk behind /dev/stdout: an I/O error (74)
+            if exc.errno in IO_ERRNOS:
+                raise OutputIOError(f"cannot write output {target}: {_reason(exc)}") from exc
+            raise
         return
     directory, basename = os.path.split(target)
     directory = directory or os.curdir
+    # Leftovers of writers of this file that were killed (SIGKILL, power
+    # loss) go first; the temporary file is locked while it exists, so that
+    # no other run takes it for such a leftover.
+    sweep_stale(directory, temp_pattern(f".{basename}."))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
+        fd, tmp, lock = locked_temp(directory, prefix=f".{basename}.")
     except OSError as exc:
         raise OutputError(f"cannot create output {target}: {_reason(exc)}") from exc
     try:
@@ -155,7 +189,7 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
             fobj = os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        _discard(tmp, lock)
         raise
 
     try:
@@ -163,7 +197,7 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     except BaseException as exc:
         with contextlib.suppress(Exception):
             fobj.close()
-        _unlink_quietly(tmp)
+        _discard(tmp, lock)
         if isinstance(exc, OSError) and exc.errno in IO_ERRNOS:
             raise _write_failed(target, exc) from exc
         raise
@@ -185,43 +219,132 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     except BaseException as exc:
         with contextlib.suppress(Exception):
             fobj.close()
-        _unlink_quietly(tmp)
+        _discard(tmp, lock)
         if isinstance(exc, OSError) and exc.errno in IO_ERRNOS:
             raise _write_failed(target, exc) from exc
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write output {target}: {_reason(exc)}") from exc
         raise
+    release(lock)
     _fsync_directory(directory)
 
 
 def is_special(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` exists and is not a regular file (a device, FIFO or socket)."""
+    """Whether `path` is a stream to write to in place rather than a file to
+    replace: it exists and is a device, FIFO or socket (/dev/null,
+    /dev/full), or it leads through a file-descriptor link (/dev/stdout,
+    /dev/fd/1, /proc/self/fd/1) even to a regular file: that file is where
+    a shell sent the stream (``> out.txt``), and renaming a new file onto
+    the link would replace the link itself, not write to the stream."""
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    if stat.S_ISDIR(mode):
+        return False
+    return not stat.S_ISREG(mode) or _through_fd_link(os.fspath(path))
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _through_fd_link(path: str) -> bool:
+    """Whether following `path`'s symbolic links passes through /dev/fd or /proc/PID/fd."""
+    current = os.path.abspath(path)
+    for _ in range(40):                 # the kernel's limit on links followed
+        if _FD_DIRECTORY.fullmatch(os.path.realpath(os.path.dirname(current))):
+            return True
+        try:
+            link = os.readlink(current)
+        except OSError:                 # not a link (or gone): the end of the chain
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), link))
+    return False
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
     """Fail early if ``path`` could not be written by :func:`atomic_output`.
 
-    Checks that the parent directory exists, is a directory and is writable,
-    and that ``path`` itself is not a directory.  It is a preflight, not a
-    guarantee: permissions can change and the disk can fill up later.
+    Checks that the name and the path leave room for the temporary file
+    under the file system's limits (NAME_MAX, PATH_MAX), that the parent
+    directory exists, is a directory and is writable, and that ``path``
+    itself is not a directory; a device or stream (see :func:`is_special`)
+    passes.  It is a preflight, not a guarantee: permissions can change and
+    the disk can fill up later.
 
     Raises:
         OutputError: with a message naming ``path`` and the problem.
     """
     target = os.fspath(path)
+    if is_special(target):          # /dev/null, /dev/stdout: written in place
+        return
     directory = os.path.dirname(target) or os.curdir
-    if not os.path.exists(directory):
-        raise OutputError(f"cannot create output {target}: directory {directory} does not exist")
-    if not os.path.isdir(directory):
+    _check_length(target, directory)
+    try:
+        is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
+    except FileNotFoundError:
+        raise OutputError(f"cannot create output {target}: directory {directory} does not exist") from None
+    except OSError as exc:          # a path through a regular file, no search permission
+        raise OutputError(f"cannot create output {target}: {directory}: {_reason(exc)}") from None
+    if not is_directory:
         raise OutputError(f"cannot create output {target}: {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot create output {target}: directory {directory} is not writable")
     if os.path.isdir(target):
         raise OutputError(f"cannot create output {target}: it is a directory")
+
+
+def _check_length(target: str, directory: str) -> None:
+    """Refuse a name or path too long for the output's temporary file (and
+    lock file) under the limits of the file system it goes to."""
+    def limit(name: str, default: int) -> int:
+        try:
+            return os.pathconf(directory, name)
+        except (OSError, ValueError):   # no such directory yet, or no such limit
+            return default
+
+    name = os.fsencode(os.path.basename(target))
+    name_max = limit("PC_NAME_MAX", 255)
+    if len(name) + _NAME_EXTRA > name_max:
+        raise OutputError(f"cannot create output {target}: the file name is too long ({len(name)} bytes; "
+                          f"at most {name_max - _NAME_EXTRA} here, leaving room for its temporary file)")
+    path_max = limit("PC_PATH_MAX", 4096)
+    length = len(os.fsencode(target))
+    if length + _NAME_EXTRA >= path_max:
+        raise OutputError(f"cannot create output {target}: the path is too long ({length} bytes; "
+                          f"at most {path_max - _NAME_EXTRA - 1})")
+
+
+def prepare_directory(path: str | os.PathLike[str], what: str = "directory") -> str:
+    """Create the directory ``path`` (and its parents) unless it exists, and
+    check that files can be created in it: a preflight for a directory a
+    long run will write into (checkpoints), so that a read-only place or a
+    path under a regular file fails before the run, not at its first write.
+
+    Raises:
+        OutputError: naming `what` and ``path`` and the problem.
+    """
+    target = os.fspath(path)
+    try:
+        os.makedirs(target, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot create {what} {target}: a file of that name exists") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} {target}: {_reason(exc)}") from None
+    # Permission bits do not tell (root, read-only mounts, /proc and /sys):
+    # create and remove a file.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=target)
+    except OSError as exc:
+        reason = "no files can be created there" if exc.errno == errno.ENOENT else _reason(exc)
+        raise OutputError(f"cannot write into {what} {target}: {reason}") from None
+    os.close(fd)
+    _unlink_quietly(probe)
+    return target
 
 
 # --------------------------------------------------------------------------

@@ -16,7 +16,6 @@ one wins, older ones beyond ``keep`` are removed.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -25,9 +24,15 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputNotFoundError, ModelFormatError
-from .modelfile import read_model_file, write_model_file
+from .modelfile import json_safe, read_model_file, write_model_file   # json_safe: non-finite -> null
+from .safepaths import sweep_stale
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.fmc$")
+# atomic_output's temporary files of checkpoints: ".ckpt-NNNNNNNN.fmc.XXXXXXXX.tmp"
+_TEMP_NAMES = re.compile(r"\.ckpt-\d{8}\.fmc\.[a-z0-9_]{8}\.tmp")
+# every name save() creates or removes in the directory (an input there under
+# such a name would be lost; any other file is left alone)
+OWNED_NAMES = re.compile(r"^(ckpt-\d{8}\.fmc|\.ckpt-\d{8}\.fmc\..*\.tmp)$")
 VERSION = 1
 
 
@@ -36,17 +41,6 @@ class Checkpoint:
     info: dict[str, Any]             # the header's "checkpoint" object
     arrays: dict[str, np.ndarray]
     path: str
-
-
-def json_safe(obj: Any) -> Any:
-    """obj with non-finite floats replaced by None (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _numbered(directory: str) -> list[tuple[int, str]]:
@@ -58,9 +52,20 @@ def _numbered(directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def prepare(directory: str) -> None:
+    """Create the checkpoint directory now and check that it takes files
+    (OutputError, exit status 73, otherwise): called before training, so
+    that a read-only place or a path under a regular file fails at once."""
+    from .atomic import prepare_directory
+
+    prepare_directory(directory, "checkpoint directory")
+
+
 def save(directory: str, info: dict[str, Any], arrays: dict[str, np.ndarray], keep: int) -> str:
     """Write the next checkpoint into `directory`; returns its path."""
-    os.makedirs(directory, exist_ok=True)
+    prepare(directory)
+    # Half-written checkpoints of runs killed mid-write (ours are locked).
+    sweep_stale(directory, _TEMP_NAMES)
     existing = _numbered(directory)
     number = existing[-1][0] + 1 if existing else 1
     path = os.path.join(directory, f"ckpt-{number:08d}.fmc")

@@ -19,6 +19,7 @@ FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
 # How FFM factor weights are held while training (fmcli.train.TrainState).
 STORAGES = ("float32", "float16")
+CACHE_CHECKS = ("stat", "content")   # see fmcli.data.cache.fingerprint
 # cpu: the compiled core; cuda: fmcli.gpu (CuPy); auto: cuda when usable, else cpu
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -99,6 +100,7 @@ class Config:
     # how much parsed data may be held in memory before training streams it
     cache: bool = True
     cache_dir: str | None = None
+    cache_check: str = "stat"            # how a cached input is recognised: "stat" or "content"
     memory_budget: int = 1 << 30
     # Parquet input (fmcli.data.parquet): the label and weight columns, the
     # columns of a wide table (comma-separated; None: all others) and the
@@ -128,6 +130,7 @@ class Config:
         choice("format", FORMATS)
         choice("dtype", DTYPES)
         choice("storage", STORAGES)
+        choice("cache_check", CACHE_CHECKS)
         choice("device", DEVICES)
         if not 1 <= self.k <= MAX_K:
             raise ConfigError(f"k must be between 1 and {MAX_K}, got {self.k}")

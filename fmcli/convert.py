@@ -26,13 +26,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 
 from .atomic import atomic_output
 from .data.batch import Batch
 from .data.source import STDIN, compression_from_name, display_name, expand_inputs, \
-    format_from_name, strip_compression_suffix
+    format_from_name, reads_once, strip_compression_suffix
 from .data.text import ReadLimits
 from .errors import ConfigError, DataError, InputNotFoundError
 
@@ -463,28 +464,61 @@ def _map_fields(batch: Batch, fmap, map_name: str, name: str) -> Batch:
 
 
 # ---------------------------------------------------------------------------
-# stdin spooling
+# spooling inputs that can be read only once
 
 
 @contextlib.contextmanager
 def _spooled(paths: list[str], needed: bool) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """stdin copied to a temporary file when it has to be read twice (or
-    seeked); yields (paths, {temporary path: '<stdin>'})."""
-    if not needed or STDIN not in paths:
+    """Inputs that can be read only once (stdin, pipes, FIFOs: see
+    reads_once) copied, in order, to temporary files when they have to be
+    read twice (or seeked); yields (paths, {temporary path: the input's
+    name in messages}).  The copies are removed afterwards, also on error."""
+    if not needed or not any(reads_once(p) for p in paths):
         yield paths, {}
         return
-    fd, tmp = tempfile.mkstemp(prefix="fm-convert-stdin.", suffix=".tmp")
+    names: dict[str, str] = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        yield [tmp if p == STDIN else p for p in paths], {tmp: "<stdin>"}
+        spooled = []
+        for path in paths:
+            if not reads_once(path):
+                spooled.append(path)
+                continue
+            # the copy keeps the name's suffixes (.parquet, .gz, ...): they decide how it is read
+            suffix = "" if path == STDIN else "".join(PurePath(path).suffixes[-2:])[:40]
+            fd, tmp = tempfile.mkstemp(prefix="fm-convert-input.", suffix=suffix or ".tmp")
+            names[tmp] = display_name(path)
+            with os.fdopen(fd, "wb") as f:
+                _copy_input(path, f)
+            spooled.append(tmp)
+        yield spooled, names
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for tmp in names:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _copy_input(path: str, f) -> None:
+    """The bytes of an input, as they are (compressed or not), into `f`."""
+    if path == STDIN:
+        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        return
+    try:
+        src = open(path, "rb")
+    except OSError as exc:
+        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with src:
+        while True:
+            try:
+                block = src.read(1 << 20)
+            except OSError as exc:
+                raise DataError(f"read error: {exc.strerror or exc}", path) from None
+            if not block:
+                return
+            f.write(block)
 
 
 def _renamed(items, names: dict[str, str]):
-    """`items`, with errors naming a spooled stdin as '<stdin>'."""
+    """`items`, with errors naming a spooled input by its own name ('<stdin>', the pipe's path)."""
     try:
         yield from items
     except DataError as exc:
@@ -497,7 +531,7 @@ def _total_bytes(paths: Sequence[str]) -> int | None:
     """Bytes the inputs decompress to, when known without reading them."""
     total = 0
     for p in paths:
-        if p == STDIN or compression_from_name(p):
+        if reads_once(p) or compression_from_name(p):
             return None
         try:
             total += os.path.getsize(p)

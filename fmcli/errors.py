@@ -33,6 +33,13 @@ class ConfigError(FMError):
     exit_code = EX_CONFIG
 
 
+class UsageError(FMError):
+    """A command line that cannot be carried out as given (e.g. an output
+    that is one of the inputs)."""
+
+    exit_code = EX_USAGE
+
+
 class InputNotFoundError(FMError):
     """An input path that does not exist or cannot be opened."""
 
@@ -48,6 +55,13 @@ class OutputError(FMError):
 class OutputIOError(OutputError):
     """Writing an output failed part-way (disk full, file too large, quota,
     an I/O error); the file it would have replaced is left as it was."""
+
+    exit_code = EX_IOERR
+
+
+class CacheError(FMError):
+    """The binary cache was changed or damaged while a run read it and could
+    not be rebuilt from the inputs (nothing was trained on its bytes)."""
 
     exit_code = EX_IOERR
 
@@ -107,3 +121,28 @@ class Interrupted(FMError):
             name = f"signal {self.signum}"
         super().__init__(f"interrupted by {name}" + ("; a checkpoint was written, continue with "
                                                      "fm train --resume" if checkpointed else ""))
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could break or garble a one-line
+    message escaped: control characters (a newline or tab in a file name,
+    an escape sequence) as ``\\n``, ``\\t``, ``\\x1b``..., undecodable
+    bytes of a file name (surrogate escapes) as ``\\xNN``, other
+    non-printable code points as ``\\uNNNN``.  Printable text, non-ASCII
+    letters included, is kept as it is."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in "\n\r\t":
+            out.append(repr(ch)[1:-1])
+        elif 0xDC80 <= code <= 0xDCFF:        # a byte os.fsdecode could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)

@@ -163,6 +163,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         } if t else None,
         "history": list(t.get("history") or []),
         "spec": spec if isinstance(spec, dict) else None,
+        # how the training rows were read (fmcli.inputmap; None before format 1.2)
+        "input": header.get("input") if isinstance(header.get("input"), dict) else None,
     }
 
 
@@ -210,7 +212,7 @@ class Names:
     NUMERIC_SMALL = range(-100, 3)          # and v-100..v2
 
     def __init__(self, spec: dict | None = None, hyperparameters: dict | None = None,
-                 arrays: dict[str, np.ndarray] | None = None):
+                 arrays: dict[str, np.ndarray] | None = None, input_map: dict | None = None):
         self.fields: dict[int, str] = {}
         self.features: dict[int, str] = {}
         self.unit_names: dict[tuple[int, int], str] = {}
@@ -228,6 +230,8 @@ class Names:
             self.features, self.unit_names = {}, {}
             self.map_feature = self.map_field = None
             self.map_note = f"the spec could not be read ({type(exc).__name__}: {exc})"
+        if not self.fields and isinstance(input_map, dict) and input_map.get("layout") == "wide":
+            self.fields = {i: str(c) for i, c in enumerate(input_map.get("columns") or [])}
         if not self.fields and hyperparameters:
             cols = hyperparameters.get("columns")
             if isinstance(cols, str):
@@ -426,18 +430,14 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
     """Stream sample data for a model: its (field, feature) occurrences and,
     with `pairs`, the mean interaction strength of co-occurring feature pairs
     by field pair (FM and FFM)."""
-    from .config import Config
     from .data.dataset import make_reader
     from .data.source import expand_inputs
     from .data.text import ReadLimits
+    from .inputmap import scoring_options
 
     limits = limits or ReadLimits()
     s = model.spec
-    hp = model.meta.get("hyperparameters") or {}
-    known = {f.name for f in dataclasses.fields(Config)}
-    parquet = Config.from_dict({k: v for k, v in hp.items() if k in known and k in
-                                ("label_column", "weight_column", "columns", "hash_bits",
-                                 "float_columns")}).parquet_options()
+    parquet = scoring_options(model)    # wide Parquet: columns matched by name
     fielded = s.kind in ("ffm", "fwfm")
     w = _weights(model, class_index) if pairs else None
     acc = _PairStats(w) if pairs and s.kind in ("fm", "ffm") else None

@@ -22,10 +22,12 @@ import numpy as np
 __all__ = [
     "DEFAULT_METRIC",
     "METRICS",
+    "METRIC_NAMES",
     "accuracy",
     "auc",
     "average_ranks",
     "calibration_bins",
+    "defined",
     "evaluate",
     "expected_calibration_error",
     "is_better",
@@ -38,6 +40,7 @@ __all__ = [
     "rmse",
     "sigmoid",
     "softmax",
+    "why_undefined",
 ]
 
 _NAN = float("nan")
@@ -342,6 +345,38 @@ def evaluate(task: str, labels: np.ndarray, scores: np.ndarray, weight=None) -> 
             "accuracy": accuracy(labels, scores, weight=weight),
         }
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(_TASKS)}")
+
+
+#: How messages name each metric.
+METRIC_NAMES: dict[str, str] = {
+    "logloss": "logloss", "auc": "AUC", "ne": "normalized entropy", "ece": "calibration error (ECE)",
+    "rmse": "RMSE", "mae": "MAE", "accuracy": "accuracy",
+}
+
+
+def why_undefined(metric: str, task: str, totals, weighted: bool = False) -> str | None:
+    """Why `metric` can have no value on a data set, or None when it has one.
+
+    totals: the data's total weight per class (binary: [negatives,
+    positives]; regression and multiclass: one total), row counts when the
+    rows carry no weights (weighted False).  Every metric needs a positive
+    total; AUC and normalized entropy also need both binary classes.  The
+    reason reads after the data set's name: "va.ffm has only one class ..."."""
+    totals = [float(t) for t in totals]
+    if not sum(totals) > 0.0:
+        return "has a total row weight of 0" if weighted else "has no rows"
+    if task == "binary" and metric in ("auc", "ne"):
+        negatives, positives = totals
+        if not (negatives > 0.0 and positives > 0.0):
+            missing = "positive" if not positives > 0.0 else "negative"
+            return f"has only one class (no {missing} rows{' of positive weight' if weighted else ''})"
+    return None
+
+
+def defined(values: dict[str, float]) -> dict[str, float | None]:
+    """Metrics with the undefined ones (NaN: AUC of one class, anything over a
+    zero total weight) as None, which JSON writes as null."""
+    return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in values.items()}
 
 
 def is_better(metric: str, new: float | None, old: float | None) -> bool:

@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__
 from .config import MAX_K
 from .errors import ModelFormatError
-from .modelfile import read_header, read_model_file, write_model_file
+from .modelfile import json_safe, read_header, read_model_file, write_model_file
 
 def padded_k(k: int) -> int:
     """Factor width in memory: k rounded up to a multiple of 4."""
@@ -131,6 +131,7 @@ class Model:
     meta: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)   # spec_* arrays, stored as they are
     stored_dtype: str = "float32"    # how the file held the parameters (float32, float16, int8)
+    path: str | None = field(default=None, compare=False)   # the file it was loaded from, for messages
 
     # -- scoring layout -------------------------------------------------------
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -181,7 +182,8 @@ class Model:
             for name, a in self.state.items():
                 arrays[f"{name}_state"] = a.astype(np.float32, copy=False)
         arrays.update(self.extras)
-        write_model_file(path, header, arrays)
+        # an undefined metric (NaN) is written as null, never fails the save
+        write_model_file(path, json_safe(header), arrays)
 
     @property
     def n_parameters(self) -> int:
@@ -193,10 +195,31 @@ class Model:
                        for name, a in self.params.items() if name in ("linear", "factors")))
 
 
+PARAMETER_NAMES = ("bias", "linear", "factors", "field_weights")
+
+
+def _must_be_finite(name: str) -> str | None:
+    """How an error names array `name` when it holds NaN or infinity; None for
+    arrays whose values are not checked (the preprocessing spec's)."""
+    base, _, suffix = name.rpartition("_")
+    if name in PARAMETER_NAMES:
+        return "parameter array"
+    if base in PARAMETER_NAMES and suffix == "state":
+        return "optimizer state array"
+    if base in PARAMETER_NAMES and suffix == "scale":
+        return "quantization scale array"
+    return None
+
+
 def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
-    """Load and validate a model file (memory-mapped by default)."""
+    """Load and validate a model file (memory-mapped by default).
+
+    Every parameter, its optimizer state and its int8 scales must be finite:
+    a NaN or an infinity (which a corrupt or hand-made file with a valid
+    checksum can hold) is refused with :class:`ModelFormatError` rather than
+    scored as NaN.  The check runs on the checksum pass (no extra read)."""
     path = os.fspath(path)
-    header, arrays = read_model_file(path, mmap=mmap)
+    header, arrays = read_model_file(path, mmap=mmap, finite=_must_be_finite)
     spec = ModelSpec.from_dict(header.get("model") or {}, path)
     params: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}
@@ -230,7 +253,8 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}
     extras = {name: a for name, a in arrays.items() if name.startswith("spec_")}
-    return Model(spec=spec, params=params, state=state, meta=meta, extras=extras, stored_dtype=stored)
+    return Model(spec=spec, params=params, state=state, meta=meta, extras=extras, stored_dtype=stored,
+                 path=path)
 
 
 STORAGE_DTYPES = ("float32", "float16", "int8")

@@ -1,4 +1,4 @@
-"""The on-disk model container (format 1.0), documented in fm-model(5).
+"""The on-disk model container (format 1.2), documented in fm-model(5).
 
 A model file is a small JSON header followed by raw little-endian arrays, each
 starting on a 64-byte boundary so that it can be memory-mapped and used in
@@ -26,13 +26,15 @@ format never contains pickled objects.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import mmap as _mmap
 import os
+import stat
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
@@ -49,6 +51,7 @@ __all__ = [
     "MAGIC",
     "MAX_HEADER_LEN",
     "TRAILER_MAGIC",
+    "json_safe",
     "read_header",
     "read_model_file",
     "write_model_file",
@@ -57,7 +60,9 @@ __all__ = [
 MAGIC = b"\x89FMM\r\n\x1a\n"
 TRAILER_MAGIC = b"FMMEND\x00\x00"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1   # 1.1: regression and multiclass models, multi-slot optimizer state
+# 1.1: regression and multiclass models, multi-slot optimizer state;
+# 1.2: the "input" header key (how the training rows were read: wide Parquet's column map)
+FORMAT_MINOR = 2
 ALIGNMENT = 64
 MAX_HEADER_LEN = 16 * 1024 * 1024
 MAX_NDIM = 32
@@ -98,6 +103,23 @@ def _header_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"header value of type {type(obj).__name__} is not JSON serializable")
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` ready for a strict JSON header: NaN and infinities (an undefined
+    metric, say) become None (null), numpy scalars and arrays plain numbers
+    and lists, tuples lists.  Anything else is left for the encoder, which
+    refuses what JSON cannot hold (so a bug fails loudly, never writes a
+    file that readers reject)."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _encode_header(header: Mapping[str, Any]) -> bytes:
@@ -224,7 +246,8 @@ def write_model_file(
         path: destination; replaced atomically (see :func:`atomic_output`).
         header: JSON-serialisable metadata.  Must not contain ``"arrays"``,
             which the writer fills in.  A ``"format"`` key is added (as
-            ``"1.0"``) unless present, in which case it must say ``"1.0"``.
+            ``"1.2"``, the version written) unless present, in which case it
+            must say that.
             Numpy scalars are accepted and stored as plain JSON numbers.
         arrays: name to array.  Arrays are stored in C order and little-endian
             byte order (big-endian input is converted); the dtype must be one
@@ -296,13 +319,34 @@ class _Structure:
 
 def _open(path: str) -> BinaryIO:
     try:
-        return open(path, "rb")
+        f = open(path, "rb")
     except FileNotFoundError as exc:
         raise InputNotFoundError(f"{path}: no such model file") from exc
     except IsADirectoryError as exc:
         raise InputNotFoundError(f"{path}: is a directory, not a model file") from exc
     except OSError as exc:
         raise InputNotFoundError(f"{path}: cannot open model file: {exc.strerror or exc}") from exc
+    try:
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except OSError:
+        regular = True     # _read_structure reports it
+    if regular:
+        return f
+    # A pipe, FIFO or /dev/fd/N (a shell's <(...)) can be read only once and
+    # neither seeked nor mapped: read it whole into memory, then as a file.
+    with f:
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read model file: {exc.strerror or exc}", path) from exc
+    return io.BytesIO(data)
+
+
+def _size(f: BinaryIO) -> int:
+    """The size of a model file opened by _open."""
+    if isinstance(f, io.BytesIO):
+        return len(f.getbuffer())
+    return os.fstat(f.fileno()).st_size
 
 
 def _read_exact(f: BinaryIO, offset: int, size: int, path: str, what: str) -> bytes:
@@ -402,7 +446,7 @@ def _parse_array_table(table: Any, header_end: int, payload_end: int, path: str)
 def _read_structure(f: BinaryIO, path: str) -> _Structure:
     """Validate everything but the checksum; allocates no array memory."""
     try:
-        size = os.fstat(f.fileno()).st_size
+        size = _size(f)
     except OSError as exc:
         raise ModelFormatError(f"cannot stat model file: {exc.strerror or exc}", path) from exc
     if size == 0:
@@ -474,21 +518,81 @@ def _read_structure(f: BinaryIO, path: str) -> _Structure:
     return _Structure(header, specs, payload_end, stored_crc)
 
 
-def _crc_of_file(f: BinaryIO, end: int, path: str) -> int:
-    crc, pos = 0, 0
-    buf = bytearray(min(_CRC_CHUNK, max(end, 1)))
+def _scan_file(
+    f: BinaryIO,
+    structure: _Structure,
+    path: str,
+    verify: bool,
+    finite: Callable[[str], str | None] | None,
+) -> None:
+    """Read the file once, through the file object (not a memory map, whose
+    pages would stay in the resident set) a block at a time: with `verify`,
+    check the CRC-32 of bytes [0, payload_end); with `finite`, check that
+    every float array it names holds no NaN or infinity.
+
+    ``finite(name)`` gives the words that name an array in an error
+    ("parameter array"), or None to leave the array unchecked.  Without
+    `verify` only the checked arrays' bytes are read.  A checksum mismatch is
+    reported before a non-finite value: in a corrupt file that is the cause.
+    """
+    checks = []
+    if finite is not None:
+        for spec in structure.specs:
+            what = finite(spec.name) if spec.dtype.kind == "f" and spec.nbytes else None
+            if what:
+                checks.append((spec, what))
+    ranges = ([(0, structure.payload_end)] if verify
+              else [(spec.offset, spec.offset + spec.nbytes) for spec, _ in checks])
+    if not ranges:
+        return
+    crc, bad = 0, None
+    buf = bytearray(min(_CRC_CHUNK, max(1, max(end - start for start, end in ranges))))
     view = memoryview(buf)
-    try:
-        f.seek(0)
-        while pos < end:
-            n = f.readinto(view[: min(len(buf), end - pos)])
-            if not n:
-                raise ModelFormatError(f"file truncated at offset {pos} while verifying the checksum", path)
-            crc = zlib.crc32(view[:n], crc)
-            pos += n
-    except OSError as exc:
-        raise ModelFormatError(f"cannot read at offset {pos}: {exc.strerror or exc}", path) from exc
-    return crc
+    doing = "verifying the checksum" if verify else "checking the arrays"
+    for start, end in ranges:
+        pos = start
+        try:
+            f.seek(start)
+            while pos < end:
+                # Fill the whole block: blocks then start at multiples of its
+                # size from a 64-aligned offset, so no element straddles two.
+                want, n = min(len(buf), end - pos), 0
+                while n < want:
+                    got = f.readinto(view[n:want])
+                    if not got:
+                        raise ModelFormatError(f"file truncated at offset {pos + n} while {doing}", path)
+                    n += got
+                if verify:
+                    crc = zlib.crc32(view[:n], crc)
+                if bad is None:
+                    for spec, what in checks:
+                        bad = bad or _nonfinite_in_block(buf, pos, n, spec, what)
+                pos += n
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read at offset {pos}: {exc.strerror or exc}", path) from exc
+    if verify:
+        _check_crc(crc, structure, path)
+    if bad is not None:
+        raise ModelFormatError(bad, path)
+
+
+def _nonfinite_in_block(buf: bytearray, pos: int, n: int, spec: _ArraySpec, what: str) -> str | None:
+    """The error for the first NaN or infinity of `spec`'s elements among the
+    block of `n` bytes at file offset `pos` held in `buf`; None if there is none."""
+    lo, hi = max(spec.offset, pos), min(spec.offset + spec.nbytes, pos + n)
+    if lo >= hi:
+        return None
+    size = spec.dtype.itemsize
+    ok = np.isfinite(np.frombuffer(buf, dtype=spec.dtype, count=(hi - lo) // size, offset=lo - pos))
+    if ok.all():
+        return None
+    first = int(np.argmin(ok))
+    value = float(np.frombuffer(buf, dtype=spec.dtype, count=1, offset=lo - pos + first * size)[0])
+    shown = "NaN" if math.isnan(value) else "+inf" if value > 0 else "-inf"
+    index = np.unravel_index((lo - spec.offset) // size + first, spec.shape) if spec.shape else ()
+    where = f" at [{', '.join(str(int(i)) for i in index)}]" if index else ""
+    return (f"{what} {spec.name!r} holds a non-finite value ({shown}){where}: the file is corrupt "
+            "or was written by a run that diverged")
 
 
 def _check_crc(actual: int, struct_: _Structure, path: str) -> None:
@@ -543,11 +647,12 @@ def read_model_file(
     *,
     mmap: bool = False,
     verify: bool = True,
+    finite: Callable[[str], str | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read a model file.
 
-    All structural checks, and with ``verify`` the CRC-32, pass before any
-    array memory is allocated.
+    All structural checks, with ``verify`` the CRC-32 and with ``finite``
+    the values of the named arrays, pass before any array memory is allocated.
 
     Args:
         path: the model file.
@@ -555,6 +660,10 @@ def read_model_file(
             instead of fresh writable copies.  The mapping lives as long as
             any of the arrays does.
         verify: check the CRC-32 of the file (one sequential read).
+        finite: refuse a float array holding NaN or infinity among those for
+            which ``finite(name)`` gives the words naming it in the error
+            (e.g. ``"parameter array"``; None: not checked).  The check is
+            made on the checksum pass, so it costs no extra read.
 
     Returns:
         ``(header, arrays)``: the JSON header (``"arrays"`` table included)
@@ -563,21 +672,19 @@ def read_model_file(
     Raises:
         InputNotFoundError: ``path`` does not exist or cannot be opened.
         ModelFormatError: the file is corrupt, truncated, foreign or of a
-            newer major format version.
+            newer major format version, or a checked array is not finite.
     """
     name = os.fspath(path)
     with _open(name) as f:
         structure = _read_structure(f, name)
-        if not mmap:
-            if verify:
-                _check_crc(_crc_of_file(f, structure.payload_end, name), structure, name)
+        if not mmap or isinstance(f, io.BytesIO):   # (read from a pipe: nothing to map)
+            _scan_file(f, structure, name, verify, finite)
             arrays = {spec.name: _read_array(f, spec, name) for spec in structure.specs}
             return structure.header, arrays
         # The CRC is read through the file, not the mapping: pages read via
         # the mapping would stay in this process's resident set, and a
         # scorer needs only the parameters' pages, not the optimizer state's.
-        if verify:
-            _check_crc(_crc_of_file(f, structure.payload_end, name), structure, name)
+        _scan_file(f, structure, name, verify, finite)
         try:
             mapping = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,11 +11,12 @@ import numpy as np
 
 from ._core import _kernels
 from .data.batch import Batch
-from .config import DEVICES, Config
+from .config import DEVICES
 from .data.dataset import make_reader, prefetched
-from .data.source import expand_inputs
+from .data.source import expand_inputs, reads_once
 from .data.text import ReadLimits
 from .errors import ConfigError, DataError
+from .inputmap import INPUT_SCHEMAS, check_layout, scoring_options
 from .metrics import evaluate as evaluate_metrics, sigmoid, softmax
 from .model import Model
 
@@ -122,6 +123,9 @@ def iter_scores(
     log: Callable[[str], None] | None = None,
     raw: bool | None = None,
     has_label: bool = True,
+    input_schema: str = "model",
+    allow_column_mismatch: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (raw scores, labels) for each block of the input.
 
@@ -132,15 +136,21 @@ def iter_scores(
     raw: the input is raw rows (e.g. Criteo TSV) to transform with the
     model's preprocessing spec (fm train --spec); None: decide per input
     (fmcli.data.criteo.looks_raw) when the model has a spec and `fmt` is
-    auto.  has_label: raw rows without a header have a label column."""
+    auto.  has_label: raw rows without a header have a label column.
+
+    Wide Parquet is read by the model's column map (fmcli.inputmap): by
+    column name, a missing, extra or retyped column being an error, or with
+    `allow_column_mismatch` a warning (to `warn`, default `log`).  Data of
+    another layout than the model's training data (feature ids against wide
+    columns) is an error unless `input_schema` is "any"."""
+    if input_schema not in INPUT_SCHEMAS:
+        raise ConfigError(f"input schema must be one of {', '.join(INPUT_SCHEMAS)}, got {input_schema!r}")
+    warn = warn or log
     scorer = make_scorer(model, threads, device, log)
     spec = model.spec
     classes = list(spec.classes) if spec.task == "multiclass" else None
-    # Parquet column options as in training
-    hp = model.meta.get("hyperparameters") or {}
-    known = {f.name for f in dataclasses.fields(Config)}
-    parquet = Config.from_dict({k: v for k, v in hp.items() if k in known and k in
-                                ("label_column", "weight_column", "columns", "hash_bits", "float_columns")}).parquet_options()
+    # Parquet column options as in training, wide columns matched by name
+    parquet = scoring_options(model, lenient=allow_column_mismatch, on_warning=warn)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     pre = None
     if raw or (raw is None and fmt == "auto" and model.meta.get("spec")):
@@ -158,17 +168,46 @@ def iter_scores(
         else:
             reader = make_reader(path, fmt, "class" if classes else "real", limits,
                                  track_lines=unseen is not None, classes=classes, parquet=parquet)
+            check_layout(model, reader, input_schema, warn)
         # the next block is parsed in a background thread while this one is
         # scored (the parser and the kernels both run without the GIL)
-        for batch in prefetched(iter(reader)):
+        rows_before = 0     # rows of this input in the blocks before
+        blocks = iter(reader)
+        if reads_once(path):
+            # A pipe or FIFO is opened (and its first block read) here, not in
+            # the background thread: a signal must end a run that still waits
+            # for the pipe's writer, and the thread cannot be interrupted.
+            first = next(blocks, None)
+            blocks = itertools.chain(() if first is None else (first,), blocks)
+        for batch in prefetched(blocks):
             if unseen is not None:
                 unseen.check(batch, reader.name)
+            scores = scorer.scores(batch)
+            check_scores(model, scores, batch, reader.name, rows_before)
+            rows_before += batch.n_rows
             labels = batch.labels
             if getattr(reader, "labelled", True) is False:   # raw rows without labels
                 labels = np.full(batch.n_rows, np.nan, np.float32)
             elif classes is not None and reader.fmt == "raw":
                 labels = _class_indices(labels, classes, batch, reader.name)
-            yield scorer.scores(batch), labels
+            yield scores, labels
+
+
+def check_scores(model: Model, scores: np.ndarray, batch: Batch, name: str | None, rows_before: int = 0) -> None:
+    """Refuse a NaN or infinite score (DataError naming the row) rather than
+    print it: finite weights can still overflow on a row's large values."""
+    per_row = scores.reshape(batch.n_rows, -1)     # (n, C) for multiclass
+    bad = ~np.isfinite(per_row)
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad.any(axis=1))[0])
+    value = float(per_row[row][bad[row]][0])
+    line = int(batch.lines[row]) if batch.lines is not None else None
+    shown = "NaN" if value != value else "+inf" if value > 0 else "-inf"
+    what = f"the model {model.path}" if model.path else "the model"
+    where = "this row" if line is not None else f"row {rows_before + row + 1}"
+    raise DataError(f"{what} scores {where} {shown}, not a finite number "
+                    "(its weights overflow on the row's values)", name, line)
 
 
 def _class_indices(labels: np.ndarray, classes: list[str], batch: Batch, name: str) -> np.ndarray:
@@ -207,7 +246,9 @@ def predict(
     an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
     task = model.spec.task
     if isinstance(source, Batch):
-        return to_predictions(task, make_scorer(model, threads, device).scores(source))
+        scores = make_scorer(model, threads, device).scores(source)
+        check_scores(model, scores, source, None)
+        return to_predictions(task, scores)
     parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads,
                                                              device=device, raw=raw)]
     if parts:

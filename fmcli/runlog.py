@@ -12,7 +12,7 @@ fields:
     cli, env, config or default), ``config`` (the training configuration,
     or null when it is invalid), ``seed``, ``inputs`` (train, valid,
     weights: path, size, mtime_ns and a hash of the first and last MiB of
-    each file; stdin has only its path) and ``output``.
+    each file; stdin, a pipe or a FIFO has only its path) and ``output``.
 ``epoch``
     ``epoch``, ``rows``, ``skipped`` (rows with a non-finite score or loss),
     ``train_loss``, ``valid`` (the validation metrics, or null), ``seconds``.
@@ -52,8 +52,8 @@ def json_safe(obj: Any) -> Any:
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):   # numpy scalars
-        return json_safe(obj.item())
+    if hasattr(obj, "tolist") and callable(obj.tolist):   # numpy scalars and arrays
+        return json_safe(obj.tolist())
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)
@@ -81,8 +81,10 @@ def file_sha256(path: str) -> str:
 
 
 def input_fingerprints(specs: Iterable[str] | str | None) -> list[dict[str, Any]]:
-    """Fingerprints of the files that paths or globs name ('-': stdin, none)."""
+    """Fingerprints of the files that paths or globs name ('-': stdin, and
+    pipes and FIFOs, which fingerprinting would consume: none)."""
     from .data.cache import fingerprint
+    from .data.source import reads_once
 
     if specs is None:
         return []
@@ -98,6 +100,9 @@ def input_fingerprints(specs: Iterable[str] | str | None) -> list[dict[str, Any]
         if not paths:
             out.append({"path": spec, "error": "no file matches"})
         for path in paths:
+            if reads_once(path):
+                out.append({"path": path})
+                continue
             try:
                 out.append(fingerprint(path))
             except OSError as exc:

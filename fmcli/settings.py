@@ -8,7 +8,13 @@ Every option of ``fm train`` and ``fm predict`` can also be given
   ``--norm/--no-norm`` is ``norm = false``), and
 - in an environment variable ``FM_<COMMAND>_<OPTION>``: the long name in
   upper case with ``_`` for ``-`` (``FM_TRAIN_EPOCHS=3``,
-  ``FM_PREDICT_THREADS=4``; ``FM_DEBUG`` for ``fm --debug``).
+  ``FM_PREDICT_THREADS=4``; ``FM_DEBUG`` for ``fm --debug``).  A variable
+  with the running command's prefix that names none of its options is an
+  error, as an unknown key of the file is (:func:`check_envvars`).
+
+Values in the file have the TOML type of the option, checked the same way
+for every key: a number for a number (``epochs = 5``, not ``"5"``), true
+or false for a flag, a string for a name, a choice or a path.
 
 The command line wins over the environment, which wins over the file, which
 wins over the built-in defaults.  The file's values become click's
@@ -18,6 +24,7 @@ each value came from (:func:`sources`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -30,8 +37,8 @@ from click.core import ParameterSource
 
 from .errors import ConfigError, InputNotFoundError
 
-__all__ = ["ENV_PREFIX", "option_key", "envvar_name", "apply_envvars", "read_file", "file_defaults",
-           "sources", "SOURCE_NAMES"]
+__all__ = ["ENV_PREFIX", "option_key", "envvar_name", "apply_envvars", "check_envvars", "read_file",
+           "file_defaults", "sources", "SOURCE_NAMES"]
 
 ENV_PREFIX = "FM"
 
@@ -73,6 +80,32 @@ def apply_envvars(group: click.Group) -> None:
         for param in _options(command):
             if param.envvar is None:
                 param.envvar = envvar_name(name, param)
+
+
+def check_envvars(group: click.Group, command_name: str,
+                  environ: Mapping[str, str] | None = None) -> None:
+    """Refuse an ``FM_<COMMAND>_*`` variable that no option of the command
+    reads (a typo such as ``FM_TRAIN_EPOCH`` would otherwise be ignored
+    without a word), as an unknown key of a configuration file is refused.
+    Only the running command's prefix is checked: ``FM_PREDICT_THREADS``
+    exported for later does not stop ``fm train``."""
+    command = group.commands.get(command_name)
+    if command is None:
+        return
+    environ = os.environ if environ is None else environ
+    prefix = "_".join([ENV_PREFIX, command_name]).upper().replace("-", "_") + "_"
+    known: set[str] = set()
+    for param in command.params:
+        if isinstance(param, click.Option):
+            known.update([param.envvar] if isinstance(param.envvar, str) else (param.envvar or ()))
+    for name in sorted(environ):
+        if name.startswith(prefix) and name not in known:
+            # compare the option parts: the shared prefix would make anything look close
+            options = {n[len(prefix):]: n for n in known if n.startswith(prefix)}
+            close = [options[o] for o in difflib.get_close_matches(name[len(prefix):], sorted(options), n=1)]
+            raise ConfigError(f"environment variable {name}: no option of fm {command_name} reads it"
+                              + (f" (did you mean {close[0]}?)" if close else "")
+                              + f"; see fm {command_name} --help")
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -121,8 +154,25 @@ def _type_name(param: click.Option) -> str:
         return "true or false"
     if isinstance(param.type, click.Choice):
         return "one of " + ", ".join(map(str, param.type.choices))
+    if isinstance(param.type, click.Path):
+        return "a path (a string)"
     return {"integer": "an integer", "integer range": "an integer", "float": "a number",
-            "float range": "a number"}.get(param.type.name, f"a {param.type.name}")
+            "float range": "a number", "text": "a string"}.get(param.type.name, f"a {param.type.name}")
+
+
+def _toml_types(param: click.Option) -> tuple[type, ...] | None:
+    """The TOML value types an option accepts, the same rule for every key:
+    a number where a number is expected, a string where a string (a name,
+    a choice, a path) is; None for the types that take either (a size such
+    as 512M or 1073741824, 'auto' or a count)."""
+    kind = param.type
+    if isinstance(kind, click.types.IntParamType):
+        return (int,)
+    if isinstance(kind, click.types.FloatParamType):
+        return (int, float)
+    if isinstance(kind, (click.types.StringParamType, click.Choice, click.Path)):
+        return (str,)
+    return None
 
 
 def _convert(ctx: click.Context, param: click.Option, negated: bool, value: Any,
@@ -135,7 +185,9 @@ def _convert(ctx: click.Context, param: click.Option, negated: bool, value: Any,
     boolean = param.is_flag or isinstance(param.type, click.types.BoolParamType)
     if boolean:
         if not isinstance(value, bool):
-            raise bad(f"expected true or false, found {value!r}")
+            hint = (f" (a string; write {value.lower()} without quotes)"
+                    if isinstance(value, str) and value.lower() in ("true", "false") else "")
+            raise bad(f"expected true or false, found {value!r}{hint}")
         return (not value) if negated else value
     if isinstance(value, bool):
         raise bad(f"expected {_type_name(param)}, found {str(value).lower()}")
@@ -143,6 +195,15 @@ def _convert(ctx: click.Context, param: click.Option, negated: bool, value: Any,
         if not value.is_integer():
             raise bad(f"expected an integer, found {value!r}")
         value = int(value)
+    accepted = _toml_types(param)
+    if accepted is not None and not isinstance(value, accepted):
+        # "5" is not 5: a quoted number is as wrong as a number where a name belongs
+        hint = ""
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                float(value)
+                hint = f" (a string; write {value.strip()} without quotes)"
+        raise bad(f"expected {_type_name(param)}, found {value!r}{hint}")
     if not isinstance(value, (str, int, float)):
         raise bad(f"expected {_type_name(param)}, found {value!r}")
     try:

@@ -24,16 +24,18 @@ from .data.dataset import Dataset, dataset_from_batch, load_dataset
 from .data.weights import read_weights
 from . import checkpoint
 from .checkpoint import json_safe
-from .errors import ConfigError, DataError, DivergenceError, Interrupted
-from .metrics import DEFAULT_METRIC, METRICS, evaluate, is_better
+from .errors import ConfigError, DataError, DivergenceError, Interrupted, ModelFormatError
+from .inputmap import run_map
+from .metrics import DEFAULT_METRIC, METRIC_NAMES, METRICS, defined, evaluate, is_better, why_undefined
 from .model import Model, ModelSpec, load_model, padded_k
+from .safepaths import refuse_clobber
 
 
 @dataclass
 class EpochStats:
     epoch: int
-    train_loss: float                      # weighted mean training loss of the epoch
-    valid: dict[str, float] | None         # validation metrics (fmcli.metrics.evaluate)
+    train_loss: float | None               # weighted mean training loss of the epoch (None: no weight)
+    valid: dict[str, float | None] | None  # validation metrics (fmcli.metrics.evaluate; None: undefined)
     seconds: float
     rows_per_s: float
     skipped_nonfinite: int = 0
@@ -412,13 +414,18 @@ def _weights_of(batch: Batch, table: np.ndarray | None, file_weights: np.ndarray
 def _data_options(config: Config) -> dict:
     return {"fmt": config.format, "limits": config.read_limits(),
             "cache_dir": (config.cache_dir or default_cache_dir()) if config.cache else None,
-            "memory_budget": config.memory_budget, "parquet": config.parquet_options()}
+            "memory_budget": config.memory_budget, "parquet": config.parquet_options(),
+            "cache_check": config.cache_check}
 
 
-def _load(source, config: Config, task: str, classes, say) -> Dataset:
+def _load(source, config: Config, task: str, classes, say, input_map: dict | None = None) -> Dataset:
     if isinstance(source, Batch):
         return dataset_from_batch(source, task, classes)
-    ds = load_dataset(source, task=task, classes=classes, log=say, **_data_options(config))
+    options = _data_options(config)
+    if input_map is not None and input_map.get("layout") == "wide":
+        # wide Parquet: every file is read by column name (fmcli.inputmap)
+        options["parquet"] = {**options["parquet"], "match": input_map}
+    ds = load_dataset(source, task=task, classes=classes, log=say, **options)
     how = {"hit": "from the cache", "built": "and cached"}.get(ds.cached_from, "")
     rate = f" ({ds.bytes_read / 1e6 / max(ds.seconds, 1e-9):.0f} MB/s)" if ds.cached_from != "hit" and ds.bytes_read else ""
     say(f"read {ds.n_rows} rows from {ds.name} {how} in {ds.seconds:.2f} s{rate}".replace("  ", " "))
@@ -442,9 +449,28 @@ HOT_SYNC_ROWS = 256
 
 
 def _data_key(ds: Dataset) -> dict:
-    """What a checkpoint remembers of its training data."""
-    return {"name": ds.name, "rows": ds.n_rows, "nnz": ds.nnz, "chunks": ds.chunk_rows,
-            "inputs": ds.fingerprints}
+    """What a checkpoint remembers of its training data: its shape and the
+    digest of its content (not the names it was given: a resumed run names
+    the files by absolute path, and a copied or restored file is the same data)."""
+    return {"rows": ds.n_rows, "nnz": ds.nnz, "chunks": ds.chunk_rows, "digest": ds.digest}
+
+
+def _check_resume_data(saved: dict, ds: Dataset, where: str) -> None:
+    """Refuse to resume on data other than the checkpoint's."""
+    changed = f"{where}: the training data changed since the checkpoint was written"
+    if saved.get("rows") != ds.n_rows:
+        raise ConfigError(f"{changed} ({saved.get('rows')} rows then, {ds.n_rows} now)")
+    if "digest" in saved:
+        if saved["digest"] != ds.digest or saved.get("chunks") != ds.chunk_rows:
+            raise ConfigError(f"{changed} (the same {ds.n_rows} rows, other content)")
+        return
+    # a checkpoint from before content digests: shape and the inputs' sizes and sampled hashes
+    def sampled(prints):
+        return [(p.get("size"), p.get("sha256_head_tail")) for p in prints or []]
+
+    if (saved.get("nnz") != ds.nnz or saved.get("chunks") != ds.chunk_rows
+            or sampled(saved.get("inputs")) != sampled(ds.fingerprints)):
+        raise ConfigError(f"{changed} (the same {ds.n_rows} rows, other content)")
 
 
 def train(
@@ -458,6 +484,7 @@ def train(
     on_progress: Callable[[int, int, int], None] | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
     should_stop: Callable[[], int | None] | None = None,
+    on_start: Callable[[], None] | None = None,
     resume: str | None = None,
     run_info: dict | None = None,
 ) -> Model:
@@ -468,7 +495,8 @@ def train(
     as LABEL:WEIGHT).  on_progress(epoch, rows done, rows in the epoch) is
     called every SLICE_ROWS rows; should_stop() returning a signal number
     ends the run there (after a checkpoint, when config.checkpoint_dir is
-    set) with :class:`~fmcli.errors.Interrupted`.  resume: a checkpoint
+    set) with :class:`~fmcli.errors.Interrupted`.  on_start() is called
+    once every input is read, before the first update.  resume: a checkpoint
     directory to continue from (the configuration must be the checkpoint's;
     see :func:`resume_arguments`).  run_info: stored in checkpoints (the
     command line's own arguments)."""
@@ -476,23 +504,32 @@ def train(
     patience = config.stop_patience
     if patience and valid is None:
         raise ConfigError("early stopping (--patience / --auto-stop) needs a validation set (-p/--valid)")
+    # Checkpoints never go where an input lives (a resumed run writes its own directory).
+    refuse_clobber({"the training data": None if isinstance(train_data, Batch) else train_data,
+                    "the validation data": None if isinstance(valid, Batch) else valid,
+                    "the weights file": weights, "the init_model file": config.init_model,
+                    "the resume directory": resume},
+                   {}, directories={"checkpoint_dir": (config.checkpoint_dir, checkpoint.OWNED_NAMES)},
+                   allow={("checkpoint_dir", "the resume directory")})
     ckpt = checkpoint.load_latest(resume) if resume is not None else None
-    tr = _load(train_data, config, config.task, None, say)
+    if config.checkpoint_dir:
+        checkpoint.prepare(config.checkpoint_dir)   # a bad place fails now, not at the first checkpoint
+    input_map = run_map(train_data, valid, config)   # how rows are read: stored in the model
+    tr = _load(train_data, config, config.task, None, say, input_map)
     task = tr.task
     if config.task == "auto":
         say(f"task: {task} (from the labels of {tr.name})")
         config = config.replace(task=task)   # re-validates the combination
     if task == "multiclass" and len(tr.classes) < 2:
         raise DataError(f"multiclass training needs at least two classes, found only {tr.classes}", tr.name)
-    va = _load(valid, config, task, tr.classes, say) if valid is not None else None
+    va = _load(valid, config, task, tr.classes, say, input_map) if valid is not None else None
     if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
         raise ConfigError(
             f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
             "use --model fm or lr, or libffm input"
         )
-    if ckpt is not None and ckpt.info["data"] != json_safe(_data_key(tr)):
-        raise ConfigError(f"{resume}: the training data changed since the checkpoint was written "
-                          f"({ckpt.info['data']['rows']} rows then, {tr.n_rows} now)")
+    if ckpt is not None:
+        _check_resume_data(ckpt.info["data"], tr, resume)
     file_weights = None
     if weights is not None:
         if tr.has_weights:
@@ -503,6 +540,8 @@ def train(
     metric = config.early_stopping_metric or DEFAULT_METRIC[task]
     if task not in METRICS[metric][0]:
         raise ConfigError(f"metric {metric} is not defined for the {task} task")
+    if patience and va is not None:
+        _check_stopping_metric(va, task, metric)
 
     rng = np.random.default_rng(config.seed)
     parent = load_model(config.init_model) if config.init_model else None
@@ -553,7 +592,16 @@ def train(
     nonfinite = 0
     first_epoch = 1
     if ckpt is not None:
-        state.restore(tuple(ckpt.arrays[n] for n in ("B", "L", "F", "R")))
+        # Refuse weights or optimizer state that are not finite (a model file
+        # is refused the same way): the best epoch's copy, then the current
+        # arrays, which stay restored.
+        for prefix in ("best_", "") if "best_B" in ckpt.arrays else ("",):
+            state.restore(tuple(ckpt.arrays[prefix + n] for n in ("B", "L", "F", "R")))
+            if not state.all_finite():
+                which = "the best epoch's weights" if prefix else "the weights"
+                raise ModelFormatError(
+                    f"{which} or optimizer state hold a non-finite value (NaN or inf): the checkpoint "
+                    "is corrupt; remove it to resume from the one before, or train anew", ckpt.path)
         if "best_B" in ckpt.arrays:
             snap = tuple(np.array(ckpt.arrays[f"best_{n}"]) for n in ("B", "L", "F", "R"))
         c = ckpt.info
@@ -583,6 +631,8 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint({"path": path, "epoch": epoch, "rows_done": rows_done})
 
+    if on_start is not None:
+        on_start()
     t_start = time.perf_counter()
     stopped = False
     hot_chosen = False   # from the first batch trained on
@@ -610,8 +660,9 @@ def train(
             if config.shuffle:
                 rng.permutation(rows)
             step += -(-rows // bs)
-        parts = ([(0, mem_batch, None)] if whole
-                 else tr.chunks(chunk_order[chunk_pos:]) if chunk_pos < len(chunk_order) else [])
+        # (a run stopped after its epoch's last slice resumes with nothing left of the epoch)
+        parts = ([] if chunk_pos >= len(chunk_order) else [(0, mem_batch, None)] if whole
+                 else tr.chunks(chunk_order[chunk_pos:], reuse=True))
         for pos, (index, batch, fname) in enumerate(parts, start=chunk_pos):
             rows = batch.n_rows
             if device == "cpu" and not hot_chosen:
@@ -663,14 +714,14 @@ def train(
         va_metrics = None
         if va is not None:
             va_metrics = _validate(state, va, va_batch, task)
-        stats = EpochStats(epoch, loss / wsum if wsum > 0 else float("nan"), va_metrics, seconds,
+        stats = EpochStats(epoch, loss / wsum if wsum > 0 else None, va_metrics, seconds,
                            n_rows / max(seconds, 1e-9), bad, task)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
         if va_metrics is not None:
-            value = va_metrics[metric]
-            if best[1] == 0 or is_better(metric, value, best[0]):
+            value = va_metrics[metric]   # None when undefined on this data: never the best
+            if value is not None and (best[1] == 0 or is_better(metric, value, best[0])):
                 best = (value, epoch)
                 if patience and epoch < config.epochs:
                     snap = state.snapshot()
@@ -721,6 +772,7 @@ def train(
             "history": epochs_meta,
         },
         "fmcli_version": __version__,
+        "input": input_map,
     }
     if lineage is not None:
         meta["parent"] = lineage
@@ -770,18 +822,44 @@ def _new_state(config: Config, n_features: int, n_fields: int, rng: np.random.Ge
     return TrainState(config, n_features, n_fields, rng, task, classes), "cpu"
 
 
-def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: str) -> dict[str, float]:
-    """The task's metrics on the validation data (scored with every CPU)."""
+def _validate(state: "TrainState", va: Dataset, va_batch: Batch | None, task: str) -> dict[str, float | None]:
+    """The task's metrics on the validation data (scored with every CPU);
+    None for a metric the data leave undefined (AUC of one class, anything
+    over a total weight of 0)."""
     threads = available_cpus()
     if va_batch is not None:
-        return evaluate(task, va_batch.labels, state.scores(va_batch, threads), va_batch.weights)
+        return defined(evaluate(task, va_batch.labels, state.scores(va_batch, threads), va_batch.weights))
     scores, labels, weights = [], [], []
     for _, batch, _ in va.chunks():
         scores.append(state.scores(batch, threads))
         labels.append(np.array(batch.labels))
         weights.append(batch.weights if batch.weights is not None else np.ones(batch.n_rows, np.float32))
-    return evaluate(task, np.concatenate(labels), np.concatenate(scores),
-                    np.concatenate(weights) if va.has_weights else None)
+    return defined(evaluate(task, np.concatenate(labels), np.concatenate(scores),
+                            np.concatenate(weights) if va.has_weights else None))
+
+
+def _check_stopping_metric(va: Dataset, task: str, metric: str) -> None:
+    """Refuse, before the first epoch, to stop early on a metric that the
+    validation data leave undefined (one class for AUC, no weight at all)."""
+    weighted = va.has_weights
+    if not weighted:
+        totals = list(va.label_counts) if task == "binary" else [va.n_rows]
+    else:
+        totals = np.zeros(2 if task == "binary" else 1)
+        for _, batch, _ in va.chunks():
+            w = np.asarray(batch.weights if batch.weights is not None else np.ones(batch.n_rows), np.float64)
+            if task == "binary":
+                positive = batch.labels > 0
+                totals += (w[~positive].sum(), w[positive].sum())
+            else:
+                totals += w.sum()
+    reason = why_undefined(metric, task, totals, weighted)
+    if reason is None:
+        return
+    hint = ("choose another --early-stopping-metric" if sum(totals) > 0
+            else "give its rows a positive weight, or train without --patience/--auto-stop")
+    raise ConfigError(f"-p {va.name} {reason}: {METRIC_NAMES[metric]} is undefined, so it cannot "
+                      f"select the epoch for early stopping; {hint}")
 
 
 _STATE_SLOTS = {"sgd": [], "adagrad": ["G"], "adam": ["m", "v"], "ftrl": ["z", "n"], "rowwise-adagrad": ["G"]}

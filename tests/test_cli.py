@@ -276,7 +276,7 @@ def test_missing_inputs(runner, data, tmp_path):
     assert res.exit_code == 66
     assert res.stderr.startswith("fm: error: ") and "nope.fm" in res.stderr
     res = fm(runner, "train", "-o", tmp_path / "m.fm", tmp_path)
-    assert res.exit_code == 2 and "directory" in res.stderr
+    assert res.exit_code == 66 and "is a directory" in res.stderr
 
 
 @pytest.mark.parametrize("args", [

@@ -104,7 +104,8 @@ def test_cache_is_reused_then_rebuilt_when_the_source_changes(tmp_path, cache_di
 def test_damaged_cache_is_detected_and_rebuilt(tmp_path, cache_dir, damage):
     data = tmp_path / "d.ffm"
     data.write_bytes(TRAIN.read_bytes())
-    load_dataset(data, cache_dir=cache_dir).close()
+    reference = train(cfg(), data)
+    train(cfg(cache_dir), data)
     (path,) = [p for p in Path(cache_dir).iterdir() if p.suffix == ".fmcache"]
     raw = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -114,13 +115,18 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, cache_dir, damage):
     else:
         raw = bytearray(b"not a cache at all")
     path.write_bytes(bytes(raw))
+    # the layout is checked on opening, every chunk's checksum on reading
     with pytest.raises(CacheInvalid):
-        CacheFile(str(path))
+        CacheFile(str(path)).verify()
     messages = []
-    ds = load_dataset(data, cache_dir=cache_dir, log=messages.append)
-    assert ds.cached_from == "built" and "rebuilding" in messages[0]
-    ds.close()
-    assert same_model(train(cfg(cache_dir), data), train(cfg(), data))
+    model = train(cfg(cache_dir), data, log=messages.append)
+    assert any("rebuilding" in m for m in messages), messages
+    assert same_model(model, reference)
+    # rebuilt in place: the next run is a clean hit
+    messages = []
+    assert same_model(train(cfg(cache_dir), data, log=messages.append), reference)
+    assert any("from the cache" in m for m in messages) and not any("rebuilding" in m for m in messages)
+    CacheFile(str(path)).verify()
 
 
 @pytest.mark.parametrize("cached", [True, False])

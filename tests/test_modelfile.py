@@ -115,7 +115,7 @@ def test_round_trip(tmp_path: Path) -> None:
         assert got[name].shape == array.shape
         np.testing.assert_array_equal(got[name], array)
         assert got[name].flags.writeable and got[name].flags.c_contiguous
-    assert header["format"] == "1.1"
+    assert header["format"] == "1.2"
     for key, value in HEADER.items():
         assert header[key] == value
     assert [a["name"] for a in header["arrays"]] == list(arrays)
@@ -204,7 +204,7 @@ def test_header_is_compact_utf8_json_in_caller_order(tmp_path: Path) -> None:
     data = path.read_bytes()
     (header_len,) = struct.unpack_from("<Q", data, 16)
     text = data[24 : 24 + header_len].decode("utf-8")
-    assert text.startswith('{"format":"1.1","z":1,"a":"é","arrays":[]')
+    assert text.startswith('{"format":"1.2","z":1,"a":"é","arrays":[]')
 
 
 def test_numpy_scalars_in_header(tmp_path: Path) -> None:

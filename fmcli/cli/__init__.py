@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from ..atomic import IO_ERRNOS
-from ..errors import EX_CONFIG, EX_SIGPIPE, EX_SOFTWARE, ConfigError, FMError
+from ..errors import EX_CONFIG, EX_SIGPIPE, EX_SOFTWARE, ConfigError, FMError, printable
 from ._status import SignalExit, classify
 
 
@@ -35,7 +35,8 @@ class FMGroup(click.Group):
                 from ..settings import blame
 
                 message = blame(message, config_file, keys)
-            click.echo(f"fm: error: {message}", err=True)
+            # A message names files: a newline in a name must not split it.
+            click.echo(f"fm: error: {printable(message)}", err=True)
             ctx.exit(exc.exit_code)
         except click.BadParameter as exc:
             # A bad value from an FM_* variable is a configuration error, not
@@ -45,8 +46,8 @@ class FMGroup(click.Group):
             name = env_source(exc)
             if name is None or debug:
                 raise
-            click.echo(f"fm: error: environment variable {name}={os.environ.get(name)!r}: "
-                       f"{exc.message.rstrip('.')}", err=True)
+            click.echo(printable(f"fm: error: environment variable {name}={os.environ.get(name)!r}: "
+                                 f"{exc.message.rstrip('.')}"), err=True)
             ctx.exit(EX_CONFIG)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -72,15 +73,15 @@ class FMGroup(click.Group):
                 raise
             if exc.errno in IO_ERRNOS:   # e.g. a full disk under the cache
                 _, code, message = classify(exc)
-                click.echo(f"fm: error: {message}", err=True)
+                click.echo(f"fm: error: {printable(message)}", err=True)
                 ctx.exit(code)
-            click.echo(f"fm: internal error: {type(exc).__name__}: {exc} "
+            click.echo(f"fm: internal error: {type(exc).__name__}: {printable(str(exc))} "
                        "(rerun with --debug for a traceback)", err=True)
             ctx.exit(EX_SOFTWARE)
         except Exception as exc:  # a bug: say so in one line, traceback with --debug
             if debug:
                 raise
-            click.echo(f"fm: internal error: {type(exc).__name__}: {exc} "
+            click.echo(f"fm: internal error: {type(exc).__name__}: {printable(str(exc))} "
                        "(rerun with --debug for a traceback)", err=True)
             ctx.exit(EX_SOFTWARE)
 
@@ -97,6 +98,12 @@ def cli(debug: bool) -> None:
       fm inspect ctr.fm                           what a model file holds
       fm convert criteo train.txt -o tr.ffm       raw logs (and formats, models)
     """
+    ctx = click.get_current_context()
+    if ctx.invoked_subcommand and not ctx.resilient_parsing:
+        from ..settings import check_envvars
+
+        # FM_TRAIN_EPOCH (a typo) is an error, not silently ignored
+        check_envvars(ctx.command, ctx.invoked_subcommand)
 
 
 from . import convert as _convert  # noqa: E402

@@ -103,7 +103,8 @@ _ENV_SETTINGS = (
     "Any option of fm {cmd}: the variable's name is FM_{CMD}_ and the option's long name in "
     "upper case with _ for \\-, e.g. {example}.  Flags take true/false, 1/0, yes/no{flag}.  "
     "The command line overrides the environment, which overrides a \\-\\-config file, which "
-    "overrides the defaults; a bad value is an error with exit status 78."
+    "overrides the defaults; a bad value, or an FM_{CMD}_ name that is no option's (a typo), is an "
+    "error with exit status 78."
 )
 _ENV_EXAMPLES = {
     "train": ("FM_TRAIN_EPOCHS=3, FM_TRAIN_LEARNING_RATE=0.05",

@@ -25,8 +25,10 @@ from typing import Any, Callable
 import click
 
 from ..atomic import check_writable, output_lock
+from ..safepaths import ClobberError
 from ..settings import file_defaults, sources
 from . import _render
+from ._options import InputPath, OutputPath
 from ._status import SignalExit, classify, signal_name
 
 __all__ = ["config_option", "train_options", "predict_options", "current_run", "TrainRun"]
@@ -54,7 +56,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 def config_option(section: str, example: str):
     def decorate(f):
         return click.option(
-            "--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
+            "--config", "config_file", type=InputPath("a configuration file"), default=None, is_eager=True,
             expose_value=False, callback=_load_config,
             help=f"Read settings from this TOML file's [{section}] table, long option names as keys "
                  f"({example}).  The command line and FM_{section.upper()}_* environment variables "
@@ -111,7 +113,7 @@ def train_options(f):
             return f(*args, **kwargs)
 
     command = click.option(
-        "--log-json", type=click.Path(dir_okay=False, allow_dash=False), default=None, metavar="FILE",
+        "--log-json", type=OutputPath(), default=None, metavar="FILE",
         help="Append the run's events to FILE as JSON lines: run_start (versions, settings, inputs), "
              "epoch, checkpoint, run_end (status, exit status, model hash).")(command)
     command = lock_timeout_option(command)
@@ -141,11 +143,13 @@ class TrainRun:
         self.output: str | None = None
         self.model_path: str | None = None
         self.stop_signal: int | None = None
+        self._training = True     # False while the inputs are read (see callbacks, _on_signal)
         self.progress = _render.EpochProgress(quiet)
         self._stack = contextlib.ExitStack()
         self._handlers: dict[int, Any] = {}
         self._t0 = time.monotonic()
         self._log_started = False
+        self._log_created = False   # the run log did not exist before this run
         self._inputs = (params.get("train_files"), params.get("valid"), params.get("weights_file"))
         self._recorded_sources: dict[str, str] | None = None
 
@@ -154,6 +158,7 @@ class TrainRun:
         if self.log_json and not self.dry_run:
             from ..runlog import RunLog
 
+            self._log_created = not os.path.lexists(self.log_json)
             self.log = RunLog(self.log_json, warn=lambda msg: _render.info(f"fm: warning: {msg}"))
             self._stack.callback(self.log.close)
         return self
@@ -162,6 +167,8 @@ class TrainRun:
         try:
             self._restore_handlers()
             self.progress.close()
+            if isinstance(exc, ClobberError):
+                self._drop_log()
             if self.log is not None:
                 status, code, message = classify(exc)
                 if not self._log_started:
@@ -182,11 +189,25 @@ class TrainRun:
         finally:
             self._stack.close()
 
+    def _drop_log(self) -> None:
+        """The run was refused before any work because an output is an input
+        (the run log may be that input): write nothing to the log, and
+        remove it if this run created it."""
+        log, self.log = self.log, None
+        if log is None:
+            return
+        log.close()
+        if self._log_created:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(self.log_json) == 0:
+                    os.unlink(self.log_json)
+
     # -- before training ----------------------------------------------------------
     def begin(self, config, output: str, train_files, valid=None, weights=None) -> None:
         """Log run_start, take the output's lock (preflighting it first) and
         catch SIGINT/SIGTERM: the first asks training to stop after the
-        current chunk, the second abandons the run."""
+        current chunk, the second abandons the run (as does the first while
+        the inputs are still being read)."""
         self.output = output
         self._inputs = (train_files, valid, weights)
         self._write_start(config)
@@ -260,14 +281,21 @@ class TrainRun:
     def should_stop(self) -> int | None:
         return self.stop_signal
 
+    def on_start(self) -> None:
+        """Every input is read: a signal now stops training after the current chunk."""
+        self._training = True
+
     def callbacks(self, train_function: Callable) -> dict[str, Callable]:
-        """on_progress, on_checkpoint and should_stop, as far as `train_function` takes them."""
+        """on_progress, on_checkpoint, should_stop and on_start, as far as
+        `train_function` takes them."""
         wanted = {"on_progress": self.progress, "on_checkpoint": self.on_checkpoint,
-                  "should_stop": self.should_stop}
+                  "should_stop": self.should_stop, "on_start": self.on_start}
         try:
             accepted = inspect.signature(train_function).parameters
         except (TypeError, ValueError):
             return {}
+        # told when training starts, a signal before then abandons the run
+        self._training = "on_start" not in accepted
         return {name: cb for name, cb in wanted.items() if name in accepted}
 
     def trained(self, model) -> None:
@@ -302,7 +330,11 @@ class TrainRun:
                 signal.signal(signum, previous)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None:
+        # Until training starts (on_start), the inputs are being opened and
+        # read: there is nothing to keep, and a flag would never be seen by a
+        # run blocked on a FIFO that no one writes (Python retries the
+        # interrupted open or read), so the run is abandoned at once.
+        if self.stop_signal is not None or not self._training:
             raise SignalExit(signum)
         self.stop_signal = signum
         _render.info(f"fm: {signal_name(signum)}: stopping after the current chunk "
@@ -319,16 +351,9 @@ def print_plan(config, train_files, valid, output, quiet: bool) -> None:
     from ..errors import ConfigError, DataError
     from ..train import TrainState
 
-    try:
-        from ..train import _data_options
+    from ..train import _data_options
 
-        options = _data_options(config)
-    except ImportError:  # pragma: no cover
-        from ..data.cache import default_cache_dir
-
-        options = {"fmt": config.format, "limits": config.read_limits(),
-                   "cache_dir": (config.cache_dir or default_cache_dir()) if config.cache else None,
-                   "memory_budget": config.memory_budget, "parquet": config.parquet_options()}
+    options = _data_options(config)
     say = (lambda msg: _render.info(msg, quiet))
     tr = load_dataset(train_files, task=config.task, log=say, **options)
     task = tr.task

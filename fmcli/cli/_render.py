@@ -56,14 +56,24 @@ class EpochTable:
                        + "  ".join(f"{'va_' + m:>11}" for m in metrics)
                        + f"  {'seconds':>8}  {'rows/s':>10}", header=True)
             self.started = True
-        va = "  ".join(f"{s.valid[m]:11.5f}" if s.valid is not None else f"{'-':>11}" for m in metrics)
-        self._echo(f"{s.epoch:5d}  {s.train_loss:10.5f}  {va}  {s.seconds:8.2f}  {s.rows_per_s:10.0f}")
+        # '-': no validation set; 'n/a': a metric the data leave undefined (None)
+        va = "  ".join(_metric_cell(s.valid.get(m), 11) if s.valid is not None else f"{'-':>11}"
+                       for m in metrics)
+        self._echo(f"{s.epoch:5d}  {_metric_cell(s.train_loss, 10)}  {va}  {s.seconds:8.2f}  "
+                   f"{s.rows_per_s:10.0f}")
 
     def _echo(self, line: str, header: bool = False) -> None:
         if _live is not None or stderr_is_tty():
             _console().print(line, style="bold" if header else None)
         else:
             click.echo(line, err=True)
+
+
+def _metric_cell(value: float | None, width: int) -> str:
+    """A metric right-aligned in `width` columns, 'n/a' when undefined (None or NaN)."""
+    if value is None or value != value:
+        return f"{'n/a':>{width}}"
+    return f"{value:{width}.5f}"
 
 
 def info(message: str, quiet: bool = False) -> None:
@@ -384,7 +394,7 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             metrics = {"logloss": t["valid_logloss"], "auc": t.get("valid_auc")}
         if metrics:
             rows.append(("validation", f"{t.get('valid_file')}: "
-                         + ", ".join(f"{k} {v:.5f}" for k, v in metrics.items() if v is not None)))
+                         + ", ".join(f"{k} " + ("n/a" if v is None else f"{v:.5f}") for k, v in metrics.items())))
         if t.get("skipped_rows"):
             rows.append(("skipped rows", f"{t['skipped_rows']:,}"))
     parent = h.get("parent")
@@ -392,6 +402,9 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("warm start from", f"{parent.get('path')} (sha256 {str(parent.get('sha256'))[:16]}...)"))
     if t.get("zero_weights") and hp.get("l1"):
         rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
+    inp = summary.get("input")
+    if inp:
+        rows.append(("input", _input_line(inp)))
     spec = summary.get("spec")
     if spec:
         rows.append(("preprocessing", _spec_line(spec)))
@@ -405,6 +418,18 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                      + (f", {sample['entries_ignored']:,} entries with ids beyond the model ignored"
                         if sample.get("entries_ignored") else "")))
     return rows
+
+
+def _input_line(inp: dict[str, Any]) -> str:
+    """How the training rows were read (fmcli.inputmap): the column of each
+    field and the hash settings of wide Parquet, or feature ids."""
+    if inp.get("layout") != "wide":
+        return "feature ids (libffm, libsvm or sparse Parquet)"
+    cols = [f"{c} ({k})" for c, k in zip(inp.get("columns") or [], inp.get("kinds") or [])]
+    return (f"wide Parquet, matched by column name: {len(cols)} fields ({', '.join(cols)}); "
+            f"label {inp.get('label_column')}, weight {inp.get('weight_column') or 'none'}, "
+            f"hash bits {inp.get('hash_bits')}, float columns {inp.get('float_columns')}"
+            + ("" if inp.get("all_columns") else ", other columns ignored"))
 
 
 def _spec_line(spec: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@ import os
 
 import click
 
+from ..safepaths import refuse_clobber
 from . import _ops, _render
-from ._options import read_limit_options
+from ._options import InputPath, OutputPath, read_limit_options
 
 RAW_KINDS = ("criteo", "avazu", "csv")
 SOURCES = ("auto", "libffm", "libsvm", "parquet") + RAW_KINDS + ("fm", "libffm-model")
@@ -74,7 +75,7 @@ def _columns(value: str | None) -> list[str]:
 
 @click.command(context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="[criteo|avazu|csv] INPUT...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-o", "--output", required=True, type=OutputPath(allow_dash=True),
               help="File to write ('-': stdout).  Its name gives the format (.ffm/.libffm, .svm/.libsvm, "
                    ".parquet/.pq, .fm) and compression (.gz, .bz2, .zst, .lz4) unless --to says.")
 @click.option("--from", "src", type=click.Choice(SOURCES), default="auto",
@@ -85,7 +86,7 @@ def _columns(value: str | None) -> list[str]:
               help="Output format.  [default: from -o's name; fm for models]  libffm-model: libffm's "
                    "text model file (libffm <= 1.21); libffm-bin-model: its binary one (libffm >= 1.3, "
                    "SSE build).  Only FFM models without bias and linear terms can be written so.")
-@click.option("--fields", "fields_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--fields", "fields_file", type=InputPath("a fields file"), default=None,
               show_default=False,
               help="Field of each feature for libffm output, one 'FEATURE FIELD' or 'LO-HI FIELD' "
                    "(inclusive) per line; a feature it does not cover is an error.  Without it, "
@@ -109,10 +110,10 @@ def _columns(value: str | None) -> list[str]:
               help="Raw logs: send rows whose 64-bit hash of label and tokens falls below this share to "
                    "OUTPUT and the others to OUTPUT's sibling with '.valid' before the extension "
                    "(train.ffm -> train.valid.ffm); rare values are counted on the former only.")
-@click.option("--spec-out", type=click.Path(dir_okay=False), default=None, show_default=False,
+@click.option("--spec-out", type=OutputPath(), default=None, show_default=False,
               help="Raw logs: where to write the preprocessing spec (JSON) for fm train --spec.  "
                    "[default: OUTPUT + '.spec.json'; none for -o -]")
-@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None, show_default=False,
+@click.option("--spec", "spec_file", type=InputPath("a spec file"), default=None, show_default=False,
               help="Raw logs: apply this spec, written by an earlier fm convert (e.g. of the training "
                    "logs), instead of making one: the same vocabulary and hashing, no counting pass.  "
                    "The log kind may then be left out.")
@@ -162,8 +163,8 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
     with value 1: integers > 2 the token floor(ln(v)^2), others their own
     token, missing its own token, categorical values seen fewer than
     --min-count times a rare token, every token hashed into --hash-space ids.
-    Counting needs a first pass over the inputs (stdin is spooled to a
-    temporary file).  The exact transform is written as a JSON spec for fm
+    Counting needs a first pass over the inputs (stdin, a pipe or a FIFO is
+    spooled to a temporary file, removed afterwards).  The exact transform is written as a JSON spec for fm
     train --spec, which lets fm predict score raw rows the same way.
 
     Every output is written atomically; a bad row stops the run with
@@ -228,6 +229,15 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
     outputs = [output]
     if kind in RAW_KINDS and split is not None and output != "-":
         outputs.append(valid_sibling(output))
+    # No output may be an input (nor two outputs one file); the spec is
+    # written next to the output unless one was given (see convert_raw).
+    written_spec = spec_out
+    if kind in RAW_KINDS and spec_out is None and spec is None and output != "-":
+        written_spec = output + ".spec.json"
+    refuse_clobber({"the input file": inputs, "the --fields file": fields_file, "the --spec file": spec_file,
+                    "the --config file": click.get_current_context().meta.get("fm.config_file")},
+                   {"-o": output, "--split": outputs[1] if len(outputs) > 1 else None,
+                    "--spec-out": written_spec})
     progress = _Progress(enabled=not quiet and _render.stderr_is_tty())
     say = lambda msg: _render.info(msg, quiet)  # noqa: E731
     with contextlib.ExitStack() as stack:

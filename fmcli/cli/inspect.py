@@ -6,7 +6,7 @@ import click
 
 from ..config import FORMATS
 from . import _render
-from ._options import read_limit_options
+from ._options import InputPath, read_limit_options
 
 SAMPLE_ROWS = 1_000_000     # rows of --data read unless --rows says otherwise
 _MODEL_ONLY = ("--top-interactions", "--field-pairs", "--features", "--data", "--class")
@@ -14,7 +14,7 @@ _MODEL_ONLY = ("--top-interactions", "--field-pairs", "--features", "--data", "-
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="MODEL | DATA...",
-                type=click.Path(dir_okay=False, allow_dash=True))
+                type=InputPath("a model or data file", allow_dash=True))
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout (stable keys; see the manual page).")
 @click.option("--top-interactions", type=click.IntRange(1), default=None, metavar="N",
@@ -25,7 +25,7 @@ _MODEL_ONLY = ("--top-interactions", "--field-pairs", "--features", "--data", "-
                    "pair strength in --data).")
 @click.option("--features", "top_features", type=click.IntRange(1), default=None, metavar="N",
               help="The N most important features by |linear weight| + factor norm.")
-@click.option("--data", multiple=True, type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+@click.option("--data", multiple=True, type=InputPath("a data file", allow_dash=True), metavar="FILE",
               help="Sample data for a model's analyses: which feature occurs in which field, "
                    "which pairs occur together (repeatable; globs and '-' allowed).")
 @click.option("--rows", "max_rows", type=click.IntRange(1), default=None, metavar="N",
@@ -86,7 +86,8 @@ def _analyse(result, path, top_interactions, field_pairs, top_features, data, ma
 
     model = load_model(path)
     spec = model.spec
-    names = ins.Names(result["spec"], result["hyperparameters"], getattr(model, "extras", None))
+    names = ins.Names(result["spec"], result["hyperparameters"], getattr(model, "extras", None),
+                      result.get("input"))
     class_index = None
     if class_label is not None:
         if spec.task != "multiclass":

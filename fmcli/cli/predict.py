@@ -9,15 +9,16 @@ import click
 import numpy as np
 
 from ..config import DEVICES, FORMATS
+from ..inputmap import INPUT_SCHEMAS
 from . import _render
 from . import _ops
-from ._options import read_limit_options
+from ._options import InputPath, OutputPath, read_limit_options
 
 
 @click.command(context_settings={"show_default": True})
-@click.argument("model_file", type=click.Path(dir_okay=False))
-@click.argument("data", nargs=-1, required=True, metavar="DATA...", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+@click.argument("model_file", type=InputPath("a model file"))
+@click.argument("data", nargs=-1, required=True, metavar="DATA...", type=InputPath("a data file", allow_dash=True))
+@click.option("-o", "--output", type=OutputPath(allow_dash=True), default="-",
               help="Where to write probabilities ('-' is stdout).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=None, show_default=False,
               help="Scoring threads (results do not depend on it).  [default: all CPUs]")
@@ -34,10 +35,19 @@ from ._options import read_limit_options
                    "the model has a spec; compressed stdin needs --raw]")
 @click.option("--no-label", is_flag=True,
               help="Raw rows without a header have no label column (e.g. Criteo's test set); no metrics.")
+@click.option("--allow-column-mismatch", is_flag=True,
+              help="Wide Parquet, whose columns are matched to the model's by name: score a file that "
+                   "lacks some of them or changed their kind (categorical/numeric) as if those were "
+                   "empty, and ignore columns the model was not trained on, with a warning (default: "
+                   "an error, exit status 65).")
+@click.option("--input-schema", type=click.Choice(INPUT_SCHEMAS), default="model",
+              help="model: DATA must have the layout the model was trained on -- wide Parquet (one "
+                   "column per field) or feature ids (libffm, libsvm, sparse Parquet); any: score "
+                   "either layout (e.g. libffm written from wide Parquet by fm convert).")
 @_ops.predict_options
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
 def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
-            raw, no_label, quiet):
+            raw, no_label, allow_column_mismatch, input_schema, quiet):
     """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
     .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
     are scored in order.
@@ -60,7 +70,11 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     from ..predict import UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
 
     from ..config import available_cpus
+    from ..safepaths import refuse_clobber
 
+    refuse_clobber({"the model file": model_file, "the data file": data,
+                    "the --config file": click.get_current_context().meta.get("fm.config_file")},
+                   {"-o": output})
     if output != "-":
         check_writable(output)
     threads = threads or available_cpus()
@@ -78,17 +92,22 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
         for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
                                           unseen=unseen, device=device,
                                           log=lambda msg: _render.info(msg, quiet),
-                                          raw=True if raw else None, has_label=not no_label):
+                                          raw=True if raw else None, has_label=not no_label,
+                                          input_schema=input_schema,
+                                          allow_column_mismatch=allow_column_mismatch,
+                                          warn=lambda msg: _render.info(f"fm: warning: {msg}")):
             out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)
             all_labels.append(labels)
         out.flush()
+        # The metrics too are computed before the output file is committed:
+        # whatever fails leaves the previous file in place.
+        ev = (evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
+              if not quiet and all_scores else None)
     if unseen.occurrences:
         _render.info(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the "
                      f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
                      quiet)
-    if not quiet and all_scores:
-        ev = evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
-        if ev is not None:
-            _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
-                                   for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")
+    if ev is not None:
+        _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
+                               for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")

@@ -7,11 +7,12 @@ import os
 import click
 
 from ..atomic import check_writable
-from ..config import DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
+from ..config import CACHE_CHECKS, DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
 from ..metrics import METRICS
+from ..safepaths import refuse_clobber
 from . import _render
 from . import _ops
-from ._options import AutoCount, ByteSize, read_limit_options
+from ._options import AutoCount, ByteSize, InputPath, OutputPath, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
@@ -40,10 +41,10 @@ def default_output(train_file: str) -> str:
 
 @click.command(context_settings={"show_default": True})
 @click.argument("train_files", nargs=-1, required=False, metavar="TRAIN_FILE...",
-                type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+                type=InputPath("a data file", allow_dash=True))
+@click.option("-o", "--output", type=OutputPath(),
               help="Model file to write.  [default: TRAIN_FILE's base name + .fm]", show_default=False)
-@click.option("-p", "--valid", type=click.Path(dir_okay=False),
+@click.option("-p", "--valid", type=InputPath("a data file"),
               help="Validation file, scored after every epoch.")
 @click.option("--model", type=click.Choice(MODELS), default=D.model, help="Model family.")
 @click.option("--task", type=click.Choice(TASKS), default=D.task,
@@ -84,7 +85,7 @@ def default_output(train_file: str) -> str:
               help="Mix targets with the uniform distribution: y(1-e) + e/C.")
 @click.option("--class-weight", type=str, default=None, show_default=False,
               help="'balanced' or LABEL=W[,LABEL=W...]: multiply the loss of rows with that label.")
-@click.option("--weights", "weights_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--weights", "weights_file", type=InputPath("a weights file"), default=None,
               help="File with one weight per training row (or give LABEL:WEIGHT labels inline).")
 @click.option("--on-nonfinite", type=click.Choice(ON_NONFINITE), default=D.on_nonfinite,
               help="A row with a NaN/inf score or loss: stop with an error, or skip its update and count it.")
@@ -130,24 +131,28 @@ def default_output(train_file: str) -> str:
               help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, show_default=False,
               help="Where caches live.  [default: $FMCLI_CACHE_DIR, else $XDG_CACHE_HOME/fmcli or ~/.cache/fmcli]")
+@click.option("--cache-check", type=click.Choice(CACHE_CHECKS), default=D.cache_check,
+              help="How a cached input is recognised: stat (inode, size, change and modification "
+                   "times, first and last MiB) or content (a hash of every byte, read once more per run).")
 @click.option("--memory-budget", type=ByteSize(), default=D.memory_budget, show_default="1G",
               help="Parsed data up to this size is held in memory (exact shuffles); more is streamed "
                    "in chunks from the cache.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None, show_default=False,
+@click.option("--checkpoint-dir", type=OutputPath(directory=True), default=None, show_default=False,
               help="Write checkpoints here (at every epoch's end, every --checkpoint-every rows, and on "
                    "SIGINT/SIGTERM) so that --resume can continue the run.")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=D.checkpoint_every,
               help="Also checkpoint every this many training rows (0: at epoch ends only).")
 @click.option("--keep-checkpoints", type=click.IntRange(1), default=D.keep_checkpoints,
               help="Checkpoints to keep (older ones are removed).")
-@click.option("--init-model", type=click.Path(dir_okay=False), default=None, show_default=False,
+@click.option("--init-model", type=InputPath("a model file"), default=None, show_default=False,
               help="Warm start: continue from this model's weights and optimizer state (new feature "
                    "and field ids start fresh).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, show_default=False,
+@click.option("--resume", "resume_dir", type=InputPath("a checkpoint directory", directory=True), default=None,
+              show_default=False,
               help="Continue the run whose checkpoints are in this directory (its settings, inputs and "
                    "output are the checkpoint's; other options are ignored).")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
-@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), default=None, show_default=False,
+@click.option("--spec", "spec_file", type=InputPath("a spec file"), default=None, show_default=False,
               help="Preprocessing spec written by fm convert for raw logs: stored in the model, so that "
                    "fm predict can score raw rows with the very same transform.")
 @_ops.train_options
@@ -182,9 +187,22 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
             raise click.UsageError("Missing argument 'TRAIN_FILE...'.")
         cfg = Config(format=fmt, **options)
     if output is None:
-        if train_files[0] == "-" or any(c in train_files[0] for c in "*?["):
-            raise click.UsageError("training from stdin or a glob needs -o/--output")
+        from ..data.source import reads_once
+
+        if reads_once(train_files[0]) or any(c in train_files[0] for c in "*?["):
+            raise click.UsageError("training from stdin, a pipe or a glob needs -o/--output")
         output = default_output(train_files[0])
+    # No output may be an input (nor two outputs one file), --dry-run included.
+    from ..checkpoint import OWNED_NAMES
+
+    refuse_clobber(
+        {"the training file": train_files, "the validation file": valid, "the --weights file": weights_file,
+         "the --init-model file": cfg.init_model, "the --spec file": spec_file,
+         "the --config file": click.get_current_context().meta.get("fm.config_file"),
+         "the --resume directory": resume_dir},
+        {"-o": output, "--log-json": _ops.current_run().log_json},
+        directories={"--checkpoint-dir": (cfg.checkpoint_dir, OWNED_NAMES)},
+        allow={("-o", "the --init-model file"), ("--checkpoint-dir", "the --resume directory")})
     spec = None
     if spec_file is not None:
         from ..data.criteo import load_spec
@@ -219,7 +237,7 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
     t = model.meta["training"]
     summary = f"wrote {output} (epoch {t['model_epoch']}"
     for name, value in (t.get("valid_metrics") or {}).items():
-        summary += f", va_{name} {value:.5f}"
+        summary += f", va_{name} " + ("n/a" if value is None else f"{value:.5f}")   # None: undefined
     if cfg.l1:
         summary += f", {t['zero_weights']} weights exactly zero"
     _render.info(summary + ")", quiet)

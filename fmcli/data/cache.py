@@ -16,29 +16,42 @@ parsing.  Layout (little-endian)::
 
 The table comes last, so a cache is complete only once its writer has
 finished; the writer works on a temporary name and renames it into place.
-Opening checks the trailer, the table, every offset against the file size,
-the key (a fingerprint of the inputs and of the parse options) and every
-chunk's CRC-32: a truncated, corrupt or stale cache is never used.
+Opening checks the trailer, the table, every offset against the file size
+and the key (a fingerprint of the inputs and of the parse options).
+
+Chunks are read with ``pread`` into private memory, never memory-mapped, and
+each one's CRC-32 is checked on every read: a cache that is truncated,
+overwritten or otherwise changed while a run uses it raises
+:class:`CacheInvalid` (the reader rebuilds it or stops with one line) and
+can never crash the process (no SIGBUS) or hand the kernels garbage.
+
+What identifies an input (:func:`fingerprint`) includes what the kernel
+changes on every write or copy -- the inode, the change time (ctime), the
+size and the modification time -- besides a hash of its first and last MiB,
+so a file changed in the middle behind a restored mtime (``cp -p``,
+``rsync -a``, ``touch -r``) is never served from a stale cache.  A copied
+file may rebuild its cache; it never reuses a wrong one.  ``check="content"``
+hashes every byte instead, for a check that does not trust file metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ..safepaths import locked_temp, release, sweep_stale, temp_pattern
 from .batch import Batch
 
 MAGIC = b"FMCACHE\x01"
 TRAILER = b"FMCEND\x00\x01"
-VERSION = 1
+VERSION = 2          # 2: fingerprints with inode and ctime (a version-1 key never matches)
+CHECKS = ("stat", "content")   # how an input is recognised: see fingerprint()
 _ALIGN = 64
 _TAIL = struct.Struct("<QQ8s")
 _FIELDS = (("labels", "<f4"), ("weights", "<f4"), ("lines", "<i8"), ("indptr", "<i8"),
@@ -58,18 +71,33 @@ def default_cache_dir() -> str:
     return os.path.join(base, "fmcli")
 
 
-def fingerprint(path: str, sample: int = 1 << 20) -> dict:
-    """What identifies an input file's content: its size, modification time
-    and a hash of its first and last `sample` bytes."""
+def fingerprint(path: str, sample: int = 1 << 20, check: str = "stat") -> dict:
+    """What identifies an input file's content.
+
+    check "stat": its device, inode, size, modification and change times
+    (the kernel sets ctime on every write, and a copy gets a new inode and
+    ctime whatever mtime it is given) and a hash of its first and last
+    `sample` bytes.  check "content": the same plus a SHA-256 of every byte."""
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
     st = os.stat(path)
     h = hashlib.sha256()
+    whole = hashlib.sha256() if check == "content" else None
     with open(path, "rb") as f:
+        if whole is not None:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                whole.update(block)
+            f.seek(0)
         h.update(f.read(sample))
         if st.st_size > sample:
             f.seek(max(sample, st.st_size - sample))
             h.update(f.read(sample))
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256_head_tail": h.hexdigest()}
+    out = {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+           "ctime_ns": st.st_ctime_ns, "dev": st.st_dev, "ino": st.st_ino,
+           "sha256_head_tail": h.hexdigest()}
+    if whole is not None:
+        out["sha256"] = whole.hexdigest()
+    return out
 
 
 def cache_key(fingerprints: Sequence[dict], options: dict) -> str:
@@ -91,34 +119,62 @@ def _pad(f) -> int:
     return pos + gap
 
 
+def _chunk_bytes(batch: Batch) -> Iterator[memoryview]:
+    """The bytes a chunk is stored as: its arrays in _FIELDS order (weights
+    only when it has them), indptr counted from 0."""
+    lines = batch.lines if batch.lines is not None else np.zeros(batch.n_rows, np.int64)
+    arrays = {"labels": batch.labels, "weights": batch.weights, "lines": lines,
+              "indptr": batch.indptr - batch.indptr[0], "fields": batch.fields,
+              "features": batch.features, "values": batch.values}
+    for name, dtype in _FIELDS:
+        if arrays[name] is not None:
+            yield memoryview(np.ascontiguousarray(arrays[name], dtype=dtype)).cast("B")
+
+
+def chunk_crc(batch: Batch) -> int:
+    """The CRC-32 a cache stores for this chunk (the same whether it was
+    cached or not, so a data set's digest does not depend on the cache)."""
+    crc = 0
+    for data in _chunk_bytes(batch):
+        crc = zlib.crc32(data, crc)
+    return crc
+
+
+def data_digest(chunks: Sequence[tuple[int, int, int]]) -> str:
+    """One hash of a data set's content from its chunks' (rows, nnz, CRC-32):
+    what a checkpoint compares to tell whether ``--resume`` sees the data it
+    was trained on."""
+    doc = json.dumps([[int(r), int(n), int(c)] for r, n, c in chunks], separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+_TEMP_PREFIX = ".fmcache-"
+_TEMP_NAMES = temp_pattern(_TEMP_PREFIX, ".tmp")   # a CacheWriter's temporary files
+
+
 class CacheWriter:
     """Append chunks to a new cache file; `finish` makes it visible atomically."""
 
     def __init__(self, path: str | None, directory: str):
         os.makedirs(directory, exist_ok=True)
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=".fmcache-", suffix=".tmp", dir=directory)
+        # Remove what writers killed mid-write left behind; ours stays locked
+        # until it is renamed into place or removed, so no other run does
+        # the same to it.
+        sweep_stale(directory, _TEMP_NAMES)
+        fd, self.tmp, self._lock = locked_temp(directory, prefix=_TEMP_PREFIX, suffix=".tmp")
         self.f = os.fdopen(fd, "wb")
         self.f.write(MAGIC)
         self.chunks: list[dict] = []
 
     def add(self, batch: Batch, file: str) -> None:
-        rows, nnz = batch.n_rows, batch.nnz
-        lines = batch.lines if batch.lines is not None else np.zeros(rows, np.int64)
-        arrays = {"labels": batch.labels, "weights": batch.weights, "lines": lines,
-                  "indptr": batch.indptr - batch.indptr[0], "fields": batch.fields,
-                  "features": batch.features, "values": batch.values}
         start = _pad(self.f)
         crc = 0
-        for name, dtype in _FIELDS:
-            a = arrays[name]
-            if a is None:
-                continue
+        for data in _chunk_bytes(batch):
             _pad(self.f)
-            data = memoryview(np.ascontiguousarray(a, dtype=dtype)).cast("B")
             crc = zlib.crc32(data, crc)
             self.f.write(data)
-        self.chunks.append({"rows": rows, "nnz": nnz, "file": file, "offset": start,
+        self.chunks.append({"rows": batch.n_rows, "nnz": batch.nnz, "file": file, "offset": start,
                             "weights": batch.weights is not None, "crc32": crc})
 
     def finish(self, key: str, meta: dict) -> str:
@@ -132,7 +188,11 @@ class CacheWriter:
         # opening and is rebuilt, so durability buys nothing here.
         self.f.close()
         final = self.path or self.tmp
-        os.replace(self.tmp, final)
+        try:
+            os.replace(self.tmp, final)
+        finally:
+            release(self._lock)
+            self._lock = None
         return final
 
     def abort(self) -> None:
@@ -143,98 +203,128 @@ class CacheWriter:
                 os.unlink(self.tmp)
             except OSError:
                 pass
+            release(self._lock)
+            self._lock = None
 
 
 class CacheFile:
-    """A validated cache, memory-mapped; chunks come out as Batch views."""
+    """A cache whose layout was checked on opening; chunks are read on demand
+    into private memory and verified against their CRC-32 (see the module
+    doc), so changes to the file after opening are caught, not trusted."""
 
-    def __init__(self, path: str, key: str | None = None, verify: bool = True):
+    def __init__(self, path: str, key: str | None = None):
         self.path = path
         try:
-            with open(path, "rb") as f:
-                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
-            raise CacheInvalid(f"cannot open: {exc}") from None
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise CacheInvalid(f"cannot open: {exc.strerror or exc}") from None
         try:
-            self._validate(key, verify)
+            self._validate(key)
         except Exception:
-            self.mm.close()
+            os.close(self.fd)
+            self.fd = -1
             raise
 
-    def _validate(self, key: str | None, verify: bool) -> None:
-        size = len(self.mm)
-        if size < len(MAGIC) + _TAIL.size or self.mm[: len(MAGIC)] != MAGIC:
+    def _pread(self, n: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, n, offset)
+        except OSError as exc:
+            raise CacheInvalid(f"cannot read: {exc.strerror or exc}") from None
+        if len(data) != n:
+            raise CacheInvalid("truncated")
+        return data
+
+    def _validate(self, key: str | None) -> None:
+        size = os.fstat(self.fd).st_size
+        if size < len(MAGIC) + _TAIL.size or self._pread(len(MAGIC), 0) != MAGIC:
             raise CacheInvalid("not a cache file, or truncated")
-        pos, length, trailer = _TAIL.unpack(self.mm[size - _TAIL.size :])
+        pos, length, trailer = _TAIL.unpack(self._pread(_TAIL.size, size - _TAIL.size))
         if trailer != TRAILER or pos + length + _TAIL.size != size or pos < len(MAGIC):
             raise CacheInvalid("truncated or incomplete")
         try:
-            table = json.loads(bytes(self.mm[pos : pos + length]))
+            table = json.loads(self._pread(length, pos))
             if table["version"] != VERSION:
                 raise CacheInvalid(f"cache version {table['version']}")
             self.key, self.meta, self.chunks = table["key"], table["meta"], table["chunks"]
+            if key is not None and self.key != key:
+                raise CacheInvalid("stale (built from other inputs or options)")
+            self._layout: list[dict[str, tuple[int, int, str]]] = []
+            self._bounds: list[tuple[int, int]] = []
+            for c in self.chunks:
+                off = start = int(c["offset"])
+                rows, nnz = int(c["rows"]), int(c["nnz"])
+                if rows < 0 or nnz < 0 or off % _ALIGN or off < len(MAGIC) or not isinstance(c["crc32"], int):
+                    raise CacheInvalid("bad chunk entry")
+                spans = {}
+                for name, dtype in _FIELDS:
+                    if name == "weights" and not c["weights"]:
+                        continue
+                    off += -off % _ALIGN
+                    count = {"indptr": rows + 1, "fields": nnz, "features": nnz, "values": nnz}.get(name, rows)
+                    spans[name] = (off - start, count, dtype)
+                    off += count * np.dtype(dtype).itemsize
+                if off > pos:
+                    raise CacheInvalid("chunk beyond the table")
+                self._layout.append(spans)
+                self._bounds.append((start, off))
         except (ValueError, KeyError, TypeError) as exc:
             raise CacheInvalid(f"bad table ({exc})") from None
-        if key is not None and self.key != key:
-            raise CacheInvalid("stale (built from other inputs or options)")
-        self._layout = []
-        for c in self.chunks:
-            off = int(c["offset"])
-            rows, nnz = int(c["rows"]), int(c["nnz"])
-            if rows < 0 or nnz < 0 or off % _ALIGN:
-                raise CacheInvalid("bad chunk entry")
-            spans = {}
-            for name, dtype in _FIELDS:
-                if name == "weights" and not c["weights"]:
-                    continue
-                off += -off % _ALIGN
-                count = {"indptr": rows + 1, "fields": nnz, "features": nnz, "values": nnz}.get(name, rows)
-                nbytes = count * np.dtype(dtype).itemsize
-                spans[name] = (off, count, dtype)
-                off += nbytes
-            if off > pos:
-                raise CacheInvalid("chunk beyond the table")
-            self._layout.append(spans)
-            if verify:
-                crc = 0
-                view = memoryview(self.mm)
-                for name, (o, count, dtype) in spans.items():
-                    crc = zlib.crc32(view[o : o + count * np.dtype(dtype).itemsize], crc)
-                view.release()
-                self.release(len(self._layout) - 1)   # keep resident memory bounded
-                if crc != c["crc32"]:
-                    raise CacheInvalid("checksum mismatch (corrupt)")
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def chunk(self, i: int) -> Batch:
-        """Chunk i as a Batch of read-only views into the mapping."""
-        spans = self._layout[i]
-        arr = {name: np.frombuffer(self.mm, dtype=dtype, count=count, offset=o)
-               for name, (o, count, dtype) in spans.items()}
-        batch = Batch(arr["labels"], arr["indptr"], arr["fields"], arr["features"], arr["values"],
-                      arr["lines"], arr.get("weights"))
-        return batch
+    @property
+    def digest(self) -> str:
+        """The content digest of the cached rows (see :func:`data_digest`)."""
+        return data_digest([(c["rows"], c["nnz"], c["crc32"]) for c in self.chunks])
 
-    def release(self, i: int) -> None:
-        """Tell the OS chunk i's pages may go (bounded resident memory when streaming)."""
+    def chunk_bytes(self, i: int) -> int:
+        start, end = self._bounds[i]
+        return end - start
+
+    def chunk(self, i: int, buffer: np.ndarray | None = None) -> Batch:
+        """Chunk i as a Batch of views into private memory: `buffer` (a uint8
+        array of at least chunk_bytes(i), reused by the caller) or a new one.
+        Raises CacheInvalid when the file no longer holds what its table says
+        (truncated, or bytes that fail the chunk's CRC-32)."""
+        start, end = self._bounds[i]
+        n = end - start
+        buf = buffer[:n] if buffer is not None and buffer.shape[0] >= n else np.empty(n, np.uint8)
+        view = memoryview(buf)
+        done = 0
+        try:
+            while done < n:   # a single read returns at most about 2 GiB
+                got = os.preadv(self.fd, [view[done:]], start + done)
+                if got <= 0:
+                    raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
+                done += got
+        except OSError as exc:
+            raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
+        finally:
+            view.release()
         spans = self._layout[i]
-        start = min(o for o, _, _ in spans.values())
-        end = max(o + count * np.dtype(dtype).itemsize for o, count, dtype in spans.values())
-        page = mmap.PAGESIZE
-        start -= start % page
-        if hasattr(self.mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, start, end - start)
-            except (OSError, ValueError):
-                pass
+        crc = 0
+        for o, count, dtype in spans.values():
+            crc = zlib.crc32(buf[o : o + count * np.dtype(dtype).itemsize], crc)
+        if crc != self.chunks[i]["crc32"]:
+            raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
+        arr = {name: buf[o : o + count * np.dtype(dtype).itemsize].view(dtype)
+               for name, (o, count, dtype) in spans.items()}
+        return Batch(arr["labels"], arr["indptr"], arr["fields"], arr["features"], arr["values"],
+                     arr["lines"], arr.get("weights"))
+
+    def verify(self) -> None:
+        """Read and check every chunk (CacheInvalid on the first bad one)."""
+        buffer = None
+        for i in range(len(self)):
+            if buffer is None or buffer.shape[0] < self.chunk_bytes(i):
+                buffer = np.empty(self.chunk_bytes(i), np.uint8)
+            self.chunk(i, buffer)
 
     def close(self) -> None:
-        try:
-            self.mm.close()
-        except BufferError:
-            pass   # views still alive; the mapping goes with them
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def iter_chunks(self, order: Sequence[int] | None = None) -> Iterator[tuple[Batch, str]]:
         for i in (range(len(self)) if order is None else order):

@@ -401,10 +401,11 @@ def looks_raw(path: str, spec: Spec) -> bool:
     """Whether an input holds raw rows for `spec` rather than libffm/libsvm
     text or Parquet: by its name (.ffm, .svm, .parquet, ... are never raw),
     else by its first lines (one that is not a libffm/libsvm row, or a CSV
-    header).  Compressed stdin cannot be told: it is taken as sparse."""
+    header).  Compressed stdin cannot be told: it is taken as sparse, and so
+    is a pipe or FIFO (it cannot be peeked at; --raw says it is raw)."""
     import sys
 
-    from .source import STDIN, format_from_name, sniff_compression, strip_compression_suffix
+    from .source import STDIN, format_from_name, reads_once, sniff_compression, strip_compression_suffix
 
     name = strip_compression_suffix(path).lower()
     if format_from_name(path) is not None or name.endswith((".parquet", ".pq")):
@@ -414,6 +415,8 @@ def looks_raw(path: str, spec: Spec) -> bool:
         head = peek(1 << 16) if peek is not None else b""
         if not head or sniff_compression(head[:10]):
             return False
+    elif reads_once(path):
+        return False
     else:
         try:
             with open_input(path) as f:

@@ -29,7 +29,9 @@ import numpy as np
 
 from ..errors import DataError
 from .batch import Batch
-from .cache import CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, fingerprint
+from ..errors import CacheError
+from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, chunk_crc, data_digest,
+                    fingerprint)
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
@@ -85,6 +87,8 @@ class Dataset:
     fingerprints: list = field(default_factory=list)   # of the input files (fmcli.data.cache.fingerprint)
     cache: CacheFile | None = None
     cached_from: str | None = None  # "hit" (reused), "built", or None
+    digest: str = ""                # of the parsed rows (fmcli.data.cache.data_digest)
+    _rebuild: Callable[[], "Dataset"] | None = None   # a new cache from the same inputs
     _memory: list[Batch] | None = None
     _reparse: Callable[[], Iterator[tuple[Batch, str]]] | None = None
 
@@ -106,23 +110,37 @@ class Dataset:
         return Batch(np.ascontiguousarray(labels, np.float32), batch.indptr, batch.fields, batch.features,
                      batch.values, batch.lines, batch.weights)
 
-    def chunks(self, order: Sequence[int] | None = None,
-               compact: bool = False) -> Iterator[tuple[int, Batch, str]]:
+    def chunks(self, order: Sequence[int] | None = None, compact: bool = False,
+               reuse: bool = False) -> Iterator[tuple[int, Batch, str]]:
         """(index, rows, file name) of every chunk, in `order` (default: as read).
 
         Chunks held in memory are kept compact (see in_memory); they are
         handed out in the plain form unless `compact` says the caller reads
-        both.  From a cache, a chunk's pages are released once the next is
-        asked for, so streaming holds one chunk at a time."""
-        if self._memory is not None or self.cache is not None:
+        both.  From a cache, each chunk is read (and its checksum checked)
+        by a thread while the caller works on the one before; with `reuse`
+        the caller promises to let go of a chunk before it asks for the one
+        after the next, and chunks are read into two buffers in turn instead
+        of new memory each time."""
+        if self._memory is not None:
             for i in (range(self.n_chunks) if order is None else order):
-                i = int(i)
-                if self._memory is not None:
-                    b = self._memory[i]
-                    yield i, (b if compact else expanded(b)), self.chunk_files[i]
-                else:
-                    yield i, self._final(self.cache.chunk(i)), self.chunk_files[i]
-                    self.cache.release(i)
+                b = self._memory[int(i)]
+                yield int(i), (b if compact else expanded(b)), self.chunk_files[int(i)]
+            return
+        if self.cache is not None:
+            indices = [int(i) for i in (range(self.n_chunks) if order is None else order)]
+            buffers: list = [None, None]
+
+            def read() -> Iterator[tuple[int, Batch, str]]:
+                for n, i in enumerate(indices):
+                    buffer = None
+                    if reuse:
+                        size = self.cache.chunk_bytes(i)
+                        if buffers[n % 2] is None or buffers[n % 2].shape[0] < size:
+                            buffers[n % 2] = np.empty(size, np.uint8)
+                        buffer = buffers[n % 2]
+                    yield i, self._final(self._cached_chunk(i, buffer)), self.chunk_files[i]
+
+            yield from prefetched(read())
             return
         # no cache, too big for memory: parse again, in file order, the next
         # chunk in a thread while the caller trains on this one (the parser
@@ -132,6 +150,31 @@ class Dataset:
         for i, (batch, name) in enumerate(prefetched(self._reparse())):
             if wanted is None or i in wanted:
                 yield i, self._final(batch), name
+
+    def _cached_chunk(self, i: int, buffer) -> Batch:
+        """Chunk i from the cache.  A cache found changed or damaged (another
+        process truncated or overwrote it) is rebuilt from the inputs, once,
+        when they are unchanged and can be read again; otherwise the run
+        stops with one line.  The kernels never see unverified bytes."""
+        try:
+            return self.cache.chunk(i, buffer)
+        except CacheInvalid as exc:
+            path, problem = self.cache.path, str(exc)
+        if self._rebuild is None:
+            raise CacheError(f"the cache of {self.name} ({path}) changed while this run read it: "
+                             f"{problem}; run again")
+        new = self._rebuild()
+        self._rebuild = None          # at most once per run
+        if new.digest != self.digest or new.chunk_rows != self.chunk_rows:
+            raise CacheError(f"the cache of {self.name} ({path}) was damaged ({problem}) and the "
+                             "inputs no longer hold the rows this run started with; run again")
+        self.cache.close()
+        self.cache = new.cache
+        try:
+            return self.cache.chunk(i, buffer)
+        except CacheInvalid as exc:
+            raise CacheError(f"the cache of {self.name} ({self.cache.path}) changed while this run "
+                             f"read it: {exc}; run again") from None
 
     @property
     def file_order_only(self) -> bool:
@@ -162,7 +205,7 @@ class Dataset:
                     weights=np.ones(n, np.float32) if self.has_weights else None)
         out.indptr[0] = 0
         r = e = 0
-        for i, b, _ in self.chunks(compact=True):
+        for i, b, _ in self.chunks(compact=True, reuse=True):
             rows, k = b.n_rows, b.nnz
             out.labels[r : r + rows] = b.labels
             out.indptr[r + 1 : r + rows + 1] = b.indptr[1:] - b.indptr[0] + e
@@ -364,23 +407,35 @@ def load_dataset(
     memory_budget: int = 1 << 30,
     parquet: dict | None = None,
     log: Callable[[str], None] = lambda msg: None,
+    cache_check: str = "stat",
+    rebuild: bool = False,
 ) -> Dataset:
     """Read (or find in the cache) the rows of `specs`: paths, globs or '-'.
 
     task "auto" reads labels as tokens and decides (detect_task).  With
     `classes` (a trained model's) a label outside them is an error.
-    cache_dir None turns the cache off."""
+    cache_dir None turns the cache off; a cache directory that cannot be
+    used (read-only, not a directory) turns it off with a note.
+    cache_check: how a cached input is recognised ("stat" or "content",
+    see fmcli.data.cache.fingerprint).  rebuild: ignore an existing cache."""
+    from .source import reads_once
+
     inputs = _inputs(specs)
-    prints = [fingerprint(p) for p in inputs if p != "-"]
+    # stdin, pipes and FIFOs (read once) have no fingerprint and no reusable
+    # cache: opening one to fingerprint it would eat the rows it starts with
+    once = any(reads_once(p) for p in inputs)
+    prints = [fingerprint(p, check=cache_check) for p in inputs if not reads_once(p)]
     label_mode = {"binary": "binary", "regression": "real"}.get(task, "class")
     options = {"fmt": fmt, "label_mode": label_mode, "task": task,
                "classes": None if classes is None else list(classes),
                "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id],
                "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()}}
-    reusable = cache_dir is not None and "-" not in inputs
+    reusable = cache_dir is not None and not once
     key = cache_key(prints, options) if reusable else None
     path = cache_path(cache_dir, key) if reusable else None
-    if reusable and os.path.exists(path):
+    args = dict(fmt=fmt, limits=limits, task=task, classes=classes, cache_dir=cache_dir,
+                memory_budget=memory_budget, parquet=parquet, log=log, cache_check=cache_check)
+    if reusable and not rebuild and os.path.exists(path):
         t0 = time.perf_counter()
         try:
             cf = CacheFile(path, key)
@@ -398,12 +453,26 @@ def load_dataset(
             ds.seconds = time.perf_counter() - t0
             ds.cached_from = "hit"
             ds.fingerprints = prints
+            ds.digest = cf.digest
+            ds._rebuild = _rebuilder(specs, args, log, path, "damaged")
             return ds
 
     stats = {"names": [], "formats": [], "bytes": 0, "skipped": [], "seconds": 0.0, "classes": []}
-    writer = CacheWriter(path, cache_dir) if cache_dir is not None else None
+    writer = None
+    if cache_dir is not None:
+        try:
+            writer = CacheWriter(path, cache_dir)
+        except OSError as exc:
+            # a read-only file system, a regular file named as the directory, no permission
+            from ..atomic import IO_ERRNOS
+
+            if exc.errno in IO_ERRNOS:
+                raise
+            log(f"note: cache directory {cache_dir} is not usable ({exc.strerror or exc}); "
+                "reading without a cache")
+            reusable = False
     memory: list[Batch] | None = [] if writer is None else None
-    chunk_rows, chunk_files, counts = [], [], {}
+    chunk_rows, chunk_files, counts, nnzs, crcs = [], [], {}, [], []
     n_rows = nnz = 0
     max_feature = max_field = -1
     has_weights = False
@@ -421,11 +490,15 @@ def load_dataset(
                     counts[v] = counts.get(v, 0) + k
             chunk_rows.append(batch.n_rows)
             chunk_files.append(name)
+            nnzs.append(batch.nnz)
             if writer is not None:
                 writer.add(batch, name)
-            elif memory is not None:
+                crcs.append(writer.chunks[-1]["crc32"])
+            else:
+                crcs.append(chunk_crc(batch))
+            if memory is not None:
                 memory.append(_owning(compacted(batch, batch.max_field < 256)))
-                if n_rows * 24 + nnz * 12 > memory_budget and "-" not in inputs:
+                if n_rows * 24 + nnz * 12 > memory_budget and not once:
                     memory = None          # too big: parse again every epoch instead
         names = stats["names"]
         if n_rows == 0:
@@ -436,9 +509,9 @@ def load_dataset(
         if writer is not None:
             final = writer.finish(key or "", meta)
             writer = None
-            cf = CacheFile(final, verify=False)
+            cf = CacheFile(final)
             if not reusable:
-                os.unlink(final)   # stdin: the mapping stays valid for this run only
+                os.unlink(final)   # read once: the mapping stays valid for this run only
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -448,12 +521,26 @@ def load_dataset(
     ds.skipped = stats["skipped"]
     ds.cached_from = "built" if cf is not None else None
     ds.fingerprints = prints
+    ds.digest = data_digest(list(zip(chunk_rows, nnzs, crcs)))
+    if cf is not None and reusable:
+        ds._rebuild = _rebuilder(specs, args, log, cf.path, "changed")
     if cf is None:
         if memory is not None:
             ds._memory = [ds._final(b) for b in memory]
         else:
             ds._reparse = lambda: _parse(inputs, fmt, label_mode, limits, classes, None, parquet)
     return ds
+
+
+def _rebuilder(specs, args: dict, log: Callable[[str], None], path: str,
+               what: str) -> Callable[[], Dataset]:
+    """Build the cache at `path` again from the same inputs (they are read
+    again, so this is only for inputs that are files)."""
+    def rebuild() -> Dataset:
+        log(f"cache {path} was {what} while in use; rebuilding it from the inputs")
+        return load_dataset(specs, rebuild=True, **args)
+
+    return rebuild
 
 
 def _meta(names, stats, task, label_mode, classes, n_rows, nnz, max_feature, max_field, has_weights,
@@ -520,6 +607,7 @@ def dataset_from_batch(batch: Batch, task: str = "binary", classes: Sequence[str
                  batch.lines if batch.lines is not None else np.arange(1, batch.n_rows + 1),
                  batch.weights)
     return Dataset(name="<batch>", format="batch", task=task, n_rows=batch.n_rows, nnz=batch.nnz,
+                   digest=data_digest([(batch.n_rows, batch.nnz, chunk_crc(rows))]),
                    max_feature=batch.max_feature, max_field=batch.max_field,
                    classes=None if classes is None else list(classes), label_map=None,
                    label_counts=counts, has_weights=batch.weights is not None,

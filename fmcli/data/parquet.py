@@ -396,6 +396,18 @@ class ParquetReader:
     the weight column (default: ``weight`` when the file has one);
     ``columns`` selects and orders the fields of a wide file; ``hash_bits``
     sizes a wide file's feature id space (2**hash_bits ids).
+
+    ``match``: a column map (:meth:`input_map` of the file a model was
+    trained on, see fmcli.data.inputmap) to read a wide file by: its
+    ``columns`` are found by name and become fields in the map's order,
+    whatever the file's order.  A map column the file lacks, a column of
+    another kind (categorical or numeric), or, when the map took every
+    column, a column the map does not have, is a DataError naming them
+    (``map_owner`` names the map's source in it, and ``mismatch_hint`` is
+    appended to it); with ``lenient`` it is
+    reported to ``on_warning`` instead, and a missing or retyped column
+    gives no entries while an extra one is not read.  A sparse file
+    ignores ``match``.
     """
 
     classes: list[str] | None
@@ -414,6 +426,11 @@ class ParquetReader:
         columns: Sequence[str] | None = None,
         hash_bits: int = DEFAULT_HASH_BITS,
         float_columns: str = "value",
+        match: dict | None = None,
+        lenient: bool = False,
+        on_warning: Callable[[str], None] | None = None,
+        mismatch_hint: str = "",
+        map_owner: str = "the model",
     ):
         _need_pyarrow()
         classes = check_label_mode(label_mode, classes)
@@ -455,6 +472,14 @@ class ParquetReader:
         self._fixed_classes = classes is not None
         self.classes = classes if classes is not None else ([] if label_mode == "class" else None)
         self._codes: dict[str, int] = {c: i for i, c in enumerate(classes or ())}
+        # A wide file's columns matched by name against a column map (see
+        # _matched); input_map: the map of the file last opened, once known.
+        self.match = match
+        self.lenient = lenient
+        self.on_warning = on_warning
+        self.mismatch_hint = mismatch_hint
+        self.map_owner = map_owner
+        self.input_map: dict | None = None
 
     # -- public --------------------------------------------------------------
 
@@ -490,8 +515,12 @@ class ParquetReader:
 
     def _open(self):
         """The ParquetFile, and the file's size."""
+        from .source import reads_once
+
         if self.name == "-":
             raise ConfigError("Parquet input cannot be read from standard input; give a file")
+        if reads_once(self.name):   # Parquet is read from its end: a pipe cannot be
+            raise ConfigError(f"{self.name}: Parquet input cannot be read from a pipe or FIFO; give a file")
         with open_input(self.path):  # the text reader's errors for missing paths
             pass
         try:
@@ -504,6 +533,34 @@ class ParquetReader:
             source.close()
             raise DataError(f"not a Parquet file ({_reason(exc)})", self.name) from None
         return pf, source
+
+    def describe(self) -> dict:
+        """The file's column map (:attr:`input_map`), from its schema alone:
+        ``{"layout": "ids"}`` for a sparse file; for a wide one its columns
+        as this reader takes them, their kinds and the hash settings."""
+        pf, source = self._open()
+        try:
+            self._plan(pf.schema_arrow)
+        finally:
+            source.close()
+        return self.input_map
+
+    def layout(self) -> str:
+        """"ids" (a sparse file, whose rows carry feature ids) or "wide",
+        from the schema alone and without matching any column."""
+        pf, source = self._open()
+        try:
+            schema = pf.schema_arrow
+        finally:
+            source.close()
+        names = schema.names
+        weight = self.weight_column
+        if weight is None and "weight" in names and self.label_column != "weight":
+            weight = "weight"
+        features = schema.field("features").type if names.count("features") == 1 else None
+        sparse = (features is not None and _is_list(features)
+                  and "features" not in (self.label_column, weight))
+        return "ids" if sparse else "wide"
 
     def _batches(self) -> Iterator[Batch]:
         pf, source = self._open()
@@ -582,9 +639,13 @@ class ParquetReader:
                 self._check_list("values", values_type, _is_number, "numbers")
                 plan.values = "values"
                 plan.columns.append("values")
+            self.input_map = {"layout": "ids"}
             return plan
 
-        if self.columns is not None:
+        absent: set[str] = set()
+        if self.match is not None:
+            chosen, absent = self._matched(names, head, column)
+        elif self.columns is not None:
             for name in self.columns:
                 if name not in names:
                     raise DataError(f"no column '{name}' (columns: {_show_classes(names, 12)})",
@@ -596,22 +657,72 @@ class ParquetReader:
             if dup:
                 raise DataError(f"column '{dup[0]}' appears {chosen.count(dup[0])} times",
                                 self.name)
-        wide = []
-        for name in chosen:
+        wide = [(name, "absent" if name in absent else self._kind(name, column(name, "a feature column")))
+                for name in chosen]
+        self.input_map = {
+            "layout": "wide",
+            "columns": chosen,
+            "kinds": [_KIND_NAMES.get(kind, kind) for _, kind in wide],
+            # the fields are every column but the label and weight (no column
+            # selection): a column added to a later file is then an extra one
+            "all_columns": (bool(self.match.get("all_columns")) if self.match is not None
+                            else self.columns is None),
+            "hash_bits": self.hash_bits,
+            "float_columns": self.float_columns,
+            "label_column": self.label_column,
+            "weight_column": weight,
+        }
+        read = head + [name for name in chosen if name not in absent]
+        return _Plan("wide", read, self.label_column, weight, wide=wide)
+
+    def _kind(self, name: str, t) -> str:
+        """How a wide column's values become entries: "cat", "num" or "null"."""
+        v = _value_type(t)
+        if _is_string(v) or pa.types.is_integer(v) or pa.types.is_boolean(v):
+            return "cat"
+        if pa.types.is_floating(v):
+            return "num"
+        if pa.types.is_null(v):
+            return "null"
+        hint = (" (a sparse file needs a 'features' list column)"
+                if _is_list(t) and name in ("fields", "values") else "")
+        raise DataError(f"column '{name}' must be a string, integer, boolean or "
+                        f"floating-point column, found {_type_name(t)}{hint}", self.name)
+
+    def _matched(self, names: list[str], head: list[str],
+                 column: Callable) -> tuple[list[str], set[str]]:
+        """The fields of a wide file read by the column map ``match``: its
+        columns, in its order, found by name; and those of them to leave
+        without entries (lenient: missing, or of another kind)."""
+        want = [str(c) for c in self.match["columns"]]
+        kinds = dict(zip(want, self.match.get("kinds") or []))
+        missing = [c for c in want if c not in names]
+        extra = []
+        if self.match.get("all_columns"):
+            extra = [n for n in names if n not in head and n not in want]
+        retyped: dict[str, str] = {}     # column: what changed
+        for name in want:
+            if name in missing:
+                continue
             t = column(name, "a feature column")
-            v = _value_type(t)
-            if _is_string(v) or pa.types.is_integer(v) or pa.types.is_boolean(v):
-                wide.append((name, "cat"))
-            elif pa.types.is_floating(v):
-                wide.append((name, "num"))
-            elif pa.types.is_null(v):
-                wide.append((name, "null"))
-            else:
-                hint = (" (a sparse file needs a 'features' list column)"
-                        if _is_list(t) and name in ("fields", "values") else "")
-                raise DataError(f"column '{name}' must be a string, integer, boolean or "
-                                f"floating-point column, found {_type_name(t)}{hint}", self.name)
-        return _Plan("wide", head + chosen, self.label_column, weight, wide=wide)
+            was, now = kinds.get(name), _KIND_NAMES[self._kind(name, t)]
+            if was in ("categorical", "numeric") and now in ("categorical", "numeric") and was != now:
+                retyped[name] = (f"column '{name}' is {_type_name(t)} ({now}) here but {was} in "
+                                 f"{self.map_owner}")
+        problems = []
+        if missing:
+            problems.append(f"lacks {_plural('column', missing)} {_quoted(missing)} of "
+                            f"{self.map_owner}")
+        if extra:
+            problems.append(f"has {_plural('column', extra)} {_quoted(extra)} not in {self.map_owner}")
+        problems += retyped.values()
+        if problems and not self.lenient:
+            raise DataError("; ".join(problems) + f" (columns of {self.map_owner}: {_quoted(want, 12)})"
+                            + self.mismatch_hint, self.name)
+        if problems and self.on_warning is not None:
+            self.on_warning(f"{self.name}: " + "; ".join(problems) + " (missing and retyped columns "
+                            "are scored as absent, extra ones ignored)")
+        return want, set(missing) | set(retyped)
 
     def _check_label_type(self, t) -> None:
         v = _value_type(t)
@@ -883,6 +994,8 @@ class ParquetReader:
         present = np.zeros((k, n), bool)
         limit = self.limits.max_feature_id
         for j, (name, kind) in enumerate(plan.wide):
+            if kind == "absent":        # a map column left without entries (lenient match)
+                continue
             arr = rb.column(name)
             if kind == "cat":
                 indices, dictionary, valid = _encode(arr)
@@ -952,6 +1065,19 @@ class ParquetReader:
                 )
             raise error
         self.bad_rows.append(error)
+
+
+_KIND_NAMES = {"cat": "categorical", "num": "numeric", "null": "null"}
+
+
+def _plural(word: str, items: Sequence) -> str:
+    return word if len(items) == 1 else word + "s"
+
+
+def _quoted(names: Sequence[str], limit: int = 8) -> str:
+    """'a', 'b', 'c' (at most `limit`, then how many more)."""
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _show_value(arr, r: int) -> str:

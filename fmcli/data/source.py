@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
@@ -70,6 +71,23 @@ def display_name(path: str | os.PathLike) -> str:
     return "<stdin>" if path == STDIN else path
 
 
+def reads_once(path: str | os.PathLike) -> bool:
+    """Whether an input can be read only once, from its start to its end:
+    stdin ('-') and anything that is not a regular file -- a FIFO, a pipe
+    such as the /dev/fd/N of a shell's ``<(...)``, a character device, a
+    socket.  Such an input is never fingerprinted, cached under its name,
+    peeked at or opened a second time: it is read once, in order, or
+    spooled to a temporary file first where a command needs two passes.
+    (A path that cannot be stat'ed is left to the readers to report.)"""
+    path = os.fspath(path)
+    if path == STDIN:
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def compression_from_name(path: str | os.PathLike) -> str | None:
     """The codec a name's suffix names ('gzip', 'bz2', 'zstd', 'lz4'), or None."""
     name = os.fspath(path).lower()
@@ -108,8 +126,10 @@ def expand_inputs(specs: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     A spec is ``-`` (stdin: at most once, and only as the sole input), a
     path, or a shell glob (a spec holding ``*``, ``?`` or ``[`` that is not
     itself an existing path), expanded in sorted order.  Duplicates are
-    kept.  A missing path, a glob matching nothing and a directory raise
-    InputNotFoundError."""
+    kept, except of an input that can be read only once (see reads_once:
+    several FIFOs or ``<(...)`` are fine, each is read once in turn, but
+    the same one twice is a ConfigError).  A missing path, a glob matching
+    nothing and a directory raise InputNotFoundError."""
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]
     specs = [os.fspath(s) for s in specs]
@@ -133,8 +153,25 @@ def expand_inputs(specs: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
                 raise InputNotFoundError(f"{path}: is a directory, expected a data file")
             if not os.path.exists(path):
                 raise InputNotFoundError(f"{path}: no such file")
+            check_readable(path)    # a glob's unreadable match fails here, named
             paths.append(path)
+    _check_read_once(paths)
     return paths
+
+
+def _check_read_once(paths: list[str]) -> None:
+    """A pipe or FIFO named twice would hang (or read nothing) the second time."""
+    seen: set[tuple[int, int]] = set()
+    for path in paths:
+        if path == STDIN or not reads_once(path):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            raise ConfigError(f"{path}: a pipe or FIFO can be read only once, but it is given twice")
+        seen.add((st.st_dev, st.st_ino))
 
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
@@ -172,6 +209,33 @@ def sniff_compression(head: bytes) -> str | None:
         if head.startswith(_MAGIC[codec][0]):
             return codec
     return None
+
+
+def check_readable(path: str | os.PathLike, what: str = "a data file", directory: bool = False) -> None:
+    """Fail at once, in one line (InputNotFoundError, exit status 66), when
+    an input that exists cannot be read: a directory where a file is
+    expected (or, with `directory`, the reverse), no read permission, an
+    unreadable device file.  A missing path is left to the caller, which
+    says what it looked for.  A FIFO, pipe or device is not opened: that
+    could block, or take bytes that only the reader should see."""
+    path = os.fspath(path)
+    if path == STDIN:
+        return
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:           # no search permission on a parent, a name too long
+        raise InputNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode) != directory:
+        raise InputNotFoundError(f"{path}: {'is not' if directory else 'is'} a directory, expected {what}")
+    if not (stat.S_ISREG(st.st_mode) or directory):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    os.close(fd)
 
 
 def _open_file(path: str) -> BinaryIO:
