@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz
+.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz hostile
 
 help:
 	@echo "fmcli make targets:"
@@ -35,6 +35,7 @@ help:
 	@echo "  make bench-scaling  training rows/s at 1 and 2 threads in interleaved slices (BENCH_ARGS:"
 	@echo "                   --train FILE --valid FILE, or --rows N to generate; -k, --linear, --json)"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
+	@echo "  make hostile     run fm through the hostile cases of fuzz/hostile.py (data safety; HOSTILE_ARGS=-k NAME)"
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
@@ -106,6 +107,13 @@ bench-scaling: $(STAMP)
 	$(PY) benchmarks/scaling.py --threads 1,2 --hogwild $(BENCH_ARGS)
 
 # --- fuzzing ----------------------------------------------------------------
+
+# The real command run the ways users lose data (outputs named like inputs,
+# pipes, changed files, damaged caches, ...): one line per case, then
+# "N passed, N failed".  See fuzz/README.md.
+HOSTILE_ARGS ?=
+hostile: $(STAMP)
+	$(PY) fuzz/hostile.py $(HOSTILE_ARGS)
 
 # A separate virtual environment with atheris and a bounds-checked (FMCLI_DEBUG=1)
 # non-editable build of the package, made from a copy of the sources so that

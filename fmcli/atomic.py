@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from .errors import LockedError, OutputError, OutputIOError
-from .safepaths import locked_temp, release, sweep_stale, temp_pattern
+from .safepaths import deferred_signals, locked_temp, release, sweep_stale, temp_pattern
 
 __all__ = ["atomic_output", "check_writable", "prepare_directory", "output_lock", "lock_path", "IO_ERRNOS"]
 
@@ -178,18 +178,28 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     # loss) go first; the temporary file is locked while it exists, so that
     # no other run takes it for such a leftover.
     sweep_stale(directory, temp_pattern(f".{basename}."))
+    made: list = []           # (fd, tmp, lock) once created: a signal after it still cleans up
+    fobj: IO[Any] | None = None
     try:
-        fd, tmp, lock = locked_temp(directory, prefix=f".{basename}.")
-    except OSError as exc:
-        raise OutputError(f"cannot create output {target}: {_reason(exc)}") from exc
-    try:
-        if mode in _TEXT_MODES:
-            fobj: IO[Any] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-        else:
-            fobj = os.fdopen(fd, "wb")
+        with deferred_signals():  # SIGINT/SIGTERM wait until the file is in our hands
+            try:
+                made.extend(locked_temp(directory, prefix=f".{basename}."))
+            except OSError as exc:
+                raise OutputError(f"cannot create output {target}: {_reason(exc)}") from exc
+            fd, tmp, lock = made
+            if mode in _TEXT_MODES:
+                fobj = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+            else:
+                fobj = os.fdopen(fd, "wb")
     except BaseException:
-        os.close(fd)
-        _discard(tmp, lock)
+        if made:
+            if fobj is not None:
+                with contextlib.suppress(Exception):
+                    fobj.close()
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(made[0])
+            _discard(made[1], made[2])
         raise
 
     try:
@@ -396,44 +406,52 @@ def output_lock(path: str | os.PathLike[str], timeout: float = 0.0,
         return
     name = lock_path(target)
     deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        try:
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as exc:
-            raise OutputError(f"cannot create lock file {name} for {target}: {_reason(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise OutputError(f"cannot lock {name} for {target}: {_reason(exc)}") from exc
-            holder = _holder(fd)
-            os.close(fd)
+    held: int | None = None       # the descriptor once the lock is ours
+    try:
+        while held is None:
+            # SIGINT/SIGTERM wait while the lock file is created and taken,
+            # so that a signal never leaves it behind (the finally below
+            # removes it once `held` is set)
+            with deferred_signals():
+                try:
+                    fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+                except OSError as exc:
+                    raise OutputError(f"cannot create lock file {name} for {target}: {_reason(exc)}") from exc
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    holder = None if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) \
+                        else _holder(fd)
+                    os.close(fd)
+                    if holder is None:
+                        raise OutputError(f"cannot lock {name} for {target}: {_reason(exc)}") from exc
+                else:
+                    # The previous holder may have removed the file between our
+                    # open and flock: then the lock is on an orphaned inode, so
+                    # start over.
+                    try:
+                        same = os.path.samestat(os.fstat(fd), os.stat(name))
+                    except OSError:
+                        same = False
+                    if same:
+                        held = fd
+                    else:
+                        os.close(fd)
+                    continue
             if time.monotonic() >= deadline:
                 advice = (f"waited {timeout:g} s; try again later or raise --lock-timeout" if timeout > 0
                           else "wait for it to finish or give --lock-timeout SECONDS")
                 raise LockedError(f"{target} is being written by {holder} (lock file {name}); "
                                   f"{advice}") from None
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-            continue
-        # The previous holder may have removed the file between our open and
-        # flock: then the lock is on an orphaned inode, so start over.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(name))
-        except OSError:
-            same = False
-        if not same:
-            os.close(fd)
-            continue
-        break
-    try:
         started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid={os.getpid()}\nstarted={started}\n".encode(), 0)
+            os.ftruncate(held, 0)
+            os.pwrite(held, f"pid={os.getpid()}\nstarted={started}\n".encode(), 0)
         yield name
     finally:
-        # Unlink while still holding the lock, so that a waiter that opened
-        # this file notices (above) that it is gone.
-        _unlink_quietly(name)
-        os.close(fd)
+        if held is not None:
+            # Unlink while still holding the lock, so that a waiter that opened
+            # this file notices (above) that it is gone.
+            _unlink_quietly(name)
+            os.close(held)

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 import numpy as np
 
 from .atomic import atomic_output
 from .data.batch import Batch
 from .data.source import STDIN, compression_from_name, display_name, expand_inputs, \
-    format_from_name, reads_once, strip_compression_suffix
+    format_from_name, reads_once, spooled, strip_compression_suffix
 from .data.text import ReadLimits
 from .errors import ConfigError, DataError, InputNotFoundError
 
@@ -467,56 +464,6 @@ def _map_fields(batch: Batch, fmap, map_name: str, name: str) -> Batch:
 # spooling inputs that can be read only once
 
 
-@contextlib.contextmanager
-def _spooled(paths: list[str], needed: bool) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """Inputs that can be read only once (stdin, pipes, FIFOs: see
-    reads_once) copied, in order, to temporary files when they have to be
-    read twice (or seeked); yields (paths, {temporary path: the input's
-    name in messages}).  The copies are removed afterwards, also on error."""
-    if not needed or not any(reads_once(p) for p in paths):
-        yield paths, {}
-        return
-    names: dict[str, str] = {}
-    try:
-        spooled = []
-        for path in paths:
-            if not reads_once(path):
-                spooled.append(path)
-                continue
-            # the copy keeps the name's suffixes (.parquet, .gz, ...): they decide how it is read
-            suffix = "" if path == STDIN else "".join(PurePath(path).suffixes[-2:])[:40]
-            fd, tmp = tempfile.mkstemp(prefix="fm-convert-input.", suffix=suffix or ".tmp")
-            names[tmp] = display_name(path)
-            with os.fdopen(fd, "wb") as f:
-                _copy_input(path, f)
-            spooled.append(tmp)
-        yield spooled, names
-    finally:
-        for tmp in names:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _copy_input(path: str, f) -> None:
-    """The bytes of an input, as they are (compressed or not), into `f`."""
-    if path == STDIN:
-        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        return
-    try:
-        src = open(path, "rb")
-    except OSError as exc:
-        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with src:
-        while True:
-            try:
-                block = src.read(1 << 20)
-            except OSError as exc:
-                raise DataError(f"read error: {exc.strerror or exc}", path) from None
-            if not block:
-                return
-            f.write(block)
-
-
 def _renamed(items, names: dict[str, str]):
     """`items`, with errors naming a spooled input by its own name ('<stdin>', the pipe's path)."""
     try:
@@ -560,7 +507,7 @@ def convert_data(inputs: Sequence[str], output: str, *, src: str = "auto", to: s
     stats = ConvertStats(outputs=[output])
     parquet_in = src == "parquet" or (src == "auto" and any(
         p.lower().endswith(PARQUET_SUFFIXES) for p in paths))
-    with _spooled(paths, parquet_in) as (paths, names), open_output(output) as stream:
+    with spooled(paths, parquet_in) as (paths, names), open_output(output) as stream:
         sink = _sink(stream, dst, class_labels)
         total = _total_bytes(paths)
         done = 0
@@ -633,7 +580,7 @@ def convert_raw(kind: str, inputs: Sequence[str], output: str, *, to: str | None
     # stdin is read twice (rare values are counted first) or its header is
     # read ahead: spool it
     twice = given is None and (kind != "criteo" or min_count > 1)
-    with _spooled(paths, twice) as (paths, names):
+    with spooled(paths, twice) as (paths, names):
         if given is None:
             spec = _make_spec(kind, paths, names, options, has_label, label, categorical, numeric,
                               delimiter)

@@ -60,6 +60,9 @@ def describe(m: dict | None) -> str:
     return "feature ids (libffm or libsvm text, or sparse Parquet)"
 
 
+_FROM_FILE = object()   # run_map's parent: read the --init-model's header
+
+
 def _file_map(path: str, fmt: str, parquet: dict) -> dict:
     """One input's map (only a Parquet file's schema is read)."""
     if not _is_parquet(path, fmt):
@@ -75,7 +78,7 @@ def _file_map(path: str, fmt: str, parquet: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
-def training_map(inputs: Sequence[str], config: Config) -> dict:
+def training_map(inputs: Sequence[str], config: Config, parent: dict | None | object = _FROM_FILE) -> dict:
     """The map of a training run over `inputs` (training, then validation
     files; globs expanded): the first input's, which every other input must
     share, and with ``--init-model`` the parent model's, which the data must
@@ -99,7 +102,7 @@ def training_map(inputs: Sequence[str], config: Config) -> dict:
         return dict(IDS)
     owner = f"the first input, {first}"
     if config.init_model:
-        ref, continued = _continued(ref, first, config), ref
+        ref, continued = _continued(ref, first, config, parent), ref
         if ref is not continued:
             owner = f"--init-model {config.init_model}"
     if ref["layout"] == "wide":
@@ -112,12 +115,14 @@ def training_map(inputs: Sequence[str], config: Config) -> dict:
     return ref
 
 
-def _continued(ref: dict, first: str, config: Config) -> dict:
-    """The map of a warm start: the parent's, with the columns this run adds."""
+def _continued(ref: dict, first: str, config: Config, parent: dict | None | object = _FROM_FILE) -> dict:
+    """The map of a warm start: the parent's (`parent`, or read from the
+    --init-model file's header), with the columns this run adds."""
     from .model import inspect_header
 
     path = config.init_model
-    parent = inspect_header(path).get("input")
+    if parent is _FROM_FILE:
+        parent = inspect_header(path).get("input")
     if not isinstance(parent, dict):
         return ref          # a model from before format 1.2: nothing to check against
     if parent.get("layout") != ref["layout"]:
@@ -203,9 +208,11 @@ def check_layout(model, reader: Any, input_schema: str = "model",
 
 
 
-def run_map(train_data, valid, config: Config) -> dict:
+def run_map(train_data, valid, config: Config, parent: dict | None | object = _FROM_FILE) -> dict:
     """The map of fm train's inputs (paths, globs, '-', lists of them, or a
-    Batch): see :func:`training_map`."""
+    Batch): see :func:`training_map`.  parent: the --init-model's stored map
+    when the caller has loaded it (a model read from a pipe cannot be read
+    twice); by default it is read from the file's header."""
     from .data.batch import Batch
     from .data.source import expand_inputs
 
@@ -217,4 +224,4 @@ def run_map(train_data, valid, config: Config) -> dict:
             continue
         specs = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         paths += expand_inputs([os.fspath(s) for s in specs])
-    return training_map(paths, config)
+    return training_map(paths, config, parent)

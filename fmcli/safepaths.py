@@ -257,6 +257,24 @@ def locked_temp(directory: str, prefix: str, suffix: str = ".tmp") -> tuple[int,
         os.close(fd)
 
 
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold SIGINT and SIGTERM back for the few system calls that create a
+    file and hand it to the code that will remove it: a signal in between
+    would leave the file behind.  They are delivered when the block ends."""
+    import signal
+
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - no per-thread masks
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def release(lock: int | None) -> None:
     """Drop the lock :func:`locked_temp` returned (closing its descriptor)."""
     if lock is not None and lock >= 0:

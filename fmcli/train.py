@@ -23,7 +23,6 @@ from .data.cache import default_cache_dir
 from .data.dataset import Dataset, dataset_from_batch, load_dataset
 from .data.weights import read_weights
 from . import checkpoint
-from .checkpoint import json_safe
 from .errors import ConfigError, DataError, DivergenceError, Interrupted, ModelFormatError
 from .inputmap import run_map
 from .metrics import DEFAULT_METRIC, METRIC_NAMES, METRICS, defined, evaluate, is_better, why_undefined
@@ -514,7 +513,10 @@ def train(
     ckpt = checkpoint.load_latest(resume) if resume is not None else None
     if config.checkpoint_dir:
         checkpoint.prepare(config.checkpoint_dir)   # a bad place fails now, not at the first checkpoint
-    input_map = run_map(train_data, valid, config)   # how rows are read: stored in the model
+    # the parent of a warm start is read once (it may come through a pipe)
+    parent = load_model(config.init_model) if config.init_model else None
+    input_map = run_map(train_data, valid, config,           # how rows are read: stored in the model
+                        parent=parent.meta.get("input") if parent is not None else None)
     tr = _load(train_data, config, config.task, None, say, input_map)
     task = tr.task
     if config.task == "auto":
@@ -544,7 +546,6 @@ def train(
         _check_stopping_metric(va, task, metric)
 
     rng = np.random.default_rng(config.seed)
-    parent = load_model(config.init_model) if config.init_model else None
     n_features = max(tr.max_feature + 1, parent.spec.n_features if parent else 0, 0)
     n_fields = max(tr.max_field + 1, parent.spec.n_fields if parent else 0, 0)
     n_classes = len(tr.classes) if task == "multiclass" else 1
@@ -785,11 +786,17 @@ def _lineage(parent: Model, path: str) -> dict:
     """The parent model of a warm start: where it was, its hash and its own parent."""
     import hashlib
 
+    from .data.source import reads_once
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": os.path.abspath(path), "sha256": h.hexdigest(),
+    if reads_once(path):
+        digest = None      # read once, from a pipe: its bytes are gone
+    else:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"path": os.path.abspath(path), "sha256": digest,
             "created_at": parent.meta.get("created_at"), "parent_sha256": (parent.meta.get("parent") or {}).get("sha256")}
 
 

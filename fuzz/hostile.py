@@ -128,33 +128,76 @@ def _clobber(box: Box, args: list[str], victim: str, prepare: Callable[[Box], No
     unchanged(box, lambda: expect(box.fm(*args), 2), victim)
 
 
-for _name, _args, _victim in [
-    ("train -o TRAIN", ["train", "-o", "tr.ffm", "tr.ffm"], "tr.ffm"),
-    ("train -o ./TRAIN", ["train", "-o", "./tr.ffm", "tr.ffm"], "tr.ffm"),
-    ("train -o ABS(TRAIN)", ["train", "-o", "@ABS@tr.ffm", "tr.ffm"], "tr.ffm"),
-    ("train -p VA -o VA", ["train", "-p", "va.ffm", "-o", "va.ffm", "tr.ffm"], "va.ffm"),
-    ("train --log-json TRAIN", ["train", "--log-json", "tr.ffm", "-o", "x.fm", "tr.ffm"], "tr.ffm"),
-    ("train -o symlink-to-TRAIN", ["train", "-o", "link.ffm", "tr.ffm"], "tr.ffm"),
-    ("train -o hardlink-of-TRAIN", ["train", "-o", "hard.ffm", "tr.ffm"], "tr.ffm"),
-    ("predict -o MODEL", ["predict", "-o", "m.fm", "m.fm", "va.ffm"], "m.fm"),
-    ("predict -o DATA", ["predict", "-o", "va.ffm", "m.fm", "va.ffm"], "va.ffm"),
-    ("convert -o INPUT", ["convert", "libsvm", "-o", "tr.svm", "tr.svm"], "tr.svm"),
-]:
-    def _run(box, args=_args, victim=_victim):
-        box.path("link.ffm").symlink_to("tr.ffm")
-        os.link(box.path("tr.ffm"), box.path("hard.ffm"))
+# Each command's outputs named like one of its inputs, in every spelling of
+# the same file: as given, ./NAME, absolute, through a symlink, a hard link,
+# a symlinked directory, and sub/../NAME.
+SPELLINGS = {
+    "plain": lambda name: name,
+    "dot": lambda name: "./" + name,
+    "absolute": lambda name: "@ABS@" + name,
+    "symlink": lambda name: "link-" + name,
+    "hardlink": lambda name: "hard-" + name,
+    "dir-symlink": lambda name: "dirlink/" + name,
+    "dotdot": lambda name: "sub/../" + name,
+}
+CLOBBERS = [
+    # (name, args with {OUT} for the output spelling, the victim)
+    ("train -o TRAIN", ["train", "-o", "{OUT}", "tr.ffm"], "tr.ffm"),
+    ("train -p VA -o VA", ["train", "-p", "va.ffm", "-o", "{OUT}", "tr.ffm"], "va.ffm"),
+    ("train --log-json TRAIN", ["train", "--log-json", "{OUT}", "-o", "x.fm", "tr.ffm"], "tr.ffm"),
+    ("train --log-json VA", ["train", "-p", "va.ffm", "--log-json", "{OUT}", "-o", "x.fm", "tr.ffm"], "va.ffm"),
+    ("train --weights W -o W", ["train", "--weights", "w.txt", "-o", "{OUT}", "tr.ffm"], "w.txt"),
+    ("train --dry-run -o TRAIN", ["train", "--dry-run", "-o", "{OUT}", "tr.ffm"], "tr.ffm"),
+    ("predict -o MODEL", ["predict", "-o", "{OUT}", "m.fm", "va.ffm"], "m.fm"),
+    ("predict -o DATA", ["predict", "-o", "{OUT}", "m.fm", "va.ffm"], "va.ffm"),
+    ("convert libsvm -o INPUT", ["convert", "libsvm", "-o", "{OUT}", "tr.svm"], "tr.svm"),
+    ("convert MODEL -o MODEL", ["convert", "m.fm", "--strip-state", "-o", "{OUT}"], "m.fm"),
+]
+
+
+def _clobber(box: Box, args: list[str], victim: str, spelling: str) -> None:
+    box.path(f"link-{victim}").symlink_to(victim)
+    os.link(box.path(victim), box.path(f"hard-{victim}"))
+    box.path("sub").mkdir()
+    box.path("dirlink").symlink_to(".")
+    out = SPELLINGS[spelling](victim).replace("@ABS@", str(box.root) + "/")
+    args = [a.replace("{OUT}", out) for a in args]
+    unchanged(box, lambda: expect(box.fm(*args), 2), victim)
+
+
+def _with_files(f):
+    def run(box: Box) -> None:
         shutil.copyfile(SAMPLES / "train.svm", box.path("tr.svm"))
-        if "m.fm" in args:
-            box.model()
-        args = [a.replace("@ABS@", str(box.root) + "/") for a in args]
-        unchanged(box, lambda: expect(box.fm(*args), 2), victim)
-    case("clobber", _name)(_run)
+        box.path("w.txt").write_text("1\n" * 5000)
+        box.model()
+        f(box)
+    return run
+
+
+for _name, _args, _victim in CLOBBERS:
+    for _spelling in SPELLINGS:
+        case("clobber", f"{_name} ({_spelling})")(
+            _with_files(lambda box, a=_args, v=_victim, sp=_spelling: _clobber(box, a, v, sp)))
 
 
 @case("clobber", "warm start in place stays allowed")
 def _(box):
     box.model("ctr.fm")
     expect(box.fm("train", "--init-model", "ctr.fm", "-t", "1", "-o", "ctr.fm", "tr.ffm"), 0)
+
+
+@case("clobber", "checkpoints beside the data stay allowed")
+def _(box):
+    expect(box.fm("train", "-t", "2", "--checkpoint-dir", ".", "-o", "m.fm", "tr.ffm"), 0)
+    if digest(box.path("tr.ffm")) != digest(SAMPLES / "train.ffm"):
+        raise Failure("tr.ffm was changed")
+
+
+@case("clobber", "data named like a checkpoint in --checkpoint-dir")
+def _(box):
+    shutil.copyfile(box.path("tr.ffm"), box.path("ckpt-00000001.fmc"))
+    unchanged(box, lambda: expect(box.fm("train", "-t", "2", "--checkpoint-dir", ".", "-o", "m.fm",
+                                         "ckpt-00000001.fmc"), 2), "ckpt-00000001.fmc")
 
 
 # ---- 2. inputs read only once -------------------------------------------------
@@ -181,6 +224,15 @@ def _(box):
     expect(box.fm("predict", "m.fm", "va.ffm", "-o", "c.txt"), 0)
     if not (box.path("a.txt").read_bytes() == box.path("b.txt").read_bytes() == box.path("c.txt").read_bytes()):
         raise Failure("predictions through a pipe differ")
+
+
+@case("read-once", "inspect and warm start from a model through a pipe")
+def _(box):
+    box.model()
+    expect(box.fm(shell="$FM inspect <(cat m.fm) > i.txt"), 0)
+    if "ffm" not in box.path("i.txt").read_text():
+        raise Failure("inspect through a pipe did not read the model")
+    expect(box.fm(shell="$FM train -t 1 --init-model <(cat m.fm) -o w.fm tr.ffm"), 0)
 
 
 @case("read-once", "a FIFO with no writer ends on SIGTERM")
@@ -430,13 +482,13 @@ def _(box):
 @case("environment", "a string where the config wants a number")
 def _(box):
     box.path("c.toml").write_text('[train]\nepochs = "5"\n')
-    expect(box.fm("--config", "c.toml", "train", "-o", "m.fm", "tr.ffm"), 78)
+    expect(box.fm("train", "--config", "c.toml", "-o", "m.fm", "tr.ffm"), 78)
 
 
 @case("environment", "a string where the config wants a boolean")
 def _(box):
     box.path("c.toml").write_text('[train]\nnorm = "false"\n')
-    expect(box.fm("--config", "c.toml", "train", "-o", "m.fm", "tr.ffm"), 78)
+    expect(box.fm("train", "--config", "c.toml", "-o", "m.fm", "tr.ffm"), 78)
 
 
 @case("environment", "an unknown FM_TRAIN_ variable")
@@ -474,6 +526,7 @@ def _(box):
 def _(box):
     stale = box.path(".m.fm.deadbeef.tmp")
     stale.write_bytes(b"\0" * 4096)
+    os.utime(stale, (time.time() - 60, time.time() - 60))    # a minute old, held by no process
     box.model()
     if stale.exists():
         raise Failure(f"{stale.name} was left")

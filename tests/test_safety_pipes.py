@@ -336,6 +336,27 @@ def test_inspect_data_through_a_pipe_counts_every_row(data, env):
     assert json.loads(res.stdout)["rows"] == ROWS
 
 
+def test_inspect_a_model_through_a_pipe(model, tmp_path, env):
+    import json
+
+    direct = json.loads(ok(fm(["inspect", "--json", model], env)).stdout)
+    piped = json.loads(ok(sh(f"$FM inspect --json <(cat {model})", env)).stdout)
+    assert piped["path"].startswith("/dev/fd/")
+    direct.pop("path"), piped.pop("path")
+    assert piped == direct
+    assert not list((tmp_path / "tmp").iterdir())      # the copy is gone
+    line = one_error_line(sh(f"$FM inspect <(head -c 3000 {model})", env), 65)
+    assert line.startswith("fm: error: /dev/fd/")
+
+
+def test_warm_start_from_a_model_through_a_pipe(data, model, tmp_path, env):
+    """The parent of a warm start is read once, whatever reads its header."""
+    args = ["-t", "1", "-s", "1", "--seed", "2"]
+    ok(fm(["train", *args, "--init-model", model, "-o", tmp_path / "a.fm", data / "tr.ffm"], env))
+    ok(sh(f"$FM train {' '.join(args)} --init-model <(cat {model}) -o {tmp_path}/b.fm {data}/tr.ffm", env))
+    same_parameters(str(tmp_path / "a.fm"), str(tmp_path / "b.fm"))
+
+
 # --------------------------------------------------------------------------
 # fm convert
 # --------------------------------------------------------------------------

@@ -70,20 +70,28 @@ EXIT_CODES = [
     (0, "Success."),
     (1, "A runtime failure: training diverged (a non-finite score, loss or weight; no model is "
         "written), or memory ran out."),
-    (2, "Usage error: an unknown option, a bad option value, a missing argument."),
-    (65, "Bad input data (reported as FILE:LINE: what is wrong), or a corrupt, truncated or "
-         "foreign model file."),
-    (66, "An input file (data, model, weights, configuration file) does not exist or cannot "
-         "be opened."),
+    (2, "Usage error: an unknown option, a bad option value, a missing argument; or an output "
+        "that is one of the inputs (the same file by any name, link or path) or another output: "
+        "nothing is read or written."),
+    (65, "Bad input data (reported as FILE:LINE: what is wrong); a corrupt, truncated or "
+         "foreign model file, or one whose weights hold NaN or infinity; a score that is not a "
+         "finite number; wide Parquet whose columns are not the model's."),
+    (66, "An input file (data, model, weights, configuration file) does not exist, cannot "
+         "be read, or is a directory."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
-    (73, "An output file cannot be created (no such directory, no permission)."),
+    (73, "An output file or the checkpoint directory cannot be created (no such directory, "
+         "no permission, a read\-only file system, a name too long); checked before any work."),
     (74, "I/O error while writing an output: the disk is full, the file is larger than the "
-         "file size limit (ulimit \\-f), the quota is exceeded, or the device failed.  The "
-         "file it would have replaced is left unchanged."),
+         "file size limit (ulimit \\-f), the quota is exceeded, or the device failed (also "
+         "\\-o /dev/full).  The file it would have replaced is left unchanged.  Also: the "
+         "binary cache was changed by another process while a run read it and could not be "
+         "rebuilt from the inputs (nothing was trained on its bytes)."),
     (75, "The output is being written by another fm run (see FILES); try again later or give "
          "\\-\\-lock\\-timeout."),
-    (78, "Invalid configuration: a bad combination of options, a bad value or an unknown key "
-         "in the \\-\\-config file, or a bad value in an FM_* environment variable."),
+    (78, "Invalid configuration: a bad combination of options, a bad value, a value of the "
+         "wrong type or an unknown key in the \\-\\-config file, a bad value or an unknown name "
+         "in an FM_* environment variable, early stopping on a metric the validation set "
+         "leaves undefined, or \\-\\-resume on data that changed."),
     (130, "Interrupted by SIGINT (Ctrl\\-C); the previous output file, if any, is unchanged."),
     (141, "The reader of standard output went away (e.g. fm predict ... | head); nothing more "
           "is printed."),
@@ -125,7 +133,9 @@ _ENV = {
     ],
     "train": [
         ("FMCLI_CACHE_DIR",
-         "Directory for the binary caches of parsed training data when \\-\\-cache\\-dir is not given."),
+         "Directory for the binary caches of parsed training data when \\-\\-cache\\-dir is not given.  "
+         "A directory that cannot be used (read\\-only, a regular file) turns the cache off "
+         "for the run, with a note."),
         ("XDG_CACHE_HOME",
          "Without FMCLI_CACHE_DIR, caches go to $XDG_CACHE_HOME/fmcli, or ~/.cache/fmcli when it "
          "is unset."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import FORMATS
+from ..errors import FMError
 from . import _render
 from ._options import InputPath, read_limit_options
 
@@ -54,6 +55,23 @@ def inspect(inputs, as_json, top_interactions, field_pairs, top_features, data, 
     Tables and colour on a terminal; plain lines otherwise; --json for
     programs.
     """
+    from ..data.source import reads_once, spooled
+
+    # A pipe or FIFO by name (`fm inspect <(zcat m.fm.gz)`) cannot be peeked at to tell a model from
+    # data: it is copied to a temporary file first (stdin, '-', is always read as data, in one pass).
+    once = len(inputs) == 1 and inputs[0] != "-" and reads_once(inputs[0])
+    with spooled(list(inputs), once) as (paths, names):
+        try:
+            _inspect(paths, as_json, top_interactions, field_pairs, top_features, data, max_rows, class_label,
+                     fmt, max_bad_rows, max_line_bytes, names)
+        except FMError as exc:
+            for tmp, name in names.items():      # messages name the input as it was given
+                exc.args = tuple(str(a).replace(tmp, name) for a in exc.args)
+            raise
+
+
+def _inspect(inputs, as_json, top_interactions, field_pairs, top_features, data, max_rows, class_label, fmt,
+             max_bad_rows, max_line_bytes, names):
     from .. import inspect as ins
     from ..data.text import ReadLimits
 
@@ -65,12 +83,16 @@ def inspect(inputs, as_json, top_interactions, field_pairs, top_features, data, 
             raise click.UsageError(f"{used[0]} applies to model files; {inputs[0]} is data")
         if any(ins.is_model_file(p) for p in inputs[1:]):
             raise click.UsageError("give one model file, or data files only")
-        _render.inspect_data(ins.scan_data(list(inputs), fmt=fmt, limits=limits, max_rows=max_rows), as_json)
+        scanned = ins.scan_data(list(inputs), fmt=fmt, limits=limits, max_rows=max_rows)
+        for f in scanned.get("files") or []:
+            f["path"] = names.get(f.get("path"), f.get("path"))
+        _render.inspect_data(scanned, as_json)
         return
     if len(inputs) > 1:
         raise click.UsageError("give one model file, or data files only")
     path = inputs[0]
     result = ins.summarize(path)
+    result["path"] = names.get(result["path"], result["path"])
     if top_interactions or field_pairs or top_features:
         _analyse(result, path, top_interactions, field_pairs, top_features, data, max_rows, class_label, fmt,
                  limits)

@@ -129,7 +129,7 @@ def default_output(train_file: str) -> str:
                    "a categorical feature per bucket floor(ln(x)^2) (x > 2; else floor(x)).")
 @click.option("--cache/--no-cache", default=D.cache,
               help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, show_default=False,
+@click.option("--cache-dir", type=click.Path(), default=None, show_default=False,
               help="Where caches live.  [default: $FMCLI_CACHE_DIR, else $XDG_CACHE_HOME/fmcli or ~/.cache/fmcli]")
 @click.option("--cache-check", type=click.Choice(CACHE_CHECKS), default=D.cache_check,
               help="How a cached input is recognised: stat (inode, size, change and modification "

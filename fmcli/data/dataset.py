@@ -312,6 +312,7 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
 
     worker = threading.Thread(target=run, name="fmcli-prefetch", daemon=True)
     worker.start()
+    patience = 10.0   # seconds to wait for the thread when the consumer stops early
     try:
         first = True
         while True:
@@ -325,9 +326,15 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
                 raise value
             yield value
             value = None
+    except KeyboardInterrupt:
+        # SIGINT/SIGTERM: the thread may be blocked on a pipe that never
+        # delivers; it is a daemon and goes with the process
+        patience = 0.0
+        raise
     finally:
         stop.set()
-        while worker.is_alive():
+        deadline = time.monotonic() + patience
+        while worker.is_alive() and time.monotonic() < deadline:
             try:
                 q.get_nowait()
             except queue.Empty:
@@ -468,8 +475,9 @@ def load_dataset(
 
             if exc.errno in IO_ERRNOS:
                 raise
-            log(f"note: cache directory {cache_dir} is not usable ({exc.strerror or exc}); "
-                "reading without a cache")
+            why = ("not a directory" if os.path.exists(cache_dir) and not os.path.isdir(cache_dir)
+                   else (exc.strerror or str(exc)).lower())
+            log(f"note: cache directory {cache_dir} is not usable ({why}); reading without a cache")
             reusable = False
     memory: list[Batch] | None = [] if writer is None else None
     chunk_rows, chunk_files, counts, nnzs, crcs = [], [], {}, [], []

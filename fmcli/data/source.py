@@ -19,12 +19,16 @@ so a reader can name the line it reached.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
+import shutil
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import PurePath
 from typing import BinaryIO
 
 from ..errors import ConfigError, DataError, InputNotFoundError
@@ -478,3 +482,53 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
         told = lines_after() if lines_after is not None else None
         lines = told if told is not None else lines + buf.count(b"\n", 0, cut)
         carry = buf[cut:]
+
+
+@contextlib.contextmanager
+def spooled(paths: list[str], needed: bool) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Inputs that can be read only once (stdin, pipes, FIFOs: see
+    reads_once) copied, in order, to temporary files when they have to be
+    read twice (or seeked); yields (paths, {temporary path: the input's
+    name in messages}).  The copies are removed afterwards, also on error."""
+    if not needed or not any(reads_once(p) for p in paths):
+        yield paths, {}
+        return
+    names: dict[str, str] = {}
+    try:
+        spooled = []
+        for path in paths:
+            if not reads_once(path):
+                spooled.append(path)
+                continue
+            # the copy keeps the name's suffixes (.parquet, .gz, ...): they decide how it is read
+            suffix = "" if path == STDIN else "".join(PurePath(path).suffixes[-2:])[:40]
+            fd, tmp = tempfile.mkstemp(prefix="fm-input.", suffix=suffix or ".tmp")
+            names[tmp] = display_name(path)
+            with os.fdopen(fd, "wb") as f:
+                copy_input(path, f)
+            spooled.append(tmp)
+        yield spooled, names
+    finally:
+        for tmp in names:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def copy_input(path: str, f) -> None:
+    """The bytes of an input, as they are (compressed or not), into `f`."""
+    if path == STDIN:
+        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        return
+    try:
+        src = open(path, "rb")
+    except OSError as exc:
+        raise InputNotFoundError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with src:
+        while True:
+            try:
+                block = src.read(1 << 20)
+            except OSError as exc:
+                raise DataError(f"read error: {exc.strerror or exc}", path) from None
+            if not block:
+                return
+            f.write(block)
