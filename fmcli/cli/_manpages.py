@@ -80,7 +80,7 @@ EXIT_CODES = [
          "be read, or is a directory."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
     (73, "An output file or the checkpoint directory cannot be created (no such directory, "
-         "no permission, a read\-only file system, a name too long); checked before any work."),
+         "no permission, a read\\-only file system, a name too long); checked before any work."),
     (74, "I/O error while writing an output: the disk is full, the file is larger than the "
          "file size limit (ulimit \\-f), the quota is exceeded, or the device failed (also "
          "\\-o /dev/full).  The file it would have replaced is left unchanged.  Also: the "
