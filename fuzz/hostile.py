@@ -102,13 +102,11 @@ def expect(r: subprocess.CompletedProcess, *codes: int, match: str | None = None
     if "Traceback" in r.stderr:
         raise Failure(f"a traceback: {r.stderr.strip()[-400:]}")
     if r.returncode != 0:
-        lines = [line for line in r.stderr.strip().splitlines() if line.startswith("fm: ")]
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
         if not last.startswith("fm: ") or not all(32 <= ord(c) < 127 for c in last):
             raise Failure(f"not one clean error line: {r.stderr.strip()[-400:]!r}")
         if match is not None and match not in last:
             raise Failure(f"error line {last!r} does not say {match!r}")
-        del lines
 
 
 def unchanged(box: Box, run: Callable[[], None], *names: str) -> None:
@@ -121,12 +119,6 @@ def unchanged(box: Box, run: Callable[[], None], *names: str) -> None:
 
 
 # ---- 1. an output never overwrites an input ----------------------------------
-
-def _clobber(box: Box, args: list[str], victim: str, prepare: Callable[[Box], None] | None = None):
-    if prepare:
-        prepare(box)
-    unchanged(box, lambda: expect(box.fm(*args), 2), victim)
-
 
 # Each command's outputs named like one of its inputs, in every spelling of
 # the same file: as given, ./NAME, absolute, through a symlink, a hard link,

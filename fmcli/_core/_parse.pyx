@@ -374,3 +374,41 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
             q = tok + 1
         return rows, nnz, line, err, line, tok - base, q - base, negative, weighted
     return rows, nnz, line, OK, 0, 0, 0, negative, weighted
+
+
+# ---------------------------------------------------------------------------
+# the binary cache's checksum (see checksum.h)
+
+cdef extern from "checksum.h" nogil:
+    ctypedef struct fm_ck_state:
+        pass
+    void fm_ck_init(fm_ck_state *s, uint64_t seed)
+    void fm_ck_update(fm_ck_state *s, const unsigned char *p, size_t n)
+    uint64_t fm_ck_final(const fm_ck_state *s)
+
+
+cdef class Checksum64:
+    """A streaming 64-bit checksum (checksum.h): update() with pieces of
+    bytes in order, value() for the checksum of all of them so far."""
+
+    cdef fm_ck_state state
+
+    def __cinit__(self, uint64_t seed=0):
+        fm_ck_init(&self.state, seed)
+
+    def update(self, const unsigned char[::1] data):
+        cdef size_t n = data.shape[0]
+        if n == 0:
+            return
+        with nogil:
+            fm_ck_update(&self.state, &data[0], n)
+
+    def value(self):
+        return fm_ck_final(&self.state)
+
+
+def checksum64(const unsigned char[::1] data, uint64_t seed=0):
+    """The 64-bit checksum of `data` (any contiguous buffer of bytes)."""
+    cdef Checksum64 c = Checksum64(seed)
+    c.update(data)
+    return c.value()

@@ -11,7 +11,7 @@ parsing.  Layout (little-endian)::
                   i8, indptr i8 (rows + 1, from 0), fields i4, features i4,
                   values f4)
     T       n     table: UTF-8 JSON {"version", "key", "meta", "chunks": [...]},
-                  each chunk {rows, nnz, file, offset, weights, crc32}
+                  each chunk {rows, nnz, file, offset, weights, checksum}
     end-24  8     T (u64), 8: n (u64), 8: trailer magic b"FMCEND\\x00\\x01"
 
 The table comes last, so a cache is complete only once its writer has
@@ -20,7 +20,11 @@ Opening checks the trailer, the table, every offset against the file size
 and the key (a fingerprint of the inputs and of the parse options).
 
 Chunks are read with ``pread`` into private memory, never memory-mapped, and
-each one's CRC-32 is checked on every read: a cache that is truncated,
+each one's checksum (a 64-bit hash of the chunk's bytes from its first array
+to the end of its last, padding included: fmcli/_core/checksum.h, fast
+enough to check on every read) is checked on every read, piece by piece as
+the bytes arrive, while they are still in the processor's cache: a cache
+that is truncated,
 overwritten or otherwise changed while a run uses it raises
 :class:`CacheInvalid` (the reader rebuilds it or stops with one line) and
 can never crash the process (no SIGBUS) or hand the kernels garbage.
@@ -40,22 +44,26 @@ import hashlib
 import json
 import os
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .._core._parse import Checksum64
 from ..safepaths import locked_temp, release, sweep_stale, temp_pattern
 from .batch import Batch
 
 MAGIC = b"FMCACHE\x01"
 TRAILER = b"FMCEND\x00\x01"
-VERSION = 2          # 2: fingerprints with inode and ctime (a version-1 key never matches)
+VERSION = 2          # 2: fingerprints with inode and ctime; 64-bit chunk checksums
+_PIECE = 512 << 10   # bytes read (and checked) at a time: they are checked while in cache
 CHECKS = ("stat", "content")   # how an input is recognised: see fingerprint()
 _ALIGN = 64
 _TAIL = struct.Struct("<QQ8s")
 _FIELDS = (("labels", "<f4"), ("weights", "<f4"), ("lines", "<i8"), ("indptr", "<i8"),
            ("fields", "<i4"), ("features", "<i4"), ("values", "<f4"))
+
+
+_ZEROS = bytes(_ALIGN)
 
 
 class CacheInvalid(Exception):
@@ -131,17 +139,24 @@ def _chunk_bytes(batch: Batch) -> Iterator[memoryview]:
             yield memoryview(np.ascontiguousarray(arrays[name], dtype=dtype)).cast("B")
 
 
-def chunk_crc(batch: Batch) -> int:
-    """The CRC-32 a cache stores for this chunk (the same whether it was
-    cached or not, so a data set's digest does not depend on the cache)."""
-    crc = 0
+def chunk_checksum(batch: Batch) -> int:
+    """The checksum a cache stores for this chunk: of its arrays as written,
+    each from a 64-byte boundary (zero padding between them).  The same
+    whether the chunk was cached or not, so a data set's digest does not
+    depend on the cache."""
+    h = Checksum64()
+    pos = 0
     for data in _chunk_bytes(batch):
-        crc = zlib.crc32(data, crc)
-    return crc
+        gap = -pos % _ALIGN
+        if gap:
+            h.update(_ZEROS[:gap])
+        h.update(data)
+        pos += gap + data.nbytes
+    return h.value()
 
 
 def data_digest(chunks: Sequence[tuple[int, int, int]]) -> str:
-    """One hash of a data set's content from its chunks' (rows, nnz, CRC-32):
+    """One hash of a data set's content from its chunks' (rows, nnz, checksum):
     what a checkpoint compares to tell whether ``--resume`` sees the data it
     was trained on."""
     doc = json.dumps([[int(r), int(n), int(c)] for r, n, c in chunks], separators=(",", ":"))
@@ -169,13 +184,16 @@ class CacheWriter:
 
     def add(self, batch: Batch, file: str) -> None:
         start = _pad(self.f)
-        crc = 0
+        h = Checksum64()
         for data in _chunk_bytes(batch):
-            _pad(self.f)
-            crc = zlib.crc32(data, crc)
+            gap = -self.f.tell() % _ALIGN
+            if gap:
+                self.f.write(_ZEROS[:gap])
+                h.update(_ZEROS[:gap])
             self.f.write(data)
+            h.update(data)
         self.chunks.append({"rows": batch.n_rows, "nnz": batch.nnz, "file": file, "offset": start,
-                            "weights": batch.weights is not None, "crc32": crc})
+                            "weights": batch.weights is not None, "checksum": h.value()})
 
     def finish(self, key: str, meta: dict) -> str:
         """Write the table and put the file in place; returns its path."""
@@ -209,7 +227,7 @@ class CacheWriter:
 
 class CacheFile:
     """A cache whose layout was checked on opening; chunks are read on demand
-    into private memory and verified against their CRC-32 (see the module
+    into private memory and verified against their checksum (see the module
     doc), so changes to the file after opening are caught, not trusted."""
 
     def __init__(self, path: str, key: str | None = None):
@@ -253,7 +271,8 @@ class CacheFile:
             for c in self.chunks:
                 off = start = int(c["offset"])
                 rows, nnz = int(c["rows"]), int(c["nnz"])
-                if rows < 0 or nnz < 0 or off % _ALIGN or off < len(MAGIC) or not isinstance(c["crc32"], int):
+                if (rows < 0 or nnz < 0 or off % _ALIGN or off < len(MAGIC)
+                        or not isinstance(c["checksum"], int)):
                     raise CacheInvalid("bad chunk entry")
                 spans = {}
                 for name, dtype in _FIELDS:
@@ -276,7 +295,7 @@ class CacheFile:
     @property
     def digest(self) -> str:
         """The content digest of the cached rows (see :func:`data_digest`)."""
-        return data_digest([(c["rows"], c["nnz"], c["crc32"]) for c in self.chunks])
+        return data_digest([(c["rows"], c["nnz"], c["checksum"]) for c in self.chunks])
 
     def chunk_bytes(self, i: int) -> int:
         start, end = self._bounds[i]
@@ -286,32 +305,69 @@ class CacheFile:
         """Chunk i as a Batch of views into private memory: `buffer` (a uint8
         array of at least chunk_bytes(i), reused by the caller) or a new one.
         Raises CacheInvalid when the file no longer holds what its table says
-        (truncated, or bytes that fail the chunk's CRC-32)."""
+        (truncated, or bytes that fail the chunk's checksum)."""
         start, end = self._bounds[i]
         n = end - start
         buf = buffer[:n] if buffer is not None and buffer.shape[0] >= n else np.empty(n, np.uint8)
         view = memoryview(buf)
+        h = Checksum64()
         done = 0
         try:
-            while done < n:   # a single read returns at most about 2 GiB
-                got = os.preadv(self.fd, [view[done:]], start + done)
+            while done < n:
+                piece = view[done : min(n, done + _PIECE)]
+                got = os.preadv(self.fd, [piece], start + done)
                 if got <= 0:
                     raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
+                h.update(piece[:got])
+                piece.release()
                 done += got
         except OSError as exc:
             raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
         finally:
             view.release()
-        spans = self._layout[i]
-        crc = 0
-        for o, count, dtype in spans.values():
-            crc = zlib.crc32(buf[o : o + count * np.dtype(dtype).itemsize], crc)
-        if crc != self.chunks[i]["crc32"]:
+        if h.value() != self.chunks[i]["checksum"]:
             raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
+        spans = self._layout[i]
         arr = {name: buf[o : o + count * np.dtype(dtype).itemsize].view(dtype)
                for name, (o, count, dtype) in spans.items()}
         return Batch(arr["labels"], arr["indptr"], arr["fields"], arr["features"], arr["values"],
                      arr["lines"], arr.get("weights"))
+
+    def read_into(self, i: int, sink, buffer: np.ndarray) -> None:
+        """Read chunk i through `buffer` (a uint8 array, e.g. _PIECE bytes),
+        a piece at a time: sink(name, first element, values) receives each
+        array's values as they arrive (views of `buffer`, valid during the
+        call), so the chunk is never held whole.  The checksum is checked at
+        the end: on CacheInvalid the sink has been given unchecked values,
+        which the caller must discard (read the chunk again, or stop)."""
+        start, end = self._bounds[i]
+        arrays = [(o, o + count * np.dtype(dtype).itemsize, name, np.dtype(dtype))
+                  for name, (o, count, dtype) in self._layout[i].items()]
+        h = Checksum64()
+        view = memoryview(buffer)
+        done, n = 0, end - start
+        try:
+            while done < n:
+                m = min(buffer.shape[0], n - done)
+                got = 0
+                while got < m:     # a whole piece, so that no element is split
+                    k = os.preadv(self.fd, [view[got:m]], start + done + got)
+                    if k <= 0:
+                        raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
+                    got += k
+                h.update(view[:m])
+                lo, hi = done, done + m
+                for a0, a1, name, dtype in arrays:
+                    s0, s1 = max(lo, a0), min(hi, a1)
+                    if s0 < s1:
+                        sink(name, (s0 - a0) // dtype.itemsize, buffer[s0 - lo : s1 - lo].view(dtype))
+                done = hi
+        except OSError as exc:
+            raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
+        finally:
+            view.release()
+        if h.value() != self.chunks[i]["checksum"]:
+            raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
 
     def verify(self) -> None:
         """Read and check every chunk (CacheInvalid on the first bad one)."""

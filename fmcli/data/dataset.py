@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import DataError
 from .batch import Batch
 from ..errors import CacheError
-from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, chunk_crc, data_digest,
+from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, chunk_checksum, data_digest,
                     fingerprint)
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
@@ -89,6 +89,7 @@ class Dataset:
     cached_from: str | None = None  # "hit" (reused), "built", or None
     digest: str = ""                # of the parsed rows (fmcli.data.cache.data_digest)
     _rebuild: Callable[[], "Dataset"] | None = None   # a new cache from the same inputs
+    _buffers: list | None = None    # chunks() reads the cache into these (reuse=True)
     _memory: list[Batch] | None = None
     _reparse: Callable[[], Iterator[tuple[Batch, str]]] | None = None
 
@@ -128,7 +129,10 @@ class Dataset:
             return
         if self.cache is not None:
             indices = [int(i) for i in (range(self.n_chunks) if order is None else order)]
-            buffers: list = [None, None]
+            # the two buffers stay with the data set from one epoch to the next (fresh
+            # memory would be faulted in again every epoch); a second reader at the
+            # same time gets its own
+            buffers, self._buffers = (self._buffers or [None, None]), None
 
             def read() -> Iterator[tuple[int, Batch, str]]:
                 for n, i in enumerate(indices):
@@ -140,7 +144,10 @@ class Dataset:
                         buffer = buffers[n % 2]
                     yield i, self._final(self._cached_chunk(i, buffer)), self.chunk_files[i]
 
-            yield from prefetched(read())
+            try:
+                yield from prefetched(read())
+            finally:
+                self._buffers = buffers
             return
         # no cache, too big for memory: parse again, in file order, the next
         # chunk in a thread while the caller trains on this one (the parser
@@ -159,22 +166,29 @@ class Dataset:
         try:
             return self.cache.chunk(i, buffer)
         except CacheInvalid as exc:
-            path, problem = self.cache.path, str(exc)
+            self._replace_cache(str(exc))
+        try:
+            return self.cache.chunk(i, buffer)
+        except CacheInvalid as exc:
+            raise CacheError(f"the cache of {self.name} ({self.cache.path}) changed while this run "
+                             f"read it: {exc}; run again") from None
+
+    def _replace_cache(self, problem: str) -> None:
+        """The cache failed a check (`problem`): put a rebuilt one in its place,
+        or raise CacheError (a second failure, read-once inputs, or inputs
+        that no longer hold the rows this run started with)."""
+        path = self.cache.path
         if self._rebuild is None:
             raise CacheError(f"the cache of {self.name} ({path}) changed while this run read it: "
                              f"{problem}; run again")
         new = self._rebuild()
         self._rebuild = None          # at most once per run
         if new.digest != self.digest or new.chunk_rows != self.chunk_rows:
+            new.close()
             raise CacheError(f"the cache of {self.name} ({path}) was damaged ({problem}) and the "
                              "inputs no longer hold the rows this run started with; run again")
         self.cache.close()
         self.cache = new.cache
-        try:
-            return self.cache.chunk(i, buffer)
-        except CacheInvalid as exc:
-            raise CacheError(f"the cache of {self.name} ({self.cache.path}) changed while this run "
-                             f"read it: {exc}; run again") from None
 
     @property
     def file_order_only(self) -> bool:
@@ -204,6 +218,11 @@ class Dataset:
                     values=np.zeros(0, np.float32), lines=np.empty(n, np.int64),
                     weights=np.ones(n, np.float32) if self.has_weights else None)
         out.indptr[0] = 0
+        if self._memory is None and self.cache is not None:
+            values = self._fill_from_cache(out, values)
+            if values is not None:
+                out.values = values
+            return out
         r = e = 0
         for i, b, _ in self.chunks(compact=True, reuse=True):
             rows, k = b.n_rows, b.nnz
@@ -230,12 +249,62 @@ class Dataset:
             self._memory = [out.rows(int(a), int(z)) for a, z in zip(bounds[:-1], bounds[1:])]
         return out
 
+    def _fill_from_cache(self, out: Batch, values: np.ndarray | None) -> np.ndarray | None:
+        """in_memory's rows from the cache: every chunk read straight into
+        `out` through one small buffer (CacheFile.read_into), so the rows are
+        held once; labels take their final form once a chunk's checksum has
+        passed.  Returns the values array (None while every value is 1)."""
+        from .cache import _PIECE
+
+        buffer = np.empty(_PIECE, np.uint8)
+        held = [values]
+        r = e = 0
+        for i, rows in enumerate(self.chunk_rows):
+            k = int(self.cache.chunks[i]["nnz"])
+
+            def sink(name: str, j: int, seg: np.ndarray, r: int = r, e: int = e) -> None:
+                m = seg.shape[0]
+                if name == "labels":
+                    out.labels[r + j : r + j + m] = seg
+                elif name == "indptr":       # stored from 0: rows + 1 offsets
+                    if j == 0:
+                        seg, j, m = seg[1:], 1, m - 1
+                    out.indptr[r + j : r + j + m] = seg + e
+                elif name == "fields":
+                    out.fields[e + j : e + j + m] = seg
+                elif name == "features":
+                    out.features[e + j : e + j + m] = seg
+                elif name == "values":
+                    if held[0] is None and not (seg == 1).all():
+                        held[0] = np.empty(self.nnz, np.float32)
+                        held[0][: e + j] = 1
+                    if held[0] is not None:
+                        held[0][e + j : e + j + m] = seg
+                elif name == "lines":
+                    out.lines[r + j : r + j + m] = seg
+                elif name == "weights" and out.weights is not None:
+                    out.weights[r + j : r + j + m] = seg
+
+            for attempt in (1, 2):
+                try:
+                    self.cache.read_into(i, sink, buffer)
+                    break
+                except CacheInvalid as exc:
+                    self._replace_cache(str(exc))     # raises CacheError when it cannot
+            if self.label_map is not None:
+                out.labels[r : r + rows] = self.label_map[out.labels[r : r + rows].astype(np.int64)]
+            elif self.task == "binary":
+                out.labels[r : r + rows] = out.labels[r : r + rows] > 0
+            r, e = r + rows, e + k
+        return held[0]
+
     def file_of_rows(self, rows: np.ndarray) -> list[str]:
         """Input file of each row of :meth:`in_memory`'s batch."""
         ends = np.cumsum(self.chunk_rows)
         return [self.chunk_files[i] for i in np.searchsorted(ends, rows, side="right")]
 
     def close(self) -> None:
+        self._buffers = None
         if self.cache is not None:
             self.cache.close()
 
@@ -480,7 +549,7 @@ def load_dataset(
             log(f"note: cache directory {cache_dir} is not usable ({why}); reading without a cache")
             reusable = False
     memory: list[Batch] | None = [] if writer is None else None
-    chunk_rows, chunk_files, counts, nnzs, crcs = [], [], {}, [], []
+    chunk_rows, chunk_files, counts, nnzs, sums = [], [], {}, [], []
     n_rows = nnz = 0
     max_feature = max_field = -1
     has_weights = False
@@ -501,9 +570,9 @@ def load_dataset(
             nnzs.append(batch.nnz)
             if writer is not None:
                 writer.add(batch, name)
-                crcs.append(writer.chunks[-1]["crc32"])
+                sums.append(writer.chunks[-1]["checksum"])
             else:
-                crcs.append(chunk_crc(batch))
+                sums.append(chunk_checksum(batch))
             if memory is not None:
                 memory.append(_owning(compacted(batch, batch.max_field < 256)))
                 if n_rows * 24 + nnz * 12 > memory_budget and not once:
@@ -529,7 +598,7 @@ def load_dataset(
     ds.skipped = stats["skipped"]
     ds.cached_from = "built" if cf is not None else None
     ds.fingerprints = prints
-    ds.digest = data_digest(list(zip(chunk_rows, nnzs, crcs)))
+    ds.digest = data_digest(list(zip(chunk_rows, nnzs, sums)))
     if cf is not None and reusable:
         ds._rebuild = _rebuilder(specs, args, log, cf.path, "changed")
     if cf is None:
@@ -615,7 +684,7 @@ def dataset_from_batch(batch: Batch, task: str = "binary", classes: Sequence[str
                  batch.lines if batch.lines is not None else np.arange(1, batch.n_rows + 1),
                  batch.weights)
     return Dataset(name="<batch>", format="batch", task=task, n_rows=batch.n_rows, nnz=batch.nnz,
-                   digest=data_digest([(batch.n_rows, batch.nnz, chunk_crc(rows))]),
+                   digest=data_digest([(batch.n_rows, batch.nnz, chunk_checksum(rows))]),
                    max_feature=batch.max_feature, max_field=batch.max_field,
                    classes=None if classes is None else list(classes), label_map=None,
                    label_counts=counts, has_weights=batch.weights is not None,
