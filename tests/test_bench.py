@@ -285,3 +285,15 @@ def test_scaling_benchmark_compares_optimizers_and_the_general_loops(tmp_path):
     proc = subprocess.run([sys.executable, str(SCALING), "--threads", "1", "--rows", "100",
                            "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "nothing to compare" in proc.stderr
+
+
+def test_cache_checks_benchmark_runs_and_reports(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "cache_checks.py"
+    train = Path(__file__).resolve().parent.parent / "data" / "samples" / "train.ffm"
+    out = tmp_path / "cc.json"
+    run = subprocess.run([sys.executable, str(script), "--train", str(train), "--repeat", "2",
+                          "--epoch-seconds", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    assert figures["rows"] == 5000 and figures["checked_s"] > 0 and figures["unverified_s"] > 0
+    assert "of one epoch" in run.stdout

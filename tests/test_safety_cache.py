@@ -323,3 +323,27 @@ def test_resume_after_a_stop_at_any_slice_gives_the_uninterrupted_model(tmp_path
         return [(h["epoch"], h["train_loss"]) for h in model.meta["training"]["history"]]
 
     assert losses(resumed) == losses(reference) and len(losses(resumed)) == 2
+
+
+def test_the_checksum_streams_and_sees_every_kind_of_damage():
+    from fmcli._core._parse import Checksum64, checksum64
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 10_000, dtype=np.uint8)
+    whole = checksum64(data)
+    for cuts in ([1], [63, 64, 65], [3000, 3001, 9999], list(range(0, 10_000, 777))):
+        h = Checksum64()
+        for a, b in zip([0] + cuts, cuts + [data.size]):
+            h.update(data[a:b])
+        assert h.value() == whole, cuts
+    damaged = {
+        "bit": data.copy(), "zeroed": data.copy(), "moved": data.copy(), "truncated": data[:-1],
+        "extended": np.concatenate([data, np.zeros(1, np.uint8)]),
+    }
+    damaged["bit"][4321] ^= 1
+    damaged["zeroed"][1024:2048] = 0
+    damaged["moved"][:64], damaged["moved"][64:128] = data[64:128], data[:64]   # two stripes swapped
+    for name, d in damaged.items():
+        assert checksum64(d) != whole, name
+    assert checksum64(data, seed=1) != whole
+    assert checksum64(b"") != checksum64(b"\0")

@@ -232,6 +232,7 @@ class CacheFile:
 
     def __init__(self, path: str, key: str | None = None):
         self.path = path
+        self._piece: np.ndarray | None = None     # read_into's buffer
         try:
             self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
@@ -301,73 +302,71 @@ class CacheFile:
         start, end = self._bounds[i]
         return end - start
 
+    def _pieces(self, i: int, place) -> Iterator[tuple[int, np.ndarray]]:
+        """Read chunk i _PIECE bytes at a time, each into place(offset, size)
+        (a uint8 array of that size), and yield (offset, that array) as it
+        arrives; the checksum is taken piece by piece, while the bytes are
+        still in the processor's cache, and checked after the last piece.
+
+        Raises CacheInvalid: the file is shorter than its table says, cannot
+        be read, or its bytes fail the chunk's checksum (the pieces yielded
+        before were then unchecked: the caller discards them)."""
+        start, end = self._bounds[i]
+        n = end - start
+        h = Checksum64()
+        done = 0
+        while done < n:
+            m = min(_PIECE, n - done)
+            target = place(done, m)
+            view = memoryview(target)
+            try:
+                got = 0
+                while got < m:          # a whole piece, so that no element is split
+                    k = os.preadv(self.fd, [view[got:]], start + done + got)
+                    if k <= 0:
+                        raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
+                    got += k
+            except OSError as exc:
+                raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
+            finally:
+                view.release()
+            h.update(target)
+            yield done, target
+            done += m
+        if h.value() != self.chunks[i]["checksum"]:
+            raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
+
     def chunk(self, i: int, buffer: np.ndarray | None = None) -> Batch:
         """Chunk i as a Batch of views into private memory: `buffer` (a uint8
         array of at least chunk_bytes(i), reused by the caller) or a new one.
         Raises CacheInvalid when the file no longer holds what its table says
         (truncated, or bytes that fail the chunk's checksum)."""
-        start, end = self._bounds[i]
-        n = end - start
+        n = self.chunk_bytes(i)
         buf = buffer[:n] if buffer is not None and buffer.shape[0] >= n else np.empty(n, np.uint8)
-        view = memoryview(buf)
-        h = Checksum64()
-        done = 0
-        try:
-            while done < n:
-                piece = view[done : min(n, done + _PIECE)]
-                got = os.preadv(self.fd, [piece], start + done)
-                if got <= 0:
-                    raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
-                h.update(piece[:got])
-                piece.release()
-                done += got
-        except OSError as exc:
-            raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
-        finally:
-            view.release()
-        if h.value() != self.chunks[i]["checksum"]:
-            raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
-        spans = self._layout[i]
+        for _ in self._pieces(i, lambda offset, size: buf[offset : offset + size]):
+            pass
         arr = {name: buf[o : o + count * np.dtype(dtype).itemsize].view(dtype)
-               for name, (o, count, dtype) in spans.items()}
+               for name, (o, count, dtype) in self._layout[i].items()}
         return Batch(arr["labels"], arr["indptr"], arr["fields"], arr["features"], arr["values"],
                      arr["lines"], arr.get("weights"))
 
-    def read_into(self, i: int, sink, buffer: np.ndarray) -> None:
-        """Read chunk i through `buffer` (a uint8 array, e.g. _PIECE bytes),
-        a piece at a time: sink(name, first element, values) receives each
-        array's values as they arrive (views of `buffer`, valid during the
-        call), so the chunk is never held whole.  The checksum is checked at
-        the end: on CacheInvalid the sink has been given unchecked values,
-        which the caller must discard (read the chunk again, or stop)."""
-        start, end = self._bounds[i]
+    def read_into(self, i: int, sink) -> None:
+        """Read chunk i through one _PIECE-byte buffer: sink(name, first
+        element, values) receives each array's values as they arrive (views
+        valid during the call), so the chunk is never held whole.  On
+        CacheInvalid (raised after the last piece) the sink has been given
+        unchecked values, which the caller must discard."""
+        if self._piece is None:
+            self._piece = np.empty(_PIECE, np.uint8)
+        piece_buffer = self._piece
         arrays = [(o, o + count * np.dtype(dtype).itemsize, name, np.dtype(dtype))
                   for name, (o, count, dtype) in self._layout[i].items()]
-        h = Checksum64()
-        view = memoryview(buffer)
-        done, n = 0, end - start
-        try:
-            while done < n:
-                m = min(buffer.shape[0], n - done)
-                got = 0
-                while got < m:     # a whole piece, so that no element is split
-                    k = os.preadv(self.fd, [view[got:m]], start + done + got)
-                    if k <= 0:
-                        raise CacheInvalid(f"truncated (chunk {i + 1} of {len(self)})")
-                    got += k
-                h.update(view[:m])
-                lo, hi = done, done + m
-                for a0, a1, name, dtype in arrays:
-                    s0, s1 = max(lo, a0), min(hi, a1)
-                    if s0 < s1:
-                        sink(name, (s0 - a0) // dtype.itemsize, buffer[s0 - lo : s1 - lo].view(dtype))
-                done = hi
-        except OSError as exc:
-            raise CacheInvalid(f"cannot read chunk {i + 1}: {exc.strerror or exc}") from None
-        finally:
-            view.release()
-        if h.value() != self.chunks[i]["checksum"]:
-            raise CacheInvalid(f"chunk {i + 1} of {len(self)} fails its checksum (the file was changed)")
+        for lo, piece in self._pieces(i, lambda offset, size: piece_buffer[:size]):
+            hi = lo + piece.shape[0]
+            for a0, a1, name, dtype in arrays:
+                s0, s1 = max(lo, a0), min(hi, a1)
+                if s0 < s1:
+                    sink(name, (s0 - a0) // dtype.itemsize, piece[s0 - lo : s1 - lo].view(dtype))
 
     def verify(self) -> None:
         """Read and check every chunk (CacheInvalid on the first bad one)."""

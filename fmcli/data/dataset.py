@@ -254,9 +254,6 @@ class Dataset:
         `out` through one small buffer (CacheFile.read_into), so the rows are
         held once; labels take their final form once a chunk's checksum has
         passed.  Returns the values array (None while every value is 1)."""
-        from .cache import _PIECE
-
-        buffer = np.empty(_PIECE, np.uint8)
         held = [values]
         r = e = 0
         for i, rows in enumerate(self.chunk_rows):
@@ -287,7 +284,7 @@ class Dataset:
 
             for attempt in (1, 2):
                 try:
-                    self.cache.read_into(i, sink, buffer)
+                    self.cache.read_into(i, sink)
                     break
                 except CacheInvalid as exc:
                     self._replace_cache(str(exc))     # raises CacheError when it cannot
