@@ -409,6 +409,50 @@ def _(box):
     expect(box.fm("inspect", "--top-interactions", "5", "nan.fm"), 65)
 
 
+def _hostile_model(box: Box, array: str, index: int, value: str) -> None:
+    code = ("import numpy as np\nfrom fmcli.model import load_model\n"
+            "m = load_model('m.fm', mmap=False)\n"
+            f"group = m.state if {array!r}.endswith('_state') else m.params\n"
+            f"name = {array!r}.removesuffix('_state') if {array!r}.endswith('_state') else {array!r}\n"
+            "a = np.array(group[name])\n"
+            f"a.reshape(-1)[{index}] = float({value!r})\ngroup[name] = a\nm.save('bad.fm')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=box.root, capture_output=True, text=True)
+    if r.returncode:
+        raise Failure(f"could not make the model: {r.stderr[-300:]}")
+
+
+for _array, _value in [("linear", "inf"), ("factors", "-inf"), ("bias", "nan"), ("factors_state", "nan")]:
+    def _run(box, array=_array, value=_value):
+        box.model()
+        _hostile_model(box, array, 2 if array != "bias" else 0, value)
+        box.path("p.txt").write_text("keep me\n")
+        unchanged(box, lambda: expect(box.fm("predict", "bad.fm", "va.ffm", "-o", "p.txt"), 65), "p.txt")
+        r = box.fm("predict", "bad.fm", "va.ffm")
+        expect(r, 65)
+        if r.stdout:
+            raise Failure("predictions were printed before the error")
+        expect(box.fm("train", "-t", "1", "--init-model", "bad.fm", "-o", "w.fm", "tr.ffm"), 65)
+        if box.path("w.fm").exists():
+            raise Failure("a warm start from it wrote a model")
+    case("nonfinite", f"{_value} in {_array}: predict, stdout, warm start")(_run)
+
+
+@case("metrics", "a validation set whose weights are all 0 still writes the model")
+def _(box):
+    rows = [line.split(" ", 1) for line in box.path("va.ffm").read_text().splitlines()]
+    box.path("w0.ffm").write_text("".join(f"{label}:0 {rest}\n" for label, rest in rows))
+    expect(box.fm("train", "-t", "2", "-p", "w0.ffm", "-o", "m.fm", "tr.ffm"), 0)
+    expect(box.fm("train", "-t", "2", "-p", "w0.ffm", "--auto-stop", "-o", "n.fm", "tr.ffm"), 78)
+
+
+@case("read-once", "train on a FIFO fed by a writer")
+def _(box):
+    os.mkfifo(box.path("fifo"))
+    expect(box.fm(shell="cat tr.ffm > fifo & $FM train --model lr -t 1 --no-shuffle -o pipe.fm fifo; wait"), 0)
+    expect(box.fm("train", "--model", "lr", "-t", "1", "--no-shuffle", "-o", "file.fm", "tr.ffm"), 0)
+    same_predictions(box, "pipe.fm", "file.fm")
+
+
 # ---- 7. wide Parquet by column name ----------------------------------------------
 
 def _wide(box: Box) -> None:
