@@ -347,3 +347,35 @@ def test_the_checksum_streams_and_sees_every_kind_of_damage():
         assert checksum64(d) != whole, name
     assert checksum64(data, seed=1) != whole
     assert checksum64(b"") != checksum64(b"\0")
+
+
+def test_a_changed_file_replaces_its_old_cache(tmp_path, data):
+    cache = tmp_path / "cache"
+    train(cfg(str(cache)), data)
+    other = tmp_path / "other.ffm"
+    shutil.copyfile(data, other)
+    train(cfg(str(cache)), other)
+    assert len(list(cache.glob("*.fmcache"))) == 2        # two inputs, two caches
+    flip_labels_in_the_middle(data)
+    messages = []
+    train(cfg(str(cache)), data, log=messages.append)
+    assert any("removed the cache of an earlier version" in m for m in messages), messages
+    assert len(list(cache.glob("*.fmcache"))) == 2        # the old version of tr.ffm's is gone
+    messages = []
+    train(cfg(str(cache)), other, log=messages.append)
+    assert any("from the cache" in m for m in messages)   # the other input's is untouched
+
+
+def test_a_run_reading_a_replaced_cache_keeps_reading_it(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(dataset_mod, "CHUNK_ROWS", 700)
+    cache = str(tmp_path / "cache")
+    first = load_dataset(str(data), cache_dir=cache)
+    first.close()
+    reading = load_dataset(str(data), cache_dir=cache)     # a run holding the cache open
+    assert reading.cached_from == "hit"
+    os.utime(data)                                         # a new version of the file: rebuilt elsewhere
+    load_dataset(str(data), cache_dir=cache).close()
+    assert not os.path.exists(reading.cache.path)
+    rows = sum(b.n_rows for _, b, _ in reading.chunks())  # still whole for the run that has it
+    assert rows == reading.n_rows
+    reading.close()

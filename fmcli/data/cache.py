@@ -115,8 +115,39 @@ def cache_key(fingerprints: Sequence[dict], options: dict) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def cache_path(cache_dir: str, key: str) -> str:
-    return os.path.join(cache_dir, f"{key[:32]}.fmcache")
+def cache_group(fingerprints: Sequence[dict], options: dict) -> str:
+    """What caches of the same inputs (by path) and parse options share,
+    whatever the inputs' content: a new version of a file replaces the
+    cache of the old one instead of adding to it."""
+    doc = {"version": VERSION, "paths": [p.get("path") for p in fingerprints], "options": options}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(cache_dir: str, key: str, group: str | None = None) -> str:
+    """GROUP-KEY.fmcache (see cache_group), or KEY.fmcache without a group."""
+    name = f"{key[:32]}.fmcache" if group is None else f"{group[:16]}-{key[:32]}.fmcache"
+    return os.path.join(cache_dir, name)
+
+
+def remove_older(path: str) -> list[str]:
+    """Remove the other caches of `path`'s group (GROUP-*.fmcache): those of
+    earlier versions of the same inputs.  A run still reading one keeps
+    reading it (it holds the file open; caches are never memory-mapped)."""
+    directory, name = os.path.split(path)
+    group = name.split("-", 1)[0] + "-"
+    removed = []
+    try:
+        names = os.listdir(directory or os.curdir)
+    except OSError:
+        return removed
+    for other in names:
+        if other != name and other.startswith(group) and other.endswith(".fmcache"):
+            try:
+                os.unlink(os.path.join(directory, other))
+                removed.append(other)
+            except OSError:
+                pass
+    return removed
 
 
 def _pad(f) -> int:

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import CacheError, DataError
 from .batch import Batch
-from ..errors import CacheError
-from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_key, cache_path, chunk_checksum, data_digest,
-                    fingerprint)
+from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_group, cache_key, cache_path, chunk_checksum,
+                    data_digest, fingerprint, remove_older)
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
@@ -505,7 +504,7 @@ def load_dataset(
                "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()}}
     reusable = cache_dir is not None and not once
     key = cache_key(prints, options) if reusable else None
-    path = cache_path(cache_dir, key) if reusable else None
+    path = cache_path(cache_dir, key, cache_group(prints, options)) if reusable else None
     args = dict(fmt=fmt, limits=limits, task=task, classes=classes, cache_dir=cache_dir,
                 memory_budget=memory_budget, parquet=parquet, log=log, cache_check=cache_check)
     if reusable and not rebuild and os.path.exists(path):
@@ -585,7 +584,9 @@ def load_dataset(
             writer = None
             cf = CacheFile(final)
             if not reusable:
-                os.unlink(final)   # read once: the mapping stays valid for this run only
+                os.unlink(final)   # read once: the open file stays readable for this run only
+            elif remove_older(final):
+                log("removed the cache of an earlier version of these inputs")
     except BaseException:
         if writer is not None:
             writer.abort()
