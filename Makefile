@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz hostile
+.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz hostile gpu-check
 
 help:
 	@echo "fmcli make targets:"
@@ -36,6 +36,7 @@ help:
 	@echo "                   --train FILE --valid FILE, or --rows N to generate; -k, --linear, --json)"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make hostile     run fm through the hostile cases of fuzz/hostile.py (data safety; HOSTILE_ARGS=-k NAME)"
+	@echo "  make gpu-check OUT=DIR  the five-minute GPU check (benchmarks/gpu_check.py); needs no $(VENV)"
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
@@ -105,6 +106,16 @@ bench-report: $(STAMP)
 # to a machine whose speed drifts); BENCH_ARGS as for bench.py's data options.
 bench-scaling: $(STAMP)
 	$(PY) benchmarks/scaling.py --threads 1,2 --hogwild $(BENCH_ARGS)
+
+# --- the GPU check -----------------------------------------------------------
+
+# Runs on a machine with a CUDA device and no network: with the interpreter
+# that has the dependencies (this checkout's $(VENV) when there is one, else
+# $(PYTHON)), building the extensions in place; no virtual environment is made.
+OUT          ?= gpu-check-out
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PY) benchmarks/gpu_check.py $(OUT) $(GPU_CHECK_ARGS)
 
 # --- fuzzing ----------------------------------------------------------------
 
