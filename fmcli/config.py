@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -25,6 +26,22 @@ DEVICES = ("cpu", "cuda", "auto")
 
 MAX_K = 1024
 MAX_HOT_FEATURES = 65535   # a replica slot is a uint16 in the kernels (hot.h)
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str, minimum: int = 1) -> int:
+    """A size in bytes from 123, 64K, 512M, 8G, 1.5T, 8GiB, 8gb (powers of
+    1024).  Raises ValueError with a one-line reason."""
+    m = _SIZE.fullmatch(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size such as 512M or 8G")
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    if size < minimum:
+        raise ValueError("the size must be positive" if minimum == 1 else f"the size must be at least {minimum}")
+    return size
 
 
 def available_cpus() -> int:
@@ -101,6 +118,9 @@ class Config:
     cache: bool = True
     cache_dir: str | None = None
     cache_check: str = "stat"            # how a cached input is recognised: "stat" or "content"
+    # bytes all caches of the directory may take (least recently used ones are
+    # removed); None: $FMCLI_CACHE_MAX_SIZE, else fmcli.data.cache.default_max_size
+    cache_max_size: int | None = None
     memory_budget: int = 1 << 30
     # Parquet input (fmcli.data.parquet): the label and weight columns, the
     # columns of a wide table (comma-separated; None: all others) and the
@@ -181,6 +201,9 @@ class Config:
             raise ConfigError(f"hash bits must be between 1 and 31, got {self.hash_bits}")
         if self.memory_budget < 0:
             raise ConfigError(f"memory budget must be non-negative, got {self.memory_budget}")
+        if self.cache_max_size is not None and not (isinstance(self.cache_max_size, int)
+                                                    and self.cache_max_size >= 0):
+            raise ConfigError(f"cache max size must be a number of bytes >= 0, got {self.cache_max_size!r}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ConfigError(f"max_memory must be positive, got {self.max_memory}")
 

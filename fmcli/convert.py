@@ -494,9 +494,10 @@ def _total_bytes(paths: Sequence[str]) -> int | None:
 def convert_data(inputs: Sequence[str], output: str, *, src: str = "auto", to: str | None = None,
                  fields: str | None = None, class_labels: bool = False,
                  limits: ReadLimits = ReadLimits(),
-                 on_progress: Callable[[str, int, int | None], None] | None = None) -> ConvertStats:
+                 on_progress: Callable[[str, int, int | None, int], None] | None = None) -> ConvertStats:
     """Convert libffm/libsvm/Parquet inputs (read one after another) into one
-    output of format `to` (default: from the output's name)."""
+    output of format `to` (default: from the output's name).
+    on_progress(stage, bytes read, bytes in all or None, rows so far)."""
     from .data.dataset import make_reader
 
     t0 = time.monotonic()
@@ -527,7 +528,7 @@ def convert_data(inputs: Sequence[str], output: str, *, src: str = "auto", to: s
                     read = int(getattr(reader, "bytes_read", 0))
                     done += read - before
                     before = read
-                    on_progress("converting", done, total)
+                    on_progress("converting", done, total, stats.rows)
             if fmap is None and dst == "libffm" and getattr(reader, "fmt", None) == "libsvm" \
                     and not stats.notes:
                 stats.notes.append(f"{name} is libsvm: every feature is written in field 0 "
@@ -550,7 +551,7 @@ def convert_raw(kind: str, inputs: Sequence[str], output: str, *, to: str | None
                 split: float | None = None, spec_out: str | None = None, has_label: bool = True,
                 label: str | None = None, categorical: Sequence[str] = (), numeric: Sequence[str] = (),
                 delimiter: str = ",", limits: ReadLimits = ReadLimits(), spec=None,
-                on_progress: Callable[[str, int, int | None], None] | None = None) -> ConvertStats:
+                on_progress: Callable[[str, int, int | None, int], None] | None = None) -> ConvertStats:
     """Convert raw Criteo/Avazu/CSV logs; see the module docstring of
     fmcli.data.criteo for the transform.  With `split`, rows whose hash falls
     below it go to `output`, the others to :func:`valid_sibling` (output);
@@ -592,14 +593,16 @@ def convert_raw(kind: str, inputs: Sequence[str], output: str, *, to: str | None
 
         def reader(stage: str) -> RawReader:
             done = [0]
+            made: list[RawReader] = []
 
             def on_bytes(n: int) -> None:
                 done[0] += n
                 if on_progress is not None:
-                    on_progress(stage, done[0], total)
+                    on_progress(stage, done[0], total, made[0].rows if made else 0)
 
-            return RawReader(spec, paths, limits=limits, has_label=has_label, names=names,
-                             on_bytes=on_bytes)
+            made.append(RawReader(spec, paths, limits=limits, has_label=has_label, names=names,
+                                  on_bytes=on_bytes))
+            return made[0]
 
         if cat and min_count > 1 and given is None:
             stats.passes = 2

@@ -61,7 +61,8 @@ class OutputIOError(OutputError):
 
 class CacheError(FMError):
     """The binary cache was changed or damaged while a run read it and could
-    not be rebuilt from the inputs (nothing was trained on its bytes)."""
+    not be rebuilt from the inputs (nothing was trained on its bytes), or
+    `fm cache clear` could not remove a cache."""
 
     exit_code = EX_IOERR
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import ConfigError, InputNotFoundError, ModelFormatError, OutputError
 
-__all__ = ["read_model", "write_model"]
+__all__ = ["read_model", "write_model", "load_any_model", "looks_like_model"]
 
 _HEAD = struct.Struct("<iii?")
 _TEXT_HEAD = re.compile(rb"\s*n\s+(\d+)\s+m\s+(\d+)\s+k\s+(\d+)\s+normalization\s+([01])[ \t\r]*\n")
@@ -61,6 +61,70 @@ def read_model(path: str | os.PathLike):
     if m:
         return _read_text(path, m)
     return _read_binary(path)
+
+
+def _fmcli_magic(head: bytes) -> bool:
+    from .modelfile import MAGIC
+
+    return head[:4] == MAGIC[:4]
+
+
+def _binary_sizes_fit(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes starting with `head` has the shape of
+    libffm's binary layout (header, then n * m * 2 * k_aligned floats)."""
+    if len(head) < _HEAD.size:
+        return False
+    n, m, k, _ = _HEAD.unpack(head[: _HEAD.size])
+    if n < 0 or m < 0 or not 1 <= k <= 1024 or head[12] not in (0, 1):
+        return False
+    return any(_HEAD.size + 4 * n * m * 2 * (-(-k // a) * a) == size for a in (4, 1))
+
+
+def looks_like_model(path: str | os.PathLike) -> bool:
+    """Whether `path` is, by its first bytes and size, a model file: fmcli's
+    (magic bytes) or libffm's (text header, or binary header matching the
+    file's size).  Cheap; never opens a pipe or FIFO; False when unreadable."""
+    from .data.source import reads_once
+
+    path = os.fspath(path)
+    if reads_once(path):
+        return False
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return _fmcli_magic(head) or bool(_TEXT_HEAD.match(head)) or _binary_sizes_fit(head, size)
+
+
+def load_any_model(path: str | os.PathLike):
+    """A model file of either kind: fmcli's own (told by its magic bytes) or
+    libffm's (text or binary layout, see read_model).  A pipe or FIFO is read
+    as an fmcli model (it cannot be peeked at)."""
+    from .data.source import reads_once
+    from .model import load_model
+
+    path = os.fspath(path)
+    if reads_once(path):
+        return load_model(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return load_model(path)          # it says why in its own words
+    if _fmcli_magic(head):
+        return load_model(path)
+    try:
+        return read_model(path)
+    except ModelFormatError as exc:
+        detail = exc.message
+        if detail.startswith("not a libffm model file"):
+            detail = detail[len("not a libffm model file"):]
+        if not detail.startswith((" (", ":")):
+            detail = f" ({detail})"
+        raise ModelFormatError(f"neither an fmcli model file (bad magic) nor a libffm one{detail}",
+                               path) from None
 
 
 def _model(n: int, m: int, k: int, normalize: bool, factors: np.ndarray, state: np.ndarray | None,

@@ -280,7 +280,18 @@ def env_source(exc: click.BadParameter) -> str | None:
     ctx, param = exc.ctx, exc.param
     if ctx is None or param is None or not param.name:
         return None
-    if ctx.get_parameter_source(param.name) != ParameterSource.ENVIRONMENT:
-        return None
     names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
-    return next((n for n in names if os.environ.get(n)), None)
+    name = next((n for n in names if os.environ.get(n)), None)
+    if name is None:
+        return None
+    source = ctx.get_parameter_source(param.name)
+    if source is not None:
+        return name if source == ParameterSource.ENVIRONMENT else None
+    # click 8.4.0 records where a value came from only after converting it,
+    # so a value that failed has no source yet: blame the variable when its
+    # own value fails the same way (the message quotes the value).
+    try:
+        param.type_cast_value(ctx, param.value_from_envvar(ctx))
+    except click.BadParameter as again:
+        return name if again.message == exc.message else None
+    return None

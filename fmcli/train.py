@@ -414,17 +414,18 @@ def _data_options(config: Config) -> dict:
     return {"fmt": config.format, "limits": config.read_limits(),
             "cache_dir": (config.cache_dir or default_cache_dir()) if config.cache else None,
             "memory_budget": config.memory_budget, "parquet": config.parquet_options(),
-            "cache_check": config.cache_check}
+            "cache_check": config.cache_check, "cache_max_size": config.cache_max_size}
 
 
-def _load(source, config: Config, task: str, classes, say, input_map: dict | None = None) -> Dataset:
+def _load(source, config: Config, task: str, classes, say, input_map: dict | None = None,
+          on_read=None) -> Dataset:
     if isinstance(source, Batch):
         return dataset_from_batch(source, task, classes)
     options = _data_options(config)
     if input_map is not None and input_map.get("layout") == "wide":
         # wide Parquet: every file is read by column name (fmcli.inputmap)
         options["parquet"] = {**options["parquet"], "match": input_map}
-    ds = load_dataset(source, task=task, classes=classes, log=say, **options)
+    ds = load_dataset(source, task=task, classes=classes, log=say, on_read=on_read, **options)
     how = {"hit": "from the cache", "built": "and cached"}.get(ds.cached_from, "")
     rate = f" ({ds.bytes_read / 1e6 / max(ds.seconds, 1e-9):.0f} MB/s)" if ds.cached_from != "hit" and ds.bytes_read else ""
     say(f"read {ds.n_rows} rows from {ds.name} {how} in {ds.seconds:.2f} s{rate}".replace("  ", " "))
@@ -484,6 +485,7 @@ def train(
     on_checkpoint: Callable[[dict], None] | None = None,
     should_stop: Callable[[], int | None] | None = None,
     on_start: Callable[[], None] | None = None,
+    on_read: Callable[[str, int, int | None, int], None] | None = None,
     resume: str | None = None,
     run_info: dict | None = None,
 ) -> Model:
@@ -495,7 +497,9 @@ def train(
     called every SLICE_ROWS rows; should_stop() returning a signal number
     ends the run there (after a checkpoint, when config.checkpoint_dir is
     set) with :class:`~fmcli.errors.Interrupted`.  on_start() is called
-    once every input is read, before the first update.  resume: a checkpoint
+    once every input is read, before the first update.  on_read(name,
+    bytes read, bytes in all or None, rows so far) is called while inputs
+    are parsed (not when they come from the cache).  resume: a checkpoint
     directory to continue from (the configuration must be the checkpoint's;
     see :func:`resume_arguments`).  run_info: stored in checkpoints (the
     command line's own arguments)."""
@@ -517,14 +521,14 @@ def train(
     parent = load_model(config.init_model) if config.init_model else None
     input_map = run_map(train_data, valid, config,           # how rows are read: stored in the model
                         parent=parent.meta.get("input") if parent is not None else None)
-    tr = _load(train_data, config, config.task, None, say, input_map)
+    tr = _load(train_data, config, config.task, None, say, input_map, on_read)
     task = tr.task
     if config.task == "auto":
         say(f"task: {task} (from the labels of {tr.name})")
         config = config.replace(task=task)   # re-validates the combination
     if task == "multiclass" and len(tr.classes) < 2:
         raise DataError(f"multiclass training needs at least two classes, found only {tr.classes}", tr.name)
-    va = _load(valid, config, task, tr.classes, say, input_map) if valid is not None else None
+    va = _load(valid, config, task, tr.classes, say, input_map, on_read) if valid is not None else None
     if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
         raise ConfigError(
             f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
@@ -779,6 +783,11 @@ def train(
         meta["parent"] = lineage
     model = state.to_model(meta)
     model.meta["training"]["zero_weights"] = model.count_zeros()
+    # let go of the caches now (and of their shared locks: a cache is "in
+    # use" while open); on an error the data sets close when collected
+    for ds in (tr, va):
+        if ds is not None:
+            ds.close()
     return model
 
 
@@ -804,7 +813,9 @@ def resume_arguments(directory: str) -> dict:
     """The configuration and run arguments stored in the newest checkpoint
     of `directory` (for ``fm train --resume``)."""
     ck = checkpoint.load_latest(directory)
-    return {"config": Config.from_dict(ck.info["config"]), "run": ck.info.get("run") or {}, "path": ck.path}
+    return {"config": Config.from_dict(ck.info["config"]), "run": ck.info.get("run") or {}, "path": ck.path,
+            # where the run stands: the epoch it is in, and rows of it done
+            "epoch": ck.info["epoch"], "rows_done": ck.info.get("rows_done", 0)}
 
 
 def _new_state(config: Config, n_features: int, n_fields: int, rng: np.random.Generator, task: str,

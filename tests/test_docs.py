@@ -14,7 +14,7 @@ from fmcli.cli import _manpages, cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(ROOT, "man")
 MAN_DATE = "2026-11-21"   # the Makefile's MAN_DATE
-PAGES = ["fm.1"] + [f"fm-{name}.1" for name in cli.commands]
+PAGES = ["fm.1"] + [f"fm-{name}.1" for name in cli.commands] + ["ffm-train.1", "ffm-predict.1"]
 
 
 def read_page(name):

@@ -251,12 +251,15 @@ def test_exit_statuses(model, data, tmp_path, monkeypatch):
     assert fm("train", "-q", "-r", "-1", data["train"]).exit_code == 78
     assert fm("train", "-q", "-r", "1e30", "--optimizer", "sgd", "--no-norm", "-o", tmp_path / "d.fm",
               data["train"]).exit_code == 1
-    import fmcli.train
+    import importlib
+
+    # the module itself: fmcli.train is also the name of the public function
+    train_module = importlib.import_module("fmcli.train")
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(fmcli.train, "train", broken)
+    monkeypatch.setattr(train_module, "train", broken)
     res = fm("train", "-q", "-o", tmp_path / "x.fm", data["train"])
     one_line_error(res, 70, "internal error", "a bug")
 
@@ -298,9 +301,9 @@ def _fake_train(signals):
     ([signal.SIGTERM, signal.SIGTERM], 143),
 ])
 def test_signals_during_training(data, tmp_path, monkeypatch, signals, code):
-    import fmcli.train
+    import importlib
 
-    monkeypatch.setattr(fmcli.train, "train", _fake_train(signals))
+    monkeypatch.setattr(importlib.import_module("fmcli.train"), "train", _fake_train(signals))
     log, out = tmp_path / "log.jsonl", tmp_path / "m.fm"
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     res = fm("train", "-o", out, "--log-json", log, data["train"])

@@ -106,6 +106,7 @@ def cli(debug: bool) -> None:
         check_envvars(ctx.command, ctx.invoked_subcommand)
 
 
+from . import cache as _cache  # noqa: E402
 from . import convert as _convert  # noqa: E402
 from . import inspect as _inspect  # noqa: E402
 from . import predict as _predict  # noqa: E402
@@ -115,6 +116,7 @@ cli.add_command(_train.train)
 cli.add_command(_predict.predict)
 cli.add_command(_inspect.inspect)
 cli.add_command(_convert.convert)
+cli.add_command(_cache.cache)
 
 
 def _setup_envvars() -> None:

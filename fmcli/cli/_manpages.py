@@ -16,7 +16,9 @@ import re
 
 import click
 
-__all__ = ["render", "write_pages", "escape", "option_markup"]
+from .._version import DISTRIBUTION
+
+__all__ = ["render", "write_pages", "escape", "option_markup", "summary", "synopsis"]
 
 # -- text -------------------------------------------------------------------------------
 
@@ -46,6 +48,55 @@ def _paragraphs(text: str) -> list[str]:
         else:
             out.append(escape(" ".join(line.strip() for line in lines if line.strip())))
     return [p for p in out if p]
+
+
+def summary(command: click.Command, limit: int) -> str:
+    """A command's one-line description: its short_help, or else the first
+    sentence of its help, shortened at a word to `limit` characters with
+    "...".  Made here rather than by click, whose rule for this changed
+    between releases (8.5 reads "DATA... with" as one sentence), so that the
+    pages do not depend on the click version that generates them."""
+    if command.short_help:
+        return " ".join(_inspect.cleandoc(command.short_help).split())
+    words = _inspect.cleandoc(command.help or "").partition("\f")[0].partition("\n\n")[0].split()
+    if words and words[0] == "\b":
+        words = words[1:]
+    # a period ends the sentence unless a lowercase word follows it ("DATA... with", "e.g. a")
+    for i, word in enumerate(words):
+        if word.endswith(".") and (i == len(words) - 1 or not words[i + 1][0].islower()):
+            words = words[:i + 1]
+            break
+    text = " ".join(words)
+    if len(text) <= limit:
+        return text
+    while words and len(" ".join(words)) + len("...") > limit:
+        words = words[:-1]
+    return " ".join(words) + "..."
+
+
+def _metavar(arg: click.Argument) -> str:
+    """An argument as the synopsis shows it, by the rule of click 8.5 (older
+    releases wrote an optional choice as [[a|b]])."""
+    if arg.metavar is not None:
+        return arg.metavar
+    if isinstance(arg.type, click.Choice):
+        choices = "|".join(map(str, arg.type.choices))
+        var = f"{{{choices}}}" if arg.required else f"[{choices}]"
+    else:
+        var = (arg.name or "").upper()
+    if not arg.required and not (var.startswith("[") and var.endswith("]")):
+        var = f"[{var}]"
+    return var + ("..." if arg.nargs != 1 else "")
+
+
+def synopsis(command: click.Command, ctx: click.Context) -> str:
+    """What follows the command's name in its SYNOPSIS: [OPTIONS], then the
+    arguments (and COMMAND [ARGS]... for a group)."""
+    pieces = [command.options_metavar] if command.options_metavar else []
+    pieces += [_metavar(p) for p in command.get_params(ctx) if isinstance(p, click.Argument)]
+    if isinstance(command, click.Group):
+        pieces.append(command.subcommand_metavar)
+    return " ".join(pieces)
 
 
 def _record(opts: str) -> str:
@@ -85,7 +136,8 @@ EXIT_CODES = [
          "file size limit (ulimit \\-f), the quota is exceeded, or the device failed (also "
          "\\-o /dev/full).  The file it would have replaced is left unchanged.  Also: the "
          "binary cache was changed by another process while a run read it and could not be "
-         "rebuilt from the inputs (nothing was trained on its bytes)."),
+         "rebuilt from the inputs (nothing was trained on its bytes); or fm cache clear could "
+         "not remove a cache (no permission)."),
     (75, "The output is being written by another fm run (see FILES); try again later or give "
          "\\-\\-lock\\-timeout."),
     (78, "Invalid configuration: a bad combination of options, a bad value, a value of the "
@@ -105,7 +157,13 @@ _CODES = {
     "predict": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
     "convert": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
     "inspect": {0, 2, 65, 66, 70, 78, 130, 141, 143},
+    "cache": {0, 2, 66, 70, 74, 78, 130, 141, 143},
+    "ffm-train": {0, 2, 65, 66, 70, 73, 74, 130, 143},
+    "ffm-predict": {0, 2, 65, 66, 70, 73, 74, 130, 141, 143},
 }
+
+# libffm's own commands, installed beside fm (see fmcli.cli.libffm_compat)
+LIBFFM_PROGRAMS = ("ffm-train", "ffm-predict")
 
 _ENV_SETTINGS = (
     "Any option of fm {cmd}: the variable's name is FM_{CMD}_ and the option's long name in "
@@ -120,15 +178,27 @@ _ENV_EXAMPLES = {
     "predict": ("FM_PREDICT_THREADS=4, FM_PREDICT_STRICT_IDS=1", ""),
     "inspect": ("FM_INSPECT_JSON=1", ""),
     "convert": ("FM_CONVERT_MIN_COUNT=20, FM_CONVERT_HASH_SPACE=2000000", ""),
+    "cache": ("FM_CACHE_CACHE_DIR=/var/cache/fm", ""),
 }
 
+_LIBFFM_ENV = [
+    ("FM_TRAIN_*, FM_PREDICT_*, \\-\\-config files",
+     "Not read: a libffm script behaves the same however fm is configured."),
+    ("FMCLI_CACHE_DIR, FMCLI_CACHE_MAX_SIZE",
+     "Where the binary cache of the parsed rows is kept, and its cap (see fm\\-train(1), "
+     "fm\\-cache(1))."),
+]
+
 _ENV = {
+    "ffm-train": _LIBFFM_ENV,
+    "ffm-predict": _LIBFFM_ENV[:1],
     "fm": [
         ("FM_DEBUG", "Set to 1 to show Python tracebacks, as \\-\\-debug does."),
         ("FM_TRAIN_*, FM_PREDICT_*, FM_INSPECT_*",
          "Options of the commands (see fm\\-train(1), fm\\-predict(1), fm\\-inspect(1)), e.g. "
          "FM_TRAIN_EPOCHS=3 or FM_PREDICT_THREADS=4."),
         ("FMCLI_CACHE_DIR, XDG_CACHE_HOME", "Where fm train keeps its cache (see fm\\-train(1))."),
+        ("FMCLI_CACHE_MAX_SIZE", "What all caches may take (see fm\\-train(1) and fm\\-cache(1))."),
         ("SOURCE_DATE_EPOCH", "Makes model files reproducible (see fm\\-train(1))."),
     ],
     "train": [
@@ -139,6 +209,11 @@ _ENV = {
         ("XDG_CACHE_HOME",
          "Without FMCLI_CACHE_DIR, caches go to $XDG_CACHE_HOME/fmcli, or ~/.cache/fmcli when it "
          "is unset."),
+        ("FMCLI_CACHE_MAX_SIZE",
+         "The cap on what all caches of the directory may take when \\-\\-cache\\-max\\-size "
+         "(or FM_TRAIN_CACHE_MAX_SIZE, or the cache\\-max\\-size key) is not given: a size such as "
+         "2G; 0 keeps no cache after a run.  Default: the smaller of 10 GiB and a tenth of the space "
+         "free on the cache's file system (the caches' own bytes counted as free)."),
         ("SOURCE_DATE_EPOCH",
          "A Unix time: the model file's created_at is that time and wall\\-clock timings are left "
          "out of it, so that the same data, settings and thread count (\\-s 1) give a "
@@ -150,6 +225,11 @@ _ENV = {
                             "(by default every CPU the process may run on)."),
     ],
     "inspect": [],
+    "cache": [
+        ("FMCLI_CACHE_DIR, XDG_CACHE_HOME", "The cache directory, as for fm train (see fm\\-train(1))."),
+        ("FMCLI_CACHE_MAX_SIZE", "The cap the list shows (see fm\\-train(1)); a bad value is an error "
+                                 "with exit status 78."),
+    ],
     "convert": [
         ("TMPDIR", "Where standard input is spooled when a raw log has to be read twice "
                    "(counting rare values) or its header read ahead."),
@@ -166,7 +246,18 @@ _FILES = {
          "removed when the run ends."),
         (".MODEL.*.tmp",
          "The model being written; renamed over MODEL only once complete (removed on failure)."),
-        ("$FMCLI_CACHE_DIR/*.fmcache", "Binary caches of parsed training data."),
+        ("$FMCLI_CACHE_DIR/*.fmcache",
+         "Binary caches of parsed training data, one per set of inputs and parse options; a run "
+         "reading one holds a shared flock on it, and its modification time is its last use.  "
+         "See fm\\-cache(1)."),
+    ],
+    "cache": [
+        ("$FMCLI_CACHE_DIR/*.fmcache",
+         "The caches (by default under $XDG_CACHE_HOME/fmcli or ~/.cache/fmcli).  A run reading one "
+         "holds a shared flock on it: eviction and fm cache clear take an exclusive lock without "
+         "waiting before removing a cache, and skip one they cannot lock."),
+        ("$FMCLI_CACHE_DIR/.fmcache-*.tmp",
+         "A cache being written; fm cache clear removes those whose writer is gone."),
     ],
     "predict": [
         (".OUTPUT.lock", "As for fm train: the lock of \\-o OUTPUT while it is written."),
@@ -180,6 +271,19 @@ _FILES = {
 }
 
 _EXAMPLES = {
+    "ffm-train": [
+        ("A libffm script, unchanged: train with a validation set, stop when its logloss rises, "
+         "then score the test set.  The model file is libffm's own binary format, so libffm's "
+         "ffm\\-predict reads it too:",
+         "ffm\\-train \\-k 4 \\-t 15 \\-p va.ffm \\-\\-auto\\-stop tr.ffm model\n"
+         "ffm\\-predict te.ffm model out.txt"),
+        ("Five\\-fold cross\\-validation (no model is written):", "ffm\\-train \\-v 5 tr.ffm"),
+    ],
+    "ffm-predict": [
+        ("Score with a model from ffm\\-train, libffm itself or fm train; the probabilities go to "
+         "out.txt and the logloss to standard output:",
+         "ffm\\-predict te.ffm model out.txt"),
+    ],
     "convert": [
         ("Raw Criteo logs to libffm with a 90/10 train/validation split, training with the spec, "
          "and scoring raw test rows through the same transform:",
@@ -196,6 +300,16 @@ _EXAMPLES = {
          "fm convert ctr.fm \\-o small.fm \\-\\-dtype float16 \\-\\-strip\\-state\n"
          "fm convert train.model \\-\\-from libffm\\-model \\-o ctr.fm\n"
          "fm convert ctr.fm \\-\\-to libffm\\-bin\\-model \\-o ctr.model"),
+    ],
+    "cache": [
+        ("The caches, their sizes, last use, inputs and whether a run is reading them:",
+         "fm cache"),
+        ("Remove the caches not used for a week (a daily cron job), or all that no run is reading:",
+         "fm cache clear \\-\\-older\\-than 7d\nfm cache clear"),
+        ("Keep at most 2 GiB of caches, for every run of this user:",
+         "export FMCLI_CACHE_MAX_SIZE=2G"),
+        ("Total size of the caches, as JSON:",
+         "fm cache \\-\\-json | jq .total_bytes"),
     ],
     "fm": [
         ("Train an FFM model with validation, score a test file and look at the model:",
@@ -241,6 +355,15 @@ _EXAMPLES = {
 
 # further sections of a command's page: (title, paragraphs)
 _SECTIONS = {
+    "fm": [
+        ("NOTES", [
+            f"fm is installed by the Python distribution {escape(DISTRIBUTION)}: pip install "
+            f"{escape(DISTRIBUTION)}, or pip install '{escape(DISTRIBUTION)}[gpu]' for CuPy and "
+            "\\-\\-device cuda.  Its Python package is fmcli.  The unrelated distribution named "
+            "fmcli on PyPI installs another program under the same package name, so the two cannot "
+            "share one environment.",
+        ]),
+    ],
     "convert": [
         ("RAW LOG TRANSFORM", [
             "Every feature column is one field (in the order of the spec's columns) and gives one "
@@ -268,6 +391,17 @@ _SECTIONS = {
             "fm train \\-\\-spec stores it in the model's header (key spec; the vocabulary goes to "
             "the array spec_vocabulary, see fm\\-model(5)); fm predict then transforms raw input "
             "with it and fm convert \\-\\-spec applies it to more logs.",
+        ]),
+    ],
+    "cache": [
+        ("JSON OUTPUT", [
+            "fm cache \\-\\-json: one object, schema (fmcli.cache/1), directory, total_bytes, "
+            "max_bytes (the cap), max_bytes_from (environment or default) and caches, most recently "
+            "used first, each with file, path, bytes, last_used (UTC, ISO 8601), last_used_unix, "
+            "last_used_seconds_ago, in_use, valid, problem (why an invalid one cannot be used), inputs "
+            "(their absolute paths) and rows.  fm cache clear \\-\\-json: schema "
+            "(fmcli.cache.clear/1), directory, dry_run, removed, in_use and failed (each a list of "
+            "file and bytes; failed adds error) and freed_bytes.",
         ]),
     ],
     "inspect": [
@@ -319,6 +453,9 @@ _NAMES = {
     "predict": "score data with a trained model",
     "inspect": "show what a model file or data files hold",
     "convert": "convert data (libffm, libsvm, Parquet, raw click logs) and model files",
+    "cache": "list and clear the binary caches of parsed training data",
+    "ffm-train": "train libffm's field-aware factorization machine, with libffm's options",
+    "ffm-predict": "score data with a libffm or fmcli model, as libffm's ffm-predict does",
 }
 
 
@@ -339,7 +476,8 @@ def _exit_status(name: str) -> str:
 def _environment(name: str, command: click.Command) -> str | None:
     items = []
     has_config = any(p.name == "config_file" for p in command.params)
-    if name != "fm" and any(isinstance(p, click.Option) and p.envvar for p in command.params):
+    if name not in ("fm",) + LIBFFM_PROGRAMS and any(isinstance(p, click.Option) and p.envvar
+                                                    for p in command.params):
         example, flag = _ENV_EXAMPLES.get(name, (f"FM_{name.upper()}_QUIET=1", ""))
         text = _ENV_SETTINGS.format(CMD=name.upper(), cmd=name, example=example, flag=flag)
         if not has_config:
@@ -389,16 +527,18 @@ def _see_also(page: str, names: list[str]) -> str:
 
 
 def render(command: click.Command, ctx: click.Context, date: str, version: str,
-           siblings: list[str]) -> str:
-    """One man page for `command` (the root group or one of its commands)."""
+           siblings: list[str], key: str | None = None) -> str:
+    """One man page for `command` (the root group or one of its commands, or
+    a program of its own such as ffm-train: then `key` names its entries in
+    the tables above)."""
     path = ctx.command_path                  # "fm" or "fm train"
     page = path.replace(" ", "-")
-    name = ctx.info_name if ctx.parent is not None else "fm"
-    short = _NAMES.get(name) or command.get_short_help_str(limit=80).rstrip(".")
-    lines = [f'.TH "{page.upper()}" "1" "{date}" "fmcli {version}" "fmcli manual"',
+    name = key or (ctx.info_name if ctx.parent is not None else "fm")
+    short = _NAMES.get(name) or summary(command, 80).rstrip(".")
+    lines = [f'.TH "{page.upper()}" "1" "{date}" "{DISTRIBUTION} {version}" "fmcli manual"',
              ".SH NAME", f"{escape(page)} \\- {escape(short)}",
              ".SH SYNOPSIS",
-             f"\\fB{escape(path)}\\fR " + escape(" ".join(command.collect_usage_pieces(ctx)))]
+             f"\\fB{escape(path)}\\fR " + escape(synopsis(command, ctx))]
     description = _paragraphs(command.help or "")
     if description:
         lines.append(".SH DESCRIPTION")
@@ -418,7 +558,7 @@ def render(command: click.Command, ctx: click.Context, date: str, version: str,
             if sub.hidden:
                 continue
             lines.append(_tp(f"\\fB{escape(sub_name)}\\fR",
-                             escape(sub.get_short_help_str(limit=100))
+                             escape(summary(sub, 100))
                              + f"  See \\fBfm\\-{escape(sub_name)}\\fR(1)."))
     for section in (_configuration(name, command), _exit_status(name), _environment(name, command),
                     _files(name), _examples(name), _see_also(page, siblings)):
@@ -436,6 +576,11 @@ def pages(cli: click.Group, date: str, version: str) -> dict[str, str]:
         ctx = click.Context(cli.commands[name], info_name=name, parent=root,
                             **cli.commands[name].context_settings)
         out[f"fm-{name}.1"] = render(cli.commands[name], ctx, date, version, names)
+    from . import libffm_compat
+
+    for prog, command in zip(LIBFFM_PROGRAMS, (libffm_compat.ffm_train, libffm_compat.ffm_predict)):
+        ctx = click.Context(command, info_name=prog, **command.context_settings)
+        out[f"{prog}.1"] = render(command, ctx, date, version, names, key=prog)
     return out
 
 

@@ -145,6 +145,7 @@ class TrainRun:
         self.stop_signal: int | None = None
         self._training = True     # False while the inputs are read (see callbacks, _on_signal)
         self.progress = _render.EpochProgress(quiet)
+        self.read_progress = _render.ReadProgress(quiet)   # the inputs' first reading
         self._stack = contextlib.ExitStack()
         self._handlers: dict[int, Any] = {}
         self._t0 = time.monotonic()
@@ -166,6 +167,7 @@ class TrainRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self._restore_handlers()
+            self.read_progress.close()
             self.progress.close()
             if isinstance(exc, ClobberError):
                 self._drop_log()
@@ -283,13 +285,15 @@ class TrainRun:
 
     def on_start(self) -> None:
         """Every input is read: a signal now stops training after the current chunk."""
+        self.read_progress.close()
         self._training = True
 
     def callbacks(self, train_function: Callable) -> dict[str, Callable]:
         """on_progress, on_checkpoint, should_stop and on_start, as far as
         `train_function` takes them."""
         wanted = {"on_progress": self.progress, "on_checkpoint": self.on_checkpoint,
-                  "should_stop": self.should_stop, "on_start": self.on_start}
+                  "should_stop": self.should_stop, "on_start": self.on_start,
+                  "on_read": self.read_progress}
         try:
             accepted = inspect.signature(train_function).parameters
         except (TypeError, ValueError):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 
 import click
 
-from ..config import Config
+from ..config import Config, parse_size
 
 D = Config()
 
@@ -16,18 +15,17 @@ class ByteSize(click.ParamType):
     """A size in bytes: 123, 64K, 512M, 8G, 1T (powers of 1024)."""
 
     name = "size"
-    _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum     # 0 where "nothing" has a meaning (--cache-max-size 0)
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.IGNORECASE)
-        if not m:
-            self.fail(f"{value!r} is not a size such as 512M or 8G", param, ctx)
-        size = int(float(m.group(1)) * self._UNITS[m.group(2).upper()])
-        if size < 1:
-            self.fail("the size must be positive", param, ctx)
-        return size
+        try:
+            return parse_size(value, self.minimum)    # the grammar lives with the defaults
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class InputPath(click.Path):

@@ -85,7 +85,50 @@ def info(message: str, quiet: bool = False) -> None:
         click.echo(message, err=True)
 
 
-class EpochProgress:
+class _Bar:
+    """A transient progress display on stderr, on a terminal only and not
+    with --quiet (redirected output gets the plain summary lines instead).
+    Lines printed meanwhile (:func:`info`) appear above it; :meth:`close`
+    removes it.  Subclasses give the columns and the callback."""
+
+    def __init__(self, quiet: bool = False, console=None):
+        self.enabled = not quiet and (console is not None or stderr_is_tty())
+        self._console = console
+        self._progress = None
+        self._task = None
+
+    def _columns(self) -> list:
+        raise NotImplementedError
+
+    def _update(self, **kwargs) -> None:
+        global _live
+        if self._progress is None:
+            if _live is not None:    # another display is shown: rich allows one at a time
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            console = self._console or Console(stderr=True, highlight=False)
+            self._progress = Progress(*self._columns(), console=console, transient=True,
+                                      refresh_per_second=4)
+            fields = {k: v for k, v in kwargs.items() if k not in ("description", "total", "completed")}
+            self._task = self._progress.add_task(kwargs.get("description", ""), total=kwargs.get("total"),
+                                                 **fields)
+            self._progress.start()
+            _live = self._progress
+        self._progress.update(self._task, **kwargs)
+
+    def close(self) -> None:
+        global _live
+        if self._progress is not None:
+            self._progress.stop()
+            if _live is self._progress:
+                _live = None
+            self._progress = None
+            self._task = None
+
+
+class EpochProgress(_Bar):
     """A progress bar for the epoch being trained, on a terminal only.
 
     Called as ``on_progress(epoch, rows_done, rows_total)`` (a training loss
@@ -96,10 +139,7 @@ class EpochProgress:
     """
 
     def __init__(self, quiet: bool = False, console=None):
-        self.enabled = not quiet and (console is not None or stderr_is_tty())
-        self._console = console
-        self._progress = None
-        self._task = None
+        super().__init__(quiet, console)
         self._epoch = None
 
     def _start(self) -> None:
@@ -128,15 +168,6 @@ class EpochProgress:
         self._epoch = epoch
         self._progress.update(self._task, completed=rows_done, total=rows_total, **fields)
 
-    def close(self) -> None:
-        global _live
-        if self._progress is not None:
-            self._progress.stop()
-            if _live is self._progress:
-                _live = None
-            self._progress = None
-            self._task = None
-
 
 def _rate_column():
     """rows/s of the bar's task (rich's own speed column counts bytes)."""
@@ -149,6 +180,38 @@ def _rate_column():
             return Text("- rows/s" if speed is None else f"{speed:,.0f} rows/s")
 
     return RateColumn()
+
+
+class ReadProgress(_Bar):
+    """Reading inputs: bytes read of their size (when it is known without
+    reading them: not for compressed files or pipes), rows so far, MB/s.
+    Called as ``on_read(name, bytes_done, bytes_total, rows)``."""
+
+    def _columns(self) -> list:
+        from rich.progress import (BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        return [TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(binary_units=False),
+                TextColumn("{task.fields[rows]:,} rows"), TransferSpeedColumn(), TimeRemainingColumn()]
+
+    def __call__(self, name: str, bytes_done: int, bytes_total: int | None, rows: int) -> None:
+        if self.enabled:
+            self._update(description=name, completed=bytes_done, total=bytes_total, rows=rows)
+
+
+class ScoreProgress(_Bar):
+    """fm predict: rows scored so far and rows/s (the input's size in rows is
+    not known before it is read).  Called as ``on_scored(rows)``."""
+
+    def _columns(self) -> list:
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        return [SpinnerColumn(), TextColumn("scoring"), TextColumn("{task.completed:,.0f} rows"),
+                _rate_column(), TimeElapsedColumn()]
+
+    def __call__(self, rows: int) -> None:
+        if self.enabled:
+            self._update(completed=rows)
 
 
 # --------------------------------------------------------------------------

@@ -19,14 +19,15 @@ _MODEL_MAGIC = b"\x89FMM"
 
 
 class _Progress:
-    """A progress bar on a terminal (bytes read of the inputs, per pass)."""
+    """A progress bar on a terminal (bytes read of the inputs, rows so far and
+    MB/s, per pass)."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self._progress = None
         self._tasks: dict[str, int] = {}
 
-    def __call__(self, stage: str, done: int, total: int | None) -> None:
+    def __call__(self, stage: str, done: int, total: int | None, rows: int | None = None) -> None:
         if not self.enabled:
             return
         if self._progress is None:
@@ -35,14 +36,16 @@ class _Progress:
                                        TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[rows]}"), TransferSpeedColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(),
                                       console=Console(stderr=True, highlight=False), transient=True,
                                       refresh_per_second=4)
             self._progress.start()
             _render._live = self._progress
+        shown = "" if rows is None else f"{rows:,} rows"
         if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=total)
-        self._progress.update(self._tasks[stage], completed=done, total=total)
+            self._tasks[stage] = self._progress.add_task(stage, total=total, rows=shown)
+        self._progress.update(self._tasks[stage], completed=done, total=total, rows=shown)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -63,9 +63,12 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     A model trained with fm train --spec also scores raw rows (the logs fm
     convert read, e.g. Criteo TSV) through the same transform: such input is
     recognised by its first lines, or by --raw.
+
+    MODEL_FILE may also be a model file written by libffm's ffm-train (or
+    fmcli's ffm-train), in libffm's binary or text layout.
     """
     from ..atomic import atomic_output, check_writable
-    from ..model import load_model
+    from .libffm_compat import load_scoring_model
     from ..data.text import ReadLimits
     from ..predict import UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
 
@@ -78,12 +81,18 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     if output != "-":
         check_writable(output)
     threads = threads or available_cpus()
-    model = load_model(model_file)
+    # an fmcli or a libffm model file; given ffm-predict's order (TEST MODEL
+    # OUTPUT), the error says so
+    model = load_scoring_model(model_file, data)
     task = model.spec.task
     if top1 and task != "multiclass":
         raise click.UsageError(f"--top1 applies to multiclass models; {model_file} is a {task} model")
     all_scores, all_labels = [], []
+    # rows scored and rows/s, on a terminal only (not when the predictions themselves go there)
+    progress = _render.ScoreProgress(quiet or (output == "-" and _render.stdout_is_tty()))
+    scored = 0
     with contextlib.ExitStack() as stack:
+        stack.callback(progress.close)
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
         unseen = UnseenIds(model, strict=strict_ids)
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
@@ -99,6 +108,8 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
             out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
             all_scores.append(scores)
             all_labels.append(labels)
+            scored += len(labels)
+            progress(scored)
         out.flush()
         # The metrics too are computed before the output file is committed:
         # whatever fails leaves the previous file in place.

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from .._version import DISTRIBUTION
 from ..atomic import check_writable
 from ..config import CACHE_CHECKS, DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
 from ..metrics import METRICS
@@ -62,7 +63,7 @@ def default_output(train_file: str) -> str:
 @click.option("--l1", type=float, default=D.l1, help="L1 on linear weights and factors (FTRL; gives exact zeros).")
 @click.option("-s", "--threads", type=click.IntRange(1), default=D.threads, help="Training threads (Hogwild; 1 is bit-for-bit reproducible).")
 @click.option("--device", type=click.Choice(DEVICES), default=D.device,
-              help="cpu; cuda: a CUDA GPU (needs CuPy: pip install 'fmcli[gpu]'); auto: the GPU when one "
+              help=f"cpu; cuda: a CUDA GPU (needs CuPy: pip install '{DISTRIBUTION}[gpu]'); auto: the GPU when one "
                    "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "
                    "batches are exact (deterministic).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer,
@@ -131,6 +132,12 @@ def default_output(train_file: str) -> str:
               help="Keep parsed rows in a binary cache for later epochs and runs (checked against the inputs).")
 @click.option("--cache-dir", type=click.Path(), default=None, show_default=False,
               help="Where caches live.  [default: $FMCLI_CACHE_DIR, else $XDG_CACHE_HOME/fmcli or ~/.cache/fmcli]")
+@click.option("--cache-max-size", type=ByteSize(minimum=0), default=None, show_default=False,
+              help="What all caches of the cache directory may take: when a cache is written, the least "
+                   "recently used others (never one a run is reading) are removed to make room, and a "
+                   "cache larger than this alone is used for this run only (0: no cache is kept after the "
+                   "run).  [default: $FMCLI_CACHE_MAX_SIZE, else the smaller of 10G and a tenth of the "
+                   "cache file system's free space]")
 @click.option("--cache-check", type=click.Choice(CACHE_CHECKS), default=D.cache_check,
               help="How a cached input is recognised: stat (inode, size, change and modification "
                    "times, first and last MiB) or content (a hash of every byte, read once more per run).")
@@ -149,8 +156,13 @@ def default_output(train_file: str) -> str:
                    "and field ids start fresh).")
 @click.option("--resume", "resume_dir", type=InputPath("a checkpoint directory", directory=True), default=None,
               show_default=False,
-              help="Continue the run whose checkpoints are in this directory (its settings, inputs and "
-                   "output are the checkpoint's; other options are ignored).")
+              help="Continue the run whose checkpoints are in this directory, with its settings, inputs "
+                   "and output.  -t N extends (or ends sooner) the run to N epochs, exactly as if it had "
+                   "been started so (a finished run trains its last epoch again; not with --lr-schedule "
+                   "linear or cosine); -o, -q, -s, --log-json, --lock-timeout, --no-optimizer-state, "
+                   "--max-memory, --keep-checkpoints and the cache options apply.  Any other option "
+                   "(command line, FM_TRAIN_* or --config) that differs from the checkpoint's "
+                   "(-k, --model, -l, -r, the optimizer's, the data files, ...) is refused (exit status 2).")
 @click.option("--no-optimizer-state", is_flag=True, help="Leave optimizer state out of the model file (smaller; no warm start).")
 @click.option("--spec", "spec_file", type=InputPath("a spec file"), default=None, show_default=False,
               help="Preprocessing spec written by fm convert for raw logs: stored in the model, so that "
@@ -171,17 +183,22 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
     if resume_dir is not None:
         from ..train import resume_arguments
 
+        from ._resume import resume_settings
+
         saved = resume_arguments(resume_dir)
         run = saved["run"]
-        cfg = saved["config"]
+        # the checkpoint's settings; options that would change them are refused
+        cfg, given = resume_settings(click.get_current_context(), saved)
         train_files = tuple(run.get("train_files") or ())
         valid, weights_file = run.get("valid"), run.get("weights")
-        spec_file = spec_file or run.get("spec")
+        spec_file = run.get("spec")
         output = output or run.get("output")
-        no_optimizer_state = bool(run.get("no_optimizer_state", no_optimizer_state))
+        if "no_optimizer_state" not in given:
+            no_optimizer_state = bool(run.get("no_optimizer_state", no_optimizer_state))
         if not train_files or not output:
             raise click.UsageError(f"{saved['path']} does not say which files to train on or where to write")
-        _render.info(f"resuming {saved['path']} with its settings; writing {output}", quiet)
+        _render.info(f"resuming {saved['path']} with its settings; writing {output}"
+                     + (f"; {cfg.epochs} epochs" if cfg.epochs != saved["config"].epochs else ""), quiet)
     else:
         if not train_files:
             raise click.UsageError("Missing argument 'TRAIN_FILE...'.")

@@ -1,4 +1,4 @@
-"""The binary cache: parsed rows on disk, memory-mapped for later epochs and runs.
+"""The binary cache: parsed rows on disk, read back by later epochs and runs.
 
 A cache file holds chunks of CSR rows exactly as the readers produced them,
 so that epochs after the first (and later runs on unchanged inputs) skip
@@ -36,15 +36,31 @@ so a file changed in the middle behind a restored mtime (``cp -p``,
 ``rsync -a``, ``touch -r``) is never served from a stale cache.  A copied
 file may rebuild its cache; it never reuses a wrong one.  ``check="content"``
 hashes every byte instead, for a check that does not trust file metadata.
+
+The caches of a directory are kept under a cap (:func:`resolve_max_size`):
+when a run writes a cache, the least recently used others are removed
+(:func:`evict`) until all of them fit.  A run records its use of a cache by
+setting the file's modification time, and holds a shared ``flock`` on it for
+as long as it reads it; a cache is removed only under an exclusive lock
+taken without waiting, so a cache another run is reading is never removed
+(:func:`remove_cache`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no flock: nothing is ever seen as in use
+    fcntl = None
 
 import numpy as np
 
@@ -77,6 +93,193 @@ def default_cache_dir() -> str:
         return explicit
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fmcli")
+
+
+# -- the cap on a cache directory ----------------------------------------------------------
+
+DEFAULT_MAX_BYTES = 10 << 30   # the default cap: at most 10 GiB ...
+DEFAULT_FREE_DIVISOR = 10      # ... and at most 1/10 of what the caches' file system could give them
+MAX_SIZE_ENV = "FMCLI_CACHE_MAX_SIZE"
+SUFFIX = ".fmcache"
+
+
+@dataclass
+class CacheEntry:
+    """One finished cache file of a directory."""
+
+    path: str
+    bytes: int
+    last_used_ns: int     # the file's modification time: set when written and on every hit
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def cache_entries(directory: str) -> list[CacheEntry]:
+    """The caches (regular files named *.fmcache) in `directory`, least
+    recently used first; none when it cannot be listed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if not name.endswith(SUFFIX) or name.startswith("."):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append(CacheEntry(path, st.st_size, st.st_mtime_ns))
+    out.sort(key=lambda e: (e.last_used_ns, e.path))
+    return out
+
+
+def default_max_size(directory: str, used: int = 0) -> int:
+    """The default cap of `directory`: the smaller of DEFAULT_MAX_BYTES and
+    a tenth of the space its file system has free for this user, counting
+    the `used` bytes the caches already take as free (so that the cap does
+    not shrink as they grow)."""
+    probe = os.path.abspath(directory)
+    while True:                 # the directory may not exist yet: its nearest ancestor's file system
+        try:
+            st = os.statvfs(probe)
+            break
+        except OSError:
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                return DEFAULT_MAX_BYTES
+            probe = parent
+    free = st.f_bavail * st.f_frsize
+    return min(DEFAULT_MAX_BYTES, (free + used) // DEFAULT_FREE_DIVISOR)
+
+
+def resolve_max_size(directory: str, given: int | None = None,
+                     entries: Sequence[CacheEntry] | None = None) -> tuple[int, str]:
+    """The cap of `directory` and where it comes from: `given` ("option"),
+    else $FMCLI_CACHE_MAX_SIZE ("environment"), else :func:`default_max_size`
+    ("default").  A bad $FMCLI_CACHE_MAX_SIZE is a ConfigError."""
+    if given is not None:
+        return int(given), "option"
+    text = os.environ.get(MAX_SIZE_ENV, "").strip()
+    if text:
+        from ..config import parse_size
+        from ..errors import ConfigError
+
+        try:
+            return parse_size(text, minimum=0), "environment"
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {MAX_SIZE_ENV}={text!r}: {exc}") from None
+    if entries is None:
+        entries = cache_entries(directory)
+    return default_max_size(directory, sum(e.bytes for e in entries)), "default"
+
+
+def _try_lock(fd: int, how: int) -> bool:
+    """flock(fd, how | LOCK_NB); False when another open file holds a
+    conflicting lock.  A file system without locks counts as unlocked."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+    return True
+
+
+def _open_plain(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def in_use(path: str) -> bool:
+    """Whether a run holds `path` open for reading (a shared flock on it, see
+    CacheFile).  Checked by taking an exclusive lock without waiting and
+    dropping it at once."""
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fd = _open_plain(path)
+    except OSError:
+        return False
+    try:
+        return not _try_lock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+def remove_cache(path: str) -> bool:
+    """Remove the cache at `path` unless a run is reading it: only under an
+    exclusive flock taken without waiting, and only while the name still
+    names the file locked.  Returns whether it was removed (False: in use,
+    or gone or replaced meanwhile).
+
+    Raises:
+        OSError: it is there, not in use, and cannot be opened or removed.
+    """
+    try:
+        fd = _open_plain(path)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if fcntl is not None and not _try_lock(fd, fcntl.LOCK_EX):
+            return False              # in use: never removed under a reader
+        try:
+            if not os.path.samestat(st, os.lstat(path)):
+                return False          # replaced meanwhile (a rebuilt cache): not ours to judge
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def evict(directory: str, max_size: int, keep: Sequence[str] = ()) -> tuple[list[CacheEntry], int]:
+    """Remove least recently used caches of `directory` (never those in
+    `keep`, never one in use) until all of them take at most `max_size`
+    bytes.  Returns the caches removed and the bytes the others still take
+    (more than `max_size` when what is in use or kept does not fit)."""
+    entries = cache_entries(directory)
+    total = sum(e.bytes for e in entries)
+    kept = {os.path.abspath(k) for k in keep}
+    removed = []
+    for entry in entries:          # least recently used first
+        if total <= max_size:
+            break
+        if os.path.abspath(entry.path) in kept:
+            continue
+        try:
+            gone = remove_cache(entry.path)
+        except OSError:
+            continue                  # another user's, a read-only directory: not ours to remove
+        if gone:
+            removed.append(entry)
+            total -= entry.bytes
+    return removed, total
+
+
+def record_use(fd: int, path: str) -> None:
+    """Mark the cache open on `fd` as just used (its modification time, which
+    eviction orders by).  A cache this user cannot touch is left as it is."""
+    try:
+        os.utime(fd if os.utime in os.supports_fd else path)
+    except OSError:
+        pass
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB', 10 << 30 -> '10 GiB' (for notes and listings)."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f}".removesuffix(".0") + f" {unit}"
+        size /= 1024
+    return f"{n} bytes"  # pragma: no cover
 
 
 def fingerprint(path: str, sample: int = 1 << 20, check: str = "stat") -> dict:
@@ -198,6 +401,12 @@ _TEMP_PREFIX = ".fmcache-"
 _TEMP_NAMES = temp_pattern(_TEMP_PREFIX, ".tmp")   # a CacheWriter's temporary files
 
 
+def sweep_temporaries(directory: str) -> list[str]:
+    """Remove the temporary files of cache writers that are gone (killed
+    mid-write); a live writer's is left alone (see safepaths.sweep_stale)."""
+    return sweep_stale(directory, _TEMP_NAMES)
+
+
 class CacheWriter:
     """Append chunks to a new cache file; `finish` makes it visible atomically."""
 
@@ -226,8 +435,7 @@ class CacheWriter:
         self.chunks.append({"rows": batch.n_rows, "nnz": batch.nnz, "file": file, "offset": start,
                             "weights": batch.weights is not None, "checksum": h.value()})
 
-    def finish(self, key: str, meta: dict) -> str:
-        """Write the table and put the file in place; returns its path."""
+    def _write_table(self, key: str, meta: dict) -> None:
         table = json.dumps({"version": VERSION, "key": key, "meta": meta, "chunks": self.chunks},
                            separators=(",", ":")).encode()
         pos = _pad(self.f)
@@ -236,6 +444,10 @@ class CacheWriter:
         # No fsync: after a crash a half-written cache fails its checks on
         # opening and is rebuilt, so durability buys nothing here.
         self.f.close()
+
+    def finish(self, key: str, meta: dict) -> str:
+        """Write the table and put the file in place; returns its path."""
+        self._write_table(key, meta)
         final = self.path or self.tmp
         try:
             os.replace(self.tmp, final)
@@ -243,6 +455,39 @@ class CacheWriter:
             release(self._lock)
             self._lock = None
         return final
+
+    def finish_open(self, key: str, meta: dict) -> "CacheFile":
+        """:meth:`finish`, returning the cache opened for reading: it is
+        opened (with its shared lock, see CacheFile) before its name appears,
+        so that no other run's eviction can remove it in between.  Without a
+        path (read once) it keeps its temporary name for the caller to unlink."""
+        self._write_table(key, meta)
+        final = self.path or self.tmp
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self._lock, fcntl.LOCK_SH)   # ours, so our reader's shared lock can join it
+                except OSError:
+                    release(self._lock)      # (no locks here) and never one that would block the reader
+                    self._lock = None
+            cf = CacheFile(self.tmp)
+            try:
+                if final != self.tmp:
+                    os.replace(self.tmp, final)
+                    cf.path = final
+            except BaseException:
+                cf.close()
+                raise
+        except BaseException:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            raise
+        finally:
+            release(self._lock)
+            self._lock = None
+        return cf
 
     def abort(self) -> None:
         try:
@@ -269,6 +514,15 @@ class CacheFile:
         except OSError as exc:
             raise CacheInvalid(f"cannot open: {exc.strerror or exc}") from None
         try:
+            # A shared lock for as long as the file is open: eviction and
+            # `fm cache clear` leave a cache alone while a run holds it
+            # (remove_cache).  It waits only for a remover's moment between
+            # its lock and the unlink; the file then stays readable here.
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_SH)
+                except OSError:
+                    pass      # a file system without locks
             self._validate(key)
         except Exception:
             os.close(self.fd)
@@ -411,6 +665,12 @@ class CacheFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:
+        # a run that forgets to close its data sets must not keep their
+        # caches open (and locked against eviction) for the life of the process
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
 
     def iter_chunks(self, order: Sequence[int] | None = None) -> Iterator[tuple[Batch, str]]:
         for i in (range(len(self)) if order is None else order):

@@ -4,7 +4,7 @@ The first pass parses every input (text, compressed text, Parquet, stdin)
 in bounded memory, collects what the model needs to know before it exists
 (largest feature and field ids, classes, row count, label balance) and
 writes the rows, chunk by chunk, to the binary cache (fmcli.data.cache).
-Every epoch then reads chunks from the memory-mapped cache, or from memory
+Every epoch then reads chunks from the cache (checked on every read), or from memory
 when the whole data set fits the memory budget.  With the cache turned off
 and data larger than the budget, every epoch parses the inputs again.
 
@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import CacheError, DataError
 from .batch import Batch
 from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_group, cache_key, cache_path, chunk_checksum,
-                    data_digest, fingerprint, remove_older)
+                    data_digest, evict, fingerprint, human_size, record_use, remove_older, resolve_max_size)
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
@@ -424,18 +424,51 @@ class _Classes:
         return table[labels.astype(np.int64)] if labels.size else labels
 
 
+def input_size(paths: Sequence[str]) -> int | None:
+    """The bytes a reader will count for `paths` (their sizes), when known
+    without reading them: None for stdin, pipes and compressed files (whose
+    readers count the bytes they decompress to)."""
+    from .source import reads_once, sniff_compression
+
+    total = 0
+    for p in paths:
+        if reads_once(p):
+            return None
+        try:
+            with open(p, "rb") as f:
+                if sniff_compression(f.read(8)):
+                    return None
+                total += os.fstat(f.fileno()).st_size
+        except OSError:
+            return None
+    return total
+
+
+# on_read(name, bytes read, bytes in all (None: unknown), rows so far): see _parse
+ReadCallback = Callable[[str, int, "int | None", int], None]
+
+
 def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
            classes: Sequence[str] | None, stats: dict | None,
-           parquet: dict | None = None) -> Iterator[tuple[Batch, str]]:
+           parquet: dict | None = None, on_read: ReadCallback | None = None) -> Iterator[tuple[Batch, str]]:
     """Every input's rows, as chunks of at most CHUNK_ROWS rows, with
-    provisional labels; `stats` (when given) collects what the first pass learns."""
+    provisional labels; `stats` (when given) collects what the first pass
+    learns.  on_read(name, bytes_done, bytes_total, rows_done) is called after
+    every block read, bytes_total None when the size is not known up front."""
     found = _Classes()
+    total = input_size(inputs) if on_read is not None else None
+    done_before = rows_read = 0     # bytes of the inputs before this one; rows of all so far
     for path in inputs:
         reader = make_reader(path, fmt, label_mode, limits, True, classes, parquet, TEXT_BLOCK_BYTES)
         pending: list[Batch] = []
         rows = 0
         t0 = time.perf_counter()
         for batch in reader:
+            if on_read is not None:
+                rows_read += batch.n_rows
+                done = done_before + int(reader.bytes_read)
+                total = None if total is not None and done > total else total
+                on_read(reader.name, done, total, rows_read)
             if label_mode == "class" and classes is None:
                 batch.labels = found.remap(reader.classes, batch.labels)
             if not pending and CHUNK_ROWS // 4 <= batch.n_rows <= CHUNK_ROWS:
@@ -450,6 +483,7 @@ def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
                 pending, rows = ([rest] if rest.n_rows else []), rest.n_rows
         if pending:
             yield _join(pending), reader.name
+        done_before += int(reader.bytes_read)
         if stats is not None:
             stats["names"].append(reader.name)
             stats["formats"].append(reader.fmt)
@@ -481,6 +515,8 @@ def load_dataset(
     log: Callable[[str], None] = lambda msg: None,
     cache_check: str = "stat",
     rebuild: bool = False,
+    cache_max_size: int | None = None,
+    on_read: ReadCallback | None = None,
 ) -> Dataset:
     """Read (or find in the cache) the rows of `specs`: paths, globs or '-'.
 
@@ -489,7 +525,12 @@ def load_dataset(
     cache_dir None turns the cache off; a cache directory that cannot be
     used (read-only, not a directory) turns it off with a note.
     cache_check: how a cached input is recognised ("stat" or "content",
-    see fmcli.data.cache.fingerprint).  rebuild: ignore an existing cache."""
+    see fmcli.data.cache.fingerprint).  rebuild: ignore an existing cache.
+    cache_max_size: bytes all caches of cache_dir may take (None: see
+    fmcli.data.cache.resolve_max_size); a new cache makes room by removing
+    the least recently used others, and one larger than that alone is used
+    for this run only.  on_read: told how reading the inputs progresses
+    (see _parse); not called when the rows come from the cache."""
     from .source import reads_once
 
     inputs = _inputs(specs)
@@ -506,7 +547,10 @@ def load_dataset(
     key = cache_key(prints, options) if reusable else None
     path = cache_path(cache_dir, key, cache_group(prints, options)) if reusable else None
     args = dict(fmt=fmt, limits=limits, task=task, classes=classes, cache_dir=cache_dir,
-                memory_budget=memory_budget, parquet=parquet, log=log, cache_check=cache_check)
+                memory_budget=memory_budget, parquet=parquet, log=log, cache_check=cache_check,
+                cache_max_size=cache_max_size)
+    # the cap of the cache directory (a bad $FMCLI_CACHE_MAX_SIZE fails here, hit or not)
+    cap, cap_from = resolve_max_size(cache_dir, cache_max_size) if reusable else (None, None)
     if reusable and not rebuild and os.path.exists(path):
         t0 = time.perf_counter()
         try:
@@ -514,6 +558,7 @@ def load_dataset(
         except CacheInvalid as exc:
             log(f"cache {path} is not usable ({exc}); rebuilding it")
         else:
+            record_use(cf.fd, path)       # for least-recently-used eviction
             ds = _from_meta(cf.meta, cache=cf)
             # the inputs as this run names them (the cache may be from another directory)
             from .source import display_name
@@ -531,6 +576,8 @@ def load_dataset(
 
     stats = {"names": [], "formats": [], "bytes": 0, "skipped": [], "seconds": 0.0, "classes": []}
     writer = None
+    if reusable:
+        _evict(cache_dir, cap, [], log)   # a lowered cap applies before the new cache is written
     if cache_dir is not None:
         try:
             writer = CacheWriter(path, cache_dir)
@@ -551,7 +598,7 @@ def load_dataset(
     has_weights = False
     t0 = time.perf_counter()
     try:
-        for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats, parquet):
+        for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats, parquet, on_read):
             n_rows += batch.n_rows
             nnz += batch.nnz
             max_feature = max(max_feature, batch.max_feature)
@@ -580,13 +627,16 @@ def load_dataset(
                      has_weights, chunk_rows, chunk_files, counts)
         cf = None
         if writer is not None:
-            final = writer.finish(key or "", meta)
+            if reusable:
+                meta["paths"] = [p["path"] for p in prints]   # what `fm cache` lists
+            cf = writer.finish_open(key or "", meta)   # opened (and locked) before it is visible
             writer = None
-            cf = CacheFile(final)
             if not reusable:
-                os.unlink(final)   # read once: the open file stays readable for this run only
-            elif remove_older(final):
-                log("removed the cache of an earlier version of these inputs")
+                os.unlink(cf.path)   # read once: the open file stays readable for this run only
+            else:
+                if remove_older(cf.path):
+                    log("removed the cache of an earlier version of these inputs")
+                _keep_under_cap(cf, cache_dir, cap, cap_from, ", ".join(names), log)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -605,6 +655,40 @@ def load_dataset(
         else:
             ds._reparse = lambda: _parse(inputs, fmt, label_mode, limits, classes, None, parquet)
     return ds
+
+
+def _evict(cache_dir: str, cap: int, keep: list[str], log: Callable[[str], None]) -> int:
+    """Remove least recently used caches until the directory's fit `cap`
+    (see fmcli.data.cache.evict), saying so; returns the bytes left."""
+    removed, total = evict(cache_dir, cap, keep)
+    if removed:
+        n = len(removed)
+        log(f"removed {n} least recently used cache{'s' if n > 1 else ''} "
+            f"({human_size(sum(e.bytes for e in removed))}) to keep {cache_dir} under its cap of {human_size(cap)}")
+    return total
+
+
+def _keep_under_cap(cf: CacheFile, cache_dir: str, cap: int, cap_from: str, name: str,
+                    log: Callable[[str], None]) -> None:
+    """Keep the new cache `cf` within the directory's cap, by removing least
+    recently used others; a cache that cannot fit (larger than the cap, or
+    the caches other runs are reading leave no room) is used by this run
+    only, like a cache of stdin: unlinked while held open."""
+    size = os.fstat(cf.fd).st_size
+    limit = f"the cache directory's cap of {human_size(cap)} " + {
+        "option": "(--cache-max-size)", "environment": "(FMCLI_CACHE_MAX_SIZE)",
+        "default": "(the default; see --cache-max-size)"}.get(cap_from, "")
+    why = None
+    if size > cap:
+        why = f"is larger than {limit}"
+    elif _evict(cache_dir, cap, [cf.path], log) > cap:
+        why = f"does not fit {limit} beside the caches other runs are reading"
+    if why is not None:
+        try:
+            os.unlink(cf.path)
+        except OSError:
+            pass
+        log(f"note: the cache of {name} ({human_size(size)}) {why}; it is kept for this run only")
 
 
 def _rebuilder(specs, args: dict, log: Callable[[str], None], path: str,

@@ -12,10 +12,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._version import DISTRIBUTION
 from ..errors import DeviceError
 from .layout import kernel_names, load_source
 
-INSTALL_HINT = "install CuPy for your CUDA version, e.g. pip install 'fmcli[gpu]'"
+INSTALL_HINT = f"install CuPy for your CUDA version, e.g. pip install '{DISTRIBUTION}[gpu]'"
 
 
 @lru_cache(maxsize=1)
