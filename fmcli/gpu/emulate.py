@@ -264,10 +264,17 @@ class EmulationError(RuntimeError):
 
 
 def compiler() -> str | None:
-    """The host C++ compiler ($CXX, c++ or g++), or None."""
+    """The host C++ compiler ($CXX, c++ or g++) that runs, or None (a CXX
+    such as /bin/false, set to keep compilers away, counts as none)."""
+    import subprocess
+
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if name and shutil.which(name):
-            return name
+            try:
+                ok = subprocess.run([name, "--version"], capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            return name if ok else None
     return None
 
 
