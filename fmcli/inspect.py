@@ -133,6 +133,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "has_optimizer_state": bool(state),
         "model": {key: m.get(key) for key in ("kind", "task", "k", "n_features", "n_fields", "n_classes",
                                              "classes", "use_bias", "use_linear", "normalize")},
+        # the id space and the ids training used (format 1.3; None before):
+        # with id_map true, n_features counts slots and "feature_ids" maps them to ids
+        "features": header.get("features") if isinstance(header.get("features"), dict) else None,
         "memory": {
             "parameter_bytes": param_bytes,
             # the optimizer's state (float32): as stored, or what it takes in training
@@ -347,6 +350,16 @@ class _Weights:
     n_features: int
     n_fields: int
     trained: np.ndarray | None   # (n,) bool: the optimizer updated the feature; None: unknown
+    id_map: Any = None           # fmcli.data.idmap.IdMap of a model of compact ids: arrays are by slot
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of original feature ids (n_features for ids without one)."""
+        ids = np.asarray(ids, np.int64)
+        return ids if self.id_map is None else self.id_map.lookup(ids).astype(np.int64)
+
+    def original(self, slot: int) -> int:
+        """The original id of a slot (what the user's data calls the feature)."""
+        return int(slot) if self.id_map is None else int(self.id_map.ids[int(slot)])
 
 
 def _weights(model: Model, class_index: int | None = None) -> _Weights:
@@ -364,7 +377,8 @@ def _weights(model: Model, class_index: int | None = None) -> _Weights:
         names = [names[class_index]]
     C = s.n_classes if multi and class_index is None else 1
     return _Weights(s.kind, C, names, lead(model.params.get("linear")), lead(model.params.get("factors")),
-                    lead(model.params.get("field_weights")), s.n_features, s.n_fields, _trained(model))
+                    lead(model.params.get("field_weights")), s.n_features, s.n_fields, _trained(model),
+                    model.id_map())
 
 
 def _trained(model: Model) -> np.ndarray | None:
@@ -435,8 +449,11 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
     from .data.text import ReadLimits
     from .inputmap import scoring_options
 
+    from .predict import with_slots
+
     limits = limits or ReadLimits()
     s = model.spec
+    id_map = model.id_map()
     parquet = scoring_options(model)    # wide Parquet: columns matched by name
     fielded = s.kind in ("ffm", "fwfm")
     w = _weights(model, class_index) if pairs else None
@@ -456,6 +473,8 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
         for batch in reader:
             if max_rows is not None and rows + batch.n_rows > max_rows:
                 batch = batch.rows(0, max_rows - rows)
+            if id_map is not None:         # the sample in the model's slots
+                batch = with_slots(batch, id_map)
             rows += batch.n_rows
             ok = batch.features < s.n_features
             if fielded:
@@ -759,7 +778,7 @@ def _candidates(model: Model, w: _Weights, sample: Sample | None, names: Names) 
         return _Units(feat[keep], fld[keep], cnt[keep], "features seen in the sample data"
                       + (" that training updated" if trained is not None else ""))
     if names.has_field_map:
-        ids, flds = names.map_feature, names.map_field
+        ids, flds = w.slots(names.map_feature), names.map_field
         keep = (ids < n) & ((flds < w.n_fields) if fielded else True)
         if trained is not None and n:
             keep &= trained[np.minimum(ids, n - 1)]
@@ -776,7 +795,7 @@ def _candidates(model: Model, w: _Weights, sample: Sample | None, names: Names) 
 
 def _map_units(w: _Weights, names: Names) -> tuple[np.ndarray, np.ndarray]:
     """The spec's (feature, field) units the model has weights for (and trained)."""
-    ids, flds = names.map_feature, names.map_field
+    ids, flds = w.slots(names.map_feature), names.map_field
     keep = ids < w.n_features
     if w.kind in ("ffm", "fwfm"):
         keep &= flds < w.n_fields
@@ -909,8 +928,8 @@ def _exact_pairs(w: _Weights, units: _Units, best: _Best, names: Names) -> list[
             "strength": abs(values[c]),
             "value": values[c],
             "class": w.class_names[c] if w.class_names else None,
-            "a": _unit(names, i, fa, units.count[a] if units.count is not None else None),
-            "b": _unit(names, j, fb, units.count[b] if units.count is not None else None),
+            "a": _unit(names, w.original(i), fa, units.count[a] if units.count is not None else None),
+            "b": _unit(names, w.original(j), fb, units.count[b] if units.count is not None else None),
         }
         if w.kind == "fwfm":
             row["field_weight"] = float(w.pairs[c, fa, fb])
@@ -1069,18 +1088,19 @@ def top_features(model: Model, n: int, *, sample: Sample | None = None, names: N
     field_of = _main_field(sample) if sample is not None else {}
     map_field = {}
     if sample is None and names.has_field_map:     # the field of a listed feature that is in one field only
-        chosen = ids[top]
+        chosen = [w.original(i) for i in ids[top].tolist()]
         hit = np.isin(names.map_feature, chosen)
         f, a = names.map_feature[hit].tolist(), names.map_field[hit].tolist()
         for i, fa in zip(f, a):
             map_field[i] = fa if i not in map_field else None
     rows = []
     for rank, t in enumerate(top, 1):
-        i = int(ids[t])
-        fld = field_of.get(i, map_field.get(i))
+        slot = int(ids[t])
+        i = w.original(slot)          # the id as the data has it
+        fld = field_of.get(slot, map_field.get(i))
         linear = lin[t]
         if w.linear is not None and w.C == 1:
-            linear = float(w.linear[0, i])
+            linear = float(w.linear[0, slot])
         rows.append({"rank": rank, "feature": i, "field": fld, "name": names.feature(i, fld),
                      "field_name": names.field(fld), "linear": float(linear) if w.linear is not None else None,
                      "factor_norm": float(emb[t]) if w.factors is not None else None,

@@ -272,14 +272,33 @@ def write_model(model, path: str | os.PathLike, binary: bool = False, include_st
     """Write an FFM model (no bias, no linear term, binary task) in libffm's
     text layout, or with `binary` in its binary layout (SSE build: ALIGN 4;
     the AdaGrad accumulators are the model's when it has AdaGrad state and
-    `include_state`, else 1)."""
+    `include_state`, else 1).
+
+    A model of compact ids (fmcli.data.idmap) is written in the dense
+    layout libffm reads: a row per original id up to the largest, the slots'
+    weights at their ids and zero weights (AdaGrad accumulators of 1) for
+    the ids it has no slot for -- which add nothing to a score, as in fmcli."""
     from .atomic import atomic_output
     from .convert import format_float32
 
     _exportable(model)
     s = model.spec
-    n, m, k = s.n_features, s.n_fields, s.k
-    factors = model.params["factors"].reshape(n * m, k)
+    slots, m, k = s.n_features, s.n_fields, s.k
+    factors = model.params["factors"].reshape(slots * m, k)
+    id_map = model.id_map()
+    n = slots if id_map is None else id_map.space     # features in the file
+
+    def rows(a: np.ndarray, r0: int, r1: int, fill: float) -> np.ndarray:
+        """Rows r0..r1 of (n * m, k) array `a` in the dense layout."""
+        if id_map is None:
+            return a[r0:r1]
+        r = np.arange(r0, r1, dtype=np.int64)
+        slot = id_map.lookup(r // m).astype(np.int64)
+        out = np.full((r1 - r0, k), fill, np.float32)
+        has = slot < slots
+        out[has] = a[slot[has] * m + r[has] % m]
+        return out
+
     path = os.fspath(path)
     try:
         with atomic_output(path, "wb") as f:
@@ -290,15 +309,15 @@ def write_model(model, path: str | os.PathLike, binary: bool = False, include_st
                 if include_state and (model.meta.get("optimizer") or {}).get("name") == "adagrad":
                     st = model.state.get("factors")
                     if st is not None and st.size == factors.size:
-                        state = np.asarray(st).reshape(n * m, k)
+                        state = np.asarray(st).reshape(slots * m, k)
                 for r0 in range(0, n * m, _CHUNK_ROWS):
                     r1 = min(r0 + _CHUNK_ROWS, n * m)
                     out = np.zeros((r1 - r0, k_al // 4, 2, 4), "<f4")
                     wpart = np.zeros((r1 - r0, k_al), np.float32)
-                    wpart[:, :k] = factors[r0:r1]
+                    wpart[:, :k] = rows(factors, r0, r1, 0.0)
                     gpart = np.ones((r1 - r0, k_al), np.float32)
                     if state is not None:
-                        gpart[:, :k] = state[r0:r1]
+                        gpart[:, :k] = rows(state, r0, r1, 1.0)
                     out[:, :, 0, :] = wpart.reshape(r1 - r0, k_al // 4, 4)
                     out[:, :, 1, :] = gpart.reshape(r1 - r0, k_al // 4, 4)
                     f.write(out.tobytes())
@@ -306,7 +325,8 @@ def write_model(model, path: str | os.PathLike, binary: bool = False, include_st
             f.write(f"n {n}\nm {m}\nk {k}\nnormalization {int(bool(s.normalize))}\n".encode())
             for r0 in range(0, n * m, _CHUNK_ROWS):
                 r1 = min(r0 + _CHUNK_ROWS, n * m)
-                vals = format_float32(np.asarray(factors[r0:r1], np.float32).reshape(-1)).reshape(r1 - r0, k)
+                block = np.asarray(rows(factors, r0, r1, 0.0), np.float32)
+                vals = format_float32(block.reshape(-1)).reshape(r1 - r0, k)
                 lines = []
                 for r, row in zip(range(r0, r1), vals.tolist()):
                     lines.append(b"w%d,%d " % (r // m, r % m) + b" ".join(row) + b" \n")

@@ -132,6 +132,19 @@ class Model:
     extras: dict[str, np.ndarray] = field(default_factory=dict)   # spec_* arrays, stored as they are
     stored_dtype: str = "float32"    # how the file held the parameters (float32, float16, int8)
     path: str | None = field(default=None, compare=False)   # the file it was loaded from, for messages
+    # the original feature id of each slot when the model was trained on
+    # compact ids (fmcli.data.idmap); None: slot = id
+    feature_ids: np.ndarray | None = field(default=None, compare=False)
+
+    def id_map(self):
+        """The model's fmcli.data.idmap.IdMap, or None (ids are slots)."""
+        if self.feature_ids is None:
+            return None
+        if getattr(self, "_id_map", None) is None:
+            from .data.idmap import IdMap
+
+            self._id_map = IdMap(self.feature_ids)
+        return self._id_map
 
     # -- scoring layout -------------------------------------------------------
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -182,6 +195,8 @@ class Model:
             for name, a in self.state.items():
                 arrays[f"{name}_state"] = a.astype(np.float32, copy=False)
         arrays.update(self.extras)
+        if self.feature_ids is not None:
+            arrays["feature_ids"] = np.asarray(self.feature_ids, np.int32)
         # an undefined metric (NaN) is written as null, never fails the save
         write_model_file(path, json_safe(header), arrays)
 
@@ -253,8 +268,17 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}
     extras = {name: a for name, a in arrays.items() if name.startswith("spec_")}
+    ids = arrays.get("feature_ids")
+    if ids is not None:
+        ids = np.asarray(ids)
+        if (ids.ndim != 1 or ids.dtype.kind != "i" or ids.shape[0] != spec.n_features
+                or (ids.shape[0] and int(ids.min()) < 0)
+                or np.unique(ids).shape[0] != ids.shape[0]):
+            raise ModelFormatError(f"array 'feature_ids' must hold {spec.n_features} distinct "
+                                   "non-negative ids (one per feature slot)", path)
+        ids = np.array(ids, np.int64)
     return Model(spec=spec, params=params, state=state, meta=meta, extras=extras, stored_dtype=stored,
-                 path=path)
+                 path=path, feature_ids=ids)
 
 
 STORAGE_DTYPES = ("float32", "float16", "int8")

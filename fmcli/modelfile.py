@@ -1,4 +1,4 @@
-"""The on-disk model container (format 1.2), documented in fm-model(5).
+"""The on-disk model container (formats 1.3 and 2.0), documented in fm-model(5).
 
 A model file is a small JSON header followed by raw little-endian arrays, each
 starting on a 64-byte boundary so that it can be memory-mapped and used in
@@ -62,7 +62,15 @@ TRAILER_MAGIC = b"FMMEND\x00\x00"
 FORMAT_MAJOR = 1
 # 1.1: regression and multiclass models, multi-slot optimizer state;
 # 1.2: the "input" header key (how the training rows were read: wide Parquet's column map)
-FORMAT_MINOR = 2
+# 1.3: the "features" header key
+FORMAT_MINOR = 3
+# 2.0: a model with the "feature_ids" array (a slot per feature id that occurs,
+# fmcli.data.idmap).  It is a new major version so that a reader of 1.x, which
+# would take its slots for feature ids and score wrongly, refuses it; every
+# other model is still written as 1.3 and read by 1.x readers.
+IDMAP_MAJOR, IDMAP_MINOR = 2, 0
+# the newest minor version this reader knows, per major version
+_KNOWN = {FORMAT_MAJOR: FORMAT_MINOR, IDMAP_MAJOR: IDMAP_MINOR}
 ALIGNMENT = 64
 MAX_HEADER_LEN = 16 * 1024 * 1024
 MAX_NDIM = 32
@@ -246,7 +254,8 @@ def write_model_file(
         path: destination; replaced atomically (see :func:`atomic_output`).
         header: JSON-serialisable metadata.  Must not contain ``"arrays"``,
             which the writer fills in.  A ``"format"`` key is added (as
-            ``"1.2"``, the version written) unless present, in which case it
+            ``"1.3"``, or ``"2.0"`` for a model with ``feature_ids``: the version
+            written) unless present, in which case it
             must say that.
             Numpy scalars are accepted and stored as plain JSON numbers.
         arrays: name to array.  Arrays are stored in C order and little-endian
@@ -263,7 +272,8 @@ def write_model_file(
         raise TypeError("header must be a mapping")
     if "arrays" in header:
         raise ValueError('header must not contain "arrays"; the writer computes it')
-    version = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+    major, minor = (IDMAP_MAJOR, IDMAP_MINOR) if "feature_ids" in arrays else (FORMAT_MAJOR, FORMAT_MINOR)
+    version = f"{major}.{minor}"
     if "format" in header and header["format"] != version:
         raise ValueError(f'header "format" is {header["format"]!r}; this writer produces {version!r}')
     full_header = {"format": version, **{k: v for k, v in header.items() if k != "format"}}
@@ -282,7 +292,7 @@ def write_model_file(
     try:
         with atomic_output(target, "wb") as fobj:
             out = _CRCWriter(fobj)
-            out.write(_PREFIX.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, len(blob)))
+            out.write(_PREFIX.pack(MAGIC, major, minor, 0, len(blob)))
             out.write(blob)
             out.pad_to(data_start)
             for item, offset in zip(planned, offsets):
@@ -461,17 +471,18 @@ def _read_structure(f: BinaryIO, path: str) -> _Structure:
             path,
         )
     _, major, minor, flags, header_len = _PREFIX.unpack(head)
-    if major > FORMAT_MAJOR:
+    if major > max(_KNOWN):
         raise ModelFormatError(
-            f"model format {major}.{minor} is newer than this fmcli supports (<= {FORMAT_MAJOR}.x); "
+            f"model format {major}.{minor} is newer than this fmcli supports (<= {max(_KNOWN)}.x); "
             "upgrade fmcli",
             path,
         )
-    if major < FORMAT_MAJOR:
+    if major not in _KNOWN:
         raise ModelFormatError(
-            f"model format {major}.{minor} is not supported by this fmcli (expected {FORMAT_MAJOR}.x)", path
+            f"model format {major}.{minor} is not supported by this fmcli (expected "
+            f"{' or '.join(f'{m}.x' for m in sorted(_KNOWN))})", path
         )
-    if flags and minor <= FORMAT_MINOR:
+    if flags and minor <= _KNOWN[major]:
         raise ModelFormatError(f"reserved flags field at offset 12 is {flags:#x}, expected 0", path)
     header_end = PREFIX_SIZE + header_len
     limit = min(MAX_HEADER_LEN, size - PREFIX_SIZE - TRAILER_SIZE)

@@ -78,17 +78,20 @@ class UnseenIds:
     """Counts entries whose feature (or, for FFM, field) the model does not know.
 
     They add nothing to a score; with strict=True the first one is an error
-    naming its file and line."""
+    naming its file and line.  For a model with an id map (fmcli.data.idmap)
+    the batch holds slots, and `original` the ids as read: an id without a
+    slot is unseen."""
 
     def __init__(self, model: Model, strict: bool = False):
         self.n_features = model.spec.n_features
+        self.mapped = model.feature_ids is not None
         self.n_fields = model.spec.n_fields if model.spec.kind in ("ffm", "fwfm") else None
         self.strict = strict
         self.occurrences = 0
         self.rows = 0
         self.first: str | None = None
 
-    def check(self, batch: Batch, name: str) -> None:
+    def check(self, batch: Batch, name: str, original: np.ndarray | None = None) -> None:
         outside = batch.features >= self.n_features
         if self.n_fields is not None:
             outside |= batch.fields >= self.n_fields
@@ -99,9 +102,12 @@ class UnseenIds:
         first = int(row_of[0])
         line = int(batch.lines[first]) if batch.lines is not None else None
         entry = int(np.flatnonzero(outside)[0])
-        what = (f"feature {int(batch.features[entry])}"
+        ids = batch.features if original is None else original
+        what = (f"feature {int(ids[entry])}"
                 + (f" in field {int(batch.fields[entry])}" if self.n_fields is not None else "")
-                + f" is outside the model ({self.n_features} features"
+                + (" is not one of the model's" if self.mapped and batch.features[entry] >= self.n_features
+                   else " is outside the model")
+                + f" ({self.n_features} features"
                 + (f", {self.n_fields} fields" if self.n_fields is not None else "") + ")")
         if self.strict:
             raise DataError(what + " (--strict-ids)", name, line)
@@ -152,6 +158,7 @@ def iter_scores(
     # Parquet column options as in training, wide columns matched by name
     parquet = scoring_options(model, lenient=allow_column_mismatch, on_warning=warn)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    id_map = model.id_map()     # ids as read -> the model's slots (None: the same)
     pre = None
     if raw or (raw is None and fmt == "auto" and model.meta.get("spec")):
         from .data.criteo import model_spec
@@ -180,8 +187,11 @@ def iter_scores(
             first = next(blocks, None)
             blocks = itertools.chain(() if first is None else (first,), blocks)
         for batch in prefetched(blocks):
+            original = batch.features
+            if id_map is not None:
+                batch = with_slots(batch, id_map)
             if unseen is not None:
-                unseen.check(batch, reader.name)
+                unseen.check(batch, reader.name, original)
             scores = scorer.scores(batch)
             check_scores(model, scores, batch, reader.name, rows_before)
             rows_before += batch.n_rows
@@ -191,6 +201,13 @@ def iter_scores(
             elif classes is not None and reader.fmt == "raw":
                 labels = _class_indices(labels, classes, batch, reader.name)
             yield scores, labels
+
+
+def with_slots(batch: Batch, id_map) -> Batch:
+    """`batch` with its feature ids replaced by slots of `id_map` (ids
+    without one become len(id_map), which the kernels ignore)."""
+    return Batch(batch.labels, batch.indptr, batch.fields, id_map.lookup(batch.features), batch.values,
+                 batch.lines, batch.weights)
 
 
 def check_scores(model: Model, scores: np.ndarray, batch: Batch, name: str | None, rows_before: int = 0) -> None:
@@ -246,7 +263,9 @@ def predict(
     an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
     task = model.spec.task
     if isinstance(source, Batch):
-        scores = make_scorer(model, threads, device).scores(source)
+        id_map = model.id_map()
+        scores = make_scorer(model, threads, device).scores(
+            source if id_map is None else with_slots(source, id_map))
         check_scores(model, scores, source, None)
         return to_predictions(task, scores)
     parts = [to_predictions(task, s) for s, _ in iter_scores(model, source, fmt=fmt, threads=threads,

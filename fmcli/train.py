@@ -21,6 +21,7 @@ from .config import MAX_HOT_FEATURES, Config, available_cpus
 from .data.batch import Batch
 from .data.cache import default_cache_dir
 from .data.dataset import Dataset, dataset_from_batch, load_dataset
+from .data.idmap import IdMap
 from .data.weights import read_weights
 from . import checkpoint
 from .errors import ConfigError, DataError, DivergenceError, Interrupted, ModelFormatError
@@ -83,7 +84,12 @@ class TrainState:
     hot: np.ndarray | None = None   # features trained on per-thread replicas (see choose_hot)
 
     def __init__(self, cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator,
-                 task: str = "binary", classes: list[str] | None = None):
+                 task: str = "binary", classes: list[str] | None = None, slot_ids: np.ndarray | None = None):
+        """slot_ids: for a model of compact ids (fmcli.data.idmap), the
+        original id of each slot, all below n_features of the dense model:
+        each slot starts from the values the dense model gives its id, and
+        `rng` ends where the dense model leaves it, so with one thread the
+        two train alike."""
         self.cfg = cfg
         C = len(classes) if task == "multiclass" else 1
         self.n_classes = C
@@ -91,7 +97,7 @@ class TrainState:
             kind=cfg.model,
             task=task,
             k=cfg.k,
-            n_features=n_features,
+            n_features=n_features if slot_ids is None else len(slot_ids),
             n_fields=n_fields,
             use_bias=cfg.use_bias,
             use_linear=cfg.use_linear,
@@ -103,6 +109,9 @@ class TrainState:
         self.ns = _kernels.n_state(cfg.optimizer)
         self.kp = padded_k(cfg.k)
         width = 1 + self.ns
+        dense_features = n_features
+        if slot_ids is not None:
+            n_features = len(slot_ids)
         n_blocks = self.n_blocks(cfg, n_features, n_fields)
         pairs = n_fields * n_fields if cfg.model == "fwfm" else 0
         self.B = np.zeros((C, width), dtype)
@@ -114,7 +123,11 @@ class TrainState:
         # FwFM's field-pair weights start at 1 (FwFM then starts as FM).
         self.R = np.zeros((C * pairs, width), dtype)
         self.R[:, 0] = 1.0
-        if n_blocks:
+        if n_blocks and slot_ids is not None:
+            scale = np.float32(cfg.init_scale / np.sqrt(cfg.k))
+            _draw_as_dense(self.factor_slot(0), rng, slot_ids, C, self.n_blocks(cfg, dense_features, n_fields),
+                           n_blocks // max(n_features, 1), cfg.k, scale)
+        elif n_blocks:
             # libffm's initialisation: U(0, 1) / sqrt(k), padding stays zero.
             scale = np.float32(cfg.init_scale / np.sqrt(cfg.k))
             step = 1 << 20  # fill in slices so no full-size temporary is made
@@ -550,14 +563,23 @@ def train(
         _check_stopping_metric(va, task, metric)
 
     rng = np.random.default_rng(config.seed)
-    n_features = max(tr.max_feature + 1, parent.spec.n_features if parent else 0, 0)
+    # ids sparse in their space train compact slots (fmcli.data.idmap); the
+    # data sets hand the kernels slots from here on
+    id_map = plan_id_map(tr, parent)
+    tr.use_id_map(id_map)
+    if va is not None:
+        va.use_id_map(id_map)
+    n_features = (len(id_map) if id_map is not None
+                  else max(tr.max_feature + 1, parent.spec.n_features if parent else 0, 0))
     n_fields = max(tr.max_field + 1, parent.spec.n_fields if parent else 0, 0)
     n_classes = len(tr.classes) if task == "multiclass" else 1
     need = TrainState.bytes_needed(config, n_features, n_fields, n_classes)
     limit = config.max_memory if config.max_memory is not None else _available_memory()
     if limit is not None and need > limit:
         raise DataError(
-            f"feature ids up to {n_features - 1} and {n_fields} fields need a {config.model} model "
+            (f"feature ids up to {n_features - 1}" if id_map is None
+             else f"{n_features} distinct feature ids (of ids up to {id_map.space - 1})")
+            + f" and {n_fields} fields need a {config.model} model "
             f"of {need / 2**30:.2f} GiB (k={config.k}"
             + (f", {n_classes} classes" if n_classes > 1 else "") + "), more than "
             + (f"--max-memory {limit / 2**30:.2f} GiB" if config.max_memory is not None
@@ -565,7 +587,10 @@ def train(
             + "; hash the ids into a smaller space or raise --max-memory",
             tr.name,
         )
-    state, device = _new_state(config, n_features, n_fields, rng, task, tr.classes, say)
+    state, device = _new_state(config, n_features, n_fields, rng, task, tr.classes, say,
+                               # a new model of compact ids starts as the dense one would
+                               None if id_map is None or parent is not None else id_map.ids,
+                               tr.max_feature + 1)
     steps_before = 0            # updates made by the parent model's runs (Adam, schedules)
     lineage = None
     if parent is not None:
@@ -778,10 +803,12 @@ def train(
         },
         "fmcli_version": __version__,
         "input": input_map,
+        "features": feature_summary(tr, parent, id_map),
     }
     if lineage is not None:
         meta["parent"] = lineage
     model = state.to_model(meta)
+    model.feature_ids = None if id_map is None else id_map.ids
     model.meta["training"]["zero_weights"] = model.count_zeros()
     # let go of the caches now (and of their shared locks: a cache is "in
     # use" while open); on an error the data sets close when collected
@@ -789,6 +816,79 @@ def train(
         if ds is not None:
             ds.close()
     return model
+
+
+def _draw_as_dense(out: np.ndarray, rng: np.random.Generator, slot_ids: np.ndarray, n_classes: int,
+                   dense_blocks: int, per_feature: int, k: int, scale: np.float32) -> None:
+    """Fill `out` (slot blocks, class after class) with the initial factors
+    the dense model (dense_blocks blocks per class) would give the slots'
+    original ids, then leave `rng` where the dense draws leave it.
+
+    The dense model draws its blocks in order, one float32 per uint32 of
+    the PCG64 stream (two per 64-bit output, the low half first), so the
+    values of any block are found by advancing a copy of the generator to
+    it (PCG64.advance: O(log n)), without drawing the others."""
+    start = rng.bit_generator.state
+    if start["bit_generator"] != "PCG64" or start["has_uint32"]:
+        raise ValueError("the dense draws are reproduced only for a fresh PCG64 generator")
+    bg = np.random.PCG64()
+    ids = np.asarray(slot_ids, np.int64)
+    n = ids.shape[0]
+    # runs of consecutive ids in consecutive slots: one jump and one draw each
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    runs = list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [n]]).tolist()))
+    for c in range(n_classes):
+        for a, z in runs:
+            u0 = (c * dense_blocks + int(ids[a]) * per_feature) * k    # first uint32 of the run
+            u1 = u0 + (z - a) * per_feature * k
+            bg.state = start
+            bg.advance(u0 // 2)
+            raw = bg.random_raw((u1 - (u0 // 2) * 2 + 1) // 2)
+            halves = np.empty(raw.shape[0] * 2, np.uint32)
+            halves[0::2] = raw & np.uint64(0xFFFFFFFF)
+            halves[1::2] = raw >> np.uint64(32)
+            u = halves[u0 % 2 : u0 % 2 + (u1 - u0)]
+            values = (u >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+            rows = slice(c * n * per_feature + a * per_feature, c * n * per_feature + z * per_feature)
+            out[rows, :k] = values.reshape(-1, k) * scale
+    # where the dense model's C * dense_blocks * k draws leave the generator
+    total = n_classes * dense_blocks * k
+    bg.state = start
+    bg.advance(total // 2)
+    end = bg.state
+    if total % 2:
+        last = int(bg.random_raw())
+        end = {**bg.state, "has_uint32": 1, "uinteger": last >> 32}
+    rng.bit_generator.state = end
+
+
+def plan_id_map(tr: Dataset, parent: Model | None) -> IdMap | None:
+    """The id map of a run: None (the kernels see the ids as read) or the
+    slots of the ids that occur.
+
+    - no parent: a map when the training ids are sparse in their space
+      (fmcli.data.idmap.is_sparse), else none;
+    - a parent with a map: its map, with the ids it lacks appended (every id
+      of 0 .. largest for dense data);
+    - a parent without a map: none (the model keeps the parent's dense
+      layout, grown to the new data's largest id)."""
+    if parent is not None and parent.feature_ids is None:
+        return None
+    if parent is not None:
+        used = tr.used_ids if tr.used_ids is not None else np.arange(max(tr.max_feature + 1, 0))
+        return IdMap(parent.feature_ids).extended(used)
+    return IdMap(tr.used_ids) if tr.used_ids is not None else None
+
+
+def feature_summary(tr: Dataset, parent: Model | None, id_map: IdMap | None) -> dict:
+    """The model header's "features": the id space its ids come from, the
+    ids its training data used, and whether it stores an id map."""
+    parent_space = 0
+    if parent is not None:
+        parent_space = int((parent.meta.get("features") or {}).get("id_space") or parent.spec.n_features)
+    space = max(tr.max_feature + 1, parent_space, id_map.space if id_map is not None else 0)
+    return {"id_space": space, "used": tr.n_used if tr.n_used >= 0 else None,
+            "id_map": id_map is not None}
 
 
 def _lineage(parent: Model, path: str) -> dict:
@@ -819,8 +919,11 @@ def resume_arguments(directory: str) -> dict:
 
 
 def _new_state(config: Config, n_features: int, n_fields: int, rng: np.random.Generator, task: str,
-               classes, say: Callable[[str], None]):
+               classes, say: Callable[[str], None], slot_ids: np.ndarray | None = None, id_space: int = 0):
     """(the training state, the device it lives on: 'cpu' or 'cuda').
+
+    slot_ids: the original ids of a new model of compact ids (n_features
+    slots), from `id_space` ids: on the CPU it starts as the dense model would.
 
     --device cuda / auto import fmcli.gpu (CuPy) here and nowhere else; auto
     falls back to the CPU, saying why, when no device (or kernel build) works."""
@@ -837,6 +940,8 @@ def _new_state(config: Config, n_features: int, n_fields: int, rng: np.random.Ge
                 if config.device != "auto":
                     raise
                 say(f"device auto: {exc}; running on the CPU")
+    if slot_ids is not None:
+        return TrainState(config, id_space, n_fields, rng, task, classes, slot_ids=slot_ids), "cpu"
     return TrainState(config, n_features, n_fields, rng, task, classes), "cpu"
 
 

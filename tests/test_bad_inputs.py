@@ -73,7 +73,7 @@ TRAIN_CASES = [
     ("non-utf8", "d.ffm", GOOD + b"1 0:1:\xff\xfe\n", [], 4, r"found '0:1:\\xff\\xfe'"),
     ("long-line", "d.ffm", GOOD + b"1" + b" 0:1:1" * 200 + b"\n", ["--max-line-bytes", "512"], 4,
      r"line longer than 512 bytes \(--max-line-bytes\)"),
-    ("model-over-max-memory", "d.ffm", GOOD + b"1 0:2000000:1\n", ["--max-memory", "16M"], None,
+    ("model-over-max-memory", "d.ffm", GOOD + b"1 200:65000:1\n", ["--max-memory", "16M"], None,
      r"need a ffm model of [0-9.]+ GiB \(k=4\), more than --max-memory 0.02 GiB"),
     ("too-many-bad-rows", "d.ffm", GOOD + b"1 x\n1 y\n", ["--max-bad-rows", "1"], 5,
      r"expected field:feature:value, found 'y' \(more than --max-bad-rows 1 bad rows\)"),

@@ -115,7 +115,7 @@ def test_round_trip(tmp_path: Path) -> None:
         assert got[name].shape == array.shape
         np.testing.assert_array_equal(got[name], array)
         assert got[name].flags.writeable and got[name].flags.c_contiguous
-    assert header["format"] == "1.2"
+    assert header["format"] == "1.3"
     for key, value in HEADER.items():
         assert header[key] == value
     assert [a["name"] for a in header["arrays"]] == list(arrays)
@@ -204,7 +204,7 @@ def test_header_is_compact_utf8_json_in_caller_order(tmp_path: Path) -> None:
     data = path.read_bytes()
     (header_len,) = struct.unpack_from("<Q", data, 16)
     text = data[24 : 24 + header_len].decode("utf-8")
-    assert text.startswith('{"format":"1.2","z":1,"a":"é","arrays":[]')
+    assert text.startswith('{"format":"1.3","z":1,"a":"é","arrays":[]')
 
 
 def test_numpy_scalars_in_header(tmp_path: Path) -> None:
@@ -314,9 +314,9 @@ def test_header_len_out_of_bounds(scratch: Path, header_len: int) -> None:
 
 
 def test_newer_major_version_is_refused(scratch: Path) -> None:
-    scratch.write_bytes(_build({"arrays": []}, major=2, minor=3))
+    scratch.write_bytes(_build({"arrays": []}, major=3, minor=0))   # 2.x: models with feature_ids
     msg = str(_expect_format_error(scratch))
-    assert "model format 2.3 is newer than this fmcli supports (<= 1.x); upgrade fmcli" in msg
+    assert "model format 3.0 is newer than this fmcli supports (<= 2.x); upgrade fmcli" in msg
 
 
 def test_major_zero_is_refused(scratch: Path) -> None:

@@ -84,7 +84,7 @@ def predict_ok(d, *args):
 
 def test_model_header_keeps_the_column_map(data):
     header = read_header(data / "wide.fm")
-    assert header["format"] == f"{FORMAT_MAJOR}.{FORMAT_MINOR}" == "1.2"
+    assert header["format"] == f"{FORMAT_MAJOR}.{FORMAT_MINOR}" == "1.3"
     assert header["input"] == {
         "layout": "wide", "columns": ["colour", "size", "score"],
         "kinds": ["categorical", "categorical", "numeric"], "all_columns": True, "hash_bits": 12,

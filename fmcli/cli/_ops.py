@@ -365,13 +365,21 @@ def print_plan(config, train_files, valid, output, quiet: bool) -> None:
     if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
         raise ConfigError(f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
                           "use --model fm or lr, or libffm input")
-    n_features, n_fields = max(tr.max_feature + 1, 0), max(tr.max_field + 1, 0)
+    from ..train import plan_id_map
+
+    space = n_features = max(tr.max_feature + 1, 0)
+    n_fields = max(tr.max_field + 1, 0)
     init_model = getattr(config, "init_model", None)
+    parent = None
     if init_model:
         from ..model import load_model
 
-        spec = load_model(init_model).spec
+        parent = load_model(init_model)
+        spec = parent.spec
         n_features, n_fields = max(n_features, spec.n_features), max(n_fields, spec.n_fields)
+    id_map = plan_id_map(tr, parent)       # ids sparse in their space: a slot per id used
+    if id_map is not None:
+        n_features, space = len(id_map), max(space, id_map.space)
     C = len(tr.classes) if task == "multiclass" else 1
     blocks = TrainState.n_blocks(config, n_features, n_fields)
     pairs = n_fields * n_fields if config.model == "fwfm" else 0
@@ -396,9 +404,12 @@ def print_plan(config, train_files, valid, output, quiet: bool) -> None:
     terms = [t for t, on in (("bias", config.use_bias), ("linear", config.use_linear),
                              ("pairwise", config.model != "lr")) if on]
     lines = [
-        ("data", f"{tr.name}: {tr.n_rows:,} rows, {tr.nnz:,} values, feature ids < {n_features:,}, "
+        ("data", f"{tr.name}: {tr.n_rows:,} rows, {tr.nnz:,} values, feature ids < {space:,}, "
                  f"{n_fields:,} fields ({tr.format}, {task}"
                  + (f", {C} classes" if C > 1 else "") + ")"),
+        ("features", (f"{tr.n_used:,} of {space:,} ids used" if tr.n_used >= 0 else f"ids < {space:,}")
+                     + (f": a slot per id that occurs ({n_features:,} slots, an id map in the model)"
+                        if id_map is not None else ": a weight per id of the space")),
         ("validation", f"{va.name}: {va.n_rows:,} rows" if va is not None else "none"),
         ("training", (f"in memory ({size(tr.data_bytes)} of rows)" if whole
                       else f"streamed: {tr.n_chunks} chunks ({size(tr.data_bytes)} of rows > --memory-budget)")

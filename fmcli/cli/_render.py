@@ -412,6 +412,15 @@ def inspect_model(result: dict[str, Any], as_json: bool, console=None) -> None:
     _show(_model_rows(result), _model_tables(result), console)
 
 
+def _ids_row(f: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The feature ids of the model's training data (format 1.3): its id space and the ids used."""
+    if not f:
+        return []
+    used = f"{f['used']:,} used in training, of " if isinstance(f.get("used"), int) else ""
+    return [("feature ids", f"{used}an id space of {f.get('id_space', 0):,}"
+             + ("; an id map gives each its slot" if f.get("id_map") else ""))]
+
+
 def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     h = summary["header"]
     m = h.get("model", {})
@@ -425,7 +434,9 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("model", f"{m.get('kind', '?')} ({m.get('task', '?')}), k={m.get('k', '?')}"
                   + (f", {m.get('n_classes')} classes: {', '.join(m.get('classes') or [])[:200]}"
                      if m.get("task") == "multiclass" else "")),
-        ("features", f"{m.get('n_features', 0):,}"),
+        ("features", f"{m.get('n_features', 0):,}"
+                     + (" slots" if (summary.get("features") or {}).get("id_map") else "")),
+        *_ids_row(summary.get("features")),
         ("fields", f"{m.get('n_fields', 0):,}"),
         ("terms", ", ".join(n for n, on in (("bias", m.get("use_bias")), ("linear", m.get("use_linear"))) if on)
          + (", " if m.get("use_bias") or m.get("use_linear") else "") + "pairwise" * (m.get("kind") != "lr")),

@@ -265,7 +265,7 @@ def _cross_validate(cfg: Config, train_file: str, folds: int, out: _Out) -> None
     from ..data.batch import Batch
     from ..data.dataset import load_dataset
     from ..metrics import evaluate
-    from ..predict import Scorer
+    from ..predict import Scorer, with_slots
     from ..train import _data_options, train as run_training
     from ..config import available_cpus
 
@@ -284,7 +284,8 @@ def _cross_validate(cfg: Config, train_file: str, folds: int, out: _Out) -> None
             rest = np.sort(rest)        # --no-rand: the file's order
         model = run_training(cfg, _take(rows, rest), None, log=out.note)
         part: Batch = _take(rows, np.sort(held))
-        scores = Scorer(model, available_cpus()).scores(part)
+        ids = model.id_map()       # a model of compact ids scores slots
+        scores = Scorer(model, available_cpus()).scores(part if ids is None else with_slots(part, ids))
         loss = evaluate("binary", part.labels, scores)["logloss"]
         total += loss * part.n_rows
         out.line(f"{i:4d}{loss:13.4f}")

@@ -377,9 +377,11 @@ def attach_spec(model, spec: Spec) -> None:
     model's data: feature ids below its hash space, no more fields than it
     has columns."""
     s = model.spec
-    if s.n_features > spec.hash_space:
+    ids = model.id_map()      # a model of compact ids: its slots' original ids
+    space = s.n_features if ids is None else ids.space
+    if space > spec.hash_space:
         raise ConfigError(f"the spec hashes into {spec.hash_space:,} ids but the training data have "
-                          f"feature ids up to {s.n_features - 1:,}: they were not made with this spec")
+                          f"feature ids up to {space - 1:,}: they were not made with this spec")
     if s.n_fields > spec.n_fields:
         raise ConfigError(f"the spec has {spec.n_fields} fields but the training data have "
                           f"{s.n_fields}: they were not made with this spec")

@@ -16,6 +16,12 @@ Labels in chunks are what the kernels want: 0/1 (binary), the target
 provisional form (binary: as written; multiclass: classes in order of first
 appearance); ``label_map`` turns that into the final form when a chunk is
 handed out, so a cache never has to be rewritten.
+
+Feature ids work the same way: the first pass notes which ids occur
+(fmcli.data.idmap), and when training gives the data set an id map
+(:meth:`Dataset.use_id_map`, for ids sparse in their space) chunks are
+handed out with each id replaced by its compact slot.  The cache keeps the
+ids as read, valid with or without a map.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from ..errors import CacheError, DataError
 from .batch import Batch
 from .cache import (CacheFile, CacheInvalid, CacheWriter, cache_group, cache_key, cache_path, chunk_checksum,
                     data_digest, evict, fingerprint, human_size, record_use, remove_older, resolve_max_size)
+from .idmap import IdMap, Occurrences, is_sparse
 from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
@@ -91,6 +98,25 @@ class Dataset:
     _buffers: list | None = None    # chunks() reads the cache into these (reuse=True)
     _memory: list[Batch] | None = None
     _reparse: Callable[[], Iterator[tuple[Batch, str]]] | None = None
+    n_used: int = -1                # distinct feature ids (-1: not known)
+    used_ids: np.ndarray | None = None   # those ids, sorted, when sparse (fmcli.data.idmap.is_sparse)
+    id_map: IdMap | None = None     # set by use_id_map: chunks carry slots instead of ids
+
+    def use_id_map(self, id_map: IdMap | None) -> None:
+        """Hand out chunks with each feature id replaced by its slot in
+        `id_map` (ids without one become len(id_map), which models ignore).
+        Set once, before the chunks are read."""
+        if id_map is None:
+            return
+        if self.id_map is not None:
+            raise ValueError("the data set already has an id map")
+        self.id_map = id_map
+        if self._memory is not None:     # chunks held in memory change once, here
+            self._memory = [None if b is None else self._mapped(b) for b in self._memory]
+
+    def _mapped(self, batch: Batch) -> Batch:
+        return Batch(batch.labels, batch.indptr, batch.fields, self.id_map.lookup(batch.features),
+                     batch.values, batch.lines, batch.weights)
 
     @property
     def n_chunks(self) -> int:
@@ -141,7 +167,8 @@ class Dataset:
                         if buffers[n % 2] is None or buffers[n % 2].shape[0] < size:
                             buffers[n % 2] = np.empty(size, np.uint8)
                         buffer = buffers[n % 2]
-                    yield i, self._final(self._cached_chunk(i, buffer)), self.chunk_files[i]
+                    chunk = self._final(self._cached_chunk(i, buffer))
+                    yield i, (chunk if self.id_map is None else self._mapped(chunk)), self.chunk_files[i]
 
             try:
                 yield from prefetched(read())
@@ -155,7 +182,8 @@ class Dataset:
         wanted = None if order is None else {int(i) for i in order}
         for i, (batch, name) in enumerate(prefetched(self._reparse())):
             if wanted is None or i in wanted:
-                yield i, self._final(batch), name
+                batch = self._final(batch)
+                yield i, (batch if self.id_map is None else self._mapped(batch)), name
 
     def _cached_chunk(self, i: int, buffer) -> Batch:
         """Chunk i from the cache.  A cache found changed or damaged (another
@@ -254,6 +282,7 @@ class Dataset:
         held once; labels take their final form once a chunk's checksum has
         passed.  Returns the values array (None while every value is 1)."""
         held = [values]
+        id_map = self.id_map
         r = e = 0
         for i, rows in enumerate(self.chunk_rows):
             k = int(self.cache.chunks[i]["nnz"])
@@ -269,7 +298,7 @@ class Dataset:
                 elif name == "fields":
                     out.fields[e + j : e + j + m] = seg
                 elif name == "features":
-                    out.features[e + j : e + j + m] = seg
+                    out.features[e + j : e + j + m] = seg if id_map is None else id_map.lookup(seg)
                 elif name == "values":
                     if held[0] is None and not (seg == 1).all():
                         held[0] = np.empty(self.nnz, np.float32)
@@ -542,7 +571,8 @@ def load_dataset(
     options = {"fmt": fmt, "label_mode": label_mode, "task": task,
                "classes": None if classes is None else list(classes),
                "limits": [limits.max_bad_rows, limits.max_line_bytes, limits.max_feature_id],
-               "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()}}
+               "parquet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (parquet or {}).items()},
+               "ids": 1}   # caches since the occurrence of ids is noted (fmcli.data.idmap)
     reusable = cache_dir is not None and not once
     key = cache_key(prints, options) if reusable else None
     path = cache_path(cache_dir, key, cache_group(prints, options)) if reusable else None
@@ -596,12 +626,14 @@ def load_dataset(
     n_rows = nnz = 0
     max_feature = max_field = -1
     has_weights = False
+    used = Occurrences()
     t0 = time.perf_counter()
     try:
         for batch, name in _parse(inputs, fmt, label_mode, limits, classes, stats, parquet, on_read):
             n_rows += batch.n_rows
             nnz += batch.nnz
             max_feature = max(max_feature, batch.max_feature)
+            used.add(batch.features, max_feature)
             max_field = max(max_field, batch.max_field)
             has_weights = has_weights or batch.weights is not None
             if label_mode != "real":
@@ -625,6 +657,7 @@ def load_dataset(
             raise DataError("no data rows (the file is empty, blank or only comments)", ", ".join(names))
         meta = _meta(names, stats, task, label_mode, classes, n_rows, nnz, max_feature, max_field,
                      has_weights, chunk_rows, chunk_files, counts)
+        meta.update(_used_meta(used, max_feature + 1))
         cf = None
         if writer is not None:
             if reusable:
@@ -734,6 +767,14 @@ def _meta(names, stats, task, label_mode, classes, n_rows, nnz, max_feature, max
     }
 
 
+def _used_meta(used: Occurrences, space: int) -> dict:
+    """The cache meta of the feature ids that occur: their number, and the
+    ids themselves when they are sparse in their space (dense data needs no
+    list: its ids are all of 0 .. largest)."""
+    n = used.count()
+    return {"n_used": n, "used_ids": used.ids().tolist() if is_sparse(n, space) else None}
+
+
 def _from_meta(meta: dict, cache: CacheFile | None) -> Dataset:
     formats = sorted(set(meta["formats"]))
     return Dataset(
@@ -743,7 +784,8 @@ def _from_meta(meta: dict, cache: CacheFile | None) -> Dataset:
         label_map=None if meta["label_map"] is None else np.array(meta["label_map"], np.float32),
         label_counts=meta["label_counts"], has_weights=meta["has_weights"],
         chunk_rows=meta["chunk_rows"], chunk_files=meta["chunk_files"], bytes_read=meta["bytes"],
-        cache=cache, n_skipped=meta["skipped"],
+        cache=cache, n_skipped=meta["skipped"], n_used=meta.get("n_used", -1),
+        used_ids=None if meta.get("used_ids") is None else np.array(meta["used_ids"], np.int64),
     )
 
 
@@ -765,7 +807,12 @@ def dataset_from_batch(batch: Batch, task: str = "binary", classes: Sequence[str
     rows = Batch(labels, batch.indptr, batch.fields, batch.features, batch.values,
                  batch.lines if batch.lines is not None else np.arange(1, batch.n_rows + 1),
                  batch.weights)
+    used = Occurrences()
+    used.add(batch.features, batch.max_feature)
+    ids = _used_meta(used, batch.max_feature + 1)
     return Dataset(name="<batch>", format="batch", task=task, n_rows=batch.n_rows, nnz=batch.nnz,
+                   n_used=ids["n_used"],
+                   used_ids=None if ids["used_ids"] is None else np.array(ids["used_ids"], np.int64),
                    digest=data_digest([(batch.n_rows, batch.nnz, chunk_checksum(rows))]),
                    max_feature=batch.max_feature, max_field=batch.max_field,
                    classes=None if classes is None else list(classes), label_map=None,
