@@ -9,25 +9,19 @@ import struct
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from fmcli.cli import cli
 from fmcli.convert import format_float32, render_text, valid_sibling
 from fmcli.data.criteo import CRITEO_CATEGORICAL, CRITEO_INTEGERS, Spec, load_spec, token_hash
 from fmcli.data.text import read_text
 from fmcli.model import load_model
+from clirun import invoke, ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "data", "samples")
 
 
 def fm(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="fm", input=input)
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
+    return invoke(*args, input=input)
 
 
 # -- reference hash: the obvious implementation of the documented formula ----------------

@@ -6,10 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import fmcli.data.idmap as idmap
-from fmcli.cli import cli
 from fmcli.data.batch import Batch
 from fmcli.data.idmap import IdMap, Occurrences, is_sparse
 from fmcli.errors import ModelFormatError
@@ -17,6 +15,7 @@ from fmcli.libffm import write_model
 from fmcli.model import load_model
 from fmcli.modelfile import read_header
 from fmcli.predict import predict
+from clirun import invoke, ok
 
 SPACE = 1 << 17
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +23,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def fm(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="fm", input=input)
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
+    return invoke(*args, input=input)
 
 
 @pytest.fixture(autouse=True)

@@ -21,10 +21,10 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from fmcli.cli import cli
 from fmcli.errors import printable
+from clirun import invoke
 
 GOOD = b"1 0:1:1 1:2:1 2:3:0.5\n0 0:4:1 1:5:1 2:6:1\n1 0:1:1 1:5:1 2:3:1\n"
 ROOT_UNREADABLE = "/sys/bus/pci/rescan"   # write-only: even root cannot open it for reading
@@ -39,12 +39,7 @@ def _no_fm_variables(monkeypatch):
 
 
 def fm(tmp_path, *args, env=None):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-    finally:
-        os.chdir(cwd)
+    return invoke(*args, cwd=tmp_path, env=env, catch_exceptions=False)
 
 
 def one_line(result, code: int) -> str:

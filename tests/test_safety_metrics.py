@@ -18,12 +18,11 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from fmcli.cli import cli
 from fmcli.errors import DataError, ModelFormatError
 from fmcli.model import load_model
 from fmcli.modelfile import read_model_file, write_model_file
+from clirun import invoke
 
 TRAIN = b"1 0:1:1 1:2:1\n0 0:3:1 1:4:1\n1 0:1:1 1:4:1\n0 0:3:1 1:2:1\n"
 ONE_CLASS = b"0 0:1:1 1:2:1\n0 0:3:1 1:4:1\n"            # a slice without clicks
@@ -33,13 +32,7 @@ SENTINEL = b"previous output, must survive\n"
 
 
 def run(args, cwd, input=None):
-    runner = CliRunner()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    return invoke(*args, cwd=cwd, input=input, catch_exceptions=False)
 
 
 def last_error(result) -> str:

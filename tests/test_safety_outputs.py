@@ -21,29 +21,23 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import fmcli
 from fmcli import checkpoint
 from fmcli.atomic import atomic_output
-from fmcli.cli import cli
 from fmcli.config import Config
 from fmcli.data.cache import CacheWriter
 from fmcli.errors import EX_USAGE
 from fmcli.checkpoint import OWNED_NAMES
 from fmcli.safepaths import ClobberError, STALE_AFTER, refuse_clobber, sweep_stale, temp_pattern
+from clirun import invoke
 
 ROWS = b"".join(b"%d 0:%d:1 1:%d:1 2:%d:0.5\n" % (i % 2, i % 7, 10 + i % 5, 20 + i % 3) for i in range(60))
 FM = os.path.join(os.path.dirname(sys.executable), "fm")
 
 
 def run(args, cwd, input=None):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    return invoke(*args, cwd=cwd, input=input, catch_exceptions=False)
 
 
 def digest(path) -> str:
