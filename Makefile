@@ -37,7 +37,7 @@ help:
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make hostile     run fm through the hostile cases of fuzz/hostile.py (data safety; HOSTILE_ARGS=-k NAME)"
 	@echo "  make gpu-check OUT=DIR  the five-minute GPU check (benchmarks/gpu_check.py); needs no $(VENV)"
-	@echo "  make man         regenerate man/fm.1 and man/fm-{train,predict,inspect,convert}.1 from the CLI"
+	@echo "  make man         regenerate man/fm.1, man/fm-COMMAND.1 and man/ffm-{train,predict}.1 from the CLI"
 	@echo "  make lint        byte-compile the package to catch syntax errors"
 	@echo "  make wheel       build a wheel into dist/"
 	@echo "  make dist        release artifacts in dist/: the sdist and a manylinux wheel (auditwheel),"
