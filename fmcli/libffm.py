@@ -100,14 +100,18 @@ def looks_like_model(path: str | os.PathLike) -> bool:
 
 def load_any_model(path: str | os.PathLike):
     """A model file of either kind: fmcli's own (told by its magic bytes) or
-    libffm's (text or binary layout, see read_model).  A pipe or FIFO is read
-    as an fmcli model (it cannot be peeked at)."""
-    from .data.source import reads_once
+    libffm's (text or binary layout, see read_model).  A pipe or FIFO is
+    copied to a temporary file first, so that it can be told apart too."""
+    from .data.source import reads_once, spooled
     from .model import load_model
 
     path = os.fspath(path)
     if reads_once(path):
-        return load_model(path)
+        with spooled([path], True) as (paths, names):
+            try:
+                return load_any_model(paths[0])
+            except ModelFormatError as exc:
+                raise ModelFormatError(exc.message, names[paths[0]]) from None
     try:
         with open(path, "rb") as f:
             head = f.read(8)

@@ -396,3 +396,25 @@ def test_runs_as_a_module(tmp_path):
                          env=env, cwd=tmp_path)
     assert bad.returncode == 66 and bad.stderr.startswith("ffm-predict: error: ")
     assert subprocess.run(cmd + ["nothing"], capture_output=True, env=env).returncode == 2
+
+
+def test_a_libffm_model_through_a_pipe_is_told_apart_and_loads(tmp_path):
+    """A pipe cannot be peeked at: it is copied first, then read as a file."""
+    import subprocess
+    import sys
+
+    data = os.path.join(SAMPLES, "valid.ffm")
+    model = tmp_path / "m.model"
+    run = subprocess.run([sys.executable, "-m", "fmcli.cli.libffm_compat", "train", "-t", "1", "--quiet",
+                          data, str(model)], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    direct = subprocess.run([sys.executable, "-m", "fmcli.cli.libffm_compat", "predict", data, str(model),
+                             str(tmp_path / "a.txt")], capture_output=True, text=True, cwd=tmp_path)
+    piped = subprocess.run(["bash", "-c", f"{sys.executable} -m fmcli.cli.libffm_compat predict {data} "
+                            f"<(cat {model}) {tmp_path / 'b.txt'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert direct.returncode == piped.returncode == 0, piped.stderr
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
+    bad = subprocess.run(["bash", "-c", f"{sys.executable} -m fmcli.cli.libffm_compat predict {data} "
+                          f"<(head -c 100 {model}) {tmp_path / 'c.txt'}"], capture_output=True, text=True)
+    assert bad.returncode == 65 and bad.stderr.count("\n") == 1 and "/dev/fd/" in bad.stderr
+    assert not (tmp_path / "c.txt").exists()
