@@ -381,13 +381,14 @@ def _holder(fd: int) -> str:
 
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike[str], timeout: float = 0.0,
-                poll: float = 0.1) -> Iterator[str]:
+                poll: float = 0.1, waits: bool = True) -> Iterator[str]:
     """Hold an advisory lock on ``path``'s lock file (see :func:`lock_path`).
 
     The lock is an ``flock`` on ``.NAME.lock`` next to ``path``, holding the
     holder's pid and start time; it protects a run that writes ``path`` from
     another one writing the same file.  A lock held by another process is
-    waited for up to ``timeout`` seconds (0: not at all).  The lock file is
+    waited for up to ``timeout`` seconds (0: not at all; `waits` False: the
+    command has no --lock-timeout to suggest).  The lock file is
     removed when the lock is released.
 
     Raises:
@@ -439,8 +440,10 @@ def output_lock(path: str | os.PathLike[str], timeout: float = 0.0,
                         os.close(fd)
                     continue
             if time.monotonic() >= deadline:
+                # waits: the command has --lock-timeout (ffm-train, with libffm's options, has not)
                 advice = (f"waited {timeout:g} s; try again later or raise --lock-timeout" if timeout > 0
-                          else "wait for it to finish or give --lock-timeout SECONDS")
+                          else "wait for it to finish or give --lock-timeout SECONDS" if waits
+                          else "wait for it to finish")
                 raise LockedError(f"{target} is being written by {holder} (lock file {name}); "
                                   f"{advice}") from None
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))

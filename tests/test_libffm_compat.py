@@ -418,3 +418,16 @@ def test_a_libffm_model_through_a_pipe_is_told_apart_and_loads(tmp_path):
                           f"<(head -c 100 {model}) {tmp_path / 'c.txt'}"], capture_output=True, text=True)
     assert bad.returncode == 65 and bad.stderr.count("\n") == 1 and "/dev/fd/" in bad.stderr
     assert not (tmp_path / "c.txt").exists()
+
+
+def test_a_second_ffm_train_on_the_same_model_is_one_line_without_a_foreign_option(tmp_path):
+    from fmcli.atomic import output_lock
+    from fmcli.cli.libffm_compat import ffm_train
+
+    model = tmp_path / "m.model"
+    with output_lock(str(model)):        # another run is writing it
+        result = CliRunner().invoke(ffm_train, ["-t", "1", os.path.join(SAMPLES, "valid.ffm"), str(model)])
+    assert result.exit_code == 75
+    line = result.output.strip().splitlines()[-1]
+    assert "is being written by" in line and "--lock-timeout" not in line
+    assert not model.exists()

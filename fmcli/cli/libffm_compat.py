@@ -252,7 +252,7 @@ def ffm_train(train_file, model_file, l2, k, epochs, eta, threads, valid, folds,
     check_writable(model_file)
     from .. import libffm
 
-    with output_lock(model_file):
+    with output_lock(model_file, waits=False):
         model = run_training(cfg, [train_file], valid, on_epoch=EpochTable(out, valid is not None, auto_stop),
                              log=out.note)
         libffm.write_model(model, model_file, binary=True)
