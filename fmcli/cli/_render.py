@@ -89,7 +89,8 @@ class _Bar:
     """A transient progress display on stderr, on a terminal only and not
     with --quiet (redirected output gets the plain summary lines instead).
     Lines printed meanwhile (:func:`info`) appear above it; :meth:`close`
-    removes it.  Subclasses give the columns and the callback."""
+    removes it.  Subclasses give the columns (:meth:`_columns`) and the
+    callback."""
 
     def __init__(self, quiet: bool = False, console=None):
         self.enabled = not quiet and (console is not None or stderr_is_tty())
@@ -98,24 +99,29 @@ class _Bar:
         self._task = None
 
     def _columns(self) -> list:
+        """The rich columns of the display (every subclass gives its own)."""
         raise NotImplementedError
 
-    def _update(self, **kwargs) -> None:
+    def _start(self, **kwargs) -> bool:
+        """Show the display with one task (`kwargs`: its description, total
+        and fields); False when another display is shown (rich allows one)."""
         global _live
-        if self._progress is None:
-            if _live is not None:    # another display is shown: rich allows one at a time
-                return
-            from rich.console import Console
-            from rich.progress import Progress
+        if _live is not None:
+            return False
+        from rich.console import Console
+        from rich.progress import Progress
 
-            console = self._console or Console(stderr=True, highlight=False)
-            self._progress = Progress(*self._columns(), console=console, transient=True,
-                                      refresh_per_second=4)
-            fields = {k: v for k, v in kwargs.items() if k not in ("description", "total", "completed")}
-            self._task = self._progress.add_task(kwargs.get("description", ""), total=kwargs.get("total"),
-                                                 **fields)
-            self._progress.start()
-            _live = self._progress
+        console = self._console or Console(stderr=True, highlight=False)
+        self._progress = Progress(*self._columns(), console=console, transient=True, refresh_per_second=4)
+        fields = {k: v for k, v in kwargs.items() if k not in ("description", "total", "completed")}
+        self._task = self._progress.add_task(kwargs.get("description", ""), total=kwargs.get("total"), **fields)
+        self._progress.start()
+        _live = self._progress
+        return True
+
+    def _update(self, **kwargs) -> None:
+        if self._progress is None and not self._start(**kwargs):
+            return
         self._progress.update(self._task, **kwargs)
 
     def close(self) -> None:
@@ -142,27 +148,19 @@ class EpochProgress(_Bar):
         super().__init__(quiet, console)
         self._epoch = None
 
-    def _start(self) -> None:
-        global _live
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def _columns(self) -> list:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        console = self._console or Console(stderr=True, highlight=False)
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("rows"), _rate_column(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
-            console=console, transient=True, refresh_per_second=4)
-        self._progress.start()
-        _live = self._progress
+        return [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("rows"), _rate_column(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
 
     def __call__(self, epoch: int, rows_done: int, rows_total: int, loss: float | None = None) -> None:
         if not self.enabled:
             return
-        if self._progress is None:
-            self._start()
         fields = {"epoch": epoch, "loss": "" if loss is None else f"loss {loss:.5f}"}
-        if self._task is None:
-            self._task = self._progress.add_task("train", total=rows_total, **fields)
+        if self._progress is None:
+            if not self._start(description="train", total=rows_total, **fields):
+                return
         elif epoch != self._epoch:
             self._progress.reset(self._task, total=rows_total, **fields)
         self._epoch = epoch
