@@ -671,7 +671,3 @@ class CacheFile:
         # caches open (and locked against eviction) for the life of the process
         if getattr(self, "fd", -1) >= 0:
             self.close()
-
-    def iter_chunks(self, order: Sequence[int] | None = None) -> Iterator[tuple[Batch, str]]:
-        for i in (range(len(self)) if order is None else order):
-            yield self.chunk(i), self.chunks[i]["file"]
