@@ -289,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"cannot use {out} as the output directory: {exc.strerror or exc}")
 
     if args.stage:   # a child: one stage, its result as JSON
         args.out = str(out)
