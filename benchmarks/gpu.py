@@ -44,13 +44,14 @@ from fmcli._core import _kernels  # noqa: E402
 from fmcli.config import Config  # noqa: E402
 from fmcli.data.batch import Batch  # noqa: E402
 from fmcli.model import padded_k  # noqa: E402
+from fmcli.registry import MODELS  # noqa: E402
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
     cases = []
     for part in text.split(","):
         model, _, k = part.strip().partition(":")
-        if model not in ("lr", "fm", "ffm", "fwfm") or not k.isdigit():
+        if model not in MODELS or not k.isdigit():
             raise SystemExit(f"gpu.py: bad case {part!r} (want MODEL:K, e.g. ffm:4)")
         cases.append((model, int(k)))
     return cases
@@ -75,7 +76,8 @@ def bytes_per_row(model: str, k: int, n_state: int, nnz: int, itemsize: int = 4)
     state read once and written once, plus the row (CSR entry, label, order)."""
     kp, width = padded_k(k), 1 + n_state
     pairs = nnz * (nnz - 1) // 2
-    vectors = {"lr": 0, "fm": nnz, "fwfm": nnz, "ffm": 2 * pairs}[model]
+    # FmFM: a matrix of kp rows per pair
+    vectors = {"lr": 0, "fm": nnz, "fwfm": nnz, "ffm": 2 * pairs, "fmfm": nnz + pairs * kp}[model]
     scalars = 1 + nnz + (pairs if model == "fwfm" else 0)   # bias, linear weights, field-pair weights
     params = 2 * width * itemsize * (vectors * kp + scalars)
     row = 8 + 12 * nnz + 4 + 8
@@ -122,13 +124,14 @@ def run_case(backend, batch: Batch, n_features: int, n_fields: int, model: str, 
     orders = [rng.permutation(n).astype(np.int64) for _ in range(args.epochs + 1)]
     t0 = time.perf_counter()
     state = GpuState(cfg, n_features, n_fields, rng, backend=backend)
-    state.train_epoch(batch, orders[0], None, 0, total)          # warm-up: compile, upload
+    state.total_steps = total
+    state.train_slice(batch, orders[0], None, 0)          # warm-up: compile, upload
     backend.synchronize()
     warmup = time.perf_counter() - t0
     loss = wsum = 0.0
     t0 = time.perf_counter()
     for e in range(1, args.epochs + 1):
-        loss, wsum, _, _ = state.train_epoch(batch, orders[e], None, e * steps, total)
+        loss, wsum, _, _ = state.train_slice(batch, orders[e], None, e * steps)
     backend.synchronize()
     seconds = time.perf_counter() - t0
     t1 = time.perf_counter()

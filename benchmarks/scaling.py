@@ -55,7 +55,7 @@ from fmcli._core import _kernels  # noqa: E402
 from fmcli.config import Config  # noqa: E402
 from fmcli.data.dataset import load_dataset  # noqa: E402
 from fmcli.metrics import evaluate  # noqa: E402
-from fmcli.train import TrainState  # noqa: E402
+from fmcli.cpu import CpuBackend as TrainState  # noqa: E402
 
 
 @dataclass
@@ -141,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(model=args.model, k=args.k, threads=s.threads, hot_features=s.hot_features,
                      use_bias=args.linear, use_linear=args.linear, seed=args.seed, optimizer=s.optimizer)
         st = TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
-        st.choose_hot(batch)
+        st.prepare(batch)
+        st.total_steps = args.epochs * batch.n_rows
         s.hot = 0 if st.hot is None else len(st.hot)
         states.append(st)
 
     rng = np.random.default_rng(args.seed)
     n = batch.n_rows
-    total = n * args.epochs
     step = 0
     turn = 0
     for _ in range(args.epochs):
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, st in (pairs if turn % 2 == 0 else pairs[::-1]):
                 _kernels.uniform_rows(s.uniform)
                 t = time.perf_counter()
-                st.train_epoch(batch, part, None, step, total)
+                st.train_slice(batch, part, None, step)
                 s.rows_per_s.append(len(part) / (time.perf_counter() - t))
             _kernels.uniform_rows(True)
             step += len(part)

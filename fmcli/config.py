@@ -7,18 +7,16 @@ import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .registry import MODELS, OPTIMIZERS, half_storage_missing, hot_features_missing
 
-MODELS = ("lr", "fm", "ffm", "fwfm")
 TASKS = ("binary", "regression", "multiclass", "auto")
-# rowwise-adagrad: AdaGrad with one accumulator per factor vector (fmcli/_core/_optim.pxd)
-OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl", "rowwise-adagrad")
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
 ON_NONFINITE = ("stop", "skip")
 # Default step size per optimizer (FTRL's is ftrl_alpha).
 LEARNING_RATES = {"adagrad": 0.2, "sgd": 0.1, "adam": 0.001, "rowwise-adagrad": 0.2}
 FORMATS = ("auto", "libffm", "libsvm", "parquet")
 DTYPES = ("float32", "float64")
-# How FFM factor weights are held while training (fmcli.train.TrainState).
+# How FFM factor weights are held while training (fmcli.params.HostParams).
 STORAGES = ("float32", "float16")
 CACHE_CHECKS = ("stat", "content")   # see fmcli.data.cache.fingerprint
 # cpu: the compiled core; cuda: fmcli.gpu (CuPy); auto: cuda when usable, else cpu
@@ -89,7 +87,9 @@ class Config:
     class_weight: str | None = None     # "balanced" or "LABEL=W,LABEL=W"
     on_nonfinite: str = "stop"
     early_stopping_metric: str | None = None   # None: the task's default metric
-    patience: int = 0                    # 0: no early stopping
+    patience: int = 0                    # evaluations without improvement; 0: no early stopping
+    # validate every N training rows (and at each epoch's end); 0: at each epoch's end only
+    eval_every: int = 0
     normalize: bool = True
     use_bias: bool = True
     use_linear: bool = True
@@ -191,6 +191,8 @@ class Config:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
         if self.max_bad_rows < 0 or self.max_line_bytes < 1 or not 0 <= self.max_feature_id < 2**31:
             raise ConfigError("max_bad_rows must be >= 0, max_line_bytes >= 1 and max_feature_id in 0..2^31-1")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval-every must be >= 0 rows, got {self.eval_every}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("checkpoint-every must be >= 0 rows and keep-checkpoints >= 1")
         if self.checkpoint_every and not self.checkpoint_dir:
@@ -222,19 +224,12 @@ class Config:
         if opt == "rowwise-adagrad" and self.device == "cuda":
             raise ConfigError("--optimizer rowwise-adagrad runs on the CPU; it needs --device cpu (or auto)")
         if self.storage == "float16":
-            needs = {"--model ffm": self.model == "ffm", "--optimizer adagrad": opt == "adagrad",
-                     "--dtype float32": self.dtype == "float32", "--batch-size 1": self.batch_size == 1,
-                     "no --clip-norm": not self.clip_norm, "--device cpu": self.device == "cpu"}
-            missing = [k for k, ok in needs.items() if not ok]
+            missing = half_storage_missing(self)
             if missing:
                 raise ConfigError("--storage float16 applies only to FFM trained with AdaGrad in float32 on the CPU; it needs "
                                   + ", ".join(missing))
         if self.hot_features:
-            needs = {"--model ffm": self.model == "ffm", "--threads 2 or more": self.threads > 1,
-                     "--dtype float32": self.dtype == "float32", "--storage float32": self.storage == "float32",
-                     "--batch-size 1": self.batch_size == 1, "no --clip-norm": not self.clip_norm,
-                     "an optimizer other than adam": opt != "adam", "--device cpu": self.device == "cpu"}
-            missing = [k for k, ok in needs.items() if not ok]
+            missing = hot_features_missing(self)
             if missing:
                 raise ConfigError("--hot-features applies only to FFM trained on 2+ CPU threads in float32, one "
                                   "row at a time; it needs " + ", ".join(missing))

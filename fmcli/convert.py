@@ -33,6 +33,7 @@ from .data.source import STDIN, compression_from_name, display_name, expand_inpu
     format_from_name, reads_once, spooled, strip_compression_suffix
 from .data.text import ReadLimits
 from .errors import ConfigError, DataError, InputNotFoundError
+from .numtext import format_float32
 
 __all__ = ["convert_data", "convert_raw", "convert_model", "format_float32", "render_text",
            "output_format", "valid_sibling", "read_field_map", "ConvertStats", "DATA_FORMATS",
@@ -66,30 +67,8 @@ class ConvertStats:
 
 
 # ---------------------------------------------------------------------------
-# numbers as text
-
-
-def format_float32(values: np.ndarray) -> np.ndarray:
-    """Each float32 in the shortest ``%g`` form (6 to 9 significant digits)
-    that reads back as the same float32, as a bytes array (dtype S)."""
-    v = np.ascontiguousarray(values, np.float32).reshape(-1)
-    n = v.size
-    if n == 0:
-        return np.zeros(0, "S1")
-    doubles = v.astype(np.float64).tolist()
-    out = np.empty(n, object)
-    todo = np.arange(n)
-    for digits in (6, 7, 8, 9):
-        sub = [doubles[i] for i in todo.tolist()]
-        text = (f"%.{digits}g\n" * len(sub)) % tuple(sub)
-        strs = np.array(text.encode("ascii").split(b"\n")[:-1], dtype="S")
-        back = strs.astype(np.float32)
-        good = (back == v[todo]) | (digits == 9)
-        out[todo[good]] = strs[good]
-        todo = todo[~good]
-        if not todo.size:
-            break
-    return out.astype("S")
+# numbers as text (format_float32 itself lives in fmcli.numtext, shared with
+# libffm's model files; it stays importable from here)
 
 
 def _tokens(values: np.ndarray) -> np.ndarray:
@@ -560,7 +539,7 @@ def convert_raw(kind: str, inputs: Sequence[str], output: str, *, to: str | None
     spec: apply this :class:`~fmcli.data.criteo.Spec` (of an earlier
     conversion, e.g. of the training rows) instead of making one: no
     counting pass, and no spec file unless `spec_out` is given."""
-    from . import __version__
+    from ._version import __version__
     from .data.criteo import RawReader, VocabularyCounter, split_fraction
 
     t0 = time.monotonic()

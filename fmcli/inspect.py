@@ -14,6 +14,9 @@ The weights are read (memory-mapped) only for the analyses:
 
   - FM: ``|<v_i, v_j>|``;
   - FwFM: ``|r_ab <v_i, v_j>|`` for feature i in field a and j in field b;
+  - FmFM: ``|v_i^T M_ab v_j|`` for feature i in field a and j in field b,
+    the lower field first (for a > b it is ``|v_j^T M_ba v_i|``; within
+    one field the symmetric part ``(M_aa + M_aa^T) / 2`` acts);
   - FFM: ``|<w_{i,b}, w_{j,a}>|`` (w_{i,b}: feature i's vector for field b).
 
   A multiclass model's strength is the largest over its classes (or that
@@ -23,17 +26,23 @@ The weights are read (memory-mapped) only for the analyses:
   Candidates are visited in order of decreasing vector norm, and since
   ``|<x, y>| <= |x| |y|`` (Cauchy-Schwarz), a block whose bound cannot beat
   the N-th best strength found so far is skipped without changing the
-  result.  FwFM and FFM pairs are pairs of (feature, field) occurrences:
+  result (FmFM: ``|x^T M y| <= ||M||_2 |x| |y|``, with the matrix's
+  spectral norm).  FwFM, FmFM and FFM pairs are pairs of (feature, field) occurrences:
   their fields come from sample data (:func:`read_sample`) or from the
   preprocessing spec's feature-to-field map.  Two features of one field
   are a candidate only when the data shows rows with several features in
   that field (they never meet in one-hot fields).
 
 * :func:`field_pairs`: a field x field matrix of interaction strengths:
-  FwFM's learned ``|r_ab|``; for FFM (and FM) the mean strength over the
-  feature pairs that co-occur in rows of sample data, or, without data but
-  with a spec's feature-to-field map, over all feature pairs of the two
-  fields.
+  FwFM's learned ``|r_ab|``; for FFM, FmFM (and FM) the mean strength over
+  the feature pairs that co-occur in rows of sample data, or, without data:
+  FmFM's ``||M_ab||_F / sqrt(k)`` (the size of the learned matrix, ``|r|``
+  for ``M = r I``: FwFM's figure), and for FFM and FM, with a spec's
+  feature-to-field map, the mean over all feature pairs of the two fields.
+
+Which kind has which parameters (factors per feature or per feature and
+field, a scalar or a matrix per field pair) is read from the model registry
+(fmcli.registry), never from the kind's name.
 
 * :func:`top_features`: features by ``score = |linear weight| + norm of its
   factor vector`` (FFM: the norm of all its field blocks together; a
@@ -66,6 +75,7 @@ import numpy as np
 
 from .model import Model, inspect_header
 from .modelfile import MAGIC
+from .registry import ModelKind, kind as model_kind
 
 SCHEMA_MODEL = "fmcli.inspect/1"
 SCHEMA_DATA = "fmcli.inspect.data/1"
@@ -346,11 +356,40 @@ class _Weights:
     class_names: list[str] | None
     linear: np.ndarray | None    # (C, n)
     factors: np.ndarray | None   # (C, n, k) or FFM (C, n, m, k)
-    pairs: np.ndarray | None     # FwFM (C, m, m)
+    pairs: np.ndarray | None     # field-pair parameters: FwFM (C, m, m), FmFM (C, m, m, k, k)
     n_features: int
     n_fields: int
     trained: np.ndarray | None   # (n,) bool: the optimizer updated the feature; None: unknown
     id_map: Any = None           # fmcli.data.idmap.IdMap of a model of compact ids: arrays are by slot
+    _acting: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def mk(self) -> ModelKind:
+        """The model kind's registry entry."""
+        return model_kind(self.kind)
+
+    def pair_matrix(self, c: int, a: int, b: int) -> np.ndarray:
+        """FmFM, class c: the float64 matrix P with phi = v_i^T P v_j for
+        feature i in field a and j in field b: M_ab (a < b), M_ba^T (a > b),
+        (M_aa + M_aa^T) / 2 (a = b).  Only the upper triangle of the stored
+        matrices is read: it is what training learns."""
+        if a > b:
+            return self.pair_matrix(c, b, a).T
+        P = np.asarray(self.pairs[c, a, b], np.float64)
+        return (P + P.T) / 2 if a == b else P
+
+    def acting(self) -> np.ndarray:
+        """FmFM: pair_matrix of every class and field pair, (C, m, m, k, k)
+        float32, built once."""
+        if self._acting is None:
+            M = np.asarray(self.pairs, np.float32)
+            mirrored = np.swapaxes(np.swapaxes(M, 1, 2), -1, -2)      # [c, a, b] = M[c, b, a]^T
+            lower = np.tril(np.ones((self.n_fields, self.n_fields), bool), -1)[None, :, :, None, None]
+            E = np.where(lower, mirrored, M)
+            d = np.arange(self.n_fields)
+            E[:, d, d] = (M[:, d, d] + np.swapaxes(M[:, d, d], -1, -2)) / np.float32(2)
+            self._acting = E
+        return self._acting
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of original feature ids (n_features for ids without one)."""
@@ -376,9 +415,10 @@ def _weights(model: Model, class_index: int | None = None) -> _Weights:
     if multi and class_index is not None:
         names = [names[class_index]]
     C = s.n_classes if multi and class_index is None else 1
+    pair_param = model_kind(s.kind).pair_param
     return _Weights(s.kind, C, names, lead(model.params.get("linear")), lead(model.params.get("factors")),
-                    lead(model.params.get("field_weights")), s.n_features, s.n_fields, _trained(model),
-                    model.id_map())
+                    lead(model.params.get(pair_param)) if pair_param else None, s.n_features, s.n_fields,
+                    _trained(model), model.id_map())
 
 
 def _trained(model: Model) -> np.ndarray | None:
@@ -443,7 +483,7 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
                 max_rows: int | None = None, pairs: bool = False, class_index: int | None = None) -> Sample:
     """Stream sample data for a model: its (field, feature) occurrences and,
     with `pairs`, the mean interaction strength of co-occurring feature pairs
-    by field pair (FM and FFM)."""
+    by field pair (see :func:`field_pairs_from_data`)."""
     from .data.dataset import make_reader
     from .data.source import expand_inputs
     from .data.text import ReadLimits
@@ -455,9 +495,9 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
     s = model.spec
     id_map = model.id_map()
     parquet = scoring_options(model)    # wide Parquet: columns matched by name
-    fielded = s.kind in ("ffm", "fwfm")
+    fielded = model_kind(s.kind).needs_fields
     w = _weights(model, class_index) if pairs else None
-    acc = _PairStats(w) if pairs and s.kind in ("fm", "ffm") else None
+    acc = _PairStats(w) if pairs and field_pairs_from_data(s.kind) else None
     keys = np.zeros(0, np.int64)
     counts = np.zeros(0, np.int64)
     multi = np.zeros(0, np.int64)
@@ -504,12 +544,38 @@ def read_sample(model: Model, specs: str | Sequence[str], *, fmt: str = "auto", 
     return out
 
 
+def field_pairs_from_data(kind: str) -> bool:
+    """Whether :func:`field_pairs` of a model of this kind reads the
+    strengths of co-occurring pairs in sample data (every kind with factors
+    but FwFM, whose scalar field-pair weights are the figure)."""
+    mk = model_kind(kind)
+    return bool(mk.factors) and mk.pairs != "scalar"
+
+
+def _bilinear(A: np.ndarray, B: np.ndarray, E: np.ndarray, fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """FmFM: A[p]^T E[fa[p], fb[p]] B[p] for every pair p (E: (m, m, k, k),
+    one class), a group of pairs per field pair."""
+    out = np.empty(A.shape[0], np.float64)
+    m = E.shape[0]
+    key = fa * m + fb
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if ks.size else np.zeros(0, np.int64)
+    for s, e in zip(starts.tolist(), np.r_[starts[1:], ks.size].tolist()):
+        g = order[s:e]
+        a, b = divmod(int(ks[s]), m)
+        out[g] = np.einsum("pk,pk->p", A[g] @ E[a, b], B[g])
+    return out
+
+
 class _PairStats:
     """Sums of |interaction| of co-occurring entry pairs, by (lower, higher) field."""
 
     def __init__(self, w: _Weights):
         self.w = w
-        m = w.n_fields if w.kind == "ffm" else 1
+        self.matrix = w.mk.pairs == "matrix"
+        self.acting = w.acting() if self.matrix else None
+        m = w.n_fields if w.mk.needs_fields else 1
         self.sums = np.zeros((w.C, m, m))
         self.counts = np.zeros((m, m), np.int64)
         k = w.factors.shape[-1]
@@ -559,7 +625,8 @@ class _PairStats:
         if left.size:                           # rows of rarer layouts: pair by pair
             self._add_pairs(batch, ok, rows[left])
         k = w.factors.shape[-1]
-        width = w.n_fields if w.kind == "ffm" else 1
+        ffm = w.mk.factors == "feature-field"
+        width = w.n_fields if ffm else 1
         step = max(1, _BLOCK_FLOATS // (length * max(width, length) * k * w.C))
         upper = np.triu(np.ones((length, length), bool), 1)
         for g in range(len(layouts)):
@@ -574,11 +641,16 @@ class _PairStats:
                 np.add.at(self.counts, (lo, hi), both.sum(axis=0)[upper])
                 for c in range(w.C):
                     F = w.factors[c]
-                    if w.kind == "ffm":
+                    if ffm:
                         G = np.take(F, ids, axis=0)             # (R, x, fields, k)
                         if not (f.size == w.n_fields and (f == np.arange(w.n_fields)).all()):
                             G = G[:, :, np.minimum(f, w.n_fields - 1)]   # (R, x, y, k): w_{i_x, f_y}
                         dots = np.einsum("rxyk,ryxk->rxy", G, G)
+                    elif self.matrix:
+                        V = np.take(F, ids, axis=0)             # (R, length, k)
+                        fc = np.minimum(f, w.n_fields - 1)      # (fields beyond the model: not valid)
+                        P = self.acting[c][fc[:, None], fc[None, :]]     # (x, y, k, k)
+                        dots = np.einsum("rxyl,ryl->rxy", np.einsum("rxk,xykl->rxyl", V, P), V)
                     else:
                         V = np.take(F, ids, axis=0)             # (R, length, k)
                         dots = V @ np.swapaxes(V, 1, 2)
@@ -604,13 +676,17 @@ class _PairStats:
             ia, ib = batch.features[p].astype(np.int64), batch.features[q].astype(np.int64)
             key = np.minimum(fa, fb) * m + np.maximum(fa, fb)
             self.counts += np.bincount(key, minlength=m * m).reshape(m, m)
-            if w.kind == "ffm":     # rows of the (n * fields, k) table: w_{i,b} and w_{j,a}
+            if w.mk.factors == "feature-field":     # rows of the (n * fields, k) table: w_{i,b} and w_{j,a}
                 ra, rb = ia * w.n_fields + fb, ib * w.n_fields + fa
             else:
                 ra, rb = ia, ib
             for c in range(w.C):
                 table = self.tables[c]
-                dots = np.einsum("pk,pk->p", np.take(table, ra, axis=0), np.take(table, rb, axis=0))
+                if self.matrix:
+                    dots = _bilinear(np.take(table, ra, axis=0), np.take(table, rb, axis=0), self.acting[c],
+                                     fa, fb)
+                else:
+                    dots = np.einsum("pk,pk->p", np.take(table, ra, axis=0), np.take(table, rb, axis=0))
                 self.sums[c] += np.bincount(key, weights=np.abs(dots), minlength=m * m).reshape(m, m)
 
 
@@ -695,14 +771,19 @@ def _norms(src: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _scan(best: _Best, Ls: np.ndarray, li: np.ndarray, Rs: np.ndarray, ri: np.ndarray, la: np.ndarray,
           rb: np.ndarray, scale: np.ndarray, symmetric: bool = False, lg: np.ndarray | None = None,
-          rg: np.ndarray | None = None) -> int:
+          rg: np.ndarray | None = None, transform: np.ndarray | None = None) -> int:
     """Offer every pair (x, y) of the vectors L = Ls[:, li] and R = Rs[:, ri]
     (Ls, Rs: (C, n, k)) whose strength max_c scale[c] |<L[c,x], R[c,y]>| may
     beat the running top N.  la, rb: the units of L's and R's vectors;
     symmetric: L is R, pairs x < y; lg, rg: group of each vector, pairs
-    within a group >= 0 are skipped.  Returns the pairs scored."""
+    within a group >= 0 are skipped; transform: (C, k, k) matrices T, the
+    strength then being max_c scale[c] |L[c,x]^T T[c] R[c,y]| (symmetric:
+    T must be symmetric).  Returns the pairs scored."""
     nl, nr = li.size, ri.size
-    smax = float(scale.max()) if scale.size else 0.0
+    bound = scale
+    if transform is not None:       # |x^T T y| <= ||T||_2 |x| |y|: the norms still bound it
+        bound = scale * _spectral(transform)
+    smax = float(bound.max()) if bound.size else 0.0
     if not nl or not nr or smax == 0.0:
         return 0
     ln = _norms(Ls, li)
@@ -716,6 +797,8 @@ def _scan(best: _Best, Ls: np.ndarray, li: np.ndarray, Rs: np.ndarray, ri: np.nd
         ro_ = np.argsort(-rn, kind="stable")
         rn, rb = rn[ro_], rb[ro_]
         R = np.asarray(Rs[:, ri[ro_]], np.float32)
+    if transform is not None:       # after R = L above: R keeps the plain vectors
+        L = L @ np.asarray(transform, np.float32)
     if lg is not None:
         lg, rg = lg[lo_], rg[ro_]
     neg_rn = -rn
@@ -752,6 +835,11 @@ def _scan(best: _Best, Ls: np.ndarray, li: np.ndarray, Rs: np.ndarray, ri: np.nd
     return scored
 
 
+def _spectral(T: np.ndarray) -> np.ndarray:
+    """The spectral norms ||T[c]||_2 (largest singular values) of matrices T (C, k, k)."""
+    return np.linalg.norm(np.asarray(T, np.float64), ord=2, axis=(-2, -1))
+
+
 @dataclass
 class _Units:
     """Candidate (feature, field) occurrences; field -1 where it does not matter."""
@@ -765,7 +853,7 @@ class _Units:
 def _candidates(model: Model, w: _Weights, sample: Sample | None, names: Names) -> _Units:
     n = w.n_features
     trained = w.trained
-    fielded = w.kind in ("ffm", "fwfm")
+    fielded = w.mk.needs_fields
     if sample is not None:
         if fielded:
             feat, fld, cnt = sample.unit_feature, sample.unit_field, sample.unit_count
@@ -797,7 +885,7 @@ def _map_units(w: _Weights, names: Names) -> tuple[np.ndarray, np.ndarray]:
     """The spec's (feature, field) units the model has weights for (and trained)."""
     ids, flds = w.slots(names.map_feature), names.map_field
     keep = ids < w.n_features
-    if w.kind in ("ffm", "fwfm"):
+    if w.mk.needs_fields:
         keep &= flds < w.n_fields
     if w.trained is not None and w.n_features:
         keep &= w.trained[np.minimum(ids, w.n_features - 1)]
@@ -809,15 +897,16 @@ def top_interactions(model: Model, n: int, *, sample: Sample | None = None, name
     """The `n` strongest pairwise interactions (see the module docstring)."""
     names = names or Names()
     w = _weights(model, class_index)
-    if w.kind == "lr":
-        raise ValueError("an lr model has no pairwise interactions")
+    mk = w.mk
+    if not mk.factors:
+        raise ValueError(f"an {w.kind} model has no pairwise interactions")
     units = _candidates(model, w, sample, names)
     best = _Best(max(1, n))
     t0 = time.perf_counter()
     scored = 0
     F = w.factors
     multi_fields = set(sample.multi_fields.tolist()) if sample is not None else set()
-    if w.kind == "fm":
+    if not mk.needs_fields:
         idx = np.arange(units.feature.size, dtype=np.int64)
         group = None
         if sample is not None:
@@ -829,17 +918,22 @@ def top_interactions(model: Model, n: int, *, sample: Sample | None = None, name
     else:
         by_field = {int(a): np.flatnonzero(units.field == a) for a in np.unique(units.field).tolist()}
         fields = sorted(by_field)
-        if w.kind == "ffm":
+        ffm = mk.factors == "feature-field"
+        if ffm:
             bound = _ffm_bounds(F, units, by_field, w.n_fields)
         else:
             fnorm = {a: float(_norms(F, units.feature[ix]).max()) if ix.size else 0.0 for a, ix in by_field.items()}
+        if mk.pairs == "matrix":
+            acting = w.acting()
         pairs = []
         for i, a in enumerate(fields):
             for b in fields[i:]:
                 if a == b and a not in multi_fields:
                     continue
-                if w.kind == "ffm":
+                if ffm:
                     ub = bound[a, b] * bound[b, a]
+                elif mk.pairs == "matrix":      # the matrix's largest gain ||P||_2 over classes
+                    ub = float(_spectral(acting[:, a, b]).max()) * fnorm[a] * fnorm[b]
                 else:
                     ub = float(np.abs(w.pairs[:, a, b]).max()) * fnorm[a] * fnorm[b]
                 pairs.append((ub, a, b))
@@ -848,16 +942,20 @@ def top_interactions(model: Model, n: int, *, sample: Sample | None = None, name
             if ub * _SLACK <= best.threshold:
                 break
             ia, ib = by_field[a], by_field[b]
-            if w.kind == "ffm":
+            transform = None
+            if ffm:
                 Ls, Rs, scale = F[:, :, b], F[:, :, a], np.ones(w.C)
+            elif mk.pairs == "matrix":      # v_i^T P_ab v_j, a <= b here
+                Ls = Rs = F
+                scale, transform = np.ones(w.C), acting[:, a, b]
             else:
                 Ls = Rs = F
                 scale = np.abs(np.asarray(w.pairs[:, a, b], np.float64))
             scored += _scan(best, Ls, units.feature[ia], Rs, units.feature[ib], ia, ib, scale,
-                            symmetric=(a == b))
+                            symmetric=(a == b), transform=transform)
     rows = _exact_pairs(w, units, best, names)
     return {
-        "definition": _DEFINITIONS[w.kind] + (" (largest over classes)" if w.C > 1 else ""),
+        "definition": _definition(mk) + (" (largest over classes)" if w.C > 1 else ""),
         "class": None if class_index is None else w.class_names[0] if w.class_names else None,
         "candidates": int(units.feature.size),
         "candidates_are": units.source,
@@ -867,12 +965,14 @@ def top_interactions(model: Model, n: int, *, sample: Sample | None = None, name
     }
 
 
-_STRENGTH = {"fm": "|<v_i, v_j>|", "fwfm": "|r_ab <v_i, v_j>|", "ffm": "|<w_i,b, w_j,a>|"}
-_DEFINITIONS = {
-    "fm": _STRENGTH["fm"],
-    "fwfm": _STRENGTH["fwfm"] + " for feature i in field a, j in field b",
-    "ffm": _STRENGTH["ffm"] + " for feature i in field a, j in field b",
-}
+def _definition(mk: ModelKind) -> str:
+    """What a pair's strength is, for a kind: the registry's formula, and its fields."""
+    text = mk.strength
+    if mk.needs_fields:
+        text += " for feature i in field a, j in field b"
+    if mk.pairs == "matrix":
+        text += " (a <= b; within one field, the symmetric part of M_aa)"
+    return text
 
 
 def _fm_groups(features: np.ndarray, unit_feature: np.ndarray, unit_field: np.ndarray,
@@ -916,11 +1016,14 @@ def _exact_pairs(w: _Weights, units: _Units, best: _Best, names: Names) -> list[
         values = []
         for c in range(w.C):
             F = w.factors[c]
-            if w.kind == "ffm":
+            if w.mk.factors == "feature-field":
                 v = float(np.dot(np.asarray(F[i, fb], np.float64), np.asarray(F[j, fa], np.float64)))
+            elif w.mk.pairs == "matrix":        # fa <= fb here
+                v = float(np.dot(np.asarray(F[i], np.float64) @ w.pair_matrix(c, fa, fb),
+                                 np.asarray(F[j], np.float64)))
             else:
                 v = float(np.dot(np.asarray(F[i], np.float64), np.asarray(F[j], np.float64)))
-                if w.kind == "fwfm":
+                if w.mk.pairs == "scalar":
                     v *= float(w.pairs[c, fa, fb])
             values.append(v)
         c = int(np.argmax(np.abs(values)))
@@ -931,8 +1034,11 @@ def _exact_pairs(w: _Weights, units: _Units, best: _Best, names: Names) -> list[
             "a": _unit(names, w.original(i), fa, units.count[a] if units.count is not None else None),
             "b": _unit(names, w.original(j), fb, units.count[b] if units.count is not None else None),
         }
-        if w.kind == "fwfm":
+        if w.mk.pairs == "scalar":
             row["field_weight"] = float(w.pairs[c, fa, fb])
+        elif w.mk.pairs == "matrix":     # ||M_ab||_F / sqrt(k): FwFM's |r_ab| for M_ab = r_ab I
+            k = w.factors.shape[-1]
+            row["field_matrix_norm"] = float(np.linalg.norm(w.pair_matrix(c, fa, fb)) / math.sqrt(k))
         out.append(row)
     out.sort(key=lambda r: (-r["strength"], r["a"]["field"] if r["a"]["field"] is not None else -1,
                             r["a"]["feature"], r["b"]["field"] if r["b"]["field"] is not None else -1,
@@ -958,10 +1064,11 @@ def field_pairs(model: Model, *, sample: Sample | None = None, names: Names | No
     """The field x field interaction-strength matrix (see the module docstring)."""
     names = names or Names()
     w = _weights(model, class_index)
+    mk = w.mk
     counts = None
-    if w.kind == "lr":
-        raise ValueError("an lr model has no pairwise interactions")
-    if w.kind == "fwfm":
+    if not mk.factors:
+        raise ValueError(f"an {w.kind} model has no pairwise interactions")
+    if mk.pairs == "scalar":
         matrix = np.abs(np.asarray(w.pairs, np.float64)).max(axis=0)
         fields = list(range(w.n_fields))
         statistic = "|r_ab|, the learned field-pair weight" + (" (largest over classes)" if w.C > 1 else "")
@@ -977,10 +1084,22 @@ def field_pairs(model: Model, *, sample: Sample | None = None, names: Names | No
         fields = [int(a) for a in seen.tolist() if a < m]
         matrix = matrix[np.ix_(fields, fields)] if fields else np.zeros((0, 0))
         counts = cnt[np.ix_(fields, fields)] if fields else np.zeros((0, 0), np.int64)
-        statistic = (_STRENGTH[w.kind] + ", mean over the feature pairs that occur together "
+        statistic = (mk.strength + ", mean over the feature pairs that occur together "
                      "in rows of the sample data" + (" (largest over classes)" if w.C > 1 else ""))
         source = f"{sample.rows:,} rows of {', '.join(sample.files)}"
         return _field_result(statistic, source, fields, matrix, counts, names)
+    elif mk.pairs == "matrix":
+        # the size of each learned matrix (the upper triangle's, mirrored; a
+        # field with itself: the symmetric part that acts), scaled so that
+        # M = r I gives FwFM's |r|
+        k = w.factors.shape[-1]
+        E = w.acting()
+        squares = np.einsum("cabkl,cabkl->cab", E, E, dtype=np.float64)      # (C, m, m)
+        matrix = np.sqrt(squares).max(axis=0) / math.sqrt(k)
+        fields = list(range(w.n_fields))
+        statistic = ("||M_ab||_F / sqrt(k), the size of the learned field-pair matrix (|r| for M = r I; "
+                     "a = b: of (M_aa + M_aa^T) / 2)" + (" (largest over classes)" if w.C > 1 else ""))
+        source = "the model's field-pair matrices"
     elif names.has_field_map:
         feat, fld = _map_units(w, names)
         fields = sorted(set(fld.tolist()))
@@ -997,7 +1116,7 @@ def field_pairs(model: Model, *, sample: Sample | None = None, names: Names | No
             for y in range(x + 1, len(fields)):     # the spec's fields hold one feature per row
                 b = fields[y]
                 ia, ib = members[a], members[b]
-                if w.kind == "ffm":
+                if mk.factors == "feature-field":
                     A, B = w.factors[:, ia, b], w.factors[:, ib, a]
                 else:
                     A, B = w.factors[:, ia], w.factors[:, ib]
@@ -1005,7 +1124,7 @@ def field_pairs(model: Model, *, sample: Sample | None = None, names: Names | No
                 if pairs:
                     matrix[x, y] = matrix[y, x] = (total / pairs).max()
                 counts[x, y] = counts[y, x] = pairs
-        statistic = (_STRENGTH[w.kind] + ", mean over the pairs of features of the two fields"
+        statistic = (mk.strength + ", mean over the pairs of features of the two fields"
                      + (f" (at most {_FIELD_SAMPLE:,} features of a field, drawn at random)" if sampled else "")
                      + (" (largest over classes)" if w.C > 1 else ""))
         source = "the preprocessing spec's feature-to-field map"
@@ -1107,7 +1226,7 @@ def top_features(model: Model, n: int, *, sample: Sample | None = None, names: N
                      "score": float(score[t]), "count": None if occ is None else int(occ[t])})
     return {
         "score": "|linear weight| + factor vector norm"
-                 + (" (FFM: over all its field blocks)" if w.kind == "ffm" else "")
+                 + (" (FFM: over all its field blocks)" if w.mk.factors == "feature-field" else "")
                  + (" (norms over classes)" if w.C > 1 else ""),
         "class": None if class_index is None else w.class_names[0] if w.class_names else None,
         "candidates": int(ids.size),

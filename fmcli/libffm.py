@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from .errors import ConfigError, InputNotFoundError, ModelFormatError, OutputError
+from .numtext import format_float32
 
 __all__ = ["read_model", "write_model", "load_any_model", "looks_like_model"]
 
@@ -283,7 +284,6 @@ def write_model(model, path: str | os.PathLike, binary: bool = False, include_st
     weights at their ids and zero weights (AdaGrad accumulators of 1) for
     the ids it has no slot for -- which add nothing to a score, as in fmcli."""
     from .atomic import atomic_output
-    from .convert import format_float32
 
     _exportable(model)
     s = model.spec

@@ -7,6 +7,8 @@ Logical parameter shapes (what the model file stores, see fm-model(5)):
     factors   (n_features, k)               FM, FwFM
               (n_features, n_fields, k)     FFM (libffm's w[j][f][:])
     field_weights (n_fields, n_fields)      FwFM: symmetric field-pair weights
+    field_matrices (n_fields, n_fields, k, k)  FmFM: a k x k matrix per field pair,
+                                            M[b, a] = M[a, b]^T
 
 A multiclass model has one parameter set per class: every shape gains a
 leading class dimension (bias becomes (C,)).
@@ -15,7 +17,7 @@ Optimizer state is optional and named ``<array>_state``: the parameter's
 shape for one state slot (AdaGrad), (slots, *shape) for more (Adam's m and
 v, FTRL's z and n); the header's optimizer.slots names them.  Row-wise
 AdaGrad keeps one accumulator per k-vector: its factors_state is
-factors.shape[:-1].
+factors.shape[:-1] (field_matrices_state: one per matrix row, (m, m, k)).
 
 Parameters may be stored as float16, or (factors) as int8 with a float16
 scale per k-vector (``factors_scale``, shape factors.shape[:-1]); they are
@@ -32,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import MAX_K
 from .errors import ModelFormatError
+from .registry import KINDS, kind as model_kind
 from .modelfile import json_safe, read_header, read_model_file, write_model_file
 
 def padded_k(k: int) -> int:
@@ -59,11 +62,11 @@ class ModelSpec:
 
     def factor_shape(self) -> tuple[int, ...] | None:
         """Factor shape of one class."""
-        if self.kind == "ffm":
-            return (self.n_features, self.n_fields, self.k)
-        if self.kind in ("fm", "fwfm"):
-            return (self.n_features, self.k)
-        return None
+        return model_kind(self.kind).factor_shape(self.n_features, self.n_fields, self.k)
+
+    def pair_shape(self) -> tuple[int, ...] | None:
+        """Field-pair parameters' shape of one class (FwFM's weights, FmFM's matrices)."""
+        return model_kind(self.kind).pair_shape(self.n_fields, self.k)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
@@ -75,8 +78,9 @@ class ModelSpec:
         fs = self.factor_shape()
         if fs is not None:
             out["factors"] = lead + fs
-        if self.kind == "fwfm":
-            out["field_weights"] = lead + (self.n_fields, self.n_fields)
+        ps = self.pair_shape()
+        if ps is not None:
+            out[model_kind(self.kind).pair_param] = lead + ps
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ModelFormatError(f"model description is incomplete or invalid ({exc})", path) from None
-        if spec.kind not in ("lr", "fm", "ffm", "fwfm") or spec.task not in ("binary", "regression", "multiclass"):
+        if spec.kind not in KINDS or spec.task not in ("binary", "regression", "multiclass"):
             raise ModelFormatError(f"unsupported model kind/task {spec.kind}/{spec.task}", path)
         if spec.task == "multiclass":
             if not (2 <= spec.n_classes <= 2**20 and spec.classes is not None
@@ -165,7 +169,18 @@ class Model:
                 padded = np.zeros((blocks.shape[0], kp), np.float32)
                 padded[:, : s.k] = blocks
                 flat = padded.reshape(-1)
-        pairs = np.ascontiguousarray(self.params.get("field_weights", empty), dtype=np.float32).reshape(-1)
+        kind = model_kind(s.kind)
+        pairs = self.params.get(kind.pair_param) if kind.pair_param else None
+        if pairs is None:
+            pairs = empty
+        elif kind.pairs == "matrix":
+            # kp x kp blocks (a row per block), zero-padded, as in training
+            m, k = s.n_fields, s.k
+            padded = np.zeros((pairs.size // (k * k), kp, kp), np.float32)
+            padded[:, :k, :k] = pairs.reshape(-1, k, k)
+            pairs = padded.reshape(-1)
+        else:
+            pairs = np.ascontiguousarray(pairs, dtype=np.float32).reshape(-1)
         return bias, linear, flat, pairs, kp
 
     # -- persistence ----------------------------------------------------------
@@ -210,7 +225,7 @@ class Model:
                        for name, a in self.params.items() if name in ("linear", "factors")))
 
 
-PARAMETER_NAMES = ("bias", "linear", "factors", "field_weights")
+PARAMETER_NAMES = ("bias", "linear", "factors") + tuple(k.pair_param for k in KINDS.values() if k.pair_param)
 
 
 def _must_be_finite(name: str) -> str | None:
@@ -262,8 +277,9 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             stored = "float16" if stored == "float32" else stored
         params[name] = a
         st = arrays.get(f"{name}_state")
-        if name == "factors" and (header.get("optimizer") or {}).get("name") == "rowwise-adagrad":
-            shape = shape[:-1]   # one accumulator per k-vector
+        if (name in ("factors", "field_matrices")
+                and (header.get("optimizer") or {}).get("name") == "rowwise-adagrad"):
+            shape = shape[:-1]   # one accumulator per k-vector (per matrix row)
         if st is not None and tuple(st.shape[-len(shape):]) == shape and st.ndim - len(shape) <= 1:
             state[name] = st
     meta = {k: v for k, v in header.items() if k not in ("arrays", "model")}

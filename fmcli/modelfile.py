@@ -1,4 +1,4 @@
-"""The on-disk model container (formats 1.3 and 2.0), documented in fm-model(5).
+"""The on-disk model container (formats 1.3, 1.4, 2.0 and 2.1), documented in fm-model(5).
 
 A model file is a small JSON header followed by raw little-endian arrays, each
 starting on a 64-byte boundary so that it can be memory-mapped and used in
@@ -69,8 +69,11 @@ FORMAT_MINOR = 3
 # would take its slots for feature ids and score wrongly, refuses it; every
 # other model is still written as 1.3 and read by 1.x readers.
 IDMAP_MAJOR, IDMAP_MINOR = 2, 0
+# 1.4 / 2.1: an FmFM model (the "field_matrices" array); other models are
+# still written as 1.3 / 2.0, so that every reader that can use them reads them
+FMFM_MINOR = {FORMAT_MAJOR: 4, IDMAP_MAJOR: 1}
 # the newest minor version this reader knows, per major version
-_KNOWN = {FORMAT_MAJOR: FORMAT_MINOR, IDMAP_MAJOR: IDMAP_MINOR}
+_KNOWN = dict(FMFM_MINOR)
 ALIGNMENT = 64
 MAX_HEADER_LEN = 16 * 1024 * 1024
 MAX_NDIM = 32
@@ -254,7 +257,8 @@ def write_model_file(
         path: destination; replaced atomically (see :func:`atomic_output`).
         header: JSON-serialisable metadata.  Must not contain ``"arrays"``,
             which the writer fills in.  A ``"format"`` key is added (as
-            ``"1.3"``, or ``"2.0"`` for a model with ``feature_ids``: the version
+            ``"1.3"``, or ``"2.0"`` for a model with ``feature_ids``, each one
+            minor version up for an FmFM model (``field_matrices``): the version
             written) unless present, in which case it
             must say that.
             Numpy scalars are accepted and stored as plain JSON numbers.
@@ -273,6 +277,8 @@ def write_model_file(
     if "arrays" in header:
         raise ValueError('header must not contain "arrays"; the writer computes it')
     major, minor = (IDMAP_MAJOR, IDMAP_MINOR) if "feature_ids" in arrays else (FORMAT_MAJOR, FORMAT_MINOR)
+    if "field_matrices" in arrays:
+        minor = FMFM_MINOR[major]
     version = f"{major}.{minor}"
     if "format" in header and header["format"] != version:
         raise ValueError(f'header "format" is {header["format"]!r}; this writer produces {version!r}')

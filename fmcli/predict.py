@@ -19,6 +19,7 @@ from .errors import ConfigError, DataError
 from .inputmap import INPUT_SCHEMAS, check_layout, scoring_options
 from .metrics import evaluate as evaluate_metrics, sigmoid, softmax
 from .model import Model
+from .registry import kind as model_kind
 
 
 @dataclass
@@ -33,19 +34,18 @@ class Scorer:
     def __init__(self, model: Model, threads: int = 1):
         self.model = model
         self.threads = max(1, int(threads))
-        self._bias, self._linear, self._factors, self._pairs, self._kp = model.kernel_arrays()
+        *self._arrays, kp = model.kernel_arrays()
+        s = model.spec
+        self._layout = _kernels.Layout(s.kind, s.task, s.n_classes, s.n_features, s.n_fields, kp, 0,
+                                       use_bias=s.use_bias, use_linear=s.use_linear, normalize=s.normalize)
 
     def scores(self, batch: Batch) -> np.ndarray:
         """Raw scores of a batch: (n,), or (n, C) for a multiclass model."""
         s = self.model.spec
-        C = s.n_classes
-        out = np.empty(batch.n_rows * C, np.float64)
-        _kernels.score_rows(
-            s.kind, self._bias, self._linear, self._factors, self._pairs, s.n_features, s.n_fields,
-            self._kp, 0, batch.indptr, batch.fields, batch.features, batch.values, out,
-            s.use_bias, s.use_linear, s.normalize, self.threads, C,
-        )
-        return out.reshape(-1, C) if s.task == "multiclass" else out
+        out = np.empty(batch.n_rows * s.n_classes, np.float64)
+        _kernels.score_rows(self._layout, *self._arrays, batch.indptr, batch.fields, batch.features,
+                            batch.values, out, self.threads)
+        return out.reshape(-1, s.n_classes) if s.task == "multiclass" else out
 
 
 def make_scorer(model: Model, threads: int = 1, device: str = "cpu",
@@ -85,7 +85,7 @@ class UnseenIds:
     def __init__(self, model: Model, strict: bool = False):
         self.n_features = model.spec.n_features
         self.mapped = model.feature_ids is not None
-        self.n_fields = model.spec.n_fields if model.spec.kind in ("ffm", "fwfm") else None
+        self.n_fields = model.spec.n_fields if model_kind(model.spec.kind).needs_fields else None
         self.strict = strict
         self.occurrences = 0
         self.rows = 0

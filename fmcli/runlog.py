@@ -60,7 +60,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
+    from ._version import __version__
 
     try:
         import numpy

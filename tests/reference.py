@@ -20,6 +20,13 @@ the feature indices, ``f`` the field indices of the row)::
     ffm  : sum_{i<l} <V[j_i, f_l], V[j_l, f_i]> xt_i xt_l
     fwfm : sum_{i<l} R[a, b] <V[j_i], V[j_l]> xt_i xt_l,  a, b = sorted(f_i, f_l)
            (only the upper triangle of R, diagonal included, is a parameter)
+    fmfm : sum_{i<l} phi(i, l) xt_i xt_l with one k x k matrix M[a, c] per field
+           pair, a = f_i, c = f_l:
+               a < c : phi = V[j_i]^T M[a, c] V[j_l]
+               a > c : phi = V[j_l]^T M[c, a] V[j_i]   (the lower field first)
+               a = c : phi = V[j_i]^T S V[j_l],  S = (M[a, a] + M[a, a]^T) / 2
+           (only the pairs a <= c are parameters; the model keeps
+           M[c, a] = M[a, c]^T for a < c, see :func:`mirror_field_matrices`)
 
 Instance normalisation: ``r = 1 / sum(x**2)`` when ``normalize`` is set and the
 sum is positive, otherwise ``r = 1``; ``xt_i = x_i * sqrt(r)`` so that
@@ -47,18 +54,24 @@ Training matrix
   weight), ``rowwise-adagrad`` (one G per block, starting at 1: a factor
   k-vector's G grows by the mean of its k squared gradients, a scalar's by
   its square; every weight of the block steps by ``eta g / sqrt(G)``).  The
-  state is a dict made by :func:`init_state`.
-* L2 per group (bias, linear, factors; never the FwFM field weights) added to
-  the gradient as ``l2 * w`` with w the start-of-row / start-of-batch value
+  state is a dict made by :func:`init_state`.  An FmFM matrix is stepped row
+  by row: each matrix row (k weights) is one block, for clipping and for
+  row-wise AdaGrad's accumulator alike.
+* L2 per group (bias, linear, factors; never the FwFM field weights nor the
+  FmFM field matrices) added to the gradient as ``l2 * w`` with w the
+  start-of-row / start-of-batch value
   (ffm per row: the pair's pre-step value); for ftrl, l1/l2 enter the closed
   form instead.  Per-block gradient clipping, then the optimizer step on the
   block's current value.
 * Step sizes ``eta_t = eta * m(t)`` (:func:`schedule_factor`), t the 0-based
   step index of the run (a row in per-row mode, a batch in mini-batch mode).
 * ``batch_size == 1``: per-row mode, the update order of ``_step`` (ffm pairs
-  in place).  ``batch_size > 1``: every row of a batch reads the parameters
-  of the start of the batch, and every touched block is stepped once with
-  the batch's summed data gradient divided by the batch's row count.
+  in place; fm/fwfm/fmfm: every gradient from the start-of-row values, then
+  bias, linear and factors in row order, then each touched field weight or
+  field matrix once with its gradient summed over the row's pairs).
+  ``batch_size > 1``: every row of a batch reads the parameters of the start
+  of the batch, and every touched block is stepped once with the batch's
+  summed data gradient divided by the batch's row count.
 """
 
 from __future__ import annotations
@@ -70,6 +83,13 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 KINDS = ("lr", "fm", "ffm", "fwfm")
+"""The original four kinds (the self-checks of every kind loop over these)."""
+
+MODEL_KINDS = KINDS + ("fmfm",)
+"""Every kind the reference implements: :data:`KINDS` plus FmFM."""
+
+# kinds with one k-vector per feature (a (n_features, k) factor array)
+_VECTOR_KINDS = ("fm", "fwfm", "fmfm")
 
 
 # ---------------------------------------------------------------------------
@@ -141,9 +161,13 @@ def random_rows(
 class RefModel:
     """Parameters of a model.
 
-    ``factors`` is ``None`` for LR, shape ``(n_features, k)`` for FM and FwFM,
-    and ``(n_features, n_fields, k)`` for FFM.  ``field_weights`` is the
+    ``factors`` is ``None`` for LR, shape ``(n_features, k)`` for FM, FwFM and
+    FmFM, and ``(n_features, n_fields, k)`` for FFM.  ``field_weights`` is the
     ``(n_fields, n_fields)`` matrix R for FwFM and ``None`` otherwise.
+    ``field_matrices`` is the ``(n_fields, n_fields, k, k)`` array M of FmFM
+    (``M[a, c]`` the k x k matrix of the field pair (a, c); only a <= c is
+    read) and ``None`` otherwise; it comes last so that the positional
+    constructor of the other kinds is unchanged.
     """
 
     kind: str
@@ -157,9 +181,10 @@ class RefModel:
     use_bias: bool = True
     use_linear: bool = True
     normalize: bool = True
+    field_matrices: Optional[np.ndarray] = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
+        if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}")
         self.bias = float(self.bias)
         self.linear = np.asarray(self.linear, dtype=np.float64)
@@ -182,6 +207,13 @@ class RefModel:
                 raise ValueError("field_weights must have shape (n_fields, n_fields)")
         elif self.field_weights is not None:
             raise ValueError("only an FwFM model has field weights")
+        if self.kind == "fmfm":
+            self.field_matrices = np.asarray(self.field_matrices, dtype=np.float64)
+            expected = (self.n_fields, self.n_fields, self.k, self.k)
+            if self.field_matrices.shape != expected:
+                raise ValueError(f"field_matrices must have shape {expected}")
+        elif self.field_matrices is not None:
+            raise ValueError("only an FmFM model has field matrices")
 
     @classmethod
     def zeros(
@@ -194,15 +226,21 @@ class RefModel:
         use_linear: bool = True,
         normalize: bool = True,
     ) -> "RefModel":
-        """All-zero model (FwFM field weights are set to 1)."""
+        """All-zero model (FwFM field weights are set to 1, FmFM field
+        matrices to the k x k identity: both then score as FM)."""
         factors = None
-        if kind in ("fm", "fwfm"):
+        if kind in _VECTOR_KINDS:
             factors = np.zeros((n_features, k))
         elif kind == "ffm":
             factors = np.zeros((n_features, n_fields, k))
         field_weights = np.ones((n_fields, n_fields)) if kind == "fwfm" else None
+        field_matrices = None
+        if kind == "fmfm":
+            field_matrices = np.zeros((n_fields, n_fields, k, k))
+            field_matrices[:, :] = np.eye(k)
         return cls(kind, n_features, n_fields, k, 0.0, np.zeros(n_features),
-                   factors, field_weights, use_bias, use_linear, normalize)
+                   factors, field_weights, use_bias, use_linear, normalize,
+                   field_matrices)
 
     @classmethod
     def random(
@@ -220,6 +258,8 @@ class RefModel:
         """Model with normal(0, scale) bias, linear weights and factors.
 
         FwFM field weights are symmetric and drawn from uniform(0.5, 1.5).
+        FmFM field matrices are ``I + normal(0, scale)`` for a <= c (diagonal
+        pairs not symmetric) and ``M[c, a] = M[a, c]^T`` below.
         """
         model = cls.zeros(kind, n_features, n_fields, k, use_bias, use_linear, normalize)
         model.bias = float(rng.normal(0.0, scale))
@@ -229,6 +269,9 @@ class RefModel:
         if kind == "fwfm":
             upper = rng.uniform(0.5, 1.5, size=(n_fields, n_fields))
             model.field_weights = np.triu(upper) + np.triu(upper, 1).T
+        if kind == "fmfm":
+            model.field_matrices = np.eye(k) + rng.normal(0.0, scale, size=(n_fields, n_fields, k, k))
+            mirror_field_matrices(model.field_matrices)
         return model
 
     def copy(self) -> "RefModel":
@@ -238,7 +281,21 @@ class RefModel:
             None if self.factors is None else self.factors.copy(),
             None if self.field_weights is None else self.field_weights.copy(),
             self.use_bias, self.use_linear, self.normalize,
+            None if self.field_matrices is None else self.field_matrices.copy(),
         )
+
+
+def mirror_field_matrices(M: np.ndarray) -> np.ndarray:
+    """Set ``M[c, a] = M[a, c]^T`` for every a < c, in place (and return M).
+
+    The upper triangle (a <= c) holds the parameters; the lower one is their
+    transposed copy, as a saved model stores it.  Diagonal pairs are kept.
+    """
+    n_fields = M.shape[0]
+    for a in range(n_fields):
+        for c in range(a + 1, n_fields):
+            M[c, a] = M[a, c].T
+    return M
 
 
 def _check_row(model: RefModel, row: Row) -> None:
@@ -277,12 +334,51 @@ def pair_weight(model: RefModel, row: Row, xt: np.ndarray, i: int, l: int) -> fl
         return float(np.dot(V[j_i, f_l], V[j_l, f_i])) * v
     if model.kind == "fwfm":
         return model.field_weights[field_pair(f_i, f_l)] * float(np.dot(V[j_i], V[j_l])) * v
+    if model.kind == "fmfm":
+        return fmfm_pair_terms(model.field_matrices, V, j_i, j_l, f_i, f_l)[0] * v
     return 0.0
 
 
 def field_pair(f_i: int, f_l: int) -> tuple[int, int]:
-    """The FwFM weight of a field pair lives in the upper triangle of R."""
+    """The FwFM weight (FmFM matrix) of a field pair lives in the upper triangle of R (M)."""
     return (f_i, f_l) if f_i <= f_l else (f_l, f_i)
+
+
+def fmfm_pair_terms(M: np.ndarray, V: np.ndarray, j_i: int, j_l: int, f_i: int, f_l: int):
+    """FmFM's ``phi`` of the pair (i, l) and its derivatives (without the
+    ``xt_i xt_l`` factor).
+
+    Returns ``(phi, d phi / d V[j_i], d phi / d V[j_l], (a, c), d phi / d M[a, c])``
+    with ``(a, c) = field_pair(f_i, f_l)`` the matrix the pair reads.  With
+    ``lo`` the entry of the lower field and ``hi`` the other one, ``P = M[a, c]``:
+
+    * a < c: ``phi = V[lo]^T P V[hi]``; ``d/dV[lo] = P V[hi]``,
+      ``d/dV[hi] = P^T V[lo]``, ``d/dP = V[lo] V[hi]^T``;
+    * a = c: ``phi = V[j_i]^T S V[j_l]`` with ``S = (P + P^T) / 2`` (the same
+      for either order); ``d/dV[j_i] = S V[j_l]``, ``d/dV[j_l] = S V[j_i]``,
+      ``d/dP = (V[j_i] V[j_l]^T + V[j_l] V[j_i]^T) / 2``.
+
+    When ``j_i == j_l`` both derivatives belong to the same vector: callers
+    add them up, which is the derivative of the quadratic form.
+    """
+    pair = field_pair(f_i, f_l)
+    P = M[pair]
+    v_i, v_l = V[j_i], V[j_l]
+    if f_i == f_l:
+        S = 0.5 * (P + P.T)
+        phi = float(np.dot(v_i, S @ v_l))
+        return phi, S @ v_l, S @ v_i, pair, 0.5 * (np.outer(v_i, v_l) + np.outer(v_l, v_i))
+    if f_i < f_l:
+        v_lo, v_hi = v_i, v_l
+    else:
+        v_lo, v_hi = v_l, v_i
+    phi = float(np.dot(v_lo, P @ v_hi))
+    g_lo = P @ v_hi
+    g_hi = P.T @ v_lo
+    g_P = np.outer(v_lo, v_hi)
+    if f_i < f_l:
+        return phi, g_lo, g_hi, pair, g_P
+    return phi, g_hi, g_lo, pair, g_P
 
 
 def score(model: RefModel, row) -> float:
@@ -346,10 +442,13 @@ def gradients(model: RefModel, row, y) -> dict:
     Returns dense arrays shaped like the parameters::
 
         {"bias": float, "linear": (n_features,), "factors": array or None,
-         "field_weights": (n_fields, n_fields) or None}
+         "field_weights": (n_fields, n_fields) or None,
+         "field_matrices": (n_fields, n_fields, k, k) or None}
 
     Each entry of ``field_weights`` is treated as an independent parameter:
-    the pair (i, l), i < l, contributes to ``R[f_i, f_l]`` only.
+    the pair (i, l), i < l, contributes to ``R[f_i, f_l]`` only.  Every entry
+    of ``field_matrices[a, c]``, a <= c, is an independent parameter; the
+    lower triangle (a > c) of its gradient is left zero.
     """
     row = _as_row(row)
     _check_row(model, row)
@@ -377,6 +476,7 @@ def gradients_for_kappa(model: RefModel, row, kappa: float) -> dict:
 
     g_factors = None if model.factors is None else np.zeros_like(model.factors)
     g_field = None if model.field_weights is None else np.zeros_like(model.field_weights)
+    g_matrices = None if model.field_matrices is None else np.zeros_like(model.field_matrices)
     V = model.factors
     for i in range(n):
         for l in range(i + 1, n):
@@ -397,12 +497,18 @@ def gradients_for_kappa(model: RefModel, row, kappa: float) -> dict:
                 g_factors[j_i] += kappa * v * R * V[j_l]
                 g_factors[j_l] += kappa * v * R * V[j_i]
                 g_field[field_pair(f_i, f_l)] += kappa * v * float(np.dot(V[j_i], V[j_l]))
+            elif model.kind == "fmfm":
+                _, d_i, d_l, pair, d_P = fmfm_pair_terms(model.field_matrices, V, j_i, j_l, f_i, f_l)
+                g_factors[j_i] += kappa * v * d_i
+                g_factors[j_l] += kappa * v * d_l
+                g_matrices[pair] += kappa * v * d_P
 
     return {
         "bias": float(g_bias),
         "linear": g_linear,
         "factors": g_factors,
         "field_weights": g_field,
+        "field_matrices": g_matrices,
     }
 
 
@@ -418,7 +524,36 @@ def init_adagrad_state(model: RefModel) -> dict:
         "linear": np.ones_like(model.linear),
         "factors": None if model.factors is None else np.ones_like(model.factors),
         "field_weights": None if model.field_weights is None else np.ones_like(model.field_weights),
+        "field_matrices": (None if model.field_matrices is None
+                           else np.ones_like(model.field_matrices)),
     }
+
+
+def _fmfm_row_gradients(model: RefModel, row: Row, xt: np.ndarray, kappa: float):
+    """FmFM's data gradients of one row from the model's current values.
+
+    Returns ``(g_entries, g_matrices)``: ``g_entries[i]`` is the gradient of
+    the factor vector of entry i (``kappa * sum_{l != i} xt_i xt_l d phi /
+    d V[j_i]``, one per entry, so a repeated feature gets one per occurrence);
+    ``g_matrices`` maps each touched pair (a, c), a <= c, in the order of first
+    touch, to its k x k gradient summed over the row's pairs.
+    """
+    n = len(row.features)
+    g_entries = [np.zeros(model.k) for _ in range(n)]
+    g_matrices = {}
+    for i in range(n):
+        for l in range(i + 1, n):
+            _, d_i, d_l, pair, d_P = fmfm_pair_terms(
+                model.field_matrices, model.factors, int(row.features[i]), int(row.features[l]),
+                int(row.fields[i]), int(row.fields[l]))
+            kv = kappa * xt[i] * xt[l]
+            g_entries[i] += kv * d_i
+            g_entries[l] += kv * d_l
+            if pair in g_matrices:
+                g_matrices[pair] = g_matrices[pair] + kv * d_P
+            else:
+                g_matrices[pair] = kv * d_P
+    return g_entries, g_matrices
 
 
 def _update(params: np.ndarray, index, g, eta: float, accumulator: Optional[np.ndarray]) -> None:
@@ -503,6 +638,20 @@ def _step(model: RefModel, row, y, eta: float, lam: float, state: Optional[dict]
             # entries with g == 0 are left unchanged by both optimizers
             _update(model.field_weights, slice(None), g_field, eta, acc("field_weights"))
 
+    elif model.kind == "fmfm":
+        # every gradient from the start-of-row values, then the factors in row
+        # order, then the matrices (entries with g == 0, the lower triangle
+        # included, are left unchanged by both optimizers)
+        g_entries, g_pairs = _fmfm_row_gradients(model, row, xt, kappa)
+        g_factors = [g + lam * V[row.features[i]] for i, g in enumerate(g_entries)]
+        g_matrices = np.zeros_like(model.field_matrices)
+        for pair, g in g_pairs.items():
+            g_matrices[pair] = g
+        for i in range(n):
+            _update(V, row.features[i], g_factors[i], eta, acc("factors"))
+        _update(model.field_matrices, slice(None), g_matrices, eta, acc("field_matrices"))
+        mirror_field_matrices(model.field_matrices)
+
     elif model.kind == "ffm":
         # libffm's in-place pair order: later pairs see values updated earlier.
         for i in range(n):
@@ -583,7 +732,7 @@ def train(
 TASKS = ("binary", "regression", "multiclass")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl", "rowwise-adagrad")
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
-GROUPS = ("bias", "linear", "factors", "field_weights")
+GROUPS = ("bias", "linear", "factors", "field_weights", "field_matrices")
 
 
 # ---------------------------------------------------------------------------
@@ -781,11 +930,14 @@ def _filled_like(model: RefModel, value: float) -> dict:
         "factors": None if model.factors is None else np.full_like(model.factors, value),
         "field_weights": (None if model.field_weights is None
                           else np.full_like(model.field_weights, value)),
+        "field_matrices": (None if model.field_matrices is None
+                           else np.full_like(model.field_matrices, value)),
     }
 
 
 def _group_l2(group: str, l2_bias: float, l2_linear: float, l2_factors: float) -> float:
-    return {"bias": l2_bias, "linear": l2_linear, "factors": l2_factors, "field_weights": 0.0}[group]
+    return {"bias": l2_bias, "linear": l2_linear, "factors": l2_factors, "field_weights": 0.0,
+            "field_matrices": 0.0}[group]
 
 
 def _group_l1(group: str, l1: float) -> float:
@@ -819,11 +971,16 @@ def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
          "classes": [ {slot: dict shaped like the parameters, ...} per class ]}
 
     slots: sgd none; adagrad "G" (all 1.0); rowwise-adagrad "G" (all 1.0, its
-    factors entry one per k-vector: factors.shape[:-1]); adam "m", "v" (all 0.0);
+    factors entry one per k-vector: factors.shape[:-1], its field_matrices
+    entry one per matrix row: (n_fields, n_fields, k)); adam "m", "v" (all 0.0);
     ftrl "z" (from the current weights, see :func:`ftrl_initial_z`, with the
     group's l1/l2 and alpha = eta) and "n" (all 0.0).  ``eta`` is needed only
     for ftrl.  ``t`` counts the steps taken so far; ``total_steps`` is the T of
     the schedule (None: fixed by the first :func:`train_matrix` call, see there).
+
+    FmFM's field_matrices slots are shaped like the whole array M, but only
+    the entries of the pairs a <= c are ever read or written; the others keep
+    their initial values.
     """
     models = _as_models(models)
     if optimizer not in OPTIMIZERS:
@@ -837,6 +994,8 @@ def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
             cstate["G"] = _filled_like(model, 1.0)
             if model.factors is not None:
                 cstate["G"]["factors"] = np.ones(model.factors.shape[:-1])
+            if model.field_matrices is not None:
+                cstate["G"]["field_matrices"] = np.ones(model.field_matrices.shape[:-1])
         elif optimizer == "adam":
             cstate["m"] = _filled_like(model, 0.0)
             cstate["v"] = _filled_like(model, 0.0)
@@ -865,8 +1024,9 @@ def init_state(models, optimizer: str, l1: float = 0.0, l2_bias: float = 0.0,
 # ---------------------------------------------------------------------------
 #
 # A block is (group, index): ("bias", None); ("linear", j); ("factors", j) for
-# FM/FwFM or ("factors", (j, f)) for FFM -- a k-vector; ("field_weights", (a, b))
-# with a <= b.  Blocks are read and written as 1-D float64 arrays.
+# FM/FwFM/FmFM or ("factors", (j, f)) for FFM -- a k-vector; ("field_weights",
+# (a, b)) with a <= b; ("field_matrices", (a, b, r)) with a <= b -- row r of
+# the k x k matrix M[a, b].  Blocks are read and written as 1-D float64 arrays.
 
 
 def _read(container, group: str, index) -> np.ndarray:
@@ -889,6 +1049,12 @@ def _write(container, group: str, index, value: np.ndarray) -> None:
         return
     array = getattr(container, group) if isinstance(container, RefModel) else container[group]
     array[index] = np.reshape(value, np.shape(array[index]))
+    if group == "field_matrices" and isinstance(container, RefModel):
+        # keep the model's lower triangle the transpose: row r of M[a, b] is
+        # column r of M[b, a] (the optimizer state needs no copy)
+        a, b, r = index
+        if a != b:
+            array[b, a, :, r] = array[a, b, r, :]
 
 
 @dataclass
@@ -1015,6 +1181,21 @@ def _row_update(model: RefModel, cstate: dict, hp: _Hyper, row: Row, kappa: floa
         for pair, g in g_field.items():
             _apply(model, cstate, hp, "field_weights", pair, g, start_R[pair], eta_t, n_step)
 
+    elif model.kind == "fmfm":
+        # all gradients from the start-of-row values (nothing stepped yet
+        # reads the factors or matrices)
+        start_V = model.factors.copy()
+        start_M = model.field_matrices.copy()
+        g_entries, g_pairs = _fmfm_row_gradients(model, row, xt, kappa)
+        for i in range(n):
+            _apply(model, cstate, hp, "factors", feats[i], g_entries[i],
+                   start_V[feats[i]], eta_t, n_step)
+        # each touched matrix once, matrix row by matrix row (no L2 on matrices)
+        for (a, c), g in g_pairs.items():
+            for r in range(model.k):
+                _apply(model, cstate, hp, "field_matrices", (a, c, r), g[r],
+                       start_M[a, c, r], eta_t, n_step)
+
     elif model.kind == "ffm":
         V = model.factors
         for i in range(n):
@@ -1078,6 +1259,13 @@ def _batch_data_gradients(model: RefModel, rows: list, kappas: list) -> dict:
                     for l in range(i + 1, n):
                         g = kappa * float(np.dot(V[feats[i]], V[feats[l]])) * xt[i] * xt[l]
                         _accumulate(acc, "field_weights", field_pair(flds[i], flds[l]), g)
+        elif model.kind == "fmfm":
+            g_entries, g_pairs = _fmfm_row_gradients(model, row, xt, kappa)
+            for i in range(n):
+                _accumulate(acc, "factors", feats[i], g_entries[i])
+            for (a, c), g in g_pairs.items():
+                for r in range(model.k):
+                    _accumulate(acc, "field_matrices", (a, c, r), g[r])
         elif model.kind == "ffm":
             for i in range(n):
                 for l in range(i + 1, n):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fmcli._core import _kernels
+from kernels_compat import score_rows, train_epoch
 from fmcli.data.batch import Batch
 from fmcli.data.dataset import compacted, expanded, load_dataset
 
@@ -56,7 +57,7 @@ def train(b: Batch, kp: int, refine: bool, epochs=2, fields=None, values=None, m
     order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
     losses = []
     for _ in range(epochs):
-        losses.append(_kernels.train_epoch(
+        losses.append(train_epoch(
             "ffm", optimizer, "binary", B, L, F, R, n, m, kp, 1, b.indptr,
             b.fields if fields is None else fields, b.features, b.values if values is None else values,
             b.labels, np.zeros(0, np.float32), order, 0.2, l2_factors=2e-5, use_bias=False,
@@ -122,12 +123,12 @@ def test_fwfm_avx_loops_match_sse_bit_for_bit(simd_levels, kp, optimizer):
         _kernels.set_simd(level)
         B, L = np.zeros(w, np.float32), np.zeros(w * n, np.float32)
         F, R = F0.reshape(-1).copy(), R0.reshape(-1).copy()
-        losses = [_kernels.train_epoch("fwfm", optimizer, "binary", B, L, F, R, n, m, kp, 1, b.indptr, b.fields,
+        losses = [train_epoch("fwfm", optimizer, "binary", B, L, F, R, n, m, kp, 1, b.indptr, b.fields,
                                        b.features, b.values, b.labels, np.zeros(0, np.float32), order, 0.1,
                                        l2_factors=2e-5, threads=1, total_steps=2 * b.n_rows,
                                        step0=e * b.n_rows)[0] for e in range(2)]
         scores = np.empty(b.n_rows)
-        _kernels.score_rows("fwfm", B, L, F, R, n, m, kp, 0, b.indptr, b.fields, b.features, b.values, scores,
+        score_rows("fwfm", B, L, F, R, n, m, kp, 0, b.indptr, b.fields, b.features, b.values, scores,
                             True, True, True, 1)
         out[level] = F, R, losses, scores
     for a, c in zip(out["sse"], out["avx"]):
@@ -153,7 +154,7 @@ def test_uniform_row_loops_match_the_general_ones(simd_levels, optimizer, kp, va
                 F, losses = train(b, kp, False, optimizer=optimizer)
                 n, m = int(b.features.max()) + 1, int(b.fields.max()) + 1
                 scores = np.empty(b.n_rows)
-                _kernels.score_rows("ffm", np.zeros(1, np.float32), np.zeros(1, np.float32), F,
+                score_rows("ffm", np.zeros(1, np.float32), np.zeros(1, np.float32), F,
                                     np.zeros(0, np.float32), n, m, kp, _kernels.n_state(optimizer), b.indptr,
                                     b.fields, b.features, b.values, scores, False, False, True, 1, 1, False,
                                     optimizer == "rowwise-adagrad")
@@ -190,7 +191,7 @@ def test_compact_batch_trains_and_scores_like_the_plain_one(kp):
     out = {}
     for name, (f, v) in {"plain": (b.fields, b.values), "compact": (small, none)}.items():
         s = np.empty(b.n_rows)
-        _kernels.score_rows("ffm", e, e, F_plain, e, n, m, kp, 1, b.indptr, f, b.features, v, s,
+        score_rows("ffm", e, e, F_plain, e, n, m, kp, 1, b.indptr, f, b.features, v, s,
                             False, False, True, 1)
         out[name] = s
     np.testing.assert_array_equal(out["plain"], out["compact"])
@@ -265,7 +266,7 @@ def train_half(b: Batch, kp: int, refine=False, epochs=2, step0=0):
     order = np.random.default_rng(5).permutation(b.n_rows).astype(np.int64)
     losses = []
     for e in range(epochs):
-        losses.append(_kernels.train_epoch(
+        losses.append(train_epoch(
             "ffm", "adagrad", "binary", B, L, F, R, n, m, kp, 1, b.indptr, b.fields, b.features, b.values,
             b.labels, np.zeros(0, np.float32), order, 0.2, l2_factors=2e-5, use_bias=False,
             use_linear=False, threads=1, exact_rsqrt=refine, half_factors=True,
@@ -315,7 +316,7 @@ def test_float16_without_f16c_agrees(simd_levels):
     for level in ("avx", "sse"):
         _kernels.set_simd(level)
         s = np.empty(b.n_rows)
-        _kernels.score_rows("ffm", e, e, fast, e, n, m, 8, 1, b.indptr, b.fields, b.features, b.values, s,
+        score_rows("ffm", e, e, fast, e, n, m, 8, 1, b.indptr, b.fields, b.features, b.values, s,
                             False, False, True, 1, 1, True)
         scores[level] = s
     # widening float16 is exact either way, and the sums run in the same order

@@ -36,7 +36,13 @@ from fmcli.gpu import state as gpu_state
 from fmcli.gpu.state import GpuScorer, GpuState
 from fmcli.model import load_model, padded_k
 from fmcli.predict import Scorer, make_scorer
-from fmcli.train import TrainState
+from fmcli.cpu import CpuBackend as TrainState
+
+
+def train_pass(backend, batch, order, weights, step0, total_steps):
+    """One pass of a backend over `order`, the run being total_steps long."""
+    backend.total_steps = total_steps
+    return backend.train_slice(batch, order, weights, step0)
 
 KINDS = ("lr", "fm", "ffm", "fwfm")
 TASKS = ("binary", "regression", "multiclass")
@@ -86,7 +92,7 @@ def problem(kind, task, seed, *, n_rows=24, k=3, distinct=False, n_classes=3):
 
 
 def to_arrays(models, state, optimizer):
-    """Reference models and optimizer state -> TrainState-shaped B, L, F, R (float64)."""
+    """Reference models and optimizer state -> HostParams-shaped B, L, F, R (float64)."""
     slots = SLOTS[optimizer]
     w = 1 + len(slots)
     kp = padded_k(models[0].k)
@@ -170,7 +176,7 @@ def gpu_run(backend, kind, task, optimizer, *, batch_size, epochs=2, eta=0.05, k
     steps = len(rows) if batch_size == 1 else -(-len(rows) // batch_size)
     losses = []
     for epoch in range(epochs):
-        loss, wsum, bad, first = gs.train_epoch(batch, order.astype(np.int64), w, epoch * steps,
+        loss, wsum, bad, first = train_pass(gs, batch, order.astype(np.int64), w, epoch * steps,
                                                 epochs * steps)
         assert (bad, first) == (0, -1)
         losses.append(loss / wsum)
@@ -481,11 +487,11 @@ def _nonfinite_state(backend, batch_size, skip):
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_emulated_nonfinite_rows_stop_or_are_skipped(emu, batch_size):
     gs, batch = _nonfinite_state(emu, batch_size, skip=False)
-    loss, wsum, bad, first = gs.train_epoch(batch, np.arange(24, dtype=np.int64), None, 0, 24)
+    loss, wsum, bad, first = train_pass(gs, batch, np.arange(24, dtype=np.int64), None, 0, 24)
     assert (bad, first) == (0, 3)
     gs, batch = _nonfinite_state(emu, batch_size, skip=True)
     b0 = gs.arrays()[0].copy()
-    loss, wsum, bad, first = gs.train_epoch(batch, np.arange(24, dtype=np.int64), None, 0, 24)
+    loss, wsum, bad, first = train_pass(gs, batch, np.arange(24, dtype=np.int64), None, 0, 24)
     assert (bad, first, wsum) == (1, -1, 23.0) and np.isfinite(loss)
     assert not np.array_equal(gs.arrays()[0], b0) and gs.all_finite()
 
@@ -495,8 +501,8 @@ def test_emulated_exact_mode_stops_before_the_bad_batch(emu):
     order = np.r_[5:24, 0:5].astype(np.int64)       # row 3 is in the last batch
     cpu = TrainState(gs.cfg, 20, 4, np.random.default_rng(0))
     cpu.restore(gs.arrays())
-    out = cpu.train_epoch(batch, order, None, 0, 5)
-    got = gs.train_epoch(batch, order, None, 0, 5)
+    out = train_pass(cpu, batch, order, None, 0, 5)
+    got = train_pass(gs, batch, order, None, 0, 5)
     assert got[2:] == out[2:] == (0, 24 - 5 + 3)
     for a, b in zip(gs.arrays(), cpu.arrays()):
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -532,7 +538,7 @@ def test_emulated_hogwild_warps_train_about_as_well_as_the_cpu(emu_warps):
                GpuState(cfg, 20, 4, np.random.default_rng(0), backend=emu_warps)):
         order_rng = np.random.default_rng(1)
         for epoch in range(4):
-            st.train_epoch(batch, order_rng.permutation(200).astype(np.int64), None, epoch * 200, 800)
+            train_pass(st, batch, order_rng.permutation(200).astype(np.int64), None, epoch * 200, 800)
         s = st.scores(batch, 1)
         losses.append(float(np.mean(np.logaddexp(0, -(2 * labels - 1) * s))))
     assert losses[0] < np.log(2) - 0.1
@@ -835,7 +841,7 @@ def test_gpu_per_row_mode_is_close_to_the_cpu(cuda, kind):
                GpuState(cfg, 5000, 8, np.random.default_rng(0), backend=cuda)):
         order_rng = np.random.default_rng(1)
         for epoch in range(3):
-            st.train_epoch(train, order_rng.permutation(n_train).astype(np.int64), None, epoch * n_train,
+            train_pass(st, train, order_rng.permutation(n_train).astype(np.int64), None, epoch * n_train,
                            3 * n_train)
         s = st.scores(valid, 1)
         losses.append(float(np.mean(np.logaddexp(0, -(2 * labels[n_train:] - 1) * s))))

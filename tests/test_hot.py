@@ -19,11 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 from fmcli._core import _kernels
+from kernels_compat import train_epoch
 from fmcli.cli import cli
 from fmcli.config import Config
 from fmcli.data.batch import Batch
 from fmcli.errors import ConfigError
-from fmcli.train import HOT_MIN_SHARE, TrainState, train
+from fmcli.cpu import HOT_MIN_SHARE, CpuBackend as TrainState
+from fmcli.train import train
 
 openmp = pytest.mark.skipif(not _kernels.openmp_info()[0], reason="built without OpenMP")
 
@@ -65,7 +67,7 @@ def run(b, F, order, threads, optimizer="adagrad", **kw):
     z = np.zeros(0, np.float32)
     # unused: no bias, no linear terms
     B, L = np.zeros(width, np.float32), np.zeros(width * n, np.float32)
-    return _kernels.train_epoch(
+    return train_epoch(
         "ffm", optimizer, "binary", B, L, F, z, n, m, KP, 1, b.indptr, b.fields, b.features,
         b.values, b.labels, z, order, 0.2, l2_factors=1e-4, use_bias=False, use_linear=False,
         threads=threads, **kw)
@@ -154,34 +156,32 @@ def test_choose_hot_takes_the_most_frequent_features():
     b = skewed()
     counts = np.bincount(b.features, minlength=300)
     st = state(hot_features=10)
-    st.choose_hot(b)
+    st.prepare(b)
     assert sorted(st.hot.tolist()) == st.hot.tolist()
     assert set(st.hot.tolist()) == set(np.argsort(-counts, kind="stable")[:10].tolist())
     # auto: none on small data
     st = state()
-    st.choose_hot(b)
+    st.prepare(b)
     assert st.hot is None
 
 
 def test_auto_takes_the_features_on_a_share_of_rows_within_a_budget(monkeypatch):
-    import importlib
-
-    T = importlib.import_module("fmcli.train")   # the module (fmcli.train is also the API function)
+    import fmcli.cpu as T
 
     b = skewed()
     counts = np.bincount(b.features, minlength=300)
     monkeypatch.setattr(T, "HOT_MIN_ROWS", b.n_rows)
     # every feature on HOT_MIN_SHARE of the rows or more (the budget allows them all)
     st = state()
-    st.choose_hot(b)
+    st.prepare(b)
     assert set(st.hot.tolist()) == set(np.flatnonzero(counts >= HOT_MIN_SHARE * b.n_rows).tolist())
     # a budget of HOT_BYTES per thread caps them
     monkeypatch.setattr(T, "HOT_BYTES", 5 * st.F.shape[1] * 4 * 6)
-    st.choose_hot(b)
+    st.prepare(b)
     assert set(st.hot.tolist()) == set(np.argsort(-counts, kind="stable")[:5].tolist())
     # more than the data has: the features it has
     st = state(hot_features=5000)
-    st.choose_hot(b)
+    st.prepare(b)
     assert len(st.hot) == np.count_nonzero(counts)
 
 
@@ -191,7 +191,7 @@ def test_no_replicas_where_they_do_not_apply(kw):
     threads = kw.pop("threads", 2)
     cfg = Config(model="ffm", k=4, threads=threads, **kw)
     st = TrainState(cfg, 300, 6, np.random.default_rng(0))
-    st.choose_hot(skewed())
+    st.prepare(skewed())
     assert st.hot is None
 
 
@@ -250,3 +250,29 @@ def test_cli_hot_features_option(tmp_path):
                                   SAMPLE, "-o", str(tmp_path / f"m{value}.fm")])
         assert ok.exit_code == 0, ok.output
         assert (tmp_path / f"m{value}.fm").exists()
+
+
+@openmp
+def test_a_trainer_reloads_its_replicas_at_every_pass():
+    # as above (no exchange before the end, each thread its half of `order`),
+    # so a pass is exact; one trainer for two passes equals one per pass
+    n, m = 40, 6
+    b = rows(8, 400, np.arange(n))
+    orders = [np.random.default_rng(s).permutation(b.n_rows).astype(np.int64) for s in (1, 2)]
+    layout = _kernels.Layout("ffm", "binary", 1, n, m, KP, 1, use_bias=False, use_linear=False)
+    hyper = dict(optimizer="adagrad", eta=0.2, l2_factors=1e-4)
+    z = np.zeros(0, np.float32)
+    hot = np.arange(n, dtype=np.int32)
+
+    def arrays(F):
+        return np.zeros(2, np.float32), np.zeros(2 * n, np.float32), F, z
+
+    kept, fresh = start(n, m), start(n, m)
+    trainer = _kernels.Trainer(layout, *arrays(kept), hyper, 2, hot, 10**9, False)
+    assert trainer.hot_features == n
+    for step, order in zip((0, 400), orders):
+        a = trainer.train(b.indptr, b.fields, b.features, b.values, b.labels, z, order, step)
+        f = _kernels.Trainer(layout, *arrays(fresh), hyper, 2, hot, 10**9, False)
+        assert a == f.train(b.indptr, b.fields, b.features, b.values, b.labels, z, order, step)
+    assert kept.tobytes() == fresh.tobytes()
+    assert kept.tobytes() != start(n, m).tobytes()

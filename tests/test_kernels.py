@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from kernels_compat import score_rows, train_epoch
 from fmcli._core import _kernels
 from fmcli.data.batch import Batch
 from fmcli.model import padded_k
@@ -61,7 +62,7 @@ def run_kernel(model, rows, labels, order, epochs, optimizer, eta, lam, dtype, e
     batch = to_batch(rows, labels)
     total = 0.0
     for _ in range(epochs):
-        loss, wsum, bad, first = _kernels.train_epoch(
+        loss, wsum, bad, first = train_epoch(
             model.kind, optimizer, "binary", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
             model.n_features, model.n_fields, kp, 1, batch.indptr, batch.fields,
             batch.features, batch.values, (batch.labels > 0).astype(np.float32), np.zeros(0, np.float32),
@@ -159,7 +160,7 @@ def test_fwfm_ignores_unknown_ids(dtype):
     for rs in (rows, extra):
         batch = to_batch(rs, labels)
         out = np.empty(len(rs))
-        _kernels.score_rows("fwfm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
+        score_rows("fwfm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
                             model.n_features, model.n_fields, kp, 0, batch.indptr, batch.fields,
                             batch.features, batch.values, out, True, True, False, 1)
         outs.append(out)
@@ -175,7 +176,7 @@ def test_scores_match_reference(kind, normalize):
     B, L, F, R, kp = to_layout(model, "sgd", np.float64)
     batch = to_batch(rows, labels)
     out = np.empty(len(rows))
-    _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
+    score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                         model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                         batch.values, out, True, True, normalize, 1)
     expected = [ref.score(model, r) for r in rows]
@@ -203,7 +204,7 @@ def test_unknown_ids_are_ignored_when_scoring():
     )
     batch = to_batch([extra], [1.0])
     out = np.empty(1)
-    _kernels.score_rows("ffm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
+    score_rows("ffm", B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                         model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                         batch.values, out, True, True, False, 1)
     np.testing.assert_allclose(out[0], ref.score(model, row), rtol=1e-10)
@@ -224,7 +225,7 @@ def test_scoring_does_not_depend_on_threads(kind):
     outs = []
     for threads in (1, 2, 3):
         out = np.empty(batch.n_rows)
-        _kernels.score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
+        score_rows(kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1), model.n_features,
                             model.n_fields, kp, 0, batch.indptr, batch.fields, batch.features,
                             batch.values, out, True, True, True, threads)
         outs.append(out)
@@ -260,8 +261,188 @@ def test_fwfm_with_unit_field_weights_scores_like_fm():
         B, L, F, R, kp = to_layout(m, "sgd", np.float64)
         batch = to_batch(rows, labels)
         out = np.empty(len(rows))
-        _kernels.score_rows(m.kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
+        score_rows(m.kind, B.reshape(-1), L.reshape(-1), F.reshape(-1), R.reshape(-1),
                             m.n_features, m.n_fields, kp, 0, batch.indptr, batch.fields,
                             batch.features, batch.values, out, True, True, True, 1)
         outs[m.kind] = out
     np.testing.assert_allclose(outs["fwfm"], outs["fm"], rtol=1e-12)
+
+
+# Layout, Trainer and score_rows: the compiled core's interface.
+
+def slices(seed, n_slices=3, n_rows=120, n_features=30, n_fields=5, task="binary"):
+    """Random CSR slices (some ids and fields outside the model) with labels and weights."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_slices):
+        nnz = rng.integers(1, 8, n_rows)
+        indptr = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
+        total = int(indptr[-1])
+        labels = (rng.random(n_rows) < 0.4) if task == "binary" else rng.normal(size=n_rows)
+        out.append((indptr, rng.integers(0, n_fields + 1, total).astype(np.int32),
+                    rng.integers(0, n_features + 2, total).astype(np.int32),
+                    (rng.random(total) + 0.1).astype(np.float32), labels.astype(np.float32),
+                    (rng.random(n_rows) + 0.5).astype(np.float32),
+                    rng.permutation(n_rows).astype(np.int64)))
+    return out
+
+
+def fresh_arrays(layout, optimizer, dtype, seed=3):
+    """B, L, F, R for `layout`, weights random, optimizer state at its start value."""
+    rng = np.random.default_rng(seed)
+    init = 1.0 if optimizer in ("adagrad", "rowwise-adagrad") else 0.0
+    arrays = [np.full(size, init, dtype) for size in layout.sizes]
+    for a in arrays:
+        a[:: max(1, layout.lstride)] = 0
+    B, L, F, R = arrays
+    L[:: layout.lstride] = rng.normal(0, 0.1, layout.n_classes * layout.n_features)
+    if layout.kind != "lr":
+        blocks = F.reshape(-1, layout.fstride)
+        blocks[:, : layout.kp] = rng.random((blocks.shape[0], layout.kp)) * 0.3
+        if optimizer in ("adagrad", "rowwise-adagrad"):
+            blocks[:, layout.kp :] = 1
+    if layout.kind == "fwfm":
+        R[:: layout.lstride] = rng.random(len(R) // layout.lstride)
+    return B, L, F, R
+
+
+HYPER = dict(eta=0.05, k=6, l2_bias=1e-4, l2_linear=1e-3, l2_factors=2e-3, schedule="linear",
+             warmup=5, total_steps=2000)
+
+
+@pytest.mark.parametrize("kind,optimizer,batch_size",
+                         [("lr", "ftrl", 1), ("fm", "adam", 4), ("ffm", "adagrad", 1), ("ffm", "sgd", 4),
+                          ("fwfm", "rowwise-adagrad", 1), ("fwfm", "adagrad", 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_trainer_over_slices_equals_a_trainer_per_slice(kind, optimizer, batch_size, dtype):
+    layout = _kernels.Layout(kind, "binary", 1, 30, 5, 8, _kernels.n_state(optimizer),
+                             row_state=optimizer == "rowwise-adagrad")
+    hyper = dict(HYPER, optimizer=optimizer, batch_size=batch_size)
+    kept, fresh = fresh_arrays(layout, optimizer, dtype), fresh_arrays(layout, optimizer, dtype)
+    trainer = _kernels.Trainer(layout, *kept, hyper)
+    step = 0
+    for i, (indptr, fields, features, values, labels, weights, order) in enumerate(slices(4)):
+        w = weights if i != 1 else np.zeros(0, np.float32)
+        a = trainer.train(indptr, fields, features, values, labels, w, order, step)
+        b = _kernels.Trainer(layout, *fresh, hyper).train(indptr, fields, features, values, labels,
+                                                          w, order, step)
+        assert a == b and a[3] == -1
+        step += -(-len(order) // batch_size)
+    for x, y in zip(kept, fresh):
+        assert x.tobytes() == y.tobytes()
+    assert kept[2].tobytes() != fresh_arrays(layout, optimizer, dtype)[2].tobytes() or kind == "lr"
+
+
+def test_total_steps_can_change_between_slices():
+    layout = _kernels.Layout("fm", "binary", 1, 30, 5, 8, 0)
+    hyper = dict(HYPER, optimizer="sgd")
+    data = slices(5, n_slices=2)
+    runs = []
+    for change in (False, True):
+        arrays = fresh_arrays(layout, "sgd", np.float64)
+        trainer = _kernels.Trainer(layout, *arrays, hyper)
+        assert trainer.total_steps == 2000
+        trainer.train(*data[0], 0)
+        if change:   # a resumed run that is to last longer
+            trainer.total_steps = 500
+            assert trainer.total_steps == 500
+        trainer.train(*data[1], 120)
+        runs.append(arrays)
+    # the changed length is what a trainer built with it would give
+    arrays = fresh_arrays(layout, "sgd", np.float64)
+    _kernels.Trainer(layout, *arrays, hyper).train(*data[0], 0)
+    _kernels.Trainer(layout, *arrays, dict(hyper, total_steps=500)).train(*data[1], 120)
+    assert runs[1][2].tobytes() == arrays[2].tobytes()
+    assert runs[0][2].tobytes() != arrays[2].tobytes()
+
+
+def test_trainer_multiclass_and_regression_match_the_previous_entry_point():
+    for task, C, optimizer in (("multiclass", 3, "adagrad"), ("regression", 1, "adam")):
+        layout = _kernels.Layout("ffm", task, C, 30, 5, 8, _kernels.n_state(optimizer))
+        a, b = fresh_arrays(layout, optimizer, np.float32), fresh_arrays(layout, optimizer, np.float32)
+        indptr, fields, features, values, labels, weights, order = slices(6, 1, task="regression")[0]
+        if task == "multiclass":
+            labels = (np.abs(labels * 10) % C).astype(np.int32).astype(np.float32)
+        hyper = dict(HYPER, optimizer=optimizer, label_smoothing=0.1 if C > 1 else 0)
+        got = _kernels.Trainer(layout, *a, hyper).train(indptr, fields, features, values, labels,
+                                                        weights, order, 7)
+        rest = {k: v for k, v in hyper.items() if k not in ("optimizer", "eta")}
+        want = train_epoch("ffm", optimizer, task, *b, 30, 5, 8, C, indptr, fields, features, values,
+                           labels, weights, order, hyper["eta"], step0=7, **rest)
+        assert got == want
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def test_layout_sizes_and_strides():
+    ffm = _kernels.Layout("ffm", "binary", 1, 10, 3, 8, 2)
+    assert (ffm.fstride, ffm.lstride, ffm.n_blocks) == (24, 3, 30)
+    assert ffm.sizes == ffm.class_sizes == (3, 30, 720, 0)
+    fwfm = _kernels.Layout("fwfm", "multiclass", 2, 10, 3, 4, 1, row_state=True)
+    assert (fwfm.fstride, fwfm.lstride) == (5, 2)
+    assert fwfm.class_sizes == (2, 20, 50, 18) and fwfm.sizes == (4, 40, 100, 36)
+    half = _kernels.Layout("ffm", "binary", 1, 10, 3, 8, 1, half=True)
+    assert half.fstride == 4 + 8 and half.half
+    lr = _kernels.Layout("lr", "regression", 1, 10, 0, 4, use_bias=False)
+    assert lr.sizes == (1, 10, 0, 0) and not lr.use_bias and lr.n_state == 0
+    for bad in [("svm", "binary", 1), ("fm", "ranking", 1), ("fm", "binary", 2)]:
+        with pytest.raises(ValueError):
+            _kernels.Layout(*bad, 10, 3, 8)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _kernels.Layout("fm", "binary", 1, 10, 3, 6)
+
+
+def test_trainer_checks_everything_when_built():
+    layout = _kernels.Layout("ffm", "binary", 1, 30, 5, 8, 1)
+    arrays = fresh_arrays(layout, "adagrad", np.float32)
+    hyper = dict(optimizer="adagrad", eta=0.1)
+    _kernels.Trainer(layout, *arrays, hyper)
+    with pytest.raises(ValueError, match="unknown hyperparameters: bogus, step_size"):
+        _kernels.Trainer(layout, *arrays, dict(hyper, bogus=1, step_size=2))
+    with pytest.raises(ValueError, match="missing: eta"):
+        _kernels.Trainer(layout, *arrays, dict(optimizer="adagrad"))
+    with pytest.raises(ValueError, match="does not fit adam"):
+        _kernels.Trainer(layout, *arrays, dict(hyper, optimizer="adam"))
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        _kernels.Trainer(layout, *arrays, dict(hyper, optimizer="lbfgs"))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        _kernels.Trainer(layout, *arrays, dict(hyper, schedule="step"))
+    with pytest.raises(ValueError, match="batch_size"):
+        _kernels.Trainer(layout, *arrays, dict(hyper, batch_size=0))
+    with pytest.raises(ValueError, match="one dtype"):
+        _kernels.Trainer(layout, arrays[0].astype(np.float64), *arrays[1:], hyper)
+    with pytest.raises(ValueError, match="factor array too small"):
+        _kernels.Trainer(layout, *arrays[:2], arrays[2][:-1], arrays[3], hyper)
+    frozen = arrays[2].copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        _kernels.Trainer(layout, *arrays[:2], frozen, arrays[3], hyper)
+    rowwise = _kernels.Layout("fm", "binary", 1, 30, 5, 8, 1, row_state=True)
+    with pytest.raises(ValueError, match="unpadded k"):
+        _kernels.Trainer(rowwise, *fresh_arrays(rowwise, "rowwise-adagrad", np.float32),
+                         dict(optimizer="rowwise-adagrad", eta=0.1))
+    half = _kernels.Layout("ffm", "binary", 1, 30, 5, 8, 1, half=True)
+    with pytest.raises(ValueError, match="float16"):
+        _kernels.Trainer(half, *fresh_arrays(half, "adagrad", np.float32), dict(hyper, batch_size=2))
+    with pytest.raises(ValueError, match="hot features must be distinct"):
+        _kernels.Trainer(layout, *arrays, hyper, 2, np.array([1, 1], np.int32))
+    trainer = _kernels.Trainer(layout, *arrays, hyper)
+    indptr, fields, features, values, labels, weights, order = slices(1, 1)[0]
+    with pytest.raises(ValueError, match="shorter than the rows"):
+        trainer.train(indptr, fields, features, values, labels[:-1], weights, order, 0)
+
+
+def test_score_rows_reads_read_only_models_and_checks_them():
+    layout = _kernels.Layout("fwfm", "binary", 1, 30, 5, 8, 0)
+    arrays = fresh_arrays(layout, "sgd", np.float32)
+    indptr, fields, features, values = slices(2, 1)[0][:4]
+    out = np.zeros(len(indptr) - 1)
+    want = score_rows("fwfm", *arrays, 30, 5, 8, 0, indptr, fields, features, values, out.copy())
+    for a in arrays:
+        a.flags.writeable = False
+    got = _kernels.score_rows(layout, *arrays, indptr, fields, features, values, out, 2)
+    assert got.tobytes() == want.tobytes() and np.abs(got).sum() > 0
+    with pytest.raises(ValueError, match="one dtype"):
+        _kernels.score_rows(layout, *arrays[:3], arrays[3].astype(np.float64), indptr, fields,
+                            features, values, out)
+    with pytest.raises(ValueError, match="output array too small"):
+        _kernels.score_rows(layout, *arrays, indptr, fields, features, values, out[:-1])

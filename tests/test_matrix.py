@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from kernels_compat import score_rows, train_epoch
 from fmcli._core import _kernels
 from fmcli.model import padded_k
 
@@ -44,7 +45,7 @@ def to_layout(models, state, optimizer, dtype):
             blocks = model.factors.reshape(-1, model.k)
             F = np.zeros((blocks.shape[0], factor_width(optimizer, kp)), dtype)
             if optimizer == "adagrad":
-                F[:, kp:] = 1.0   # the padding's accumulators, as TrainState sets them
+                F[:, kp:] = 1.0   # the padding's accumulators, as fmcli.params.HostParams sets them
             F[:, : model.k] = blocks
             if optimizer == "rowwise-adagrad":
                 F[:, kp] = cs["G"]["factors"].reshape(-1)
@@ -125,7 +126,7 @@ def run_both(kind, task, optimizer, *, seed=0, epochs=2, eta=0.05, weights=None,
     steps = -(-len(rows) // batch)
     losses = []
     for epoch in range(epochs):
-        loss, wsum, bad, first = _kernels.train_epoch(
+        loss, wsum, bad, first = train_epoch(
             kind, optimizer, task, B, L, F, R, models[0].n_features, models[0].n_fields, kp,
             len(models), indptr, fields, features, values, labels.astype(np.float32),
             np.zeros(0, np.float32) if weights is None else np.asarray(weights, np.float32),
@@ -211,7 +212,7 @@ def test_float32_fast_paths_match_reference(kind, optimizer):
     ref.train_matrix(expected, rows, labels, order, task="binary", optimizer=optimizer, eta=0.05,
                      l1=0.001 if optimizer == "ftrl" else 0.0, l2_factors=0.01)
     indptr, fields, features, values = csr(rows)
-    _kernels.train_epoch(kind, optimizer, "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields, features,
+    train_epoch(kind, optimizer, "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields, features,
                          values, labels.astype(np.float32), np.zeros(0, np.float32),
                          order.astype(np.int64), 0.05, l1=0.001 if optimizer == "ftrl" else 0.0,
                          l2_factors=0.01, total_steps=len(rows), k=4,
@@ -259,10 +260,10 @@ def test_nonfinite_rows_stop_or_are_skipped():
     values[indptr[3]] = np.inf   # row 3's score is not finite
     args = ("fm", "sgd", "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields, features, values,
             labels.astype(np.float32), np.zeros(0, np.float32), np.arange(len(rows), dtype=np.int64), 0.1)
-    loss, wsum, bad, first = _kernels.train_epoch(*args, normalize=False)
+    loss, wsum, bad, first = train_epoch(*args, normalize=False)
     assert (bad, first) == (0, 3)
     B2 = B.copy()
-    loss, wsum, bad, first = _kernels.train_epoch(*args, normalize=False, skip_nonfinite=True)
+    loss, wsum, bad, first = train_epoch(*args, normalize=False, skip_nonfinite=True)
     assert (bad, first, wsum) == (1, -1, len(rows) - 1)
     assert not np.array_equal(B, B2)
 
@@ -277,11 +278,11 @@ def test_two_class_softmax_scores_like_logistic():
     B, L, F, R, kp = to_layout(models, state, "sgd", np.float64)
     indptr, fields, features, values = csr(rows)
     two = np.empty(2 * len(rows))
-    _kernels.score_rows("ffm", B, L, F, R, 20, 4, kp, 0, indptr, fields, features, values, two,
+    score_rows("ffm", B, L, F, R, 20, 4, kp, 0, indptr, fields, features, values, two,
                         True, True, True, 1, 2)
     one = np.empty(len(rows))
     c1 = to_layout(models[1:], ref.init_state(models[1:], "sgd"), "sgd", np.float64)
-    _kernels.score_rows("ffm", *c1[:4], 20, 4, kp, 0, indptr, fields, features, values, one,
+    score_rows("ffm", *c1[:4], 20, 4, kp, 0, indptr, fields, features, values, one,
                         True, True, True, 1, 1)
     two = two.reshape(-1, 2)
     p1 = np.exp(two[:, 1]) / np.exp(two).sum(axis=1)
@@ -300,11 +301,11 @@ def test_hogwild_threads_train_about_as_well_as_one_thread():
             state = ref.init_state(models, "adam")
             B, L, F, R, kp = to_layout(models, state, "adam", np.float32)
             for epoch in range(5):
-                _kernels.train_epoch("ffm", "adam", "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields,
+                train_epoch("ffm", "adam", "binary", B, L, F, R, 20, 4, kp, 1, indptr, fields,
                                      features, values, y, np.zeros(0, np.float32), order.astype(np.int64),
                                      0.02, batch_size=batch, threads=threads, total_steps=2000)
             out = np.empty(len(rows))
-            _kernels.score_rows("ffm", B, L, F, R, 20, 4, kp, 2, indptr, fields, features, values, out,
+            score_rows("ffm", B, L, F, R, 20, 4, kp, 2, indptr, fields, features, values, out,
                                 True, True, True, 1)
             assert np.all(np.isfinite(out))
             losses.append(np.mean(np.logaddexp(0, -(2 * y - 1) * out)))

@@ -138,9 +138,9 @@ def test_dry_run_plans_without_training_or_writing(data, tmp_path):
     trained = load_model(out)
     assert int(plan["parameters"].replace(",", "")) == trained.n_parameters
     from fmcli.config import Config
-    from fmcli.train import TrainState
+    from fmcli.backend import bytes_needed
 
-    need = TrainState.bytes_needed(Config(model="fwfm", k=3, optimizer="adam"), trained.spec.n_features,
+    need = bytes_needed(Config(model="fwfm", k=3, optimizer="adam"), trained.spec.n_features,
                                    trained.spec.n_fields)
     assert f"({need:,} bytes)" in plan["memory"]
 

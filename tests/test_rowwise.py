@@ -12,7 +12,8 @@ from fmcli.cli import cli
 from fmcli.config import Config
 from fmcli.errors import ConfigError
 from fmcli.model import load_model, padded_k
-from fmcli.train import TrainState, train
+from fmcli.cpu import CpuBackend as TrainState
+from fmcli.train import train
 from synthdata import write_synth
 
 

@@ -80,6 +80,18 @@ cdef extern from "fwfm_f32.h":
                                float* rg, char* rmark, float eta) noexcept nogil
 
 
+cdef extern from "fmfm_f32.h":
+    # Float32 fast path of FmFM's row loops (see fmfm_f32.h); rows are
+    # compacted by fm_fwfm_prepare.
+    float fm_fmfm_pairs_f32(const float* F, Py_ssize_t kp, const float* R, Py_ssize_t fs, Py_ssize_t m,
+                            const Py_ssize_t* ov, const Py_ssize_t* fi, const float* xs,
+                            Py_ssize_t c) noexcept nogil
+    void fm_fmfm_grads_f32(const float* F, Py_ssize_t kp, const float* R, Py_ssize_t fs, Py_ssize_t m,
+                           const Py_ssize_t* ov, const Py_ssize_t* fi, const float* xs, Py_ssize_t c,
+                           float kappa, float lam, float* g, float* mg, Py_ssize_t* pslot,
+                           Py_ssize_t* touched, Py_ssize_t* n_touched) noexcept nogil
+
+
 cdef extern from "hot.h":
     # Per-thread replicas of the hottest FFM features (see hot.h).
     ctypedef struct fm_replica:

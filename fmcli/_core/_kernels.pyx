@@ -1,4 +1,4 @@
-# Training and scoring kernels for LR, FM, FFM and FwFM.
+# Training and scoring kernels for LR, FM, FFM, FwFM and FmFM.
 #
 # Parameter layout (float32, or float64 for exact tests):
 #   B   bias block:    [w, state...]                       (1 + n_state values)
@@ -7,6 +7,11 @@
 #                      FFM feature j, field f at F[(j * n_fields + f) * fstride]
 #                      FwFM: as FM, plus R, the field-pair weights: pair (a, b),
 #                      a <= b, at R[(a * n_fields + b) * lstride]
+#                      FmFM: as FM, plus R, the field-pair matrices (kp x kp,
+#                      the k x k matrix padded with zeros): row r of pair
+#                      (a, b), a <= b, is a block like a factor block (kp
+#                      weights and their state) at
+#                      R[((a * n_fields + b) * kp + r) * fstride]
 #       each block is kp weights (k padded with zeros to a multiple of 4)
 #       followed by n_state * kp optimizer-state values, so a block's
 #       weights and accumulators share cache lines (libffm's layout);
@@ -32,8 +37,9 @@
 # themselves live in _optim.pxd.
 #
 # The float32 FFM per-row loops run the SIMD code of ffm_f32.h (SSE, or AVX
-# where the CPU has it, chosen at import), and float32 FwFM scores rows and
-# computes their per-row gradients with fwfm_f32.h;
+# where the CPU has it, chosen at import), float32 FwFM scores rows and
+# computes their per-row gradients with fwfm_f32.h, and float32 FmFM with
+# fmfm_f32.h;
 # everything else (and all of float64, the precision the tests compare with
 # the NumPy reference) runs the loops below.
 #
@@ -43,6 +49,12 @@
 # features on per-thread replicas exchanged every few hundred rows (hot.h).
 # With one thread an epoch is a plain loop over `order`, so a run is
 # bit-for-bit reproducible for a seed.
+#
+# Entry points: a Layout (the Shape of a model's arrays) is built once per
+# model; a Trainer, built once per run from a Layout, the four arrays and the
+# hyperparameters, trains them in place one slice of rows at a time
+# (Trainer.train); score_rows(layout, ...) is the one scoring loop, for
+# validation and for predict alike.
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
@@ -53,6 +65,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_simd_init, fm_simd_set, fm_simd_level, fm_set_uniform_rows, fm_uniform_rows, fm_f16c, fm_ffm_prepare,
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
+                      fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
                       fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
                       fm_try_lock, fm_unlock, fm_lock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
@@ -71,6 +84,7 @@ cdef enum:
     KIND_FM = 1
     KIND_FFM = 2
     KIND_FWFM = 3
+    KIND_FMFM = 4
 
 cdef enum:
     TASK_BINARY = 0
@@ -84,7 +98,7 @@ cdef enum:
     ARR_F = 2
     ARR_R = 3
 
-KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM, "fwfm": KIND_FWFM}
+KIND_CODES = {"lr": KIND_LR, "fm": KIND_FM, "ffm": KIND_FFM, "fwfm": KIND_FWFM, "fmfm": KIND_FMFM}
 OPT_CODES = {"sgd": OPT_SGD, "adagrad": OPT_ADAGRAD, "adam": OPT_ADAM, "ftrl": OPT_FTRL,
              "rowwise-adagrad": OPT_ROWADA}
 TASK_CODES = {"binary": TASK_BINARY, "regression": TASK_REGRESSION, "multiclass": TASK_MULTICLASS}
@@ -167,7 +181,7 @@ cdef struct Shape:
     Py_ssize_t fstride       # distance between factor blocks
     Py_ssize_t lstride       # distance between linear weights (and FwFM field-pair weights)
     Py_ssize_t cB, cL, cF, cR  # distance between classes in B, L, F, R
-    bint fielded             # FFM / FwFM: an entry whose field is outside the model is skipped
+    bint fielded             # FFM / FwFM / FmFM: an entry whose field is outside the model is skipped
     bint use_bias
     bint use_linear
     bint normalize
@@ -215,7 +229,8 @@ cdef inline double row_scale(const float* val, Py_ssize_t nnz, bint normalize) n
 
 
 cdef struct Row:
-    # A row compacted for the float32 FFM loops (see ffm_f32.h).
+    # A row compacted for the float32 FFM loops (see ffm_f32.h), and for
+    # FwFM's and FmFM's (fm_fwfm_prepare: of holds the fields).
     Py_ssize_t* oj
     Py_ssize_t* of
     float* xs
@@ -227,8 +242,12 @@ cdef struct Scratch:
     # Per-thread work space: FM's kp sums per class, the compacted row, the
     # row's class scores, for FwFM the factor gradients of a row, the
     # field-pair gradients (m * m, zero between rows), which of them a row
-    # touched and in what order; in mini-batch mode the gradient sums of the
-    # batch (weights only, per array), a mark per block and the touched ids.
+    # touched and in what order; for FmFM the factor gradients of a row, the
+    # matrix gradients of the field pairs it touches (one kp x kp slot per
+    # pair, in the order of first touch), each pair's slot + 1 (m * m, zero
+    # between rows) and the pairs in slot order; in mini-batch mode the
+    # gradient sums of the batch (weights only, per array), a mark per block
+    # and the touched ids.
     void* acc
     Row row
     int* fld                 # a row's fields, widened from uint8
@@ -238,12 +257,14 @@ cdef struct Scratch:
     void* rgrad
     char* rmark
     Py_ssize_t* touched
+    Py_ssize_t* pslot        # FmFM: per field pair, 1 + its gradient slot in rgrad, or 0
     void* gacc[4]
     char* mark
     Py_ssize_t* ids
     Py_ssize_t n_ids
     unsigned int seed        # float16 storage: the row's stochastic-rounding seed
-    fm_replica hot           # the thread's replica of the hot features' blocks (hot.h)
+    fm_replica hot           # the thread's replica of the hot features' blocks (hot.h;
+                             # its arrays belong to the Trainer)
     Py_ssize_t since         # rows trained since its last exchange
     long long first_bad      # position in `order` of the first non-finite row, or -1
     char pad[64]             # the threads' Scratch structs share no cache line (their
@@ -251,17 +272,27 @@ cdef struct Scratch:
 
 
 cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size_t itemsize,
-                          bint fwfm_train, bint batch) noexcept nogil:
-    """One Scratch per thread, or NULL when memory is short."""
-    cdef Py_ssize_t mm = s.n_fields * s.n_fields if fwfm_train else 0
-    cdef Py_ssize_t kp = s.kp, C = s.n_classes, a, total = 0
+                          bint pair_train, bint batch) noexcept nogil:
+    """One Scratch per thread, or NULL when memory is short.  pair_train:
+    the row gradients of a kind with field-pair parameters (FwFM, FmFM)."""
+    cdef Py_ssize_t m = s.n_fields, kp = s.kp, C = s.n_classes, a, total = 0
+    # FwFM: one gradient per field pair (m * m, indexed by the pair);
+    # FmFM: a kp x kp gradient per pair a row can touch (in slots), and the
+    # slot map (m * m)
+    cdef Py_ssize_t mm = m * m if pair_train else 0
+    cdef Py_ssize_t slots = mm, glen = mm, nmap = 0
+    if pair_train and s.kind == KIND_FMFM:
+        slots = min(max_nnz * (max_nnz - 1) // 2, m * (m + 1) // 2)
+        glen = slots * kp * kp
+        nmap = mm
     cdef Scratch* sc = <Scratch*>calloc(nthreads, sizeof(Scratch))
     cdef int i
     cdef bint ok
     if sc == NULL:
         return NULL
     if batch:
-        total = s.id0[3] + C * s.n_fields * s.n_fields * (s.kind == KIND_FWFM)
+        # every array's blocks: R's are FwFM's weights or FmFM's matrix rows
+        total = s.id0[3] + C * (s.cR // s.stride[ARR_R])
     for i in range(nthreads):
         sc[i].first_bad = -1
         sc[i].acc = malloc(itemsize * (kp + 4) * C)
@@ -275,13 +306,14 @@ cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size
             for a in range(max_nnz + 1):
                 sc[i].ones[a] = 1
         sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1) if mm else 1)
-        sc[i].rgrad = calloc(mm + 1, itemsize)
+        sc[i].rgrad = calloc(glen + 1, itemsize)
         sc[i].rmark = <char*>calloc(mm + 1, 1)
-        sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (mm + 1))
+        sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (slots + 1))
+        sc[i].pslot = <Py_ssize_t*>calloc(nmap + 1, sizeof(Py_ssize_t))
         ok = (sc[i].acc != NULL and sc[i].t != NULL and sc[i].row.oj != NULL and sc[i].row.of != NULL
               and sc[i].row.xs != NULL and sc[i].fld != NULL and sc[i].ones != NULL
               and sc[i].gbuf != NULL and sc[i].rgrad != NULL
-              and sc[i].rmark != NULL and sc[i].touched != NULL)
+              and sc[i].rmark != NULL and sc[i].touched != NULL and sc[i].pslot != NULL)
         if batch and ok:
             for a in range(4):
                 sc[i].gacc[a] = calloc(((s.id0[a + 1] if a < 3 else total) - s.id0[a]) * s.blen[a] + 1,
@@ -312,14 +344,11 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].rgrad)
         free(sc[i].rmark)
         free(sc[i].touched)
+        free(sc[i].pslot)
         for a in range(4):
             free(sc[i].gacc[a])
         free(sc[i].mark)
         free(sc[i].ids)
-        free(sc[i].hot.local)
-        free(sc[i].hot.snap)
-        free(sc[i].hot.mark)
-        free(sc[i].hot.touched)
     free(sc)
 
 
@@ -389,8 +418,8 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                              const float* val, Py_ssize_t nnz, floating scale,
                              floating* acc, Row* prep) noexcept nogil:
     """Score one row.  For FM, acc receives sum_i V[j_i] * xt_i (kp values);
-    for the float32 FFM and FwFM paths, prep receives the compacted row that
-    update_row then reuses.
+    for the float32 FFM, FwFM and FmFM paths, prep receives the compacted row
+    that update_row then reuses.
 
     Entries whose feature (or, for FFM, field) is outside the model add
     nothing; they still count in the row's normalization."""
@@ -460,6 +489,34 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                     pair = pair + (R[field_pair(f1, f2, m) * s.lstride] * dot(w1, F + j2 * fs, kp)
                                    * (x1 * (val[l] * scale)))
             t += pair
+    elif s.kind == KIND_FMFM:
+        if floating is float:
+            # the compacted row (prep.of: fields) that update_row then reuses
+            prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            t += fm_fmfm_pairs_f32(F, kp, R, fs, m, prep.oj, prep.of, prep.xs, prep.count)
+        else:
+            for i in range(nnz):
+                j1 = feat[i]
+                f1 = fld[i]
+                if j1 >= n or f1 >= m:
+                    continue
+                x1 = val[i] * scale
+                w1 = F + j1 * fs
+                for l in range(i + 1, nnz):
+                    j2 = feat[l]
+                    f2 = fld[l]
+                    if j2 >= n or f2 >= m:
+                        continue
+                    w2 = F + j2 * fs
+                    row1 = R + field_pair(f1, f2, m) * kp * fs
+                    if f1 < f2:
+                        v = bilinear(row1, fs, kp, w1, w2)
+                    elif f1 > f2:
+                        v = bilinear(row1, fs, kp, w2, w1)
+                    else:
+                        v = <floating>0.5 * (bilinear(row1, fs, kp, w1, w2) + bilinear(row1, fs, kp, w2, w1))
+                    pair = pair + v * (x1 * (val[l] * scale))
+            t += pair
     elif s.kind == KIND_FM:
         for d in range(kp):
             acc[d] = 0
@@ -480,10 +537,20 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
 
 
 cdef inline Py_ssize_t field_pair(Py_ssize_t a, Py_ssize_t b, Py_ssize_t m) noexcept nogil:
-    """Index of FwFM's weight for fields a and b (upper triangle of R)."""
+    """Index of FwFM's weight (FmFM's matrix) for fields a and b (upper triangle of R)."""
     if a <= b:
         return a * m + b
     return b * m + a
+
+
+cdef inline floating bilinear(const floating* P, Py_ssize_t fs, Py_ssize_t kp, const floating* u,
+                              const floating* v) noexcept nogil:
+    """u^T P v for FmFM's matrix P (row r at P + r * fs, kp rows and columns)."""
+    cdef floating t = 0
+    cdef Py_ssize_t r
+    for r in range(kp):
+        t = t + u[r] * dot(P + r * fs, v, kp)
+    return t
 
 
 
@@ -627,6 +694,148 @@ cdef void fwfm_update_f32(const Shape* s, const Opt* o, float eta, float* F, flo
         emit_field_pairs(s, o, sc, eta, R, rg, n_touched)
 
 
+cdef inline floating* fmfm_slot(Scratch* sc, floating* mg, Py_ssize_t p, Py_ssize_t kp,
+                                Py_ssize_t* n_touched) noexcept nogil:
+    """The row's gradient of FmFM's matrix p (kp rows of kp, in mg = the
+    scratch's rgrad), given a zeroed slot and listed the first time the row
+    touches p."""
+    cdef floating* g
+    cdef Py_ssize_t d
+    if not sc.pslot[p]:
+        sc.touched[n_touched[0]] = p
+        n_touched[0] += 1
+        sc.pslot[p] = n_touched[0]
+        g = mg + (n_touched[0] - 1) * kp * kp
+        for d in range(kp * kp):
+            g[d] = 0
+        return g
+    return mg + (sc.pslot[p] - 1) * kp * kp
+
+
+cdef inline void fmfm_pair_grads(const floating* P, Py_ssize_t fs, Py_ssize_t kp, const floating* vlo,
+                                 const floating* vhi, floating sv, floating* glo, floating* ghi,
+                                 floating* gP) noexcept nogil:
+    """One FmFM pair of different fields (lo: the lower field), sv = kappa
+    x_i x_l: glo += sv P v_hi, ghi += sv P^T v_lo, gP += sv v_lo v_hi^T."""
+    cdef Py_ssize_t r, d
+    cdef const floating* pr
+    cdef floating a
+    for r in range(kp):
+        pr = P + r * fs
+        a = vlo[r]
+        glo[r] = glo[r] + sv * dot(pr, vhi, kp)
+        for d in range(kp):
+            ghi[d] = ghi[d] + sv * a * pr[d]
+            gP[r * kp + d] = gP[r * kp + d] + sv * a * vhi[d]
+
+
+cdef inline void fmfm_pair_grads_sym(const floating* P, Py_ssize_t fs, Py_ssize_t kp, const floating* vi,
+                                     const floating* vl, floating h, floating* gi, floating* gl,
+                                     floating* gP) noexcept nogil:
+    """One FmFM pair of the same field, h = kappa x_i x_l / 2 (S = (P + P^T) / 2):
+    gi += h (P + P^T) v_l, gl += h (P + P^T) v_i, gP += h (v_i v_l^T + v_l v_i^T)."""
+    cdef Py_ssize_t r, d
+    cdef const floating* pr
+    cdef floating ai, al
+    for r in range(kp):
+        pr = P + r * fs
+        ai = vi[r]
+        al = vl[r]
+        gi[r] = gi[r] + h * dot(pr, vl, kp)
+        gl[r] = gl[r] + h * dot(pr, vi, kp)
+        for d in range(kp):
+            gi[d] = gi[d] + h * al * pr[d]
+            gl[d] = gl[d] + h * ai * pr[d]
+            gP[r * kp + d] = gP[r * kp + d] + h * (ai * vl[d] + al * vi[d])
+
+
+cdef void fmfm_update(const Shape* s, const Opt* o, floating eta, floating* F,
+                      floating* R, const int* fld, const int* feat, const float* val,
+                      Py_ssize_t nnz, floating scale, floating kappa, Scratch* sc) noexcept nogil:
+    """FmFM step, as FwFM's: every gradient from the values at the start of
+    the row, then the factors stepped in row order, then each touched
+    field-pair matrix once (emit_field_matrices)."""
+    cdef Py_ssize_t n = s.n_features, m = s.n_fields, kp = s.kp, fs = s.fstride
+    cdef Py_ssize_t i, l, d, f1, f2, n_touched = 0
+    cdef floating xi, sv
+    cdef floating lam = <floating>s.lamf, l1 = <floating>s.l1, l2 = <floating>s.l2f
+    cdef floating* gbuf = <floating*>sc.gbuf
+    cdef floating* gi
+    cdef floating* gl
+    cdef floating* gP
+    cdef const floating* P
+    cdef const floating* wi
+    cdef const floating* wl
+    for i in range(nnz * kp):
+        gbuf[i] = 0
+    for i in range(nnz):
+        f1 = fld[i]
+        if feat[i] >= n or f1 >= m:
+            continue
+        xi = val[i] * scale
+        wi = F + feat[i] * fs
+        gi = gbuf + i * kp
+        for l in range(i + 1, nnz):
+            f2 = fld[l]
+            if feat[l] >= n or f2 >= m:
+                continue
+            wl = F + feat[l] * fs
+            gl = gbuf + l * kp
+            P = R + field_pair(f1, f2, m) * kp * fs
+            gP = fmfm_slot(sc, <floating*>sc.rgrad, field_pair(f1, f2, m), kp, &n_touched)
+            sv = kappa * xi * (val[l] * scale)
+            if f1 < f2:
+                fmfm_pair_grads(P, fs, kp, wi, wl, sv, gi, gl, gP)
+            elif f1 > f2:
+                fmfm_pair_grads(P, fs, kp, wl, wi, sv, gl, gi, gP)
+            else:
+                fmfm_pair_grads_sym(P, fs, kp, wi, wl, <floating>0.5 * sv, gi, gl, gP)
+    # L2 from the start-of-row values too (a feature may occur twice in a row)
+    for i in range(nnz):
+        if feat[i] < n and fld[i] < m:
+            wi = F + feat[i] * fs
+            gi = gbuf + i * kp
+            for d in range(kp):
+                gi[d] = gi[d] + lam * wi[d]
+    for i in range(nnz):
+        if feat[i] < n and fld[i] < m:
+            emit(s, o, sc, ARR_F, eta, F + feat[i] * fs, gbuf + i * kp, kp, l1, l2)
+    emit_field_matrices(s, o, sc, eta, R, n_touched)
+
+
+cdef inline void emit_field_matrices(const Shape* s, const Opt* o, Scratch* sc, floating eta, floating* R,
+                                     Py_ssize_t n_touched) noexcept nogil:
+    """Hand each field-pair matrix an FmFM row touched its summed gradient,
+    matrix row by matrix row (a row is one block; no L1 or L2 on them), then
+    clear the slot map.  Only the k real rows are handed over (o.row_k: k
+    when the trainer was given it, else kp): the padding rows' gradients are
+    0 and they are never stepped, per row and in mini-batches alike."""
+    cdef Py_ssize_t t, p, r, kp = s.kp, fs = s.fstride
+    cdef Py_ssize_t kr = <Py_ssize_t>o.row_k
+    cdef floating* g
+    if kr > kp or kr < 1:
+        kr = kp
+    for t in range(n_touched):
+        p = sc.touched[t]
+        g = <floating*>sc.rgrad + t * kp * kp
+        for r in range(kr):
+            emit(s, o, sc, ARR_R, eta, R + (p * kp + r) * fs, g + r * kp, kp, 0, 0)
+        sc.pslot[p] = 0
+
+
+cdef void fmfm_update_f32(const Shape* s, const Opt* o, float eta, float* F, float* R, float kappa,
+                          const Row* prep, Scratch* sc) noexcept nogil:
+    """fmfm_update on the row score_row compacted (prep), its gradients from
+    the loops of fmfm_f32.h; the steps are the same."""
+    cdef Py_ssize_t kp = s.kp, i, n_touched = 0
+    cdef float* gbuf = <float*>sc.gbuf
+    fm_fmfm_grads_f32(F, kp, R, s.fstride, s.n_fields, prep.oj, prep.of, prep.xs, prep.count, kappa,
+                      <float>s.lamf, gbuf, <float*>sc.rgrad, sc.pslot, sc.touched, &n_touched)
+    for i in range(prep.count):
+        emit(s, o, sc, ARR_F, eta, F + prep.oj[i], gbuf + i * kp, kp, <float>s.l1, <float>s.l2f)
+    emit_field_matrices(s, o, sc, eta, R, n_touched)
+
+
 cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
                             floating* B, floating* L, floating* F, floating* R,
                             const int* fld, const int* feat, const float* val,
@@ -700,6 +909,11 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
             fwfm_update_f32(s, o, eta, F, R, kappa, prep, sc)
         else:
             fwfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
+    elif s.kind == KIND_FMFM:
+        if floating is float:
+            fmfm_update_f32(s, o, eta, F, R, kappa, prep, sc)
+        else:
+            fmfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
     elif s.kind == KIND_FM:
         for i in range(nnz):
             if feat[i] >= n:
@@ -777,7 +991,7 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
     s.n_classes = n_classes
     s.n_features = n_features
     s.n_fields = n_fields
-    s.n_blocks = {KIND_LR: 0, KIND_FM: n_features, KIND_FWFM: n_features,
+    s.n_blocks = {KIND_LR: 0, KIND_FM: n_features, KIND_FWFM: n_features, KIND_FMFM: n_features,
                   KIND_FFM: n_features * n_fields}[s.kind]
     s.kp = kp
     s.half = half
@@ -796,8 +1010,13 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
     s.cB = s.lstride
     s.cL = n_features * s.lstride
     s.cF = s.n_blocks * s.fstride
-    s.cR = n_fields * n_fields * s.lstride if s.kind == KIND_FWFM else 0
-    s.fielded = s.kind == KIND_FFM or s.kind == KIND_FWFM
+    s.cR = 0
+    if s.kind == KIND_FWFM:
+        s.cR = n_fields * n_fields * s.lstride
+    elif s.kind == KIND_FMFM:
+        # a kp x kp matrix per field pair, one factor-format block per matrix row
+        s.cR = n_fields * n_fields * kp * s.fstride
+    s.fielded = s.kind == KIND_FFM or s.kind == KIND_FWFM or s.kind == KIND_FMFM
     s.use_bias = use_bias
     s.use_linear = use_linear
     s.normalize = normalize
@@ -816,6 +1035,9 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
     s.blen[ARR_L] = 1
     s.blen[ARR_F] = kp
     s.blen[ARR_R] = 1
+    if s.kind == KIND_FMFM:
+        s.stride[ARR_R] = s.fstride
+        s.blen[ARR_R] = kp
     return s
 
 
@@ -830,143 +1052,401 @@ cdef void check_sizes(const Shape* s, Py_ssize_t nB, Py_ssize_t nL, Py_ssize_t n
         raise ValueError("field-pair weight array too small")
 
 
-def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1] L,
-                floating[::1] F, floating[::1] R,
-                Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_classes,
-                const long long[::1] indptr, fields, const int[::1] features,
-                const float[::1] values, const float[::1] labels, const float[::1] weights,
-                const long long[::1] order, double eta, *,
-                double l2_bias=0, double l2_linear=0, double l2_factors=0, double l1=0,
-                double beta1=0.9, double beta2=0.999, double adam_eps=1e-8, double ftrl_beta=1,
-                double label_smoothing=0, double clip_norm=0, str schedule="constant",
-                double warmup=0, double total_steps=1, double step0=0, Py_ssize_t batch_size=1,
-                bint use_bias=True, bint use_linear=True, bint normalize=True, int threads=1,
-                bint exact_rsqrt=False, bint skip_nonfinite=False, bint half_factors=False,
-                hot_features=None, Py_ssize_t hot_sync=256, bint balance=True, Py_ssize_t k=0):
-    """One pass of training over the rows in `order`.
+cdef class Layout:
+    """Where a model's parameters and optimizer state live in B, L, F and R
+    (see the top of this file): built once per model and handed to Trainer
+    and score_rows.
 
-    fields: int32, or uint8 (a compact batch); values: one per entry, or
-    empty when every value is 1.
-    labels: 0/1 (binary), targets (regression) or class indices (multiclass);
-    weights: one per row, or empty for all ones.  eta is the base step size
-    (FTRL's alpha); step0 the run's step count before this epoch and
-    total_steps the run's length, both for the schedule and Adam's bias
-    correction.  Ids outside the model are skipped.  exact_rsqrt: float32
-    AdaGrad refines the CPU's 1/sqrt estimate to float32 precision.
-    half_factors: F holds FFM blocks of float16 weights and float32 AdaGrad
-    accumulators (float32 training, one row at a time, without clipping).
+    Layout(kind, task, n_classes, n_features, n_fields, kp, n_state=0, *,
+    use_bias=True, use_linear=True, normalize=True, half=False,
+    row_state=False).  kind: lr, fm, ffm, fwfm or fmfm; task: binary, regression or
+    multiclass (n_classes > 1 only for multiclass); kp: the padded factor
+    width (a multiple of 4); n_state: optimizer-state values per weight (0
+    for a saved model); half: FFM blocks of float16 weights and float32
+    AdaGrad accumulators; row_state: factor blocks of kp weights and one
+    state value (row-wise AdaGrad)."""
+    cdef Shape s
+    cdef readonly str kind
+    cdef readonly str task
+    cdef readonly Py_ssize_t n_state
+    cdef readonly bint row_state
+
+    def __init__(self, str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_features,
+                 Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state=0, *, bint use_bias=True,
+                 bint use_linear=True, bint normalize=True, bint half=False, bint row_state=False):
+        if kind not in KIND_CODES:
+            raise ValueError(f"unknown model kind {kind!r}")
+        if task not in TASK_CODES:
+            raise ValueError(f"unknown task {task!r}")
+        if n_features < 0 or n_fields < 0 or n_state < 0:
+            raise ValueError("n_features, n_fields and n_state cannot be negative")
+        self.s = make_shape(kind, task, n_classes, n_features, n_fields, kp, n_state, use_bias,
+                            use_linear, normalize, half, row_state)
+        self.kind = kind
+        self.task = task
+        self.n_state = n_state
+        self.row_state = row_state
+
+    @property
+    def n_classes(self):
+        return self.s.n_classes
+
+    @property
+    def n_features(self):
+        return self.s.n_features
+
+    @property
+    def n_fields(self):
+        return self.s.n_fields
+
+    @property
+    def kp(self):
+        return self.s.kp
+
+    @property
+    def use_bias(self):
+        return bool(self.s.use_bias)
+
+    @property
+    def use_linear(self):
+        return bool(self.s.use_linear)
+
+    @property
+    def normalize(self):
+        return bool(self.s.normalize)
+
+    @property
+    def half(self):
+        return bool(self.s.half)
+
+    @property
+    def n_blocks(self):
+        """Factor blocks per class."""
+        return self.s.n_blocks
+
+    @property
+    def fstride(self):
+        """Values (4-byte words with half) from one factor block to the next."""
+        return self.s.fstride
+
+    @property
+    def lstride(self):
+        """Values from one linear weight (or FwFM field-pair weight) to the next
+        (FmFM's matrix rows are blocks fstride apart)."""
+        return self.s.lstride
+
+    @property
+    def class_sizes(self):
+        """Values per class in B, L, F and R."""
+        return self.s.cB, self.s.cL, self.s.cF, self.s.cR
+
+    @property
+    def sizes(self):
+        """Values of B, L, F and R for all classes (the least each array may hold)."""
+        C = self.s.n_classes
+        return C * self.s.cB, C * self.s.cL, C * self.s.cF, C * self.s.cR
+
+    def __repr__(self):
+        return (f"Layout({self.kind!r}, {self.task!r}, {self.n_classes}, {self.n_features}, "
+                f"{self.n_fields}, {self.kp}, {self.n_state}, use_bias={self.use_bias}, "
+                f"use_linear={self.use_linear}, normalize={self.normalize}, half={self.half}, "
+                f"row_state={bool(self.row_state)})")
+
+
+# Trainer's hyperparameters and their defaults; "optimizer" and "eta" have none.
+HYPER_DEFAULTS = {
+    "k": 0, "l2_bias": 0.0, "l2_linear": 0.0, "l2_factors": 0.0, "l1": 0.0, "beta1": 0.9,
+    "beta2": 0.999, "adam_eps": 1e-8, "ftrl_beta": 1.0, "label_smoothing": 0.0, "clip_norm": 0.0,
+    "schedule": "constant", "warmup": 0.0, "total_steps": 1.0, "batch_size": 1,
+    "exact_rsqrt": False, "skip_nonfinite": False,
+}
+HYPER_REQUIRED = ("optimizer", "eta")
+
+
+cdef object model_dtype(tuple arrays):
+    """The one dtype (float32 or float64) of the four parameter arrays."""
+    dt = arrays[2].dtype
+    if dt != np.float32 and dt != np.float64:
+        raise ValueError("parameter arrays must be float32 or float64")
+    for a in arrays:
+        if a.dtype != dt:
+            raise ValueError("B, L, F and R must share one dtype")
+    return dt
+
+
+cdef char* data_of(object a, bint f64, Py_ssize_t* n) except *:
+    """The address of a writable contiguous 1-d float array (NULL when empty);
+    n receives its length.  The caller keeps the array alive."""
+    cdef float[::1] f
+    cdef double[::1] d
+    if f64:
+        d = a
+        n[0] = d.shape[0]
+        return <char*>&d[0] if d.shape[0] else NULL
+    f = a
+    n[0] = f.shape[0]
+    return <char*>&f[0] if f.shape[0] else NULL
+
+
+cdef const char* cdata_of(object a, bint f64, Py_ssize_t* n) except *:
+    """data_of for an array that is only read (it may be read-only)."""
+    cdef const float[::1] f
+    cdef const double[::1] d
+    if f64:
+        d = a
+        n[0] = d.shape[0]
+        return <const char*>&d[0] if d.shape[0] else NULL
+    f = a
+    n[0] = f.shape[0]
+    return <const char*>&f[0] if f.shape[0] else NULL
+
+
+cdef class Trainer:
+    """Trains one model's parameters in place, one pass over a slice of rows
+    at a time.  Built once per run: the arrays, their layout, the optimizer,
+    the schedule and the hot-feature replicas are checked and set up here,
+    so that each train() call only runs the loop.
+
+    Trainer(layout, B, L, F, R, hyper, threads=1, hot_features=None,
+    hot_sync=256, balance=True).
+
+    B, L, F, R: writable contiguous 1-d arrays, all float32 or all float64,
+    laid out as `layout` says (its n_state and row_state those of the
+    optimizer); the trainer keeps references to them.
+    hyper: a dict of hyperparameters: optimizer and eta (the base step size,
+    FTRL's alpha) and any of HYPER_DEFAULTS -- k (the unpadded factor width,
+    which "rowwise-adagrad" needs), l2_bias, l2_linear, l2_factors, l1,
+    beta1, beta2, adam_eps, ftrl_beta, label_smoothing, clip_norm, schedule,
+    warmup, total_steps (the run's length in steps: the schedule's), batch_size,
+    exact_rsqrt (float32 AdaGrad refines the CPU's 1/sqrt estimate to float32
+    precision) and skip_nonfinite (a row whose score or loss is not finite is
+    skipped and counted, else it stops the pass).
+    half layouts train float32 FFM with AdaGrad, one row at a time, without
+    clipping.
     balance: threads take BALANCE_CHUNK rows (batches) at a time, so none
-    waits for a slower one at the end; else each takes one contiguous share
-    of `order` (the first thread the first share).
+    waits for a slower one at the end; else each takes one contiguous share of
+    `order` (the first thread the first share).
     hot_features: with several threads, float32 FFM, one class, one row at a
     time, no clipping and an additive optimizer (not Adam), each thread
-    trains these features (int32 ids, at most 65535) on a replica that it
-    exchanges with the shared model every hot_sync rows and at the end (see
-    hot.h); elsewhere they are ignored.
-    k: the unpadded factor width, which "rowwise-adagrad" needs (its
-    accumulator grows by the mean of a block's k squared gradients; its
-    factor blocks are kp weights and that one value).
+    trains these features (at most 65535 distinct ids) on a replica that it
+    exchanges with the shared model every hot_sync rows and at the end of
+    each pass (see hot.h); elsewhere they are ignored.
 
-    A row whose score or loss is not finite is skipped and counted with
-    skip_nonfinite, else it stops the epoch.  Returns (sum of weighted row
-    losses, sum of their weights, rows skipped, position in `order` of the
-    row that stopped the epoch or -1)."""
+    One train() at a time: the replicas belong to the trainer."""
+    cdef readonly Layout layout
+    cdef readonly int threads
+    cdef readonly object dtype
+    cdef tuple arrays           # B, L, F, R: kept alive while the trainer uses them
+    cdef Shape s                # the layout's Shape, completed for training
     cdef Opt o
-    o.kind = OPT_CODES[optimizer]
-    o.b1 = beta1
-    o.b2 = beta2
-    o.eps = adam_eps
-    o.ftrl_beta = ftrl_beta
-    o.clip = clip_norm
-    o.exact = exact_rsqrt
-    if o.kind == OPT_ROWADA and not 0 < k <= kp:
-        raise ValueError("row-wise AdaGrad needs the unpadded k (1..kp)")
-    o.row_k = k if k > 0 else kp
-    o.schedule = SCHEDULE_CODES[schedule]
-    o.warmup = warmup
-    o.total = total_steps
-    cdef Shape s = make_shape(kind, task, n_classes, n_features, n_fields, kp,
-                              opt_n_state(o.kind), use_bias, use_linear, normalize, half_factors,
-                              o.kind == OPT_ROWADA)
-    check_sizes(&s, B.shape[0], L.shape[0], F.shape[0], R.shape[0])
-    if half_factors and (floating is double or o.kind != OPT_ADAGRAD or batch_size != 1
-                         or clip_norm != 0):
-        raise ValueError("float16 factor storage trains float32 FFM with AdaGrad, one row at a "
-                         "time, without clipping")
-    cdef Entries ent = entries_of(fields, features, values)
+    cdef double eta
+    cdef double label_smoothing
+    cdef bint skip_nonfinite
+    cdef bint balance
+    cdef Py_ssize_t batch_size
+    # hot features: their ids, a slot per model feature (hot.h), one replica per thread
+    cdef Py_ssize_t H
+    cdef Py_ssize_t hot_sync
+    cdef int* hot
+    cdef unsigned short* slot
+    cdef fm_replica* reps
+
+    def __cinit__(self):
+        self.hot = NULL
+        self.slot = NULL
+        self.reps = NULL
+        self.H = 0
+
+    def __init__(self, Layout layout not None, B, L, F, R, dict hyper not None, int threads=1,
+                 hot_features=None, Py_ssize_t hot_sync=256, bint balance=True):
+        if self.layout is not None:
+            raise TypeError("a Trainer is built once")
+        unknown = sorted(set(hyper) - set(HYPER_DEFAULTS) - set(HYPER_REQUIRED))
+        if unknown:
+            raise ValueError(f"unknown hyperparameters: {', '.join(map(str, unknown))}")
+        missing = [name for name in HYPER_REQUIRED if name not in hyper]
+        if missing:
+            raise ValueError(f"hyperparameters missing: {', '.join(missing)}")
+        h = dict(HYPER_DEFAULTS)
+        h.update(hyper)
+        if h["optimizer"] not in OPT_CODES:
+            raise ValueError(f"unknown optimizer {h['optimizer']!r}")
+        if h["schedule"] not in SCHEDULE_CODES:
+            raise ValueError(f"unknown schedule {h['schedule']!r}")
+        cdef Opt o
+        o.kind = OPT_CODES[h["optimizer"]]
+        o.b1 = h["beta1"]
+        o.b2 = h["beta2"]
+        o.eps = h["adam_eps"]
+        o.ftrl_beta = h["ftrl_beta"]
+        o.clip = h["clip_norm"]
+        o.exact = h["exact_rsqrt"]
+        cdef Py_ssize_t k = h["k"], kp = layout.s.kp
+        if o.kind == OPT_ROWADA and not 0 < k <= kp:
+            raise ValueError("row-wise AdaGrad needs the unpadded k (1..kp)")
+        o.row_k = k if k > 0 else kp
+        o.schedule = SCHEDULE_CODES[h["schedule"]]
+        o.warmup = h["warmup"]
+        o.total = h["total_steps"]
+        if layout.n_state != opt_n_state(o.kind) or bool(layout.row_state) != (o.kind == OPT_ROWADA):
+            raise ValueError(f"the layout's optimizer state does not fit {h['optimizer']}")
+        self.batch_size = h["batch_size"]
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.arrays = (B, L, F, R)
+        self.dtype = model_dtype(self.arrays)
+        cdef bint f64 = self.dtype == np.float64
+        cdef Shape s = layout.s
+        if s.half and (f64 or o.kind != OPT_ADAGRAD or self.batch_size != 1 or o.clip != 0):
+            raise ValueError("float16 factor storage trains float32 FFM with AdaGrad, one row at a "
+                             "time, without clipping")
+        cdef Py_ssize_t n[4]
+        cdef int a
+        for a in range(4):
+            s.base[a] = data_of(self.arrays[a], f64, &n[a])
+        check_sizes(&s, n[ARR_B], n[ARR_L], n[ARR_F], n[ARR_R])
+        s.batch = self.batch_size > 1
+        s.itemsize = 8 if f64 else 4
+        s.l2b, s.l2l, s.l2f, s.l1 = h["l2_bias"], h["l2_linear"], h["l2_factors"], h["l1"]
+        if not s.batch:
+            s.lamb = opt_grad_l2(o.kind, s.l2b)
+            s.laml = opt_grad_l2(o.kind, s.l2l)
+            s.lamf = opt_grad_l2(o.kind, s.l2f)
+        self.layout = layout
+        self.o = o
+        self.eta = h["eta"]
+        self.label_smoothing = h["label_smoothing"]
+        self.skip_nonfinite = h["skip_nonfinite"]
+        self.threads = max(1, threads)
+        self.balance = balance
+        self.hot_sync = hot_sync
+        if (hot_features is not None and len(hot_features) and self.threads > 1 and not f64
+                and s.kind == KIND_FFM and not s.half and not s.batch and o.clip == 0
+                and s.n_classes == 1 and o.kind != OPT_ADAM):
+            self.set_hot(hot_features, &s)
+        self.s = s
+
+    cdef set_hot(self, hot_features, Shape* s):
+        """The hot features' slots and one replica per thread (loaded at each train())."""
+        cdef const int[::1] ids = hot_features
+        cdef Py_ssize_t H = ids.shape[0], i, hlen = s.n_fields * s.fstride
+        cdef int c
+        if H > 65535 or self.hot_sync < 1:
+            raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
+        self.slot = <unsigned short*>calloc(s.n_features + 1, sizeof(unsigned short))
+        self.hot = <int*>malloc(sizeof(int) * H)
+        self.reps = <fm_replica*>calloc(self.threads, sizeof(fm_replica))
+        if self.slot == NULL or self.hot == NULL or self.reps == NULL:
+            raise MemoryError("no memory for the training work space")
+        for i in range(H):
+            if not 0 <= ids[i] < s.n_features or self.slot[ids[i]]:
+                raise ValueError("hot features must be distinct ids of the model")
+            self.slot[ids[i]] = <unsigned short>(i + 1)
+            self.hot[i] = ids[i]
+        for c in range(self.threads):
+            self.reps[c].local = <float*>malloc(sizeof(float) * H * hlen)
+            self.reps[c].snap = <float*>malloc(sizeof(float) * H * hlen)
+            self.reps[c].mark = <unsigned char*>calloc(H, 1)
+            self.reps[c].touched = <unsigned short*>malloc(sizeof(unsigned short) * H)
+            if (self.reps[c].local == NULL or self.reps[c].snap == NULL or self.reps[c].mark == NULL
+                    or self.reps[c].touched == NULL):
+                raise MemoryError("no memory for the training work space")
+        self.H = H
+        s.hot_slot = self.slot
+
+    def __dealloc__(self):
+        cdef int c
+        if self.reps != NULL:
+            for c in range(self.threads):
+                free(self.reps[c].local)
+                free(self.reps[c].snap)
+                free(self.reps[c].mark)
+                free(self.reps[c].touched)
+        free(self.reps)
+        free(self.hot)
+        free(self.slot)
+
+    @property
+    def total_steps(self):
+        """The run's length in steps (the schedule's); a resumed run may change it."""
+        return self.o.total
+
+    @total_steps.setter
+    def total_steps(self, double value):
+        self.o.total = value
+
+    @property
+    def hot_features(self):
+        """How many features train on per-thread replicas (0: none)."""
+        return self.H
+
+    def train(self, const long long[::1] indptr, fields, const int[::1] features,
+              const float[::1] values, const float[::1] labels, const float[::1] weights,
+              const long long[::1] order, double step0):
+        """One pass of training over the rows in `order`.
+
+        fields: int32, or uint8 (a compact batch); values: one per entry, or
+        empty when every value is 1.  labels: 0/1 (binary), targets
+        (regression) or class indices (multiclass); weights: one per row, or
+        empty for all ones.  step0: the run's step count before this pass
+        (for the schedule and Adam's bias correction).  Ids outside the model
+        are skipped.  Returns (sum of weighted row losses, sum of their
+        weights, rows skipped, position in `order` of the row that stopped
+        the pass or -1)."""
+        if labels.shape[0] < indptr.shape[0] - 1 or (weights.shape[0] and weights.shape[0] < labels.shape[0]):
+            raise ValueError("labels or weights shorter than the rows")
+        if self.s.itemsize == 8:
+            return train_pass(self, <double*>self.s.base[ARR_B], <double*>self.s.base[ARR_L],
+                              <double*>self.s.base[ARR_F], <double*>self.s.base[ARR_R], indptr,
+                              entries_of(fields, features, values), labels, weights, order, step0)
+        return train_pass(self, <float*>self.s.base[ARR_B], <float*>self.s.base[ARR_L],
+                          <float*>self.s.base[ARR_F], <float*>self.s.base[ARR_R], indptr,
+                          entries_of(fields, features, values), labels, weights, order, step0)
+
+
+cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floating* pR,
+                      const long long[::1] indptr, Entries ent, const float[::1] labels,
+                      const float[::1] weights, const long long[::1] order, double step0):
+    """Trainer.train's loop, for the trainer's parameter type."""
+    # the trainer's settings in locals (the loop below reads nothing else of it)
+    cdef Shape s = tr.s
+    cdef Opt o = tr.o
+    cdef double eta = tr.eta
+    cdef Py_ssize_t batch_size = tr.batch_size, hot_sync = tr.hot_sync, kp = s.kp
+    cdef bint skip_nonfinite = tr.skip_nonfinite
     cdef const int* fp
     cdef const float* vp
-    if labels.shape[0] < indptr.shape[0] - 1 or (weights.shape[0] and weights.shape[0] < labels.shape[0]):
-        raise ValueError("labels or weights shorter than the rows")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if kp > MAX_KP:
-        raise ValueError("k too large")
-    s.batch = batch_size > 1
-    s.itemsize = sizeof(floating)
-    s.l2b, s.l2l, s.l2f, s.l1 = l2_bias, l2_linear, l2_factors, l1
-    if not s.batch:
-        s.lamb = opt_grad_l2(o.kind, l2_bias)
-        s.laml = opt_grad_l2(o.kind, l2_linear)
-        s.lamf = opt_grad_l2(o.kind, l2_factors)
-    cdef floating* pR = ptr(R)
-    cdef floating* pB = ptr(B)
-    cdef floating* pL = ptr(L)
-    cdef floating* pF = ptr(F)
-    s.base[ARR_B] = <char*>pB
-    s.base[ARR_L] = <char*>pL
-    s.base[ARR_F] = <char*>pF
-    s.base[ARR_R] = <char*>pR
-    cdef Py_ssize_t n = order.shape[0], C = n_classes
+    cdef Py_ssize_t n = order.shape[0], C = s.n_classes
     cdef Py_ssize_t ii, bi, row, start, nnz, c, first, last
     cdef Py_ssize_t n_batches = (n + batch_size - 1) // batch_size
-    cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = label_smoothing
+    cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = tr.label_smoothing
     cdef bint has_w = weights.shape[0] > 0, bad
     cdef long long nbad = 0
     cdef int stop = 0
     cdef int* pstop = &stop
     cdef floating scale, eta_t
-    cdef int nthreads = max(1, threads), tid
+    cdef int nthreads = tr.threads, tid
     cdef double* kap
     cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating),
-                                   s.kind == KIND_FWFM, s.batch)
+                                   s.kind == KIND_FWFM or s.kind == KIND_FMFM, s.batch)
     if sc == NULL:
         raise MemoryError("no memory for the training work space")
-    cdef const int[::1] hot
-    cdef Py_ssize_t H = 0, hlen = s.n_fields * s.fstride
-    cdef unsigned short* slot = NULL
+    cdef const int* hot = tr.hot
+    cdef Py_ssize_t H = tr.H, hlen = s.n_fields * s.fstride
     cdef int lock = 0
     cdef int* plock = &lock
-    if (hot_features is not None and len(hot_features) and nthreads > 1 and floating is float
-            and s.kind == KIND_FFM and not s.half and not s.batch and o.clip == 0 and C == 1
-            and o.kind != OPT_ADAM):
-        hot = hot_features
-        H = hot.shape[0]
     tid = 0
     try:
         if H:
-            if H > 65535 or hot_sync < 1:
-                raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
-            slot = <unsigned short*>calloc(n_features + 1, sizeof(unsigned short))
-            if slot == NULL:
-                raise MemoryError("no memory for the training work space")
-            for ii in range(H):
-                if not 0 <= hot[ii] < n_features or slot[hot[ii]]:
-                    raise ValueError("hot features must be distinct ids of the model")
-                slot[hot[ii]] = <unsigned short>(ii + 1)
+            # every pass starts the threads' replicas from the shared model
             for c in range(nthreads):
-                sc[c].hot.local = <float*>malloc(sizeof(float) * H * hlen)
-                sc[c].hot.snap = <float*>malloc(sizeof(float) * H * hlen)
-                sc[c].hot.mark = <unsigned char*>calloc(H, 1)
-                sc[c].hot.touched = <unsigned short*>malloc(sizeof(unsigned short) * H)
-                if (sc[c].hot.local == NULL or sc[c].hot.snap == NULL or sc[c].hot.mark == NULL
-                        or sc[c].hot.touched == NULL):
-                    raise MemoryError("no memory for the training work space")
-                fm_hot_load(<float*>pF, &hot[0], H, hlen, sc[c].hot.local, sc[c].hot.snap)
+                sc[c].hot = tr.reps[c]
+                memset(sc[c].hot.mark, 0, H)
+                sc[c].hot.n_touched = 0
+                fm_hot_load(<float*>pF, hot, H, hlen, sc[c].hot.local, sc[c].hot.snap)
                 sc[c].hot.rep = fm_float_distance(<float*>pF, sc[c].hot.local)
                 sc[c].row.hot = &sc[c].hot
-            s.hot_slot = slot
-        fm_set_schedule(balance and nthreads > 1, BALANCE_CHUNK)
+        fm_set_schedule(tr.balance and nthreads > 1, BALANCE_CHUNK)
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
             for bi in prange(n_batches, schedule="runtime"):
@@ -1026,20 +1506,19 @@ def train_epoch(str kind, str optimizer, str task, floating[::1] B, floating[::1
                 elif H:
                     sc[tid].since = sc[tid].since + 1
                     if sc[tid].since >= hot_sync and fm_try_lock(plock):
-                        fm_hot_exchange(<float*>pF, &hot[0], hlen, &sc[tid].hot)
+                        fm_hot_exchange(<float*>pF, hot, hlen, &sc[tid].hot)
                         fm_unlock(plock)
                         sc[tid].since = 0
             if H:
                 fm_lock(plock)
-                fm_hot_exchange(<float*>pF, &hot[0], hlen, &sc[tid].hot)
+                fm_hot_exchange(<float*>pF, hot, hlen, &sc[tid].hot)
                 fm_unlock(plock)
         first = -1
         for c in range(nthreads):
             if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):
                 first = sc[c].first_bad
     finally:
-        scratch_free(sc, nthreads)
-        free(slot)
+        scratch_free(sc, nthreads)   # the replicas stay with the trainer
     return loss, wsum, nbad, first
 
 
@@ -1055,37 +1534,47 @@ cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
     sc.n_ids = 0
 
 
-def score_rows(str kind, const floating[::1] B, const floating[::1] L, const floating[::1] F,
-               const floating[::1] R,
-               Py_ssize_t n_features, Py_ssize_t n_fields, Py_ssize_t kp, Py_ssize_t n_state_,
-               const long long[::1] indptr, fields, const int[::1] features,
-               const float[::1] values, double[::1] out, bint use_bias=True,
-               bint use_linear=True, bint normalize=True, int threads=1, Py_ssize_t n_classes=1,
-               bint half_factors=False, bint row_state=False):
-    """Raw scores (logits) of every row into `out` (row-major, n_classes per row).
+def score_rows(Layout layout not None, B, L, F, R, const long long[::1] indptr, fields,
+               const int[::1] features, const float[::1] values, double[::1] out, int threads=1):
+    """Raw scores (logits) of every row into `out` (row-major, n_classes per
+    row): the one scoring entry, for validation in training and for predict.
 
-    Ids at or beyond the model's n_features / n_fields contribute nothing.
-    n_state_ is the optimizer-state width of the layout (0 for a saved model).
-    fields may be int32 or uint8, values empty when every value is 1.
-    half_factors: FFM blocks of float16 weights (see train_epoch); row_state:
-    factor blocks of a row-wise AdaGrad layout (kp weights and one value)."""
-    cdef Shape s = make_shape(kind, "multiclass" if n_classes > 1 else "binary", n_classes,
-                              n_features, n_fields, kp, n_state_, use_bias, use_linear, normalize,
-                              half_factors, row_state)
-    if half_factors and floating is double:
+    B, L, F, R: contiguous 1-d arrays, all float32 or all float64, as
+    `layout` says (a saved model: n_state 0); B may be empty without a bias
+    and L without linear terms.  Ids at or beyond the model's n_features /
+    n_fields contribute nothing.  fields may be int32 or uint8, values empty
+    when every value is 1.  Returns `out` as an array."""
+    cdef Shape s = layout.s
+    cdef bint f64 = model_dtype((B, L, F, R)) == np.float64
+    if s.half and f64:
         raise ValueError("float16 factor storage is read in float32")
-    cdef Py_ssize_t n = indptr.shape[0] - 1, C = n_classes, c
-    if out.shape[0] < n * C:
+    cdef Py_ssize_t nrows = indptr.shape[0] - 1, C = s.n_classes
+    if out.shape[0] < nrows * C:
         raise ValueError("output array too small")
-    check_sizes(&s, B.shape[0] if use_bias else C * s.cB, L.shape[0] if use_linear else C * s.cL,
-                F.shape[0], R.shape[0])
-    cdef const floating* pB = cptr(B)
-    cdef const floating* pL = cptr(L)
-    cdef const floating* pF = cptr(F)
-    cdef const floating* pR = cptr(R)
+    cdef const char* base[4]
+    cdef Py_ssize_t n[4]
+    cdef int a
+    for a, arr in enumerate((B, L, F, R)):
+        base[a] = cdata_of(arr, f64, &n[a])
+    check_sizes(&s, n[ARR_B] if s.use_bias else C * s.cB, n[ARR_L] if s.use_linear else C * s.cL,
+                n[ARR_F], n[ARR_R])
+    cdef Entries ent = entries_of(fields, features, values)
+    if f64:
+        score_pass(&s, <const double*>base[ARR_B], <const double*>base[ARR_L],
+                   <const double*>base[ARR_F], <const double*>base[ARR_R], indptr, &ent, out, threads)
+    else:
+        score_pass(&s, <const float*>base[ARR_B], <const float*>base[ARR_L],
+                   <const float*>base[ARR_F], <const float*>base[ARR_R], indptr, &ent, out, threads)
+    return np.asarray(out)
+
+
+cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, const floating* pF,
+                     const floating* pR, const long long[::1] indptr, const Entries* ent,
+                     double[::1] out, int threads) except *:
+    """score_rows' loop, for the model's parameter type."""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, C = s.n_classes, c, kp = s.kp
     cdef Py_ssize_t row, start, nnz
     cdef floating scale
-    cdef Entries ent = entries_of(fields, features, values)
     cdef const int* fp
     cdef const float* vp
     cdef int nthreads = max(1, threads), tid
@@ -1096,7 +1585,7 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
     cdef Py_ssize_t lrow = s.lstride * sizeof(floating)
     cdef Py_ssize_t n_pf = s.n_features if s.kind != KIND_LR else 0
     cdef Py_ssize_t n_pl = s.n_features if s.use_linear else 0
-    cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating), False, False)
+    cdef Scratch* sc = scratch_new(nthreads, s, longest_row(indptr), sizeof(floating), False, False)
     if sc == NULL:
         raise MemoryError("no memory for the scoring work space")
     tid = 0
@@ -1111,14 +1600,13 @@ def score_rows(str kind, const floating[::1] B, const floating[::1] L, const flo
                                          indptr[row + 2] - indptr[row + 1], n_pf)
                     fm_prefetch_features(pL, lrow, ent.feat + indptr[row + 1],
                                          indptr[row + 2] - indptr[row + 1], n_pl)
-                fp = row_fields(&ent, start, nnz, &sc[tid])
-                vp = row_values(&ent, start, &sc[tid])
+                fp = row_fields(ent, start, nnz, &sc[tid])
+                vp = row_values(ent, start, &sc[tid])
                 scale = <floating>row_scale(vp, nnz, s.normalize)
                 for c in range(C):
-                    out[row * C + c] = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
+                    out[row * C + c] = score_row(s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
                                                  pR + c * s.cR, fp, ent.feat + start,
                                                  vp, nnz, scale,
                                                  <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
     finally:
         scratch_free(sc, nthreads)
-    return np.asarray(out)

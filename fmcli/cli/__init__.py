@@ -17,6 +17,7 @@ from .. import __version__
 from ..atomic import IO_ERRNOS
 from ..errors import EX_CONFIG, EX_SIGPIPE, EX_SOFTWARE, ConfigError, FMError, printable
 from ._status import SignalExit, classify
+from ._process import map_large_blocks as _map_large_blocks
 
 
 class FMGroup(click.Group):
@@ -143,24 +144,3 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _terminate)
     _map_large_blocks()
     cli(prog_name="fm")
-
-
-def _map_large_blocks(threshold: int = 4 << 20) -> None:
-    """Have glibc's malloc map every block of `threshold` bytes or more on its
-    own, so that freeing one returns its memory to the system.
-
-    By default glibc raises that threshold (up to 32 MiB) each time a mapped
-    block is freed, after which the parser's and the loader's chunk-sized
-    arrays come from the heap and their memory stays with the process when
-    they are freed: tens of MiB of peak RSS for nothing.  Elsewhere (or
-    without mallopt) this does nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    M_MMAP_THRESHOLD = -3
-    mallopt(M_MMAP_THRESHOLD, threshold)

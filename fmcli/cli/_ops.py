@@ -276,6 +276,17 @@ class TrainRun:
 
         return on_epoch
 
+    def on_eval(self, show: Callable | None = None) -> Callable:
+        """The callback for validations within an epoch (--eval-every)."""
+        def on_eval(stats) -> None:
+            if show is not None:
+                show(stats)
+            if self.log is not None:
+                self.log.write("eval", epoch=stats.epoch, rows=stats.rows, rows_total=stats.rows_total,
+                               train_loss=stats.train_loss, valid=stats.valid)
+
+        return on_eval
+
     def on_checkpoint(self, info: dict) -> None:
         if self.log is not None:
             self.log.write("checkpoint", **info)
@@ -345,55 +356,32 @@ class TrainRun:
                      "(signal again to abort)")
 
     # -- --dry-run -------------------------------------------------------------------
-    def plan(self, config, train_files, valid=None, output: str | None = None) -> None:
-        print_plan(config, list(train_files), valid, output, self.quiet)
+    def plan(self, config, train_files, valid=None, output: str | None = None, weights: str | None = None,
+             resume: str | None = None) -> None:
+        print_plan(config, list(train_files), valid, output, self.quiet, weights, resume)
 
 
-def print_plan(config, train_files, valid, output, quiet: bool) -> None:
-    """Read the data as training would, print what training would allocate."""
-    from ..data.dataset import load_dataset
-    from ..errors import ConfigError, DataError
-    from ..train import TrainState
+def print_plan(config, train_files, valid, output, quiet: bool, weights=None, resume=None) -> None:
+    """Read the data as training would (fmcli.train.plan_training), print
+    what training would allocate."""
+    from ..train import plan_training
 
-    from ..train import _data_options
-
-    options = _data_options(config)
     say = (lambda msg: _render.info(msg, quiet))
-    tr = load_dataset(train_files, task=config.task, log=say, **options)
-    task = tr.task
-    va = load_dataset(valid, task=task, classes=tr.classes, log=say, **options) if valid else None
-    if config.model in ("ffm", "fwfm") and tr.format == "libsvm":
-        raise ConfigError(f"{tr.name} is libsvm (no field ids) but the {config.model} model needs fields; "
-                          "use --model fm or lr, or libffm input")
-    from ..train import plan_id_map
+    plan = plan_training(config, list(train_files), valid or None, weights=weights, resume=resume,
+                         log=say, dry_run=True)
+    try:
+        _print_plan(plan, output)
+    finally:
+        plan.close()
 
-    space = n_features = max(tr.max_feature + 1, 0)
-    n_fields = max(tr.max_field + 1, 0)
-    init_model = getattr(config, "init_model", None)
-    parent = None
-    if init_model:
-        from ..model import load_model
 
-        parent = load_model(init_model)
-        spec = parent.spec
-        n_features, n_fields = max(n_features, spec.n_features), max(n_fields, spec.n_fields)
-    id_map = plan_id_map(tr, parent)       # ids sparse in their space: a slot per id used
-    if id_map is not None:
-        n_features, space = len(id_map), max(space, id_map.space)
-    C = len(tr.classes) if task == "multiclass" else 1
-    blocks = TrainState.n_blocks(config, n_features, n_fields)
-    pairs = n_fields * n_fields if config.model == "fwfm" else 0
-    n_params = C * (int(config.use_bias) + (n_features if config.use_linear else 0)
-                    + blocks * config.k + pairs)
-    cfg = config.replace(task=task) if config.task == "auto" else config
-    need = TrainState.bytes_needed(cfg, n_features, n_fields, C)
-    limit = config.max_memory
-    if limit is None:
-        try:
-            limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            limit = None
-    whole = tr.n_chunks == 1 or tr.data_bytes <= config.memory_budget
+def _print_plan(plan, output) -> None:
+    from ..errors import DataError
+
+    config, tr, va, id_map = plan.config, plan.tr, plan.va, plan.id_map
+    task, C, n_fields, n_features = plan.task, plan.n_classes, plan.n_fields, plan.n_features
+    space = max(tr.max_feature + 1, 0, id_map.space if id_map is not None else 0)
+    need, limit, whole, n_params = plan.bytes_needed, plan.memory_limit, plan.whole, plan.n_params
 
     def size(n: int) -> str:
         for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

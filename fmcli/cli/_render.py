@@ -69,6 +69,14 @@ class EpochTable:
             click.echo(line, err=True)
 
 
+def eval_line(s) -> str:
+    """One line for a validation within an epoch (fmcli.train.EvalStats)."""
+    train_col, metrics = _COLUMNS[s.task]
+    cells = ", ".join(f"va_{m} " + _metric_cell(s.valid.get(m), 0).strip() for m in metrics)
+    loss = _metric_cell(s.train_loss, 0).strip()
+    return f"epoch {s.epoch}, {s.rows:,} rows: {train_col} {loss}, {cells}"
+
+
 def _metric_cell(value: float | None, width: int) -> str:
     """A metric right-aligned in `width` columns, 'n/a' when undefined (None or NaN)."""
     if value is None or value != value:

@@ -19,11 +19,12 @@ _MODEL_ONLY = ("--top-interactions", "--field-pairs", "--features", "--data", "-
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout (stable keys; see the manual page).")
 @click.option("--top-interactions", type=click.IntRange(1), default=None, metavar="N",
-              help="The N strongest learned pairwise interactions (FM, FFM, FwFM; FFM and FwFM "
+              help="The N strongest learned pairwise interactions (FM, FFM, FwFM, FmFM; all but FM "
                    "need --data or a feature-to-field map in the model's preprocessing spec).")
 @click.option("--field-pairs", is_flag=True,
-              help="The field x field interaction-strength matrix (FwFM: |r_ab|; FFM and FM: mean "
-                   "pair strength in --data).")
+              help="The field x field interaction-strength matrix (FwFM: |r_ab|; FmFM: "
+                   "||M_ab||_F / sqrt(k), or with --data the mean pair strength in it; FFM and FM: "
+                   "mean pair strength in --data).")
 @click.option("--features", "top_features", type=click.IntRange(1), default=None, metavar="N",
               help="The N most important features by |linear weight| + factor norm.")
 @click.option("--data", multiple=True, type=InputPath("a data file", allow_dash=True), metavar="FILE",
@@ -105,9 +106,11 @@ def _inspect(inputs, as_json, top_interactions, field_pairs, top_features, data,
 def _analyse(result, path, top_interactions, field_pairs, top_features, data, max_rows, class_label, fmt, limits):
     from .. import inspect as ins
     from ..model import load_model
+    from ..registry import kind as model_kind
 
     model = load_model(path)
     spec = model.spec
+    kind = model_kind(spec.kind)
     names = ins.Names(result["spec"], result["hyperparameters"], getattr(model, "extras", None),
                       result.get("input"))
     class_index = None
@@ -119,25 +122,25 @@ def _analyse(result, path, top_interactions, field_pairs, top_features, data, ma
             raise click.BadParameter(f"{class_label!r} is not one of the model's classes ({shown})",
                                      param_hint="'--class'")
         class_index = spec.classes.index(class_label)
-    if spec.kind == "lr" and (top_interactions or field_pairs):
-        raise click.UsageError(f"{path} is an lr model: it has no pairwise interactions "
+    if not kind.factors and (top_interactions or field_pairs):
+        raise click.UsageError(f"{path} is an {spec.kind} model: it has no pairwise interactions "
                                "(--features still applies)")
-    fielded = spec.kind in ("ffm", "fwfm")
     if not data and not names.has_field_map:
         why = (f" ({names.map_note})" if names.map_note else
                " (the model has no preprocessing spec to map features to fields)")
-        if top_interactions and fielded:
+        if top_interactions and kind.needs_fields:
             raise click.UsageError(
                 f"--top-interactions on an {spec.kind} model needs --data FILE (a sample of the training "
                 f"data) to know which feature occurs in which field{why}")
-        if field_pairs and spec.kind != "fwfm":
+        if field_pairs and not kind.pairs:      # field-pair parameters are a figure of their own
             raise click.UsageError(
                 f"--field-pairs on an {spec.kind} model needs --data FILE (a sample of the training data){why}")
     sample = None
     if data:
         sample = ins.read_sample(model, list(data), fmt=fmt, limits=limits,
                                  max_rows=SAMPLE_ROWS if max_rows is None else max_rows,
-                                 pairs=field_pairs and spec.kind in ("fm", "ffm"), class_index=class_index)
+                                 pairs=field_pairs and ins.field_pairs_from_data(spec.kind),
+                                 class_index=class_index)
         feats, _ = sample.feature_counts()
         result["sample"] = {"files": sample.files, "rows": sample.rows, "truncated": sample.truncated,
                             "distinct_features": int(feats.size),

@@ -426,7 +426,7 @@ def _prepare_process() -> None:
     """What fm's main does for the process: SIGTERM unwinds like Ctrl-C
     (temporary files removed, status 143), writing past RLIMIT_FSIZE is an
     I/O error rather than a kill, large blocks go back to the system."""
-    from . import _map_large_blocks
+    from ._process import map_large_blocks as _map_large_blocks
 
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -95,7 +95,11 @@ def default_output(train_file: str) -> str:
 @click.option("--linear/--no-linear", "use_linear", default=D.use_linear, help="Per-feature linear weights.")
 @click.option("--auto-stop", is_flag=True, default=D.auto_stop, help="Stop when the validation metric gets worse; keep the best epoch's model (--patience 1).")
 @click.option("--patience", type=click.IntRange(0), default=D.patience,
-              help="Stop after this many epochs without a better validation metric; keep the best epoch (0: off).")
+              help="Stop after this many epochs (validations, with --eval-every) without a better validation "
+                   "metric; keep the best model (0: off).")
+@click.option("--eval-every", type=click.IntRange(0), default=D.eval_every,
+              help="Also validate every this many training rows (needs -p): logged, kept as the best model, "
+                   "and counted by --patience, which then stops within an epoch (0: at epoch ends only).")
 @click.option("--early-stopping-metric", type=click.Choice(list(METRICS)), default=None, show_default=False,
               help="Validation metric for --patience.  [default: logloss; rmse for regression]")
 @click.option("--shuffle/--no-shuffle", default=D.shuffle, help="Shuffle rows every epoch.")
@@ -227,7 +231,7 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
         spec = load_spec(spec_file)   # a bad spec fails before training
     session = _ops.current_run()
     if session.dry_run:
-        return session.plan(cfg, train_files, valid, output)
+        return session.plan(cfg, train_files, valid, output, weights_file, resume_dir)
     session.begin(cfg, output, list(train_files), valid, weights_file)
     check_writable(output)
     model = run_training(
@@ -241,6 +245,7 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
                   "no_optimizer_state": no_optimizer_state, "spec": _absolute(spec_file),
                   **session.run_info()},
         on_epoch=session.on_epoch(_render.EpochTable(quiet)),
+        on_eval=session.on_eval(lambda stats: _render.info(_render.eval_line(stats), quiet)),
         log=lambda msg: _render.info(msg, quiet),
         **session.callbacks(run_training),
     )

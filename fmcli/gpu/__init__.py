@@ -6,7 +6,7 @@ nothing here is needed to install or run fmcli on the CPU.  The kernels
 NVRTC through CuPy, one module per float type and factor width.
 
 - device.py   finding a device (``--device``), the CuPy backend
-- state.py    GpuState (fmcli.train.TrainState on the device) and GpuScorer
+- state.py    GpuState (the fmcli.backend.Backend on the device) and GpuScorer
 - plan.py     launch geometry, packed rows, the exact mode's slot plan and sort
 - layout.py   the arrays and names shared with the kernels
 - emulate.py  the kernels on the CPU, for tests without a device

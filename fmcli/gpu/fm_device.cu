@@ -6,10 +6,14 @@
 // per bias / linear weight / factor vector / FwFM field-pair weight, each
 // block's weights followed by its optimizer state (slot s of element d of a
 // block of n weights at w[d + (s + 1) * n]), one parameter set per class.
+// FmFM's R holds one factor-format block (K weights, then the state; stride
+// fs) per row of each field pair's matrix: row r of the matrix of fields
+// (a, c), a <= c, is block (a * m + c) * K + r; only the k real rows and
+// columns are ever non-zero (the padding has zero gradients).
 //
 // Work split: a row belongs to one warp.  The row's items (entries for LR and
-// FM, field pairs i < l for FFM and FwFM) are dealt to groups of G lanes; the
-// G lanes of a group split the item's K factor values in chunks of four
+// FM, field pairs i < l for FFM, FwFM and FmFM) are dealt to groups of G
+// lanes; the G lanes of a group split the item's K factor values in chunks of four
 // (lane q of a group owns elements (c * G + q) * 4 .. + 3, c = 0 .. K/(4G)-1).
 // G is K/4 rounded up to a power of two, at most 32: one lane per pair at
 // K = 4, four at K = 16, the whole warp from K = 128 on.
@@ -40,7 +44,7 @@ enum {
     HP_FTRL_BETA, HP_CLIP, HP_SMOOTHING, HP_WARMUP, HP_SIZE
 };
 // Codes (fmcli/gpu/layout.py: KINDS, TASKS, OPTIMIZERS, SCHEDULES, ROW_*).
-enum { KIND_LR = 0, KIND_FM = 1, KIND_FFM = 2, KIND_FWFM = 3 };
+enum { KIND_LR = 0, KIND_FM = 1, KIND_FFM = 2, KIND_FWFM = 3, KIND_FMFM = 4 };
 enum { TASK_BINARY = 0, TASK_REGRESSION = 1, TASK_MULTICLASS = 2 };
 enum { OPT_SGD = 0, OPT_ADAGRAD = 1, OPT_ADAM = 2, OPT_FTRL = 3 };
 enum { SCHED_CONSTANT = 0, SCHED_LINEAR = 1, SCHED_COSINE = 2, SCHED_INVSQRT = 3 };
@@ -82,7 +86,7 @@ __device__ __forceinline__ Shape load_shape(const long long* sh, const double* h
     s.id0[2] = sh[SH_ID_F];
     s.id0[3] = sh[SH_ID_R];
     s.n_ids = sh[SH_N_IDS];
-    s.fielded = s.kind == KIND_FFM || s.kind == KIND_FWFM;
+    s.fielded = s.kind == KIND_FFM || s.kind == KIND_FWFM || s.kind == KIND_FMFM;
     s.eta = hp[HP_ETA];
     s.l2b = hp[HP_L2_BIAS];
     s.l2l = hp[HP_L2_LINEAR];
@@ -193,6 +197,84 @@ __device__ __forceinline__ void pair_advance(int n, int step, int& i, int& l) {
 
 __device__ __forceinline__ long long field_pair(long long a, long long b, long long m) {
     return a <= b ? a * m + b : b * m + a;
+}
+
+// ---------------------------------------------------------------------------
+// FmFM's field matrices
+//
+// The pair (i, l) of fields a = f_i, c = f_l scores V_i^T A V_l, where P is
+// the matrix of the sorted pair (P = M[min, max]) and A, seen from entry i,
+// is P (a < c), P^T (a > c) or S = (P + P^T) / 2 (a == c).  The gradient of
+// that score by V_i is A V_l, by V_l it is the same with i and l swapped.
+
+enum { MAT_PLAIN = 0, MAT_TRANS = 1, MAT_SYM = 2 };
+
+// How entry i of field a sees the matrix it shares with an entry of field c.
+__device__ __forceinline__ int mat_mode(int a, int c) {
+    return a < c ? MAT_PLAIN : a > c ? MAT_TRANS : MAT_SYM;
+}
+
+// The first block (matrix row 0) of the matrix of fields a and c in R.
+template <typename T, int K>
+__device__ __forceinline__ const T* mat_at(const Shape& s, const T* R, int a, int c) {
+    return R + field_pair(a, c, s.m) * K * s.fs;
+}
+
+// This lane's elements (chunks of its group, Lanes<K>::at) of A v, where A
+// is P (MAT_PLAIN), P^T (MAT_TRANS) or (P + P^T) / 2 (MAT_SYM); P's rows are
+// blocks of stride fs, v is one block of K values.  Reads only.
+template <typename T, int K>
+__device__ __forceinline__ void mat_vec(const T* P, long long fs, int mode, const T* v, int q, T* out) {
+    typedef Lanes<K> LN;
+    for (int e = 0; e < LN::E; ++e) out[e] = 0;
+    for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+        const int d0 = LN::at(q, c);
+        T row[4] = {0, 0, 0, 0}, col[4] = {0, 0, 0, 0};
+        for (int r = 0; r < K; r += 4) {
+            T x[4];
+            ld4(v + r, x);
+            if (mode != MAT_TRANS) {
+                // (P v)[d] = sum_r P[d][r] v[r]: rows d0 .. d0 + 3
+                for (int e = 0; e < 4; ++e) {
+                    T a[4];
+                    ld4(P + (long long)(d0 + e) * fs + r, a);
+                    row[e] = row[e] + ((a[0] * x[0] + a[1] * x[1]) + (a[2] * x[2] + a[3] * x[3]));
+                }
+            }
+            if (mode != MAT_PLAIN) {
+                // (P^T v)[d] = sum_r P[r][d] v[r]: columns d0 .. d0 + 3 of rows r .. r + 3
+                for (int u = 0; u < 4; ++u) {
+                    T a[4];
+                    ld4(P + (long long)(r + u) * fs + d0, a);
+                    for (int e = 0; e < 4; ++e) col[e] = col[e] + a[e] * x[u];
+                }
+            }
+        }
+        for (int e = 0; e < 4; ++e)
+            out[c * 4 + e] = mode == MAT_PLAIN ? row[e] : mode == MAT_TRANS ? col[e] : (T)0.5 * (row[e] + col[e]);
+    }
+}
+
+// This lane's elements of row r of the gradient of the pair (i, l)'s score
+// by its matrix P (without kappa x_i x_l): V_lo[r] V_hi with lo the entry of
+// the lower field, or (V_i[r] V_l + V_l[r] V_i) / 2 for one field.
+template <typename T, int K>
+__device__ __forceinline__ void mat_row_grad(const T* vi, const T* vl, int fi, int fl, int r, int q,
+                                             T coef, T* g) {
+    typedef Lanes<K> LN;
+    const T* lo = fi <= fl ? vi : vl;
+    const T* hi = fi <= fl ? vl : vi;
+    const T a = coef * lo[r], b = coef * hi[r];
+    for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+        T h[4], u[4];
+        ld4(hi + LN::at(q, c), h);
+        if (fi == fl) {
+            ld4(lo + LN::at(q, c), u);
+            for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + (T)0.5 * (a * h[e] + b * u[e]);
+        } else {
+            for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + a * h[e];
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -424,7 +506,7 @@ __device__ double score_class(const Shape& s, const T* B, const T* L, const T* F
         ss = group_sum<LN::G>(ss);
         sq = warp_sum(sq);
         pt = 0.5 * (double)(ss - sq);
-    } else if (s.kind == KIND_FFM || s.kind == KIND_FWFM) {
+    } else if (s.kind == KIND_FFM || s.kind == KIND_FWFM || s.kind == KIND_FMFM) {
         const long long P = (long long)nnz * (nnz - 1) / 2;
         T part = 0;
         int i = 0, l = 0;
@@ -433,7 +515,13 @@ __device__ double score_class(const Shape& s, const T* B, const T* L, const T* F
             if (entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l)) {
                 const T* w1;
                 const T* w2;
-                if (s.kind == KIND_FFM) {
+                T av[LN::E];
+                if (s.kind == KIND_FMFM) {
+                    // V_i^T A V_l: this lane's elements of V_i times those of A V_l
+                    w1 = F + (long long)feat[i] * s.fs;
+                    w2 = F + (long long)feat[l] * s.fs;
+                    mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]), w2, q, av);
+                } else if (s.kind == KIND_FFM) {
                     w1 = F + ((long long)feat[i] * s.m + fld[l]) * s.fs;
                     w2 = F + ((long long)feat[l] * s.m + fld[i]) * s.fs;
                 } else {
@@ -444,11 +532,14 @@ __device__ double score_class(const Shape& s, const T* B, const T* L, const T* F
                 for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
                     T a[4], b[4];
                     ld4(w1 + LN::at(q, c), a);
-                    ld4(w2 + LN::at(q, c), b);
+                    if (s.kind == KIND_FMFM)
+                        for (int e = 0; e < 4; ++e) b[e] = av[c * 4 + e];
+                    else
+                        ld4(w2 + LN::at(q, c), b);
                     d = d + ((a[0] * b[0] + a[1] * b[1]) + (a[2] * b[2] + a[3] * b[3]));
                 }
                 T xx = (val[i] * scale) * (val[l] * scale);
-                if (s.kind == KIND_FFM)
+                if (s.kind == KIND_FFM || s.kind == KIND_FMFM)
                     part = part + d * xx;
                 else
                     part = part + R[field_pair(fld[i], fld[l], s.m) * s.ls] * d * xx;

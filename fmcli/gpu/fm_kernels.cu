@@ -1,5 +1,5 @@
 // fmcli GPU kernels: training (per-row Hogwild, and exact mini-batches) and
-// scoring of LR, FM, FFM and FwFM models.  T is float or double, K the
+// scoring of LR, FM, FFM, FwFM and FmFM models.  T is float or double, K the
 // padded factor width (a multiple of 4); the host instantiates the pair it
 // needs (fmcli/gpu/layout.py: kernel_names).
 //
@@ -15,7 +15,8 @@
 // fm_batch_apply_*  after the host sorted the contributions by (block id,
 //                   slot): the first slot of each block's run sums the run in
 //                   slot order (deterministic), divides by the batch's row
-//                   count, adds L2 and steps the block once.
+//                   count, adds L2 and steps the block once (an FmFM matrix
+//                   row is a vector block like a factor vector, without L2).
 // fm_score_rows     one warp per row: raw scores of every class.
 //
 // Rows: CSR (indptr int64, fields/features int32, values float32), labels
@@ -27,6 +28,149 @@
 
 // ---------------------------------------------------------------------------
 // Per-row (Hogwild) update of one class's parameters
+
+// Per-row mode of FwFM and FmFM: step the factor vector of every in-model
+// entry with its gradient from gbuf (nnz vectors of K, computed from the
+// row's start values), each clipped on its own; a group of lanes per entry.
+template <typename T, int K>
+__device__ void step_factors(const Shape& s, const Opt<T>& o, T* F, const T* gbuf, const int* fld,
+                             const int* feat, int nnz, int grp, int q, T l1, T l2f) {
+    typedef Lanes<K> LN;
+    const bool clip = s.clip > 0;
+    for (int base = 0; base < nnz; base += LN::NPW) {
+        const int i = base + grp;
+        const bool act = i < nnz && entry_ok(s, fld, feat, i);
+        T g[LN::E] = {};
+        T nrm = 0;
+        if (act) {
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                ld4(gbuf + (long long)i * K + LN::at(q, c), g + 4 * c);
+                for (int e = 0; e < 4; ++e) nrm = nrm + g[c * 4 + e] * g[c * 4 + e];
+            }
+        }
+        if (clip) {
+            T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
+            if (f != 1)
+                for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
+        }
+        if (act) {
+            T* w = F + (long long)feat[i] * s.fs;
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+        }
+    }
+}
+
+// FmFM, as FwFM: every gradient from the values of the start of the row.
+// The factors' gradients go to this warp's scratch (nnz blocks of K, then a
+// flag per pair), then each touched field matrix is stepped once, matrix row
+// by matrix row, with its gradient summed over the row's pairs (no L2; read
+// from the factors, not stepped yet), then the factors are stepped in row
+// order.  Matrices and factors are distinct blocks, each stepped from its
+// own gradient and state: stepping the matrices first gives what the CPU's
+// order (factors, then matrices) gives.
+template <typename T, int K>
+__device__ void update_row_fmfm(const Shape& s, const Opt<T>& o, T* F, T* R, const int* fld,
+                                const int* feat, const float* val, int nnz, T scale, T kappa,
+                                int lane, T* scr) {
+    typedef Lanes<K> LN;
+    const int grp = lane / LN::G, q = lane % LN::G;
+    const T lamf = grad_l2<T>(s, s.l2f), l1 = (T)s.l1, l2f = (T)s.l2f;
+    const bool clip = s.clip > 0;
+    const long long P = (long long)nnz * (nnz - 1) / 2;
+    T* gbuf = scr;
+    T* own = scr + (long long)nnz * K;
+    // g_i = kappa x_i sum_{l != i} x_l A_il V_l + lam V_i
+    for (int i = grp; i < nnz; i += LN::NPW) {
+        if (!entry_ok(s, fld, feat, i)) continue;
+        T g[LN::E];
+        for (int e = 0; e < LN::E; ++e) g[e] = 0;
+        for (int l = 0; l < nnz; ++l) {
+            if (l == i || !entry_ok(s, fld, feat, l)) continue;
+            const T xl = val[l] * scale;
+            T av[LN::E];
+            mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]),
+                          F + (long long)feat[l] * s.fs, q, av);
+            for (int e = 0; e < LN::E; ++e) g[e] = g[e] + xl * av[e];
+        }
+        const T kx = kappa * (val[i] * scale);
+        const T* wi = F + (long long)feat[i] * s.fs;
+        for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+            T a[4], v[4];
+            ld4(wi + LN::at(q, c), a);
+            for (int e = 0; e < 4; ++e) v[e] = kx * g[c * 4 + e] + lamf * a[e];
+            st4(gbuf + (long long)i * K + LN::at(q, c), v);
+        }
+    }
+    // With a field repeated in the row several pairs share a matrix: the
+    // first of them (own[p] = 1) steps it with their sum.
+    bool rep = false;
+    for (int i = lane; i < nnz; i += 32)
+        for (int l = 0; l < i; ++l)
+            if (fld[l] == fld[i]) rep = true;
+    rep = __any_sync(FM_FULL_MASK, rep);
+    if (rep) {
+        int i = 0, l = 0;
+        if (lane < P) pair_decode(lane, nnz, i, l);
+        for (long long p = lane; p < P; p += 32) {
+            const long long key = field_pair(fld[i], fld[l], s.m);
+            T first = 1;
+            int a = 0, b = 1;
+            for (long long pp = 0; pp < p; ++pp) {
+                if (entry_ok(s, fld, feat, a) && entry_ok(s, fld, feat, b) && field_pair(fld[a], fld[b], s.m) == key) {
+                    first = 0;
+                    break;
+                }
+                pair_advance(nnz, 1, a, b);
+            }
+            own[p] = first;
+            pair_advance(nnz, 32, i, l);
+        }
+    }
+    __syncwarp();   // every read of the matrices (and of own) before the first step
+    // Matrix rows: item p * K + r is row r of pair p's matrix.
+    const long long items = P * K;
+    for (long long base = 0; base < items; base += LN::NPW) {
+        const long long it = base + grp;
+        int i = 0, l = 0, r = 0;
+        long long p = 0;
+        bool act = false;
+        if (it < items) {
+            p = it / K;
+            r = (int)(it % K);
+            pair_decode(p, nnz, i, l);
+            act = entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l) && (!rep || own[p] != 0);
+        }
+        T g[LN::E] = {};
+        T nrm = 0;
+        if (act) {
+            mat_row_grad<T, K>(F + (long long)feat[i] * s.fs, F + (long long)feat[l] * s.fs, fld[i], fld[l],
+                               r, q, kappa * (val[i] * scale) * (val[l] * scale), g);
+            if (rep) {
+                const long long key = field_pair(fld[i], fld[l], s.m);
+                int a = i, b = l;
+                pair_advance(nnz, 1, a, b);
+                for (long long pp = p + 1; pp < P; ++pp) {
+                    if (entry_ok(s, fld, feat, a) && entry_ok(s, fld, feat, b) && field_pair(fld[a], fld[b], s.m) == key)
+                        mat_row_grad<T, K>(F + (long long)feat[a] * s.fs, F + (long long)feat[b] * s.fs, fld[a],
+                                           fld[b], r, q, kappa * (val[a] * scale) * (val[b] * scale), g);
+                    pair_advance(nnz, 1, a, b);
+                }
+            }
+            for (int e = 0; e < LN::E; ++e) nrm = nrm + g[e] * g[e];
+        }
+        if (clip) {
+            T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
+            if (f != 1)
+                for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
+        }
+        if (act) {
+            T* w = R + (field_pair(fld[i], fld[l], s.m) * K + r) * s.fs;
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, (T)0, (T)0);
+        }
+    }
+    __syncwarp();   // every read of the factors' start values before their steps
+    step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f);
+}
 
 template <typename T, int K>
 __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T* R,
@@ -183,27 +327,7 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
             }
         }
         __syncwarp();
-        for (int base = 0; base < nnz; base += LN::NPW) {
-            const int i = base + grp;
-            const bool act = i < nnz && entry_ok(s, fld, feat, i);
-            T g[LN::E] = {};
-            T nrm = 0;
-            if (act) {
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
-                    ld4(gbuf + (long long)i * K + LN::at(q, c), g + 4 * c);
-                    for (int e = 0; e < 4; ++e) nrm = nrm + g[c * 4 + e] * g[c * 4 + e];
-                }
-            }
-            if (clip) {
-                T f = clip_scale<T>(s.clip, group_sum<LN::G>(nrm));
-                if (f != 1)
-                    for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
-            }
-            if (act) {
-                T* w = F + (long long)feat[i] * s.fs;
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
-            }
-        }
+        step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f);
         // Field-pair weights.  With a field repeated in the row several pairs
         // share a weight: the first of them steps it with their sum.
         bool rep = false;
@@ -236,6 +360,8 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
             }
             pair_advance(nnz, 32, i, l);
         }
+    } else if (s.kind == KIND_FMFM) {
+        update_row_fmfm<T, K>(s, o, F, R, fld, feat, val, nnz, scale, kappa, lane, scr);
     }
     __syncwarp();
 }
@@ -331,8 +457,8 @@ __global__ void fm_train_rows(const long long* sh, const double* hp, T* B, T* L,
 // Exact mini-batches
 
 // Contributions of one row and class: scalar slots [bias][linear x nnz]
-// [FwFM pair weight x P] and vector slots [FM/FwFM factor x nnz | FFM 2 x P]
-// starting at so and vo.  Dead rows (skipped) write the id n_ids, which
+// [FwFM pair weight x P] and vector slots [FM/FwFM/FmFM factor x nnz | FFM
+// 2 x P] [FmFM matrix row x K x P] starting at so and vo.  Dead rows (skipped) write the id n_ids, which
 // sorts last and is never applied.
 template <typename T, int K>
 __device__ void contribute(const Shape& s, long long c, const T* L, const T* F, const T* R,
@@ -453,6 +579,44 @@ __device__ void contribute(const Shape& s, long long c, const T* L, const T* F, 
             }
             if (p < P) pair_advance(nnz, LN::NPW, i, l);
         }
+    } else if (s.kind == KIND_FMFM) {
+        for (int i = grp; i < nnz; i += LN::NPW) {
+            const bool ok = live && entry_ok(s, fld, feat, i);
+            if (q == 0) vgid[vo + i] = ok ? s.id0[2] + c * s.blocks + feat[i] : dead;
+            if (!ok) continue;
+            T g[LN::E];
+            for (int e = 0; e < LN::E; ++e) g[e] = 0;
+            for (int l = 0; l < nnz; ++l) {
+                if (l == i || !entry_ok(s, fld, feat, l)) continue;
+                const T xl = val[l] * scale;
+                T av[LN::E];
+                mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]),
+                              F + (long long)feat[l] * s.fs, q, av);
+                for (int e = 0; e < LN::E; ++e) g[e] = g[e] + xl * av[e];
+            }
+            const T kx = kappa * (val[i] * scale);
+            for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                T v[4];
+                for (int e = 0; e < 4; ++e) v[e] = kx * g[cc * 4 + e];
+                st4(vval + (vo + i) * K + LN::at(q, cc), v);
+            }
+        }
+        // matrix rows: slot vo + nnz + p * K + r is row r of pair p's matrix
+        const long long items = P * K, vm = vo + nnz;
+        for (long long it = grp; it < items; it += LN::NPW) {
+            const long long p = it / K;
+            const int r = (int)(it % K);
+            int i = 0, l = 0;
+            pair_decode(p, nnz, i, l);
+            const bool ok = live && entry_ok(s, fld, feat, i) && entry_ok(s, fld, feat, l);
+            if (q == 0)
+                vgid[vm + it] = ok ? s.id0[3] + (c * s.m * s.m + field_pair(fld[i], fld[l], s.m)) * K + r : dead;
+            if (!ok) continue;
+            T g[LN::E] = {};
+            mat_row_grad<T, K>(F + (long long)feat[i] * s.fs, F + (long long)feat[l] * s.fs, fld[i], fld[l], r,
+                               q, kappa * (val[i] * scale) * (val[l] * scale), g);
+            for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) st4(vval + (vm + it) * K + LN::at(q, cc), g + 4 * cc);
+        }
     }
 }
 
@@ -520,7 +684,7 @@ __device__ __forceinline__ bool batch_live(int* stop, const int* bad, const int*
 }
 
 template <typename T, int K>
-__global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, const long long* sg,
+__global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, T* R, const long long* sg,
                                    const long long* perm, long long n, const T* vval,
                                    const int* count, const int* bad, int* stop, double t,
                                    double total) {
@@ -533,7 +697,7 @@ __global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, 
     const long long n_warps = ((long long)gridDim.x * blockDim.x) >> 5;
     const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, t, total));
     const T inv = (T)(1.0 / *count);
-    const T lam = grad_l2<T>(s, s.l2f), l1 = (T)s.l1, l2 = (T)s.l2f;
+    const T lamf = grad_l2<T>(s, s.l2f), l1f = (T)s.l1, l2f = (T)s.l2f;
     for (long long base = warp * LN::NPW; base < n; base += n_warps * LN::NPW) {
         const long long j = base + grp;
         const long long gid = j < n ? sg[j] : s.n_ids;
@@ -541,6 +705,7 @@ __global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, 
         T g[LN::E] = {};
         T nrm = 0;
         T* w = F;
+        bool mat = false;
         if (act) {
             for (long long jj = j; jj < n && sg[jj] == gid; ++jj) {
                 const T* v = vval + perm[jj] * K;
@@ -550,7 +715,10 @@ __global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, 
                     for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + u[e];
                 }
             }
-            w = F + (gid - s.id0[2]) * s.fs;
+            // a factor vector, or a row of an FmFM field matrix (no L1, no L2)
+            mat = gid >= s.id0[3];
+            w = mat ? R + (gid - s.id0[3]) * s.fs : F + (gid - s.id0[2]) * s.fs;
+            const T lam = mat ? (T)0 : lamf;
             for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
                 T a[4];
                 ld4(w + LN::at(q, c), a);
@@ -567,7 +735,8 @@ __global__ void fm_batch_apply_vec(const long long* sh, const double* hp, T* F, 
                 for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
         }
         if (act)
-            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2);
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c))
+                opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, mat ? (T)0 : l1f, mat ? (T)0 : l2f);
     }
 }
 

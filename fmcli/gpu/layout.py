@@ -13,9 +13,11 @@ from functools import lru_cache
 
 import numpy as np
 
-KINDS = ("lr", "fm", "ffm", "fwfm")
+from ..registry import GPU_OPTIMIZERS, KINDS as KIND_TABLE, kind as model_kind
+
+KINDS = tuple(sorted(KIND_TABLE, key=lambda name: KIND_TABLE[name].code))   # by kernel code
 TASKS = ("binary", "regression", "multiclass")
-OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
+OPTIMIZERS = GPU_OPTIMIZERS   # by kernel code
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
 
 # What a kernel reports per row (ROW_* in fm_device.cu).
@@ -49,7 +51,17 @@ def group_size(kp: int) -> int:
 
 def n_blocks(kind: str, n_features: int, n_fields: int) -> int:
     """Factor blocks per class."""
-    return {"lr": 0, "fm": n_features, "fwfm": n_features, "ffm": n_features * n_fields}[kind]
+    return model_kind(kind).blocks(n_features, n_fields)
+
+
+def pair_blocks(kind: str, n_fields: int, kp: int) -> int:
+    """Blocks of R per class: one weight per field pair (scalar pairs,
+    FwFM), one vector block of kp weights per row of a field pair's k x k
+    matrix (matrix pairs, FmFM: matrix row r of pair (a, c) is block
+    (a * n_fields + c) * kp + r), none without pair parameters.  Only pairs
+    a <= c are used; the others stay as they were made."""
+    entry = model_kind(kind)
+    return entry.pair_count(n_fields) * (kp if entry.pairs == "matrix" else 1)
 
 
 def shape_array(kind: str, task: str, optimizer: str, schedule: str, n_classes: int,
@@ -62,7 +74,8 @@ def shape_array(kind: str, task: str, optimizer: str, schedule: str, n_classes: 
     C = n_classes
     blocks = n_blocks(kind, n_features, n_fields)
     fstride, lstride = kp * (1 + n_state), 1 + n_state
-    pairs = n_fields * n_fields if kind == "fwfm" else 0
+    pairs = pair_blocks(kind, n_fields, kp)
+    pstride = fstride if model_kind(kind).pairs == "matrix" else lstride   # R's blocks: vectors or scalars
     id_b, id_l = 0, C
     id_f = C + C * n_features
     id_r = id_f + C * blocks
@@ -70,7 +83,7 @@ def shape_array(kind: str, task: str, optimizer: str, schedule: str, n_classes: 
         "kind": KINDS.index(kind), "task": TASKS.index(task), "opt": OPTIMIZERS.index(optimizer),
         "schedule": SCHEDULES.index(schedule), "classes": C, "features": n_features,
         "fields": n_fields, "kp": kp, "nstate": n_state, "fstride": fstride, "lstride": lstride,
-        "cb": lstride, "cl": n_features * lstride, "cf": blocks * fstride, "cr": pairs * lstride,
+        "cb": lstride, "cl": n_features * lstride, "cf": blocks * fstride, "cr": pairs * pstride,
         "use_bias": int(use_bias), "use_linear": int(use_linear), "normalize": int(normalize),
         "skip_nonfinite": int(skip_nonfinite), "blocks": blocks, "id_b": id_b, "id_l": id_l,
         "id_f": id_f, "id_r": id_r, "n_ids": id_r + C * pairs,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..registry import kind as model_kind
 from .layout import group_size
 
 WARP = 32
@@ -86,32 +87,47 @@ def pack_rows(xp, batch) -> DeviceRows:
 
 def fwfm_scratch_len(kp: int, max_nnz: int) -> int:
     """Per-warp scratch of the per-row FwFM update: the row's factor
-    gradients (max_nnz * kp) and its field-pair gradients (one per pair)."""
+    gradients (max_nnz * kp) and its field-pair gradients (one per pair).
+    FmFM's update takes the same: the factor gradients and a flag per pair
+    (whether the pair steps its field matrix)."""
     return max_nnz * kp + max_nnz * (max_nnz - 1) // 2
+
+
+def row_scratch_len(kind: str, kp: int, max_nnz: int) -> int:
+    """Per-warp scratch of fm_train_rows (0: none): kinds with field-pair
+    parameters gather a row's gradients before stepping."""
+    return fwfm_scratch_len(kp, max_nnz) if model_kind(kind).pairs else 0
 
 
 # ---------------------------------------------------------------------------
 # Exact mode
 
 
-def slot_counts(xp, nnz, kind: str, n_classes: int, use_bias: bool, use_linear: bool):
+def slot_counts(xp, nnz, kind: str, n_classes: int, use_bias: bool, use_linear: bool,
+                kp: int | None = None):
     """Contribution slots per row: (scalar slots, vector slots), each for all
     classes.  Scalar: bias, one per entry (linear), one per pair (FwFM's
-    field-pair weights); vector (kp values): one per entry (FM, FwFM) or two
-    per pair (FFM)."""
+    field-pair weights); vector (kp values): one per entry (FM, FwFM), two
+    per pair (FFM), or one per entry and kp per pair (FmFM: the factors, and
+    every row of the pair's field matrix; kp is needed for it)."""
+    entry = model_kind(kind)
     nnz = nnz.astype(np.int64)
     pairs = nnz * (nnz - 1) // 2
     scalar = xp.full(nnz.shape, int(use_bias), np.int64)
     if use_linear:
         scalar = scalar + nnz
-    if kind == "fwfm":
+    if entry.pairs == "scalar":
         scalar = scalar + pairs
-    if kind in ("fm", "fwfm"):
+    if entry.factors == "feature":
         vector = nnz
-    elif kind == "ffm":
+    elif entry.factors == "feature-field":
         vector = 2 * pairs
     else:
         vector = xp.zeros(nnz.shape, np.int64)
+    if entry.pairs == "matrix":
+        if kp is None:
+            raise ValueError("the slot plan of matrix pairs needs the padded factor width kp")
+        vector = vector + kp * pairs
     return scalar * n_classes, vector * n_classes
 
 
@@ -150,12 +166,12 @@ class ExactPlan:
 
 
 def exact_plan(xp, asnumpy, indptr, order, batch_size: int, kind: str, n_classes: int,
-               use_bias: bool, use_linear: bool) -> ExactPlan:
+               use_bias: bool, use_linear: bool, kp: int | None = None) -> ExactPlan:
     """Contribution slots of every position of `order` (device arrays) cut
     into batches of batch_size positions; one transfer to the host."""
     n = int(order.shape[0])
     nnz = indptr[order + 1] - indptr[order]
-    per_s, per_v = slot_counts(xp, nnz, kind, n_classes, use_bias, use_linear)
+    per_s, per_v = slot_counts(xp, nnz, kind, n_classes, use_bias, use_linear, kp)
     sofs = xp.zeros(n + 1, np.int64)
     vofs = xp.zeros(n + 1, np.int64)
     if n:

@@ -1,5 +1,5 @@
-"""GpuState: training state on a CUDA device, with the interface of
-fmcli.train.TrainState (the orchestration picks one or the other).
+"""GpuState: training state on a CUDA device, the GPU implementation of
+fmcli.backend.Backend (fmcli.backend.make_backend picks it or the CPU's).
 
 The arrays are the CPU's layout (B, L, F, R with optimizer state interleaved
 per block, classes stacked), held in device memory; initialisation runs on
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..model import Model, padded_k
+from ..params import HostParams
 from . import plan
 from .layout import OPTIMIZERS as GPU_OPTIMIZERS, ROW_BAD, ROW_SKIPPED, hyper_array, shape_array
 
@@ -58,10 +59,12 @@ class _Resident:
 class GpuState:
     """Parameters and optimizer state on the device (see the module docstring)."""
 
+    device = "cuda"
+    compact_rows = False    # the kernels read int32 fields and explicit values
+    total_steps = 1
+
     def __init__(self, cfg, n_features: int, n_fields: int, rng: np.random.Generator,
                  task: str = "binary", classes: list[str] | None = None, *, backend=None):
-        from ..train import TrainState
-
         if cfg.optimizer not in GPU_OPTIMIZERS:
             raise DeviceError(f"the GPU kernels have no {cfg.optimizer} optimizer")
         self.backend = backend if backend is not None else default_backend()
@@ -71,12 +74,12 @@ class GpuState:
         # from rng: after a DeviceError the CPU can take over unchanged.
         self.kernels = self.backend.module(self.dtype, padded_k(cfg.k))
         C = len(classes) if task == "multiclass" else 1
-        need = TrainState.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
+        need = HostParams.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
         free = self.backend.free_memory()
         if free is not None and need > free:
             raise DeviceError(f"the model needs {need / 2**30:.2f} GiB of device memory and "
                               f"{self.backend.describe()} has {free / 2**30:.2f} GiB free")
-        host = TrainState(cfg, n_features, n_fields, rng, task, classes)
+        host = HostParams(cfg, n_features, n_fields, rng, task, classes)
         self.cfg, self.spec, self.n_classes = host.cfg, host.spec, host.n_classes
         self.ns, self.kp = host.ns, host.kp
         self._shapes = tuple(a.shape for a in host.arrays())
@@ -94,18 +97,25 @@ class GpuState:
         self._weights = _Resident(lambda w: xp.asarray(np.ascontiguousarray(w, dtype=np.float32)))
         self._dummy = {np.dtype(t): xp.zeros(4, t) for t in (np.float32, np.float64, np.int32, np.int64)}
 
-    # -- the TrainState interface ---------------------------------------------
+    # -- the Backend interface ------------------------------------------------
     def device_arrays(self) -> tuple:
         """B, L, F, R on the device (flat)."""
         return self.B, self.L, self.F, self.R
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """Host copies of B, L, F, R in TrainState's shapes (for checkpoints)."""
+        """Host copies of B, L, F, R in HostParams' shapes (for checkpoints)."""
         return tuple(self.backend.asnumpy(a).reshape(shape)
                      for a, shape in zip(self.device_arrays(), self._shapes))
 
     def snapshot(self) -> tuple[np.ndarray, ...]:
         return self.arrays()
+
+    def export_state(self) -> tuple[np.ndarray, ...]:
+        return self.arrays()
+
+    def prepare(self, batch) -> None:
+        """Nothing to choose on the device (hot features are a CPU matter)."""
+        return None
 
     def restore(self, snap) -> None:
         """Set the parameters from arrays shaped like arrays()' (host or device)."""
@@ -117,7 +127,7 @@ class GpuState:
         return all(bool(xp.isfinite(a).all()) for a in self.device_arrays())
 
     def warm_start(self, parent: Model, path: str, say) -> int:
-        """TrainState.warm_start, applied on the host and copied back."""
+        """HostParams.warm_start, applied on the host and copied back."""
         host = self._host_state()
         steps = host.warm_start(parent, path, say)
         self.restore(host.arrays())
@@ -128,9 +138,9 @@ class GpuState:
         rows = self._rows.get(batch)
         return _score(self, rows, self.sh, self._params(), self.kernels, self.spec.task == "multiclass")
 
-    def train_epoch(self, batch, order: np.ndarray, weights: np.ndarray | None, step0: int,
-                    total_steps: int) -> tuple[float, float, int, int]:
-        """One pass over `order` (see fmcli._core._kernels.train_epoch):
+    def train_slice(self, batch, order: np.ndarray, weights: np.ndarray | None,
+                    step0: int) -> tuple[float, float, int, int]:
+        """One pass over `order` (see fmcli.backend.Backend.train_slice):
         (weighted loss sum, weight sum, rows skipped, position of the row
         that stopped the epoch or -1)."""
         xp = self.xp
@@ -141,7 +151,7 @@ class GpuState:
         order_d = xp.asarray(np.ascontiguousarray(order, dtype=np.int64))
         has_w = weights is not None
         w_d = self._weights.get(weights) if has_w else self._arg(None, np.float32)
-        common = (rows, order_d, w_d, np.int32(has_w), n, float(step0), float(total_steps))
+        common = (rows, order_d, w_d, np.int32(has_w), n, float(step0), float(self.total_steps))
         if self.cfg.batch_size == 1:
             parts = self._per_row(*common)
         else:
@@ -151,15 +161,9 @@ class GpuState:
     def to_model(self, meta: dict) -> Model:
         return self._host_state().to_model(meta)
 
-    def _host_state(self):
-        """A TrainState holding host copies of the parameters."""
-        from ..train import TrainState
-
-        host = TrainState.__new__(TrainState)
-        host.cfg, host.spec, host.n_classes, host.ns, host.kp = (
-            self.cfg, self.spec, self.n_classes, self.ns, self.kp)
-        host.B, host.L, host.F, host.R = self.arrays()
-        return host
+    def _host_state(self) -> HostParams:
+        """A HostParams holding host copies of the parameters."""
+        return HostParams.from_arrays(self.cfg, self.spec, self.arrays())
 
     # -- internals ------------------------------------------------------------
     def _arg(self, a, dtype):
@@ -185,7 +189,7 @@ class GpuState:
     def _per_row(self, rows, order, w, has_w, n, step0, total):
         xp, s = self.xp, self.spec
         C = self.n_classes
-        scratch_len = plan.fwfm_scratch_len(self.kp, rows.max_nnz) if s.kind == "fwfm" else 0
+        scratch_len = plan.row_scratch_len(s.kind, self.kp, rows.max_nnz)
         max_warps = None
         if scratch_len:
             max_warps = max(1, SCRATCH_BUDGET // (scratch_len * self.dtype.itemsize))
@@ -212,7 +216,7 @@ class GpuState:
         xp, s, b = self.xp, self.spec, self.cfg.batch_size
         C, kp = self.n_classes, self.kp
         pl = plan.exact_plan(xp, self.backend.asnumpy, rows.indptr, order, b, s.kind, C,
-                             s.use_bias, s.use_linear)
+                             s.use_bias, s.use_linear, kp)
         sgid = xp.zeros(max(4, pl.max_scalar), np.int64)
         sval = xp.zeros(max(4, pl.max_scalar), self.dtype)
         vgid = xp.zeros(max(4, pl.max_vector), np.int64)
@@ -247,7 +251,7 @@ class GpuState:
                     perm, sg = plan.sort_contributions(xp, vgid[:nv], self.n_ids)
                     geo_v = plan.item_launch(nv, ipw, sm)
                     apply_vec((geo_v.grid,), (geo_v.block,), (
-                        self.sh, self.hp, F, sg, perm, np.int64(nv), vval, counts[bi:], bads[bi:],
+                        self.sh, self.hp, F, R, sg, perm, np.int64(nv), vval, counts[bi:], bads[bi:],
                         stop, t, np.float64(total)))
                 if ns:
                     perm, sg = plan.sort_contributions(xp, sgid[:ns], self.n_ids)
