@@ -76,9 +76,10 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_bytes(data, tmp_pat
     assert out.read_bytes() == ref.read_bytes()
 
 
-def test_interrupt_checkpoints_and_resumes_to_the_same_model(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["fm", "fmfm"])
+def test_interrupt_checkpoints_and_resumes_to_the_same_model(data, tmp_path, monkeypatch, model):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    cfg = Config(model="fm", epochs=2, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2000,
+    cfg = Config(model=model, epochs=2, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2000,
                  cache=False)
     ref = train(cfg, str(data / "tr.ffm"))
     for p in (tmp_path / "ck").iterdir():
@@ -119,7 +120,9 @@ def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
 
 
 @pytest.mark.parametrize("model,optimizer", [("ffm", "adagrad"), ("ffm", "adam"), ("ffm", "ftrl"),
-                                             ("ffm", "rowwise-adagrad"), ("fm", "rowwise-adagrad")])
+                                             ("ffm", "rowwise-adagrad"), ("fm", "rowwise-adagrad"),
+                                             ("fwfm", "adam"), ("fmfm", "adagrad"), ("fmfm", "ftrl"),
+                                             ("fmfm", "rowwise-adagrad")])
 def test_daily_warm_starts_equal_one_run_over_all_days(data, tmp_path, model, optimizer):
     base = dict(model=model, optimizer=optimizer, epochs=1, shuffle=False, cache=False)
     whole = train(Config(**base), [str(data / "day1.ffm"), str(data / "day2.ffm")])

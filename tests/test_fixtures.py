@@ -100,3 +100,27 @@ def test_valid40_files_hold_the_same_rows() -> None:
     for a, b in zip(ffm, svm):
         label, *tokens = a.split()
         assert b.split() == [label] + [t.split(":", 1)[1] for t in tokens]
+
+
+# Later formats (make_fixtures.py v1.4): name -> (format, kind, pair array and its shape)
+LATER = {
+    "v1.3-fwfm": ("1.3", "fwfm", "field_weights", (8, 8)),
+    "v1.4-fmfm": ("1.4", "fmfm", "field_matrices", (8, 8, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LATER))
+def test_frozen_later_formats_load_and_predict(name: str) -> None:
+    version, kind, pair_array, shape = LATER[name]
+    path = FIXTURES / f"{name}.fm"
+    major, minor = (int(x) for x in version.split("."))
+    assert struct.unpack_from("<HHI", path.read_bytes(), 8) == (major, minor, 0)
+    assert read_header(path)["format"] == version
+    model = load_model(path)
+    assert model.spec.kind == kind and model.params[pair_array].shape == shape
+    assert set(model.state) == set(model.params)       # written with the optimizer state
+    expected = np.array([float(x) for x in (FIXTURES / f"{name}.expected.txt").read_text().split()])
+    np.testing.assert_allclose(predict(model, FIXTURES / "valid40.ffm"), expected, rtol=1e-6, atol=0)
+    if kind == "fmfm":
+        m = model.params[pair_array]
+        np.testing.assert_array_equal(m, np.swapaxes(m, 0, 1).swapaxes(2, 3))   # M[b, a] = M[a, b]^T
