@@ -18,7 +18,7 @@ CORE_SOURCES := $(wildcard fmcli/_core/*.pyx fmcli/_core/*.pxd fmcli/_core/*.h)
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling man lint wheel dist dist-check clean distclean fuzz hostile gpu-check
+.PHONY: help venv install dev build test test-all demo bench bench-report bench-scaling same-results man lint wheel dist dist-check clean distclean fuzz hostile gpu-check
 
 help:
 	@echo "fmcli make targets:"
@@ -29,11 +29,13 @@ help:
 	@echo "  make dev         as install, plus the [dev] extras"
 	@echo "  make build       recompile the Cython extensions in place after editing .pyx/.pxd"
 	@echo "  make bench       run benchmarks/bench.py (pass options in BENCH_ARGS=...)"
-	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm x k 4,8,16 x 1,2 threads (and FFM"
+	@echo "  make bench-report  bench.py over lr,fm,ffm,fwfm,fmfm x k 4,8,16 x 1,2 threads (and FFM"
 	@echo "                   with --storage float16, FM/FFM/FwFM with rowwise-adagrad), as markdown"
 	@echo "                   (BENCH_ARGS=\"--train train.ffm --valid va.ffm --libffm-dir DIR\")"
 	@echo "  make bench-scaling  training rows/s at 1 and 2 threads in interleaved slices (BENCH_ARGS:"
 	@echo "                   --train FILE --valid FILE, or --rows N to generate; -k, --linear, --json)"
+	@echo "  make same-results OLD=DIR  train every model x optimizer with the tree DIR and this one"
+	@echo "                   (1 thread, each SIMD level) and compare every array byte for byte"
 	@echo "  make fuzz        fuzz the text parser and model reader, FUZZ_SECONDS s each, in $(FUZZ_VENV)"
 	@echo "  make hostile     run fm through the hostile cases of fuzz/hostile.py (data safety; HOSTILE_ARGS=-k NAME)"
 	@echo "  make gpu-check OUT=DIR  the five-minute GPU check (benchmarks/gpu_check.py); needs no $(VENV)"
@@ -107,7 +109,7 @@ bench: $(STAMP)
 # The whole matrix; BENCH_ARGS comes last, so it can add data, libffm,
 # --variant NAME=ARGS, --json FILE, or override --models, --k or --threads.
 bench-report: $(STAMP)
-	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm --k 4,8,16 --threads 1,2 --markdown \
+	$(PY) benchmarks/bench.py --models lr,fm,ffm,fwfm,fmfm --k 4,8,16 --threads 1,2 --markdown \
 	    --variant "f16@ffm=--storage float16" --variant "rowwise@fm,ffm,fwfm=--optimizer rowwise-adagrad" \
 	    $(BENCH_ARGS)
 
@@ -115,6 +117,12 @@ bench-report: $(STAMP)
 # to a machine whose speed drifts); BENCH_ARGS as for bench.py's data options.
 bench-scaling: $(STAMP)
 	$(PY) benchmarks/scaling.py --threads 1,2 --hogwild $(BENCH_ARGS)
+
+# A refactor must not change single-thread results: OLD is a tree with its
+# extensions built (e.g. git worktree add /tmp/old HEAD~1 && make -C /tmp/old build).
+same-results: $(STAMP)
+	@test -n "$(OLD)" || { echo "make same-results OLD=DIR (a built tree to compare with)"; exit 2; }
+	$(PY) benchmarks/same_results.py $(OLD) .
 
 # --- the GPU check -----------------------------------------------------------
 

@@ -65,7 +65,7 @@ LEARNING_RATE = "0.2"
 L2 = "0.00002"
 TRAIN_SEED, VALID_SEED = 1, 2
 
-MODELS = ("lr", "fm", "ffm", "fwfm")
+MODELS = ("lr", "fm", "ffm", "fwfm", "fmfm")
 FMCLI = "fmcli"                 # --no-bias --no-linear: libffm's model
 FMCLI_LINEAR = "fmcli+linear"   # fmcli's defaults: bias + linear + pairwise
 LIBFFM = "libffm"
@@ -1145,7 +1145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--work-dir", type=Path, default=Path("bench-out"),
                       help="generated data, logs and scratch files")
     runs = ap.add_argument_group("runs")
-    runs.add_argument("--models", type=_model_list, default=["ffm"], help="comma list of lr,fm,ffm,fwfm")
+    runs.add_argument("--models", type=_model_list, default=["ffm"], help="comma list of lr,fm,ffm,fwfm,fmfm")
     runs.add_argument("--k", type=_int_list, default=[4], help="comma list of factor lengths")
     runs.add_argument("--epochs", type=int, default=3, help="epochs per training run")
     runs.add_argument("--threads", type=_int_list, default=[1, 2], help="comma list of thread counts")

@@ -176,31 +176,37 @@ def iter_scores(
             reader = make_reader(path, fmt, "class" if classes else "real", limits,
                                  track_lines=unseen is not None, classes=classes, parquet=parquet)
             check_layout(model, reader, input_schema, warn)
-        # the next block is parsed in a background thread while this one is
-        # scored (the parser and the kernels both run without the GIL)
-        rows_before = 0     # rows of this input in the blocks before
-        blocks = iter(reader)
-        if reads_once(path):
-            # A pipe or FIFO is opened (and its first block read) here, not in
-            # the background thread: a signal must end a run that still waits
-            # for the pipe's writer, and the thread cannot be interrupted.
-            first = next(blocks, None)
-            blocks = itertools.chain(() if first is None else (first,), blocks)
-        for batch in prefetched(blocks):
-            original = batch.features
-            if id_map is not None:
-                batch = with_slots(batch, id_map)
-            if unseen is not None:
-                unseen.check(batch, reader.name, original)
-            scores = scorer.scores(batch)
-            check_scores(model, scores, batch, reader.name, rows_before)
-            rows_before += batch.n_rows
-            labels = batch.labels
-            if getattr(reader, "labelled", True) is False:   # raw rows without labels
-                labels = np.full(batch.n_rows, np.nan, np.float32)
-            elif classes is not None and reader.fmt == "raw":
-                labels = _class_indices(labels, classes, batch, reader.name)
-            yield scores, labels
+        yield from _score_input(model, scorer, reader, path, id_map, unseen, classes)
+
+
+def _score_input(model: Model, scorer, reader, path: str, id_map, unseen: UnseenIds | None,
+                 classes: list[str] | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """iter_scores for one input's reader."""
+    # the next block is parsed in a background thread while this one is
+    # scored (the parser and the kernels both run without the GIL)
+    rows_before = 0     # rows of this input in the blocks before
+    blocks = iter(reader)
+    if reads_once(path):
+        # A pipe or FIFO is opened (and its first block read) here, not in
+        # the background thread: a signal must end a run that still waits
+        # for the pipe's writer, and the thread cannot be interrupted.
+        first = next(blocks, None)
+        blocks = itertools.chain(() if first is None else (first,), blocks)
+    for batch in prefetched(blocks):
+        original = batch.features
+        if id_map is not None:
+            batch = with_slots(batch, id_map)
+        if unseen is not None:
+            unseen.check(batch, reader.name, original)
+        scores = scorer.scores(batch)
+        check_scores(model, scores, batch, reader.name, rows_before)
+        rows_before += batch.n_rows
+        labels = batch.labels
+        if getattr(reader, "labelled", True) is False:   # raw rows without labels
+            labels = np.full(batch.n_rows, np.nan, np.float32)
+        elif classes is not None and reader.fmt == "raw":
+            labels = _class_indices(labels, classes, batch, reader.name)
+        yield scores, labels
 
 
 def with_slots(batch: Batch, id_map) -> Batch:
