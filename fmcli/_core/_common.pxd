@@ -32,11 +32,19 @@ cdef extern from *:
     void fm_set_schedule(int dynamic, int chunk) noexcept nogil
 
 
+cdef extern from "opt_f32.h":
+    # The float32 optimizer steps, one per rule and lane width (see opt_f32.h):
+    # the block steps _optim.pxd's opt_block uses, and the parameters of the
+    # fused FFM steps below.
+    void fm_adagrad_f32(float* w, float* G, const float* g, float eta, Py_ssize_t n, int refine) noexcept nogil
+    void fm_rowada_f32(float* w, const float* g, float eta, float inv_k, Py_ssize_t n, int refine) noexcept nogil
+    ctypedef struct fm_step_params:
+        float eta, b1, b2, eps, beta, l1, l2, inv_k
+
+
 cdef extern from "ffm_f32.h":
     # Float32 SIMD fast paths (see ffm_f32.h); the generic loops in
     # _kernels.pyx and _optim.pxd are the reference they must agree with.
-    void fm_adagrad_f32(float* w, float* G, const float* g, float eta, Py_ssize_t n, int refine) noexcept nogil
-    void fm_rowada_f32(float* w, const float* g, float eta, float inv_k, Py_ssize_t n, int refine) noexcept nogil
     Py_ssize_t fm_ffm_prepare(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
                               const int* feat, const float* val, Py_ssize_t nnz, float scale,
                               Py_ssize_t* oj, Py_ssize_t* of, float* xs) noexcept nogil
@@ -44,8 +52,6 @@ cdef extern from "ffm_f32.h":
                               Py_ssize_t n) noexcept nogil
     float fm_ffm_pairs_f32(const float* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
-    ctypedef struct fm_step_params:
-        float eta, b1, b2, eps, beta, l1, l2, inv_k
     float fm_ffm_pairs_f16(const char* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
     void fm_ffm_adagrad_f16(int refine, char* F, Py_ssize_t kp, const Py_ssize_t* oj,

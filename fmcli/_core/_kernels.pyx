@@ -123,7 +123,9 @@ def f16c():
 def set_simd(str level):
     """Use `level` ("sse" or "avx") for the float32 FFM loops where the CPU
     has it; returns the level in use.  Every level gives bit-identical
-    results; this exists for tests and measurements."""
+    results, except --storage float16 (F16C comes with the AVX level, and
+    the loops without it take AdaGrad's exact 1/sqrt); this exists for tests
+    and measurements."""
     return SIMD_LEVELS[fm_simd_set(SIMD_LEVELS.index(level))]
 
 

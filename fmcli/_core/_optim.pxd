@@ -5,7 +5,10 @@
 # w[d + (s + 1) * n].  Linear weights are blocks of one.  Model loops hand a
 # block's gradient to opt_block (or, for FFM's pairs of interacting blocks, to
 # opt_pair); adding an optimizer means adding a branch here, never touching
-# the model loops.
+# the model loops.  The float32 fast paths step with opt_f32.h, the one home
+# of each rule per lane width (scalar, SSE, AVX): a new optimizer there is its
+# step functions and a branch in fm_step_1 / fm_step_ps (and FFM's fused
+# per-row loop lists the rules it instantiates, FM_KINDS_U in ffm_f32.h).
 #
 #   optimizer  state slots          step (g: the block's gradient, clipped)
 #   sgd        -                    w -= eta g
@@ -106,7 +109,7 @@ cdef inline void opt_block(const Opt* o, floating eta, floating* w, const floati
     """Apply the gradient g0[0:n] to the block of n weights at w.
 
     eta is opt_step_eta's value for this step (FTRL: alpha).  float32
-    AdaGrad uses the SIMD step of ffm_f32.h: with o.exact false its 1/sqrt is
+    AdaGrad uses the SIMD step of opt_f32.h: with o.exact false its 1/sqrt is
     the CPU's estimate (libffm's), else refined to float32 precision; float64
     is always exact."""
     cdef Py_ssize_t d

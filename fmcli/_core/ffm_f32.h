@@ -4,11 +4,12 @@
  * _optim.pxd (which remain the reference, run for float64, mini-batches and
  * clipped gradients), except that the AdaGrad step uses the CPU's
  * reciprocal-square-root estimate like libffm unless `refine` asks for
- * float32 precision (see fm_adagrad_ps); here the k-vectors are processed
+ * float32 precision (see fm_rsqrt_ps); here the k-vectors are processed
  * four lanes at a time with SSE so that a pair costs a few dozen
- * instructions.  Factor blocks are kp floats (kp a multiple of 4) followed by
- * the optimizer's state slots of kp values each; block (j, f) starts at
- * F + (j * m + f) * fs.  Entries whose feature or field is outside the model
+ * instructions.  The optimizer steps are opt_f32.h's: these loops compute
+ * the gradients and hand them to its functions.  Factor blocks are kp
+ * floats (kp a multiple of 4) followed by the optimizer's state slots of kp
+ * values each; block (j, f) starts at F + (j * m + f) * fs.  Entries whose feature or field is outside the model
  * are skipped, exactly as in the generic loops.
  *
  * Without SSE the same loops run on scalars.
@@ -16,62 +17,7 @@
 #ifndef FMCLI_FFM_F32_H
 #define FMCLI_FFM_F32_H
 
-#include <math.h>
-#include <stddef.h>
-
-#if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
-#include <xmmintrin.h>
-#define FM_SSE 1
-#else
-#define FM_SSE 0
-#endif
-
-typedef ptrdiff_t fm_idx;
-
-#if FM_SSE
-/* AdaGrad on four lanes: G += g*g; w -= eta * g / sqrt(G).  The reciprocal
- * square root is SSE's estimate (relative error at most 1.5 * 2^-12, as in
- * libffm), or with `refine` that estimate after one Newton-Raphson step
- * (relative error about 1e-7, float32 rounding level), which costs five more
- * operations per four lanes. */
-static inline __m128 fm_adagrad_ps(__m128 w, __m128 *G, __m128 g, __m128 eta, const int refine) {
-    __m128 acc = _mm_add_ps(*G, _mm_mul_ps(g, g));
-    __m128 r = _mm_rsqrt_ps(acc);
-    if (refine) {
-        const __m128 half = _mm_set1_ps(0.5f), three = _mm_set1_ps(3.0f);
-        r = _mm_mul_ps(_mm_mul_ps(half, r), _mm_sub_ps(three, _mm_mul_ps(_mm_mul_ps(acc, r), r)));
-    }
-    *G = acc;
-    return _mm_sub_ps(w, _mm_mul_ps(_mm_mul_ps(eta, g), r));
-}
-#endif
-
-/* AdaGrad step on n float32 weights w with accumulators G (see
- * fm_adagrad_ps for `refine`; the scalar tail is always exact). */
-static inline void fm_adagrad_f32(float *w, float *G, const float *g, float eta, fm_idx n, int refine) {
-    fm_idx d = 0;
-#if FM_SSE
-    const __m128 e = _mm_set1_ps(eta);
-    for (; d + 4 <= n; d += 4) {
-        __m128 acc = _mm_loadu_ps(G + d);
-        __m128 nw = fm_adagrad_ps(_mm_loadu_ps(w + d), &acc, _mm_loadu_ps(g + d), e, refine);
-        _mm_storeu_ps(G + d, acc);
-        _mm_storeu_ps(w + d, nw);
-    }
-#endif
-    for (; d < n; d++) {
-        G[d] += g[d] * g[d];
-        w[d] -= eta * g[d] / sqrtf(G[d]);
-    }
-}
-
-#if defined(__GNUC__) || defined(__clang__)
-#define FM_INLINE static inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define FM_INLINE static __forceinline
-#else
-#define FM_INLINE static inline
-#endif
+#include "opt_f32.h"   /* the optimizer steps; fm_idx, FM_SSE, FM_AVX, FM_INLINE */
 
 /* A row is first compacted by fm_ffm_prepare: entries outside the model are
  * dropped and, for each kept entry i, oj[i] = j_i * m * fs (start of the
@@ -186,77 +132,11 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
  * then w1 is stepped with g1 and w2 with g2.  When both are the same block
  * (a feature repeated within one field) the two steps apply one after the
  * other to it.  The step rules are those of _optim.pxd (their reference),
- * four lanes at a time.  Blocks are kp weights followed by the optimizer's
- * state slots, kp values each (AdaGrad: G; Adam: m, v; FTRL: z, n).  `eta`
- * is the step's size (Adam: bias-corrected; FTRL: alpha); `refine` is
- * AdaGrad's exact 1/sqrt (see fm_adagrad_ps). */
-enum { FM_OPT_SGD = 0, FM_OPT_ADAGRAD = 1, FM_OPT_ADAM = 2, FM_OPT_FTRL = 3, FM_OPT_ROWADA = 4 };
-
-typedef struct {
-    float eta, b1, b2, eps, beta, l1, l2;
-    float inv_k;   /* row-wise AdaGrad: 1 / k, the real weights of a block */
-} fm_step_params;
-
-#if FM_SSE
-FM_INLINE __m128 fm_step_ps(const int kind, const int refine, __m128 w, float *st, const fm_idx kp,
-                            __m128 g, const fm_step_params *p) {
-    const __m128 eta = _mm_set1_ps(p->eta);
-    if (kind == FM_OPT_ADAGRAD) {
-        __m128 G = _mm_loadu_ps(st);
-        w = fm_adagrad_ps(w, &G, g, eta, refine);
-        _mm_storeu_ps(st, G);
-        return w;
-    }
-    if (kind == FM_OPT_ADAM) {
-        __m128 m = _mm_loadu_ps(st), v = _mm_loadu_ps(st + kp);
-        m = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(p->b1), m), _mm_mul_ps(_mm_set1_ps(1.0f - p->b1), g));
-        v = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(p->b2), v),
-                       _mm_mul_ps(_mm_set1_ps(1.0f - p->b2), _mm_mul_ps(g, g)));
-        _mm_storeu_ps(st, m);
-        _mm_storeu_ps(st + kp, v);
-        return _mm_sub_ps(w, _mm_div_ps(_mm_mul_ps(eta, m), _mm_add_ps(_mm_sqrt_ps(v), _mm_set1_ps(p->eps))));
-    }
-    if (kind == FM_OPT_FTRL) {
-        __m128 z = _mm_loadu_ps(st), n = _mm_loadu_ps(st + kp);
-        __m128 nn = _mm_add_ps(n, _mm_mul_ps(g, g));
-        __m128 sq = _mm_sqrt_ps(nn);
-        __m128 sig = _mm_div_ps(_mm_sub_ps(sq, _mm_sqrt_ps(n)), eta);
-        z = _mm_sub_ps(_mm_add_ps(z, g), _mm_mul_ps(sig, w));
-        _mm_storeu_ps(st, z);
-        _mm_storeu_ps(st + kp, nn);
-        const __m128 sign = _mm_set1_ps(-0.0f), l1 = _mm_set1_ps(p->l1);
-        __m128 az = _mm_andnot_ps(sign, z);
-        __m128 num = _mm_sub_ps(z, _mm_or_ps(_mm_and_ps(sign, z), l1));   /* z - sign(z) l1 */
-        __m128 den = _mm_add_ps(_mm_div_ps(_mm_add_ps(_mm_set1_ps(p->beta), sq), eta), _mm_set1_ps(p->l2));
-        __m128 nw = _mm_sub_ps(_mm_setzero_ps(), _mm_div_ps(num, den));
-        return _mm_andnot_ps(_mm_cmple_ps(az, l1), nw);
-    }
-    return _mm_sub_ps(w, _mm_mul_ps(eta, g));
-}
-#endif
-
-FM_INLINE float fm_step_1(const int kind, float w, float *st, const fm_idx kp, float g,
-                          const fm_step_params *p) {
-    if (kind == FM_OPT_ADAGRAD) {
-        st[0] += g * g;
-        return w - p->eta * g / sqrtf(st[0]);
-    }
-    if (kind == FM_OPT_ADAM) {
-        st[0] = p->b1 * st[0] + (1.0f - p->b1) * g;
-        st[kp] = p->b2 * st[kp] + (1.0f - p->b2) * g * g;
-        return w - p->eta * st[0] / (sqrtf(st[kp]) + p->eps);
-    }
-    if (kind == FM_OPT_FTRL) {
-        float n = st[kp], nn = n + g * g, sq = sqrtf(nn);
-        float z = st[0] + g - (sq - sqrtf(n)) / p->eta * w;
-        st[0] = z;
-        st[kp] = nn;
-        if (fabsf(z) <= p->l1) return 0.0f;
-        return -(z - (z > 0 ? p->l1 : -p->l1)) / ((p->beta + sq) / p->eta + p->l2);
-    }
-    return w - p->eta * g;
-}
-
+ * four lanes at a time (fm_step_ps; without SSE one, fm_step_1).  Blocks
+ * are kp weights followed by the optimizer's state slots, kp values each
+ * (AdaGrad: G; Adam: m, v; FTRL: z, n).  `eta` is the step's size (Adam:
+ * bias-corrected; FTRL: alpha); `refine` is AdaGrad's exact 1/sqrt (see
+ * fm_rsqrt_ps). */
 FM_INLINE void ffm_update(const int kind, const int refine, const int U, float *F, const fm_idx kp,
                           const fm_idx *oj, const fm_idx *of, const float *xs, fm_idx c, float kappa,
                           float lam, const fm_step_params *params) {
@@ -303,69 +183,11 @@ FM_INLINE void ffm_update(const int kind, const int refine, const int U, float *
  * with gradient g
  *     G += (sum_d g_d^2) / k;   w -= eta * g / sqrt(G)
  * so every weight of a block takes the same step size.  The 1/sqrt is the
- * CPU's estimate unless `refine` (as fm_adagrad_ps).  fm_rowada_f32 is the
- * step of one block; the pair loops below step FFM's two blocks of a pair
+ * CPU's estimate unless `refine` (see fm_rsqrt_ps).  The rule's pieces are
+ * opt_f32.h's (fm_sqsum_*, fm_rowada_rate_*, fm_rate_step_*; fm_rowada_f32
+ * steps one block); the pair loops below step FFM's two blocks of a pair
  * as ffm_update does (gradients from the values before the pair, then w1,
  * then w2, which sees w1's step when they are one block). */
-#if FM_SSE
-/* Sum of the four lanes of v in every lane, added as (v0 + v2) + (v1 + v3). */
-static inline __m128 fm_hsum4_ps(__m128 v) {
-    v = _mm_add_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_add_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-}
-
-static inline __m128 fm_rsqrt_ps(__m128 x, const int refine) {
-    __m128 r = _mm_rsqrt_ps(x);
-    if (refine) {
-        const __m128 half = _mm_set1_ps(0.5f), three = _mm_set1_ps(3.0f);
-        r = _mm_mul_ps(_mm_mul_ps(half, r), _mm_sub_ps(three, _mm_mul_ps(_mm_mul_ps(x, r), r)));
-    }
-    return r;
-}
-
-/* The accumulator after adding the squares summed in the lanes of sq, in
- * every lane (stored back to *G), and its reciprocal square root. */
-static inline __m128 fm_rowada_acc(float *G, __m128 sq, __m128 ik, const int refine) {
-    __m128 acc = _mm_add_ps(_mm_set1_ps(*G), _mm_mul_ps(fm_hsum4_ps(sq), ik));
-    _mm_store_ss(G, acc);
-    return fm_rsqrt_ps(acc, refine);
-}
-#endif
-
-/* Row-wise AdaGrad step of the block of n weights w (n a multiple of 4, or
- * 1), accumulator w[n], with gradient g; inv_k: 1 / the block's real weights. */
-static inline void fm_rowada_f32(float *w, const float *g, float eta, float inv_k, fm_idx n, int refine) {
-#if FM_SSE
-    if (n % 4 == 0) {
-        __m128 sq = _mm_setzero_ps();
-        for (fm_idx d = 0; d < n; d += 4) {
-            __m128 gd = _mm_loadu_ps(g + d);
-            sq = _mm_add_ps(sq, _mm_mul_ps(gd, gd));
-        }
-        const __m128 r = fm_rowada_acc(w + n, sq, _mm_set1_ps(inv_k), refine), e = _mm_set1_ps(eta);
-        for (fm_idx d = 0; d < n; d += 4)
-            _mm_storeu_ps(w + d, _mm_sub_ps(_mm_loadu_ps(w + d), _mm_mul_ps(_mm_mul_ps(e, _mm_loadu_ps(g + d)), r)));
-        return;
-    }
-    if (n == 1) {   /* one weight: AdaGrad itself */
-        __m128 acc = _mm_add_ss(_mm_load_ss(w + 1), _mm_mul_ss(_mm_mul_ss(_mm_load_ss(g), _mm_load_ss(g)),
-                                                               _mm_set_ss(inv_k)));
-        _mm_store_ss(w + 1, acc);
-        __m128 r = fm_rsqrt_ps(_mm_shuffle_ps(acc, acc, 0), refine);
-        _mm_store_ss(w, _mm_sub_ss(_mm_load_ss(w), _mm_mul_ss(_mm_mul_ss(_mm_set_ss(eta), _mm_load_ss(g)), r)));
-        return;
-    }
-    (void)refine;
-#else
-    (void)refine;
-#endif
-    float ss = 0.0f;
-    for (fm_idx d = 0; d < n; d++) ss += g[d] * g[d];
-    w[n] += ss * inv_k;
-    const float r = 1.0f / sqrtf(w[n]);
-    for (fm_idx d = 0; d < n; d++) w[d] -= eta * g[d] * r;
-}
-
 /* Row-wise AdaGrad on every pair of a prepared row (blocks of kp + 1). */
 FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const fm_idx kp, const fm_idx *oj,
                                  const fm_idx *of, const float *xs, fm_idx c, float kappa, float lam, float eta,
@@ -382,20 +204,22 @@ FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const 
             __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
             __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
             __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-            s1[(d >> 2) & 1] = _mm_add_ps(s1[(d >> 2) & 1], _mm_mul_ps(g1, g1));
-            s2[(d >> 2) & 1] = _mm_add_ps(s2[(d >> 2) & 1], _mm_mul_ps(g2, g2));
+            s1[(d >> 2) & 1] = fm_sqsum_ps(s1[(d >> 2) & 1], g1);
+            s2[(d >> 2) & 1] = fm_sqsum_ps(s2[(d >> 2) & 1], g2);
         }
         /* w2's accumulator is read after w1's is stored: one block, both adds */
-        const __m128 r1 = fm_rowada_acc(w1 + kp, kp > 4 ? _mm_add_ps(s1[0], s1[1]) : s1[0], ik, refine);
-        const __m128 r2 = fm_rowada_acc(w2 + kp, kp > 4 ? _mm_add_ps(s2[0], s2[1]) : s2[0], ik, refine);
+        const __m128 q1 = kp > 4 ? _mm_add_ps(s1[0], s1[1]) : s1[0];
+        const __m128 r1 = fm_rowada_rate_ps(w1 + kp, fm_hsum4_ps(q1), ik, refine);
+        const __m128 q2 = kp > 4 ? _mm_add_ps(s2[0], s2[1]) : s2[0];
+        const __m128 r2 = fm_rowada_rate_ps(w2 + kp, fm_hsum4_ps(q2), ik, refine);
         for (fm_idx d = 0; d < kp; d += 4) {
             __m128 a = _mm_loadu_ps(w1 + d), b = _mm_loadu_ps(w2 + d);
             __m128 g1 = _mm_add_ps(_mm_mul_ps(la, a), _mm_mul_ps(k, b));
             __m128 g2 = _mm_add_ps(_mm_mul_ps(la, b), _mm_mul_ps(k, a));
-            a = _mm_sub_ps(a, _mm_mul_ps(_mm_mul_ps(e, g1), r1));
+            a = fm_rate_step_ps(a, g1, e, r1);
             _mm_storeu_ps(w1 + d, a);
             if (w1 == w2) b = a;
-            _mm_storeu_ps(w2 + d, _mm_sub_ps(b, _mm_mul_ps(_mm_mul_ps(e, g2), r2)));
+            _mm_storeu_ps(w2 + d, fm_rate_step_ps(b, g2, e, r2));
         }
     )
 #else
@@ -408,18 +232,16 @@ FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const 
             float s1 = 0.0f, s2 = 0.0f;
             for (fm_idx d = 0; d < kp; d++) {
                 const float g1 = lam * w1[d] + kv * w2[d], g2 = lam * w2[d] + kv * w1[d];
-                s1 += g1 * g1;
-                s2 += g2 * g2;
+                s1 = fm_sqsum_1(s1, g1);
+                s2 = fm_sqsum_1(s2, g2);
             }
-            w1[kp] += s1 * inv_k;
-            const float r1 = 1.0f / sqrtf(w1[kp]);
-            w2[kp] += s2 * inv_k;
-            const float r2 = 1.0f / sqrtf(w2[kp]);
+            const float r1 = fm_rowada_rate_1(w1 + kp, s1, inv_k);
+            const float r2 = fm_rowada_rate_1(w2 + kp, s2, inv_k);
             for (fm_idx d = 0; d < kp; d++) {
                 const float a = w1[d], b = w2[d];
                 const float g1 = lam * a + kv * b, g2 = lam * b + kv * a;
-                w1[d] = a - eta * g1 * r1;
-                w2[d] = (w1 == w2 ? w1[d] : b) - eta * g2 * r2;
+                w1[d] = fm_rate_step_1(a, g1, eta, r1);
+                w2[d] = fm_rate_step_1(w1 == w2 ? w1[d] : b, g2, eta, r2);
             }
         }
     }
@@ -434,15 +256,9 @@ FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const 
  * (read once, at import) or fm_simd_set(FM_SIMD_SSE) keeps to SSE. */
 enum { FM_SIMD_SCALAR = 0, FM_SIMD_SSE = 1, FM_SIMD_AVX = 2 };
 
-#if FM_SSE && (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define FM_AVX 1
-#include <immintrin.h>
+#if FM_AVX   /* (defined in opt_f32.h) */
 #include <stdlib.h>
 #include <string.h>
-#define FM_AVX_FN static __attribute__((target("avx"), noinline))
-#define FM_AVX_INLINE static inline __attribute__((target("avx"), always_inline))
-#else
-#define FM_AVX 0
 #endif
 
 static int fm_simd_level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
@@ -494,18 +310,6 @@ static inline int fm_simd_init(void) {
 }
 
 #if FM_AVX
-/* AdaGrad on eight lanes, as fm_adagrad_ps on four. */
-FM_AVX_INLINE __m256 fm_adagrad_avx(__m256 w, __m256 *G, __m256 g, __m256 eta, const int refine) {
-    __m256 acc = _mm256_add_ps(*G, _mm256_mul_ps(g, g));
-    __m256 r = _mm256_rsqrt_ps(acc);
-    if (refine) {
-        const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
-        r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(acc, r), r)));
-    }
-    *G = acc;
-    return _mm256_sub_ps(w, _mm256_mul_ps(_mm256_mul_ps(eta, g), r));
-}
-
 /* A pair whose two blocks are one (a feature repeated within its field):
  * the second step sees the first's result, as in ffm_update. */
 FM_AVX_INLINE void fm_adagrad_alias4(float *w, __m128 kv, __m128 la, __m128 e, const int refine) {
@@ -598,21 +402,11 @@ FM_AVX_INLINE void ffm_rowada_avx4(float *F, const fm_idx *oj, const fm_idx *of,
         __m256 x = _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);   /* [w1 | w2] */
         __m256 y = _mm256_insertf128_ps(_mm256_castps128_ps256(b), a, 1);   /* [w2 | w1] */
         __m256 g = _mm256_add_ps(_mm256_mul_ps(la, x), _mm256_mul_ps(_mm256_set1_ps(kv), y));
-        __m256 sq = _mm256_mul_ps(g, g);
-        sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(1, 0, 3, 2)));
-        sq = _mm256_add_ps(sq, _mm256_permute_ps(sq, _MM_SHUFFLE(2, 3, 0, 1)));
-        __m256 G = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(w1[4])), _mm_set1_ps(w2[4]), 1);
-        G = _mm256_add_ps(G, _mm256_mul_ps(sq, ik));
-        __m256 r = _mm256_rsqrt_ps(G);
-        if (refine) {
-            const __m256 half = _mm256_set1_ps(0.5f), three = _mm256_set1_ps(3.0f);
-            r = _mm256_mul_ps(_mm256_mul_ps(half, r), _mm256_sub_ps(three, _mm256_mul_ps(_mm256_mul_ps(G, r), r)));
-        }
-        x = _mm256_sub_ps(x, _mm256_mul_ps(_mm256_mul_ps(e, g), r));
+        /* each half's block has its four squares: summed as fm_hsum4_ps does */
+        const __m256 r = fm_rowada_rate2_avx(w1 + 4, w2 + 4, fm_hsum4x2_avx(_mm256_mul_ps(g, g)), ik, refine);
+        x = fm_rate_step_avx(x, g, e, r);
         _mm_storeu_ps(w1, _mm256_castps256_ps128(x));
-        _mm_store_ss(w1 + 4, _mm256_castps256_ps128(G));
         _mm_storeu_ps(w2, _mm256_extractf128_ps(x, 1));
-        _mm_store_ss(w2 + 4, _mm256_extractf128_ps(G, 1));
     )
 }
 
@@ -640,8 +434,8 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
             __m256 a = _mm256_loadu_ps(w1 + d), b = _mm256_loadu_ps(w2 + d);
             __m256 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
             __m256 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
-            s1 = _mm256_add_ps(s1, _mm256_mul_ps(g1, g1));
-            s2 = _mm256_add_ps(s2, _mm256_mul_ps(g2, g2));
+            s1 = fm_sqsum_avx(s1, g1);
+            s2 = fm_sqsum_avx(s2, g2);
             if (keep) {
                 av[d >> 3] = a;
                 bv[d >> 3] = b;
@@ -651,8 +445,8 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
         }
         const __m128 q1 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps(s1, 1));
         const __m128 q2 = _mm_add_ps(_mm256_castps256_ps128(s2), _mm256_extractf128_ps(s2, 1));
-        const __m128 r1h = fm_rowada_acc(w1 + kp, q1, ik, refine);
-        const __m128 r2h = fm_rowada_acc(w2 + kp, q2, ik, refine);
+        const __m128 r1h = fm_rowada_rate_ps(w1 + kp, fm_hsum4_ps(q1), ik, refine);
+        const __m128 r2h = fm_rowada_rate_ps(w2 + kp, fm_hsum4_ps(q2), ik, refine);
         const __m256 r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(r1h), r1h, 1);
         const __m256 r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(r2h), r2h, 1);
         for (fm_idx d = 0; d < kp; d += 8) {
@@ -668,8 +462,8 @@ FM_AVX_INLINE void ffm_rowada_avx8(float *F, const fm_idx kp, const fm_idx *oj, 
                 g1 = _mm256_add_ps(_mm256_mul_ps(la, a), _mm256_mul_ps(k, b));
                 g2 = _mm256_add_ps(_mm256_mul_ps(la, b), _mm256_mul_ps(k, a));
             }
-            _mm256_storeu_ps(w1 + d, _mm256_sub_ps(a, _mm256_mul_ps(_mm256_mul_ps(e, g1), r1)));
-            _mm256_storeu_ps(w2 + d, _mm256_sub_ps(b, _mm256_mul_ps(_mm256_mul_ps(e, g2), r2)));
+            _mm256_storeu_ps(w1 + d, fm_rate_step_avx(a, g1, e, r1));
+            _mm256_storeu_ps(w2 + d, fm_rate_step_avx(b, g2, e, r2));
         }
     )
 }
@@ -761,11 +555,6 @@ static inline float ffm_pairs_h_scalar(const char *F, fm_idx kp, const fm_idx *o
     float t[4];
     for (int q = 0; q < 4; q++) t[q] = lanes[0][q] + lanes[1][q];
     return (t[0] + t[2]) + (t[1] + t[3]);
-}
-
-static inline float fm_adagrad_1(float w, float *G, float g, float eta) {
-    *G += g * g;
-    return w - eta * g / sqrtf(*G);
 }
 
 /* float16 by round-toward-zero; with random bits added below the kept

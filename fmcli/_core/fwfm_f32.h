@@ -173,8 +173,9 @@ FM_INLINE void fwfm_grads(const float *F, const fm_idx kp, const float *R, fm_id
 
 /* AdaGrad steps of the field-pair weights a row touched: for each p in
  * touched[0 .. nt), weight R[p * ls] (its accumulator right after it) with
- * gradient rg[p]; then rg[p] and rmark[p] are cleared.  The arithmetic is
- * fm_adagrad_f32's on one weight (exact square root), four weights at a time. */
+ * gradient rg[p]; then rg[p] and rmark[p] are cleared.  The step is
+ * fm_adagrad_1's (exact square root), four weights at a time by
+ * fm_adagrad_exact_ps (opt_f32.h). */
 static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touched, fm_idx nt, float *rg,
                                          char *rmark, float eta) {
     fm_idx t = 0;
@@ -184,9 +185,8 @@ static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touc
         float *w0 = R + touched[t] * ls, *w1 = R + touched[t + 1] * ls;
         float *w2 = R + touched[t + 2] * ls, *w3 = R + touched[t + 3] * ls;
         const __m128 g = _mm_setr_ps(rg[touched[t]], rg[touched[t + 1]], rg[touched[t + 2]], rg[touched[t + 3]]);
-        const __m128 w = _mm_setr_ps(w0[0], w1[0], w2[0], w3[0]);
-        const __m128 G = _mm_add_ps(_mm_setr_ps(w0[1], w1[1], w2[1], w3[1]), _mm_mul_ps(g, g));
-        const __m128 nw = _mm_sub_ps(w, _mm_div_ps(_mm_mul_ps(e, g), _mm_sqrt_ps(G)));
+        __m128 G = _mm_setr_ps(w0[1], w1[1], w2[1], w3[1]);
+        const __m128 nw = fm_adagrad_exact_ps(_mm_setr_ps(w0[0], w1[0], w2[0], w3[0]), &G, g, e);
         float ow[4], oG[4];
         _mm_storeu_ps(ow, nw);
         _mm_storeu_ps(oG, G);
@@ -198,9 +198,7 @@ static inline void fm_fwfm_adagrad_r_f32(float *R, fm_idx ls, const fm_idx *touc
 #endif
     for (; t < nt; t++) {
         float *w = R + touched[t] * ls;
-        const float g = rg[touched[t]];
-        w[1] += g * g;
-        w[0] -= eta * g / sqrtf(w[1]);
+        w[0] = fm_adagrad_1(w[0], &w[1], rg[touched[t]], eta);
     }
     for (t = 0; t < nt; t++) {
         rg[touched[t]] = 0.0f;
