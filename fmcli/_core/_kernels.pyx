@@ -470,11 +470,14 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                     w2 = F + (j2 * m + f1) * fs
                     pair = pair + dot(w1, w2, kp) * (x1 * (val[l] * scale))
             t += pair
-    elif s.kind == KIND_FWFM:
+    elif s.kind == KIND_FWFM or s.kind == KIND_FMFM:
         if floating is float:
             # the compacted row (prep.of: fields) that update_row then reuses
             prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
-            t += fm_fwfm_pairs_f32(F, kp, R, s.lstride, m, prep.oj, prep.of, prep.xs, prep.count)
+            if s.kind == KIND_FWFM:
+                t += fm_fwfm_pairs_f32(F, kp, R, s.lstride, m, prep.oj, prep.of, prep.xs, prep.count)
+            else:
+                t += fm_fmfm_pairs_f32(F, kp, R, fs, m, prep.oj, prep.of, prep.xs, prep.count)
         else:
             for i in range(nnz):
                 j1 = feat[i]
@@ -488,36 +491,7 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
                     f2 = fld[l]
                     if j2 >= n or f2 >= m:
                         continue
-                    pair = pair + (R[field_pair(f1, f2, m) * s.lstride] * dot(w1, F + j2 * fs, kp)
-                                   * (x1 * (val[l] * scale)))
-            t += pair
-    elif s.kind == KIND_FMFM:
-        if floating is float:
-            # the compacted row (prep.of: fields) that update_row then reuses
-            prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
-            t += fm_fmfm_pairs_f32(F, kp, R, fs, m, prep.oj, prep.of, prep.xs, prep.count)
-        else:
-            for i in range(nnz):
-                j1 = feat[i]
-                f1 = fld[i]
-                if j1 >= n or f1 >= m:
-                    continue
-                x1 = val[i] * scale
-                w1 = F + j1 * fs
-                for l in range(i + 1, nnz):
-                    j2 = feat[l]
-                    f2 = fld[l]
-                    if j2 >= n or f2 >= m:
-                        continue
-                    w2 = F + j2 * fs
-                    row1 = R + field_pair(f1, f2, m) * kp * fs
-                    if f1 < f2:
-                        v = bilinear(row1, fs, kp, w1, w2)
-                    elif f1 > f2:
-                        v = bilinear(row1, fs, kp, w2, w1)
-                    else:
-                        v = <floating>0.5 * (bilinear(row1, fs, kp, w1, w2) + bilinear(row1, fs, kp, w2, w1))
-                    pair = pair + v * (x1 * (val[l] * scale))
+                    pair = pair + field_pair_term(s, R, f1, f2, w1, F + j2 * fs) * (x1 * (val[l] * scale))
             t += pair
     elif s.kind == KIND_FM:
         for d in range(kp):
@@ -543,6 +517,23 @@ cdef inline Py_ssize_t field_pair(Py_ssize_t a, Py_ssize_t b, Py_ssize_t m) noex
     if a <= b:
         return a * m + b
     return b * m + a
+
+
+cdef inline floating field_pair_term(const Shape* s, const floating* R, Py_ssize_t f1, Py_ssize_t f2,
+                                     const floating* w1, const floating* w2) noexcept nogil:
+    """The interaction of feature vectors w1 (field f1) and w2 (field f2) before
+    their values: FwFM's r_ab <w1, w2>; FmFM's w1^T M w2 with M the pair's
+    matrix as the lower field sees it (the symmetric part within one field)."""
+    cdef Py_ssize_t kp = s.kp, fs = s.fstride
+    cdef const floating* P
+    if s.kind == KIND_FWFM:
+        return R[field_pair(f1, f2, s.n_fields) * s.lstride] * dot(w1, w2, kp)
+    P = R + field_pair(f1, f2, s.n_fields) * kp * fs
+    if f1 < f2:
+        return bilinear(P, fs, kp, w1, w2)
+    if f1 > f2:
+        return bilinear(P, fs, kp, w2, w1)
+    return <floating>0.5 * (bilinear(P, fs, kp, w1, w2) + bilinear(P, fs, kp, w2, w1))
 
 
 cdef inline floating bilinear(const floating* P, Py_ssize_t fs, Py_ssize_t kp, const floating* u,

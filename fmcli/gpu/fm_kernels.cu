@@ -60,6 +60,24 @@ __device__ void step_factors(const Shape& s, const Opt<T>& o, T* F, const T* gbu
     }
 }
 
+// FmFM: this lane group's share of sum_{l != i} x_l A_il V_l for entry i of
+// the row (A_il: the pair's matrix as entry i sees it, see mat_mode), the
+// factor gradient of entry i before kappa x_i and L2.
+template <typename T, int K>
+__device__ void fmfm_factor_sum(const Shape& s, const T* F, const T* R, const int* fld, const int* feat,
+                                const float* val, int nnz, T scale, int i, int q, T* g) {
+    typedef Lanes<K> LN;
+    for (int e = 0; e < LN::E; ++e) g[e] = 0;
+    for (int l = 0; l < nnz; ++l) {
+        if (l == i || !entry_ok(s, fld, feat, l)) continue;
+        const T xl = val[l] * scale;
+        T av[LN::E];
+        mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]),
+                      F + (long long)feat[l] * s.fs, q, av);
+        for (int e = 0; e < LN::E; ++e) g[e] = g[e] + xl * av[e];
+    }
+}
+
 // FmFM, as FwFM: every gradient from the values of the start of the row.
 // The factors' gradients go to this warp's scratch (nnz blocks of K, then a
 // flag per pair), then each touched field matrix is stepped once, matrix row
@@ -83,15 +101,7 @@ __device__ void update_row_fmfm(const Shape& s, const Opt<T>& o, T* F, T* R, con
     for (int i = grp; i < nnz; i += LN::NPW) {
         if (!entry_ok(s, fld, feat, i)) continue;
         T g[LN::E];
-        for (int e = 0; e < LN::E; ++e) g[e] = 0;
-        for (int l = 0; l < nnz; ++l) {
-            if (l == i || !entry_ok(s, fld, feat, l)) continue;
-            const T xl = val[l] * scale;
-            T av[LN::E];
-            mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]),
-                          F + (long long)feat[l] * s.fs, q, av);
-            for (int e = 0; e < LN::E; ++e) g[e] = g[e] + xl * av[e];
-        }
+        fmfm_factor_sum<T, K>(s, F, R, fld, feat, val, nnz, scale, i, q, g);
         const T kx = kappa * (val[i] * scale);
         const T* wi = F + (long long)feat[i] * s.fs;
         for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
@@ -585,15 +595,7 @@ __device__ void contribute(const Shape& s, long long c, const T* L, const T* F, 
             if (q == 0) vgid[vo + i] = ok ? s.id0[2] + c * s.blocks + feat[i] : dead;
             if (!ok) continue;
             T g[LN::E];
-            for (int e = 0; e < LN::E; ++e) g[e] = 0;
-            for (int l = 0; l < nnz; ++l) {
-                if (l == i || !entry_ok(s, fld, feat, l)) continue;
-                const T xl = val[l] * scale;
-                T av[LN::E];
-                mat_vec<T, K>(mat_at<T, K>(s, R, fld[i], fld[l]), s.fs, mat_mode(fld[i], fld[l]),
-                              F + (long long)feat[l] * s.fs, q, av);
-                for (int e = 0; e < LN::E; ++e) g[e] = g[e] + xl * av[e];
-            }
+            fmfm_factor_sum<T, K>(s, F, R, fld, feat, val, nnz, scale, i, q, g);
             const T kx = kappa * (val[i] * scale);
             for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
                 T v[4];
