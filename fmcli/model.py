@@ -255,6 +255,9 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
     state: dict[str, np.ndarray] = {}
     expected = spec.shapes()
     stored = "float32"
+    kind = model_kind(spec.kind)
+    # arrays of k-vectors, which row-wise AdaGrad keeps one accumulator for
+    row_state = ("factors",) + ((kind.pair_param,) if kind.pairs == "matrix" else ())
     for name, shape in expected.items():
         if name not in arrays:
             raise ModelFormatError(f"array {name!r} is missing", path)
@@ -277,8 +280,7 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
             stored = "float16" if stored == "float32" else stored
         params[name] = a
         st = arrays.get(f"{name}_state")
-        if (name in ("factors", "field_matrices")
-                and (header.get("optimizer") or {}).get("name") == "rowwise-adagrad"):
+        if name in row_state and (header.get("optimizer") or {}).get("name") == "rowwise-adagrad":
             shape = shape[:-1]   # one accumulator per k-vector (per matrix row)
         if st is not None and tuple(st.shape[-len(shape):]) == shape and st.ndim - len(shape) <= 1:
             state[name] = st

@@ -31,7 +31,7 @@ from .data.weights import read_weights
 from .errors import ConfigError, DataError, DivergenceError, Interrupted, ModelFormatError
 from .inputmap import run_map
 from .metrics import DEFAULT_METRIC, METRIC_NAMES, METRICS, defined, evaluate, is_better, why_undefined
-from .model import Model, load_model
+from .model import Model, ModelSpec, load_model
 from .registry import kind as model_kind, optimizer as optimizer_entry
 from .safepaths import refuse_clobber
 
@@ -99,10 +99,13 @@ class TrainingPlan:
 
     @property
     def n_params(self) -> int:
-        c, kind = self.config, model_kind(self.config.model)
-        pairs = kind.pair_count(self.n_fields) * (c.k * c.k if kind.pairs == "matrix" else 1)
-        return self.n_classes * (int(c.use_bias) + (self.n_features if c.use_linear else 0)
-                                 + kind.blocks(self.n_features, self.n_fields) * c.k + pairs)
+        """The parameters of the model file this run writes (ModelSpec.shapes)."""
+        c = self.config
+        spec = ModelSpec(kind=c.model, task=c.task, k=c.k, n_features=self.n_features, n_fields=self.n_fields,
+                         use_bias=c.use_bias, use_linear=c.use_linear, normalize=c.normalize,
+                         n_classes=self.n_classes,
+                         classes=tuple(self.tr.classes) if c.task == "multiclass" else None)
+        return int(sum(np.prod(shape, dtype=np.int64) for shape in spec.shapes().values()))
 
     def too_large(self) -> bool:
         return self.memory_limit is not None and self.bytes_needed > self.memory_limit
