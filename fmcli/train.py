@@ -134,10 +134,13 @@ class TrainingPlan:
 
 def plan_training(config: Config, train_data, valid=None, *, weights=None, resume: str | None = None,
                   log: Callable[[str], None] | None = None, on_read=None,
-                  dry_run: bool = False) -> TrainingPlan:
+                  dry_run: bool = False, parent: Model | None = None) -> TrainingPlan:
     """Check the run's arguments and read its data.  See :func:`train` for
     the arguments.  dry_run: write nothing but the data caches (a real run
-    makes its checkpoint directory ready here, before reading any data)."""
+    makes its checkpoint directory ready here, before reading any data).
+    parent: a model in memory to warm-start from (instead of config.init_model)."""
+    if parent is not None and config.init_model:
+        raise ConfigError("give the model to start from as init_model or as parent, not both")
     say = log or (lambda msg: None)
     patience = config.stop_patience
     if (patience or config.eval_every) and valid is None:
@@ -154,7 +157,8 @@ def plan_training(config: Config, train_data, valid=None, *, weights=None, resum
     if config.checkpoint_dir and not dry_run:
         checkpoint.prepare(config.checkpoint_dir)   # a bad place fails now, not at the first checkpoint
     # the parent of a warm start is read once (it may come through a pipe)
-    parent = load_model(config.init_model) if config.init_model else None
+    if config.init_model:
+        parent = load_model(config.init_model)
     input_map = run_map(train_data, valid, config,
                         parent=parent.meta.get("input") if parent is not None else None)
     tr = _load(train_data, config, config.task, None, say, input_map, on_read)
@@ -233,6 +237,7 @@ def train(
     on_read: Callable[[str, int, int | None, int], None] | None = None,
     resume: str | None = None,
     run_info: dict | None = None,
+    parent: Model | None = None,
 ) -> Model:
     """Train a model; returns it with the run's summary in ``model.meta``.
 
@@ -249,9 +254,11 @@ def train(
     they come from the cache).  resume: a checkpoint directory to continue
     from (the configuration must be the checkpoint's; see
     :func:`resume_arguments`).  run_info: stored in checkpoints (the command
-    line's own arguments)."""
+    line's own arguments).  parent: a model in memory to continue from, as
+    config.init_model does with a file (its weights and optimizer state)."""
     say = log or (lambda msg: None)
-    plan = plan_training(config, train_data, valid, weights=weights, resume=resume, log=say, on_read=on_read)
+    plan = plan_training(config, train_data, valid, weights=weights, resume=resume, log=say, on_read=on_read,
+                         parent=parent)
     try:
         plan.check_memory()
         c = plan.config
@@ -348,8 +355,9 @@ class _Run:
                 f"(data of {tr.data_bytes / 2**20:.0f} MiB > --memory-budget)")
         self.offsets = np.concatenate([[0], np.cumsum(tr.chunk_rows)])
         if plan.parent is not None:
-            self.steps_before = backend.warm_start(plan.parent, c.init_model, say)
-            self.lineage = _lineage(plan.parent, c.init_model)
+            where = c.init_model or plan.parent.path or "the parent model"
+            self.steps_before = backend.warm_start(plan.parent, where, say)
+            self.lineage = _lineage(plan.parent, c.init_model or plan.parent.path)
         if plan.ckpt is not None:
             self._resume(plan.ckpt)
         backend.total_steps = self.steps_before + plan.steps_per_epoch * c.epochs
@@ -751,21 +759,22 @@ def feature_summary(tr: Dataset, parent: Model | None, id_map: IdMap | None) -> 
             "id_map": id_map is not None}
 
 
-def _lineage(parent: Model, path: str) -> dict:
-    """The parent model of a warm start: where it was, its hash and its own parent."""
+def _lineage(parent: Model, path: str | None) -> dict:
+    """The parent model of a warm start: where it was, its hash and its own
+    parent (path None: a model in memory, hashed by nothing)."""
     import hashlib
 
     from .data.source import reads_once
 
     h = hashlib.sha256()
-    if reads_once(path):
-        digest = None      # read once, from a pipe: its bytes are gone
+    if path is None or reads_once(path):
+        digest = None      # in memory, or read once from a pipe: its bytes are gone
     else:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         digest = h.hexdigest()
-    return {"path": os.path.abspath(path), "sha256": digest,
+    return {"path": os.path.abspath(path) if path is not None else None, "sha256": digest,
             "created_at": parent.meta.get("created_at"), "parent_sha256": (parent.meta.get("parent") or {}).get("sha256")}
 
 
