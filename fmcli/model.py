@@ -28,6 +28,7 @@ kept as they are.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,6 +216,18 @@ class Model:
         # an undefined metric (NaN) is written as null, never fails the save
         write_model_file(path, json_safe(header), arrays)
 
+    def to_bytes(self, *, include_state: bool = True) -> bytes:
+        """The model file :meth:`save` would write, as bytes (for pickling)."""
+        buf = io.BytesIO()
+        self.save(buf, include_state=include_state)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Model":
+        """The model of a model file's bytes (:meth:`to_bytes`), checked as
+        :func:`load_model` checks a file."""
+        return load_model(io.BytesIO(data))
+
     @property
     def n_parameters(self) -> int:
         return int(sum(a.size for a in self.params.values()))
@@ -248,8 +261,12 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
     a NaN or an infinity (which a corrupt or hand-made file with a valid
     checksum can hold) is refused with :class:`ModelFormatError` rather than
     scored as NaN.  The check runs on the checksum pass (no extra read)."""
-    path = os.fspath(path)
-    header, arrays = read_model_file(path, mmap=mmap, finite=_must_be_finite)
+    if isinstance(path, io.BytesIO):    # a model file's bytes (Model.from_bytes)
+        header, arrays = read_model_file(path, finite=_must_be_finite)
+        path = None
+    else:
+        path = os.fspath(path)
+        header, arrays = read_model_file(path, mmap=mmap, finite=_must_be_finite)
     spec = ModelSpec.from_dict(header.get("model") or {}, path)
     params: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}

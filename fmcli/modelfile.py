@@ -247,14 +247,15 @@ def _array_chunks(array: np.ndarray, dtype: np.dtype) -> Iterator[np.ndarray]:
 
 
 def write_model_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | io.BytesIO,
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
 ) -> None:
     """Write a model file atomically.
 
     Args:
-        path: destination; replaced atomically (see :func:`atomic_output`).
+        path: destination; replaced atomically (see :func:`atomic_output`),
+            or an ``io.BytesIO`` that receives the whole file.
         header: JSON-serialisable metadata.  Must not contain ``"arrays"``,
             which the writer fills in.  A ``"format"`` key is added (as
             ``"1.3"``, or ``"2.0"`` for a model with ``feature_ids``, each one
@@ -294,19 +295,29 @@ def write_model_file(
         planned.append(_Planned(name, array, dtype_name, dtype, nbytes))
 
     blob, data_start, offsets = _layout(full_header, planned)
+
+    def emit(fobj: IO[bytes]) -> None:
+        out = _CRCWriter(fobj)
+        out.write(_PREFIX.pack(MAGIC, major, minor, 0, len(blob)))
+        out.write(blob)
+        out.pad_to(data_start)
+        for item, offset in zip(planned, offsets):
+            out.pad_to(offset)
+            for chunk in _array_chunks(item.array, item.dtype):
+                out.write(chunk)
+        payload_end = out.pos
+        fobj.write(_TRAILER.pack(TRAILER_MAGIC, payload_end, out.crc, 0))
+
+    if isinstance(path, io.BytesIO):
+        # in memory (Model.to_bytes): the whole file, from the buffer's start
+        path.seek(0)
+        path.truncate()
+        emit(path)
+        return
     target = os.fspath(path)
     try:
         with atomic_output(target, "wb") as fobj:
-            out = _CRCWriter(fobj)
-            out.write(_PREFIX.pack(MAGIC, major, minor, 0, len(blob)))
-            out.write(blob)
-            out.pad_to(data_start)
-            for item, offset in zip(planned, offsets):
-                out.pad_to(offset)
-                for chunk in _array_chunks(item.array, item.dtype):
-                    out.write(chunk)
-            payload_end = out.pos
-            fobj.write(_TRAILER.pack(TRAILER_MAGIC, payload_end, out.crc, 0))
+            emit(fobj)
     except OSError as exc:
         raise OutputError(f"cannot write output {target}: {exc.strerror or exc}") from exc
 
@@ -333,7 +344,10 @@ class _Structure:
     stored_crc: int
 
 
-def _open(path: str) -> BinaryIO:
+def _open(path: str | io.BytesIO) -> BinaryIO:
+    if isinstance(path, io.BytesIO):    # a whole file in memory (Model.from_bytes)
+        path.seek(0)
+        return path
     try:
         f = open(path, "rb")
     except FileNotFoundError as exc:
@@ -660,7 +674,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_model_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | io.BytesIO,
     *,
     mmap: bool = False,
     verify: bool = True,
@@ -691,8 +705,9 @@ def read_model_file(
         ModelFormatError: the file is corrupt, truncated, foreign or of a
             newer major format version, or a checked array is not finite.
     """
-    name = os.fspath(path)
-    with _open(name) as f:
+    in_memory = isinstance(path, io.BytesIO)    # a whole file's bytes (never mapped)
+    name = "<in memory>" if in_memory else os.fspath(path)
+    with _open(path if in_memory else name) as f:
         structure = _read_structure(f, name)
         if not mmap or isinstance(f, io.BytesIO):   # (read from a pipe: nothing to map)
             _scan_file(f, structure, name, verify, finite)

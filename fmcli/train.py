@@ -134,7 +134,8 @@ class TrainingPlan:
 
 def plan_training(config: Config, train_data, valid=None, *, weights=None, resume: str | None = None,
                   log: Callable[[str], None] | None = None, on_read=None,
-                  dry_run: bool = False, parent: Model | None = None) -> TrainingPlan:
+                  dry_run: bool = False, parent: Model | None = None,
+                  classes: Sequence[str] | None = None) -> TrainingPlan:
     """Check the run's arguments and read its data.  See :func:`train` for
     the arguments.  dry_run: write nothing but the data caches (a real run
     makes its checkpoint directory ready here, before reading any data).
@@ -161,7 +162,9 @@ def plan_training(config: Config, train_data, valid=None, *, weights=None, resum
         parent = load_model(config.init_model)
     input_map = run_map(train_data, valid, config,
                         parent=parent.meta.get("input") if parent is not None else None)
-    tr = _load(train_data, config, config.task, None, say, input_map, on_read)
+    # a Batch's multiclass labels may index classes given by the caller
+    tr = _load(train_data, config, config.task, classes if isinstance(train_data, Batch) else None,
+               say, input_map, on_read)
     task = tr.task
     if config.task == "auto":
         say(f"task: {task} (from the labels of {tr.name})")
@@ -238,6 +241,7 @@ def train(
     resume: str | None = None,
     run_info: dict | None = None,
     parent: Model | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Model:
     """Train a model; returns it with the run's summary in ``model.meta``.
 
@@ -255,10 +259,12 @@ def train(
     from (the configuration must be the checkpoint's; see
     :func:`resume_arguments`).  run_info: stored in checkpoints (the command
     line's own arguments).  parent: a model in memory to continue from, as
-    config.init_model does with a file (its weights and optimizer state)."""
+    config.init_model does with a file (its weights and optimizer state).
+    classes: for a multiclass Batch, the name of each class its labels index
+    (default: "0", "1", ... up to its largest label)."""
     say = log or (lambda msg: None)
     plan = plan_training(config, train_data, valid, weights=weights, resume=resume, log=say, on_read=on_read,
-                         parent=parent)
+                         parent=parent, classes=classes)
     try:
         plan.check_memory()
         c = plan.config

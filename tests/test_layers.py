@@ -80,6 +80,8 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     # variables for them (settings imports click: it belongs to the CLI).
     (5, "front ends", (
         "fmcli", "fmcli.__main__", "fmcli.cli.*", "fmcli.settings",
+        "fmcli.transformers",
+        "fmcli.estimators",
     )),
 )
 

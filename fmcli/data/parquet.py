@@ -99,7 +99,7 @@ try:  # an optional dependency: only Parquet input and output need it
 except ImportError:  # pragma: no cover - depends on the environment
     pa = pc = pq = None
 
-__all__ = ["ParquetReader", "write_parquet", "feature_hash", "DEFAULT_BATCH_ROWS",
+__all__ = ["ParquetReader", "TableReader", "write_parquet", "feature_hash", "DEFAULT_BATCH_ROWS",
            "DEFAULT_ROW_GROUP_ROWS"]
 
 DEFAULT_BATCH_ROWS = 65536
@@ -553,6 +553,9 @@ class ParquetReader:
             schema = pf.schema_arrow
         finally:
             source.close()
+        return self._layout(schema)
+
+    def _layout(self, schema) -> str:
         names = schema.names
         weight = self.weight_column
         if weight is None and "weight" in names and self.label_column != "weight":
@@ -1065,6 +1068,43 @@ class ParquetReader:
                 )
             raise error
         self.bad_rows.append(error)
+
+
+class TableReader(ParquetReader):
+    """A :class:`ParquetReader` over an in-memory ``pyarrow.Table`` instead
+    of a file: the same layouts, checks, column matching and encoding, so
+    a table gives exactly the batches a Parquet file holding it would.
+    ``name`` stands for the file in messages (``NAME:ROW: ...``); the other
+    arguments are ParquetReader's."""
+
+    def __init__(self, table, name: str = "<table>", **options):
+        super().__init__(name, **options)
+        self.table = table
+        self.fmt = "table"
+
+    def _open(self):
+        raise ConfigError(f"{self.name}: an in-memory table has no file to open")
+
+    def describe(self) -> dict:
+        self._plan(self.table.schema)
+        return self.input_map
+
+    def layout(self) -> str:
+        return self._layout(self.table.schema)
+
+    def _batches(self) -> Iterator[Batch]:
+        plan = self._plan(self.table.schema)
+        self.kind = plan.kind
+        row0 = 0
+        for rb in self.table.select(plan.columns).to_batches(max_chunksize=self.batch_rows):
+            n = rb.num_rows
+            if not n:
+                continue
+            batch = self._convert(plan, rb, row0)
+            row0 += n
+            self.lines = row0
+            if batch.n_rows:
+                yield batch
 
 
 _KIND_NAMES = {"cat": "categorical", "num": "numeric", "null": "null"}
