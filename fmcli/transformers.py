@@ -318,9 +318,7 @@ class RawLogEncoder(TransformerMixin, BaseEstimator):
         reader = RawReader(spec, [])
         table = pa.table([_binary_texts(col) for col, _ in columns],
                          names=[f"c{j}" for j in range(len(columns))])
-        layout = {"label": None, "n": len(columns), "cols": {c.name: j for j, c in enumerate(spec.columns)}}
-        n = table.num_rows
-        block, bad = reader._transform(table, layout, "X", np.arange(1, n + 1, dtype=np.int64))
+        block, bad = reader.transform_texts(table, "X")
         if bad:
             row, message = bad[0]
             more = f" ({len(bad)} rows are bad)" if len(bad) > 1 else ""

@@ -574,3 +574,16 @@ def test_without_scikit_learn_one_clear_error():
     lines = out.stdout.strip().splitlines()
     assert lines == ["ERROR the fmcli estimators need scikit-learn, an optional extra: "
                      "pip install 'fm-ctr[sklearn]'"]
+
+
+@pytest.mark.slow
+def test_the_example_script_runs():
+    """examples/sklearn_ctr.py, as the README points to it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "sklearn_ctr.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "same predictions: True" in run.stdout and "FFM on the DataFrame" in run.stdout

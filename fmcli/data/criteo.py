@@ -765,6 +765,14 @@ class RawReader:
                             f"(found {table.num_rows} rows in {lines.size} lines)", name)
         return table
 
+    def transform_texts(self, table, name: str):
+        """The rows of an Arrow table of raw texts, one column per spec column in
+        the spec's order and no label (e.g. values of a DataFrame): (the block
+        before rare values are collapsed, see batch(); [(row from 1, problem)])."""
+        layout = {"label": None, "n": table.num_columns,
+                  "cols": {c.name: j for j, c in enumerate(self.spec.columns)}}
+        return self._transform(table, layout, name, np.arange(1, table.num_rows + 1, dtype=np.int64))
+
     def _transform(self, table, layout: dict, name: str, lines: np.ndarray):
         spec = self.spec
         n, m = table.num_rows, spec.n_fields
