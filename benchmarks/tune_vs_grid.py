@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""`fm tune` against an exhaustive grid and against the defaults.
+
+The grid is the one users write by hand: k in {4, 8, 16} x lambda in {2e-4,
+5e-4, 1e-3, 2e-3, 5e-3} x eta in {0.1, 0.2, 0.5} (45 points), each trained
+with --auto-stop; its points run JOBS at a time, one thread each, as the
+tuner's trials do.  The tuner then gets a third of the grid's wall time as
+its budget.  Reported: each method's best validation logloss and wall time::
+
+    python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm
+    python benchmarks/tune_vs_grid.py --rows 60000      # data from benchmarks/synth.py
+
+Validation logloss is read from each model file's header (the epoch
+auto-stop kept), so every method is judged on the same validation rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GRID_K = (4, 8, 16)
+GRID_L2 = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
+GRID_ETA = (0.1, 0.2, 0.5)
+
+
+def fm(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmcli", *args], check=True, env=env,
+                          capture_output=True, text=True)
+
+
+def valid_logloss(path: Path) -> float:
+    from fmcli.modelfile import read_header
+
+    return float(read_header(path)["training"]["valid_logloss"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fmcli.config import available_cpus
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train")
+    ap.add_argument("--valid")
+    ap.add_argument("--rows", type=int, default=60000, help="rows to generate without --train (validation: rows/4)")
+    ap.add_argument("--fields", type=int, default=20, help="fields of generated data")
+    ap.add_argument("--model", default="ffm")
+    ap.add_argument("--max-epochs", type=int, default=30, help="-t of every auto-stopped run")
+    ap.add_argument("--jobs", type=int, default=available_cpus())
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "FMCLI_CACHE_DIR": str(work / "cache")}
+        if args.train:
+            train, valid = args.train, args.valid
+        else:
+            train, valid = str(work / "tr.ffm"), str(work / "va.ffm")
+            for path, rows, seed in ((train, args.rows, 1), (valid, args.rows // 4, 2)):
+                subprocess.run([sys.executable, str(HERE / "synth.py"), "--rows", str(rows), "--seed", str(seed),
+                                "--fields", str(args.fields), "--out", path, "-q"], check=True)
+        common = ["train", "-q", "--model", args.model, "-s", "1", "-t", str(args.max_epochs), "--auto-stop",
+                  "-p", valid]
+        fm(*common, "-o", str(work / "warm.fm"), train, env=env)          # builds the caches
+
+        t0 = time.perf_counter()
+        fm(*common, "-o", str(work / "defaults.fm"), train, env=env)
+        defaults = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "defaults.fm")}
+
+        def point(p):
+            k, l2, eta = p
+            out = work / f"grid-{k}-{l2}-{eta}.fm"
+            fm(*common, "-k", str(k), "-l", str(l2), "-r", str(eta), "-o", str(out), train, env=env)
+            return p, valid_logloss(out)
+
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(point, itertools.product(GRID_K, GRID_L2, GRID_ETA)))
+        grid_s = time.perf_counter() - t0
+        best_point, best_grid = min(results, key=lambda r: r[1])
+        grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point))}
+
+        budget = grid_s / 3
+        t0 = time.perf_counter()
+        fm("tune", "-q", "--model", args.model, "-p", valid, "--budget", f"{budget:.0f}s", "--jobs", str(args.jobs),
+           "-o", str(work / "tuned.fm"), train, env=env)
+        tuned = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "tuned.fm"),
+                 "budget_s": budget}
+
+    rows = [("defaults", defaults), ("grid (45 points)", grid), ("fm tune", tuned)]
+    print(f"{'method':<18} {'va_logloss':>11} {'wall s':>8}")
+    for name, r in rows:
+        print(f"{name:<18} {r['logloss']:11.5f} {r['seconds']:8.1f}")
+    print(f"fm tune vs grid: logloss {tuned['logloss'] / grid['logloss'] - 1:+.2%}, "
+          f"time {tuned['seconds'] / grid['seconds']:.2f} x; vs defaults {tuned['logloss'] / defaults['logloss'] - 1:+.2%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"defaults": defaults, "grid": grid, "tune": tuned}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
