@@ -13,7 +13,7 @@ cannot eat the others' time:
 
   build        setup.py build_ext --inplace -j N (without pyproject.toml's metadata)
   device       nvidia-smi -q (model, memory, driver) and CuPy's view of it
-  gpu_tests    the tests marked gpu (tests/test_gpu.py) but the reference matrix
+  gpu_tests    the tests marked gpu (tests/test_gpu.py, tests/test_gpu_fmfm.py) but the reference matrix
   exact        exact mode against the NumPy reference for every model x task x
                optimizer (test_gpu_exact_mode_matches_reference)
   hogwild      per-row (Hogwild) FFM training on the device on BENCH.md-shaped
@@ -61,7 +61,7 @@ STAGES = [
     ("gpu_bench", 30, True),
     ("cpu_scaling", 30, False),
 ]
-DEVICE_TESTS = "tests/test_gpu.py"
+DEVICE_TESTS = ["tests/test_gpu.py", "tests/test_gpu_fmfm.py"]
 EXACT = "test_gpu_exact_mode_matches_reference"
 
 
@@ -94,7 +94,7 @@ def stage_device(args) -> dict:
 def _pytest(args, selection: list[str]) -> dict:
     junit = Path(args.out) / f"{args.stage}.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-           f"--junitxml={junit}", DEVICE_TESTS, *selection]
+           f"--junitxml={junit}", *DEVICE_TESTS, *selection]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(run.stdout[-20000:], run.stderr[-5000:], sep="\n")
     counts = {k: 0 for k in ("passed", "failed", "skipped", "errors")}

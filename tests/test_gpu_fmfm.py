@@ -379,3 +379,76 @@ def test_emulated_fmfm_loaded_model_scores_match_training_scores(emu_warps):
     assert not blocks[..., 3, :].any() and not blocks[..., :, 3].any()
     np.testing.assert_allclose(GpuScorer(model, backend=emu_warps).scores(batch), gs.scores(batch),
                                rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# On a CUDA device (CuPy): the same checks, run by `make gpu-check`
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    cupy = pytest.importorskip("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver
+        pytest.skip(f"no CUDA device ({exc})")
+    if count < 1:
+        pytest.skip("no CUDA device")
+    from fmcli.gpu.device import CupyBackend
+
+    return CupyBackend()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task,optimizer", ALL_CELLS)
+def test_gpu_exact_mode_matches_reference_fmfm(cuda, task, optimizer):
+    """Exact mini-batches are deterministic on the device too."""
+    got, expected, losses, ref_losses = gpu_run(cuda, task, optimizer, batch_size=5,
+                                                seed=len(task) * 7 + len(optimizer), **hp_for(optimizer))
+    assert_same(got, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [3, 8, 11])
+def test_gpu_fmfm_scores_match_reference(cuda, k):
+    for task in ("binary", "multiclass"):
+        models, rows, labels, _ = problem(task, 2 + k, k=k, n_rows=12, max_nnz=6)
+        gs = gpu_state(cuda, models, task, "adam", batch_size=1, eta=0.1, k=k)
+        gs.restore(to_arrays(models, ref.init_state(models, "adam"), "adam"))
+        expect = np.array([[ref.score(m, r) for m in models] for r in rows])
+        got = gs.scores(as_batch(rows, labels)).reshape(len(rows), -1)
+        np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_gpu_fmfm_per_row_training_is_close_to_the_cpu(cuda):
+    """Hogwild across warps: the validation loss of the CPU's per-row training."""
+    from fmcli.cpu import CpuBackend
+
+    rng = np.random.default_rng(8)
+    n_rows, n_train, n_features, n_fields = 20_000, 16_000, 2000, 6
+    fields = np.tile(np.arange(n_fields, dtype=np.int32), n_rows)
+    features = (rng.integers(0, n_features // n_fields, n_rows * n_fields) * n_fields
+                + np.tile(np.arange(n_fields), n_rows)).astype(np.int32)
+    w_true = rng.normal(0, 1, n_features)
+    labels = (w_true[features].reshape(n_rows, n_fields).sum(axis=1) > 0).astype(np.float32)
+
+    def rows(lo, hi):
+        return Batch(labels=labels[lo:hi], indptr=np.arange(0, (hi - lo) * n_fields + 1, n_fields, dtype=np.int64),
+                     fields=fields[lo * n_fields: hi * n_fields], features=features[lo * n_fields: hi * n_fields],
+                     values=np.ones((hi - lo) * n_fields, np.float32))
+
+    train, valid = rows(0, n_train), rows(n_train, n_rows)
+    cfg = Config(model="fmfm", k=4, optimizer="adagrad", learning_rate=0.1)
+    losses = []
+    for st in (CpuBackend(cfg, n_features, n_fields, np.random.default_rng(0)),
+               GpuState(cfg, n_features, n_fields, np.random.default_rng(0), backend=cuda)):
+        st.total_steps = 3 * n_train
+        order_rng = np.random.default_rng(1)
+        for epoch in range(3):
+            st.train_slice(train, order_rng.permutation(n_train).astype(np.int64), None, epoch * n_train)
+        s = st.scores(valid, 1)
+        losses.append(float(np.mean(np.logaddexp(0, -(2 * valid.labels - 1) * s))))
+    assert losses[0] < np.log(2) - 0.1
+    assert losses[1] <= losses[0] * 1.05
