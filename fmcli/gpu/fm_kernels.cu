@@ -60,6 +60,26 @@ __device__ void step_factors(const Shape& s, const Opt<T>& o, T* F, const T* gbu
     }
 }
 
+// FwFM: this lane group's share of sum_{l != i} x_l r_il V_l for entry i of
+// the row, the factor gradient of entry i before kappa x_i and L2.
+template <typename T, int K>
+__device__ void fwfm_factor_sum(const Shape& s, const T* F, const T* R, const int* fld, const int* feat,
+                                const float* val, int nnz, T scale, int i, int q, T* g) {
+    typedef Lanes<K> LN;
+    for (int e = 0; e < LN::E; ++e) g[e] = 0;
+    for (int l = 0; l < nnz; ++l) {
+        if (l == i || !entry_ok(s, fld, feat, l)) continue;
+        T xl = val[l] * scale;
+        const T* wl = F + (long long)feat[l] * s.fs;
+        T r = R[field_pair(fld[i], fld[l], s.m) * s.ls] * xl;
+        for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+            T b[4];
+            ld4(wl + LN::at(q, c), b);
+            for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + r * b[e];
+        }
+    }
+}
+
 // FmFM: this lane group's share of sum_{l != i} x_l A_il V_l for entry i of
 // the row (A_il: the pair's matrix as entry i sees it, see mat_mode), the
 // factor gradient of entry i before kappa x_i and L2.
@@ -293,19 +313,8 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
         for (int i = grp; i < nnz; i += LN::NPW) {
             if (!entry_ok(s, fld, feat, i)) continue;
             T g[LN::E];
-            for (int e = 0; e < LN::E; ++e) g[e] = 0;
+            fwfm_factor_sum<T, K>(s, F, R, fld, feat, val, nnz, scale, i, q, g);
             const T* wi = F + (long long)feat[i] * s.fs;
-            for (int l = 0; l < nnz; ++l) {
-                if (l == i || !entry_ok(s, fld, feat, l)) continue;
-                T xl = val[l] * scale;
-                const T* wl = F + (long long)feat[l] * s.fs;
-                T r = R[field_pair(fld[i], fld[l], s.m) * s.ls] * xl;
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
-                    T b[4];
-                    ld4(wl + LN::at(q, c), b);
-                    for (int e = 0; e < 4; ++e) g[c * 4 + e] = g[c * 4 + e] + r * b[e];
-                }
-            }
             T kx = kappa * (val[i] * scale);
             for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
                 T a[4], v[4];
@@ -547,18 +556,7 @@ __device__ void contribute(const Shape& s, long long c, const T* L, const T* F, 
             if (q == 0) vgid[vo + i] = ok ? s.id0[2] + c * s.blocks + feat[i] : dead;
             if (!ok) continue;
             T g[LN::E];
-            for (int e = 0; e < LN::E; ++e) g[e] = 0;
-            for (int l = 0; l < nnz; ++l) {
-                if (l == i || !entry_ok(s, fld, feat, l)) continue;
-                T xl = val[l] * scale;
-                const T* wl = F + (long long)feat[l] * s.fs;
-                T r = R[field_pair(fld[i], fld[l], s.m) * s.ls] * xl;
-                for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
-                    T b[4];
-                    ld4(wl + LN::at(q, cc), b);
-                    for (int e = 0; e < 4; ++e) g[cc * 4 + e] = g[cc * 4 + e] + r * b[e];
-                }
-            }
+            fwfm_factor_sum<T, K>(s, F, R, fld, feat, val, nnz, scale, i, q, g);
             T kx = kappa * (val[i] * scale);
             for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
                 T v[4];
