@@ -256,6 +256,7 @@ cdef struct Scratch:
     float* ones              # values of a row stored without values (all 1)
     double* t
     void* gbuf
+    void* lgrad              # a row's linear gradients (from its start-of-row weights)
     void* rgrad
     char* rmark
     Py_ssize_t* touched
@@ -307,14 +308,15 @@ cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size
         if sc[i].ones != NULL:
             for a in range(max_nnz + 1):
                 sc[i].ones[a] = 1
-        sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1) if mm else 1)
+        sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1))
+        sc[i].lgrad = malloc(itemsize * (max_nnz + 1))
         sc[i].rgrad = calloc(glen + 1, itemsize)
         sc[i].rmark = <char*>calloc(mm + 1, 1)
         sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (slots + 1))
         sc[i].pslot = <Py_ssize_t*>calloc(nmap + 1, sizeof(Py_ssize_t))
         ok = (sc[i].acc != NULL and sc[i].t != NULL and sc[i].row.oj != NULL and sc[i].row.of != NULL
               and sc[i].row.xs != NULL and sc[i].fld != NULL and sc[i].ones != NULL
-              and sc[i].gbuf != NULL and sc[i].rgrad != NULL
+              and sc[i].gbuf != NULL and sc[i].lgrad != NULL and sc[i].rgrad != NULL
               and sc[i].rmark != NULL and sc[i].touched != NULL and sc[i].pslot != NULL)
         if batch and ok:
             for a in range(4):
@@ -343,6 +345,7 @@ cdef void scratch_free(Scratch* sc, int nthreads) noexcept nogil:
         free(sc[i].fld)
         free(sc[i].ones)
         free(sc[i].gbuf)
+        free(sc[i].lgrad)
         free(sc[i].rgrad)
         free(sc[i].rmark)
         free(sc[i].touched)
@@ -846,6 +849,8 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
     cdef floating* w1
     cdef floating* w2
     cdef floating* row1
+    cdef floating* gl
+    cdef floating* gf
     cdef floating g1[MAX_KP]
     cdef floating g2[MAX_KP]
     cdef fm_step_params sp
@@ -856,13 +861,19 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
         g = kappa + <floating>s.lamb * B[0]
         emit(s, o, sc, ARR_B, eta, B, &g, 1, 0, <floating>s.l2b)
     # Ids outside the model are skipped exactly as score_row skips them.
+    # Every gradient is taken at the start-of-row weights, then the steps
+    # follow in row order: a feature that occurs twice in a row is stepped
+    # twice, both times with its start-of-row gradient.
     if s.use_linear:
+        gl = <floating*>sc.lgrad
         for i in range(nnz):
             if feat[i] >= n or (s.fielded and fld[i] >= m):
                 continue
-            w1 = L + feat[i] * ls
-            g = kappa * (val[i] * scale) + <floating>s.laml * w1[0]
-            emit(s, o, sc, ARR_L, eta, w1, &g, 1, l1, <floating>s.l2l)
+            gl[i] = kappa * (val[i] * scale) + <floating>s.laml * L[feat[i] * ls]
+        for i in range(nnz):
+            if feat[i] >= n or (s.fielded and fld[i] >= m):
+                continue
+            emit(s, o, sc, ARR_L, eta, L + feat[i] * ls, &gl[i], 1, l1, <floating>s.l2l)
     if s.kind == KIND_FFM:
         if floating is float and s.half:
             # train_epoch checked: AdaGrad, per row, no clipping
@@ -908,6 +919,7 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
         else:
             fmfm_update(s, o, eta, F, R, fld, feat, val, nnz, scale, kappa, sc)
     elif s.kind == KIND_FM:
+        gf = <floating*>sc.gbuf
         for i in range(nnz):
             if feat[i] >= n:
                 continue
@@ -916,8 +928,10 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
             kv = kappa * x1
             for d in range(kp):
                 a = w1[d]
-                g1[d] = kv * (acc[d] - a * x1) + lam * a
-            emit(s, o, sc, ARR_F, eta, w1, g1, kp, l1, l2)
+                gf[i * kp + d] = kv * (acc[d] - a * x1) + lam * a
+        for i in range(nnz):
+            if feat[i] < n:
+                emit(s, o, sc, ARR_F, eta, F + feat[i] * fs, gf + i * kp, kp, l1, l2)
 
 
 cdef inline double row_loss(const Shape* s, double* t, double y, double eps, double* kappa) noexcept nogil:
