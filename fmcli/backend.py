@@ -3,7 +3,8 @@
 The training orchestration (fmcli.train) talks to the parameters of a run
 only through :class:`Backend`.  Two implementations: fmcli.cpu.CpuBackend
 (the compiled core, in host memory) and fmcli.gpu.state.GpuState (CUDA
-kernels, in device memory; imported only when a run asks for a GPU).
+kernels, in device memory; imported only when a run asks for a GPU);
+fmcli.distributed.DaskBackend trains the CPU layout on Dask workers.
 """
 
 from __future__ import annotations
@@ -75,9 +76,15 @@ def make_backend(config: Config, n_features: int, n_fields: int, rng: np.random.
 
     --device cuda / auto import fmcli.gpu (CuPy) here and nowhere else in
     training; auto falls back to the CPU, saying why, when no device (or
-    kernel build) works."""
+    kernel build) works.  A scheduler (--scheduler, --scheduler-file) gives
+    fmcli.distributed's backend: the CPU layout trained in rounds of Dask tasks."""
     from .cpu import new_cpu_backend
 
+    if config.scheduler is not None or config.scheduler_file is not None:
+        # many CPUs through Dask (imported there, and only for such a run)
+        from .distributed import new_dask_backend
+
+        return new_dask_backend(config, n_features, n_fields, rng, task, classes, say, slot_ids, id_space)
     if config.device != "cpu":
         from .errors import DeviceError
         from .gpu.device import resolve

@@ -108,6 +108,14 @@ class Config:
     # per-thread replicas exchanged every few thousand rows (None: auto, 0: off)
     hot_features: int | None = None
     device: str = "cpu"
+    # data-parallel training on Dask (fmcli.distributed): "local:N" (a local
+    # cluster of N worker processes), a scheduler address (tcp://HOST:PORT,
+    # tls://...) or a scheduler file; how long to wait for it (seconds); rows
+    # per bulk-synchronous round (0: one round per slice of the run loop)
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    scheduler_timeout: float = 30.0
+    rows_per_round: int = 0
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
     max_bad_rows: int = 0
     max_line_bytes: int = 1 << 24
@@ -208,6 +216,29 @@ class Config:
             raise ConfigError(f"cache max size must be a number of bytes >= 0, got {self.cache_max_size!r}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ConfigError(f"max_memory must be positive, got {self.max_memory}")
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        """The options of a distributed run (fmcli.distributed)."""
+        s = self.scheduler
+        if s is not None and self.scheduler_file is not None:
+            raise ConfigError("give --scheduler or --scheduler-file, not both")
+        if s is not None:
+            if s.startswith("local:"):
+                n = s.split(":", 1)[1]
+                if not (n.isdigit() and int(n) >= 1):
+                    raise ConfigError(f"--scheduler local:N needs N >= 1 workers, got {s!r}")
+            elif "://" not in s:
+                raise ConfigError(f"--scheduler must be local:N or an address such as tcp://HOST:8786, got {s!r}")
+        distributed = s is not None or self.scheduler_file is not None
+        if distributed and self.device != "cpu":
+            raise ConfigError("--scheduler trains on the workers' CPUs; it needs --device cpu")
+        if not (self.scheduler_timeout > 0 and self.scheduler_timeout != float("inf")):
+            raise ConfigError(f"scheduler timeout must be a positive number of seconds, got {self.scheduler_timeout}")
+        if self.rows_per_round < 0:
+            raise ConfigError(f"rows per round must be >= 0, got {self.rows_per_round}")
+        if self.rows_per_round and not distributed:
+            raise ConfigError("--rows-per-round applies to distributed runs (--scheduler or --scheduler-file)")
 
     def _check_combinations(self) -> None:
         """Refuse settings that would be silently meaningless."""

@@ -13,6 +13,7 @@ import os
 EX_USAGE = 2
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_IOERR = 74
@@ -101,6 +102,13 @@ class ModelFormatError(FMError):
 
 class DeviceError(FMError):
     """A requested compute device that is not available."""
+
+
+class ClusterError(FMError):
+    """A Dask scheduler that cannot be reached, a missing Dask, or workers
+    that run another fmcli (fm train --scheduler)."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 class DivergenceError(FMError):

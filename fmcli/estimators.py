@@ -101,6 +101,7 @@ NOT_PARAMETERS = frozenset({
     "cache", "cache_dir", "cache_check", "cache_max_size", "memory_budget",
     "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "init_model",
     "label_column", "weight_column", "columns",
+    "scheduler", "scheduler_file", "scheduler_timeout", "rows_per_round",
 })
 
 # The training hyperparameters, in Config's order, with Config's defaults.

@@ -265,6 +265,7 @@ def train(
     say = log or (lambda msg: None)
     plan = plan_training(config, train_data, valid, weights=weights, resume=resume, log=say, on_read=on_read,
                          parent=parent, classes=classes)
+    backend = None
     try:
         plan.check_memory()
         c = plan.config
@@ -278,6 +279,8 @@ def train(
         run.run()
         return run.model()
     finally:
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()     # a distributed run's cluster (fmcli.distributed)
         plan.close()
 
 

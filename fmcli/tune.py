@@ -10,9 +10,10 @@ continues from the model its previous rung ended with (a warm start, see
 value at a rung is the best validation metric over its epochs so far; the
 model of that epoch is kept.
 
-Trials run in separate worker processes (``spawn``: nothing of this
-process's state is shared), ``jobs`` at a time, each with ``threads``
-training threads; with one thread per trial every result is bit-for-bit
+Trials run in separate worker processes (fresh interpreters running
+:func:`serve`, fed jobs through a pipe: nothing of this process's state is
+shared, and a caller's script needs no ``__main__`` guard), ``jobs`` at a
+time, each with ``threads`` training threads; with one thread per trial every result is bit-for-bit
 reproducible for a seed.  The data are read once here before any trial
 starts, so that every trial reads the binary cache.
 
@@ -48,12 +49,12 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_output, prepare_directory
-from .config import LEARNING_RATES, Config, available_cpus
+from .config import Config, available_cpus
 from .errors import ConfigError, DataError, FMError, Interrupted, UsageError
 from .metrics import DEFAULT_METRIC, METRICS, is_better
 
 __all__ = ["Dist", "SEARCHABLE", "parse_spec", "parse_param", "read_space", "default_space", "check_space",
-           "sample_trials", "plan_rungs", "parse_duration", "Search", "Outcome", "prepare", "open_search",
+           "sample_trials", "plan_rungs", "parse_duration", "Search", "Outcome", "prepare", "open_search", "reopen",
            "tune", "best_model", "refit", "leaderboard", "flat_rows"]
 
 FORMAT_VERSION = 1
@@ -438,6 +439,7 @@ class Search:
     max_epochs: int = DEFAULT_MAX_EPOCHS
     reduction: int = DEFAULT_REDUCTION
     data: dict = field(default_factory=dict)   # rows and values of the inputs when the search began
+    output: str | None = None                  # where the command writes the best model (not compared)
 
     @property
     def seed(self) -> int:
@@ -540,9 +542,21 @@ def open_search(directory: str) -> Search:
         return Search(config=config, space=space, trials=[dict(t) for t in rec["trials"]],
                       plan=[Rung(**r) for r in rec["plan"]], metric=rec["metric"], train=list(rec["train"]),
                       valid=rec["valid"], weights=rec.get("weights"), min_epochs=rec["min_epochs"],
-                      max_epochs=rec["max_epochs"], reduction=rec["reduction"], data=rec.get("data") or {})
+                      max_epochs=rec["max_epochs"], reduction=rec["reduction"], data=rec.get("data") or {},
+                      output=rec.get("output"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: a damaged search record ({type(exc).__name__}: {exc})") from None
+
+
+def reopen(directory: str, log: Callable[[str], None] | None = None) -> Search:
+    """The search recorded in `directory`, its inputs read again (filling
+    the cache if it went) and checked to be the data it began with."""
+    search = open_search(directory)
+    _, data = _read_inputs(search.config, search.train, search.valid, search.weights, log or (lambda m: None))
+    if search.data and data != search.data:
+        raise ConfigError(f"the data of the search in {directory} changed since it began "
+                          f"({search.data}, now {data})")
+    return search
 
 
 def differences(recorded: Search, other: Search) -> list[str]:
@@ -571,7 +585,8 @@ def _create(directory: str, search: Search) -> None:
     if os.path.exists(_tune_file(directory)):
         raise UsageError(f"{directory} already holds a search: continue it with --resume {directory}, "
                          "or give another --dir")
-    _write_json(_tune_file(directory), {"format": FORMAT_VERSION, **search.definition(), "data": search.data})
+    _write_json(_tune_file(directory), {"format": FORMAT_VERSION, **search.definition(), "data": search.data,
+                                        "output": search.output})
     # a results file left by nothing: start it empty
     with atomic_output(_results_file(directory), "w"):
         pass
@@ -622,11 +637,21 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _worker_init() -> None:
+def serve() -> None:
+    """A worker process: reads jobs (JSON lines) on stdin, answers each with
+    its result line on stdout, until stdin ends.  Anything else printed goes
+    to stderr."""
     import signal
+    import sys
 
     # Ctrl-C reaches the whole process group: the search decides what stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        if line.strip():
+            out.write(json.dumps(run_rung(json.loads(line))) + "\n")
+            out.flush()
 
 
 def run_rung(job: dict) -> dict:
@@ -798,7 +823,7 @@ class _Runner:
         self.search, self.dir, self.jobs, self.deadline = search, directory, jobs, deadline
         self.say, self.on_result, self.should_stop = log, on_result, should_stop or (lambda: None)
         self.results = _load_results(directory)
-        self.pool = None
+        self.workers: list[_Worker] = []
         self.stopped: str | None = None
 
     def run(self) -> None:
@@ -815,6 +840,9 @@ class _Runner:
                     return
                 if not any(self.results.get((t, r), {}).get("status") == "ok" for t in members):
                     return
+        except BaseException:
+            self._close(kill=True)   # a running trial's rung runs again on resume
+            raise
         finally:
             self._close()
 
@@ -843,26 +871,16 @@ class _Runner:
                 "start": prior["last"] if prior is not None else None,
                 "history": prior["history"] if prior is not None else [], "best": best}
 
-    def _pool(self):
-        if self.pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_worker_init)
-        return self.pool
-
     def _execute(self, todo: list[int], r: int) -> None:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
         queue = list(todo)
-        running: dict = {}
-        while queue or running:
+        while queue or any(w.job is not None for w in self.workers):
             signum = self.should_stop()
             if signum is not None:
-                self._kill()
+                self._close(kill=True)
                 raise Interrupted(signum)
-            while queue and len(running) < self.jobs:
+            for w in self._idle():
+                if not queue:
+                    break
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     if not self.stopped:
                         self.say("the time budget is spent: no new trial starts")
@@ -870,34 +888,86 @@ class _Runner:
                     queue.clear()
                     break
                 t = queue.pop(0)
-                running[self._pool().submit(run_rung, self._job(t, r))] = t
-            if not running:
-                break
-            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                running.pop(fut)
-                row = fut.result()
+                w.send(self._job(t, r))
+            for row in _Worker.wait(self.workers, 0.2):
                 _append(self.dir, row)
                 self.results[(row["trial"], row["rung"])] = row
                 if self.on_result is not None:
                     self.on_result(row)
 
-    def _kill(self) -> None:
-        """Stop the running trials now (their rungs run again on resume)."""
-        pool, self.pool = self.pool, None
-        if pool is None:
-            return
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            try:
-                proc.terminate()
-            except (OSError, AttributeError):
-                pass
-        pool.shutdown(wait=True, cancel_futures=True)
+    def _idle(self) -> list["_Worker"]:
+        """Workers without a job, started as needed (at most `jobs`)."""
+        self.workers = [w for w in self.workers if w.alive() or w.job is not None]
+        while len(self.workers) < self.jobs:
+            self.workers.append(_Worker())
+        return [w for w in self.workers if w.job is None]
 
-    def _close(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _close(self, kill: bool = False) -> None:
+        workers, self.workers = self.workers, []
+        for w in workers:
+            w.close(kill)
+
+
+class _Worker:
+    """A process running :func:`serve`: one job at a time, by pipes."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        # the child imports this very package, wherever it was imported from
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+        self.proc = subprocess.Popen([sys.executable, "-c", "from fmcli.tune import serve; serve()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.job: dict | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, job: dict) -> None:
+        self.job = job
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            pass   # it died: wait() reports the job as failed
+
+    def finish(self) -> dict:
+        """The result of the job sent (a worker that died fails the job)."""
+        job, self.job = self.job, None
+        line = self.proc.stdout.readline()
+        if line:
+            return json.loads(line)
+        code = self.proc.wait()
+        return {"trial": job["trial"], "rung": job["rung"], "status": "failed", "epochs": job["from"],
+                "error": f"the trial's process ended abruptly (exit status {code})", "history": job["history"],
+                "seconds": None}
+
+    @staticmethod
+    def wait(workers: Sequence["_Worker"], timeout: float) -> list[dict]:
+        """The results that come within `timeout` seconds."""
+        import selectors
+
+        busy = [w for w in workers if w.job is not None]
+        if not busy:
+            return []
+        with selectors.DefaultSelector() as sel:
+            for w in busy:
+                sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+            ready = sel.select(timeout)
+        return [key.data.finish() for key, _ in ready]
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.proc.wait()
 
 
 def tune(search: Search, directory: str, *, resume: bool = False, jobs: int | None = None,

@@ -65,15 +65,16 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     )),
     # 3 backends: where parameters live and are trained: the backend
     # interface with its factory, the CPU backend (the compiled kernels on
-    # the host layout) and the GPU backend (imported only for --device cuda
-    # or auto).
+    # the host layout), the GPU backend (imported only for --device cuda
+    # or auto) and the Dask backend (only for --scheduler).
     (3, "backends", (
-        "fmcli.backend", "fmcli.cpu", "fmcli.gpu.*",
+        "fmcli.backend", "fmcli.cpu", "fmcli.gpu.*", "fmcli.distributed",
     )),
     # 4 orchestration: runs of training, scoring, inspecting and converting,
     # and the run log they write.
     (4, "orchestration", (
         "fmcli.train", "fmcli.predict", "fmcli.inspect", "fmcli.convert", "fmcli.runlog",
+        "fmcli.tune",
     )),
     # 5 front ends: the public API of ``import fmcli``, ``python -m fmcli``,
     # the click commands, and the settings read from TOML files and FM_*

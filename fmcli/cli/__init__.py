@@ -112,8 +112,10 @@ from . import convert as _convert  # noqa: E402
 from . import inspect as _inspect  # noqa: E402
 from . import predict as _predict  # noqa: E402
 from . import train as _train  # noqa: E402
+from . import tune as _tune  # noqa: E402
 
 cli.add_command(_train.train)
+cli.add_command(_tune.tune)
 cli.add_command(_predict.predict)
 cli.add_command(_inspect.inspect)
 cli.add_command(_convert.convert)

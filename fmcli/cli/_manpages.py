@@ -129,6 +129,8 @@ EXIT_CODES = [
          "finite number; wide Parquet whose columns are not the model's."),
     (66, "An input file (data, model, weights, configuration file) does not exist, cannot "
          "be read, or is a directory."),
+    (69, "\\-\\-scheduler: the Dask cluster cannot be reached within \\-\\-scheduler\\-timeout, has "
+         "no worker, runs another fmcli build, or the dask extra is not installed."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
     (73, "An output file or the checkpoint directory cannot be created (no such directory, "
          "no permission, a read\\-only file system, a name too long); checked before any work."),
@@ -153,7 +155,8 @@ EXIT_CODES = [
 # which exit statuses each page lists
 _CODES = {
     "fm": None,
-    "train": {0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 143},
+    "train": {0, 1, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 143},
+    "tune": {0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 143},
     "predict": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
     "convert": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
     "inspect": {0, 2, 65, 66, 70, 78, 130, 141, 143},
@@ -176,6 +179,7 @@ _ENV_EXAMPLES = {
     "train": ("FM_TRAIN_EPOCHS=3, FM_TRAIN_LEARNING_RATE=0.05",
               "; a flag pair such as \\-\\-norm/\\-\\-no\\-norm is FM_TRAIN_NORM=false"),
     "predict": ("FM_PREDICT_THREADS=4, FM_PREDICT_STRICT_IDS=1", ""),
+    "tune": ("FM_TUNE_TRIALS=50, FM_TUNE_BUDGET=10m", ""),
     "inspect": ("FM_INSPECT_JSON=1", ""),
     "convert": ("FM_CONVERT_MIN_COUNT=20, FM_CONVERT_HASH_SPACE=2000000", ""),
     "cache": ("FM_CACHE_CACHE_DIR=/var/cache/fm", ""),
@@ -262,6 +266,16 @@ _FILES = {
     "predict": [
         (".OUTPUT.lock", "As for fm train: the lock of \\-o OUTPUT while it is written."),
     ],
+    "tune": [
+        (".OUTPUT.lock", "As for fm train: the lock of \\-o OUTPUT while the search runs."),
+        ("OUTPUT.tune/tune.json",
+         "The search (\\-\\-dir): its base configuration, space, seed, the trials' configurations and "
+         "the rung plan.  fm tune \\-\\-resume reads it."),
+        ("OUTPUT.tune/results.jsonl",
+         "One JSON line per finished (trial, rung), appended as each ends."),
+        ("OUTPUT.tune/trials/NNNN/*.fm",
+         "Each trial's models: the end of each rung (continued by the next) and its best epoch's."),
+    ],
     "convert": [
         (".OUTPUT.lock", "As for fm train: the lock of each output (OUTPUT and, with \\-\\-split, its "
                          ".valid sibling) while it is written."),
@@ -332,6 +346,14 @@ _EXAMPLES = {
         ("Log the run as JSON lines for a scheduler, and wait up to 10 minutes for another run "
          "writing the same model:",
          "fm train \\-\\-log\\-json runs.jsonl \\-\\-lock\\-timeout 600 \\-o ctr.fm tr.ffm"),
+    ],
+    "tune": [
+        ("Search the default space with 27 trials on every CPU, for at most 10 minutes, and keep a "
+         "leaderboard:",
+         "fm tune \\-p va.ffm \\-\\-budget 10m \\-\\-leaderboard board.csv \\-o best.fm tr.ffm"),
+        ("A space of one's own, reproducible (one thread per trial), continued after a crash:",
+         "fm tune \\-s 1 \\-\\-param 'l2=loguniform(1e-6,1e-2)' \\-\\-param 'k=choice(4,8,16)' "
+         "\\-p va.ffm \\-o best.fm tr.ffm\nfm tune \\-\\-resume best.fm.tune"),
     ],
     "predict": [
         ("Probabilities to a file, metrics on standard error:",
@@ -455,6 +477,7 @@ _SECTIONS = {
 _NAMES = {
     "fm": "train and serve click-through-rate models (LR, FM, FFM, FwFM)",
     "train": "train a click-through-rate model on libffm, libsvm or Parquet data",
+    "tune": "search hyperparameters and write the best model",
     "predict": "score data with a trained model",
     "inspect": "show what a model file or data files hold",
     "convert": "convert data (libffm, libsvm, Parquet, raw click logs) and model files",
@@ -497,7 +520,8 @@ def _configuration(name: str, command: click.Command) -> str | None:
         return None
     example = {"train": "[train]\nepochs = 20\nlearning\\-rate = 0.05\nnorm = false\ncache\\-dir = \"/var/cache/fm\"",
                "predict": "[predict]\nthreads = 4\nstrict\\-ids = true",
-               "convert": "[convert]\nmin\\-count = 20\nhash\\-space = 2000000"}[name]
+               "convert": "[convert]\nmin\\-count = 20\nhash\\-space = 2000000",
+               "tune": "[tune]\ntrials = 50\nbudget = \"10m\"\nnorm = false"}[name]
     return _section("CONFIGURATION FILE", [
         f"\\-\\-config FILE reads the [{name}] table of a TOML file (other commands' tables, such "
         "as [train] and [predict], may be in the same file).  Its keys are the long option names "

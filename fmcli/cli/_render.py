@@ -661,3 +661,57 @@ def _labels(lab: dict[str, Any], rows: int) -> str:
     if len(values) == 1:
         return f"one value for every row: {shown}"
     return f"integers (multiclass or regression): {shown}; {spread}"
+
+
+# --------------------------------------------------------------------------
+# fm tune: a line per finished (trial, rung), the leaderboard, JSON
+# --------------------------------------------------------------------------
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """A trial's parameters as name=value, comma-separated."""
+    return ", ".join(f"{k}={_num(v, digits=4) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
+
+
+def tune_result_line(row: dict[str, Any], search) -> str:
+    """One line for a (trial, rung) result of fmcli.tune."""
+    head = f"trial {row['trial']} rung {row['rung']}"
+    if row.get("status") != "ok":
+        return f"{head}: failed: {row.get('error')}"
+    params = params_text(search.trials[row["trial"]])
+    return (f"{head} ({row['epochs']} epoch(s)): va_{search.metric} {_metric_cell(row['value'], 0).strip()} "
+            f"at epoch {row['best_epoch']}  [{params}]")
+
+
+def tune_leaderboard(rows: list[dict[str, Any]], names: list[str], metric: str, quiet: bool = False,
+                     limit: int = 20) -> None:
+    """The leaderboard of fm tune, best first, on stderr: a rich table on a
+    terminal, plain lines otherwise (the first `limit` rows)."""
+    if quiet or not rows:
+        return
+    columns = ["trial", *names, "rung", "epochs", "best epoch", f"va_{metric}", "seconds", "status"]
+    cells = [[str(r["trial"]), *(_num(v) if isinstance(v := r["params"].get(n), float) else str(v) for n in names),
+              "-" if r["rung"] is None else str(r["rung"]), str(r["epochs"]),
+              "-" if r["best_epoch"] is None else str(r["best_epoch"]),
+              _metric_cell(r["value"], 0).strip() if r["value"] is not None else "-",
+              f"{r['seconds']:.2f}", r["status"]] for r in rows[:limit]]
+    more = len(rows) - limit
+    title = "leaderboard" + (f" (best {limit} of {len(rows)} trials)" if more > 0 else "")
+    table = _Table(title, columns, cells, text=(len(columns) - 1,))
+    if not stderr_is_tty():
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        for line in [columns] + cells:
+            click.echo("  ".join(c.ljust(w) if i == len(columns) - 1 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(line, widths))).rstrip(), err=True)
+        return
+    _console().print(_rich_table(table))
+
+
+def tune_jsonl(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as JSON lines."""
+    return "".join(json.dumps(_jsonable(r), sort_keys=True, allow_nan=False) + "\n" for r in rows)
+
+
+def tune_summary(summary: dict[str, Any]) -> None:
+    """fm tune --json: one JSON object on stdout."""
+    _print_json(summary)

@@ -31,9 +31,11 @@ __all__ = ["RUN_OPTIONS", "CONFIG_OPTIONS", "resume_settings"]
 RUN_OPTIONS = frozenset({"output", "quiet", "log_json", "lock_timeout", "dry_run", "no_optimizer_state",
                          "config_file", "resume_dir"})
 # Config fields that may change on resume (they change no weight, except
-# --threads, which trades Hogwild's run-to-run variation for speed).
+# --threads, which trades Hogwild's run-to-run variation for speed, and the
+# Dask scheduler: a resumed run may find its cluster elsewhere, or its
+# workers fewer or more).
 CONFIG_OPTIONS = frozenset({"epochs", "threads", "max_memory", "keep_checkpoints", "cache", "cache_dir",
-                            "cache_max_size", "cache_check"})
+                            "cache_max_size", "cache_check", "scheduler", "scheduler_file", "scheduler_timeout"})
 # Schedules whose step size depends on the run's total length.
 _LENGTH_SCHEDULES = ("linear", "cosine")
 _PATHS = frozenset({"checkpoint_dir", "init_model"})

@@ -66,6 +66,19 @@ def default_output(train_file: str) -> str:
               help=f"cpu; cuda: a CUDA GPU (needs CuPy: pip install '{DISTRIBUTION}[gpu]'); auto: the GPU when one "
                    "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "
                    "batches are exact (deterministic).")
+@click.option("--scheduler", default=None, show_default=False,
+              help="Train data-parallel on Dask: local:N (a cluster of N worker processes on this "
+                   "machine, closed with the run) or a scheduler's address (tcp://HOST:8786, tls://...).  "
+                   "Each round, every worker trains its share of the round's rows on a copy of the "
+                   "model; their changes are merged in a fixed order (AdaGrad: moves weighted by each "
+                   f"worker's accumulator increment).  Needs pip install '{DISTRIBUTION}[dask]'.")
+@click.option("--scheduler-file", type=InputPath("a scheduler file"), default=None, show_default=False,
+              help="Train on Dask with the scheduler named in this file (dask scheduler --scheduler-file).")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=D.scheduler_timeout,
+              help="Seconds to wait for the scheduler and its first worker before giving up (exit status 69).")
+@click.option("--rows-per-round", type=click.IntRange(0), default=D.rows_per_round,
+              help="With --scheduler: rows of a synchronisation round, all workers together (0: one "
+                   "round per 32768 rows, or per --eval-every / --checkpoint-every rows when smaller).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer,
               help="Update rule.  rowwise-adagrad: AdaGrad with one accumulator per factor vector "
                    "(k + 1 values per vector instead of 2k while training; CPU only).")

@@ -1,0 +1,319 @@
+"""Data-parallel training on Dask (fmcli.distributed): one worker is the
+single-process run, two workers train close to it and reproducibly, the
+merge rules on hand-made changes, and the command line's errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmcli import Config
+from fmcli import distributed as dist
+from fmcli.cpu import CpuBackend
+from fmcli.data.batch import Batch
+from fmcli.errors import EX_UNAVAILABLE, Interrupted
+from fmcli.metrics import evaluate
+from fmcli.predict import Scorer
+from fmcli.train import train
+
+from clirun import invoke, ok
+from synthdata import write_synth
+
+distributed = pytest.importorskip("distributed")
+
+OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl")
+
+
+class _Kept(dist.DaskRunner):
+    """The module's cluster, lent to one run: closing the run keeps it."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes, 1 thread each (started once)."""
+    c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = distributed.Client(c, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    client.close()
+    c.close()
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    """use(n): runs with a scheduler train on n workers of the module's cluster."""
+    def use(n: int):
+        monkeypatch.setattr(dist, "connect", lambda config, say: _Kept(cluster, use=n))
+    return use
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """12000 training rows (tr.ffm) and 3000 other rows to validate on (va.ffm)."""
+    d = tmp_path_factory.mktemp("synth")
+    lines = write_synth(d, 15000, 5, 6)
+    (d / "va.ffm").write_text("".join(lines[:3000]))
+    (d / "tr.ffm").write_text("".join(lines[3000:]))
+    return d
+
+
+def _arrays(model) -> dict[str, np.ndarray]:
+    """Every parameter and optimizer-state array of a model, by name."""
+    out = {f"param:{k}": np.asarray(v) for k, v in model.params.items()}
+    out.update({f"state:{k}": np.asarray(v) for k, v in model.state.items()})
+    return out
+
+
+def _same_bytes(a, b) -> None:
+    x, y = _arrays(a), _arrays(b)
+    assert sorted(x) == sorted(y)
+    for name in x:
+        assert x[name].tobytes() == y[name].tobytes(), name
+
+
+def _base(**over) -> dict:
+    return {"model": "ffm", "epochs": 2, "seed": 3, "threads": 1, "cache": False, **over}
+
+
+# ---------------------------------------------------------------------------
+# one worker is the single-process run
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_one_worker_is_the_single_process_run(on_cluster, synth, optimizer, shuffle):
+    on_cluster(1)
+    cfg = _base(optimizer=optimizer, shuffle=shuffle)
+    single = train(Config(**cfg), str(synth / "tr.ffm"))
+    # several rounds per slice: each round starts at its step (Adam's correction)
+    one = train(Config(scheduler="local:1", rows_per_round=2500, **cfg), str(synth / "tr.ffm"))
+    _same_bytes(single, one)
+    assert one.meta["training"]["device"] == "dask (1 worker)"
+    rec = one.meta["training"]["distributed"]
+    assert rec["workers"] == 1 and rec["rounds"] == 2 * 5   # 12000 rows in rounds of 2500, two epochs
+    assert rec["bytes_out"] > 0 and rec["bytes_back"] > 0
+
+
+# ---------------------------------------------------------------------------
+# two workers
+# ---------------------------------------------------------------------------
+
+def _best_logloss(model) -> float:
+    return min(e["valid_logloss"] for e in model.meta["training"]["history"])
+
+
+def test_two_workers_train_close_to_one_process_and_reproducibly(on_cluster, synth):
+    on_cluster(2)
+    cfg = _base(epochs=3)
+    single = train(Config(**cfg), str(synth / "tr.ffm"), str(synth / "va.ffm"))
+    runs = [train(Config(scheduler="local:2", **cfg), str(synth / "tr.ffm"), str(synth / "va.ffm"))
+            for _ in range(2)]
+    _same_bytes(*runs)
+    rec = runs[0].meta["training"]["distributed"]
+    assert rec["workers"] == 2 and rec["rounds"] == 3     # one round per slice (12000 rows < 32768)
+    assert runs[0].meta["training"]["device"] == "dask (2 workers)"
+    # On 12000 rows each worker sees half an epoch's rows between merges; a
+    # few thousand rows more per worker bring it within 0.5% (see the slow test).
+    single_ll, two_ll = _best_logloss(single), _best_logloss(runs[0])
+    assert two_ll < single_ll * 1.01, (single_ll, two_ll)
+
+
+@pytest.mark.slow
+def test_two_workers_within_half_a_percent_on_more_rows(on_cluster, tmp_path):
+    on_cluster(2)
+    lines = write_synth(tmp_path, 120000, 7, 8)
+    (tmp_path / "va.ffm").write_text("".join(lines[:20000]))
+    (tmp_path / "tr.ffm").write_text("".join(lines[20000:]))
+    cfg = _base(epochs=4)
+    single = train(Config(**cfg), str(tmp_path / "tr.ffm"), str(tmp_path / "va.ffm"))
+    two = train(Config(scheduler="local:2", **cfg), str(tmp_path / "tr.ffm"), str(tmp_path / "va.ffm"))
+    assert _best_logloss(two) <= _best_logloss(single) * 1.005
+
+
+def _rare_batch(rows: int, seed: int) -> Batch:
+    """Rows of one rare feature (field 0: one of rows / 4 ids, each with a
+    label of its own 90% of the time) and one common feature (field 1: 4 ids,
+    no signal)."""
+    rng = np.random.default_rng(seed)
+    n_rare = rows // 4
+    rare = rng.integers(0, n_rare, rows)
+    sign = np.random.default_rng(99).random(n_rare) < 0.5      # the same ids mean the same for any seed
+    labels = np.where(sign[rare] ^ (rng.random(rows) < 0.1), 1.0, -1.0).astype(np.float32)
+    common = n_rare + rng.integers(0, 4, rows)
+    features = np.stack([rare, common], axis=1).reshape(-1).astype(np.int32)
+    fields = np.tile(np.array([0, 1], np.int32), rows)
+    return Batch(labels=labels, indptr=np.arange(0, 2 * rows + 1, 2, dtype=np.int64), fields=fields,
+                 features=features, values=np.ones(2 * rows, np.float32))
+
+
+def test_adagrad_weighted_merge_beats_plain_averaging_on_rare_features(monkeypatch):
+    tr, va = _rare_batch(4000, 1), _rare_batch(4000, 2)
+    losses = {}
+    for rule in dist.MERGE_RULES:
+        monkeypatch.setattr(dist, "connect", lambda config, say: dist.InlineRunner(2))
+        monkeypatch.setattr(dist.DaskBackend, "merge_rule", rule)
+        m = train(Config(model="lr", epochs=3, seed=0, threads=1, scheduler="local:2", rows_per_round=1000,
+                         shuffle=False), tr)
+        losses[rule] = evaluate("binary", va.labels, Scorer(m).scores(va))["logloss"]
+    assert losses["optimizer"] < losses["average"] - 0.01, losses
+
+
+# ---------------------------------------------------------------------------
+# the merge on hand-made changes
+# ---------------------------------------------------------------------------
+
+def _host(optimizer: str, **over) -> CpuBackend:
+    return CpuBackend(Config(model="lr", optimizer=optimizer, **over), 8, 1, np.random.default_rng(0))
+
+
+def test_adagrad_merge_weights_moves_by_accumulator_increments():
+    host = _host("adagrad")
+    base = host.L.copy()                    # rows (w, G): w 0, G 1
+    r0 = np.array([[-0.3, 1.5], [0.2, 1.2]], np.float32)   # worker 0 changed rows 3 and 5
+    r1 = np.array([[0.1, 1.1]], np.float32)                # worker 1 changed row 3
+    idx, rows = dist.merge_array(host, "L", base, [(np.array([3, 5]), r0), (np.array([3]), r1)])
+    assert idx.tolist() == [3, 5]
+    dG0, dG1 = np.float32(1.5) - 1, np.float32(1.1) - 1
+    w = (dG0 * np.float64(np.float32(-0.3)) + dG1 * np.float64(np.float32(0.1))) / (dG0 + dG1)
+    assert rows[0, 0] == np.float32(w)
+    assert rows[0, 1] == np.float32(1 + dG0 + dG1)
+    assert rows[1].tobytes() == r0[1].tobytes()        # one worker's row: as it is
+    # plain averaging halves worker 0's move of row 5
+    idx, avg = dist.merge_array(host, "L", base, [(np.array([3, 5]), r0), (np.array([3]), r1)], "average")
+    assert avg[1, 0] == np.float32(0.1)
+
+
+def test_ftrl_merge_sums_z_and_n_and_takes_the_closed_form():
+    host = _host("ftrl", l1=0.5, l2=0.25, ftrl_alpha=0.1, ftrl_beta=1.0)
+    base = host.L.copy()                    # rows (w, z, n)
+    base[2] = [0.0, 0.2, 4.0]
+    r0 = np.array([[9.0, -2.0, 5.0]], np.float32)    # dz -2.2, dn 1 (its w is not used)
+    r1 = np.array([[9.0, 0.0, 4.5]], np.float32)     # dz -0.2, dn 0.5
+    idx, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
+    z, n = np.float32(0.2) - 2.2 - 0.2, 4.0 + 1.5
+    w = -(z + 0.5) / ((1.0 + np.sqrt(n)) / 0.1 + 0.25)
+    assert rows[0, 1] == pytest.approx(z, rel=1e-6) and rows[0, 2] == pytest.approx(n)
+    assert rows[0, 0] == pytest.approx(w, rel=1e-6)
+    # |z| <= l1 gives an exact zero
+    r1 = np.array([[9.0, 2.0, 4.5]], np.float32)
+    _, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
+    assert rows[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sgd_and_adam_merge_average_the_moves_of_the_workers_that_touched_a_row(optimizer):
+    host = _host(optimizer)
+    base = host.L.copy()
+    width = base.shape[1]
+    r0 = np.full((1, width), 0.5, np.float32)
+    r1 = np.full((1, width), 0.25, np.float32)
+    idx, rows = dist.merge_array(host, "L", base, [(np.array([1]), r0), (np.array([1]), r1), (np.zeros(0, int),
+                                                                                            base[:0])])
+    assert idx.tolist() == [1]
+    np.testing.assert_array_equal(rows[0], np.full(width, 0.375, np.float32))
+
+
+def test_one_worker_is_applied_as_it_is():
+    backend = dist.DaskBackend(Config(model="fm", optimizer="adam"), 6, 2, np.random.default_rng(1))
+    changed = [a.copy() for a in backend.arrays()]
+    for a in changed:
+        a[:1] += 0.125      # (FM's R has no rows)
+    backend.apply([[(np.arange(min(1, len(a))), a[:1]) for a in changed]])
+    for a, b in zip(backend.arrays(), changed):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_pieces_are_never_empty_and_hold_whole_batches():
+    assert dist.pieces(10, 4, 1) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert dist.pieces(2, 4, 1) == [(0, 1), (1, 2)]       # fewer rows than workers: fewer tasks
+    assert dist.pieces(10, 2, 4) == [(0, 4), (4, 10)]     # cut between mini-batches
+    assert dist.pieces(3, 2, 4) == [(0, 3)]
+
+
+def test_take_rows_keeps_compact_rows():
+    b = Batch(labels=np.array([1, -1, 1], np.float32), indptr=np.array([0, 2, 3, 5], np.int64),
+              fields=np.array([0, 1, 0, 0, 1], np.uint8), features=np.array([1, 2, 3, 4, 5], np.int32),
+              values=np.zeros(0, np.float32))
+    t = dist.take_rows(b, np.array([2, 0]))
+    assert t.indptr.tolist() == [0, 2, 4] and t.features.tolist() == [4, 5, 1, 2]
+    assert t.fields.dtype == np.uint8 and t.values.shape == (0,) and t.labels.tolist() == [1, 1]
+
+
+# ---------------------------------------------------------------------------
+# the run loop's features through Dask
+# ---------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_to_the_same_arrays(on_cluster, synth, tmp_path):
+    on_cluster(2)
+    cfg = _base(epochs=2, eval_every=2000, checkpoint_every=3000, scheduler="local:2", rows_per_round=1000)
+    straight = train(Config(checkpoint_dir=str(tmp_path / "a"), **cfg), str(synth / "tr.ffm"),
+                     str(synth / "va.ffm"))
+    assert len(straight.meta["training"]["evaluations"]) == 2 * 5     # every 2000 rows, epoch ends aside
+    calls = []
+
+    def stop_once():
+        calls.append(1)
+        return 2 if len(calls) == 9 else None    # SIGINT in epoch 2, after its third slice
+
+    with pytest.raises(Interrupted):
+        train(Config(checkpoint_dir=str(tmp_path / "b"), **cfg), str(synth / "tr.ffm"), str(synth / "va.ffm"),
+              should_stop=stop_once)
+    resumed = train(Config(checkpoint_dir=str(tmp_path / "b"), **cfg), str(synth / "tr.ffm"),
+                    str(synth / "va.ffm"), resume=str(tmp_path / "b"))
+    _same_bytes(straight, resumed)
+
+
+# ---------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------
+
+def test_cli_trains_on_a_local_cluster_and_predict_reads_the_model(synth, tmp_path):
+    out = tmp_path / "m.fm"
+    r = ok(invoke("train", "--scheduler", "local:2", "-t", "2", "--no-cache", synth / "tr.ffm",
+                  "-p", synth / "va.ffm", "-o", out))
+    assert "2 workers" in r.stderr
+    p = ok(invoke("predict", out, synth / "va.ffm"))
+    assert len(p.stdout.splitlines()) == 3000
+
+
+def test_unreachable_scheduler_is_one_line_within_the_timeout(synth, tmp_path):
+    t0 = time.perf_counter()
+    r = invoke("train", "-q", "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "2", "--no-cache",
+               synth / "tr.ffm", "-o", tmp_path / "m.fm")
+    assert time.perf_counter() - t0 < 20
+    assert r.exit_code == EX_UNAVAILABLE, (r.exit_code, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0], r.stderr
+    assert not (tmp_path / "m.fm").exists()
+
+
+def test_missing_dask_names_the_extra(synth, tmp_path):
+    code = ("import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
+            "from fmcli.cli import main\n"
+            "sys.argv = ['fm', 'train', '-q', '--scheduler', 'local:2', '--no-cache', sys.argv[1], '-o', sys.argv[2]]\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(synth / "tr.ffm"), str(tmp_path / "m.fm")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == EX_UNAVAILABLE, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'fm-ctr[dask]'" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("bad", [{"scheduler": "local:0"}, {"scheduler": "somewhere"},
+                                 {"scheduler": "local:2", "scheduler_file": "s.json"},
+                                 {"scheduler": "local:2", "device": "cuda"}, {"rows_per_round": 100},
+                                 {"scheduler": "local:2", "scheduler_timeout": 0}])
+def test_bad_scheduler_settings_are_refused(bad):
+    from fmcli.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Config(**bad)
