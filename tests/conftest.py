@@ -16,3 +16,20 @@ def _private_cache_dir(tmp_path_factory):
         os.environ.pop("FMCLI_CACHE_DIR", None)
     else:
         os.environ["FMCLI_CACHE_DIR"] = saved
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """The CuPy backend of a CUDA device (fmcli.gpu.device); the test is
+    skipped where CuPy or a device is missing (tests marked gpu run on the
+    device machine through make gpu-check)."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver
+        pytest.skip(f"no CUDA device ({exc})")
+    if count < 1:
+        pytest.skip("no CUDA device")
+    from fmcli.gpu.device import CupyBackend
+
+    return CupyBackend()

@@ -530,14 +530,7 @@ def test_save_needs_a_fitted_estimator(tmp_path):
 
 
 @pytest.mark.gpu
-def test_device_cuda_trains_on_the_gpu():
-    cupy = pytest.importorskip("cupy")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        pytest.skip(f"no CUDA device ({exc})")
-    if count < 1:
-        pytest.skip("no CUDA device")
+def test_device_cuda_trains_on_the_gpu(cuda):
     X, y = data()
     gpu = FFMClassifier(device="cuda", epochs=3, shuffle=False).fit(X, y)
     cpu = FFMClassifier(device="cpu", epochs=3, shuffle=False).fit(X, y)

@@ -789,16 +789,7 @@ def test_fm_train_device_cuda_end_to_end_on_the_emulation(data, tmp_path, monkey
 # On a CUDA device (CuPy)
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    cupy = pytest.importorskip("cupy")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        pytest.skip(f"no CUDA device ({exc})")
-    if count < 1:
-        pytest.skip("no CUDA device")
-    return gpu_device.CupyBackend()
+# (the `cuda` fixture is tests/conftest.py's)
 
 
 @pytest.mark.gpu

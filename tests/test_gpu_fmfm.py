@@ -385,18 +385,7 @@ def test_emulated_fmfm_loaded_model_scores_match_training_scores(emu_warps):
 # On a CUDA device (CuPy): the same checks, run by `make gpu-check`
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    cupy = pytest.importorskip("cupy")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        pytest.skip(f"no CUDA device ({exc})")
-    if count < 1:
-        pytest.skip("no CUDA device")
-    from fmcli.gpu.device import CupyBackend
-
-    return CupyBackend()
+# (the `cuda` fixture is tests/conftest.py's)
 
 
 @pytest.mark.gpu
