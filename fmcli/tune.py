@@ -54,7 +54,7 @@ from .errors import ConfigError, DataError, FMError, Interrupted, UsageError
 from .metrics import DEFAULT_METRIC, METRICS, is_better
 
 __all__ = ["Dist", "SEARCHABLE", "parse_spec", "parse_param", "read_space", "default_space", "check_space",
-           "sample_trials", "plan_rungs", "parse_duration", "Search", "Outcome", "prepare", "open_search", "reopen",
+           "sample_trials", "base_point", "plan_rungs", "parse_duration", "Search", "Outcome", "prepare", "open_search", "reopen",
            "tune", "best_model", "refit", "leaderboard", "flat_rows"]
 
 FORMAT_VERSION = 1
@@ -373,6 +373,32 @@ def sample_trials(space: Mapping[str, Dist], n: int, seed: int) -> list[dict[str
     return out
 
 
+def base_point(space: Mapping[str, Dist], config: Config) -> dict[str, Any] | None:
+    """The configuration's own values of the searched parameters (the
+    defaults and the options given), or None when one of them lies outside
+    the space: the search's first trial, so that the untuned settings always
+    take part."""
+    point: dict[str, Any] = {}
+    for name, dist in space.items():
+        value = getattr(config, name, None)
+        if name == "learning_rate" and value is None:
+            value = config.step_size          # the optimizer's default step size
+        k, v = dist.kind, dist.values
+        if k == "fixed":
+            value = v[0]
+        elif value is None or isinstance(value, bool) != isinstance(v[0], bool):
+            return None
+        elif k == "choice":
+            if value not in v:
+                return None
+        elif not (isinstance(value, (int, float)) and v[0] <= value <= v[1]):
+            return None
+        elif k in ("int", "intlog") and int(value) != value:
+            return None
+        point[name] = int(value) if k in ("int", "intlog") else value
+    return {name: point[name] for name in sorted(point)}
+
+
 @dataclass(frozen=True)
 class Rung:
     size: int      # trials trained at this rung
@@ -506,7 +532,11 @@ def prepare(config: Config, train: Sequence[str], valid: str, *, space: Mapping[
     if base.task not in METRICS[metric][0]:
         raise ConfigError(f"metric {metric} is not defined for the {base.task} task "
                           f"(it applies to: {', '.join(METRICS[metric][0])})")
+    # the first trial is the untuned configuration when the space holds it
+    first = base_point(space, base)
     drawn = sample_trials(space, trials, base.seed)
+    if first is not None:
+        drawn = ([first] + [t for t in drawn if t != first])[:trials]
     return Search(config=base, space=dict(space), trials=drawn, plan=plan, metric=metric,
                   train=_absolute(list(train)), valid=_absolute(valid), weights=_absolute(weights),
                   min_epochs=min_epochs, max_epochs=max_epochs, reduction=reduction, data=data)

@@ -314,3 +314,17 @@ def test_budget_stops_new_trials_and_the_search_resumes(data, tmp_path):
     assert rec["stopped"] is None and rec["budget_seconds"] is None
     assert [row["status"] for row in rec["leaderboard"]].count("completed") == 1
     assert load_model(out).meta["tuning"]["trials"] == 6
+
+
+def test_the_first_trial_is_the_untuned_configuration_when_the_space_holds_it():
+    from fmcli.config import Config
+
+    space = {"l2": T.Dist("loguniform", (1e-7, 1e-2)), "k": T.Dist("intlog", (2, 32)),
+             "learning_rate": T.Dist("loguniform", (0.01, 1.0))}
+    cfg = Config()
+    assert T.base_point(space, cfg) == {"k": cfg.k, "l2": cfg.l2, "learning_rate": cfg.step_size}
+    assert T.base_point(space, Config(k=8, learning_rate=0.05)) == {"k": 8, "l2": cfg.l2, "learning_rate": 0.05}
+    # a default outside the space: no such trial
+    assert T.base_point({**space, "l2": T.Dist("loguniform", (1e-3, 1e-1))}, cfg) is None
+    assert T.base_point({"optimizer": T.Dist("choice", ("sgd", "adam"))}, cfg) is None
+    assert T.base_point({"optimizer": T.Dist("choice", ("sgd", "adagrad"))}, cfg) == {"optimizer": "adagrad"}

@@ -140,8 +140,9 @@ def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, 
     and write the best model (its header holds the whole search under
     "tuning").
 
-    Successive halving: --trials configurations drawn from the space are
-    trained for --min-epochs, the best 1/--reduction of them continue
+    Successive halving: --trials configurations drawn from the space (the
+    first is the untuned one, the defaults and options given, when the space
+    holds it) are trained for --min-epochs, the best 1/--reduction of them continue
     (from where they stopped) for --reduction times as many epochs, up to
     --max-epochs; each trial counts its best epoch.  Trials run as separate
     processes, --jobs at a time; with -s 1 (the default when --jobs is the
