@@ -1,4 +1,4 @@
-"""fmcli: train and serve LR, FM and FFM click-through-rate models.
+"""fmcli: train and serve LR, FM, FFM, FwFM and FmFM click-through-rate models.
 
 The public API is small::
 
@@ -7,7 +7,10 @@ The public API is small::
     model.save("ctr.fm")
     p = fmcli.predict(fmcli.load_model("ctr.fm"), "test.ffm")
 
-Submodules are imported lazily so that ``import fmcli`` stays cheap.
+scikit-learn estimators and transformers live in ``fmcli.estimators`` and
+``fmcli.transformers`` (the ``sklearn`` extra); ``fmcli.tune`` searches
+hyperparameters.  Submodules are imported lazily so that ``import fmcli``
+stays cheap.
 """
 
 from ._version import __version__  # the one place the release version is written
