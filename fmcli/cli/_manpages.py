@@ -129,8 +129,9 @@ EXIT_CODES = [
          "finite number; wide Parquet whose columns are not the model's."),
     (66, "An input file (data, model, weights, configuration file) does not exist, cannot "
          "be read, or is a directory."),
-    (69, "\\-\\-scheduler: the Dask cluster cannot be reached within \\-\\-scheduler\\-timeout, has "
-         "no worker, runs another fmcli build, or the dask extra is not installed."),
+    (69, "\\-\\-scheduler (fm train, fm predict): the Dask cluster cannot be reached within "
+         "\\-\\-scheduler\\-timeout, has no worker, runs another fmcli build, or the dask extra is "
+         "not installed."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
     (73, "An output file or the checkpoint directory cannot be created (no such directory, "
          "no permission, a read\\-only file system, a name too long); checked before any work."),
@@ -157,7 +158,7 @@ _CODES = {
     "fm": None,
     "train": {0, 1, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 143},
     "tune": {0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 143},
-    "predict": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
+    "predict": {0, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 141, 143},
     "convert": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
     "inspect": {0, 2, 65, 66, 70, 78, 130, 141, 143},
     "cache": {0, 2, 66, 70, 74, 78, 130, 141, 143},
