@@ -74,7 +74,7 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     # and the run log they write.
     (4, "orchestration", (
         "fmcli.train", "fmcli.predict", "fmcli.inspect", "fmcli.convert", "fmcli.runlog",
-        "fmcli.tune",
+        "fmcli.tune", "fmcli.distributed_predict",
     )),
     # 5 front ends: the public API of ``import fmcli``, ``python -m fmcli``,
     # the click commands, and the settings read from TOML files and FM_*

@@ -151,7 +151,7 @@ def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt
                       max_line_bytes, top1, raw, no_label, allow_column_mismatch, input_schema, scheduler,
                       scheduler_file, scheduler_timeout, quiet):
     """fm predict scoring each input as a whole: as one Dask task per input
-    (--scheduler, fmcli.distributed.score_files), or one input after the
+    (--scheduler, fmcli.distributed_predict.score_files), or one input after the
     other in this process (--output-dir alone); the outputs are written in
     input order, concatenated to -o or one file per input in --output-dir."""
     import os
@@ -213,10 +213,11 @@ def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt
         stack.callback(progress.close)
         if distributed:
             from .. import distributed as dist
+            from ..distributed_predict import score_files
 
             runner = dist.connect(cluster_config, lambda msg: _render.info(msg, quiet))
             stack.callback(runner.close)
-            results = dist.score_files(runner, model, paths, options)
+            results = score_files(runner, model, paths, options)
         else:
             results = _score_here(model, paths, options)
         out = None
@@ -243,13 +244,13 @@ def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt
 
 
 def _score_here(model, paths, options):
-    """(path, fmcli.distributed.score_input's result) of each input in turn,
+    """(path, fmcli.distributed_predict.score_input's result) of each input in turn,
     scored in this process; the first input that fails raises its error."""
-    from ..distributed import _remote_error, score_input
+    from ..distributed_predict import remote_error, score_input
 
     data = model.to_bytes(include_state=False)
     for path in paths:
         result = score_input(data, model.path, path, options)
         if result["error"] is not None:
-            raise _remote_error(*result["error"])
+            raise remote_error(*result["error"])
         yield path, result
