@@ -119,7 +119,7 @@ bench-scaling: $(STAMP)
 	$(PY) benchmarks/scaling.py --threads 1,2 --hogwild $(BENCH_ARGS)
 
 # A refactor must not change single-thread results: OLD is a tree with its
-# extensions built (e.g. git worktree add /tmp/old HEAD~1 && make -C /tmp/old build).
+# extensions built (e.g. git worktree add ../fmcli-old HEAD~1 && make -C ../fmcli-old build).
 same-results: $(STAMP)
 	@test -n "$(OLD)" || { echo "make same-results OLD=DIR (a built tree to compare with)"; exit 2; }
 	$(PY) benchmarks/same_results.py $(OLD) .

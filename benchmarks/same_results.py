@@ -11,7 +11,7 @@ compares every array byte for byte::
     python benchmarks/same_results.py OLD_TREE NEW_TREE [--simd sse,avx]
 
 A tree is a source directory with its extensions built in place (e.g.
-``git worktree add /tmp/old HEAD~1 && make -C /tmp/old build``).  Each run
+``git worktree add ../fmcli-old HEAD~1 && make -C ../fmcli-old build``).  Each run
 happens in a fresh process with that tree first on sys.path; FMCLI_SIMD
 picks the SIMD level of the float32 loops.  Exit status 0 when every array
 is equal, 1 otherwise.
