@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import reference as ref
+from test_fmfm_kernels import SLOTS, from_layout, hp_for, to_layout
+from test_fmfm_kernels import assert_same as same_models
 from fmcli.config import Config
 from fmcli.data.batch import Batch
 from fmcli.gpu import emulate, layout, plan
@@ -22,7 +24,6 @@ from fmcli.params import HostParams
 
 TASKS = ("binary", "regression", "multiclass")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
-SLOTS = {"sgd": (), "adagrad": ("G",), "adam": ("m", "v"), "ftrl": ("z", "n")}
 N_FEATURES, N_FIELDS = 20, 4
 ALL_CELLS = [(t, o) for t in TASKS for o in OPTIMIZERS]
 # every task and optimizer at least once per mode in the default run; all cells with -m slow
@@ -54,64 +55,18 @@ def problem(task, seed, *, n_rows=16, k=3, n_classes=3, max_nnz=5):
     return models, rows, labels, rng.permutation(n_rows)
 
 
-def _blocks(values, kp, width):
-    """(n, k) rows -> (n, width) blocks with the k values first."""
-    out = np.zeros((values.shape[0], width))
-    out[:, : values.shape[1]] = values
-    return out
-
-
 def to_arrays(models, state, optimizer):
-    """Reference FmFM models and optimizer state -> the training layout's
-    B, L, F, R (float64): F one block per feature, R one block per row of
-    each field pair's matrix, block (a * m + c) * kp + r, every pair (the
-    kernels read a <= c only)."""
-    slots = SLOTS[optimizer]
-    w = 1 + len(slots)
-    k = models[0].k
-    kp = padded_k(k)
-    Bs, Ls, Fs, Rs = [], [], [], []
-    for c, m in enumerate(models):
-        cs = state["classes"][c]
-        B = np.zeros((1, w))
-        L = np.zeros((m.n_features, w))
-        B[0, 0], L[:, 0] = m.bias, m.linear
-        for s, name in enumerate(slots, start=1):
-            B[0, s], L[:, s] = cs[name]["bias"], cs[name]["linear"]
-        F = np.zeros((m.n_features, w * kp))
-        R = np.zeros((m.n_fields * m.n_fields * kp, w * kp))
-        if optimizer == "adagrad":
-            F[:, kp:] = 1.0
-            R[:, kp:] = 1.0
-        mrows = np.zeros((m.n_fields, m.n_fields, kp, k))
-        mrows[:, :, :k] = m.field_matrices
-        F[:, :k] = m.factors
-        R[:, :k] = mrows.reshape(-1, k)
-        for s, name in enumerate(slots, start=1):
-            F[:, s * kp: s * kp + k] = cs[name]["factors"]
-            srows = np.full((m.n_fields, m.n_fields, kp, k), 1.0 if name == "G" else 0.0)
-            srows[:, :, :k] = cs[name]["field_matrices"]
-            R[:, s * kp: s * kp + k] = srows.reshape(-1, k)
-        Bs.append(B), Ls.append(L), Fs.append(F), Rs.append(R)
-    return tuple(np.concatenate(p) for p in (Bs, Ls, Fs, Rs))
+    """Reference FmFM models and optimizer state -> B, L, F, R in the
+    training layout's shapes (float64; see test_fmfm_kernels.to_layout)."""
+    B, L, F, R, kp = to_layout(models, state, optimizer, np.float64)
+    w, bw = 1 + len(SLOTS[optimizer]), F.size // (len(models) * models[0].n_features)
+    return B.reshape(-1, w), L.reshape(-1, w), F.reshape(-1, bw), R.reshape(-1, bw)
 
 
 def from_arrays(models, arrays):
-    """The weights of the training layout -> reference models (the upper
-    triangle of field pairs, mirrored)."""
-    B, L, F, R = arrays
-    C = len(models)
-    out = []
-    for c, m in enumerate(models):
-        k, kp, nf = m.k, padded_k(m.k), m.n_fields
-        got = m.copy()
-        got.bias = float(B[c, 0])
-        got.linear = L.reshape(C, m.n_features, -1)[c, :, 0].astype(np.float64)
-        got.factors = F.reshape(C, m.n_features, -1)[c, :, :k].astype(np.float64)
-        mats = R.reshape(C, nf, nf, kp, -1)[c, :, :, :k, :k].astype(np.float64).copy()
-        got.field_matrices = ref.mirror_field_matrices(mats)
-        out.append(got)
-    return out
+    """The weights of the training layout -> reference models."""
+    B, L, F, R = (np.asarray(a).reshape(-1) for a in arrays)
+    return from_layout(models, B, L, F, R, padded_k(models[0].k))
 
 
 def padding_of(arrays, kp, k):
@@ -174,16 +129,7 @@ def gpu_run(backend, task, optimizer, *, batch_size, epochs=2, eta=0.05, k=3, se
 
 
 def assert_same(got, expected, rtol=1e-9, atol=1e-12):
-    for g, e in zip(got, expected):
-        np.testing.assert_allclose(g.bias, e.bias, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(g.linear, e.linear, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(g.factors, e.factors, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(g.field_matrices, e.field_matrices, rtol=rtol, atol=atol)
-
-
-def hp_for(optimizer):
-    return {"l2_linear": 0.01, "l2_factors": 0.02, "l2_bias": 0.005,
-            **({"l1": 0.001} if optimizer == "ftrl" else {})}
+    same_models(got, expected, rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------------------
