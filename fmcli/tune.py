@@ -521,6 +521,13 @@ def prepare(config: Config, train: Sequence[str], valid: str, *, space: Mapping[
     say = log or (lambda msg: None)
     if valid is None:
         raise UsageError("a search needs a validation set (-p/--valid)")
+    from .data.source import expand_inputs, reads_once
+
+    for what, paths in (("training", list(train)), ("validation", [valid]), ("weights", [weights])):
+        for path in expand_inputs([os.fspath(p) for p in paths if p is not None]):
+            if reads_once(path):
+                raise ConfigError(f"{path}: fm tune reads its {what} data once per trial, so it needs a file, "
+                                  "not standard input, a pipe or a FIFO (write it to a file first)")
     if config.stop_patience or config.checkpoint_dir or config.init_model:
         raise ConfigError("a search sets early stopping, checkpoints and warm starts itself")
     plan = plan_rungs(trials, min_epochs, max_epochs, reduction)

@@ -328,3 +328,20 @@ def test_the_first_trial_is_the_untuned_configuration_when_the_space_holds_it():
     assert T.base_point({**space, "l2": T.Dist("loguniform", (1e-3, 1e-1))}, cfg) is None
     assert T.base_point({"optimizer": T.Dist("choice", ("sgd", "adam"))}, cfg) is None
     assert T.base_point({"optimizer": T.Dist("choice", ("sgd", "adagrad"))}, cfg) == {"optimizer": "adagrad"}
+
+
+def test_pipes_and_stdin_are_refused_in_one_line(tmp_path):
+    """Trials read the data again: a FIFO or '-' would hang or be empty."""
+    import os
+
+    from clirun import invoke
+
+    d = tmp_path
+    _write(d / "tr.ffm", 200, seed=1)
+    fifo = d / "tr.fifo"
+    os.mkfifo(fifo)
+    for args in (["-p", d / "tr.ffm", fifo], ["-p", d / "tr.ffm", "-"], ["-p", fifo, d / "tr.ffm"]):
+        res = invoke("tune", "-q", "--trials", "2", "--max-epochs", "1", "-o", d / "b.fm", *args, input="")
+        assert res.exit_code == 78, res.stderr
+        assert "needs a file, not standard input, a pipe or a FIFO" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
