@@ -524,7 +524,8 @@ def prepare(config: Config, train: Sequence[str], valid: str, *, space: Mapping[
     from .data.source import expand_inputs, reads_once
 
     for what, paths in (("training", list(train)), ("validation", [valid]), ("weights", [weights])):
-        for path in expand_inputs([os.fspath(p) for p in paths if p is not None]):
+        paths = [os.fspath(p) for p in paths if p is not None]
+        for path in expand_inputs(paths) if paths else ():
             if reads_once(path):
                 raise ConfigError(f"{path}: fm tune reads its {what} data once per trial, so it needs a file, "
                                   "not standard input, a pipe or a FIFO (write it to a file first)")
