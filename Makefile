@@ -70,7 +70,7 @@ $(STAMP): pyproject.toml setup.py fmcli/_version.py $(CORE_SOURCES) | $(PY)
 	$(PIP) install -q 'setuptools>=77' wheel 'Cython>=3.0.10,<4'
 	@# the distribution was called fmcli before it took a name of its own on PyPI
 	$(PIP) uninstall -q -y fmcli 2>/dev/null || true
-	$(PIP) install -q --no-build-isolation -e '.[test,sklearn,dask]'
+	$(PIP) install -q --no-build-isolation -e '.[test,sklearn,dask,onnx]'
 	$(PY) -m compileall -q fmcli   # byte code up front: faster start-up of every fm command
 	@touch $@
 
