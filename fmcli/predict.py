@@ -269,6 +269,9 @@ def predict(
     an (n, C) matrix of class probabilities (multiclass) or values (regression)."""
     task = model.spec.task
     if isinstance(source, Batch):
+        bad = source.problems()
+        if bad:
+            raise DataError(bad, "<batch>")
         id_map = model.id_map()
         scores = make_scorer(model, threads, device).scores(
             source if id_map is None else with_slots(source, id_map))

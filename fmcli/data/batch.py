@@ -41,6 +41,32 @@ class Batch:
     def max_field(self) -> int:
         return int(self.fields.max()) if self.nnz else -1
 
+    def problems(self) -> str | None:
+        """What makes this Batch unusable by the kernels, or None: the checks
+        for rows built by hand (the readers build them right).  indptr must
+        start at 0, never decrease and end at nnz; fields and features hold
+        no negative id; the arrays agree in length.  The kernels index the
+        model with these ids, so a negative one would read or write outside it."""
+        n, nnz = self.n_rows, self.nnz
+        ip = np.asarray(self.indptr)
+        if ip.ndim != 1 or ip.shape[0] != n + 1:
+            return f"indptr has {ip.shape[0] if ip.ndim == 1 else ip.shape} entries for {n} rows (needs {n + 1})"
+        if ip[0] != 0 or ip[-1] != nnz:
+            return f"indptr must start at 0 and end at the number of entries ({nnz}), not {int(ip[0])}..{int(ip[-1])}"
+        if n and (np.diff(ip) < 0).any():
+            return f"indptr decreases at row {int(np.flatnonzero(np.diff(ip) < 0)[0])}"
+        if self.fields.shape[0] != nnz:
+            return f"{self.fields.shape[0]} fields for {nnz} features"
+        if self.values.shape[0] not in (0, nnz):
+            return f"{self.values.shape[0]} values for {nnz} features"
+        for name, a in (("feature", self.features), ("field", self.fields)):
+            if nnz and int(a.min()) < 0:
+                i = int(np.argmax(a < 0))
+                return f"negative {name} id {int(a[i])} in row {int(np.searchsorted(ip, i, side='right')) - 1}"
+        if self.weights is not None and self.weights.shape[0] != n:
+            return f"{self.weights.shape[0]} weights for {n} rows"
+        return None
+
     def rows(self, start: int, stop: int) -> "Batch":
         """Rows start..stop-1 (views; indptr rebased to 0)."""
         lo, hi = int(self.indptr[start]), int(self.indptr[stop])

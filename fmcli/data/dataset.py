@@ -794,6 +794,9 @@ def dataset_from_batch(batch: Batch, task: str = "binary", classes: Sequence[str
     0/1 / -1/+1 for binary)."""
     if task == "auto":
         raise DataError("a Batch needs an explicit task", "<batch>")
+    bad = batch.problems()
+    if bad:
+        raise DataError(bad, "<batch>")
     labels = batch.labels
     counts: list[int] = []
     if task == "binary":
