@@ -9,13 +9,14 @@ The public API is small::
 
 scikit-learn estimators and transformers live in ``fmcli.estimators`` and
 ``fmcli.transformers`` (the ``sklearn`` extra); ``fmcli.tune`` searches
-hyperparameters.  Submodules are imported lazily so that ``import fmcli``
-stays cheap.
+hyperparameters; ``fmcli.get_include()`` is the folder of the C scorer
+(fmscore.h) of the files ``fm convert MODEL --to inference`` writes.
+Submodules are imported lazily so that ``import fmcli`` stays cheap.
 """
 
 from ._version import __version__  # the one place the release version is written
 
-__all__ = ["Config", "Model", "train", "predict", "load_model", "__version__"]
+__all__ = ["Config", "Model", "train", "predict", "load_model", "get_include", "__version__"]
 
 
 def __getattr__(name):
@@ -29,6 +30,8 @@ def __getattr__(name):
         from .train import train as value
     elif name == "predict":
         from .predict import predict as value
+    elif name == "get_include":   # the C scorer's folder (fmcli/include/fmscore.h)
+        from .inference import get_include as value
     else:
         raise AttributeError(f"module 'fmcli' has no attribute {name!r}")
     # Importing the submodules fmcli.train / fmcli.predict binds them as

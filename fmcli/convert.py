@@ -40,7 +40,7 @@ __all__ = ["convert_data", "convert_raw", "convert_model", "format_float32", "re
            "MODEL_FORMATS", "MODEL_DTYPES"]
 
 DATA_FORMATS = ("libffm", "libsvm", "parquet")
-MODEL_FORMATS = ("fm", "libffm-model", "libffm-bin-model")
+MODEL_FORMATS = ("fm", "libffm-model", "libffm-bin-model", "onnx", "inference")
 MODEL_DTYPES = ("float32", "float16", "int8")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -691,8 +691,11 @@ def convert_model(source: str, output: str, *, src: str = "fm", to: str = "fm",
                   dtype: str | None = None, strip_state: bool = False) -> ConvertStats:
     """Convert a model file: fmcli to fmcli (``dtype``: float32, float16 or
     int8 parameters; ``strip_state``: no optimizer state), libffm's model
-    files to fmcli (`src` "libffm-model") and fmcli FFM models to libffm's
-    (`to` "libffm-model": text, "libffm-bin-model": binary)."""
+    files to fmcli (`src` "libffm-model"), fmcli FFM models to libffm's
+    (`to` "libffm-model": text, "libffm-bin-model": binary), any model to
+    an ONNX graph (`to` "onnx", fmcli.onnx_export: needs the onnx extra) and
+    any model to the C scorer's inference file (`to` "inference",
+    fmcli.inference; ``dtype``: its storage)."""
     from . import libffm
     from .model import load_model
 
@@ -716,6 +719,25 @@ def convert_model(source: str, output: str, *, src: str = "fm", to: str = "fm",
             raise ConfigError("--dtype applies to fmcli model files; libffm's hold float32")
         libffm.write_model(model, output, binary=to == "libffm-bin-model",
                            include_state=not strip_state)
+    elif to == "onnx":
+        if dtype not in (None, "float32"):
+            raise ConfigError("--dtype applies to fmcli model files; an ONNX graph holds float32")
+        from .onnx_export import export_onnx
+
+        exported = export_onnx(model, output, source=source)
+        stats.outputs = exported.outputs
+        stats.bytes_out = exported.bytes_out
+        stats.seconds = time.monotonic() - t0
+        return stats
+    elif to == "inference":
+        # the C scorer's file (fmcli.inference, fmcli/include/fmscore.h)
+        from .inference import default_storage, source_checksum, write_inference
+
+        try:
+            write_inference(model, output, storage=dtype or default_storage(model),
+                            source_crc=source_checksum(source) if src == "fm" else 0)
+        except ValueError as exc:   # a weight beyond float16's range
+            raise ConfigError(f"{source} cannot be stored as {dtype}: {exc}") from None
     else:
         raise ConfigError(f"cannot write a model as {to!r} (expected {', '.join(MODEL_FORMATS)})")
     stats.bytes_out = os.path.getsize(output)

@@ -15,6 +15,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75
@@ -100,6 +101,13 @@ class ModelFormatError(FMError):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class ListenError(FMError):
+    """fm serve cannot listen on its address: the port is in use, a port
+    below 1024 without the privilege, an unknown host."""
+
+    exit_code = EX_OSERR
+
+
 class DeviceError(FMError):
     """A requested compute device that is not available."""
 
@@ -107,6 +115,13 @@ class DeviceError(FMError):
 class ClusterError(FMError):
     """A Dask scheduler that cannot be reached, a missing Dask, or workers
     that run another fmcli (fm train --scheduler)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class ExtraMissingError(FMError):
+    """An optional extra that a command needs is not installed (e.g. onnx
+    for fm convert --to onnx); the message names the pip install line."""
 
     exit_code = EX_UNAVAILABLE
 

@@ -111,6 +111,7 @@ from . import cache as _cache  # noqa: E402
 from . import convert as _convert  # noqa: E402
 from . import inspect as _inspect  # noqa: E402
 from . import predict as _predict  # noqa: E402
+from . import serve as _serve  # noqa: E402
 from . import train as _train  # noqa: E402
 from . import tune as _tune  # noqa: E402
 
@@ -120,6 +121,7 @@ cli.add_command(_predict.predict)
 cli.add_command(_inspect.inspect)
 cli.add_command(_convert.convert)
 cli.add_command(_cache.cache)
+cli.add_command(_serve.serve)
 
 
 def _setup_envvars() -> None:

@@ -14,7 +14,7 @@ from ._options import InputPath, OutputPath, read_limit_options
 
 RAW_KINDS = ("criteo", "avazu", "csv")
 SOURCES = ("auto", "libffm", "libsvm", "parquet") + RAW_KINDS + ("fm", "libffm-model")
-TARGETS = ("libffm", "libsvm", "parquet", "fm", "libffm-model", "libffm-bin-model")
+TARGETS = ("libffm", "libsvm", "parquet", "fm", "libffm-model", "libffm-bin-model", "onnx", "inference")
 _MODEL_MAGIC = b"\x89FMM"
 
 
@@ -80,7 +80,7 @@ def _columns(value: str | None) -> list[str]:
 @click.argument("inputs", nargs=-1, required=True, metavar="[criteo|avazu|csv] INPUT...")
 @click.option("-o", "--output", required=True, type=OutputPath(allow_dash=True),
               help="File to write ('-': stdout).  Its name gives the format (.ffm/.libffm, .svm/.libsvm, "
-                   ".parquet/.pq, .fm) and compression (.gz, .bz2, .zst, .lz4) unless --to says.")
+                   ".parquet/.pq, .fm, .onnx, .fmi) and compression (.gz, .bz2, .zst, .lz4) unless --to says.")
 @click.option("--from", "src", type=click.Choice(SOURCES), default="auto",
               help="Input format.  auto: an fmcli model by its magic bytes, Parquet by name, libffm or "
                    "libsvm by name or first row; a raw log kind may also be given as the first "
@@ -88,7 +88,13 @@ def _columns(value: str | None) -> list[str]:
 @click.option("--to", type=click.Choice(TARGETS), default=None, show_default=False,
               help="Output format.  [default: from -o's name; fm for models]  libffm-model: libffm's "
                    "text model file (libffm <= 1.21); libffm-bin-model: its binary one (libffm >= 1.3, "
-                   "SSE build).  Only FFM models without bias and linear terms can be written so.")
+                   "SSE build).  Only FFM models without bias and linear terms can be written so.  onnx: an "
+                   "ONNX graph (opset 17) taking padded int64 fields and features and float32 values "
+                   "[rows, entries] (padding: value 0), giving probabilities (regression: "
+                   "predictions) and raw scores; parameters over 1 GiB go to OUTPUT.data.  Needs "
+                   "the onnx extra: pip install 'fm-ctr[onnx]'.  inference: the weights alone for "
+                   "the C scorer (python -m fmcli.inference --include-dir; .fmi, see fm-model(5)); "
+                   "--dtype float16 or int8 makes it smaller.")
 @click.option("--fields", "fields_file", type=InputPath("a fields file"), default=None,
               show_default=False,
               help="Field of each feature for libffm output, one 'FEATURE FIELD' or 'LO-HI FIELD' "
@@ -152,6 +158,8 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
       fm convert criteo train.txt.gz -o tr.ffm      raw Criteo TSV (also: avazu, csv)
       fm convert ctr.fm -o small.fm --dtype float16 --strip-state
       fm convert m.model --from libffm-model -o m.fm     libffm's model file
+      fm convert ctr.fm -o ctr.onnx                 an ONNX graph (fm-ctr[onnx])
+      fm convert ctr.fm -o ctr.fmi                  the C scorer's file (--to inference)
 
     Sparse data are streamed in bounded memory; several inputs are read one
     after another into one output; '-' is stdin or stdout.  Numbers are
@@ -216,8 +224,12 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
         raise click.UsageError("--dtype and --strip-state apply to model files")
     if model_mode and to in ("libffm", "libsvm", "parquet"):
         raise click.UsageError(f"a model cannot be written as {to} data")
-    if not model_mode and to in ("fm", "libffm-model", "libffm-bin-model"):
+    if not model_mode and to in ("fm", "libffm-model", "libffm-bin-model", "onnx", "inference"):
         raise click.UsageError(f"--to {to} is for model files; {inputs[0]} is data")
+    if model_mode and to is None and output.lower().endswith(".onnx"):
+        to = "onnx"     # the output's name says it
+    if model_mode and to is None and output.lower().endswith(".fmi"):
+        to = "inference"    # the C scorer's file (fmcli.inference)
     if model_mode and to is None and output != "-":
         from ..convert import output_format
 
@@ -240,7 +252,8 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
     refuse_clobber({"the input file": inputs, "the --fields file": fields_file, "the --spec file": spec_file,
                     "the --config file": click.get_current_context().meta.get("fm.config_file")},
                    {"-o": output, "--split": outputs[1] if len(outputs) > 1 else None,
-                    "--spec-out": written_spec})
+                    "--spec-out": written_spec,
+                    "--to onnx's data file": output + ".data" if model_mode and to == "onnx" else None})
     progress = _Progress(enabled=not quiet and _render.stderr_is_tty())
     say = lambda msg: _render.info(msg, quiet)  # noqa: E731
     with contextlib.ExitStack() as stack:
@@ -263,6 +276,8 @@ def convert(inputs, output, src, to, fields_file, class_labels, max_bad_rows, ma
             say(f"wrote {output}: {_size(stats.bytes_in)} -> {_size(stats.bytes_out)}"
                 + (f" ({', '.join(what)})" if what else "")
                 + (f" ({stats.bytes_out / stats.bytes_in:.0%})" if stats.bytes_in and not what else ""))
+            if to == "onnx" and len(stats.outputs) > 1:
+                say(f"the weights are in {stats.outputs[0]}: keep it next to {output}")
             return
         if kind in RAW_KINDS:
             stats = convert_raw(kind, inputs, output, to=to if to in ("libffm", "libsvm", "parquet") else None,
