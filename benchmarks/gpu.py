@@ -13,14 +13,20 @@ device), and prints per case:
   2 x 741 factor vectors at 39 fields; FM: 39) plus the row itself;
 - the rows/s the device's memory bandwidth allows at that traffic (the
   memory bound: training is memory-bound, about 0.5 FLOP per byte), and the
-  fraction of it reached.
+  fraction of it reached;
+- where a timed epoch goes: the rows' one upload (transfer, before the
+  epochs: they stay resident), host work (Python up to the last launch of
+  the epoch, launches included), kernels (device time between two events
+  around the epoch; on the emulation, the wall time) and the kernel
+  launches per epoch -- a handful per wave of rows in flight (per-row mode)
+  or per mini-batch (exact mode), never one per row.
 
 The bandwidth is the device's peak (from its memory clock and bus width),
 or --bandwidth GB/s; a device-to-device copy is measured as well.
 
     python benchmarks/gpu.py [--rows 1000000] [--epochs 3] [--cases ffm:4,ffm:16,fm:4]
-        [--optimizer adagrad] [--batch-size 1] [--fields 39] [--bandwidth GBS]
-        [--json gpu.json]
+        [--optimizer adagrad] [--batch-size 1] [--hot-features auto|N|0] [--fields 39]
+        [--bandwidth GBS] [--json gpu.json]
 
 Without CuPy or a CUDA device it says so in one line and exits with status
 1.  --emulate runs the kernels on the CPU emulation (fmcli.gpu.emulate)
@@ -115,8 +121,9 @@ def copy_bandwidth(cupy, nbytes: int = 1 << 30) -> float:
 def run_case(backend, batch: Batch, n_features: int, n_fields: int, model: str, k: int, args) -> dict:
     from fmcli.gpu.state import GpuState
 
+    hot = None if args.hot_features == "auto" else int(args.hot_features)
     cfg = Config(model=model, k=k, optimizer=args.optimizer, batch_size=args.batch_size,
-                 epochs=args.epochs + 1)
+                 epochs=args.epochs + 1, device="cuda", hot_features=hot)
     rng = np.random.default_rng(0)
     n = batch.n_rows
     steps = n if args.batch_size == 1 else -(-n // args.batch_size)
@@ -125,15 +132,26 @@ def run_case(backend, batch: Batch, n_features: int, n_fields: int, model: str, 
     t0 = time.perf_counter()
     state = GpuState(cfg, n_features, n_fields, rng, backend=backend)
     state.total_steps = total
-    state.train_slice(batch, orders[0], None, 0)          # warm-up: compile, upload
+    note = state.prepare(batch)                            # hot features (per-row mode)
+    t1 = time.perf_counter()
+    state._rows.get(batch)                                 # the rows' upload: once, then resident
+    backend.synchronize()
+    transfer = time.perf_counter() - t1
+    state.train_slice(batch, orders[0], None, 0)          # warm-up: compile
     backend.synchronize()
     warmup = time.perf_counter() - t0
     loss = wsum = 0.0
+    host = kernels = 0.0
+    launches0 = sum(state.launches.values())
     t0 = time.perf_counter()
     for e in range(1, args.epochs + 1):
-        loss, wsum, _, _ = state.train_slice(batch, orders[e], None, e * steps)
+        with EpochTimer(backend) as timer:
+            loss, wsum, _, _ = state.train_slice(batch, orders[e], None, e * steps)
+        host += timer.host
+        kernels += timer.kernels
     backend.synchronize()
     seconds = time.perf_counter() - t0
+    launches = (sum(state.launches.values()) - launches0) / args.epochs
     t1 = time.perf_counter()
     scores = state.scores(batch)
     backend.synchronize()
@@ -146,9 +164,59 @@ def run_case(backend, batch: Batch, n_features: int, n_fields: int, model: str, 
         "rows_per_s": n * args.epochs / max(seconds, 1e-12),
         "score_rows_per_s": n / max(score_seconds, 1e-12),
         "train_logloss": loss / wsum if wsum else float("nan"),
+        "hot_features": None if state.hot_ids is None else len(state.hot_ids), "note": note,
+        "transfer_seconds": transfer, "upload_bytes": upload_bytes(batch),
+        "host_seconds_per_epoch": host / args.epochs, "kernel_seconds_per_epoch": kernels / args.epochs,
+        "launches_per_epoch": launches, "launches": dict(state.launches),
         "finite_scores": bool(np.isfinite(scores).all()),
         "bytes_per_row": bytes_per_row(model, k, _kernels.n_state(args.optimizer), nnz),
     }
+
+
+def upload_bytes(batch: Batch) -> int:
+    """The rows as the device holds them (fmcli.gpu.plan.pack_rows)."""
+    return 8 * (batch.n_rows + 1) + 12 * batch.nnz + 4 * batch.n_rows
+
+
+class EpochTimer:
+    """Host work and kernel time of one train_slice call.  Host work ends
+    where the state asks for the epoch's statistics (the last call of
+    backend.asnumpy: the only wait for the device); kernel time is the
+    device's, between two CUDA events (the wall time on the emulation)."""
+
+    def __init__(self, backend):
+        self.backend, self.host, self.kernels = backend, 0.0, 0.0
+
+    def __enter__(self):
+        b = self.backend
+        self._asnumpy, self._last = b.asnumpy, None
+        b.asnumpy = self._mark
+        self._cupy = getattr(b, "cupy", None)
+        if self._cupy is not None:
+            self._events = (self._cupy.cuda.Event(), self._cupy.cuda.Event())
+            self._events[0].record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def _mark(self, a):
+        self._last = time.perf_counter()
+        return self._asnumpy(a)
+
+    def __exit__(self, *exc):
+        end = time.perf_counter()
+        self.backend.asnumpy = self._asnumpy
+        try:
+            del self.backend.asnumpy           # the class's method again, where it was one
+        except AttributeError:
+            pass
+        self.host = (self._last or end) - self._t0
+        if self._cupy is not None:
+            self._events[1].record()
+            self._events[1].synchronize()
+            self.kernels = self._cupy.cuda.get_elapsed_time(*self._events) / 1e3
+        else:
+            self.kernels = end - self._t0
+        return False
 
 
 def main(argv=None) -> int:
@@ -159,10 +227,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="ffm:4,ffm:16,fm:4", help="comma list of MODEL:K")
     ap.add_argument("--optimizer", default="adagrad", choices=("sgd", "adagrad", "adam", "ftrl"))
     ap.add_argument("--batch-size", type=int, default=1, help="1: per-row Hogwild; more: exact mini-batches")
+    ap.add_argument("--hot-features", default="auto",
+                    help="per-row mode: hot accumulation as fm train --hot-features (auto, N, 0: off)")
     ap.add_argument("--bandwidth", type=float, default=None, help="device memory bandwidth in GB/s (default: its peak)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--emulate", action="store_true", help="run the kernels on the CPU emulation (checks the script)")
+    ap.add_argument("--rows-in-flight", type=int, default=None,
+                    help="with --emulate: rows the emulation keeps in flight (default: its launch's warps)")
     args = ap.parse_args(argv)
     cases = parse_cases(args.cases)
     rows = args.rows if args.rows is not None else (300 if args.emulate else 1_000_000)
@@ -170,7 +242,8 @@ def main(argv=None) -> int:
     if args.emulate:
         from fmcli.gpu.emulate import EmulatedBackend
 
-        backend = EmulatedBackend(sm_count=1, blocks_per_sm=2, warps_per_block=2)
+        backend = EmulatedBackend(sm_count=1, blocks_per_sm=2, warps_per_block=2,
+                                  rows_in_flight=args.rows_in_flight)
         device, peak, copy = backend.describe(), None, None
     else:
         from fmcli.gpu.device import probe
@@ -207,6 +280,11 @@ def main(argv=None) -> int:
         cfrac = f"{100 * r['fraction_of_copy_bound']:10.1f}%" if copy else f"{'n/a':>11}"
         print(f"{model + ':' + str(k):>10} {r['rows_per_s']:14,.0f} {r['score_rows_per_s']:14,.0f} "
               f"{r['bytes_per_row']:11,d} {bound} {frac} {cfrac} {r['train_logloss']:8.4f}", flush=True)
+        print(f"{'':>10} per epoch: host {r['host_seconds_per_epoch']:.4f} s, kernels "
+              f"{r['kernel_seconds_per_epoch']:.4f} s, kernel launches {r['launches_per_epoch']:,.0f} "
+              f"({', '.join(f'{n} {c}' for n, c in sorted(r['launches'].items()))} in all); rows uploaded "
+              f"once: {r['upload_bytes'] / 2**20:,.1f} MiB in {r['transfer_seconds']:.4f} s"
+              + (f"; {r['note']}" if r["note"] else ""), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"device": device, "peak_bandwidth": peak, "copy_bandwidth": copy,

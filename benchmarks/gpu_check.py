@@ -18,6 +18,10 @@ cannot eat the others' time:
                optimizer (test_gpu_exact_mode_matches_reference)
   hogwild      per-row (Hogwild) FFM training on the device on BENCH.md-shaped
                generated data, validation logloss beside the CPU path's
+  hot          per-row FFM on the device with hot accumulation (the bias and the
+               features the rows in flight share step once per wave) on and
+               off, validation logloss beside the CPU's sequential pass (one
+               thread): the accuracy the rows in flight keep, and lose
   gpu_bench    benchmarks/gpu.py: rows/s of FFM k=4, k=16 and FM k=4, and the
                fraction of the memory bound
   cpu_scaling  CPU training rows/s of FFM k=4 at 1, 2, 4, 8 and 16 threads (as
@@ -29,8 +33,8 @@ still leaves what finished; its output goes to OUT_DIR/gpu_check.log.
 Without a device the device stages are recorded as skipped, the others run
 (the CPU scaling on the cores there), and the exit status is 0.  The exit
 status is 1 when a stage failed or ran out of time.  --small uses little
-data; --emulate (with --small) runs the hogwild and gpu_bench stages on the
-CPU emulation of the kernels (fmcli.gpu.emulate) instead of a device --
+data; --emulate (with --small) runs the hogwild, hot and gpu_bench stages on
+the CPU emulation of the kernels (fmcli.gpu.emulate) instead of a device --
 both check the script itself, their figures mean nothing.
 """
 
@@ -50,14 +54,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
-# (stage, time limit in seconds, needs a device); the limits add up to under
-# five minutes with the build
+# (stage, time limit in seconds, needs a device); the limits add up to about
+# six minutes with the build
 STAGES = [
     ("build", 90, False),
     ("device", 15, True),
     ("gpu_tests", 45, True),
     ("exact", 30, True),
     ("hogwild", 55, True),
+    ("hot", 60, True),
     ("gpu_bench", 30, True),
     ("cpu_scaling", 30, False),
 ]
@@ -114,21 +119,22 @@ def stage_exact(args) -> dict:
     return _pytest(args, ["-k", EXACT])
 
 
-def _synthetic(rows: int, seed: int):
+def _synthetic(rows: int, seed: int, fields: int = 39):
     sys.path.insert(0, str(HERE))
     from gpu import synthetic_batch
 
-    return synthetic_batch(rows, 39, seed)
+    return synthetic_batch(rows, fields, seed)
 
 
-def _emulated_device() -> None:
+def _emulated_device(rows_in_flight: int | None = None) -> None:
     """Make --device cuda train on the CPU emulation of the kernels."""
     from fmcli.gpu import device as gpu_device
     from fmcli.gpu import emulate
     from fmcli.gpu import state as gpu_state
 
     gpu_device.probe = lambda: (True, "emulated device")
-    gpu_state.default_backend = lambda: emulate.EmulatedBackend(sm_count=1, blocks_per_sm=2, warps_per_block=2)
+    gpu_state.default_backend = lambda: emulate.EmulatedBackend(sm_count=1, blocks_per_sm=2, warps_per_block=2,
+                                                                rows_in_flight=rows_in_flight)
 
 
 def stage_hogwild(args) -> dict:
@@ -165,6 +171,39 @@ def stage_hogwild(args) -> dict:
     return out
 
 
+def stage_hot(args) -> dict:
+    import numpy as np
+
+    from fmcli.config import Config
+    from fmcli.train import train
+
+    if args.emulate:   # a small model: the emulation copies it per row in flight
+        _emulated_device(rows_in_flight=150)
+    rows, fields = (1500, 3) if args.emulate else (20_000, 39) if args.small else (1_000_000, 39)
+    tr, _ = _synthetic(rows, 1, fields)
+    va, _ = _synthetic(max(rows // 5, 300), 2, fields)
+    epochs = 2 if args.emulate else 3
+    out = {"rows": rows, "valid_rows": va.n_rows, "fields": fields, "model": "ffm", "k": 4, "epochs": epochs,
+           "optimizer": "adagrad"}
+    for name, device, hot in (("cpu_1t", "cpu", None), ("cuda_hot", "cuda", None), ("cuda_hot_off", "cuda", 0)):
+        notes: list[str] = []
+        config = Config(model="ffm", k=4, epochs=epochs, device=device, threads=1, batch_size=1, seed=1,
+                        hot_features=hot)
+        t0 = time.perf_counter()
+        model = train(config, tr, va, log=notes.append)
+        history = model.meta["training"]["history"]
+        out[name] = {"valid_logloss": [h.get("valid_logloss") for h in history],
+                     "seconds": time.perf_counter() - t0, "notes": notes}
+        print(name, json.dumps(out[name]), flush=True)
+    cpu = out["cpu_1t"]["valid_logloss"][-1]
+    for name in ("cuda_hot", "cuda_hot_off"):
+        out[f"{name}_vs_cpu_logloss"] = out[name]["valid_logloss"][-1] / cpu if cpu else None
+    ratio = out["cuda_hot_vs_cpu_logloss"]
+    out["hot_within_half_percent"] = ratio is not None and abs(ratio - 1) <= 0.005
+    out["ok"] = bool(np.isfinite(out["cuda_hot"]["valid_logloss"][-1]))
+    return out
+
+
 def stage_gpu_bench(args) -> dict:
     target = Path(args.out) / "gpu_bench.json"
     rows = "300" if args.emulate else "20000" if args.small else "1000000"
@@ -198,7 +237,8 @@ def stage_cpu_scaling(args) -> dict:
 
 
 STAGE_FUNCTIONS = {"device": stage_device, "gpu_tests": stage_gpu_tests, "exact": stage_exact,
-                   "hogwild": stage_hogwild, "gpu_bench": stage_gpu_bench, "cpu_scaling": stage_cpu_scaling}
+                   "hogwild": stage_hogwild, "hot": stage_hot, "gpu_bench": stage_gpu_bench,
+                   "cpu_scaling": stage_cpu_scaling}
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output directory (created)")
     ap.add_argument("--small", action="store_true", help="little data: checks the script, not the device")
     ap.add_argument("--emulate", action="store_true",
-                    help="hogwild and gpu_bench on the CPU emulation of the kernels (checks the script)")
+                    help="hogwild, hot and gpu_bench on the CPU emulation of the kernels (checks the script)")
     ap.add_argument("--only", default=None, help="comma list of stages to run (default: all)")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -312,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             if only is not None and name not in only:
                 continue
             if needs_device:
-                if args.emulate and name in ("hogwild", "gpu_bench"):
+                if args.emulate and name in ("hogwild", "hot", "gpu_bench"):
                     present = (True, "")
                 elif present is None or args.emulate:
                     present = device_present()

@@ -68,7 +68,7 @@ def bytes_needed(config: Config, n_features: int, n_fields: int, n_classes: int 
 
 def make_backend(config: Config, n_features: int, n_fields: int, rng: np.random.Generator, task: str,
                  classes, say: Callable[[str], None], slot_ids: np.ndarray | None = None,
-                 id_space: int = 0) -> Backend:
+                 id_space: int = 0, device_need: int | None = None) -> Backend:
     """The backend of a run, its parameters initialised from rng.
 
     slot_ids: the original ids of a new model of compact ids (n_features
@@ -77,7 +77,9 @@ def make_backend(config: Config, n_features: int, n_fields: int, rng: np.random.
     --device cuda / auto import fmcli.gpu (CuPy) here and nowhere else in
     training; auto falls back to the CPU, saying why, when no device (or
     kernel build) works.  A scheduler (--scheduler, --scheduler-file) gives
-    fmcli.distributed's backend: the CPU layout trained in rounds of Dask tasks."""
+    fmcli.distributed's backend: the CPU layout trained in rounds of Dask tasks.
+    device_need: the device memory the run takes on a GPU (checked before
+    anything is allocated there; fmcli.gpu.plan.device_memory)."""
     from .cpu import new_cpu_backend
 
     if config.scheduler is not None or config.scheduler_file is not None:
@@ -93,7 +95,7 @@ def make_backend(config: Config, n_features: int, n_fields: int, rng: np.random.
             from .gpu.state import GpuState
 
             try:
-                return GpuState(config, n_features, n_fields, rng, task, classes)
+                return GpuState(config, n_features, n_fields, rng, task, classes, need=device_need)
             except DeviceError as exc:
                 if config.device != "auto":
                     raise

@@ -138,6 +138,13 @@ def hot_features_missing(cfg) -> list[str]:
     return [k for k, ok in needs.items() if not ok]
 
 
+def gpu_hot_features_missing(cfg) -> list[str]:
+    """Hot accumulation of per-row training on a GPU (fmcli/gpu/state.py)."""
+    needs = {"--batch-size 1": cfg.batch_size == 1,
+             "--optimizer sgd, adagrad or ftrl": cfg.optimizer in ("sgd", "adagrad", "ftrl")}
+    return [k for k, ok in needs.items() if not ok]
+
+
 def hot_features_apply(cfg, n_classes: int) -> bool:
     """Whether a CPU run may train hot features on replicas (one class only)."""
     return n_classes == 1 and not [m for m in hot_features_missing(cfg) if m != "--device cpu"]

@@ -881,3 +881,65 @@ def test_rowwise_adagrad_runs_on_the_cpu(data, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "device auto: the GPU kernels have no rowwise-adagrad optimizer; running on the CPU" in result.stderr
     assert load_model(out).meta["training"]["device"] == "cpu"
+
+
+# ---------------------------------------------------------------------------
+# Device memory: planned before anything is allocated
+
+
+def test_device_memory_plan_covers_what_the_state_allocates(emu):
+    rows = distinct_rows(np.random.default_rng(4), 50, 20, 4, 4)
+    batch = as_batch(rows, np.zeros(len(rows)))
+    for cfg in (Config(model="ffm", k=4, dtype="float64"), Config(model="fm", k=8, optimizer="ftrl"),
+                Config(model="fwfm", k=4, batch_size=8)):
+        need = plan.device_memory(cfg, 20, 4, 1, rows=batch.n_rows, nnz=batch.nnz)
+        gs = GpuState(cfg, 20, 4, np.random.default_rng(0), backend=emu)
+        arrays = sum(a.nbytes for a in gs.device_arrays())
+        assert need.parameters + need.state == arrays
+        assert need.parameters * (1 + gs.ns) == arrays
+        packed = plan.pack_rows(np, batch)
+        held = sum(getattr(packed, f).nbytes for f in ("indptr", "fields", "features", "values", "labels"))
+        assert need.data == held + 8 * batch.n_rows     # and the pass's row order
+        assert need.scratch > 0 and need.total == need.parameters + need.state + need.data + need.scratch
+
+
+def test_dry_run_states_the_device_memory_without_a_device(data, tmp_path, no_device):
+    result = fm("train", "--dry-run", "--device", "cuda", "-p", data["valid"], "-o", tmp_path / "m.fm",
+                data["train"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("device memory"))
+    assert " on a CUDA device: " in line and "parameters" in line and "optimizer state" in line
+    assert "resident data" in line and "scratch" in line
+    assert line.endswith("no device here (no CUDA device found)")
+    assert "device memory" not in fm("train", "--dry-run", data["train"]).stdout   # the CPU: no such line
+
+
+def test_dry_run_refuses_a_run_the_device_cannot_hold(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_device, "free_memory", lambda: (1000, "Fake GPU"))
+    args = ["train", "--dry-run", "-p", data["valid"], "-o", tmp_path / "m.fm", data["train"]]
+    result = fm(*args[:2], "--device", "cuda", *args[2:])
+    assert result.exit_code == 1 and not (tmp_path / "m.fm").exists()
+    assert "device memory" in result.stdout and "Fake GPU: 1000 bytes free" in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fm: error: the run needs ") and "more than the 1000 bytes free on Fake GPU" in last
+    auto = fm(*args[:2], "--device", "auto", *args[2:])
+    assert auto.exit_code == 0 and "(does not fit: --device auto would train on the CPU)" in auto.stdout
+    monkeypatch.setattr(gpu_device, "free_memory", lambda: (80 << 30, "Fake GPU"))
+    roomy = fm(*args[:2], "--device", "cuda", *args[2:])
+    assert roomy.exit_code == 0 and "Fake GPU: 80.00 GiB free" in roomy.stdout
+
+
+def test_a_run_that_does_not_fit_the_device_stops_before_allocating(data, tmp_path, monkeypatch, emu):
+    monkeypatch.setattr(gpu_device, "probe", lambda: (True, "emulated device"))
+    small = emulate.EmulatedBackend(instances=EMULATED)
+    small.free_memory = lambda: 1000
+    monkeypatch.setattr(gpu_state, "default_backend", lambda: small)
+    made = []
+    monkeypatch.setattr(gpu_state, "HostParams", type("Watch", (gpu_state.HostParams,), {
+        "__init__": lambda self, *a, **k: made.append(1) or gpu_state.HostParams.__init__(self, *a, **k)}))
+    out = tmp_path / "m.fm"
+    result = fm("train", "--device", "cuda", "-t", "1", "-o", out, data["train"])
+    assert result.exit_code == 1 and not out.exists() and not made
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fm: error: the run needs (parameters, optimizer state, resident data, scratch) ")
+    assert last.endswith("GiB of device memory and CPU emulation of the CUDA kernels has 0.00 GiB free")

@@ -30,7 +30,7 @@ def test_without_a_device_the_device_stages_are_skipped(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads((out / "gpu_check.json").read_text())
     stages = doc["stages"]
-    assert list(stages) == ["build", "device", "gpu_tests", "exact", "hogwild", "gpu_bench", "cpu_scaling"]
+    assert list(stages) == ["build", "device", "gpu_tests", "exact", "hogwild", "hot", "gpu_bench", "cpu_scaling"]
     assert stages["build"]["status"] == "ok"
     if not doc.get("device_present"):
         for name in ("device", "gpu_tests", "exact"):
@@ -39,6 +39,10 @@ def test_without_a_device_the_device_stages_are_skipped(tmp_path):
     hog = stages["hogwild"]
     assert hog["status"] == "ok" and len(hog["cuda"]["valid_logloss"]) == 3
     assert any(name.startswith("cpu_") for name in hog)
+    hot = stages["hot"]
+    assert hot["status"] == "ok" and {"cpu_1t", "cuda_hot", "cuda_hot_off"} <= set(hot)
+    assert any("rows in flight" in note for note in hot["cuda_hot"]["notes"])
+    assert not any("rows in flight" in note for note in hot["cuda_hot_off"]["notes"])
     bench = stages["gpu_bench"]
     assert bench["status"] == "ok"
     assert {(r["model"], r["k"]) for r in bench["results"]["results"]} == {("ffm", 4), ("ffm", 16), ("fm", 4)}

@@ -60,6 +60,19 @@ def resolve(requested: str, log: Callable[[str], None] | None = None) -> str:
     return "cpu"
 
 
+def free_memory() -> tuple[int | None, str]:
+    """(free bytes on device 0, its name), or (None, why no device is usable)."""
+    ok, what = probe()
+    if not ok:
+        return None, what
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device(0).mem_info[0]), what
+    except Exception as exc:
+        return None, f"its free memory is unknown ({_one_line(exc)})"
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -86,6 +99,11 @@ class CupyBackend:
         self.sm_count = int(self.device.attributes["MultiProcessorCount"])
         self._name = what
         self._modules: dict = {}
+
+    @property
+    def rows_in_flight(self) -> int:
+        """Rows a full per-row launch trains at once (a warp each)."""
+        return self.sm_count * self.blocks_per_sm * self.warps_per_block
 
     def asnumpy(self, a) -> np.ndarray:
         return self.cupy.asnumpy(a)

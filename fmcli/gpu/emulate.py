@@ -12,6 +12,22 @@ kernel arguments whose types do not match the launch's arrays and scalars.
 :class:`EmulatedBackend` stands in for the CuPy backend
 (fmcli.gpu.device.CupyBackend) with NumPy arrays as device memory, so
 fmcli.gpu.state runs unchanged on it.  Linux or macOS, a C++17 compiler.
+
+Rows in flight.  Blocks run one after another, so by default a warp's
+writes land before the next block's warps read: per-row training is nearly
+sequential, where a device keeps thousands of rows in flight and their
+writes to a shared weight overwrite each other.  With rows_in_flight=N
+(EmulatedBackend(rows_in_flight=N), or the environment variable
+FMCLI_EMULATE_ROWS_IN_FLIGHT=N for backends made without the argument)
+fm_train_rows takes the positions of a launch N at a time: each of the N
+rows runs alone, from the parameters as they were before any of the N (a
+snapshot), and then the elements each row changed are written back in row
+order -- the last write wins, the others are lost, as with N warps that all
+read before any writes.  Kernel arguments that are not B, L, F or R (the
+accumulators of hot parameters, which the device adds to atomically, the
+statistics) are shared as they are.  Each row compares the parameters
+with the snapshot to find its writes: the mode is for small models.  Every
+launch is counted per kernel (EmulatedBackend.launches).
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 
 import numpy as np
 
@@ -39,6 +56,7 @@ EMULATION = r"""
 #include <type_traits>
 #include <utility>
 #include <vector>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #define __global__
@@ -59,7 +77,11 @@ namespace fmemu {
 enum State { RUN, AT_WARP, AT_BLOCK, DONE };
 const std::size_t STACK = 256 * 1024;
 
-struct Fiber { ucontext_t ctx; State state; };
+// A fiber is entered once through its ucontext (a stack of its own), then
+// switched with _setjmp/_longjmp, which unlike swapcontext make no system
+// call (the signal mask is never touched): a warp reduction is hundreds of
+// switches.
+struct Fiber { ucontext_t ctx; jmp_buf jb; State state; bool started; };
 
 struct Run {
     unsigned grid = 0, block = 0, bid = 0, cur = 0;
@@ -67,6 +89,7 @@ struct Run {
     std::vector<unsigned long long> slots;
     std::vector<char*> stacks;
     ucontext_t sched;
+    jmp_buf sched_jb;
     std::function<void()> body;
     const char* error = nullptr;
 };
@@ -77,14 +100,14 @@ inline void wait(State s) {
     Run* r = current();
     Fiber& f = r->fibers[r->cur];
     f.state = s;
-    swapcontext(&f.ctx, &r->sched);
+    if (!_setjmp(f.jb)) _longjmp(r->sched_jb, 1);
 }
 
 inline void fail(const char* msg) {
     Run* r = current();
     if (!r->error) r->error = msg;
     r->fibers[r->cur].state = AT_BLOCK;
-    swapcontext(&r->fibers[r->cur].ctx, &r->sched);   // never resumed
+    _longjmp(r->sched_jb, 1);   // never resumed
 }
 
 inline void check_mask(unsigned mask) {
@@ -133,6 +156,7 @@ extern "C" inline void fiber_entry() {
     Run* r = current();
     r->body();
     r->fibers[r->cur].state = DONE;
+    _longjmp(r->sched_jb, 1);   // never returns: its stack is dropped
 }
 
 inline bool run_block(Run& r) {
@@ -145,12 +169,21 @@ inline bool run_block(Run& r) {
         f.ctx.uc_link = &r.sched;
         makecontext(&f.ctx, (void (*)())fiber_entry, 0);
         f.state = RUN;
+        f.started = false;
     }
     for (;;) {
         for (unsigned i = 0; i < n; ++i) {
             if (r.fibers[i].state != RUN) continue;
             r.cur = i;
-            swapcontext(&r.sched, &r.fibers[i].ctx);
+            Fiber& f = r.fibers[i];
+            if (!_setjmp(r.sched_jb)) {
+                if (!f.started) {
+                    f.started = true;
+                    swapcontext(&r.sched, &f.ctx);
+                } else {
+                    _longjmp(f.jb, 1);
+                }
+            }
             if (r.error) return false;
         }
         bool released = false;
@@ -195,7 +228,10 @@ inline int launch(void (*f)(A...), unsigned grid, unsigned block, void** args, c
     r.block = block;
     r.fibers.resize(block);
     r.slots.assign(block, 0);
-    for (unsigned i = 0; i < block; ++i) r.stacks.push_back(static_cast<char*>(std::malloc(STACK)));
+    // fiber stacks are kept from launch to launch (per-row launches are many)
+    static std::vector<char*> pool;
+    while (pool.size() < block) pool.push_back(static_cast<char*>(std::malloc(STACK)));
+    r.stacks.assign(pool.begin(), pool.begin() + block);
     r.body = [&]() { std::apply(f, vals); };
     Run* saved = current();
     current() = &r;
@@ -205,7 +241,6 @@ inline int launch(void (*f)(A...), unsigned grid, unsigned block, void** args, c
         ok = run_block(r);
     }
     current() = saved;
-    for (char* s : r.stacks) std::free(s);
     if (!ok) {
         std::snprintf(err, errlen, "%s (block %u, thread %u)", r.error, r.bid, r.cur);
         return 1;
@@ -307,7 +342,8 @@ def build(names: list[str], source: str | None = None) -> str:
     cxx = compiler()
     if cxx is None:
         raise EmulationError("no C++ compiler for the kernel emulation")
-    flags = ["-std=c++17", "-O0", "-shared", "-fPIC", "-fno-strict-aliasing", "-w"]
+    # no _FORTIFY_SOURCE: its longjmp check refuses a jump between stacks
+    flags = ["-std=c++17", "-O0", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-fno-strict-aliasing", "-w"]
     digest = hashlib.sha256((text + " ".join([cxx] + flags)).encode()).hexdigest()[:24]
     out = os.path.join(_cache_dir(), f"kernels-{digest}.so")
     if os.path.exists(out):
@@ -323,11 +359,21 @@ def build(names: list[str], source: str | None = None) -> str:
     return out
 
 
+ROWS_IN_FLIGHT_ENV = "FMCLI_EMULATE_ROWS_IN_FLIGHT"
+
+# Where fm_train_rows takes the parameters, its positions and its per-position
+# outputs (its parameter list in fm_kernels.cu; a test checks the types).
+TRAIN_ROWS_PARAMS = (2, 3, 4, 5)        # B, L, F, R
+TRAIN_ROWS_POS0, TRAIN_ROWS_COUNT = 14, 15
+TRAIN_ROWS_PER_POSITION = (18, 19, 20)  # status, rloss, rweight (indexed from pos0)
+
+
 class EmulatedKernel:
     """One kernel, called like a CuPy RawKernel: kernel(grid, block, args)."""
 
-    def __init__(self, lib, index: int, name: str):
+    def __init__(self, lib, index: int, name: str, counter: Counter | None = None):
         self.name = name
+        self.counter = counter if counter is not None else Counter()
         self._launch = getattr(lib, f"fmemu_launch_{index}")
         self._launch.restype = ctypes.c_int
         sig = getattr(lib, f"fmemu_signature_{index}")
@@ -338,6 +384,11 @@ class EmulatedKernel:
         self.params = [tuple(int(v) for v in row) for row in flat]   # (size, pointee size or -1, floating)
 
     def __call__(self, grid, block, args, *, shared_mem=0):
+        self.counter[self.name.split("<")[0]] += 1
+        self.launch(grid, block, args)
+
+    def launch(self, grid, block, args) -> None:
+        """Run the kernel (uncounted)."""
         grid, block = int(np.prod(grid)), int(np.prod(block))
         if len(args) != len(self.params):
             raise EmulationError(f"{self.name}: {len(args)} arguments for {len(self.params)} parameters")
@@ -370,17 +421,61 @@ class EmulatedKernel:
             raise EmulationError(f"{self.name}: {err.value.decode()}")
 
 
+class InFlightRows:
+    """fm_train_rows with N rows in flight (see the module docstring): the
+    positions of a launch in groups of N; each row of a group is launched
+    alone on working copies of B, L, F and R reset to the group's start, its
+    changed elements are noted and undone, and after the group every row's
+    changes are written to the live arrays in row order."""
+
+    def __init__(self, kernel: EmulatedKernel, n: int):
+        self.kernel, self.n, self.name = kernel, int(n), kernel.name
+
+    def __call__(self, grid, block, args, *, shared_mem=0):
+        k = self.kernel
+        k.counter[self.name.split("<")[0]] += 1
+        args = list(args)
+        pos0, count = int(args[TRAIN_ROWS_POS0]), int(args[TRAIN_ROWS_COUNT])
+        live = [args[i] for i in TRAIN_ROWS_PARAMS]
+        work = [a.copy() for a in live]
+        outs = {i: args[i] for i in TRAIN_ROWS_PER_POSITION}
+        one = list(args)
+        for i, w in zip(TRAIN_ROWS_PARAMS, work):
+            one[i] = w
+        for g0 in range(0, count, self.n):
+            for w, a in zip(work, live):   # every row of the group reads these
+                np.copyto(w, a)
+            snap = [w.copy() for w in work]
+            writes = []
+            for j in range(g0, min(g0 + self.n, count)):
+                one[TRAIN_ROWS_POS0], one[TRAIN_ROWS_COUNT] = np.int64(pos0 + j), np.int64(1)
+                for i, out in outs.items():
+                    one[i] = out[j:]
+                k.launch(1, 32, one)
+                row = []
+                for w, s0 in zip(work, snap):
+                    at = np.flatnonzero(w != s0)
+                    row.append((at, w[at]))
+                    w[at] = s0[at]
+                writes.append(row)
+            for row in writes:                 # in row order: the last write wins
+                for a, (at, vals) in zip(live, row):
+                    a[at] = vals
+
+
 class EmulatedBackend:
     """The backend interface of fmcli.gpu.state on NumPy and the emulation.
 
     sm_count, blocks_per_sm and warps_per_block shape the launches (one warp
     in all makes per-row training sequential and reproducible).  instances:
-    (dtype, kp) pairs to compile together up front (one compiler run)."""
+    (dtype, kp) pairs to compile together up front (one compiler run).
+    rows_in_flight: see the module docstring (None: $FMCLI_EMULATE_ROWS_IN_FLIGHT,
+    else the warps of a full launch, run as they always are)."""
 
     name = "emulated"
 
     def __init__(self, *, sm_count: int = 1, blocks_per_sm: int = 1, warps_per_block: int = 1,
-                 instances=()):
+                 instances=(), rows_in_flight: int | None = None):
         ok, why = available()
         if not ok:
             raise EmulationError(why)
@@ -388,9 +483,26 @@ class EmulatedBackend:
         self.sm_count = sm_count
         self.blocks_per_sm = blocks_per_sm
         self.warps_per_block = warps_per_block
+        if rows_in_flight is None and os.environ.get(ROWS_IN_FLIGHT_ENV):
+            try:
+                rows_in_flight = int(os.environ[ROWS_IN_FLIGHT_ENV])
+            except ValueError:
+                raise EmulationError(f"{ROWS_IN_FLIGHT_ENV} must be a whole number of rows, "
+                                     f"not {os.environ[ROWS_IN_FLIGHT_ENV]!r}") from None
+        if rows_in_flight is not None and rows_in_flight < 1:
+            raise EmulationError(f"rows in flight must be 1 or more, not {rows_in_flight}")
+        self.interleave = rows_in_flight
+        self.launches: Counter = Counter()   # kernel launches, by kernel name
         self._modules: dict = {}
         if instances:
             self._load([(np.dtype(d).name, int(k)) for d, k in instances])
+
+    @property
+    def rows_in_flight(self) -> int:
+        """Rows trained at once: N as given, else the warps of a full launch."""
+        if self.interleave is not None:
+            return self.interleave
+        return self.sm_count * self.blocks_per_sm * self.warps_per_block
 
     @staticmethod
     def asnumpy(a) -> np.ndarray:
@@ -411,8 +523,11 @@ class EmulatedBackend:
         per = len(names) // len(keys)
         for j, key in enumerate(keys):
             part = names[j * per : (j + 1) * per]
-            self._modules[key] = {n.split("<")[0]: EmulatedKernel(lib, j * per + i, n)
-                                  for i, n in enumerate(part)}
+            kernels = {n.split("<")[0]: EmulatedKernel(lib, j * per + i, n, self.launches)
+                       for i, n in enumerate(part)}
+            if self.interleave is not None and self.interleave > 1:
+                kernels["fm_train_rows"] = InFlightRows(kernels["fm_train_rows"], self.interleave)
+            self._modules[key] = kernels
 
     def module(self, dtype, kp: int) -> dict:
         key = (np.dtype(dtype).name, int(kp))

@@ -390,6 +390,114 @@ __device__ __forceinline__ void opt_chunk(const Opt<T>& o, T* w, long long n, co
 }
 
 // ---------------------------------------------------------------------------
+// Hot parameters in per-row mode (fm_train_rows with hot accumulation)
+//
+// With thousands of rows in flight, a weight that most rows carry (the bias,
+// a missing-value token, a small field's features) would be read by every
+// warp before any of their writes landed, and all but the last write would
+// be lost.  Instead the rows add what they would have stepped with into an
+// accumulator (atomically): per weight the sum of their gradients and the
+// sum of their squared gradients, per block the number of rows; after the
+// wave fm_hot_apply takes one step with the sums.  For SGD and AdaGrad that
+// step is the sum of the rows' own steps at the wave's start values (FTRL:
+// its state grows by the same sums), as the CPU's hot-feature replicas fold
+// their steps additively (fmcli/_core/hot.h); with one row it is the row's
+// step exactly.  Adam's moving averages have no such sum: it trains per row.
+//
+// FwFM's field-pair weights and FmFM's field matrices, which every row
+// carries as well, are accumulated the same way.
+//
+// Accumulator layout, per class: scalar items (the bias, each hot feature's
+// linear weight, then FwFM's m * m field-pair weights) of four values each
+// (sum g, sum g^2, rows, unused); vector items (each hot feature's factor
+// blocks, then FmFM's m * m * K matrix rows) of 2 K + 4 values each (K sums
+// of g, K sums of g^2, rows, three unused), which keeps every item's start
+// aligned for ld4/st4.
+
+#define FM_HOT_SCALAR 4
+
+template <int K>
+__device__ __forceinline__ long long hot_vec_stride() { return 2 * K + 4; }
+
+// Factor blocks per feature: one per field (FFM), none (LR), else one.
+__device__ __forceinline__ long long hot_bpf(const Shape& s) {
+    return s.kind == KIND_FFM ? s.m : s.kind == KIND_LR ? 0 : 1;
+}
+
+// Accumulated pair parameters per class: scalars (FwFM), vector items (FmFM).
+__device__ __forceinline__ long long hot_pair_scalars(const Shape& s) {
+    return s.kind == KIND_FWFM ? s.m * s.m : 0;
+}
+template <int K>
+__device__ __forceinline__ long long hot_pair_vectors(const Shape& s) {
+    return s.kind == KIND_FMFM ? s.m * s.m * K : 0;
+}
+
+// One element: as opt_elem with the sums g (of gradients) and g2 (of their squares).
+template <typename T>
+__device__ __forceinline__ void opt_elem_sum(const Opt<T>& o, T& w, T& s1, T& s2, T g, T g2, T l1, T l2) {
+    if (o.kind == OPT_ADAGRAD) {
+        s1 = s1 + g2;
+        w = w - o.eta * g / sqrt(s1);
+    } else if (o.kind == OPT_FTRL) {
+        T sig = (sqrt(s2 + g2) - sqrt(s2)) / o.eta;
+        T z = s1 + g - sig * w;
+        s1 = z;
+        s2 = s2 + g2;
+        T a = z < 0 ? -z : z;
+        if (a <= l1)
+            w = 0;
+        else
+            w = -(z - (z > 0 ? l1 : -l1)) / ((o.beta + sqrt(s2)) / o.eta + l2);
+    } else {
+        w = w - o.eta * g;   // SGD (Adam never accumulates)
+    }
+}
+
+// A scalar block stepped with accumulated sums (gradients already clipped per row).
+template <typename T>
+__device__ __forceinline__ void opt_scalar_sum(const Opt<T>& o, T* w, T g, T g2, T l1, T l2) {
+    T dummy = 0;
+    T& s1 = o.kind == OPT_SGD ? dummy : w[1];
+    T& s2 = o.kind == OPT_FTRL ? w[2] : dummy;
+    opt_elem_sum<T>(o, w[0], s1, s2, g, g2, l1, l2);
+}
+
+// Four elements of a factor block of n = K weights at w stepped with the
+// sums g and g2 (four values each).
+template <typename T>
+__device__ __forceinline__ void opt_chunk_sum(const Opt<T>& o, T* w, long long n, const T* g, const T* g2,
+                                              T l1, T l2) {
+    T a[4], s1[4] = {0, 0, 0, 0}, s2[4] = {0, 0, 0, 0};
+    ld4(w, a);
+    if (o.kind != OPT_SGD) ld4(w + n, s1);
+    if (o.kind == OPT_FTRL) ld4(w + 2 * n, s2);
+    for (int e = 0; e < 4; ++e) opt_elem_sum<T>(o, a[e], s1[e], s2[e], g[e], g2[e], l1, l2);
+    st4(w, a);
+    if (o.kind != OPT_SGD) st4(w + n, s1);
+    if (o.kind == OPT_FTRL) st4(w + 2 * n, s2);
+}
+
+// A row's gradient of a scalar item, added to its accumulator acc.
+template <typename T>
+__device__ __forceinline__ void hot_add_scalar(T* acc, T g) {
+    atomicAdd(acc, g);
+    atomicAdd(acc + 1, g * g);
+    atomicAdd(acc + 2, (T)1);
+}
+
+// Four elements of a row's gradient of a vector item (acc: the item's
+// accumulator, d: the chunk's offset in the block); `first` counts the row.
+template <typename T, int K>
+__device__ __forceinline__ void hot_add_chunk(T* acc, int d, const T* g, bool first) {
+    for (int e = 0; e < 4; ++e) {
+        atomicAdd(acc + d + e, g[e]);
+        atomicAdd(acc + K + d + e, g[e] * g[e]);
+    }
+    if (first) atomicAdd(acc + 2 * K, (T)1);
+}
+
+// ---------------------------------------------------------------------------
 // Losses (_kernels.pyx: row_loss)
 
 __device__ __forceinline__ double log1pexp(double z) {

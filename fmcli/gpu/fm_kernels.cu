@@ -7,7 +7,11 @@
 //                   rows of a launch): score, loss, gradient and optimizer
 //                   step fused, in place, as the CPU's per-row loop does.
 //                   Warps do not synchronise with each other: rows race on
-//                   shared parameters like the CPU's Hogwild threads.
+//                   shared parameters like the CPU's Hogwild threads.  With
+//                   hot accumulation (hot_on) the bias, the pair parameters
+//                   and the hot features' weights are not written: the rows
+//                   add their gradients to accumulators that fm_hot_apply
+//                   steps with after the wave.
 // fm_batch_grad     batch size b > 1 (exact mode).  One warp per row of a
 //                   mini-batch: every row's data gradients at the parameters
 //                   of the start of the batch, written as (block id, value)
@@ -17,6 +21,10 @@
 //                   slot order (deterministic), divides by the batch's row
 //                   count, adds L2 and steps the block once (an FmFM matrix
 //                   row is a vector block like a factor vector, without L2).
+// fm_hot_apply      after a wave of fm_train_rows that accumulated the hot
+//                   parameters' gradients (the bias, the pair parameters,
+//                   the most frequent features: see fm_device.cu), one step
+//                   per touched item.
 // fm_score_rows     one warp per row: raw scores of every class.
 //
 // Rows: CSR (indptr int64, fields/features int32, values float32), labels
@@ -29,12 +37,27 @@
 // ---------------------------------------------------------------------------
 // Per-row (Hogwild) update of one class's parameters
 
+// Hot accumulation of one class in per-row mode (see fm_device.cu): off,
+// or each hot feature's slot (-1: not hot) and the class's accumulators.
+template <typename T>
+struct Hot {
+    bool on;
+    const int* slot;   // per feature
+    T* hs;             // scalar items: the bias, then each hot feature's linear weight
+    T* hv;             // vector items: each hot feature's factor blocks (FFM: one per field)
+    long long bpf;     // factor blocks per feature
+    T* hps;            // FwFM's field-pair weights (scalar items, by field_pair)
+    T* hpv;            // FmFM's matrix rows (vector items, by field_pair * K + row)
+
+    __device__ __forceinline__ int of(int j) const { return on ? slot[j] : -1; }
+};
+
 // Per-row mode of FwFM and FmFM: step the factor vector of every in-model
 // entry with its gradient from gbuf (nnz vectors of K, computed from the
 // row's start values), each clipped on its own; a group of lanes per entry.
 template <typename T, int K>
 __device__ void step_factors(const Shape& s, const Opt<T>& o, T* F, const T* gbuf, const int* fld,
-                             const int* feat, int nnz, int grp, int q, T l1, T l2f) {
+                             const int* feat, int nnz, int grp, int q, T l1, T l2f, const Hot<T>& h) {
     typedef Lanes<K> LN;
     const bool clip = s.clip > 0;
     for (int base = 0; base < nnz; base += LN::NPW) {
@@ -54,8 +77,15 @@ __device__ void step_factors(const Shape& s, const Opt<T>& o, T* F, const T* gbu
                 for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
         }
         if (act) {
+            const int hs = h.of(feat[i]);
             T* w = F + (long long)feat[i] * s.fs;
-            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+            T* acc = h.hv + (long long)hs * hot_vec_stride<K>();
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                if (hs >= 0)
+                    hot_add_chunk<T, K>(acc, LN::at(q, c), g + 4 * c, q == 0 && c == 0);
+                else
+                    opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+            }
         }
     }
 }
@@ -109,7 +139,7 @@ __device__ void fmfm_factor_sum(const Shape& s, const T* F, const T* R, const in
 template <typename T, int K>
 __device__ void update_row_fmfm(const Shape& s, const Opt<T>& o, T* F, T* R, const int* fld,
                                 const int* feat, const float* val, int nnz, T scale, T kappa,
-                                int lane, T* scr) {
+                                int lane, T* scr, const Hot<T>& h) {
     typedef Lanes<K> LN;
     const int grp = lane / LN::G, q = lane % LN::G;
     const T lamf = grad_l2<T>(s, s.l2f), l1 = (T)s.l1, l2f = (T)s.l2f;
@@ -194,18 +224,24 @@ __device__ void update_row_fmfm(const Shape& s, const Opt<T>& o, T* F, T* R, con
                 for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
         }
         if (act) {
-            T* w = R + (field_pair(fld[i], fld[l], s.m) * K + r) * s.fs;
-            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, (T)0, (T)0);
+            const long long row = field_pair(fld[i], fld[l], s.m) * K + r;
+            T* w = R + row * s.fs;
+            for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                if (h.on)
+                    hot_add_chunk<T, K>(h.hpv + row * hot_vec_stride<K>(), LN::at(q, c), g + 4 * c, q == 0 && c == 0);
+                else
+                    opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, (T)0, (T)0);
+            }
         }
     }
     __syncwarp();   // every read of the factors' start values before their steps
-    step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f);
+    step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f, h);
 }
 
 template <typename T, int K>
 __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T* R,
                            const int* fld, const int* feat, const float* val, int nnz, T scale,
-                           T kappa, int lane, T* scr) {
+                           T kappa, int lane, T* scr, const Hot<T>& h) {
     typedef Lanes<K> LN;
     const int grp = lane / LN::G, q = lane % LN::G;
     const T lamb = grad_l2<T>(s, s.l2b), laml = grad_l2<T>(s, s.l2l), lamf = grad_l2<T>(s, s.l2f);
@@ -213,14 +249,21 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
     const bool clip = s.clip > 0;
     if (s.use_bias && lane == 0) {
         T g = kappa + lamb * B[0];
-        opt_scalar<T>(o, B, g, (T)0, (T)s.l2b);
+        if (h.on)
+            hot_add_scalar<T>(h.hs, g * clip_scale<T>(s.clip, g * g));
+        else
+            opt_scalar<T>(o, B, g, (T)0, (T)s.l2b);
     }
     if (s.use_linear) {
         for (int i = lane; i < nnz; i += 32) {
             if (!entry_ok(s, fld, feat, i)) continue;
             T* w = L + (long long)feat[i] * s.ls;
             T g = kappa * (val[i] * scale) + laml * w[0];
-            opt_scalar<T>(o, w, g, l1, (T)s.l2l);
+            const int hs = h.of(feat[i]);
+            if (hs >= 0)
+                hot_add_scalar<T>(h.hs + (1 + (long long)hs) * FM_HOT_SCALAR, g * clip_scale<T>(s.clip, g * g));
+            else
+                opt_scalar<T>(o, w, g, l1, (T)s.l2l);
         }
     }
     if (s.kind == KIND_FFM) {
@@ -265,8 +308,22 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
                 }
             }
             if (act) {
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w1 + LN::at(q, c), K, g1 + 4 * c, l1, l2f);
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w2 + LN::at(q, c), K, g2 + 4 * c, l1, l2f);
+                // a hot feature's block goes to its accumulator (item: feature slot, field)
+                const int h1 = h.of(feat[i]), h2 = h.of(feat[l]);
+                T* a1 = h.hv + ((long long)h1 * s.m + fld[l]) * hot_vec_stride<K>();
+                T* a2 = h.hv + ((long long)h2 * s.m + fld[i]) * hot_vec_stride<K>();
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    if (h1 >= 0)
+                        hot_add_chunk<T, K>(a1, LN::at(q, c), g1 + 4 * c, q == 0 && c == 0);
+                    else
+                        opt_chunk<T>(o, w1 + LN::at(q, c), K, g1 + 4 * c, l1, l2f);
+                }
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    if (h2 >= 0)
+                        hot_add_chunk<T, K>(a2, LN::at(q, c), g2 + 4 * c, q == 0 && c == 0);
+                    else
+                        opt_chunk<T>(o, w2 + LN::at(q, c), K, g2 + 4 * c, l1, l2f);
+                }
             }
             if (p < P) pair_advance(nnz, LN::NPW, i, l);
         }
@@ -299,8 +356,16 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
                 if (f != 1)
                     for (int e = 0; e < LN::E; ++e) g[e] = g[e] * f;
             }
-            if (act)
-                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+            if (act) {
+                const int hs = h.of(feat[i]);
+                T* acc = h.hv + (long long)hs * hot_vec_stride<K>();
+                for (int c = 0; c < LN::CH; ++c) if (LN::has(q, c)) {
+                    if (hs >= 0)
+                        hot_add_chunk<T, K>(acc, LN::at(q, c), g + 4 * c, q == 0 && c == 0);
+                    else
+                        opt_chunk<T>(o, w + LN::at(q, c), K, g + 4 * c, l1, l2f);
+                }
+            }
         }
     } else if (s.kind == KIND_FWFM) {
         // Every gradient from the start of the row (into this warp's scratch:
@@ -346,7 +411,7 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
             }
         }
         __syncwarp();
-        step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f);
+        step_factors<T, K>(s, o, F, gbuf, fld, feat, nnz, grp, q, l1, l2f, h);
         // Field-pair weights.  With a field repeated in the row several pairs
         // share a weight: the first of them steps it with their sum.
         bool rep = false;
@@ -375,12 +440,15 @@ __device__ void update_row(const Shape& s, const Opt<T>& o, T* B, T* L, T* F, T*
                         pair_advance(nnz, 1, a, b);
                     }
                 }
-                if (owner) opt_scalar<T>(o, R + key * s.ls, g, (T)0, (T)0);
+                if (owner && h.on)
+                    hot_add_scalar<T>(h.hps + key * FM_HOT_SCALAR, g * clip_scale<T>(s.clip, g * g));
+                else if (owner)
+                    opt_scalar<T>(o, R + key * s.ls, g, (T)0, (T)0);
             }
             pair_advance(nnz, 32, i, l);
         }
     } else if (s.kind == KIND_FMFM) {
-        update_row_fmfm<T, K>(s, o, F, R, fld, feat, val, nnz, scale, kappa, lane, scr);
+        update_row_fmfm<T, K>(s, o, F, R, fld, feat, val, nnz, scale, kappa, lane, scr, h);
     }
     __syncwarp();
 }
@@ -427,7 +495,8 @@ __global__ void fm_train_rows(const long long* sh, const double* hp, T* B, T* L,
                               int has_w, const long long* order, long long pos0, long long n_pos,
                               double step0, double total, signed char* status, double* rloss,
                               double* rweight, int* stop, double* tbuf, T* scratch,
-                              long long scratch_len) {
+                              long long scratch_len, int hot_on, const int* hot_slot, long long n_hot,
+                              T* hot_s, T* hot_v) {
     const Shape s = load_shape(sh, hp);
     const int lane = threadIdx.x & 31;
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -466,9 +535,76 @@ __global__ void fm_train_rows(const long long* sh, const double* hp, T* B, T* L,
         const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, step0 + (double)pos, total));
         for (long long c = 0; c < s.C; ++c) {
             const double kc = s.C == 1 ? kap0 : tb[s.C + c];
+            const long long ns = 1 + n_hot + hot_pair_scalars(s), bpf = hot_bpf(s);
+            const long long nv = n_hot * bpf + hot_pair_vectors<K>(s);
+            T* hs = hot_s + c * ns * FM_HOT_SCALAR;
+            T* hv = hot_v + c * nv * hot_vec_stride<K>();
+            const Hot<T> h = {hot_on != 0, hot_slot, hs, hv, bpf, hs + (1 + n_hot) * FM_HOT_SCALAR,
+                              hv + n_hot * bpf * hot_vec_stride<K>()};
             update_row<T, K>(s, o, B + c * s.cB, L + c * s.cL, F + c * s.cF, R + c * s.cR, fld, feat,
-                             val, nnz, scale, (T)(wr * kc), lane, scr);
+                             val, nnz, scale, (T)(wr * kc), lane, scr, h);
         }
+    }
+}
+
+// After a wave of fm_train_rows with hot accumulation: every item some row
+// of the wave touched (its row count is not zero) takes one step with its
+// sums (opt_*_sum), and its accumulator is cleared for the next wave.
+// Items: the scalars (per class the bias, the hot features' linear weights,
+// FwFM's field-pair weights) one per thread, the vector items (per class
+// the hot features' factor blocks, FmFM's matrix rows) one per lane group.
+// hot_ids: the hot features, by slot.  Pair parameters take no L1 or L2.
+template <typename T, int K>
+__global__ void fm_hot_apply(const long long* sh, const double* hp, T* B, T* L, T* F, T* R,
+                             const int* hot_ids, long long n_hot, T* hot_s, T* hot_v, double t,
+                             double total) {
+    typedef Lanes<K> LN;
+    const Shape s = load_shape(sh, hp);
+    const Opt<T> o = make_opt<T>(s, step_eta(s, s.eta, t, total));
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n_threads = (long long)gridDim.x * blockDim.x;
+    const long long per = 1 + n_hot + hot_pair_scalars(s);
+    for (long long j = tid; j < s.C * per; j += n_threads) {
+        T* a = hot_s + j * FM_HOT_SCALAR;
+        if (a[2] == 0) continue;
+        const long long c = j / per, i = j % per;
+        if (i == 0)
+            opt_scalar_sum<T>(o, B + c * s.cB, a[0], a[1], (T)0, (T)s.l2b);
+        else if (i <= n_hot)
+            opt_scalar_sum<T>(o, L + c * s.cL + (long long)hot_ids[i - 1] * s.ls, a[0], a[1], (T)s.l1, (T)s.l2l);
+        else
+            opt_scalar_sum<T>(o, R + c * s.cR + (i - 1 - n_hot) * s.ls, a[0], a[1], (T)0, (T)0);
+        a[0] = a[1] = a[2] = 0;
+    }
+    const int lane = threadIdx.x & 31;
+    const int grp = lane / LN::G, q = lane % LN::G;
+    const long long bpf = hot_bpf(s), stride = hot_vec_stride<K>();
+    const long long per_v = n_hot * bpf + hot_pair_vectors<K>(s);
+    const long long items = s.C * per_v;
+    const long long warp = tid >> 5, n_warps = n_threads >> 5;
+    for (long long base = warp * LN::NPW; base < items; base += n_warps * LN::NPW) {
+        const long long j = base + grp;
+        T* a = hot_v + j * stride;
+        const bool act = j < items && a[2 * K] != 0;
+        if (act) {
+            const long long c = j / per_v, r = j % per_v;
+            const bool pair = r >= n_hot * bpf;   // an FmFM matrix row
+            T* w = pair ? R + c * s.cR + (r - n_hot * bpf) * s.fs
+                        : F + c * s.cF + ((long long)hot_ids[r / bpf] * bpf + r % bpf) * s.fs;
+            const T l1 = pair ? (T)0 : (T)s.l1, l2 = pair ? (T)0 : (T)s.l2f;
+            for (int cc = 0; cc < LN::CH; ++cc) if (LN::has(q, cc)) {
+                const int d = LN::at(q, cc);
+                T g[4], g2[4];
+                const T zero[4] = {0, 0, 0, 0};
+                ld4(a + d, g);
+                ld4(a + K + d, g2);
+                opt_chunk_sum<T>(o, w + d, K, g, g2, l1, l2);
+                st4(a + d, zero);
+                st4(a + K + d, zero);
+            }
+        }
+        __syncwarp();   // every lane of the group has read the row count
+        if (act && q == 0) a[2 * K] = 0;
     }
 }
 

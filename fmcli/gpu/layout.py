@@ -34,7 +34,7 @@ HYPER_FIELDS = (
 )
 
 KERNELS = ("fm_train_rows", "fm_batch_grad", "fm_batch_apply_vec", "fm_batch_apply_scalar",
-           "fm_score_rows")
+           "fm_score_rows", "fm_hot_apply")
 SOURCE = "fm_kernels.cu"
 C_TYPES = {"float32": "float", "float64": "double"}
 MAX_KP = 1024

@@ -1,5 +1,6 @@
 """Host-side plans of the GPU backend: rows packed for the device, launch
-geometry, and the exact (mini-batch) mode's contribution slots and sort.
+geometry, the exact (mini-batch) mode's contribution slots and sort, and
+the device memory a run takes (device_memory: arithmetic, no device).
 
 Everything takes an array module ``xp`` (CuPy, or NumPy for tests and for
 the CPU emulation of the kernels) and never synchronises with the device
@@ -16,6 +17,15 @@ from ..registry import kind as model_kind
 from .layout import group_size
 
 WARP = 32
+
+# Per-row mode (fmcli/gpu/state.py), here for the memory plan as well
+ROWS_PER_LAUNCH = 1 << 21          # positions per kernel launch (without hot accumulation)
+SCRATCH_BUDGET = 256 << 20         # bytes of per-warp scratch (FwFM and FmFM)
+HOT_MIN_IN_FLIGHT = 1.0            # hot: carried by this many of the rows in flight, on average
+HOT_BYTES = 64 << 20               # at most this much device memory of hot accumulators (auto)
+HOT_SCALAR = 4                     # accumulator values per scalar item (FM_HOT_SCALAR)
+HOT_RAMP_ROWS = 32                 # the shortest wave at a run's start (GpuState._per_row)
+HOT_OPTIMIZERS = ("sgd", "adagrad", "ftrl")   # whose steps add up (not Adam's moving averages)
 
 
 @dataclass(frozen=True)
@@ -213,3 +223,87 @@ def segment_sums(perm, sorted_gid, values, n_ids: int) -> dict[int, np.ndarray]:
         v = values[int(perm[j])]
         out[gid] = v.copy() if gid not in out else out[gid] + v
     return out
+
+
+# ---------------------------------------------------------------------------
+# Hot accumulation (per-row mode)
+
+
+def hot_layout(kind: str, n_fields: int, kp: int, n_hot: int) -> tuple[int, int, int]:
+    """Values of hot accumulators per class (fm_device.cu): (per hot feature,
+    scalar part, vector part) for n_hot hot features, the bias and the pair
+    parameters (FwFM's m * m weights, FmFM's m * m * kp matrix rows)."""
+    entry = model_kind(kind)
+    stride = 2 * kp + 4
+    bpf = n_fields if entry.factors == "feature-field" else 1 if entry.factors else 0
+    pair_s = n_fields * n_fields if entry.pairs == "scalar" else 0
+    pair_v = n_fields * n_fields * kp if entry.pairs == "matrix" else 0
+    per = HOT_SCALAR + bpf * stride
+    return per, HOT_SCALAR * (1 + n_hot + pair_s), stride * (n_hot * bpf + pair_v)
+
+
+# ---------------------------------------------------------------------------
+# Device memory
+
+
+NOMINAL_ROWS_IN_FLIGHT = 8192   # warps of a full per-row launch, where no device says (an H100's order)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Bytes of device memory a training run takes, by what holds them."""
+
+    parameters: int      # weights
+    state: int           # optimizer state
+    data: int            # resident rows: training (and validation) rows, row order, weights
+    scratch: int         # per-launch buffers: statistics, per-warp scratch, hot accumulators, exact-mode slots
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.state + self.data + self.scratch
+
+
+def device_memory(cfg, n_features: int, n_fields: int, n_classes: int, *, rows: int, nnz: int,
+                  valid_rows: int = 0, valid_nnz: int = 0, weights: bool = False,
+                  rows_in_flight: int | None = None) -> DeviceMemory:
+    """What fmcli.gpu.state.GpuState allocates for a run of `rows` training
+    rows with `nnz` entries resident at once (and a validation set): an
+    upper estimate, rows of average width assumed for the exact mode's
+    contribution slots.  Pure arithmetic: no device needed."""
+    from ..model import padded_k
+    from ..params import HostParams
+    from ..registry import optimizer as optimizer_entry
+
+    itemsize = np.dtype(cfg.dtype).itemsize
+    kp, C = padded_k(cfg.k), n_classes
+    both = HostParams.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
+    params = both // (1 + optimizer_entry(cfg.optimizer).n_state)
+    # rows as pack_rows holds them (indptr, fields, features, values, labels),
+    # the order of a pass and its weights; the validation rows stay too
+    def rows_bytes(n, z):
+        return 8 * (n + 1) + 12 * z + 4 * n if n else 0
+
+    data = rows_bytes(rows, nnz) + rows_bytes(valid_rows, valid_nnz) + 8 * rows + (4 * rows if weights else 0)
+    data += 8 * valid_rows * C                       # the validation scores
+    warps = max(1, min(int(rows_in_flight or NOMINAL_ROWS_IN_FLIGHT), rows))
+    per_launch = min(rows, ROWS_PER_LAUNCH)
+    scratch = 17 * per_launch + 16 * warps * C       # row status, loss, weight; per-warp class scores
+    width = -(-nnz // rows) if rows else 0           # average entries per row, rounded up
+    if cfg.batch_size == 1:
+        scratch += min(SCRATCH_BUDGET, warps * row_scratch_len(cfg.model, kp, width) * itemsize)
+        if cfg.hot_features != 0 and cfg.optimizer in HOT_OPTIMIZERS:
+            # hot accumulation: a slot per feature, the accumulators of the
+            # bias, the pair parameters and the hot features
+            per, scalars, vectors = hot_layout(cfg.model, n_fields, kp, 0)
+            per_feature = C * per * itemsize
+            hot = (min(n_features * per_feature, HOT_BYTES) if cfg.hot_features is None
+                   else min(cfg.hot_features, n_features) * per_feature)
+            scratch += 4 * n_features + C * (scalars + vectors) * itemsize + hot
+    else:
+        b = min(cfg.batch_size, max(rows, 1))
+        s_slots, v_slots = slot_counts(np, np.array([width]), cfg.model, C, cfg.use_bias, cfg.use_linear, kp)
+        s_slots, v_slots = int(s_slots[0]) * b, int(v_slots[0]) * b
+        scratch += s_slots * (8 + itemsize) + v_slots * (8 + kp * itemsize)
+        scratch += 3 * 8 * max(s_slots, v_slots)     # the sort: keys, order, sorted ids
+        scratch += 16 * (rows + 1)                   # the plan's slot offsets
+    return DeviceMemory(parameters=params, state=both - params, data=data, scratch=scratch)

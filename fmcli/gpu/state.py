@@ -7,7 +7,22 @@ the host with the same random draws, so a run on either device starts from
 the same weights and shuffles rows in the same order.
 
 Batch size 1 trains per row with fm_train_rows (Hogwild across warps, like
-the CPU's threads).  Batch size b > 1 is the exact mode: per mini-batch
+the CPU's threads).  A device keeps thousands of rows in flight
+(backend.rows_in_flight), and a weight that most of them carry would keep
+only one of their writes; so, as the CPU trains its hot features on
+per-thread replicas, prepare() picks the hot features (each carried on
+average by at least HOT_MIN_IN_FLIGHT of the rows in flight, or the
+--hot-features most frequent) and per-row training runs in waves of
+rows_in_flight rows: the rows step every other weight in place and add
+the gradients of the bias, of the pair parameters (FwFM's field-pair
+weights, FmFM's field matrices: every row carries them too) and of the hot
+features to accumulators, and after the wave fm_hot_apply steps each of
+those once with the sum of the rows' steps (fm_device.cu).  A run's first
+waves are shorter (HOT_RAMP_ROWS, then as many rows as were trained
+before), so that the large, alike gradients of the initial weights are not
+summed thousands at a time.  Two launches per wave, no host round trip.
+
+Batch size b > 1 is the exact mode: per mini-batch
 fm_batch_grad writes every row's gradient contributions into planned slots,
 the host sorts them by parameter block (on the device), and the apply
 kernels step each touched block once with the batch's mean gradient, as
@@ -18,17 +33,21 @@ stays on the device.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from ..errors import DeviceError
 from ..model import Model, padded_k
 from ..params import HostParams
+from ..registry import kind as model_kind
 from . import plan
 from .layout import OPTIMIZERS as GPU_OPTIMIZERS, ROW_BAD, ROW_SKIPPED, hyper_array, shape_array
 
-ROWS_PER_LAUNCH = 1 << 21          # per-row mode: positions per kernel launch
+from .plan import (HOT_BYTES, HOT_MIN_IN_FLIGHT, HOT_OPTIMIZERS, HOT_RAMP_ROWS, ROWS_PER_LAUNCH,
+                   SCRATCH_BUDGET, hot_layout)
+
 BATCHES_PER_SUMMARY = 256          # exact mode: batches between reductions of the row statistics
-SCRATCH_BUDGET = 256 << 20         # bytes of per-warp scratch (FwFM per-row mode)
 
 
 def default_backend():
@@ -64,7 +83,11 @@ class GpuState:
     total_steps = 1
 
     def __init__(self, cfg, n_features: int, n_fields: int, rng: np.random.Generator,
-                 task: str = "binary", classes: list[str] | None = None, *, backend=None):
+                 task: str = "binary", classes: list[str] | None = None, *, backend=None,
+                 need: int | None = None):
+        """need: the device memory the whole run takes (fmcli.gpu.plan.device_memory's
+        total; default: the parameters and optimizer state alone), checked
+        against the device's free memory before anything is allocated."""
         if cfg.optimizer not in GPU_OPTIMIZERS:
             raise DeviceError(f"the GPU kernels have no {cfg.optimizer} optimizer")
         self.backend = backend if backend is not None else default_backend()
@@ -74,10 +97,12 @@ class GpuState:
         # from rng: after a DeviceError the CPU can take over unchanged.
         self.kernels = self.backend.module(self.dtype, padded_k(cfg.k))
         C = len(classes) if task == "multiclass" else 1
-        need = HostParams.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
+        model = HostParams.bytes_needed(cfg.replace(batch_size=1), n_features, n_fields, C)
         free = self.backend.free_memory()
-        if free is not None and need > free:
-            raise DeviceError(f"the model needs {need / 2**30:.2f} GiB of device memory and "
+        if free is not None and max(model, need or 0) > free:
+            what = ("the model needs" if not need else
+                    "the run needs (parameters, optimizer state, resident data, scratch)")
+            raise DeviceError(f"{what} {max(model, need or 0) / 2**30:.2f} GiB of device memory and "
                               f"{self.backend.describe()} has {free / 2**30:.2f} GiB free")
         host = HostParams(cfg, n_features, n_fields, rng, task, classes)
         self.cfg, self.spec, self.n_classes = host.cfg, host.spec, host.n_classes
@@ -96,6 +121,8 @@ class GpuState:
         self._rows = _Resident(lambda batch: plan.pack_rows(xp, batch))
         self._weights = _Resident(lambda w: xp.asarray(np.ascontiguousarray(w, dtype=np.float32)))
         self._dummy = {np.dtype(t): xp.zeros(4, t) for t in (np.float32, np.float64, np.int32, np.int64)}
+        self.launches: Counter = Counter()   # kernel launches of this state, by kernel
+        self.hot_ids: np.ndarray | None = None   # the hot features (prepare); None: no hot accumulation
 
     # -- the Backend interface ------------------------------------------------
     def device_arrays(self) -> tuple:
@@ -113,9 +140,54 @@ class GpuState:
     def export_state(self) -> tuple[np.ndarray, ...]:
         return self.arrays()
 
-    def prepare(self, batch) -> None:
-        """Nothing to choose on the device (hot features are a CPU matter)."""
-        return None
+    def prepare(self, batch) -> str | None:
+        """Called once with the first batch trained on: in per-row mode with
+        rows in flight, pick the hot features and turn hot accumulation on
+        (see the module docstring).  Returns what to tell the user, or None."""
+        self.hot_ids = None
+        cfg, s = self.cfg, self.spec
+        wave = int(getattr(self.backend, "rows_in_flight", 1))
+        if cfg.batch_size != 1 or cfg.optimizer not in HOT_OPTIMIZERS or cfg.hot_features == 0 or wave < 2:
+            return None
+        counts = feature_counts(batch, s.n_features)
+        per = self.hot_bytes_per_feature()
+        if cfg.hot_features is None:
+            want = int((counts * wave >= HOT_MIN_IN_FLIGHT * max(batch.n_rows, 1)).sum())
+            want = min(want, HOT_BYTES // per)
+        else:
+            want = cfg.hot_features
+        want = min(want, int(np.count_nonzero(counts)))
+        pairs = {"scalar": "the field-pair weights",
+                 "matrix": "the field matrices"}.get(model_kind(s.kind).pairs)
+        if want <= 0 and not s.use_bias and not pairs:
+            return None
+        top = np.sort(np.argpartition(-counts, want - 1)[:want]) if want > 0 else np.zeros(0, np.int64)
+        self._use_hot(top)
+        parts = [p for p in ("the bias" if s.use_bias else "", pairs or "",
+                             "the most frequent feature" if want == 1 else
+                             f"the {want:,} most frequent features" if want else "") if p]
+        one = len(parts) == 1 and not pairs and want <= 1
+        if len(parts) > 2:
+            parts = [", ".join(parts[:-1]), parts[-1]]
+        return (f"{wave:,} rows in flight: {' and '.join(parts)} step{'s' if one else ''} once per wave "
+                "of rows, with the sum of the rows' steps (--hot-features)")
+
+    def hot_bytes_per_feature(self) -> int:
+        """Device memory of one hot feature's accumulators."""
+        per = hot_layout(self.spec.kind, self.spec.n_fields, self.kp, 1)[0]
+        return per * self.n_classes * self.dtype.itemsize
+
+    def _use_hot(self, ids) -> None:
+        """Accumulate the bias's, the pair parameters' and the features `ids`'
+        gradients (sorted ids)."""
+        xp, s, C = self.xp, self.spec, self.n_classes
+        ids = np.asarray(ids, np.int32)
+        slot = np.full(max(1, s.n_features), -1, np.int32)
+        slot[ids] = np.arange(len(ids), dtype=np.int32)
+        _, scalars, vectors = hot_layout(s.kind, s.n_fields, self.kp, len(ids))
+        self.hot_ids = ids
+        self._hot = (xp.asarray(slot), self._arg(xp.asarray(ids), np.int32),
+                     xp.zeros(C * scalars, self.dtype), xp.zeros(max(4, C * vectors), self.dtype))
 
     def restore(self, snap) -> None:
         """Set the parameters from arrays shaped like arrays()' (host or device)."""
@@ -193,24 +265,53 @@ class GpuState:
         max_warps = None
         if scratch_len:
             max_warps = max(1, SCRATCH_BUDGET // (scratch_len * self.dtype.itemsize))
-        geo = self._launch(min(n, ROWS_PER_LAUNCH), max_warps)
+        hot = self.hot_ids is not None
+        # with hot accumulation a launch is one wave: the rows in flight
+        span = max(1, int(self.backend.rows_in_flight)) if hot else ROWS_PER_LAUNCH
+        geo = self._launch(min(n, span), max_warps)
         tbuf = xp.zeros(geo.warps * 2 * C, np.float64)
         scratch = xp.zeros(max(4, geo.warps * scratch_len), self.dtype)
         stop = xp.zeros(1, np.int32)
-        fn = self.kernels["fm_train_rows"]
+        if hot:
+            slot, ids, hs, hv = self._hot
+            hot_args = (np.int32(1), slot, np.int64(len(self.hot_ids)), hs, hv)
+            # grid-stride over the items: any grid covers them; this one a lane group per vector item
+            n_vec = hv.shape[0] // (2 * self.kp + 4)
+            geo_h = plan.item_launch(max(1, n_vec), plan.vector_items_per_warp(self.kp), self.backend.sm_count)
+        else:
+            i32, d = self._dummy[np.dtype(np.int32)], self._dummy[self.dtype]
+            hot_args = (np.int32(0), i32, np.int64(0), d, d)
         parts = []
         for pos0 in range(0, n, ROWS_PER_LAUNCH):
             cnt = min(ROWS_PER_LAUNCH, n - pos0)
             status = xp.zeros(cnt, np.int8)
             rloss = xp.zeros(cnt, np.float64)
             rweight = xp.zeros(cnt, np.float64)
-            fn((geo.grid,), (geo.block,), (
-                self.sh, self.hp, *self._params(), rows.indptr, rows.fields, rows.features,
-                rows.values, rows.labels, w, has_w, order, np.int64(pos0), np.int64(cnt),
-                np.float64(step0), np.float64(total), status, rloss, rweight, stop, tbuf, scratch,
-                np.int64(scratch_len)))
+            w0 = 0
+            while w0 < cnt:
+                # a run's first waves are no longer than the rows trained before
+                # them (from HOT_RAMP_ROWS on): early gradients are large and
+                # alike, and thousands of them summed at the initial weights
+                # would overshoot
+                done = int(step0) + pos0 + w0
+                wn = min(span, cnt - w0, max(HOT_RAMP_ROWS, done) if hot else span)
+                self._go("fm_train_rows", geo, (
+                    self.sh, self.hp, *self._params(), rows.indptr, rows.fields, rows.features,
+                    rows.values, rows.labels, w, has_w, order, np.int64(pos0 + w0), np.int64(wn),
+                    np.float64(step0), np.float64(total), status[w0:], rloss[w0:], rweight[w0:], stop,
+                    tbuf, scratch, np.int64(scratch_len), *hot_args))
+                if hot:
+                    self._go("fm_hot_apply", geo_h, (self.sh, self.hp, *self._params(), ids,
+                                                     np.int64(len(self.hot_ids)), hs, hv,
+                                                     np.float64(step0 + pos0 + w0), np.float64(total)))
+                w0 += wn
             parts.append(self._stats(status, rloss, rweight, pos0))
         return parts
+
+    def _go(self, name: str, geo: plan.Launch, args) -> None:
+        """Launch kernel `name` on geo's grid (counted in self.launches)."""
+        self.launches[name] += 1
+        self.kernels[name]((geo.grid,), (geo.block,), args)
 
     def _exact(self, rows, order, w, has_w, n, step0, total):
         xp, s, b = self.xp, self.spec, self.cfg.batch_size
@@ -226,8 +327,6 @@ class GpuState:
         stop = xp.zeros(1, np.int32)
         counts = xp.zeros(pl.n_batches, np.int32)
         bads = xp.zeros(pl.n_batches, np.int32)
-        grad, apply_vec, apply_scalar = (self.kernels[k] for k in
-                                         ("fm_batch_grad", "fm_batch_apply_vec", "fm_batch_apply_scalar"))
         B, L, F, R = self._params()
         sm, ipw = self.backend.sm_count, plan.vector_items_per_warp(kp)
         parts = []
@@ -240,7 +339,7 @@ class GpuState:
             for bi in range(g0, g1):
                 pos0, cnt = int(pl.bounds[bi]), int(pl.bounds[bi + 1] - pl.bounds[bi])
                 at = pos0 - first
-                grad((geo.grid,), (geo.block,), (
+                self._go("fm_batch_grad", geo, (
                     self.sh, self.hp, B, L, F, R, rows.indptr, rows.fields, rows.features,
                     rows.values, rows.labels, w, has_w, order, np.int64(pos0), np.int64(cnt),
                     pl.sofs, pl.vofs, sgid, sval, vgid, vval, status[at:], rloss[at:],
@@ -250,7 +349,7 @@ class GpuState:
                 if nv:
                     perm, sg = plan.sort_contributions(xp, vgid[:nv], self.n_ids)
                     geo_v = plan.item_launch(nv, ipw, sm)
-                    apply_vec((geo_v.grid,), (geo_v.block,), (
+                    self._go("fm_batch_apply_vec", geo_v, (
                         self.sh, self.hp, F, R, sg, perm, np.int64(nv), vval, counts[bi:], bads[bi:],
                         stop, t, np.float64(total)))
                 if ns:
@@ -259,11 +358,21 @@ class GpuState:
                     perm = sg = self._dummy[np.dtype(np.int64)]
                 # launched even without slots: it is what stops the epoch after a bad row
                 geo_s = plan.item_launch(ns, 32, sm)
-                apply_scalar((geo_s.grid,), (geo_s.block,), (
+                self._go("fm_batch_apply_scalar", geo_s, (
                     self.sh, self.hp, B, L, R, sg, perm, np.int64(ns), sval, counts[bi:], bads[bi:],
                     stop, t, np.float64(total)))
             parts.append(self._stats(status, rloss, rweight, first))
         return parts
+
+
+def feature_counts(batch, n_features: int) -> np.ndarray:
+    """How many entries of batch carry each feature id < n_features."""
+    counts = np.zeros(max(1, n_features), np.int64)
+    step = 1 << 20   # in slices: bincount widens its input to int64
+    for i in range(0, len(batch.features), step):
+        part = batch.features[i : i + step]
+        counts += np.bincount(part[part < n_features], minlength=len(counts))[: len(counts)]
+    return counts
 
 
 def _collect(stats: np.ndarray) -> tuple[float, float, int, int]:
