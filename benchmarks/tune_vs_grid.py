@@ -9,9 +9,13 @@ its budget.  Reported: each method's best validation logloss and wall time::
 
     python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm
     python benchmarks/tune_vs_grid.py --rows 60000      # data from benchmarks/synth.py
+    python benchmarks/tune_vs_grid.py --rows 200000 --model-seed 7
 
 Validation logloss is read from each model file's header (the epoch
 auto-stop kept), so every method is judged on the same validation rows.
+Both methods run in the same invocation, one after the other; the load
+average of the machine before and after each is printed with the figures
+(on a shared machine a busy neighbour slows one method and not the other).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--valid")
     ap.add_argument("--rows", type=int, default=60000, help="rows to generate without --train (validation: rows/4)")
     ap.add_argument("--fields", type=int, default=20, help="fields of generated data")
+    ap.add_argument("--model-seed", type=int, default=0, help="synth.py's --model-seed (the planted model)")
+    ap.add_argument("--budget", type=float, help="fm tune's budget in seconds [default: a third of the grid's time]")
     ap.add_argument("--model", default="ffm")
     ap.add_argument("--max-epochs", type=int, default=30, help="-t of every auto-stopped run")
     ap.add_argument("--jobs", type=int, default=available_cpus())
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             train, valid = str(work / "tr.ffm"), str(work / "va.ffm")
             for path, rows, seed in ((train, args.rows, 1), (valid, args.rows // 4, 2)):
                 subprocess.run([sys.executable, str(HERE / "synth.py"), "--rows", str(rows), "--seed", str(seed),
-                                "--fields", str(args.fields), "--out", path, "-q"], check=True)
+                                "--fields", str(args.fields), "--model-seed", str(args.model_seed), "--out", path,
+                                "-q"], check=True)
         common = ["train", "-q", "--model", args.model, "-s", "1", "-t", str(args.max_epochs), "--auto-stop",
                   "-p", valid]
         fm(*common, "-o", str(work / "warm.fm"), train, env=env)          # builds the caches
@@ -81,24 +88,33 @@ def main(argv: list[str] | None = None) -> int:
             fm(*common, "-k", str(k), "-l", str(l2), "-r", str(eta), "-o", str(out), train, env=env)
             return p, valid_logloss(out)
 
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(point, itertools.product(GRID_K, GRID_L2, GRID_ETA)))
         grid_s = time.perf_counter() - t0
         best_point, best_grid = min(results, key=lambda r: r[1])
-        grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point))}
+        grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point)),
+                "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
 
-        budget = grid_s / 3
+        budget = args.budget or grid_s / 3
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        fm("tune", "-q", "--model", args.model, "-p", valid, "--budget", f"{budget:.0f}s", "--jobs", str(args.jobs),
+        fm("tune", "-q", "--model", args.model, "-p", valid, "--budget", f"{budget:.1f}s", "--jobs", str(args.jobs),
            "-o", str(work / "tuned.fm"), train, env=env)
+        from fmcli.modelfile import read_header
+
+        rec = read_header(work / "tuned.fm")["tuning"]
         tuned = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "tuned.fm"),
-                 "budget_s": budget}
+                 "budget_s": budget, "trials": rec["trials"], "brackets": len(rec["brackets"]),
+                 "best": rec["best"]["params"], "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
 
     rows = [("defaults", defaults), ("grid (45 points)", grid), ("fm tune", tuned)]
-    print(f"{'method':<18} {'va_logloss':>11} {'wall s':>8}")
+    print(f"{'method':<18} {'va_logloss':>11} {'wall s':>8}  load  best point")
     for name, r in rows:
-        print(f"{name:<18} {r['logloss']:11.5f} {r['seconds']:8.1f}")
+        load = "-".join(str(x) for x in r.get("load", [])) or "-"
+        print(f"{name:<18} {r['logloss']:11.5f} {r['seconds']:8.1f}  {load:>8}  {r.get('best', '')}")
+    print(f"fm tune: budget {tuned['budget_s']:.1f} s, {tuned['trials']} trials in {tuned['brackets']} bracket(s)")
     print(f"fm tune vs grid: logloss {tuned['logloss'] / grid['logloss'] - 1:+.2%}, "
           f"time {tuned['seconds'] / grid['seconds']:.2f} x; vs defaults {tuned['logloss'] / defaults['logloss'] - 1:+.2%}")
     if args.json:

@@ -42,7 +42,7 @@ _LEFT_OUT = {"resume_dir", "config_file", "lock_timeout", "help"}
 _NOT_CONFIG = {"train_files", "output", "valid", "quiet", "no_optimizer_state", "fmt", "weights_file",
                "spec_file"}
 
-_DEFAULT_TRIALS, _DEFAULT_MAX_EPOCHS, _DEFAULT_REDUCTION = 27, 9, 3
+_DEFAULT_TRIALS, _DEFAULT_MIN_EPOCHS, _DEFAULT_MAX_EPOCHS, _DEFAULT_REDUCTION = 27, 2, 30, 3
 
 
 class Duration(click.ParamType):
@@ -104,13 +104,20 @@ def _option_name(ctx: click.Context, name: str) -> str:
               help="TOML file whose [space] table gives parameters as --param does (l2 = "
                    "\"loguniform(1e-7, 1e-2)\"; k = [4, 8, 16] is a choice; a number is fixed).")
 @click.option("--trials", type=click.IntRange(1), default=_DEFAULT_TRIALS,
-              help="Configurations drawn and trained at the first rung.")
+              help="Configurations trained in all.  With --budget and without --trials: as many as "
+                   "the budget allows.")
+@click.option("--bracket", type=click.IntRange(1), default=_DEFAULT_TRIALS,
+              help="Configurations of the first bracket, a successive halving over the space; "
+                   "later brackets of --reduction configurations, proposed from the results so far, "
+                   "train straight to their own early stop.")
 @click.option("--budget", type=Duration(), default=None, show_default=False,
-              help="Wall time (90s, 10m, 1h30m) after which no trial starts a new rung; the best "
-                   "so far wins.  [default: none]")
-@click.option("--min-epochs", type=click.IntRange(1), default=1, help="Epochs of every trial at the first rung.")
+              help="Wall time (90s, 10m, 1h30m) for the search: brackets follow one another until "
+                   "it is spent, then no trial starts a new rung; the best so far wins.  [default: none]")
+@click.option("--min-epochs", type=click.IntRange(1), default=_DEFAULT_MIN_EPOCHS,
+              help="Epochs of every trial at the first rung.")
 @click.option("--max-epochs", type=click.IntRange(1), default=_DEFAULT_MAX_EPOCHS,
-              help="Epochs of the trials of the last rung.")
+              help="Epochs of the trials of the last rung; every trial stops earlier after 2 epochs "
+                   "without a better validation metric, keeping its best epoch.")
 @click.option("--reduction", type=click.IntRange(2), default=_DEFAULT_REDUCTION,
               help="Each rung keeps the best 1/N trials of the previous one and trains them N times longer.")
 @click.option("--metric", type=click.Choice(list(METRICS)), default=None, show_default=False,
@@ -134,25 +141,32 @@ def _option_name(ctx: click.Context, name: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary of the search on stdout.")
 @lock_timeout_option
 @config_option("tune", "trials = 50, budget = \"10m\"")
-def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, metric, jobs, directory,
+def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, reduction, metric, jobs, directory,
          resume_dir, leaderboard_file, refit, as_json, lock_timeout, **options):
     """Search hyperparameters for TRAIN_FILE... with validation on -p VALID
     and write the best model (its header holds the whole search under
     "tuning").
 
-    Successive halving: --trials configurations drawn from the space (the
-    first is the untuned one, the defaults and options given, when the space
-    holds it) are trained for --min-epochs, the best 1/--reduction of them continue
-    (from where they stopped) for --reduction times as many epochs, up to
-    --max-epochs; each trial counts its best epoch.  Trials run as separate
-    processes, --jobs at a time; with -s 1 (the default when --jobs is the
-    CPU count) and --trials, a search is reproducible for a --seed.
+    First a successive halving: --bracket configurations spread over the
+    space (the first is the untuned one, the defaults and options given,
+    when the space holds it) are trained for --min-epochs, the best
+    1/--reduction of them (ranked by their best value so far and the gains
+    their last epochs promise) continue from their best epoch for
+    --reduction times as many epochs, up to --max-epochs.  Then brackets of
+    --reduction configurations, each proposed from the results so far, are
+    trained to their own early stop, until --trials configurations ran, or
+    with --budget until the time is spent.  Every trial stops after 2
+    epochs without a better validation metric, keeping its best epoch.
+    Trials run as separate processes, --jobs at a time; with -s 1 (the
+    default when --jobs is the CPU count) and --trials without --budget, a
+    search is reproducible for a --seed.  SIGINT/SIGTERM stop it (exit
+    status 130/143) and --resume continues it.
 
     \b
     The default space (parameters given as options are left out of it):
-      k ~ intlog(2, 32)                        (not for --model lr)
-      l2 ~ loguniform(1e-7, 1e-2)
-      learning-rate ~ loguniform(0.01, 1)      (sgd, adagrad; adam: 1e-4 .. 0.1)
+      k ~ intlog(4, 16)                        (not for --model lr)
+      l2 ~ loguniform(5e-6, 1e-2)
+      learning-rate ~ loguniform(0.02, 1)      (sgd, adagrad; adam: 1e-4 .. 0.1)
       ftrl-alpha ~ loguniform(0.01, 1), ftrl-beta ~ loguniform(0.1, 10)  (ftrl)
 
     Every other fm train option is fixed for all trials; -t, --patience,
@@ -160,8 +174,11 @@ def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, 
     --resume, --checkpoint-*, --dry-run and --log-json are refused.  A
     parameter given as an option cannot also be searched.
     """
+    import time
+
     from .. import tune as core
 
+    started = time.monotonic()           # a --budget counts from here: reading the inputs is part of it
     ctx = click.get_current_context()
     if directory is not None and resume_dir is not None:
         raise click.UsageError("--dir and --resume name the search directory: give one of them")
@@ -177,8 +194,12 @@ def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, 
         if output is None:
             raise click.UsageError(f"{resume_dir} does not say where to write the model: give -o")
     else:
-        search, output, directory = _new_search(ctx, options, params, space_file, trials, min_epochs,
-                                                max_epochs, reduction, metric, jobs, directory, say)
+        if budget is not None and not _given(ctx, "trials"):
+            trials = None                # as many as the budget allows
+        if not _given(ctx, "min_epochs"):
+            min_epochs = min(min_epochs, max_epochs)
+        search, output, directory = _new_search(ctx, options, params, space_file, trials, bracket,
+                                                min_epochs, max_epochs, reduction, metric, jobs, directory, say)
     refuse_clobber({"the training file": search.train, "the validation file": search.valid,
                     "the --weights file": search.weights, "the --space file": space_file,
                     "the --config file": ctx.meta.get("fm.config_file")},
@@ -191,6 +212,7 @@ def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, 
     check_writable(output)
     with output_lock(output, lock_timeout), _signals() as stop:
         outcome = core.tune(search, directory, resume=resume_dir is not None, jobs=jobs, budget=budget,
+                            started=started,
                             log=say, on_result=lambda row: say(_render.tune_result_line(row, search)),
                             should_stop=lambda: stop[0])
         best = outcome.best
@@ -217,8 +239,8 @@ def tune(params, space_file, trials, budget, min_epochs, max_epochs, reduction, 
                             **{k: v for k, v in outcome.record().items() if k != "base_config"}})
 
 
-def _new_search(ctx, options, params, space_file, trials, min_epochs, max_epochs, reduction, metric, jobs,
-                directory, say):
+def _new_search(ctx, options, params, space_file, trials, bracket, min_epochs, max_epochs, reduction, metric,
+                jobs, directory, say):
     from .. import tune as core
 
     train_files = options["train_files"]
@@ -257,12 +279,13 @@ def _new_search(ctx, options, params, space_file, trials, min_epochs, max_epochs
             raise click.UsageError(f"{name} is both fixed ({_option_name(ctx, name)}) and searched ({place}): "
                                    "give one of them")
     search = core.prepare(cfg, list(train_files), options["valid"], space=space, trials=trials,
-                          min_epochs=min_epochs, max_epochs=max_epochs, reduction=reduction, metric=metric,
-                          weights=options.get("weights_file"), where=where, log=say)
+                          bracket=bracket, min_epochs=min_epochs, max_epochs=max_epochs, reduction=reduction,
+                          metric=metric, weights=options.get("weights_file"), where=where, log=say)
     search.output = os.path.abspath(output)
     searched = ", ".join(f"{n} ~ {d.text()}" for n, d in sorted(space.items()) if d.searched) or "nothing"
-    say(f"searching {searched}: {trials} trial(s), rungs "
-        + ", ".join(f"{r.size}x{r.epochs}" for r in search.plan) + " (trials x epochs), "
+    say(f"searching {searched}: " + (f"{trials} trial(s)" if trials else "trials until the budget is spent")
+        + f", a first bracket of {len(search.trials)} with rungs "
+        + ", ".join(f"{r.size}x{r.epochs}" for r in search.plan) + " (trials x at most epochs), "
         + f"{cfg.threads} thread(s) per trial, seed {cfg.seed}")
     return search, output, directory
 
@@ -291,8 +314,8 @@ def _resumed(ctx, directory, params, space_file, say):
             same = os.path.abspath(value) == search.valid
         elif name == "weights_file":
             same = os.path.abspath(value) == search.weights
-        elif name in ("trials", "min_epochs", "max_epochs", "reduction", "metric"):
-            same = (len(search.trials) if name == "trials" else getattr(search, name)) == value
+        elif name in ("trials", "bracket", "min_epochs", "max_epochs", "reduction", "metric"):
+            same = getattr(search, "max_trials" if name == "trials" else name) == value
         elif name in ("params", "space_file"):
             same = False
             if name == "params":
