@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .registry import MODELS, OPTIMIZERS, half_storage_missing, hot_features_missing
+from .registry import MODELS, OPTIMIZERS, gpu_hot_features_missing, half_storage_missing, hot_features_missing
 
 TASKS = ("binary", "regression", "multiclass", "auto")
 SCHEDULES = ("constant", "linear", "cosine", "inverse-sqrt")
@@ -24,6 +24,14 @@ DEVICES = ("cpu", "cuda", "auto")
 
 MAX_K = 1024
 MAX_HOT_FEATURES = 65535   # a replica slot is a uint16 in the kernels (hot.h)
+
+# fm serve (fmcli.serve.ServeOptions): where it listens, its request timeout
+# (seconds), largest request body and how often model files are checked
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8080
+SERVE_TIMEOUT = 30.0
+SERVE_MAX_REQUEST_BYTES = 16 << 20
+SERVE_RELOAD_INTERVAL = 1.0
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
@@ -110,12 +118,14 @@ class Config:
     device: str = "cpu"
     # data-parallel training on Dask (fmcli.distributed): "local:N" (a local
     # cluster of N worker processes), a scheduler address (tcp://HOST:PORT,
-    # tls://...) or a scheduler file; how long to wait for it (seconds); rows
-    # per bulk-synchronous round (0: one round per slice of the run loop)
+    # tls://...) or a scheduler file; how long to wait for it (seconds); how
+    # often the workers' models are merged: rows per bulk-synchronous round
+    # (0: see syncs_per_epoch) or rounds per epoch
     scheduler: str | None = None
     scheduler_file: str | None = None
     scheduler_timeout: float = 30.0
     rows_per_round: int = 0
+    syncs_per_epoch: int = 1
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
     max_bad_rows: int = 0
     max_line_bytes: int = 1 << 24
@@ -239,6 +249,20 @@ class Config:
             raise ConfigError(f"rows per round must be >= 0, got {self.rows_per_round}")
         if self.rows_per_round and not distributed:
             raise ConfigError("--rows-per-round applies to distributed runs (--scheduler or --scheduler-file)")
+        if self.syncs_per_epoch < 1:
+            raise ConfigError(f"syncs per epoch must be >= 1, got {self.syncs_per_epoch}")
+        if self.syncs_per_epoch != 1 and not distributed:
+            raise ConfigError("--syncs-per-epoch applies to distributed runs (--scheduler or --scheduler-file)")
+        if self.syncs_per_epoch != 1 and self.rows_per_round:
+            raise ConfigError("give --syncs-per-epoch or --rows-per-round, not both")
+
+    def round_rows(self, epoch_rows: int) -> int:
+        """Rows of a distributed run's synchronisation round: rows_per_round,
+        or the epoch's rows cut into syncs_per_epoch rounds of whole mini-batches."""
+        if self.rows_per_round:
+            return self.rows_per_round
+        batches = -(-max(epoch_rows, 1) // self.batch_size)
+        return -(-batches // self.syncs_per_epoch) * self.batch_size
 
     def _check_combinations(self) -> None:
         """Refuse settings that would be silently meaningless."""
@@ -259,7 +283,12 @@ class Config:
             if missing:
                 raise ConfigError("--storage float16 applies only to FFM trained with AdaGrad in float32 on the CPU; it needs "
                                   + ", ".join(missing))
-        if self.hot_features:
+        if self.hot_features and self.device == "cuda":
+            missing = gpu_hot_features_missing(self)
+            if missing:
+                raise ConfigError("--hot-features on --device cuda applies to per-row training with sgd, "
+                                  "adagrad or ftrl; it needs " + ", ".join(missing))
+        elif self.hot_features:
             missing = hot_features_missing(self)
             if missing:
                 raise ConfigError("--hot-features applies only to FFM trained on 2+ CPU threads in float32, one "

@@ -1,15 +1,40 @@
 """Data-parallel training on Dask: the run loop's "train a slice" as rounds
 of Dask tasks and a merge.
 
-:class:`DaskBackend` is the CPU backend whose parameters live on the driver
-(the process that runs fmcli.train's loop) and whose ``train_slice`` runs
-bulk-synchronous rounds: the rows of a round are cut into one contiguous
-piece per worker, each piece is trained by a pure task (:func:`train_piece`:
-the round's merged arrays, the piece's rows, the hyperparameters and the
-step number of its first row; no other state), which returns only the rows
-of B, L, F and R that it changed; the driver merges them in worker order
-(:func:`merge_array`), so a run is reproducible and a lost task can simply
-be run again elsewhere.
+:class:`DaskBackend` trains the CPU layout in bulk-synchronous rounds (one
+per epoch by default: ``--syncs-per-epoch``, or ``--rows-per-round``).
+Between rounds the model lives on the workers, cut into one block of rows
+per worker (every array's rows split into W ranges), and a round is made
+of ordinary, pure Dask tasks:
+
+1. train (:func:`train_part`, one per worker): put the round's W merged
+   blocks together into a copy of the model (Dask brings the blocks held
+   elsewhere, peer to peer), train it on the worker's piece of the round's
+   rows, and cut the result into W parts again, each part only the rows
+   that changed when few did;
+2. merge (:func:`merge_block`, one per block, on the worker that holds the
+   block): part r of every worker's result, in the fixed worker order,
+   merged into block r by :func:`merge_array`'s rules (below).
+
+Together that is a reduce-scatter and an all-gather: per round each worker
+sends and receives about 2 (W - 1) / W model sizes, whatever the number of
+workers, and the driver sends only row indices.  The rows stay where the
+data are: the driver parses the inputs into the binary cache
+(fmcli.data.cache), and a worker that sees the cache under the same path
+(the local cluster, a shared file system) reads it once per run and keeps
+the rows (:class:`CacheRows`); the driver then sends each round only the
+positions of the worker's piece of the epoch's row order (the very order of
+the single-process run).  Where the cache is not visible (or the run reads
+without a cache), the rows go to every worker once.  Tasks are pure
+functions of their inputs (the rows, the round's merged blocks, the
+hyperparameters and the step numbers), so Dask retries a task lost with
+its worker elsewhere and the result is the same.
+
+The driver gathers the model only when the run loop needs the arrays
+(checkpoints, the final model, a snapshot restored from the driver):
+validation scores the merged model on the workers (:func:`score_part`), a
+snapshot for early stopping keeps the blocks on the cluster, and the
+finite check comes with each merge.
 
 The merge, per coordinate (a weight and its optimizer state), over the
 workers that changed its row (a row touched by one worker is that worker's
@@ -21,12 +46,35 @@ row, bit for bit; one worker's run is the single-process run):
   moves where every dG_i is 0).  A coordinate that one worker moved a lot
   and another hardly at all keeps the first worker's move, instead of half
   of it.
-- ftrl: z and n grow by the sums of the workers' increments, and the weight
-  is FTRL's closed form of the new z and n (coordinates whose z and n no
-  worker changed keep their weight).
+- ftrl: n grows by the sum of the workers' increments, z by the sum of
+  their gradient sums less the merged accumulator's proximal term (see
+  _merge_rows: summing the z increments as they are counts that term once
+  per worker), and the weight is FTRL's closed form of the new z and n
+  (coordinates whose z and n no worker changed keep their weight).
 - sgd, adam: the weight (and Adam's m and v) moves by the mean of the moves
   of the workers that touched the row.  An approximation: Adam's moments
   are not additive.
+
+Learning rate: a merge that averages moves (adagrad, rowwise-adagrad, sgd,
+adam) would move a weight that every worker sees about as far per round as
+one worker's share of the rows moves it, so that W workers would need about
+W times the epochs.  Each worker therefore steps with the learning rate
+times the number of pieces of its round (the linear scaling rule of
+data-parallel SGD): a weight that moves steadily moves as far per round as
+in one process, and one that settles within the round settles on every
+worker, so that the mean does not overshoot.  On BENCH.md-shaped data, 2
+workers with one round per epoch then follow the single-process validation
+logloss epoch for epoch (within 0.2%), where the unscaled rule needed twice
+the epochs.  FTRL sums its z and n increments instead and keeps its rate.
+
+Rounds are cut into as many pieces as the run had workers when it started,
+whatever workers are alive later: piece j goes to the j-th worker (the next
+one when it is lost), so that the pieces, and with them the merged model,
+do not depend on which workers took part.
+
+After every round ``backend.on_round`` (when set) receives the round's
+figures: its rows and wall time, the merge's time, the bytes it moved and
+each worker's rows and rows/s (see :meth:`DaskBackend.round_report`).
 
 This module is the only one that imports Dask, and only when a run names a
 scheduler (``--scheduler`` / ``--scheduler-file``).
@@ -34,12 +82,19 @@ scheduler (``--scheduler`` / ``--scheduler-file``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import operator
 import os
+import sys
+import threading
 import time
 import uuid
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,6 +112,12 @@ ARRAYS = ("B", "L", "F", "R")
 # "average" (every slot the plain mean of all workers' values: kept for
 # comparisons, it dilutes a rare feature's move by the number of workers).
 MERGE_RULES = ("optimizer", "average")
+# Rows merged (and compared) at a time: the float64 temporaries of a piece
+# stay in the processor's cache.
+MERGE_ROWS = 16384
+# Data sets a worker keeps in memory between tasks (the training and the
+# validation rows of a run, and of the run before it).
+HELD_DATASETS = 4
 
 
 # ---------------------------------------------------------------------------
@@ -82,13 +143,22 @@ class DaskRunner:
     def __init__(self, client, cluster=None, use: int | None = None):
         """use: train on the first `use` workers only (None: all)."""
         self.client, self.cluster, self.use = client, cluster, use
+        self.timeout = 30.0     # seconds to wait for a worker when none is left (connect sets the run's)
         self.bytes_out = 0      # bytes shipped to the workers (model copies and rows)
         self.bytes_back = 0     # bytes of changed rows shipped back
 
     @property
     def workers(self) -> list[str]:
-        """The workers' addresses, sorted (a fixed order)."""
-        return sorted(self.client.scheduler_info()["workers"])[: self.use]
+        """The workers' addresses, sorted (a fixed order); waits for one
+        when none is there (ClusterError after the scheduler timeout)."""
+        found = sorted(self.client.scheduler_info()["workers"])[: self.use]
+        if not found:
+            try:
+                self.client.wait_for_workers(1, timeout=self.timeout)
+            except (OSError, TimeoutError):
+                raise ClusterError(f"no Dask worker left within {self.timeout:g} s") from None
+            found = sorted(self.client.scheduler_info()["workers"])[: self.use]
+        return found
 
     def run(self, model: tuple[np.ndarray, ...], calls: list[tuple]) -> list:
         """train_piece(model, *args) for each args of `calls`, the j-th
@@ -142,6 +212,24 @@ def _nbytes(x) -> int:
     return 0
 
 
+def _check_address(distributed, address: str) -> None:
+    """Refuse, before a client is made, an address whose scheme Dask does
+    not know, and a tls:// (or wss://) one without the certificates that
+    Dask's configuration must name."""
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    try:
+        distributed.comm.registry.get_backend(scheme)
+    except ValueError:
+        raise ClusterError(f"cannot reach {address}: Dask knows no {scheme}:// addresses "
+                           "(tcp://, tls://, inproc://, ucx:// where installed)") from None
+    if scheme in ("tls", "wss"):
+        args = distributed.security.Security().get_connection_args("client")
+        if args.get("ssl_context") is None:
+            raise ClusterError(f"cannot reach {address}: {scheme}:// needs certificates, set in Dask's "
+                               "configuration (distributed.comm.tls.ca-file, .client.cert and .client.key, "
+                               "or DASK_DISTRIBUTED__COMM__TLS__CA_FILE and the like)")
+
+
 def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
     """The cluster of a run: a LocalCluster of N worker processes for
     ``local:N`` (closed with the run), else a client of the scheduler at an
@@ -168,11 +256,25 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
             n = int(config.scheduler.split(":", 1)[1])
             # (Dask's HTTP server still listens without a dashboard: on any free
             # port, so that runs side by side do not compete for one)
-            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=config.threads, processes=True,
-                                               dashboard_address=":0")
+            # The workers' statistical profiler samples every task's stack
+            # under the GIL every few ms: it slows the merges' NumPy loops.
+            # Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns
+            # off glibc's adaptive mmap threshold: every temporary array of
+            # more than 128 KiB is then mapped and unmapped again (a page
+            # fault per page, each time); keep temporaries up to 32 MiB (glibc's
+            # largest threshold) on the heap and let go of free heap beyond 256 MiB.
+            import dask
+
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                       "MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 256 << 20}
+            with dask.config.set({"distributed.worker.profile.enabled": False,
+                                  "distributed.nanny.pre-spawn-environ": environ}):
+                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=config.threads, processes=True,
+                                                   dashboard_address=":0")
             client = distributed.Client(cluster, timeout=timeout, set_as_default=False)
             client.wait_for_workers(n, timeout=timeout)
         elif config.scheduler is not None:
+            _check_address(distributed, config.scheduler)
             client = distributed.Client(config.scheduler, timeout=timeout, set_as_default=False)
             client.wait_for_workers(1, timeout=timeout)
         else:
@@ -192,6 +294,7 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
     runner = DaskRunner(client, cluster)
+    runner.timeout = timeout
     try:
         mine = core_fingerprint()
         theirs = client.run(core_fingerprint)
@@ -208,7 +311,150 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
 
 
 # ---------------------------------------------------------------------------
-# the task
+# the rows on the workers
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CacheRows:
+    """Where a worker finds the rows of a data set: the driver's cache file,
+    under the same path, and what the driver did to its rows (labels, id
+    map, compact form), so that the worker holds the very Batch the driver
+    holds.  Small: it is sent, not the rows."""
+
+    path: str
+    size: int
+    key: str                        # the cache's key (inputs and parse options)
+    digest: str                     # the cached rows' content digest
+    n_rows: int
+    nnz: int
+    task: str
+    label_map: np.ndarray | None
+    ids: np.ndarray | None          # the run's id map (original id of each slot), or None
+    compact: bool
+    check: int                      # crc32 of the driver's labels and row offsets
+    token: str = ""                 # names the rows in a worker's memory
+
+    @classmethod
+    def of(cls, ds, batch: Batch, compact: bool) -> "CacheRows | None":
+        """The reference to `batch`, ds.in_memory(compact)'s rows, or None
+        when ds has no cache file under a name (read without a cache, or a
+        cache of read-once inputs, removed once open)."""
+        cf = getattr(ds, "cache", None)
+        if cf is None or getattr(cf, "fd", -1) < 0:
+            return None
+        try:
+            st, mine = os.stat(cf.path), os.fstat(cf.fd)
+        except OSError:
+            return None
+        if (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
+            return None     # the name now holds another file
+        ids = None if ds.id_map is None else np.asarray(ds.id_map.ids, np.int64)
+        label_map = None if ds.label_map is None else np.asarray(ds.label_map, np.float32)
+        fields = dict(path=os.path.abspath(cf.path), size=st.st_size, key=cf.key,
+                      digest=ds.digest, n_rows=batch.n_rows, nnz=batch.nnz, task=ds.task,
+                      label_map=label_map, ids=ids, compact=compact, check=_rows_check(batch))
+        h = hashlib.sha256(repr(sorted((k, v) for k, v in fields.items()
+                                       if k not in ("label_map", "ids"))).encode())
+        for a in (label_map, ids):
+            h.update(b"-" if a is None else a.tobytes())
+        return cls(**fields, token=h.hexdigest()[:24])
+
+    def visible(self) -> bool:
+        """Whether this process sees a file of the cache's size under its
+        name (opening it checks the key, reading it the content; the
+        modification time is no guide: every run that uses a cache sets it)."""
+        try:
+            return os.stat(self.path).st_size == self.size
+        except OSError:
+            return False
+
+
+def _rows_check(batch: Batch) -> int:
+    """A cheap check that two processes hold the same rows."""
+    c = zlib.crc32(np.ascontiguousarray(batch.labels).view(np.uint8))
+    return zlib.crc32(np.ascontiguousarray(batch.indptr).view(np.uint8), c)
+
+
+# a worker's rows, by CacheRows.token (oldest first)
+_HELD: OrderedDict[str, Batch] = OrderedDict()
+
+
+def rows_of(data) -> Batch:
+    """The rows a task trains or scores on: a Batch sent as it is, or the
+    rows of a CacheRows, read from the cache file once per process."""
+    if not isinstance(data, CacheRows):
+        return data
+    held = _HELD.get(data.token)
+    if held is not None:
+        _HELD.move_to_end(data.token)
+        return held
+    from .data.cache import CacheFile, CacheInvalid
+    from .data.dataset import _from_meta
+    from .data.idmap import IdMap
+
+    if not data.visible():
+        raise ClusterError(f"{data.path}: the cache of the rows is not readable on this worker "
+                           "(or changed since the run began)")
+    try:
+        cf = CacheFile(data.path, data.key)
+    except CacheInvalid as exc:
+        raise ClusterError(f"{data.path}: cannot read the cache on a worker: {exc}") from None
+    try:
+        if cf.digest != data.digest:
+            raise ClusterError(f"{data.path}: the cache on a worker holds other rows than the driver's")
+        ds = _from_meta(cf.meta, cache=cf)
+        ds.task, ds.label_map, ds.digest = data.task, data.label_map, cf.digest
+        if data.ids is not None:
+            ds.use_id_map(IdMap(data.ids))
+        batch = ds.in_memory(data.compact)
+    finally:
+        cf.close()
+    batch = Batch(batch.labels, batch.indptr, batch.fields, batch.features, batch.values, None, batch.weights)
+    if (batch.n_rows, batch.nnz, _rows_check(batch)) != (data.n_rows, data.nnz, data.check):
+        raise ClusterError(f"{data.path}: the rows a worker read from the cache differ from the driver's")
+    _HELD[data.token] = batch
+    while len(_HELD) > HELD_DATASETS:
+        _HELD.popitem(last=False)
+    return batch
+
+
+def _sees(ref: CacheRows) -> bool:
+    """(On every worker) whether the worker can read the cache of `ref`."""
+    return ref.visible()
+
+
+def _warm_worker(data: list, model: list, block: list) -> None:
+    """(On each worker, before the first round) read the rows of `data`
+    and fault in pooled buffers for arrays of the (shape, dtype) of
+    `model` and of `block` (the first round reuses them)."""
+    for d in data:
+        rows_of(d)
+    for shapes in (model, block):
+        for a in _arrays_like(shapes):
+            a[...] = 0
+
+
+def _forget(tokens: list[str]) -> None:
+    """(On every worker, when a run ends) let go of the run's rows and of
+    the pooled buffers."""
+    for token in tokens:
+        _HELD.pop(token, None)
+    with _POOL_LOCK:
+        _POOL.clear()
+
+
+def _where() -> str:
+    """The address of the worker running the calling task ("" elsewhere)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
+
+
+# ---------------------------------------------------------------------------
+# the tasks
 # ---------------------------------------------------------------------------
 
 def take_rows(batch: Batch, rows: np.ndarray) -> Batch:
@@ -229,17 +475,35 @@ def take_rows(batch: Batch, rows: np.ndarray) -> Batch:
 
 def changed_rows(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """Indices of the rows of a 2-d array whose bits differ."""
-    kind = {4: np.int32, 8: np.int64}[before.dtype.itemsize]
-    return np.flatnonzero((before.view(kind) != after.view(kind)).any(axis=1))
+    return np.flatnonzero(_changed_mask(before, after))
+
+
+def _changed_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Whether each row of a 2-d array has other bits in `after` (compared
+    as the widest integers that tile a row, MERGE_ROWS rows at a time)."""
+    n = before.shape[0]
+    out = np.zeros(n, bool)
+    row_bytes = before.shape[1] * before.itemsize if before.ndim > 1 else before.itemsize
+    if n == 0 or row_bytes == 0:
+        return out
+    kind = next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if row_bytes % np.dtype(t).itemsize == 0)
+    x = np.ascontiguousarray(before).reshape(n, -1).view(kind)
+    y = np.ascontiguousarray(after).reshape(n, -1).view(kind)
+    for lo in range(0, n, MERGE_ROWS):
+        ne = x[lo : lo + MERGE_ROWS] != y[lo : lo + MERGE_ROWS]
+        m = out[lo : lo + MERGE_ROWS]
+        for col in range(ne.shape[1]):
+            m |= ne[:, col]
+    return out
 
 
 def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot: np.ndarray | None,
                 rows: Batch, weights: np.ndarray | None, total_steps: int, step0: int):
-    """One worker's part of a round (a pure function of its arguments):
-    train a copy of `model` (B, L, F, R) on all of `rows` in order, the first
-    being step step0 of the run.  Returns ([(indices, rows) of each array
-    that the pass changed], (loss sum, weight sum, rows skipped, position of
-    the row that stopped the pass or -1), seconds)."""
+    """One worker's part of a round when the driver holds the model (an
+    InlineRunner): train a copy of `model` (B, L, F, R) on all of `rows` in
+    order, the first being step step0 of the run.  Returns ([(indices, rows)
+    of each array that the pass changed], (loss sum, weight sum, rows
+    skipped, position of the row that stopped the pass or -1), seconds)."""
     t0 = time.perf_counter()
     arrays = []
     for a in model:     # the round's model may be shared by other tasks: train a copy
@@ -255,6 +519,143 @@ def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot
         idx = changed_rows(before, after)
         changes.append((idx, after[idx]))
     return changes, tuple(sums), time.perf_counter() - t0
+
+
+# Large arrays a worker allocates every round (its copy of the model, the
+# merged blocks) are taken from a small pool of buffers and reused once no
+# array uses them any more: fresh memory costs a page fault per page (and,
+# with transparent huge pages, compaction) every round.
+POOL_BUFFERS = 6
+_POOL: list[np.ndarray] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _refs(buf: np.ndarray) -> int:
+    return sys.getrefcount(buf)
+
+
+def _unused_refs() -> int:
+    """_refs() of a pooled buffer that no array uses (this very call pattern)."""
+    pool = [np.zeros(1, np.uint8)]
+    for buf in pool:
+        return _refs(buf)
+
+
+_UNUSED = _unused_refs()
+
+
+def _buffer(nbytes: int) -> np.ndarray:
+    """A 64-byte aligned uint8 array of nbytes whose memory no live array
+    uses: a pooled one when one is free, else a new one (pooled while
+    there is room).  Its contents are arbitrary."""
+    size = nbytes + 64
+    with _POOL_LOCK:
+        buf = None
+        for cand in _POOL:
+            if cand.shape[0] == size and _refs(cand) <= _UNUSED:
+                buf = cand
+                break
+        if buf is None:
+            buf = np.empty(size, np.uint8)
+            if len(_POOL) < POOL_BUFFERS:
+                _POOL.append(buf)
+        offset = (-buf.ctypes.data) % 64
+        return buf[offset : offset + nbytes]
+
+
+def _arrays_like(templates) -> tuple[np.ndarray, ...]:
+    """New arrays of the (shape, dtype) of `templates`, 64-byte aligned, in one pooled buffer."""
+    spans, total = [], 0
+    for shape, dtype in templates:
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        spans.append((total, n))
+        total += n + (-n % 64)
+    buf = _buffer(max(total, 1))
+    return tuple(buf[o : o + n].view(dtype).reshape(shape) for (o, n), (shape, dtype) in zip(spans, templates))
+
+
+def _assemble(blocks) -> tuple[np.ndarray, ...]:
+    """The model (B, L, F, R) as new arrays, from its blocks in order."""
+    shapes = []
+    for i in range(len(ARRAYS)):
+        parts = [b[i] for b in blocks]
+        shapes.append(((sum(p.shape[0] for p in parts),) + parts[0].shape[1:], parts[0].dtype))
+    out = _arrays_like(shapes)
+    for i, a in enumerate(out):
+        lo = 0
+        for b in blocks:
+            p = b[i]
+            a[lo : lo + p.shape[0]] = p
+            lo += p.shape[0]
+    return out
+
+
+def _part(base: np.ndarray, after: np.ndarray):
+    """What a worker sends of one array's block: (None, the block, a bit per
+    row: whether it changed, np.packbits) when most rows changed, else
+    (int32 indices of the changed rows, those rows, None)."""
+    mask = _changed_mask(base, after)
+    n = int(np.count_nonzero(mask))
+    row_bytes = after.shape[1] * after.itemsize if after.ndim > 1 else after.itemsize
+    if n * (row_bytes + 4) >= 0.9 * after.shape[0] * row_bytes:
+        return None, after, np.packbits(mask)
+    idx = np.flatnonzero(mask).astype(np.int32)
+    return idx, after[idx], None
+
+
+def _unpacked(packed: np.ndarray, n: int) -> np.ndarray:
+    """_part's bit per row as a bool array of n rows."""
+    return np.unpackbits(packed, count=n).view(bool)
+
+
+def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: np.ndarray | None, total_steps: int,
+               step0: int, *blocks):
+    """One worker's part of a round (a pure function of its arguments):
+    train the model made of `blocks` (the round's merged blocks, in order)
+    on the rows `order` of rows_of(data) (None: all of them, in order), the
+    first being step step0 of the run.
+
+    Returns (stats, parts): stats = ((loss sum, weight sum, rows skipped,
+    position of the row that stopped the pass or -1), seconds training,
+    seconds in all, rows, worker address, bytes of each part, {"load",
+    "copy", "train", "parts": seconds}); parts[r] = the four arrays' rows
+    of block r as _part sends them."""
+    t0 = time.perf_counter()
+    batch = rows_of(data)
+    if order is None:
+        order = np.arange(batch.n_rows, dtype=np.int64)
+    t1 = time.perf_counter()
+    arrays = _assemble(blocks)
+    t2 = time.perf_counter()
+    backend = CpuBackend.from_arrays(cfg, spec, arrays)
+    backend.hot = hot
+    backend.total_steps = total_steps
+    sums = backend.train_slice(batch, order, weights, step0)
+    t3 = time.perf_counter()
+    parts, offsets = [], [0] * len(ARRAYS)
+    for block in blocks:
+        part = []
+        for i, base in enumerate(block):
+            part.append(_part(base, arrays[i][offsets[i] : offsets[i] + base.shape[0]]))
+            offsets[i] += base.shape[0]
+        parts.append(tuple(part))
+    sizes = [_nbytes(p) for p in parts]
+    t4 = time.perf_counter()
+    times = {"load": t1 - t0, "copy": t2 - t1, "train": t3 - t2, "parts": t4 - t3}
+    return (tuple(sums), t3 - t2, t4 - t0, len(order), _where(), sizes, times), parts
+
+
+def score_part(data, lo: int, hi: int, cfg: Config, spec: ModelSpec, threads: int, *blocks) -> np.ndarray:
+    """Raw scores of the rows lo:hi of rows_of(data) by the model made of `blocks`."""
+    batch = rows_of(data)
+    if (lo, hi) != (0, batch.n_rows):
+        batch = batch.rows(lo, hi)
+    host = CpuBackend.from_arrays(cfg, spec, _assemble(blocks))
+    return host.scores(batch, threads)
+
+
+def _finite_block(cfg: Config, spec: ModelSpec, block) -> bool:
+    return CpuBackend.from_arrays(cfg, spec, block).all_finite()
 
 
 # ---------------------------------------------------------------------------
@@ -291,35 +692,53 @@ def merge_array(host: CpuBackend, name: str, base: np.ndarray, changes: list[tup
         return np.zeros(0, np.int64), base[:0].copy()
     union = np.unique(np.concatenate(touched))
     start = base[union]
-    out = start.copy()
-    counts = np.zeros(len(union), np.int64)
-    rows_of, masks = [], []
-    for idx, rows in changes:
+    rows_of_, masks = [], []
+    for idx, rows in zip(touched, (r for _, r in changes)):
         pos = np.searchsorted(union, idx)
         full = start.copy()
         full[pos] = rows
         mask = np.zeros(len(union), bool)
         mask[pos] = True
-        counts += mask
-        rows_of.append(full)
+        rows_of_.append(full)
         masks.append(mask)
+    return union, _merge_rows(host, name, start, rows_of_, masks, rule)
+
+
+def _merge_rows(host: CpuBackend, name: str, start: np.ndarray, rows: list[np.ndarray], masks: list[np.ndarray],
+                rule: str) -> np.ndarray:
+    """The merged rows: start (the rows as the round began), rows[i] (worker
+    i's rows, equal to start where it did not change them) and masks[i]
+    (which rows worker i changed), workers in the fixed order.  Every step
+    works row by row, so merging a block piece by piece gives the same bits."""
+    out = start.copy()
     if rule == "average":
         # every word's plain mean over all workers (the untouched keep the start)
-        for slot_out, *slot_in in zip(_slots(host, name, out), *(_slots(host, name, r) for r in rows_of)):
+        for slot_out, *slot_in in zip(_slots(host, name, out), *(_slots(host, name, r) for r in rows)):
             slot_out[...] = np.mean([x.astype(np.float64) for x in slot_in], axis=0)
-        return union, out
+        return out
+    counts = sum(m.astype(np.int64) for m in masks) if len(masks) > 1 else masks[0].astype(np.int64)
     # a row only one worker changed: that worker's row as it is
-    for full, mask in zip(rows_of, masks):
+    for full, mask in zip(rows, masks):
         one = mask & (counts == 1)
         out[one] = full[one]
     many = counts > 1
     if not many.any():
-        return union, out
-    sel = np.flatnonzero(many)
-    x0 = [s[sel].astype(np.float64) for s in _slots(host, name, start)]
-    xs = [[s[sel].astype(np.float64) for s in _slots(host, name, r)] for r in rows_of]
-    hit = [m[sel].astype(np.float64)[:, None] for m in masks]      # (rows, 1): the worker touched the row
-    n_hit = np.sum(hit, axis=0)
+        return out
+    sel = slice(None) if many.all() else np.flatnonzero(many)
+    dense = all(bool(m[sel].all()) for m in masks)     # every worker changed every selected row
+
+    def wide(a: np.ndarray) -> list[np.ndarray]:
+        """The slots of the selected rows of `a` in float64 (whole rows at
+        once where the words are all float32 or all float64)."""
+        if host.half:
+            return [s[sel].astype(np.float64) for s in _slots(host, name, a)]
+        return _slots(host, name, a[sel].astype(np.float64))
+
+    x0 = wide(start)
+    xs = [wide(r) for r in rows]
+    # (rows, 1): whether the worker touched the row (1.0 everywhere when all did)
+    hit = [1.0 if dense else m[sel].astype(np.float64)[:, None] for m in masks]
+    n_hit = float(len(masks)) if dense else sum(hit)
     dst = _slots(host, name, out)
     opt = host.cfg.optimizer
 
@@ -328,18 +747,39 @@ def merge_array(host: CpuBackend, name: str, base: np.ndarray, changes: list[tup
 
     if opt in ("adagrad", "rowwise-adagrad"):
         dG = [x[1] - x0[1] for x in xs]                       # (rows, kp) or (rows, 1) per block
-        total = np.sum(dG, axis=0)
+        total = sum(dG)
         weighted = sum(g * (x[0] - x0[0]) for g, x in zip(dG, xs))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            move = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), mean_move(0))
+        positive = total > 0
+        if positive.all():
+            move = weighted / total
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                move = np.where(positive, weighted / np.where(positive, total, 1.0), mean_move(0))
         dst[0][sel] = x0[0] + move
         dst[1][sel] = x0[1] + total
     elif opt == "ftrl":
         c = host.cfg
         l1, l2 = _ftrl_penalties(host, name)
-        dz = np.sum([x[1] - x0[1] for x in xs], axis=0)
-        dn = np.sum([x[2] - x0[2] for x in xs], axis=0)
-        z, n = x0[1] + dz, x0[2] + dn
+        # A worker's z increment is the sum of its gradients less sigma_i w,
+        # sigma_i = (sqrt(n0 + dn_i) - sqrt(n0)) / alpha: summed as they are, the
+        # sigma parts of the workers would shrink z by up to sqrt(W) times what
+        # one process does (sqrt is concave).  So each worker's sigma part is
+        # put back (with its end weight for w: a weight that settles early in
+        # the round spends most of it there), and the merged accumulator's is
+        # taken off once, with the dn-weighted mean of those weights.  On
+        # BENCH.md-shaped data (2 workers, one round per epoch) this took the
+        # validation logloss after 3 epochs from +38% over one process to +2.5%.
+        alpha = c.ftrl_alpha
+        root0 = np.sqrt(x0[2])
+        dns = [x[2] - x0[2] for x in xs]
+        dn = sum(dns)
+        n = x0[2] + dn
+        ends = [x[0] for x in xs]
+        grads = sum((x[1] - x0[1]) + (np.sqrt(x0[2] + d) - root0) / alpha * e for x, d, e in zip(xs, dns, ends))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            wbar = np.where(dn > 0, sum(d * e for d, e in zip(dns, ends)) / np.where(dn > 0, dn, 1.0), x0[0])
+        z = x0[1] + grads - (np.sqrt(n) - root0) / alpha * wbar
+        dz = z - x0[1]
         w = np.where(np.abs(z) <= l1, 0.0,
                      -(z - np.sign(z) * l1) / ((c.ftrl_beta + np.sqrt(n)) / c.ftrl_alpha + l2))
         moved = (dz != 0) | (dn != 0)
@@ -349,7 +789,161 @@ def merge_array(host: CpuBackend, name: str, base: np.ndarray, changes: list[tup
     else:   # sgd, adam: the mean move of the workers that touched the row
         for slot in range(1 + host.ns):
             dst[slot][sel] = x0[slot] + mean_move(slot)
-    return union, out
+    return out
+
+
+def _merge_part(host: CpuBackend, name: str, base: np.ndarray, parts: list, rule: str,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Block rows of one array merged from the workers' parts (see _part),
+    written into `out` (default: a new array).  Rows one worker changed are
+    copied; the rows several changed are merged MERGE_ROWS at a time
+    (_merge_rows)."""
+    if out is None:
+        out = np.empty_like(base)
+    if len(parts) == 1:     # one worker: its rows are the result
+        idx, rows, _ = parts[0]
+        if idx is None:
+            out[...] = rows
+        else:
+            out[...] = base
+            out[idx] = rows
+        return out
+    if (rule != "average" and host.cfg.optimizer in ("adagrad", "rowwise-adagrad") and not host.half
+            and any(p[0] is None for p in parts)):
+        # whole blocks (most rows changed): on runs of rows rather than gathered rows
+        return _merge_adagrad(host, name, base, parts, out)
+    idxs, rowss = [], []
+    for idx, rows, packed in parts:
+        if idx is None:     # the whole block: which rows it changed, and those rows
+            idx = np.flatnonzero(_unpacked(packed, base.shape[0]))
+            rows = rows[idx]
+        idxs.append(np.asarray(idx, np.int64))
+        rowss.append(rows)
+    out[...] = base
+    if rule == "average":   # (comparisons only) every worker's row counts, changed or not
+        union, merged = merge_array(host, name, base, list(zip(idxs, rowss)), rule)
+        out[union] = merged
+        return out
+    counts = np.bincount(np.concatenate(idxs), minlength=base.shape[0])
+    for idx, rows in zip(idxs, rowss):
+        one = counts[idx] == 1
+        out[idx[one]] = rows[one]
+    many = np.flatnonzero(counts > 1)
+    if len(many) == 0:
+        return out
+    # for each worker, whether it changed each row, and where the row is among its rows
+    touched, rank = [], []
+    for idx in idxs:
+        t = np.zeros(base.shape[0], bool)
+        t[idx] = True
+        touched.append(t)
+        rank.append(np.cumsum(t) - 1)
+    for lo in range(0, len(many), MERGE_ROWS):
+        sel = many[lo : lo + MERGE_ROWS]
+        if sel[-1] - sel[0] == len(sel) - 1:    # a run of rows: slices, not copies
+            sel = slice(int(sel[0]), int(sel[-1]) + 1)
+        start = base[sel]
+        mine, masks = [], []
+        for t, rk, rows in zip(touched, rank, rowss):
+            hit = t[sel]
+            pos = rk[sel]
+            if hit.all():
+                mine.append(rows[pos[0] : pos[-1] + 1] if pos[-1] - pos[0] == len(pos) - 1 else rows[pos])
+            else:
+                r = start.copy()
+                r[hit] = rows[pos[hit]]
+                mine.append(r)
+            masks.append(hit)
+        out[sel] = _merge_rows(host, name, start, mine, masks, rule)
+    return out
+
+
+def _merge_adagrad(host: CpuBackend, name: str, base: np.ndarray, parts: list, out: np.ndarray) -> np.ndarray:
+    """_merge_part for AdaGrad (float32 or float64 words): the same rule and
+    the same bits as _merge_rows, computed on runs of MERGE_ROWS rows in
+    place (every row, then each row's case picked by masks) instead of on
+    gathered copies: no row is gathered or scattered by index."""
+    n = base.shape[0]
+    tops = [np.zeros(0, np.int64) if p[0] is None else np.asarray(p[0], np.int64) for p in parts]
+    changed = [None if p[0] is not None else _unpacked(p[2], n) for p in parts]
+    for lo in range(0, n, MERGE_ROWS):
+        hi = min(n, lo + MERGE_ROWS)
+        start = base[lo:hi]
+        mine, masks = [], []
+        for (idx, rows, _), top, whole in zip(parts, tops, changed):
+            if idx is None:
+                r = rows[lo:hi]
+                m = whole[lo:hi]
+            else:
+                a, b = np.searchsorted(top, (lo, hi))
+                at = top[a:b] - lo
+                r = start.copy()
+                r[at] = rows[a:b]
+                m = np.zeros(hi - lo, bool)
+                m[at] = True
+            mine.append(r)
+            masks.append(m)
+        counts = sum(m.astype(np.int32) for m in masks)
+        dst = out[lo:hi]
+        many = counts > 1
+        every = bool(many.all())
+        if not every:
+            dst[...] = start
+            for r, m in zip(mine, masks):
+                one = m & (counts == 1)
+                if one.any():
+                    dst[one] = r[one]
+            if not many.any():
+                continue
+        wide = start.astype(np.float64)
+        x0 = _slots(host, name, wide)
+        total = weighted = None
+        moves = []
+        for r in mine:      # (the same sums, in the same order, as _merge_rows's)
+            d = _slots(host, name, r.astype(np.float64) - wide)     # each slot's move
+            dw, dG = d[0], d[1]
+            if total is None:
+                total, weighted = dG + 0.0, dG * dw     # (+ 0.0: a sum from 0, as sum() starts)
+                weighted += 0.0
+            else:
+                total += dG
+                weighted += dG * dw
+            moves.append(dw)
+        positive = total > 0
+        if bool(positive.all()):
+            move = weighted
+            move /= total
+        else:
+            move = weighted / np.where(positive, total, 1.0)
+            if not positive[many].all():
+                # where no accumulator grew: the plain mean of the moves of the workers that touched the row
+                hit = [m.astype(np.float64)[:, None] for m in masks]
+                n_hit = np.maximum(sum(hit), 1.0)
+                move = np.where(positive, move, sum(h * dw for h, dw in zip(hit, moves)) / n_hit)
+        move += x0[0]
+        total += x0[1]
+        w = _slots(host, name, dst)
+        if every:
+            w[0][...] = move
+            w[1][...] = total
+        else:
+            w[0][many] = move[many]
+            w[1][many] = total[many]
+    return out
+
+
+def merge_block(base, parts, cfg: Config, spec: ModelSpec, rule: str):
+    """Block r of the next round (a pure function of its arguments): `base`
+    (block r as the round began) merged with parts[i] (part r of worker i's
+    result, workers in the fixed order).  Returns (the block, (seconds,
+    whether every value is finite, bytes of the block))."""
+    t0 = time.perf_counter()
+    host = CpuBackend.from_arrays(cfg, spec, base)     # the layout (slot views, optimizer)
+    outs = _arrays_like([(b.shape, b.dtype) for b in base])
+    block = tuple(_merge_part(host, name, b, [p[i] for p in parts], rule, o)
+                  for i, (name, b, o) in enumerate(zip(ARRAYS, base, outs)))
+    finite = _finite_block(cfg, spec, block)
+    return block, (time.perf_counter() - t0, finite, _nbytes(block))
 
 
 # ---------------------------------------------------------------------------
@@ -365,12 +959,39 @@ def pieces(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
     return [(min(a, n), min(b, n)) for a, b in zip(cuts, cuts[1:]) if min(a, n) < min(b, n)]
 
 
+def block_cuts(n: int, blocks: int) -> list[int]:
+    """Row bounds of `blocks` ranges of n rows, as even as can be."""
+    return [n * r // blocks for r in range(blocks + 1)]
+
+
+class _Snapshot:
+    """The model of one moment kept on the cluster (early stopping's best
+    validation): its blocks, gathered only if the driver reads it (a
+    checkpoint iterates it as B, L, F, R)."""
+
+    def __init__(self, backend: "DaskBackend"):
+        self.backend, self.blocks, self.finite = backend, list(backend._blocks), backend._finite
+        self._arrays: tuple[np.ndarray, ...] | None = None
+
+    def __iter__(self):
+        if self._arrays is None:
+            self._arrays = self.backend._gather(self.blocks)
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(ARRAYS)
+
+
 class DaskBackend(CpuBackend):
-    """The CPU layout held on the driver, trained in rounds by Dask workers
-    (the fmcli.backend.Backend interface; see the module's doc)."""
+    """The CPU layout trained in rounds by Dask workers (the
+    fmcli.backend.Backend interface; see the module's doc).  The model is
+    on the driver until the first round, then on the workers in blocks; the
+    driver's arrays are brought up to date only when read."""
 
     runner = None
     merge_rule = "optimizer"
+    on_round: Callable[[dict], None] | None = None
+    _blocks: list | None = None       # futures of the model's blocks (None: the driver's arrays hold it)
 
     def attach(self, runner, rows_per_round: int) -> "DaskBackend":
         self.runner = runner
@@ -379,9 +1000,219 @@ class DaskBackend(CpuBackend):
         self.merge_seconds = 0.0
         self.task_seconds = 0.0
         self.rows_trained = 0
+        self.bytes_moved = 0          # all directions, all rounds (and the driver's pulls)
+        self.pulls = 0                # times the driver gathered the model
+        self.bytes_sent = 0           # sent by the driver (rows or row positions, the model when it had it)
+        self._moved_reported = 0      # bytes_moved when the last round was reported
+        self.data_mode = None         # "cache", "shipped" or "rows" (see _data)
+        self.last_round: dict | None = None
+        self._finite = True           # of the blocks, as their merge found
+        self._fresh = True            # the driver's arrays hold the model
+        self._bound: dict[int, tuple] = {}     # id(batch) -> (batch, dataset)
+        self._sent: dict[int, tuple] = {}      # id(batch or weights) -> (the object, its future, how sent)
+        self._tokens: dict[int, str] = {}      # id(batch) -> its CacheRows.token
+        self._holders: list[set] = []          # workers that hold each block (bytes estimates)
+        self._block_bytes: list[int] = []
         n = len(runner.workers)
+        self.n_blocks = n
+        self.n_pieces = n             # pieces per round: fixed for the run (see the module's doc)
         self.device = f"dask ({n} worker{'s' if n != 1 else ''})"
         return self
+
+    def worker_config(self, n_pieces: int) -> Config:
+        """The configuration the workers of a round of n_pieces pieces train
+        with: the run's, with the learning rate scaled by n_pieces where the
+        merge averages moves (see the module's doc)."""
+        if n_pieces <= 1 or self.cfg.optimizer == "ftrl" or self.merge_rule != "optimizer":
+            return self.cfg
+        return dataclasses.replace(self.cfg, learning_rate=self.cfg.step_size * n_pieces)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether rounds run as Dask tasks with the model kept on the workers
+        (an InlineRunner keeps the model here and runs train_piece)."""
+        return getattr(self.runner, "client", None) is not None
+
+    # -- the data ------------------------------------------------------------------
+    def bind_data(self, train_ds, train_batch: Batch | None, valid_ds=None, valid_batch: Batch | None = None) -> None:
+        """Tell the backend which data sets the run loop's whole-data batches
+        come from, so that workers read their rows from the cache (or get
+        them once) and rounds send only row positions."""
+        for ds, batch in ((train_ds, train_batch), (valid_ds, valid_batch)):
+            if ds is not None and batch is not None:
+                self._bound[id(batch)] = (batch, ds)
+        if self.clustered:
+            self._warm([b for b in (train_batch, valid_batch) if b is not None])
+
+    def _warm(self, batches: list[Batch]) -> None:
+        """Before the first round, as a single process reads its data before
+        its first epoch: every worker reads the rows (from the cache, or
+        receives them) and makes the memory of its copy of the model and of
+        the block it merges ready."""
+        client, workers = self.runner.client, self.runner.workers
+        data = [d for d in (self._data(b) for b in batches) if d is not None]
+        model = [(a.shape, a.dtype) for a in self.arrays()]
+        cuts = self._cuts()
+        futures = []
+        for j, w in enumerate(workers):
+            r = j % self.n_blocks
+            block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
+            futures.append(client.submit(_warm_worker, data, model, block, key=f"fmcli-warm-{uuid.uuid4().hex[:12]}",
+                                         workers=[w], allow_other_workers=True, pure=False))
+        client.gather(futures)
+
+    def _data(self, batch: Batch):
+        """What a task is given to find `batch`'s rows on its worker (a future
+        of a CacheRows or of the rows), or None for a batch the run did not
+        bind (a chunk of streamed data: rounds then send their rows)."""
+        sent = self._sent.get(id(batch))
+        if sent is not None and sent[0] is batch:
+            return sent[1]
+        bound = self._bound.get(id(batch))
+        if bound is None or bound[0] is not batch or batch.n_rows == 0:
+            return None
+        client, workers = self.runner.client, self.runner.workers
+        ref = CacheRows.of(bound[1], batch, self.compact_rows)
+        if ref is not None:
+            seen = client.run(_sees, ref, workers=workers)
+            if not all(seen.get(w) for w in workers):
+                ref = None
+        if ref is not None:
+            [future] = client.scatter([ref], broadcast=True, hash=False, workers=workers)
+            sent = len(workers) * (_nbytes((ref.ids, ref.label_map)) + 512)
+        else:
+            rows = Batch(batch.labels, batch.indptr, batch.fields, batch.features, batch.values, None,
+                         batch.weights)
+            [future] = client.scatter([rows], broadcast=True, hash=False, workers=workers)
+            sent = len(workers) * _nbytes(rows)
+        self.bytes_moved += sent
+        self.bytes_sent += sent
+        self.runner.bytes_out += sent
+        self._sent[id(batch)] = (batch, future, "cache" if ref is not None else "shipped")
+        if ref is not None:
+            self._tokens[id(batch)] = ref.token
+        return future
+
+    def _weights(self, weights: np.ndarray | None):
+        if weights is None:
+            return None
+        sent = self._sent.get(id(weights))
+        if sent is not None and sent[0] is weights:
+            return sent[1]
+        workers = self.runner.workers
+        [future] = self.runner.client.scatter([weights], broadcast=True, hash=False, workers=workers)
+        self.bytes_moved += len(workers) * weights.nbytes
+        self.bytes_sent += len(workers) * weights.nbytes
+        self.runner.bytes_out += len(workers) * weights.nbytes
+        self._sent[id(weights)] = (weights, future, None)
+        return future
+
+    # -- where the model is ----------------------------------------------------------
+    def _cuts(self) -> list[list[int]]:
+        return [block_cuts(a.shape[0], self.n_blocks) for a in self.arrays()]
+
+    def _to_cluster(self) -> None:
+        """Send the driver's arrays to the workers, block r to worker r."""
+        if self._blocks is not None:
+            return
+        workers = self.runner.workers
+        cuts = self._cuts()
+        blocks = [tuple(np.ascontiguousarray(a[c[r] : c[r + 1]]) for a, c in zip(self.arrays(), cuts))
+                  for r in range(self.n_blocks)]
+        futures = []
+        for r, block in enumerate(blocks):
+            [f] = self.runner.client.scatter([block], hash=False, workers=[workers[r % len(workers)]])
+            futures.append(f)
+        if len(workers) > 1:    # a second copy of each block (see _cluster_round)
+            self.runner.client.replicate(futures, n=2)
+        self._blocks = futures
+        self._block_bytes = [_nbytes(b) for b in blocks]
+        self._holders = [{workers[r % len(workers)]} for r in range(self.n_blocks)]
+        self.bytes_moved += sum(self._block_bytes)
+        self.bytes_sent += sum(self._block_bytes)
+        self.runner.bytes_out += sum(self._block_bytes)
+        self._fresh = True
+
+    def _gather(self, blocks) -> tuple[np.ndarray, ...]:
+        """The model of `blocks` on the driver (new arrays)."""
+        got = self.runner.client.gather(list(blocks))
+        self.pulls += 1
+        moved = sum(_nbytes(b) for b in got)
+        self.bytes_moved += moved
+        self.runner.bytes_back += moved
+        return _assemble(got)
+
+    def _to_host(self) -> None:
+        """Bring the driver's arrays up to date (they stay valid until the next round)."""
+        if self._fresh or self._blocks is None:
+            return
+        for a, b in zip(self.arrays(), self._gather(self._blocks)):
+            a[...] = b
+        self._fresh = True
+
+    def _drop_blocks(self) -> None:
+        """The driver's arrays are about to change: they hold the model from now on."""
+        self._to_host()
+        self._blocks = None
+        self._fresh = True
+
+    def _fetch_bytes(self, worker: str) -> int:
+        """Bytes of the blocks a task on `worker` has to fetch (and note that it then holds them)."""
+        moved = 0
+        for r, holders in enumerate(self._holders):
+            if worker not in holders:
+                moved += self._block_bytes[r]
+                holders.add(worker)
+        return moved
+
+    # -- the Backend interface ---------------------------------------------------------
+    def warm_start(self, parent: Model, path: str, say: Callable[[str], None]) -> int:
+        self._drop_blocks()
+        return super().warm_start(parent, path, say)
+
+    def export_state(self) -> tuple[np.ndarray, ...]:
+        self._to_host()
+        return self.arrays()
+
+    def snapshot(self):
+        if self.clustered and self._blocks is not None:
+            return _Snapshot(self)
+        return super().snapshot()
+
+    def restore(self, arrays) -> None:
+        if isinstance(arrays, _Snapshot) and arrays.backend is self:
+            self._blocks, self._finite, self._fresh = list(arrays.blocks), arrays.finite, False
+            workers = self.runner.workers
+            self._holders = [{workers[r % len(workers)]} for r in range(len(self._blocks))]
+            return
+        self._drop_blocks()
+        super().restore(arrays)
+
+    def all_finite(self) -> bool:
+        if self._blocks is not None and not self._fresh:
+            return self._finite
+        return super().all_finite()
+
+    def scores(self, batch: Batch, threads: int) -> np.ndarray:
+        """Raw scores; the validation rows are scored on the workers, by the
+        merged model where it is."""
+        data = self._data(batch) if self.clustered and self._blocks is not None else None
+        if data is None:
+            self._to_host()
+            return super().scores(batch, threads)
+        client, workers = self.runner.client, self.runner.workers
+        tag = uuid.uuid4().hex[:12]
+        futures = []
+        for j, (lo, hi) in enumerate(pieces(batch.n_rows, len(workers), 1)):
+            self.bytes_moved += self._fetch_bytes(workers[j]) + (hi - lo) * 8 * self.n_classes
+            futures.append(client.submit(score_part, data, lo, hi, self.cfg, self.spec, self.cfg.threads,
+                                         *self._blocks, key=f"fmcli-score-{tag}-{j}", workers=[workers[j]],
+                                         allow_other_workers=True, retries=3, pure=False))
+        try:
+            parts = client.gather(futures)
+        finally:
+            client.cancel(futures)
+        return np.concatenate(parts)
 
     def train_slice(self, batch: Batch, order: np.ndarray, weights: np.ndarray | None,
                     step0: int) -> tuple[float, float, int, int]:
@@ -392,40 +1223,157 @@ class DaskBackend(CpuBackend):
         loss = wsum = 0.0
         skipped = 0
         for lo in range(0, len(order), per_round):
-            l, w, s, first = self._round(batch, order[lo : lo + per_round], weights, step0 + lo // bs)
+            part = order[lo : lo + per_round]
+            if self.clustered:
+                l, w, s, first = self._cluster_round(batch, part, weights, step0 + lo // bs)
+            else:
+                l, w, s, first = self._round(batch, part, weights, step0 + lo // bs)
             loss, wsum, skipped = loss + l, wsum + w, skipped + s
             if first >= 0:
                 return loss, wsum, skipped, lo + first
         return loss, wsum, skipped, -1
 
+    def _cluster_round(self, batch: Batch, part: np.ndarray, weights: np.ndarray | None, step0: int):
+        """One bulk-synchronous round over the rows `part` of batch, the model
+        on the workers (see the module's doc)."""
+        t0 = time.perf_counter()
+        # (bytes moved since the last round: validation's fetch of the merged blocks
+        # is the all-gather the round would otherwise make)
+        sent0, moved0 = self.bytes_sent, self._moved_reported
+        client, workers = self.runner.client, self.runner.workers
+        self._to_cluster()
+        bs = self.cfg.batch_size
+        data = self._data(batch)
+        wdata = self._weights(weights) if data is not None else None
+        # how the workers get the rows: read from the cache, sent once, or sent every round
+        self.data_mode = self._sent[id(batch)][2] if data is not None else "rows"
+        tag = uuid.uuid4().hex[:12]
+        moved = 0
+        cut = pieces(len(part), self.n_pieces, bs)
+        cfg = self.worker_config(len(cut))
+        trains = []
+        opts = dict(allow_other_workers=True, retries=3, pure=False)
+        for j, (a, b) in enumerate(cut):
+            rows = part[a:b]
+            if data is not None:
+                args = (data, rows, wdata)
+                sent = rows.nbytes
+            else:   # rows the workers do not have: send them
+                piece = take_rows(batch, rows)
+                args = (piece, None, None if weights is None else weights[rows])
+                sent = _nbytes(args)
+            moved += sent
+            self.bytes_sent += sent
+            moved += self._fetch_bytes(workers[j % len(workers)])
+            trains.append(client.submit(train_part, *args, cfg, self.spec, self.hot, self.total_steps,
+                                        step0 + a // bs, *self._blocks, key=f"fmcli-train-{tag}-{j}",
+                                        workers=[workers[j % len(workers)]], **opts))
+        stats = [client.submit(operator.itemgetter(0), t, key=f"fmcli-stats-{tag}-{j}", pure=False)
+                 for j, t in enumerate(trains)]
+        merged = []
+        for r in range(self.n_blocks):
+            picks = [client.submit(_pick, t, r, key=f"fmcli-pick-{tag}-{j}-{r}", pure=False)
+                     for j, t in enumerate(trains)]
+            merged.append(client.submit(merge_block, self._blocks[r], picks, self.cfg, self.spec, self.merge_rule,
+                                        key=f"fmcli-merge-{tag}-{r}", workers=[workers[r % len(workers)]],
+                                        **opts))
+        blocks = [client.submit(operator.itemgetter(0), m, key=f"fmcli-block-{tag}-{r}", pure=False)
+                  for r, m in enumerate(merged)]
+        infos = [client.submit(operator.itemgetter(1), m, key=f"fmcli-info-{tag}-{r}", pure=False)
+                 for r, m in enumerate(merged)]
+        results, merge_info = client.gather([stats, infos])
+        if len(workers) > 1:
+            # a second copy of every block before the round's inputs are let go: a
+            # worker lost now leaves each block somewhere (the next round's
+            # training fetches every block to every worker anyway)
+            client.replicate(blocks, n=2)
+        self._blocks = blocks
+        # the bytes of the reduce-scatter: each worker's part of each block held elsewhere
+        for j, res in enumerate(results):
+            moved += sum(size for r, size in enumerate(res[5]) if r % len(workers) != j)
+        self._block_bytes = [info[2] for info in merge_info]
+        self._holders = [{workers[r % len(workers)]} for r in range(self.n_blocks)]
+        self._finite = all(info[1] for info in merge_info)
+        self._fresh = False
+        merge_seconds = max(info[0] for info in merge_info)
+        self.merge_seconds += merge_seconds
+        self.task_seconds += sum(res[2] for res in results)
+        self.bytes_moved += moved
+        self.runner.bytes_out += moved
+        self.rounds += 1
+        self.rows_trained += len(part)
+        loss = wsum = 0.0
+        skipped, first = 0, -1
+        for (a, _), ((l, w, s, f), *_rest) in zip(cut, results):
+            loss, wsum, skipped = loss + l, wsum + w, skipped + s
+            if f >= 0 and first < 0:
+                first = a + f
+        self._report(len(part), time.perf_counter() - t0, merge_seconds, self.bytes_moved - moved0,
+                     [(res[4] or workers[j % len(workers)], res[3], res[1], res[6]) for j, res in enumerate(results)],
+                     self.bytes_sent - sent0)
+        return loss, wsum, skipped, first
+
     def _round(self, batch: Batch, part: np.ndarray, weights: np.ndarray | None, step0: int):
-        """One bulk-synchronous round over the rows `part` of batch."""
+        """One round with the model on the driver (an InlineRunner): the
+        rows go to the tasks, the changed rows come back and are merged here."""
+        t0 = time.perf_counter()
         bs = self.cfg.batch_size
         calls = []
-        cut = pieces(len(part), len(self.runner.workers), bs)
+        cut = pieces(len(part), self.n_pieces, bs)
+        cfg = self.worker_config(len(cut))
         for a, b in cut:
             rows = part[a:b]
-            calls.append((self.cfg, self.spec, self.hot, take_rows(batch, rows),
+            calls.append((cfg, self.spec, self.hot, take_rows(batch, rows),
                           None if weights is None else weights[rows], self.total_steps, step0 + a // bs))
         model = self.arrays()
         results = self.runner.run(model, calls)
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         self.apply([r[0] for r in results])
-        self.merge_seconds += time.perf_counter() - t0
+        merge_seconds = time.perf_counter() - t1
+        self.merge_seconds += merge_seconds
         self.task_seconds += sum(r[2] for r in results)
         self.rounds += 1
         self.rows_trained += len(part)
+        moved = sum(_nbytes(c) for c in calls) + sum(_nbytes(r[0]) for r in results)
+        self.bytes_moved += moved
         loss = wsum = 0.0
         skipped, first = 0, -1
         for (a, _), (_, (l, w, s, f), _) in zip(cut, results):
             loss, wsum, skipped = loss + l, wsum + w, skipped + s
             if f >= 0 and first < 0:
                 first = a + f
+        self._report(len(part), time.perf_counter() - t0, merge_seconds, moved,
+                     [(w, b - a, r[2]) for w, (a, b), r in zip(self.runner.workers, cut, results)])
         return loss, wsum, skipped, first
+
+    def _report(self, rows: int, seconds: float, merge_seconds: float, moved: int, per_worker,
+                sent: int | None = None) -> None:
+        """Keep the round's figures and hand them to on_round."""
+        self.last_round = self.round_report(self.rounds, rows, seconds, merge_seconds, moved, per_worker)
+        self._moved_reported = self.bytes_moved
+        self.last_round["bytes_sent"] = moved if sent is None else sent
+        if self.on_round is not None:
+            self.on_round(dict(self.last_round))
+
+    @staticmethod
+    def round_report(number: int, rows: int, seconds: float, merge_seconds: float, moved: int,
+                     per_worker) -> dict:
+        """What on_round receives: {"round", "rows", "seconds" (the round's
+        wall time), "merge_seconds" (the slowest block's merge), "bytes_moved"
+        (all directions, from the arrays' sizes), "workers": [{"worker",
+        "rows", "seconds" (its training), "rows_per_s", "phases": {"load",
+        "copy", "train", "parts": seconds of the task's steps}}]}; _report
+        adds "bytes_sent" (of bytes_moved, those the driver sent: row
+        positions, or rows where the workers cannot read them)."""
+        return {"round": number, "rows": rows, "seconds": seconds, "merge_seconds": merge_seconds,
+                "bytes_moved": moved,
+                "workers": [{"worker": w[0], "rows": int(w[1]), "seconds": w[2], "rows_per_s": w[1] / max(w[2], 1e-9),
+                             **({"phases": w[3]} if len(w) > 3 else {})}
+                            for w in per_worker]}
 
     def apply(self, changes: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
         """Merge the workers' changes (one list of four (indices, rows) per
-        worker, in worker order) into the arrays."""
+        worker, in worker order) into the driver's arrays."""
         if len(changes) == 1:    # one worker: its rows are the result
             for a, (idx, rows) in zip(self.arrays(), changes[0]):
                 a[idx] = rows
@@ -438,14 +1386,20 @@ class DaskBackend(CpuBackend):
         """The model header's "distributed" record."""
         out = {"workers": len(self.runner.workers), "rounds": self.rounds,
                "rows_per_round": self.rows_per_round or None,
+               "syncs_per_epoch": None if self.rows_per_round else self.cfg.syncs_per_epoch,
                "merge": self.merge_rule if self.merge_rule != "optimizer" else self.cfg.optimizer,
-               "bytes_out": self.runner.bytes_out, "bytes_back": self.runner.bytes_back}
+               # the workers' learning rate over the run's (1: unscaled; see the module's doc)
+               "learning_rate_scale": self.worker_config(self.n_pieces).step_size / self.cfg.step_size,
+               "data": self.data_mode,
+               "bytes_out": self.runner.bytes_out, "bytes_back": self.runner.bytes_back,
+               "bytes_moved": self.bytes_moved, "model_gathers": self.pulls}
         if "SOURCE_DATE_EPOCH" not in os.environ:   # reproducible files leave wall-clock figures out
             out["merge_seconds"] = round(self.merge_seconds, 6)
             out["task_seconds"] = round(self.task_seconds, 6)
         return out
 
     def to_model(self, meta: dict) -> Model:
+        self._to_host()
         model = super().to_model(meta)
         training = model.meta.get("training")
         if isinstance(training, dict) and self.runner is not None:
@@ -453,8 +1407,20 @@ class DaskBackend(CpuBackend):
         return model
 
     def close(self) -> None:
+        tokens = [t for k, t in getattr(self, "_tokens", {}).items() if k in self._sent]
+        self._blocks, self._sent, self._bound = None, {}, {}
         if self.runner is not None:
+            if self.clustered:
+                try:    # a cluster that outlives the run keeps no memory of it
+                    self.runner.client.run(_forget, tokens)
+                except Exception:   # (a cluster already gone)
+                    pass
             self.runner.close()
+
+
+def _pick(result, r: int):
+    """Part r of a train_part result (runs where the result is)."""
+    return result[1][r]
 
 
 def new_dask_backend(cfg: Config, n_features: int, n_fields: int, rng: np.random.Generator, task: str,

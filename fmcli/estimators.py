@@ -40,6 +40,13 @@ scikit-learn's own parameters:
   reproducible), -1 every CPU, -2 all but one, ...
 * ``device``: Config's (``cpu``, ``cuda`` or ``auto``): where training
   runs; predictions are scored on the CPU with ``n_jobs`` threads.
+* ``scheduler``, ``scheduler_file``, ``scheduler_timeout``,
+  ``rows_per_round``, ``syncs_per_epoch``: Config's, as ``fm train
+  --scheduler ...``: the fit trains data-parallel on a Dask cluster
+  (``"local:2"``: two worker processes started for the fit and closed
+  after it; an address such as ``"tcp://host:8786"``: a running cluster),
+  ``n_jobs`` threads per worker; predictions are scored here.  Needs
+  ``pip install 'fm-ctr[dask]'``.
 * ``verbose``: 0 quiet; 1 or more prints the run's notes and a line per
   epoch to stderr.
 
@@ -94,14 +101,23 @@ except ImportError:
 # (model, task), what scikit-learn names its own way (threads: n_jobs, seed:
 # random_state, class_weight in scikit-learn's form), a command-line
 # shorthand (auto_stop is patience=1), and the settings of reading files,
-# caches and checkpoints.
+# caches and checkpoints.  (The Dask settings -- scheduler, scheduler_file,
+# scheduler_timeout, rows_per_round, ... -- are parameters: a fit can train
+# on a cluster.)
 NOT_PARAMETERS = frozenset({
     "model", "task", "threads", "seed", "class_weight", "auto_stop",
     "format", "max_bad_rows", "max_line_bytes", "max_feature_id",
     "cache", "cache_dir", "cache_check", "cache_max_size", "memory_budget",
     "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "init_model",
     "label_column", "weight_column", "columns",
-    "scheduler", "scheduler_file", "scheduler_timeout", "rows_per_round",
+})
+
+# Config's Dask settings: a model written by fm train --scheduler loads as
+# an estimator that fits in this process (its cluster may be long gone, and
+# rows_per_round and syncs_per_epoch apply only with a scheduler).
+WHERE_TRAINED = frozenset({
+    f.name for f in dataclasses.fields(Config)
+    if f.name.startswith("scheduler") or f.name in ("rows_per_round", "syncs_per_epoch")
 })
 
 # The training hyperparameters, in Config's order, with Config's defaults.
@@ -447,7 +463,7 @@ class _FMEstimator(BaseEstimator):
         meta = model.meta.get(META_KEY)
         if meta is None:      # trained by fm train: describe it as fit would have
             hp = model.meta.get("hyperparameters") or {}
-            params = {k: hp[k] for k in CONFIG_DEFAULTS if k in hp}
+            params = {k: hp[k] for k in CONFIG_DEFAULTS if k in hp and k not in WHERE_TRAINED}
             if params.get("optimizer") == "ftrl":
                 params["learning_rate"] = None      # the header's learning_rate is FTRL's alpha
             params["random_state"] = hp.get("seed")

@@ -16,6 +16,17 @@ fields:
 ``epoch``
     ``epoch``, ``rows``, ``skipped`` (rows with a non-finite score or loss),
     ``train_loss``, ``valid`` (the validation metrics, or null), ``seconds``.
+``eval``
+    a validation within an epoch (``--eval-every``): ``epoch``, ``rows``
+    (of the epoch), ``rows_total`` (of the run), ``train_loss``, ``valid``.
+``round``
+    a synchronisation round of a distributed run (``--scheduler``), after
+    its merge: ``epoch``, ``round`` (its number in the run), ``rows`` (all
+    workers'), ``seconds`` (the round's wall time), ``merge_seconds``,
+    ``bytes_moved`` (between the driver and the workers and among the
+    workers, all directions) and ``workers``: one object per worker with
+    ``worker`` (its address), ``rows``, ``seconds`` (its training) and
+    ``rows_per_s``.
 ``checkpoint``
     ``path``, ``epoch``, ``rows_done``.
 ``run_end``

@@ -107,6 +107,20 @@ class TrainingPlan:
                          classes=tuple(self.tr.classes) if c.task == "multiclass" else None)
         return int(sum(np.prod(shape, dtype=np.int64) for shape in spec.shapes().values()))
 
+    def device_memory(self):
+        """The device memory a run on a GPU takes (fmcli.gpu.plan.DeviceMemory):
+        resident rows are the whole training set, or its largest chunk."""
+        from .gpu.plan import device_memory
+
+        tr, va = self.tr, self.va
+        rows = tr.n_rows if self.whole else max(tr.chunk_rows)
+        nnz = tr.nnz if self.whole else -(-tr.nnz * rows // max(tr.n_rows, 1))
+        return device_memory(self.config, self.n_features, self.n_fields, self.n_classes, rows=rows, nnz=nnz,
+                             valid_rows=va.n_rows if va is not None else 0,
+                             valid_nnz=va.nnz if va is not None else 0,
+                             weights=(tr.has_weights or self.file_weights is not None
+                                      or self.class_table is not None))
+
     def too_large(self) -> bool:
         return self.memory_limit is not None and self.bytes_needed > self.memory_limit
 
@@ -206,7 +220,10 @@ def plan_training(config: Config, train_data, valid=None, *, weights=None, resum
     whole = tr.n_chunks == 1 or tr.data_bytes <= config.memory_budget
     bs = config.batch_size
     sizes = [tr.n_rows] if whole else tr.chunk_rows
-    grain = min([SLICE_ROWS] + [n for n in (config.checkpoint_every, config.eval_every) if n])
+    # a distributed run's slice is its synchronisation round (fmcli.distributed)
+    distributed = config.scheduler is not None or config.scheduler_file is not None
+    first = config.round_rows(tr.n_rows) if distributed else SLICE_ROWS
+    grain = min([first] + [n for n in (config.checkpoint_every, config.eval_every) if n])
     return TrainingPlan(
         config=config, tr=tr, va=va, metric=metric, parent=parent, input_map=input_map, id_map=id_map,
         n_features=n_features, n_fields=n_fields, n_classes=n_classes,
@@ -238,6 +255,7 @@ def train(
     should_stop: Callable[[], int | None] | None = None,
     on_start: Callable[[], None] | None = None,
     on_read: Callable[[str, int, int | None, int], None] | None = None,
+    on_round: Callable[[dict], None] | None = None,
     resume: str | None = None,
     run_info: dict | None = None,
     parent: Model | None = None,
@@ -255,7 +273,12 @@ def train(
     :class:`~fmcli.errors.Interrupted`.  on_start() is called once every
     input is read, before the first update.  on_read(name, bytes read, bytes
     in all or None, rows so far) is called while inputs are parsed (not when
-    they come from the cache).  resume: a checkpoint directory to continue
+    they come from the cache).  on_round(record) is called after every
+    round of a distributed run (config.scheduler): the round's number, rows,
+    seconds, merge_seconds, bytes_moved and per-worker figures (workers:
+    worker, rows, seconds, rows_per_s), with the epoch it belongs to added
+    (see fmcli.distributed); it is never called on one machine.  resume: a
+    checkpoint directory to continue
     from (the configuration must be the checkpoint's; see
     :func:`resume_arguments`).  run_info: stored in checkpoints (the command
     line's own arguments).  parent: a model in memory to continue from, as
@@ -273,8 +296,9 @@ def train(
         backend = make_backend(c, plan.n_features, plan.n_fields, rng, plan.task, plan.tr.classes, say,
                                # a new model of compact ids starts as the dense one would
                                None if plan.id_map is None or plan.parent is not None else plan.id_map.ids,
-                               plan.tr.max_feature + 1)
-        hooks = _Hooks(on_epoch, on_eval, on_progress, on_checkpoint, should_stop, on_start)
+                               plan.tr.max_feature + 1,
+                               device_need=plan.device_memory().total if c.device != "cpu" else None)
+        hooks = _Hooks(on_epoch, on_eval, on_progress, on_checkpoint, should_stop, on_start, on_round)
         run = _Run(plan, backend, rng, hooks, run_info or {}, say)
         run.run()
         return run.model()
@@ -292,6 +316,7 @@ class _Hooks:
     on_checkpoint: Callable | None = None
     should_stop: Callable | None = None
     on_start: Callable | None = None
+    on_round: Callable | None = None
 
 
 @dataclass
@@ -359,6 +384,9 @@ class _Run:
         self.mem_batch = tr.in_memory(compact) if plan.whole else None
         self.va_batch = (va.in_memory(compact) if va is not None and va.data_bytes <= c.memory_budget
                          else None)
+        bind = getattr(backend, "bind_data", None)
+        if bind is not None:    # a distributed backend finds these rows on its workers
+            bind(tr, self.mem_batch, va, self.va_batch)
         if not plan.whole:
             say(f"streaming {tr.n_chunks} chunks of up to {max(tr.chunk_rows)} rows per epoch "
                 f"(data of {tr.data_bytes / 2**20:.0f} MiB > --memory-budget)")
@@ -370,6 +398,10 @@ class _Run:
         if plan.ckpt is not None:
             self._resume(plan.ckpt)
         backend.total_steps = self.steps_before + plan.steps_per_epoch * c.epochs
+        self.epoch = self.first_epoch     # the epoch being trained
+        if hooks.on_round is not None and hasattr(backend, "on_round"):
+            # a distributed backend reports its rounds (fmcli.distributed)
+            backend.on_round = lambda record: hooks.on_round({"epoch": self.epoch, **record})
 
     # -- resume and checkpoints --------------------------------------------------
     def _resume(self, ckpt: checkpoint.Checkpoint) -> None:
@@ -462,6 +494,7 @@ class _Run:
 
     def _epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
+        self.epoch = epoch
         cur, chunk_order = self._start_epoch(epoch)
         # (a run stopped after its epoch's last slice resumes with nothing left of the epoch)
         parts = ([] if cur.chunk_pos >= len(chunk_order) else [(0, self.mem_batch, None)] if self.plan.whole

@@ -192,19 +192,29 @@ def test_adagrad_merge_weights_moves_by_accumulator_increments():
     assert avg[1, 0] == np.float32(0.1)
 
 
-def test_ftrl_merge_sums_z_and_n_and_takes_the_closed_form():
+def test_ftrl_merge_sums_gradients_and_n_and_takes_the_closed_form():
     host = _host("ftrl", l1=0.5, l2=0.25, ftrl_alpha=0.1, ftrl_beta=1.0)
     base = host.L.copy()                    # rows (w, z, n)
     base[2] = [0.0, 0.2, 4.0]
-    r0 = np.array([[9.0, -2.0, 5.0]], np.float32)    # dz -2.2, dn 1 (its w is not used)
-    r1 = np.array([[9.0, 0.0, 4.5]], np.float32)     # dz -0.2, dn 0.5
+    r0 = np.array([[9.0, -2.0, 5.0]], np.float32)    # dz -2.2, dn 1, ends at w 9
+    r1 = np.array([[7.0, 0.0, 4.5]], np.float32)     # dz -0.2, dn 0.5, ends at w 7
     idx, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
-    z, n = np.float32(0.2) - 2.2 - 0.2, 4.0 + 1.5
-    w = -(z + 0.5) / ((1.0 + np.sqrt(n)) / 0.1 + 0.25)
+    # each worker's gradient sum: its z increment plus its own proximal term
+    # (sqrt(n0 + dn_i) - sqrt(n0)) / alpha * (its end weight) ...
+    g0 = -2.2 + (np.sqrt(5.0) - 2.0) / 0.1 * 9.0
+    g1 = -0.2 + (np.sqrt(4.5) - 2.0) / 0.1 * 7.0
+    # ... and the merged accumulator's term taken off once, with the
+    # dn-weighted mean of the end weights
+    wbar = (1.0 * 9.0 + 0.5 * 7.0) / 1.5
+    n = 4.0 + 1.5
+    z = np.float32(0.2) + g0 + g1 - (np.sqrt(n) - 2.0) / 0.1 * wbar
+    w = -(z - np.sign(z) * 0.5) / ((1.0 + np.sqrt(n)) / 0.1 + 0.25)
     assert rows[0, 1] == pytest.approx(z, rel=1e-6) and rows[0, 2] == pytest.approx(n)
     assert rows[0, 0] == pytest.approx(w, rel=1e-6)
-    # |z| <= l1 gives an exact zero
-    r1 = np.array([[9.0, 2.0, 4.5]], np.float32)
+    # |z| <= l1 gives an exact zero (here the two workers' z increments
+    # cancel and neither moved its weight)
+    r0 = np.array([[0.0, -0.8, 5.0]], np.float32)
+    r1 = np.array([[0.0, 1.2, 4.5]], np.float32)
     _, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
     assert rows[0, 0] == 0.0
 

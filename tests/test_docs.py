@@ -22,7 +22,7 @@ def read_page(name):
         return f.read()
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["predict"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["predict"], ["inspect"], ["serve"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, command + ["--help"])
     assert result.exit_code == 0
@@ -58,7 +58,7 @@ def test_pages_have_the_operational_sections(name):
 
 def test_pages_document_exit_codes_and_environment():
     page = read_page("fm.1")
-    for code in (0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143):
+    for code in (0, 1, 2, 65, 66, 70, 71, 73, 74, 75, 78, 130, 141, 143):
         assert f".TP\n\\fB{code}\\fR\n" in page, f"exit status {code} is not documented in fm.1"
     train = read_page("fm-train.1")
     for name in ("FMCLI_CACHE_DIR", "XDG_CACHE_HOME", "SOURCE_DATE_EPOCH", "FM_TRAIN_"):

@@ -57,11 +57,12 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "fmcli._core.*", "fmcli.data.*", "fmcli.config", "fmcli.metrics",
     )),
     # 2 models: the model object, its file format, checkpoints, libffm's
-    # model files, the input maps that say how a model's rows are read, and
-    # the host training layout of a model's parameters (which runs no kernel).
+    # model files, the input maps that say how a model's rows are read, the
+    # host training layout of a model's parameters (which runs no kernel),
+    # and the C scorer's inference files.
     (2, "models and model files", (
         "fmcli.model", "fmcli.modelfile", "fmcli.checkpoint", "fmcli.libffm", "fmcli.inputmap",
-        "fmcli.params",
+        "fmcli.params", "fmcli.inference",
     )),
     # 3 backends: where parameters live and are trained: the backend
     # interface with its factory, the CPU backend (the compiled kernels on
@@ -71,10 +72,12 @@ LAYERS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "fmcli.backend", "fmcli.cpu", "fmcli.gpu.*", "fmcli.distributed",
     )),
     # 4 orchestration: runs of training, scoring, inspecting and converting,
-    # and the run log they write.
+    # the run log they write, and the ONNX export of a model (imported only
+    # for fm convert --to onnx), and the HTTP scoring server of fm serve.
     (4, "orchestration", (
         "fmcli.train", "fmcli.predict", "fmcli.inspect", "fmcli.convert", "fmcli.runlog",
-        "fmcli.tune", "fmcli.distributed_predict",
+        "fmcli.tune", "fmcli.distributed_predict", "fmcli.onnx_export",
+        "fmcli.serve",
     )),
     # 5 front ends: the public API of ``import fmcli``, ``python -m fmcli``,
     # the click commands, and the settings read from TOML files and FM_*

@@ -131,8 +131,10 @@ EXIT_CODES = [
          "be read, or is a directory."),
     (69, "\\-\\-scheduler (fm train, fm predict): the Dask cluster cannot be reached within "
          "\\-\\-scheduler\\-timeout, has no worker, runs another fmcli build, or the dask extra is "
-         "not installed."),
+         "not installed.  \\-\\-to onnx (fm convert): the onnx extra is not installed."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
+    (71, "fm serve cannot listen on \\-\\-host and \\-\\-port: the port is in use, a port below 1024 "
+         "needs privileges, or the host is unknown."),
     (73, "An output file or the checkpoint directory cannot be created (no such directory, "
          "no permission, a read\\-only file system, a name too long); checked before any work."),
     (74, "I/O error while writing an output: the disk is full, the file is larger than the "
@@ -159,9 +161,10 @@ _CODES = {
     "train": {0, 1, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 143},
     "tune": {0, 1, 2, 65, 66, 70, 73, 74, 75, 78, 130, 143},
     "predict": {0, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 141, 143},
-    "convert": {0, 2, 65, 66, 70, 73, 74, 75, 78, 130, 141, 143},
+    "convert": {0, 2, 65, 66, 69, 70, 73, 74, 75, 78, 130, 141, 143},
     "inspect": {0, 2, 65, 66, 70, 78, 130, 141, 143},
     "cache": {0, 2, 66, 70, 74, 78, 130, 141, 143},
+    "serve": {0, 2, 65, 66, 70, 71, 78, 130, 143},
     "ffm-train": {0, 2, 65, 66, 70, 73, 74, 130, 143},
     "ffm-predict": {0, 2, 65, 66, 70, 73, 74, 130, 141, 143},
 }
@@ -184,6 +187,7 @@ _ENV_EXAMPLES = {
     "inspect": ("FM_INSPECT_JSON=1", ""),
     "convert": ("FM_CONVERT_MIN_COUNT=20, FM_CONVERT_HASH_SPACE=2000000", ""),
     "cache": ("FM_CACHE_CACHE_DIR=/var/cache/fm", ""),
+    "serve": ("FM_SERVE_PORT=9000, FM_SERVE_THREADS=8", ""),
 }
 
 _LIBFFM_ENV = [
@@ -315,6 +319,8 @@ _EXAMPLES = {
          "fm convert ctr.fm \\-o small.fm \\-\\-dtype float16 \\-\\-strip\\-state\n"
          "fm convert train.model \\-\\-from libffm\\-model \\-o ctr.fm\n"
          "fm convert ctr.fm \\-\\-to libffm\\-bin\\-model \\-o ctr.model"),
+        ("An ONNX graph of a model, for any ONNX runtime (needs pip install 'fm\\-ctr[onnx]'):",
+         "fm convert ctr.fm \\-o ctr.onnx"),
     ],
     "cache": [
         ("The caches, their sizes, last use, inputs and whether a run is reading them:",
@@ -355,6 +361,17 @@ _EXAMPLES = {
         ("A space of one's own, reproducible (one thread per trial), continued after a crash:",
          "fm tune \\-s 1 \\-\\-param 'l2=loguniform(1e-6,1e-2)' \\-\\-param 'k=choice(4,8,16)' "
          "\\-p va.ffm \\-o best.fm tr.ffm\nfm tune \\-\\-resume best.fm.tune"),
+    ],
+    "serve": [
+        ("Serve two models on port 9000; score libffm rows and JSON rows with curl:",
+         "fm serve \\-\\-port 9000 ctr=ctr.fm multi.fm\n"
+         "curl \\-\\-data\\-binary @te.ffm \\-H 'Content\\-Type: text/plain' "
+         "localhost:9000/v1/models/ctr/predict\n"
+         "curl \\-d '{\"fields\": [0, 1], \"features\": [3, 7]}' \\-H 'Content\\-Type: application/json' "
+         "localhost:9000/v1/models/ctr/predict"),
+        ("Retrain every night: the server picks up the new file (written atomically by fm train) "
+         "without a failed request; every answer names the checksum of the model that scored it:",
+         "fm train \\-p va.ffm \\-o ctr.fm tr.ffm"),
     ],
     "predict": [
         ("Probabilities to a file, metrics on standard error:",
@@ -479,6 +496,7 @@ _NAMES = {
     "fm": "train and serve click-through-rate models (LR, FM, FFM, FwFM)",
     "train": "train a click-through-rate model on libffm, libsvm or Parquet data",
     "tune": "search hyperparameters and write the best model",
+    "serve": "score rows over HTTP with one or more models, reloading replaced model files",
     "predict": "score data with a trained model",
     "inspect": "show what a model file or data files hold",
     "convert": "convert data (libffm, libsvm, Parquet, raw click logs) and model files",
@@ -522,7 +540,8 @@ def _configuration(name: str, command: click.Command) -> str | None:
     example = {"train": "[train]\nepochs = 20\nlearning\\-rate = 0.05\nnorm = false\ncache\\-dir = \"/var/cache/fm\"",
                "predict": "[predict]\nthreads = 4\nstrict\\-ids = true",
                "convert": "[convert]\nmin\\-count = 20\nhash\\-space = 2000000",
-               "tune": "[tune]\ntrials = 50\nbudget = \"10m\"\nnorm = false"}[name]
+               "tune": "[tune]\ntrials = 50\nbudget = \"10m\"\nnorm = false",
+               "serve": "[serve]\nport = 9000\nthreads = 8\nmax\\-request\\-bytes = \"64M\""}[name]
     return _section("CONFIGURATION FILE", [
         f"\\-\\-config FILE reads the [{name}] table of a TOML file (other commands' tables, such "
         "as [train] and [predict], may be in the same file).  Its keys are the long option names "

@@ -115,12 +115,15 @@ def train_options(f):
     command = click.option(
         "--log-json", type=OutputPath(), default=None, metavar="FILE",
         help="Append the run's events to FILE as JSON lines: run_start (versions, settings, inputs), "
-             "epoch, checkpoint, run_end (status, exit status, model hash).")(command)
+             "epoch, eval, round (with --scheduler), checkpoint, run_end (status, exit status, model "
+             "hash).")(command)
     command = lock_timeout_option(command)
     command = click.option(
         "--dry-run", is_flag=True,
         help="Read the data (filling the cache), print the model's parameter count and memory "
-             "estimate, and exit without training or writing a model.")(command)
+             "estimate (with --device cuda or auto also the device memory: parameters, optimizer "
+             "state, resident data, scratch; --device cuda exits 1 when it does not fit), and exit "
+             "without training or writing a model.")(command)
     return config_option("train", "epochs = 20, learning-rate = 0.05")(command)
 
 
@@ -291,6 +294,13 @@ class TrainRun:
         if self.log is not None:
             self.log.write("checkpoint", **info)
 
+    def on_round(self, record: dict) -> None:
+        """A round of a distributed run (fmcli.distributed): the progress
+        display's round line and a "round" record of the run log."""
+        self.progress.round(record)
+        if self.log is not None:
+            self.log.write("round", **record)
+
     def should_stop(self) -> int | None:
         return self.stop_signal
 
@@ -300,11 +310,11 @@ class TrainRun:
         self._training = True
 
     def callbacks(self, train_function: Callable) -> dict[str, Callable]:
-        """on_progress, on_checkpoint, should_stop and on_start, as far as
-        `train_function` takes them."""
+        """on_progress, on_checkpoint, should_stop, on_start, on_read and
+        on_round, as far as `train_function` takes them."""
         wanted = {"on_progress": self.progress, "on_checkpoint": self.on_checkpoint,
                   "should_stop": self.should_stop, "on_start": self.on_start,
-                  "on_read": self.read_progress}
+                  "on_read": self.read_progress, "on_round": self.on_round}
         try:
             accepted = inspect.signature(train_function).parameters
         except (TypeError, ValueError):
@@ -408,6 +418,9 @@ def _print_plan(plan, output) -> None:
                    + (f"; limit {size(limit)}" if limit is not None else "")),
         ("output", output or "-"),
     ]
+    device = _device_memory(plan, size) if config.device != "cpu" else None
+    if device is not None:
+        lines.insert(-1, ("device memory", device[0]))
     width = max(len(k) for k, _ in lines)
     click.echo("dry run: nothing is trained or written")
     for key, value in lines:
@@ -416,3 +429,27 @@ def _print_plan(plan, output) -> None:
         raise DataError(f"the model would need {size(need)}, more than "
                         + ("--max-memory " if config.max_memory is not None else "this machine's ")
                         + f"{size(limit)}; hash the ids into a smaller space or raise --max-memory", tr.name)
+    if device is not None and device[1]:
+        from ..errors import DeviceError
+
+        raise DeviceError(device[1])
+
+
+def _device_memory(plan, size) -> tuple[str, str | None]:
+    """The dry run's line on device memory (--device cuda or auto), and why
+    the run does not fit the device (for --device cuda), or None."""
+    from ..gpu.device import free_memory
+
+    m = plan.device_memory()
+    free, what = free_memory()
+    text = (f"{size(m.total)} on a CUDA device: {size(m.parameters)} parameters, {size(m.state)} optimizer "
+            f"state, {size(m.data)} resident data, {size(m.scratch)} scratch; ")
+    if free is None:
+        return text + f"no device here ({what})", None
+    text += f"{what}: {size(free)} free"
+    if m.total <= free:
+        return text, None
+    if plan.config.device == "auto":
+        return text + " (does not fit: --device auto would train on the CPU)", None
+    return text, (f"the run needs {size(m.total)} of device memory, more than the {size(free)} free on "
+                  f"{what}; hash the ids into a smaller space, lower -k, or train on the CPU")

@@ -147,7 +147,8 @@ class EpochProgress(_Bar):
 
     Called as ``on_progress(epoch, rows_done, rows_total)`` (a training loss
     so far may follow); shows rows done of the epoch's rows, rows/s, the
-    time left and the loss.  Lines printed meanwhile (the epoch table,
+    time left and the loss, and for a distributed run the last round
+    (:meth:`round`, :func:`round_line`).  Lines printed meanwhile (the epoch table,
     messages) appear above the bar, which disappears when :meth:`close` is
     called.  Does nothing when stderr is not a terminal or with --quiet.
     """
@@ -155,17 +156,28 @@ class EpochProgress(_Bar):
     def __init__(self, quiet: bool = False, console=None):
         super().__init__(quiet, console)
         self._epoch = None
+        self._round = ""      # the last round of a distributed run (round_line), shown after the bar
 
     def _columns(self) -> list:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         return [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("rows"), _rate_column(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
+                TextColumn("rows"), _rate_column(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                TextColumn("{task.fields[round]}")]
+
+    def round(self, record: dict) -> None:
+        """A distributed run's round (fmcli.train.train's on_round): its
+        summary joins the bar's line."""
+        if not self.enabled:
+            return
+        self._round = round_line(record)
+        if self._progress is not None:
+            self._progress.update(self._task, round=self._round)
 
     def __call__(self, epoch: int, rows_done: int, rows_total: int, loss: float | None = None) -> None:
         if not self.enabled:
             return
-        fields = {"epoch": epoch, "loss": "" if loss is None else f"loss {loss:.5f}"}
+        fields = {"epoch": epoch, "loss": "" if loss is None else f"loss {loss:.5f}", "round": self._round}
         if self._progress is None:
             if not self._start(description="train", total=rows_total, **fields):
                 return
@@ -173,6 +185,27 @@ class EpochProgress(_Bar):
             self._progress.reset(self._task, total=rows_total, **fields)
         self._epoch = epoch
         self._progress.update(self._task, completed=rows_done, total=rows_total, **fields)
+
+
+def round_line(record: dict) -> str:
+    """One line for a round of a distributed run: its number, each worker's
+    rows/s (the slowest and fastest beyond four workers), the bytes moved
+    and the time spent merging, e.g. ``round 12: 2 workers 81,200 79,900
+    rows/s, 1.2 MiB moved, merge 0.031 s``."""
+    rates = [float(w.get("rows_per_s") or 0.0) for w in record.get("workers") or []]
+    if len(rates) <= 4:
+        speed = " ".join(f"{r:,.0f}" for r in rates)
+    else:
+        speed = f"{min(rates):,.0f}-{max(rates):,.0f}"
+    size, unit = float(record.get("bytes_moved") or 0), "B"
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, u
+    moved = f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+    n = len(rates)
+    return (f"round {record.get('round')}: {n} worker{'s' if n != 1 else ''} {speed} rows/s, {moved} moved, "
+            f"merge {float(record.get('merge_seconds') or 0.0):.3f} s")
 
 
 def _rate_column():

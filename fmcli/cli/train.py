@@ -77,8 +77,11 @@ def default_output(train_file: str) -> str:
 @click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=D.scheduler_timeout,
               help="Seconds to wait for the scheduler and its first worker before giving up (exit status 69).")
 @click.option("--rows-per-round", type=click.IntRange(0), default=D.rows_per_round,
-              help="With --scheduler: rows of a synchronisation round, all workers together (0: one "
-                   "round per 32768 rows, or per --eval-every / --checkpoint-every rows when smaller).")
+              help="With --scheduler: rows of a synchronisation round, all workers together (0: "
+                   "--syncs-per-epoch rounds per epoch; --eval-every / --checkpoint-every rows also end a round).")
+@click.option("--syncs-per-epoch", type=click.IntRange(1), default=D.syncs_per_epoch,
+              help="With --scheduler: rounds per epoch (the workers' models are merged this many times "
+                   "an epoch, and at every --eval-every / --checkpoint-every rows); or give --rows-per-round.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer,
               help="Update rule.  rowwise-adagrad: AdaGrad with one accumulator per factor vector "
                    "(k + 1 values per vector instead of 2k while training; CPU only).")
@@ -125,7 +128,10 @@ def default_output(train_file: str) -> str:
               help="FFM with 2+ threads: train the N features most rows carry on a copy per "
                    "thread, merged into the model every 256 rows, instead of every thread writing "
                    "their shared cache lines (auto: on 100k rows or more, those on 0.2% of rows or "
-                   "more, up to 512 KiB per thread; 0: plain Hogwild).")
+                   "more, up to 512 KiB per thread; 0: plain Hogwild).  --device cuda, batch size 1: "
+                   "the bias, the field-pair parameters and the N features most rows carry step once "
+                   "per wave of rows in flight with the sum of the rows' steps (auto: those the rows "
+                   "in flight share; sgd, adagrad, ftrl).")
 @click.option("--exact-adagrad", is_flag=True, default=D.exact_adagrad,
               help="Refine AdaGrad's (and rowwise-adagrad's) 1/sqrt to float32 precision (slower); by "
                    "default the CPU's estimate, as libffm.")

@@ -1,0 +1,320 @@
+"""The data plane of data-parallel training on Dask (fmcli.distributed):
+workers read their rows from the cache and are sent row positions, the
+model stays on the workers between rounds (the driver gathers it only for
+checkpoints and the result), --syncs-per-epoch, on_round's figures, the
+fallbacks (no visible cache, streamed data) and the block merge against
+merge_array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmcli import Config
+from fmcli import distributed as dist
+from fmcli.cpu import CpuBackend
+from fmcli.data.batch import Batch
+from fmcli.errors import EX_CONFIG, ConfigError
+from fmcli.train import train
+
+from clirun import invoke
+from synthdata import write_synth
+
+distributed = pytest.importorskip("distributed")
+
+
+class _Kept(dist.DaskRunner):
+    """The module's cluster, lent to one run: closing the run keeps it."""
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes, 1 thread each (started once)."""
+    c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = distributed.Client(c, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    yield client
+    client.close()
+    c.close()
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    """use(n): runs with a scheduler train on n workers of the module's cluster."""
+    def use(n: int):
+        monkeypatch.setattr(dist, "connect", lambda config, say: _Kept(cluster, use=n))
+    return use
+
+
+@pytest.fixture
+def rounds(monkeypatch):
+    """The on_round reports of the runs of a test."""
+    got: list[dict] = []
+    monkeypatch.setattr(dist.DaskBackend, "on_round", staticmethod(got.append))
+    return got
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """12000 training rows (tr.ffm) and 3000 other rows to validate on (va.ffm)."""
+    d = tmp_path_factory.mktemp("plane")
+    lines = write_synth(d, 15000, 11, 6)
+    (d / "va.ffm").write_text("".join(lines[:3000]))
+    (d / "tr.ffm").write_text("".join(lines[3000:]))
+    return d
+
+
+def _arrays(model) -> dict[str, np.ndarray]:
+    out = {f"param:{k}": np.asarray(v) for k, v in model.params.items()}
+    out.update({f"state:{k}": np.asarray(v) for k, v in model.state.items()})
+    return out
+
+
+def _same_bytes(a, b) -> None:
+    x, y = _arrays(a), _arrays(b)
+    assert sorted(x) == sorted(y)
+    for name in x:
+        assert x[name].tobytes() == y[name].tobytes(), name
+
+
+def _cfg(tmp_path: Path, **over) -> dict:
+    """A run with the cache on, in a directory of the test's own."""
+    return {"model": "ffm", "epochs": 2, "seed": 3, "threads": 1, "cache_dir": str(tmp_path / "cache"), **over}
+
+
+def _row_bytes(path: Path) -> int:
+    """Bytes the rows of a file take in memory as the kernels read them (compact)."""
+    from fmcli.data.dataset import load_dataset
+
+    ds = load_dataset(str(path), cache_dir=None)
+    b = ds.in_memory(True)
+    return sum(a.nbytes for a in (b.labels, b.indptr, b.fields, b.features, b.values))
+
+
+# ---------------------------------------------------------------------------
+# rows stay where the data are
+# ---------------------------------------------------------------------------
+
+def test_workers_read_the_cache_and_rounds_send_row_positions(on_cluster, rounds, synth, tmp_path):
+    on_cluster(2)
+    m = train(Config(scheduler="local:2", **_cfg(tmp_path)), str(synth / "tr.ffm"), str(synth / "va.ffm"))
+    rec = m.meta["training"]["distributed"]
+    assert rec["data"] == "cache"
+    assert len(rounds) == rec["rounds"] == 2
+    rows_size = _row_bytes(synth / "tr.ffm")
+    for r in rounds[1:]:        # (the first round also sends the starting model)
+        # 8 bytes per row (its position), against ~10 entries of 5 bytes and 20 bytes of the row itself
+        assert r["bytes_sent"] <= 8 * r["rows"] + 4096
+        assert r["bytes_sent"] < rows_size / 5
+    assert all(r["bytes_moved"] > r["bytes_sent"] for r in rounds)     # the model's blocks move between workers
+
+
+def test_one_worker_reading_the_cache_is_the_single_process_run(on_cluster, synth, tmp_path):
+    on_cluster(1)
+    cfg = _cfg(tmp_path, shuffle=True, epochs=3)
+    single = train(Config(**cfg), str(synth / "tr.ffm"))
+    one = train(Config(scheduler="local:1", **cfg), str(synth / "tr.ffm"))
+    assert one.meta["training"]["distributed"]["data"] == "cache"
+    _same_bytes(single, one)
+
+
+def test_an_invisible_cache_sends_the_rows_once_with_the_same_result(on_cluster, rounds, synth, tmp_path,
+                                                                      monkeypatch):
+    on_cluster(2)
+    cfg = _cfg(tmp_path, syncs_per_epoch=2)
+    seen = train(Config(scheduler="local:2", **cfg), str(synth / "tr.ffm"))
+    assert seen.meta["training"]["distributed"]["data"] == "cache"
+    of = dist.CacheRows.of
+
+    def elsewhere(ds, batch, compact):    # a cache under a name the workers do not have
+        ref = of(ds, batch, compact)
+        return None if ref is None else dist.CacheRows(**{**ref.__dict__, "path": str(tmp_path / "gone.fmcache")})
+
+    monkeypatch.setattr(dist.CacheRows, "of", staticmethod(elsewhere))
+    rounds.clear()
+    shipped = train(Config(scheduler="local:2", **cfg), str(synth / "tr.ffm"))
+    assert shipped.meta["training"]["distributed"]["data"] == "shipped"
+    _same_bytes(seen, shipped)
+    rows_size = _row_bytes(synth / "tr.ffm")
+    assert rounds[0]["bytes_sent"] >= 2 * rows_size * 0.9     # the rows went to both workers, once
+    assert all(r["bytes_sent"] <= 8 * r["rows"] for r in rounds[1:])
+
+
+def test_streamed_chunks_send_their_rows_each_round(on_cluster, synth, tmp_path):
+    on_cluster(1)
+    # two files (two chunks) and a memory budget below their size: trained chunk by chunk
+    lines = (synth / "tr.ffm").read_text().splitlines(keepends=True)
+    files = [tmp_path / "a.ffm", tmp_path / "b.ffm"]
+    files[0].write_text("".join(lines[:5000]))
+    files[1].write_text("".join(lines[5000:]))
+    cfg = _cfg(tmp_path, memory_budget=1 << 16, shuffle=True)
+    single = train(Config(**cfg), [str(f) for f in files])
+    one = train(Config(scheduler="local:1", **cfg), [str(f) for f in files])
+    assert one.meta["training"]["distributed"]["data"] == "rows"
+    _same_bytes(single, one)
+
+
+# ---------------------------------------------------------------------------
+# the model stays on the workers
+# ---------------------------------------------------------------------------
+
+def test_the_driver_gathers_the_model_only_for_checkpoints_and_the_result(on_cluster, synth, tmp_path):
+    on_cluster(2)
+    m = train(Config(scheduler="local:2", **_cfg(tmp_path, epochs=3)), str(synth / "tr.ffm"),
+              str(synth / "va.ffm"))
+    rec = m.meta["training"]["distributed"]
+    assert rec["rounds"] == 3 and rec["model_gathers"] == 1        # validated 3 times on the workers
+    assert len(m.meta["training"]["history"]) == 3
+    m = train(Config(scheduler="local:2", checkpoint_dir=str(tmp_path / "ck"), **_cfg(tmp_path, epochs=3)),
+              str(synth / "tr.ffm"), str(synth / "va.ffm"))
+    assert m.meta["training"]["distributed"]["model_gathers"] == 3  # checkpoints after epochs 1 and 2, the result
+
+
+def test_validation_on_the_workers_scores_as_the_driver_would(on_cluster, synth, tmp_path):
+    from fmcli.metrics import evaluate
+    from fmcli.predict import Scorer
+
+    on_cluster(2)
+    m = train(Config(scheduler="local:2", **_cfg(tmp_path)), str(synth / "tr.ffm"), str(synth / "va.ffm"))
+    from fmcli.data.dataset import load_dataset
+
+    va = load_dataset(str(synth / "va.ffm"), cache_dir=None).in_memory()
+    again = evaluate("binary", (va.labels > 0).astype(np.float32), Scorer(m).scores(va))["logloss"]
+    assert m.meta["training"]["history"][-1]["valid_logloss"] == pytest.approx(again, rel=1e-9)
+
+
+def test_a_snapshot_stays_on_the_cluster_until_restored(cluster, synth):
+    cfg = Config(model="ffm", threads=1, scheduler="local:2")
+    rows = _batch(4000, 1)
+    backend = dist.new_dask_backend(cfg, 50, 3, np.random.default_rng(0), "binary", None, lambda m: None,
+                                    runner=_Kept(cluster, use=2))
+    backend.total_steps = 3 * 4000
+    order = np.arange(4000, dtype=np.int64)
+    backend.train_slice(rows, order, None, 0)
+    snap = backend.snapshot()
+    assert isinstance(snap, dist._Snapshot) and backend.pulls == 0
+    kept = [np.array(a) for a in snap]             # a checkpoint reads it: gathered now
+    assert backend.pulls == 1
+    backend.train_slice(rows, order, None, 4000)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(backend.export_state(), kept))
+    backend.restore(snap)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(backend.export_state(), kept))
+    assert backend.all_finite()
+
+
+def _batch(rows: int, seed: int) -> Batch:
+    """Rows of 3 fields over 50 ids, labels from a fixed rule with noise."""
+    rng = np.random.default_rng(seed)
+    features = rng.integers(0, 50, (rows, 3)).astype(np.int32)
+    labels = np.where((features.sum(axis=1) % 3 == 0) ^ (rng.random(rows) < 0.1), 1.0, 0.0).astype(np.float32)
+    return Batch(labels=labels, indptr=np.arange(0, 3 * rows + 1, 3, dtype=np.int64),
+                 fields=np.tile(np.arange(3, dtype=np.int32), rows), features=features.reshape(-1),
+                 values=np.ones(3 * rows, np.float32))
+
+
+# ---------------------------------------------------------------------------
+# synchronisation and on_round
+# ---------------------------------------------------------------------------
+
+def test_syncs_per_epoch_gives_its_rounds_reproducibly(on_cluster, rounds, synth, tmp_path):
+    on_cluster(2)
+    cfg = _cfg(tmp_path, syncs_per_epoch=3)
+    runs = [train(Config(scheduler="local:2", **cfg), str(synth / "tr.ffm")) for _ in range(2)]
+    _same_bytes(*runs)
+    rec = runs[0].meta["training"]["distributed"]
+    assert rec["rounds"] == 2 * 3 and rec["syncs_per_epoch"] == 3
+    first = rounds[:6]
+    assert [r["round"] for r in first] == [1, 2, 3, 4, 5, 6]
+    assert [r["rows"] for r in first[:3]] == [4000, 4000, 4000]       # 12000 rows in 3 rounds
+    for r in first:
+        assert len(r["workers"]) == 2 and sum(w["rows"] for w in r["workers"]) == r["rows"]
+        assert r["seconds"] > 0 and r["merge_seconds"] > 0 and r["bytes_moved"] > 0
+        assert all(w["rows_per_s"] > 0 and w["worker"].startswith("tcp://") for w in r["workers"])
+
+
+def test_syncs_per_epoch_settings():
+    assert Config(scheduler="local:2", syncs_per_epoch=4).round_rows(1000) == 250
+    assert Config(scheduler="local:2", syncs_per_epoch=3, batch_size=4).round_rows(1000) == 336   # whole batches
+    assert Config(scheduler="local:2", rows_per_round=100).round_rows(1000) == 100
+    for bad in ({"scheduler": "local:2", "syncs_per_epoch": 0}, {"syncs_per_epoch": 2},
+                {"scheduler": "local:2", "syncs_per_epoch": 2, "rows_per_round": 100}):
+        with pytest.raises(ConfigError):
+            Config(**bad)
+
+
+def test_cli_refuses_syncs_and_rows_per_round_together(synth, tmp_path):
+    r = invoke("train", "-q", "--scheduler", "local:2", "--syncs-per-epoch", "2", "--rows-per-round", "100",
+               "--no-cache", synth / "tr.ffm", "-o", tmp_path / "m.fm")
+    assert r.exit_code == EX_CONFIG, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--syncs-per-epoch" in lines[0] and "--rows-per-round" in lines[0]
+    assert not (tmp_path / "m.fm").exists()
+    assert invoke("train", "--syncs-per-epoch", "0", synth / "tr.ffm").exit_code == 2
+
+
+# ---------------------------------------------------------------------------
+# the block merge
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise-adagrad", "ftrl", "sgd", "adam"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_block_merge_is_merge_array(optimizer, workers, monkeypatch):
+    """Parts as workers send them (whole blocks and changed rows), merged a
+    few rows at a time: the bits of merge_array on the changed rows."""
+    monkeypatch.setattr(dist, "MERGE_ROWS", 64)
+    host = CpuBackend(Config(model="ffm", k=4, optimizer=optimizer), 300, 5, np.random.default_rng(0))
+    rng = np.random.default_rng(5)
+    for name, base in zip(dist.ARRAYS, host.arrays()):
+        if base.shape[0] == 0:
+            continue
+        base = base + rng.random(base.shape).astype(base.dtype)
+        parts, changes = [], []
+        for j in range(workers):
+            x = base.copy()
+            touched = rng.random(len(x)) < 0.6
+            d = rng.random(x.shape).astype(x.dtype) * 0.1
+            d[: len(d) // 2, d.shape[1] // 2 :] = 0      # rows whose state does not grow
+            x[touched] += d[touched]
+            idx = dist.changed_rows(base, x)
+            changes.append((idx, x[idx]))
+            parts.append((None, x, np.packbits(dist._changed_mask(base, x))) if j % 2 == 0
+                         else (idx.astype(np.int32), x[idx], None))
+        union, rows = dist.merge_array(host, name, base, changes)
+        want = base.copy()
+        want[union] = rows
+        got = dist._merge_part(host, name, base, parts, "optimizer")
+        assert got.tobytes() == want.tobytes(), name
+
+
+def test_changed_mask_compares_bits():
+    a = np.zeros((5, 3), np.float32)
+    b = a.copy()
+    b[1, 2] = -0.0          # other bits, equal value
+    b[3, 0] = 1
+    assert dist._changed_mask(a, b).tolist() == [False, True, False, True, False]
+
+
+# ---------------------------------------------------------------------------
+# accuracy
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_within_half_a_percent_of_one_process(on_cluster, tmp_path):
+    on_cluster(2)
+    lines = write_synth(tmp_path, 100000, 13, 8)
+    (tmp_path / "va.ffm").write_text("".join(lines[:20000]))
+    (tmp_path / "tr.ffm").write_text("".join(lines[20000:]))
+    cfg = _cfg(tmp_path, epochs=4)
+    single = train(Config(**cfg), str(tmp_path / "tr.ffm"), str(tmp_path / "va.ffm"))
+    two = train(Config(scheduler="local:2", **cfg), str(tmp_path / "tr.ffm"), str(tmp_path / "va.ffm"))
+    assert two.meta["training"]["distributed"]["data"] == "cache"
+
+    def best(m):
+        return min(e["valid_logloss"] for e in m.meta["training"]["history"])
+
+    assert best(two) <= best(single) * 1.005, (best(single), best(two))
