@@ -9,7 +9,12 @@ slice's rows/s of N threads and of 1 thread are measured seconds apart.
 The report gives every setting's median rows/s and the median (and
 quartiles) of its per-slice ratio to the 1-thread setting, then the
 validation logloss of every model after the pass, so that a faster setting
-is seen to train as well.
+is seen to train as well.  It also gives each setting's share of its
+threads' cores (the process's CPU seconds / wall seconds / threads: below 1
+when other processes took the rest; OpenMP threads spinning idle count, which
+matters only for slices of a few milliseconds) and the median per-slice ratio of
+its rows per CPU-second to the 1-thread setting's, which separates what the
+threads cost one another from what the machine's other load takes.
 
 Settings: 1 thread, and for every other --threads count fmcli's default
 (hot features on per-thread replicas where they apply) and, with
@@ -17,7 +22,9 @@ Settings: 1 thread, and for every other --threads count fmcli's default
 --optimizers every optimizer gets those settings (ratios are to the first
 optimizer's 1 thread), and --general-loops adds each setting again with the
 kernels' one-hot shortcut off (fmcli._core._kernels.uniform_rows(False):
-the same results, computed by the general loops).
+the same results, computed by the general loops), and --hot-sync adds each
+setting with hot-feature replicas again with the replicas exchanged every
+that many rows instead of fmcli's interval (fmcli.cpu.HOT_SYNC_ROWS).
 
 Usage::
 
@@ -25,6 +32,7 @@ Usage::
     python benchmarks/scaling.py --train train.ffm --k 8 --linear --json out.json
     python benchmarks/scaling.py --train train.ffm --threads 1,2 --optimizers adagrad,rowwise-adagrad
     python benchmarks/scaling.py --train train.ffm --threads 1 --general-loops
+    python benchmarks/scaling.py --train train.ffm --threads 1,2 --hogwild --hot-sync 1024,4096
 
 Without --train/--valid a dataset is generated with benchmarks/synth.py
 (as bench.py does, in --work-dir).
@@ -55,6 +63,7 @@ from fmcli._core import _kernels  # noqa: E402
 from fmcli.config import Config  # noqa: E402
 from fmcli.data.dataset import load_dataset  # noqa: E402
 from fmcli.metrics import evaluate  # noqa: E402
+import fmcli.cpu  # noqa: E402
 from fmcli.cpu import CpuBackend as TrainState  # noqa: E402
 
 
@@ -66,12 +75,14 @@ class Setting:
     optimizer: str = "adagrad"
     uniform: bool = True           # the kernels' one-hot shortcut (see --general-loops)
     rows_per_s: list[float] = field(default_factory=list)
+    cpu_share: list[float] = field(default_factory=list)   # CPU seconds / (wall seconds x threads)
     hot: int = 0                   # features on per-thread replicas
     va_logloss: float | None = None
+    hot_sync: int | None = None    # rows between a replica's exchanges (None: fmcli's HOT_SYNC_ROWS)
 
 
 def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("adagrad",),
-             general: bool = False) -> list[Setting]:
+             general: bool = False, hot_syncs: tuple[int, ...] = ()) -> list[Setting]:
     out = []
     for opt in optimizers:
         name = f"{opt}, " if len(optimizers) > 1 else ""
@@ -80,6 +91,8 @@ def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("
             for suffix, hot in kinds:
                 label = f"{name}{n} thread{'s' if n > 1 else ''}{suffix}"
                 out.append(Setting(label, n, hot, opt))
+                if n > 1 and hot is None:
+                    out += [Setting(f"{label}, hot sync {rows}", n, hot, opt, hot_sync=rows) for rows in hot_syncs]
                 if general:
                     out.append(Setting(label + ", general loops", n, hot, opt, uniform=False))
     return out
@@ -110,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list: every setting for each (ratios to the first one's 1 thread)")
     ap.add_argument("--general-loops", action="store_true",
                     help="also run every setting with the one-hot shortcut of the FFM loops off")
+    ap.add_argument("--hot-sync", default="",
+                    help="comma list of rows between the hot-feature replicas' exchanges: every setting "
+                         "with replicas also runs with each (fmcli's own interval is "
+                         f"{fmcli.cpu.HOT_SYNC_ROWS})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write every slice's figures here")
     args = ap.parse_args(argv)
@@ -117,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     optimizers = tuple(dict.fromkeys(o.strip() for o in args.optimizers.split(",") if o.strip()))
     if 1 not in threads or min(threads) < 1:
         ap.error("--threads must list 1 (the base of the ratios)")
-    runs = settings(threads, args.hogwild, optimizers, args.general_loops)
+    hot_syncs = tuple(int(x) for x in args.hot_sync.split(",") if x.strip())
+    if any(x < 1 for x in hot_syncs):
+        ap.error("--hot-sync: rows must be at least 1")
+    runs = settings(threads, args.hogwild, optimizers, args.general_loops, hot_syncs)
     if len(runs) < 2:
         ap.error("nothing to compare: give --threads with 1 and a larger count, several --optimizers "
                  "or --general-loops")
@@ -157,9 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             pairs = list(zip(runs, states))
             for s, st in (pairs if turn % 2 == 0 else pairs[::-1]):
                 _kernels.uniform_rows(s.uniform)
-                t = time.perf_counter()
-                st.train_slice(batch, part, None, step)
-                s.rows_per_s.append(len(part) / (time.perf_counter() - t))
+                # the interval is read when the state's kernels are built, on its first slice
+                default_sync = fmcli.cpu.HOT_SYNC_ROWS
+                if s.hot_sync is not None:
+                    fmcli.cpu.HOT_SYNC_ROWS = s.hot_sync
+                t, cpu = time.perf_counter(), time.process_time()
+                try:
+                    st.train_slice(batch, part, None, step)
+                finally:
+                    fmcli.cpu.HOT_SYNC_ROWS = default_sync
+                wall = time.perf_counter() - t
+                s.rows_per_s.append(len(part) / wall)
+                s.cpu_share.append((time.process_time() - cpu) / wall / s.threads)
             _kernels.uniform_rows(True)
             step += len(part)
             turn += 1
@@ -174,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
           f"in slices of {args.slice_rows:,}, settings interleaved")
     width = max(34, max(len(s.name) for s in runs))
     print(f"{'setting':{width}} {'hot':>5} {'rows/s':>10} {'x ' + runs[0].name + ' (q25 / median / q75)':>34} "
-          f"{'va_logloss':>11}")
+          f"{'va_logloss':>11} {'cpu share':>9} {'x per cpu-s':>11}")
     report = []
     for s in runs:
         ratios = [a / b for a, b in zip(s.rows_per_s, base)]
         q25, med, q75 = quartiles(ratios)
         rate = statistics.median(s.rows_per_s)
         ll = f"{s.va_logloss:.5f}" if s.va_logloss is not None else "-"
-        print(f"{s.name:{width}} {s.hot:>5} {rate:>10,.0f} {f'{q25:.2f} / {med:.2f} / {q75:.2f}':>34} {ll:>11}")
+        # the share of its threads' cores the setting got (other processes
+        # take the rest), and its ratio per CPU-second: what the code would
+        # do with its cores to itself
+        share = statistics.median(s.cpu_share)
+        per_cpu = statistics.median([(a / (c * s.threads)) / (b / (d * runs[0].threads)) for a, b, c, d
+                                     in zip(s.rows_per_s, base, s.cpu_share, runs[0].cpu_share)])
+        print(f"{s.name:{width}} {s.hot:>5} {rate:>10,.0f} {f'{q25:.2f} / {med:.2f} / {q75:.2f}':>34} {ll:>11} "
+              f"{share:>9.2f} {per_cpu:>11.2f}")
         report.append({**asdict(s), "median_rows_per_s": rate, "ratio_q25": q25, "ratio_median": med,
+                       "median_cpu_share": share, "ratio_per_cpu_second": per_cpu,
                        "ratio_q75": q75})
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

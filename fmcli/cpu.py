@@ -32,6 +32,12 @@ class CpuBackend(HostParams):
     hot: np.ndarray | None = None   # features trained on per-thread replicas (see prepare)
     total_steps = 1
 
+    @property
+    def simd(self) -> str:
+        """The SIMD level of the kernels' float32 loops (recorded in the model's
+        training metadata: single-thread results are reproducible per level)."""
+        return _kernels.simd()
+
     def replicable(self) -> bool:
         """Whether the kernels can train hot features on per-thread replicas."""
         return hot_features_apply(self.cfg, self.n_classes)

@@ -648,6 +648,7 @@ class _Run:
         opt = optimizer_entry(c.optimizer)
         training = {
             "device": self.backend.device,
+            "simd": getattr(self.backend, "simd", None) if self.backend.device == "cpu" else None,
             "train_file": tr.name,
             "valid_file": va.name if va is not None else None,
             "train_rows": self.n_rows,

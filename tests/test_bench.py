@@ -287,6 +287,27 @@ def test_scaling_benchmark_compares_optimizers_and_the_general_loops(tmp_path):
     assert proc.returncode == 2 and "nothing to compare" in proc.stderr
 
 
+def test_scaling_benchmark_reports_cpu_share_and_hot_sync_settings(tmp_path):
+    out = tmp_path / "sync.json"
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "2000", "--work-dir", str(tmp_path),
+                           "--slice-rows", "500", "--hot-sync", "64,4096", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = {s["name"]: s for s in json.loads(out.read_text())["settings"]}
+    assert list(report) == ["1 thread", "2 threads", "2 threads, hot sync 64", "2 threads, hot sync 4096"]
+    assert [s["hot_sync"] for s in report.values()] == [None, None, 64, 4096]
+    for s in report.values():
+        # CPU seconds of the whole process: on slices this short, threads still
+        # spinning after the previous setting's pass can add more than the slice's own
+        assert len(s["cpu_share"]) == 4 and all(x > 0 and math.isfinite(x) for x in s["cpu_share"])
+        assert math.isfinite(s["ratio_per_cpu_second"]) and s["ratio_per_cpu_second"] > 0
+    assert report["1 thread"]["ratio_per_cpu_second"] == 1.0
+    assert "cpu share" in proc.stdout and "x per cpu-s" in proc.stdout
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "100", "--work-dir", str(tmp_path),
+                           "--hot-sync", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--hot-sync" in proc.stderr
+
+
 def test_cache_checks_benchmark_runs_and_reports(tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "cache_checks.py"
     train = Path(__file__).resolve().parent.parent / "data" / "samples" / "train.ffm"

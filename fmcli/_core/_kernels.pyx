@@ -106,12 +106,16 @@ SCHEDULE_CODES = {"constant": SCHED_CONSTANT, "linear": SCHED_LINEAR, "cosine": 
                   "inverse-sqrt": SCHED_INVSQRT}
 
 
-SIMD_LEVELS = ("scalar", "sse", "avx")
+# The SIMD levels of the float32 loops, lowest first (see ffm_f32.h).  At
+# import the best this CPU has is chosen, or the one the environment variable
+# FMCLI_SIMD names (a level the CPU lacks falls back to the best it has;
+# "scalar" exists only in builds without SSE, elsewhere it means "sse").
+SIMD_LEVELS = ("scalar", "sse", "avx", "avx2", "avx512")
 fm_simd_init()
 
 
 def simd():
-    """The instruction set the float32 FFM loops use: "avx", "sse" or "scalar"."""
+    """The SIMD level the float32 loops use: one of SIMD_LEVELS."""
     return SIMD_LEVELS[fm_simd_level]
 
 
@@ -121,11 +125,11 @@ def f16c():
 
 
 def set_simd(str level):
-    """Use `level` ("sse" or "avx") for the float32 FFM loops where the CPU
-    has it; returns the level in use.  Every level gives bit-identical
-    results, except --storage float16 (F16C comes with the AVX level, and
-    the loops without it take AdaGrad's exact 1/sqrt); this exists for tests
-    and measurements."""
+    """Use `level` (one of SIMD_LEVELS) for the float32 loops where the CPU
+    has it, else the best level it has; returns the level in use.  Every
+    level gives bit-identical results, except --storage float16 (F16C comes
+    with the avx level and above, and the loops without it take AdaGrad's
+    exact 1/sqrt); this exists for tests and measurements."""
     return SIMD_LEVELS[fm_simd_set(SIMD_LEVELS.index(level))]
 
 

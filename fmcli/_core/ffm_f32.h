@@ -248,30 +248,62 @@ FM_INLINE void ffm_rowada_update(const int refine, const int U, float *F, const 
 #endif
 }
 
-/* AVX paths, chosen at run time (the build itself stays portable: only these
- * functions are compiled for AVX, and they run only on a CPU that has it).
- * They perform exactly the SSE loops' operations, lane for lane and in the
- * same order, so results are bit-for-bit those of the SSE path; they only
- * handle twice the lanes per instruction.  FMCLI_SIMD=sse in the environment
- * (read once, at import) or fm_simd_set(FM_SIMD_SSE) keeps to SSE. */
-enum { FM_SIMD_SCALAR = 0, FM_SIMD_SSE = 1, FM_SIMD_AVX = 2 };
+/* Wider paths, chosen at run time (the build itself stays portable: only
+ * these functions are compiled for AVX, and they run only on a CPU
+ * that has it).  The levels, lowest first:
+ *
+ *   scalar   one lane: only in a build without SSE (elsewhere it means sse)
+ *   sse      four lanes, the reference of the levels above
+ *   avx      eight lanes (and F16C for float16 storage, with AVX2)
+ *   avx2     the avx loops, on a CPU that also has AVX2 and FMA
+ *   avx512   the avx loops, on a CPU that also has AVX-512F
+ *
+ * Every level performs exactly the SSE loops' operations, lane for lane and
+ * in the same order, so results are bit for bit those of the SSE path; the
+ * wider levels only handle more lanes per instruction.  No level contracts a
+ * multiplication and an addition into one FMA (setup.py: -ffp-contract=off):
+ * that changes rounding, and measured on the FFM loops with the model in
+ * cache it gained 3-11% (k = 4 to 16), too little to give up results that
+ * do not depend on the CPU.  Sixteen-lane AdaGrad loops (k padded to 8 as
+ * [w1 | w2], to 16 full width) were measured too: with SSE's 1/sqrt
+ * estimate taken on each half (AVX-512's own, rsqrt14, differs) they ran at
+ * 0.88-1.0x the avx loops, so avx2 and avx512 add no loops of their own yet;
+ * they are the places for loops that need those instructions
+ * (benchmarks/README.md has the figures).
+ *
+ * The level is chosen once, at import: the best this CPU has, or the one
+ * FMCLI_SIMD names (scalar, sse, avx, avx2 or avx512; a level the CPU
+ * lacks falls back to the best it has).  fm_simd_set changes it, for tests
+ * and measurements. */
+enum { FM_SIMD_SCALAR = 0, FM_SIMD_SSE = 1, FM_SIMD_AVX = 2, FM_SIMD_AVX2 = 3, FM_SIMD_AVX512 = 4 };
 
-#if FM_AVX   /* (defined in opt_f32.h) */
 #include <stdlib.h>
 #include <string.h>
-#endif
 
 static int fm_simd_level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
 
-/* The best level this CPU supports (the environment may lower it). */
-static inline int fm_simd_best(void) {
+/* The best level this CPU and this build support. */
+static inline int fm_simd_cpu(void) {
 #if FM_AVX
-    const char *env = getenv("FMCLI_SIMD");
-    if (env && (strcmp(env, "sse") == 0 || strcmp(env, "SSE") == 0)) return FM_SIMD_SSE;
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return FM_SIMD_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return FM_SIMD_AVX2;
     if (__builtin_cpu_supports("avx")) return FM_SIMD_AVX;
 #endif
     return FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
+}
+
+/* The level FMCLI_SIMD names (any case), or -1 when it is unset or names none. */
+static inline int fm_simd_env(void) {
+    static const char *const names[] = {"scalar", "sse", "avx", "avx2", "avx512"};
+    const char *env = getenv("FMCLI_SIMD");
+    if (!env) return -1;
+    for (int level = 0; level < 5; level++) {
+        const char *a = names[level], *b = env;
+        while (*a && (*b == *a || *b == *a - 32)) { a++; b++; }
+        if (!*a && !*b) return level;
+    }
+    return -1;
 }
 
 static int fm_f16c;
@@ -287,26 +319,21 @@ static inline void fm_simd_f16c(void) {
 #endif
 }
 
-/* Use `level` if this CPU can, else the best it can; returns the level set. */
+/* Use `level` if this CPU can, else the best it can; returns the level set.
+ * The lowest level of a build with SSE is sse. */
 static inline int fm_simd_set(int level) {
-    int best = fm_simd_best();
-#if FM_AVX
-    if (level >= FM_SIMD_AVX) {
-        __builtin_cpu_init();
-        level = __builtin_cpu_supports("avx") ? FM_SIMD_AVX : best;
-    }
-#endif
-    if (level > best && best < FM_SIMD_AVX) level = best;
+    const int best = fm_simd_cpu();
+    if (level > best) level = best;
     if (level < FM_SIMD_SSE) level = FM_SSE ? FM_SIMD_SSE : FM_SIMD_SCALAR;
     fm_simd_level = level;
     fm_simd_f16c();
     return level;
 }
 
+/* The level at import: FMCLI_SIMD's, else the best. */
 static inline int fm_simd_init(void) {
-    fm_simd_level = fm_simd_best();
-    fm_simd_f16c();
-    return fm_simd_level;
+    const int env = fm_simd_env();
+    return fm_simd_set(env >= 0 ? env : FM_SIMD_AVX512);
 }
 
 #if FM_AVX
@@ -499,6 +526,70 @@ FM_AVX_ADAGRAD(0)
 FM_AVX_ADAGRAD(1)
 #undef FM_AVX_ADAGRAD
 #undef FM_AVX_ADAGRAD_U
+
+/* The forward pass (ffm_pairs) at the avx level and above, for kp == 4 or a
+ * multiple of 8.  The SSE loop adds pair l to its accumulator acc and pair
+ * l + 1 to acc2 (four lanes each, kp / 4 additions per pair, in order of d);
+ * here acc and acc2 are the two halves of one register, [acc | acc2], and
+ * pairs l and l + 1 go in together: at kp == 4 their products fill one
+ * register, at kp = 8q each group of four lanes is added in the SSE loop's
+ * order.  A row's last pair, when its count is odd, goes to acc alone.  The
+ * same additions in the same order: the same score, bit for bit. */
+FM_AVX_INLINE float ffm_pairs_avx(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
+                                  const float *xs, fm_idx c, const int U) {
+    const float vu = c ? xs[0] * xs[0] : 0.0f;
+    __m256 A = _mm256_setzero_ps();
+    for (fm_idx i = 0; i < c; i++) {
+        const float *row1 = F + oj[i];
+        const float *col1 = F + of[i];
+        const float x1 = xs[i];
+        fm_idx l = i + 1;
+        for (; l + 1 < c; l += 2) {
+            const float *p1 = row1 + of[l], *q1 = col1 + oj[l];
+            const float *p2 = row1 + of[l + 1], *q2 = col1 + oj[l + 1];
+            const __m128 v1 = _mm_set1_ps(U ? vu : x1 * xs[l]), v2 = _mm_set1_ps(U ? vu : x1 * xs[l + 1]);
+            if (kp == 4) {
+                const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p1)), _mm_loadu_ps(p2), 1);
+                const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(q1)), _mm_loadu_ps(q2), 1);
+                const __m256 v = _mm256_insertf128_ps(_mm256_castps128_ps256(v1), v2, 1);
+                A = _mm256_add_ps(A, _mm256_mul_ps(_mm256_mul_ps(a, b), v));
+            } else {
+                const __m256 vv1 = _mm256_insertf128_ps(_mm256_castps128_ps256(v1), v1, 1);
+                const __m256 vv2 = _mm256_insertf128_ps(_mm256_castps128_ps256(v2), v2, 1);
+                for (fm_idx d = 0; d < kp; d += 8) {
+                    const __m256 P1 = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p1 + d), _mm256_loadu_ps(q1 + d)), vv1);
+                    const __m256 P2 = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p2 + d), _mm256_loadu_ps(q2 + d)), vv2);
+                    A = _mm256_add_ps(A, _mm256_permute2f128_ps(P1, P2, 0x20));   /* lanes d..d+3 */
+                    A = _mm256_add_ps(A, _mm256_permute2f128_ps(P1, P2, 0x31));   /* lanes d+4..d+7 */
+                }
+            }
+        }
+        if (l < c) {
+            const float *p1 = row1 + of[l], *q1 = col1 + oj[l];
+            const __m128 v1 = _mm_set1_ps(U ? vu : x1 * xs[l]);
+            __m128 acc = _mm256_castps256_ps128(A);
+            for (fm_idx d = 0; d < kp; d += 4)
+                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(p1 + d), _mm_loadu_ps(q1 + d)), v1));
+            A = _mm256_insertf128_ps(A, acc, 0);
+        }
+    }
+    __m128 acc = _mm_add_ps(_mm256_castps256_ps128(A), _mm256_extractf128_ps(A, 1));
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+    acc = _mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1));
+    return _mm_cvtss_f32(acc);
+}
+
+#define FM_AVX_PAIRS_U(U) \
+    if (kp == 4) return ffm_pairs_avx(F, 4, oj, of, xs, c, U); \
+    if (kp == 8) return ffm_pairs_avx(F, 8, oj, of, xs, c, U); \
+    if (kp == 16) return ffm_pairs_avx(F, 16, oj, of, xs, c, U); \
+    return ffm_pairs_avx(F, kp, oj, of, xs, c, U);
+FM_AVX_FN float ffm_pairs_avx_u(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs,
+                                fm_idx c, int u) {
+    if (u) { FM_AVX_PAIRS_U(1) }
+    FM_AVX_PAIRS_U(0)
+}
+#undef FM_AVX_PAIRS_U
 #endif /* FM_AVX */
 
 /* ------------------------------------------------------------------------
@@ -796,6 +887,10 @@ static inline int fm_uniform(const float *xs, fm_idx c) {
  * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
 static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
                                      const float *xs, fm_idx c) {
+#if FM_AVX
+    if (fm_simd_level >= FM_SIMD_AVX && (kp == 4 || kp % 8 == 0))
+        return ffm_pairs_avx_u(F, kp, oj, of, xs, c, fm_uniform(xs, c));
+#endif
 #define FM_PAIRS_U(U) \
     if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c, U); \
     if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c, U); \
