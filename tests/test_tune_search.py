@@ -153,7 +153,9 @@ def test_a_budget_is_used_by_bracket_after_bracket(data, tmp_path):
     assert rec["trial_seconds"] >= 0.8 * budget, rec["trial_seconds"]
     # the later brackets were proposed and recorded
     lines = [json.loads(x) for x in open(tmp_path / "m.fm.tune" / "brackets.jsonl")]
-    assert sorted({b["bracket"] for b in lines}) == list(range(1, len(rec["brackets"])))
+    # (a bracket opened as the budget ran out may have no trial: the record lists those that ran)
+    assert sorted({b["bracket"] for b in lines if b["trials"]}) == list(range(1, len(rec["brackets"])))
+    assert all(size >= 1 for size in sizes)
     assert 6 + sum(len(b["trials"]) for b in lines) == rec["trials"]
     assert load_model(tmp_path / "m.fm").meta["tuning"]["best"] == rec["best"]
 
