@@ -112,6 +112,8 @@ ARRAYS = ("B", "L", "F", "R")
 # "average" (every slot the plain mean of all workers' values: kept for
 # comparisons, it dilutes a rare feature's move by the number of workers).
 MERGE_RULES = ("optimizer", "average")
+# times a round runs when Dask cancels its tasks for results lost with a worker
+ROUND_TRIES = 3
 # Rows merged (and compared) at a time: the float64 temporaries of a piece
 # stay in the processor's cache.
 MERGE_ROWS = 16384
@@ -1225,13 +1227,30 @@ class DaskBackend(CpuBackend):
         for lo in range(0, len(order), per_round):
             part = order[lo : lo + per_round]
             if self.clustered:
-                l, w, s, first = self._cluster_round(batch, part, weights, step0 + lo // bs)
+                l, w, s, first = self._round_again_if_lost(batch, part, weights, step0 + lo // bs)
             else:
                 l, w, s, first = self._round(batch, part, weights, step0 + lo // bs)
             loss, wsum, skipped = loss + l, wsum + w, skipped + s
             if first >= 0:
                 return loss, wsum, skipped, lo + first
         return loss, wsum, skipped, -1
+
+    def _round_again_if_lost(self, batch: Batch, part: np.ndarray, weights: np.ndarray | None, step0: int):
+        """_cluster_round, run again (from the same starting blocks, which
+        every worker may hold: the result is the same) when Dask gave up on
+        one of its tasks because a worker was lost with a result that it
+        could not compute again; at most ROUND_TRIES times."""
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        for attempt in range(ROUND_TRIES):
+            try:
+                return self._cluster_round(batch, part, weights, step0)
+            except (FutureCancelledError, KilledWorker) as exc:
+                if attempt == ROUND_TRIES - 1:
+                    raise ClusterError(f"a round failed {ROUND_TRIES} times as workers were lost: "
+                                       f"{str(exc).splitlines()[0]}") from None
+                logging.getLogger(__name__).warning("a round lost a result with its worker; running it again")
 
     def _cluster_round(self, batch: Batch, part: np.ndarray, weights: np.ndarray | None, step0: int):
         """One bulk-synchronous round over the rows `part` of batch, the model

@@ -30,25 +30,13 @@ from synthdata import write_synth
 
 distributed = pytest.importorskip("distributed")
 
+from daskrun import arrays as _arrays, same_bytes as _same_bytes, start_cluster as _start_cluster  # noqa: E402
+from daskrun import stop_cluster as _stop_cluster  # noqa: E402
+
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-def _start_cluster(**kwargs):
-    """A LocalCluster of 2 worker processes of 1 thread each (each under a
-    nanny, which restarts it when it dies) and a client of it."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", **kwargs)
-    client = distributed.Client(cluster, set_as_default=False)
-    client.wait_for_workers(2, timeout=60)
-    return cluster, client
-
-
-def _stop_cluster(cluster, client) -> None:
-    client.close()
-    cluster.close()
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -84,19 +72,6 @@ def wide(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wide")
     write_synth(d, 20000, 11, 39)
     return d
-
-
-def _arrays(model) -> dict[str, np.ndarray]:
-    out = {f"param:{k}": np.asarray(v) for k, v in model.params.items()}
-    out.update({f"state:{k}": np.asarray(v) for k, v in model.state.items()})
-    return out
-
-
-def _same_bytes(a, b) -> None:
-    x, y = _arrays(a), _arrays(b)
-    assert sorted(x) == sorted(y)
-    for name in x:
-        assert x[name].tobytes() == y[name].tobytes(), name
 
 
 def _logloss(model, path: Path) -> float:

@@ -24,31 +24,7 @@ from synthdata import write_synth
 
 distributed = pytest.importorskip("distributed")
 
-
-class _Kept(dist.DaskRunner):
-    """The module's cluster, lent to one run: closing the run keeps it."""
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A LocalCluster of 2 worker processes, 1 thread each (started once)."""
-    c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    client = distributed.Client(c, set_as_default=False)
-    client.wait_for_workers(2, timeout=60)
-    yield client
-    client.close()
-    c.close()
-
-
-@pytest.fixture
-def on_cluster(cluster, monkeypatch):
-    """use(n): runs with a scheduler train on n workers of the module's cluster."""
-    def use(n: int):
-        monkeypatch.setattr(dist, "connect", lambda config, say: _Kept(cluster, use=n))
-    return use
+from daskrun import Kept as _Kept, arrays as _arrays, cluster, on_cluster, same_bytes as _same_bytes  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -67,19 +43,6 @@ def synth(tmp_path_factory) -> Path:
     (d / "va.ffm").write_text("".join(lines[:3000]))
     (d / "tr.ffm").write_text("".join(lines[3000:]))
     return d
-
-
-def _arrays(model) -> dict[str, np.ndarray]:
-    out = {f"param:{k}": np.asarray(v) for k, v in model.params.items()}
-    out.update({f"state:{k}": np.asarray(v) for k, v in model.state.items()})
-    return out
-
-
-def _same_bytes(a, b) -> None:
-    x, y = _arrays(a), _arrays(b)
-    assert sorted(x) == sorted(y)
-    for name in x:
-        assert x[name].tobytes() == y[name].tobytes(), name
 
 
 def _cfg(tmp_path: Path, **over) -> dict:
