@@ -16,3 +16,19 @@ def write_synth(directory: Path, rows: int, seed: int, fields: int, valid_rows: 
     if valid_rows:
         (directory / "va.ffm").write_text("".join(lines[:valid_rows]))
     return lines
+
+
+def write_overfitting(path, rows: int, seed: int, noise_ids: int, fields: int) -> None:
+    """libffm rows with a weak signal in field 0 (label rate 0.05 + 0.1 a,
+    a in 0..9) and `fields` fields of `noise_ids` ids each that carry
+    nothing: FFM learns their pairs by heart at a small L2, so that the
+    validation logloss climbs and a tuner has something to find."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            a = int(rng.integers(0, 10))
+            y = int(rng.random() < 0.05 + 0.1 * a)
+            ids = [10 + j * noise_ids + int(rng.integers(0, noise_ids)) for j in range(fields)]
+            f.write(f"{y} 0:{a}:1 " + " ".join(f"{j + 1}:{i}:1" for j, i in enumerate(ids)) + "\n")

@@ -21,6 +21,8 @@ from fmcli.config import Config
 from fmcli.errors import ConfigError
 from fmcli.model import load_model
 
+from synthdata import write_overfitting
+
 
 # ---------------------------------------------------------------------------
 # data: a weak signal in field 0 and 12 fields of ids that recur between the
@@ -29,13 +31,7 @@ from fmcli.model import load_model
 # ---------------------------------------------------------------------------
 
 def _write(path, rows: int, seed: int, noise_ids: int = 10, fields: int = 12) -> None:
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as f:
-        for _ in range(rows):
-            a = int(rng.integers(0, 10))
-            y = int(rng.random() < 0.05 + 0.1 * a)
-            ids = [10 + j * noise_ids + int(rng.integers(0, noise_ids)) for j in range(fields)]
-            f.write(f"{y} 0:{a}:1 " + " ".join(f"{j + 1}:{i}:1" for j, i in enumerate(ids)) + "\n")
+    write_overfitting(path, rows, seed, noise_ids, fields)
 
 
 @pytest.fixture(scope="module")

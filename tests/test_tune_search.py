@@ -21,17 +21,11 @@ from clirun import invoke, ok
 from fmcli import tune as T
 from fmcli.model import load_model
 
+from synthdata import write_overfitting
+
 
 def _write(path, rows: int, seed: int, noise_ids: int = 30, fields: int = 10) -> None:
-    """A weak signal in field 0 and fields of ids that carry nothing: FFM
-    overfits them at a small L2, so that the search has something to find."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as f:
-        for _ in range(rows):
-            a = int(rng.integers(0, 10))
-            y = int(rng.random() < 0.05 + 0.1 * a)
-            ids = [10 + j * noise_ids + int(rng.integers(0, noise_ids)) for j in range(fields)]
-            f.write(f"{y} 0:{a}:1 " + " ".join(f"{j + 1}:{i}:1" for j, i in enumerate(ids)) + "\n")
+    write_overfitting(path, rows, seed, noise_ids, fields)
 
 
 @pytest.fixture(scope="module")
