@@ -205,6 +205,9 @@ def output_format(path: str, to: str | None) -> str:
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     fmt = format_from_name(path)
+    if fmt is None and name.endswith((".onnx", ".fmi")):
+        raise ConfigError(f"{display_name(path)!r} names a model format (ONNX or the C scorer's): its input "
+                          "must be an fmcli model file, and this input is read as data")
     if fmt is None:
         raise ConfigError(f"cannot tell the output format from the name {display_name(path)!r}: "
                           "give --to libffm, libsvm or parquet (or name it .ffm, .svm, .parquet)")

@@ -352,3 +352,13 @@ def test_libffm_model_file_to_onnx(tmp_path):
     ok(invoke("convert", tmp_path / "m.model", "--from", "libffm-model", "-o", tmp_path / "m.onnx", "-q"))
     got = run(tmp_path / "m.onnx", read_rows(FIXTURES / "valid40.ffm"))["probabilities"]
     np.testing.assert_allclose(got, predict(model, FIXTURES / "valid40.ffm"), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("name", ["out.onnx", "out.fmi"])
+def test_data_input_to_a_model_format_names_the_reason(tmp_path, name):
+    data = tmp_path / "d.ffm"
+    data.write_text("1 0:1:1 1:2:1\n0 0:3:1\n")
+    r = invoke("convert", data, "-o", tmp_path / name)
+    assert r.exit_code == 78
+    assert "names a model format" in r.output and "fmcli model file" in r.output
+    assert not (tmp_path / name).exists()
