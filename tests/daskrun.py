@@ -4,11 +4,15 @@ two models' arrays.  Import it after pytest.importorskip("distributed")."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import distributed
 import numpy as np
 import pytest
 
 from fmcli import distributed as dist
+
+from synthdata import write_synth
 
 
 def start_cluster(**kwargs):
@@ -62,3 +66,13 @@ def same_bytes(a, b) -> None:
     assert sorted(x) == sorted(y)
     for name in x:
         assert x[name].tobytes() == y[name].tobytes(), name
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """12000 training rows of 6 fields (tr.ffm) and 3000 others to validate on (va.ffm)."""
+    d = tmp_path_factory.mktemp("synth")
+    lines = write_synth(d, 15000, 5, 6)
+    (d / "va.ffm").write_text("".join(lines[:3000]))
+    (d / "tr.ffm").write_text("".join(lines[3000:]))
+    return d

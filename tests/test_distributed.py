@@ -27,19 +27,9 @@ from synthdata import write_synth
 
 distributed = pytest.importorskip("distributed")
 
-from daskrun import arrays as _arrays, cluster, on_cluster, same_bytes as _same_bytes  # noqa: E402,F401
+from daskrun import arrays as _arrays, cluster, on_cluster, same_bytes as _same_bytes, synth  # noqa: E402,F401
 
 OPTIMIZERS = ("adagrad", "sgd", "adam", "ftrl")
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """12000 training rows (tr.ffm) and 3000 other rows to validate on (va.ffm)."""
-    d = tmp_path_factory.mktemp("synth")
-    lines = write_synth(d, 15000, 5, 6)
-    (d / "va.ffm").write_text("".join(lines[:3000]))
-    (d / "tr.ffm").write_text("".join(lines[3000:]))
-    return d
 
 
 def _base(**over) -> dict:

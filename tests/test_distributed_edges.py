@@ -31,7 +31,7 @@ from synthdata import write_synth
 distributed = pytest.importorskip("distributed")
 
 from daskrun import arrays as _arrays, same_bytes as _same_bytes, start_cluster as _start_cluster  # noqa: E402
-from daskrun import stop_cluster as _stop_cluster  # noqa: E402
+from daskrun import stop_cluster as _stop_cluster, synth  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------
@@ -53,16 +53,6 @@ def fragile_cluster():
     c, client = _start_cluster()
     yield c, client
     _stop_cluster(c, client)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """12000 training rows of 6 fields (tr.ffm) and 3000 others (va.ffm)."""
-    d = tmp_path_factory.mktemp("synth")
-    lines = write_synth(d, 15000, 5, 6)
-    (d / "va.ffm").write_text("".join(lines[:3000]))
-    (d / "tr.ffm").write_text("".join(lines[3000:]))
-    return d
 
 
 @pytest.fixture(scope="module")
