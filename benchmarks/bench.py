@@ -1159,6 +1159,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ref.add_argument("--libffm-keep-cache", action="store_true",
                      help="let libffm reuse its .bin cache after the first run "
                           "(default: removed before every run, so every run converts text like fmcli)")
+    ref.add_argument("--time-to-quality", action=argparse.BooleanOptionalAction, default=True,
+                     help="with libffm: also time fm train (its defaults, --auto-stop) until its validation "
+                          "logloss reaches libffm's best, against libffm's time to its best epoch "
+                          "(benchmarks/time_to_quality.py, the first --k, --repeat repeats, up to 15 epochs)")
     runs.add_argument("--fmcli-keep-cache", action="store_true",
                       help="let fmcli use its binary cache (default: --no-cache, every run parses text)")
     runs.add_argument("--variant", type=_variant, action="append", default=[],
@@ -1257,6 +1261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             write_json(args.json, results, summaries, ratios, variant_ratios, scaling)
             say(f"wrote {args.json}")
+        if libffm_dir is not None and args.time_to_quality:
+            import time_to_quality
+
+            say("time to quality: fm train (defaults, --auto-stop) against libffm's best epoch")
+            ttq = ["--train", str(train), "--valid", str(valid), "--libffm-dir", str(libffm_dir),
+                   "-k", str(args.k[0]), "--repeat", str(args.repeat)]
+            if args.json:
+                ttq += ["--json", str(args.json.with_name(args.json.stem + "-time-to-quality.json"))]
+            time_to_quality.main(ttq)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1

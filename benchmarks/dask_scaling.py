@@ -166,8 +166,8 @@ def project(two: dict, single_rate: float, rows_per_epoch: int, syncs: int) -> l
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", required=True, help="libffm training file (BENCH.md's train.ffm)")
-    ap.add_argument("--valid", required=True, help="libffm validation file (BENCH.md's va.ffm)")
+    ap.add_argument("--train", help="libffm training file (BENCH.md's train.ffm; required)")
+    ap.add_argument("--valid", help="libffm validation file (BENCH.md's va.ffm; required)")
     ap.add_argument("--rows", type=int, default=0, help="train on the first N rows (0: all), validate on N/5")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--k", type=int, default=4)
@@ -187,6 +187,8 @@ def main(argv=None) -> None:
         with open(a.out, "w") as f:
             json.dump(result, f)
         return
+    if not (a.train and a.valid):
+        ap.error("the following arguments are required: --train, --valid")
     work = a.work_dir or tempfile.mkdtemp(prefix="dask-scaling-")
     os.makedirs(work, exist_ok=True)
     train, valid = a.train, a.valid

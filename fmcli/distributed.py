@@ -104,6 +104,7 @@ from .cpu import CpuBackend
 from .data.batch import Batch
 from .errors import ClusterError
 from .model import Model, ModelSpec
+from ._core import _kernels
 from .params import aligned_zeros
 
 # The names of the four arrays of the training layout, in their order.
@@ -117,6 +118,9 @@ ROUND_TRIES = 3
 # Rows merged (and compared) at a time: the float64 temporaries of a piece
 # stay in the processor's cache.
 MERGE_ROWS = 16384
+# float32 AdaGrad blocks are merged by a compiled loop (_kernels.merge_adagrad_f32,
+# the same bits as the NumPy code below); False: the NumPy code (tests)
+MERGE_KERNEL = True
 # Data sets a worker keeps in memory between tasks (the training and the
 # validation rows of a run, and of the run before it).
 HELD_DATASETS = 4
@@ -811,8 +815,9 @@ def _merge_part(host: CpuBackend, name: str, base: np.ndarray, parts: list, rule
             out[idx] = rows
         return out
     if (rule != "average" and host.cfg.optimizer in ("adagrad", "rowwise-adagrad") and not host.half
-            and any(p[0] is None for p in parts)):
-        # whole blocks (most rows changed): on runs of rows rather than gathered rows
+            and (any(p[0] is None for p in parts) or _compiled_merge(base, parts))):
+        # whole blocks (most rows changed): on runs of rows rather than gathered
+        # rows; float32 words: the compiled loop, whole blocks or changed rows
         return _merge_adagrad(host, name, base, parts, out)
     idxs, rowss = [], []
     for idx, rows, packed in parts:
@@ -860,12 +865,27 @@ def _merge_part(host: CpuBackend, name: str, base: np.ndarray, parts: list, rule
     return out
 
 
+def _compiled_merge(base: np.ndarray, parts: list) -> bool:
+    """Whether _merge_adagrad runs the compiled loop on these parts (float32 words)."""
+    return (MERGE_KERNEL and base.dtype == np.float32 and base.ndim == 2 and base.shape[0] > 0
+            and base.flags.c_contiguous
+            and all(p[1].dtype == np.float32 and p[1].ndim == 2 and p[1].flags.c_contiguous for p in parts))
+
+
 def _merge_adagrad(host: CpuBackend, name: str, base: np.ndarray, parts: list, out: np.ndarray) -> np.ndarray:
     """_merge_part for AdaGrad (float32 or float64 words): the same rule and
     the same bits as _merge_rows, computed on runs of MERGE_ROWS rows in
     place (every row, then each row's case picked by masks) instead of on
     gathered copies: no row is gathered or scattered by index."""
     n = base.shape[0]
+    if _compiled_merge(base, parts):
+        # float32 words: the compiled loop (same sums in the same order, same bits)
+        w, g = _slots(host, name, base[:1])
+        w0, g0 = ((v.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // 4 for v in (w, g))
+        idx32 = [None if p[0] is None else np.ascontiguousarray(p[0], np.int32) for p in parts]
+        _kernels.merge_adagrad_f32(base, out, [(i, r, b) for i, (_, r, b) in zip(idx32, parts)],
+                                   w0, w.shape[1], g0, g.shape[1])
+        return out
     tops = [np.zeros(0, np.int64) if p[0] is None else np.asarray(p[0], np.int64) for p in parts]
     changed = [None if p[0] is not None else _unpacked(p[2], n) for p in parts]
     for lo in range(0, n, MERGE_ROWS):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,9 @@ args = sys.argv[1:]
 opts, positional = {}, []
 while args:
     a = args.pop(0)
-    if a.startswith("-") and args:
+    if a in ("--auto-stop", "--no-norm", "--on-disk", "--quiet"):
+        opts[a] = True
+    elif a.startswith("-") and args:
         opts[a] = args.pop(0)
     else:
         positional.append(a)
@@ -153,6 +156,16 @@ def test_bench_end_to_end(tmp_path, fake_libffm):
     assert "fmcli:b2 vs libffm, ffm k=4, 1 thread" in report
     assert "fmcli:b2 vs fmcli, fwfm k=4, 1 thread" in report
     assert "fmcli:b2 = fmcli plus --batch-size 2." in report
+
+    # the time-to-quality run (on by default with libffm): libffm's best epoch is the target
+    ttq = json.loads((tmp_path / "bench-time-to-quality.json").read_text())
+    [rep] = ttq["repeats"]
+    assert rep["target_va_logloss"] == pytest.approx(0.33)   # the fake's 15th and best epoch
+    assert rep["libffm_s"] > 0 and len(rep["runs"]["libffm"]["evals"]) == 15
+    fm_run = rep["runs"]["fmcli"]
+    assert "--auto-stop" in fm_run["command"] and fm_run["evals"], fm_run
+    assert rep["fmcli_best_va_logloss"] == min(ll for _, ll in fm_run["evals"])
+    assert "time to quality, ffm k=4" in report
 
 
 def _load_bench():
@@ -318,3 +331,60 @@ def test_cache_checks_benchmark_runs_and_reports(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["rows"] == 5000 and figures["checked_s"] > 0 and figures["unverified_s"] > 0
     assert "of one epoch" in run.stdout
+
+
+def _load_ttq():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import time_to_quality
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return time_to_quality
+
+
+def test_time_to_quality_stamps_lines_as_they_arrive(tmp_path):
+    ttq = _load_ttq()
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\n"
+                      "for ep, ll in ((1, 0.5), (2, 0.4), (3, 0.45)):\n"
+                      "    time.sleep(0.3)\n"
+                      "    print(f'{ep:4d}{0.6:13.5f}{ll:13.5f}{0.1:13.1f}', flush=True)\n")
+    run = ttq.run_stamped("x", [sys.executable, str(script)], cwd=tmp_path, env=None,
+                          parse=ttq.libffm_logloss)
+    assert [ll for _, ll in run.evals] == [0.5, 0.4, 0.45]
+    times = [t for t, _ in run.evals]
+    assert times == sorted(times) and times[2] - times[0] >= 0.5   # stamped on arrival, not at exit
+    assert run.best() == (times[1], 0.4)
+    assert run.first_at_most(0.42) == times[1] and run.first_at_most(0.3) is None
+    assert ttq.fmcli_logloss("    2     0.37188      0.37248      0.87741      4.51      221540") == 0.37248
+    assert ttq.fmcli_logloss("    2     0.37188            -            -      4.51      221540") is None
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys; print('boom'); sys.exit(3)\n")
+    with pytest.raises(SystemExit, match="exited 3"):
+        ttq.run_stamped("x", [sys.executable, str(bad)], cwd=tmp_path, env=None, parse=ttq.libffm_logloss)
+
+
+@pytest.mark.skipif(shutil.which("fm", path=str(Path(sys.executable).parent)) is None,
+                    reason="needs the fm command next to this Python (an installed fmcli)")
+def test_time_to_quality_repeats_from_scratch(tmp_path, fake_libffm, capsys):
+    ttq = _load_ttq()
+    rng = np.random.default_rng(0)
+    for name, rows in (("tr.ffm", 400), ("va.ffm", 100)):
+        with open(tmp_path / name, "w") as f:
+            for _ in range(rows):
+                feats = rng.integers(0, 30, 4)
+                f.write(f"{int(feats[0] < 12)} " + " ".join(f"{j}:{x}:1" for j, x in enumerate(feats)) + "\n")
+    out = tmp_path / "ttq.json"
+    rc = ttq.main(["--train", str(tmp_path / "tr.ffm"), "--valid", str(tmp_path / "va.ffm"),
+                   "--libffm-dir", str(fake_libffm), "--repeat", "2", "--max-epochs", "3", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert [r["repeat"] for r in doc["repeats"]] == [1, 2]
+    for r in doc["repeats"]:
+        assert r["target_va_logloss"] == pytest.approx(0.45)      # the fake's third epoch
+        assert len(r["runs"]["libffm"]["evals"]) == 3 and 1 <= len(r["runs"]["fmcli"]["evals"]) <= 3
+        reached = r["fmcli_s"] is not None
+        assert reached == (r["fmcli_best_va_logloss"] <= 0.45)
+        assert (r["ratio"] is not None) == reached
+    assert rc == (0 if all(r["fmcli_s"] for r in doc["repeats"]) else 1)
+    assert "time to quality, ffm k=4, 1 thread(s), 2 repeats" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.bin")), "libffm's caches stay in the scratch directory"

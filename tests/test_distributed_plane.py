@@ -254,6 +254,64 @@ def test_block_merge_is_merge_array(optimizer, workers, monkeypatch):
         assert got.tobytes() == want.tobytes(), name
 
 
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise-adagrad"])
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("layout", ["mixed", "indexed"])
+def test_compiled_adagrad_merge_has_the_numpy_merges_bits(optimizer, workers, layout, monkeypatch):
+    """merge_adagrad_f32 against _merge_adagrad's NumPy code: whole and
+    indexed parts mixed, rows no one, one and several workers changed,
+    accumulators that did not grow (the mean-move rule), signed zeros, NaN
+    and infinities."""
+    monkeypatch.setattr(dist, "MERGE_ROWS", 50)
+    host = CpuBackend(Config(model="ffm", k=8, optimizer=optimizer), 200, 4, np.random.default_rng(0))
+    rng = np.random.default_rng(workers)
+    for name, base in zip(dist.ARRAYS, host.arrays()):
+        if base.shape[0] == 0:
+            continue
+        base = (base + rng.standard_normal(base.shape)).astype(np.float32)
+        base[::7] = 0.0
+        base[1::11] = -0.0
+        parts = []
+        for j in range(workers):
+            x = base.copy()
+            touched = rng.random(len(x)) < [0.9, 0.3, 0.5, 0.05][j]
+            d = (rng.standard_normal(x.shape) * 0.1).astype(np.float32)
+            d[: len(d) // 3, d.shape[1] // 2 :] = 0          # accumulators that do not grow
+            d[len(d) // 3 : len(d) // 2] *= -1               # ... or shrink
+            x[touched] += d[touched]
+            x[touched & (np.arange(len(x)) % 13 == 0), 0] = -0.0
+            if j == 1 and len(x) > 20:
+                x[17, 0], x[19, -1] = np.nan, np.inf
+            mask = dist._changed_mask(base, x)
+            idx = np.flatnonzero(mask).astype(np.int32)
+            whole = layout == "mixed" and j % 2 == 0
+            parts.append((None, x, np.packbits(mask)) if whole else (idx, x[idx], None))
+        with np.errstate(invalid="ignore"):
+            got = dist._merge_part(host, name, base, parts, "optimizer")
+            monkeypatch.setattr(dist, "MERGE_KERNEL", False)
+            want = dist._merge_part(host, name, base, parts, "optimizer")
+        monkeypatch.setattr(dist, "MERGE_KERNEL", True)
+        assert got.tobytes() == want.tobytes(), name
+
+
+def test_compiled_merge_refuses_bad_parts():
+    from fmcli._core import _kernels
+
+    base = np.zeros((4, 2), np.float32)
+    out = np.empty_like(base)
+    ok = (np.array([1, 2], np.int32), np.ones((2, 2), np.float32), None)
+    _kernels.merge_adagrad_f32(base, out, [ok, ok], 0, 1, 1, 1)
+    for bad in ((np.array([2, 1], np.int32), np.ones((2, 2), np.float32), None),   # not increasing
+                (np.array([1, 4], np.int32), np.ones((2, 2), np.float32), None),   # outside
+                (np.array([1], np.int32), np.ones((2, 2), np.float32), None),      # a row per index
+                (None, np.ones((3, 2), np.float32), np.zeros(1, np.uint8))):       # n rows
+        with pytest.raises(ValueError):
+            _kernels.merge_adagrad_f32(base, out, [ok, bad], 0, 1, 1, 1)
+    for layout in ((0, 2, 1, 1), (0, 1, 2, 1), (0, 1, 1, 2)):      # overlapping slots, past the end
+        with pytest.raises(ValueError):
+            _kernels.merge_adagrad_f32(base, out, [ok], *layout)
+
+
 def test_changed_mask_compares_bits():
     a = np.zeros((5, 3), np.float32)
     b = a.copy()

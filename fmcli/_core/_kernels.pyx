@@ -58,6 +58,9 @@
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
+
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
 from libc.string cimport memset
 from libc.math cimport exp, log, sqrt, isfinite
 
@@ -278,6 +281,21 @@ cdef struct Scratch:
                              # fields are written every row)
 
 
+cdef inline void* line_alloc(size_t size) noexcept nogil:
+    """`size` bytes on cache lines of their own (64-byte aligned, rounded up to
+    whole lines): one thread's work space never shares a line with another
+    thread's (or with anything else malloc placed beside it), so the writes
+    every row makes to it never travel between cores."""
+    return aligned_alloc(64, (size + 63) // 64 * 64 if size else 64)
+
+
+cdef inline void* line_calloc(size_t n, size_t size) noexcept nogil:
+    cdef void* p = line_alloc(n * size)
+    if p != NULL:
+        memset(p, 0, n * size)
+    return p
+
+
 cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size_t itemsize,
                           bint pair_train, bint batch) noexcept nogil:
     """One Scratch per thread, or NULL when memory is short.  pair_train:
@@ -292,7 +310,7 @@ cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size
         slots = min(max_nnz * (max_nnz - 1) // 2, m * (m + 1) // 2)
         glen = slots * kp * kp
         nmap = mm
-    cdef Scratch* sc = <Scratch*>calloc(nthreads, sizeof(Scratch))
+    cdef Scratch* sc = <Scratch*>line_calloc(nthreads, sizeof(Scratch))
     cdef int i
     cdef bint ok
     if sc == NULL:
@@ -302,33 +320,32 @@ cdef Scratch* scratch_new(int nthreads, const Shape* s, Py_ssize_t max_nnz, size
         total = s.id0[3] + C * (s.cR // s.stride[ARR_R])
     for i in range(nthreads):
         sc[i].first_bad = -1
-        sc[i].acc = malloc(itemsize * (kp + 4) * C)
-        sc[i].t = <double*>malloc(sizeof(double) * 2 * C)   # scores, then kappas
-        sc[i].row.oj = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
-        sc[i].row.of = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (max_nnz + 1))
-        sc[i].row.xs = <float*>malloc(sizeof(float) * (max_nnz + 1))
-        sc[i].fld = <int*>malloc(sizeof(int) * (max_nnz + 1))
-        sc[i].ones = <float*>malloc(sizeof(float) * (max_nnz + 1))
+        sc[i].acc = line_alloc(itemsize * (kp + 4) * C)
+        sc[i].t = <double*>line_alloc(sizeof(double) * 2 * C)   # scores, then kappas
+        sc[i].row.oj = <Py_ssize_t*>line_alloc(sizeof(Py_ssize_t) * (max_nnz + 1))
+        sc[i].row.of = <Py_ssize_t*>line_alloc(sizeof(Py_ssize_t) * (max_nnz + 1))
+        sc[i].row.xs = <float*>line_alloc(sizeof(float) * (max_nnz + 1))
+        sc[i].fld = <int*>line_alloc(sizeof(int) * (max_nnz + 1))
+        sc[i].ones = <float*>line_alloc(sizeof(float) * (max_nnz + 1))
         if sc[i].ones != NULL:
             for a in range(max_nnz + 1):
                 sc[i].ones[a] = 1
-        sc[i].gbuf = malloc(itemsize * kp * (max_nnz + 1))
-        sc[i].lgrad = malloc(itemsize * (max_nnz + 1))
-        sc[i].rgrad = calloc(glen + 1, itemsize)
-        sc[i].rmark = <char*>calloc(mm + 1, 1)
-        sc[i].touched = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (slots + 1))
-        sc[i].pslot = <Py_ssize_t*>calloc(nmap + 1, sizeof(Py_ssize_t))
+        sc[i].gbuf = line_alloc(itemsize * kp * (max_nnz + 1))
+        sc[i].lgrad = line_alloc(itemsize * (max_nnz + 1))
+        sc[i].rgrad = line_calloc(glen + 1, itemsize)
+        sc[i].rmark = <char*>line_calloc(mm + 1, 1)
+        sc[i].touched = <Py_ssize_t*>line_alloc(sizeof(Py_ssize_t) * (slots + 1))
+        sc[i].pslot = <Py_ssize_t*>line_calloc(nmap + 1, sizeof(Py_ssize_t))
         ok = (sc[i].acc != NULL and sc[i].t != NULL and sc[i].row.oj != NULL and sc[i].row.of != NULL
               and sc[i].row.xs != NULL and sc[i].fld != NULL and sc[i].ones != NULL
               and sc[i].gbuf != NULL and sc[i].lgrad != NULL and sc[i].rgrad != NULL
               and sc[i].rmark != NULL and sc[i].touched != NULL and sc[i].pslot != NULL)
         if batch and ok:
             for a in range(4):
-                sc[i].gacc[a] = calloc(((s.id0[a + 1] if a < 3 else total) - s.id0[a]) * s.blen[a] + 1,
-                                       itemsize)
+                sc[i].gacc[a] = line_calloc(((s.id0[a + 1] if a < 3 else total) - s.id0[a]) * s.blen[a] + 1, itemsize)
                 ok = ok and sc[i].gacc[a] != NULL
-            sc[i].mark = <char*>calloc(total + 1, 1)
-            sc[i].ids = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (total + 1))
+            sc[i].mark = <char*>line_calloc(total + 1, 1)
+            sc[i].ids = <Py_ssize_t*>line_alloc(sizeof(Py_ssize_t) * (total + 1))
             ok = ok and sc[i].mark != NULL and sc[i].ids != NULL
         if not ok:
             scratch_free(sc, nthreads)
@@ -1355,10 +1372,11 @@ cdef class Trainer:
             self.slot[ids[i]] = <unsigned short>(i + 1)
             self.hot[i] = ids[i]
         for c in range(self.threads):
-            self.reps[c].local = <float*>malloc(sizeof(float) * H * hlen)
-            self.reps[c].snap = <float*>malloc(sizeof(float) * H * hlen)
-            self.reps[c].mark = <unsigned char*>calloc(H, 1)
-            self.reps[c].touched = <unsigned short*>malloc(sizeof(unsigned short) * H)
+            # each thread's own lines (see line_alloc)
+            self.reps[c].local = <float*>line_alloc(sizeof(float) * H * hlen)
+            self.reps[c].snap = <float*>line_alloc(sizeof(float) * H * hlen)
+            self.reps[c].mark = <unsigned char*>line_calloc(H, 1)
+            self.reps[c].touched = <unsigned short*>line_alloc(sizeof(unsigned short) * H)
             if (self.reps[c].local == NULL or self.reps[c].snap == NULL or self.reps[c].mark == NULL
                     or self.reps[c].touched == NULL):
                 raise MemoryError("no memory for the training work space")
@@ -1621,3 +1639,142 @@ cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, con
                                                  <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
     finally:
         scratch_free(sc, nthreads)
+
+
+# ---------------------------------------------------------------------------
+# the AdaGrad merge of data-parallel rounds (fmcli.distributed._merge_adagrad)
+# ---------------------------------------------------------------------------
+
+def merge_adagrad_f32(const float[:, ::1] base, float[:, ::1] out, list parts,
+                      Py_ssize_t w0, Py_ssize_t nw, Py_ssize_t g0, Py_ssize_t ng):
+    """Merge the workers' AdaGrad rows of one float32 array, row by row:
+    fmcli.distributed._merge_adagrad's rule with its float64 sums in its
+    order, so the result has the same bits, in one pass and without
+    temporaries.
+
+    base (n, words): the rows as the round began; out: the merged rows.
+    parts: per worker, in the fixed order, (idx, rows, packed) as
+    distributed._part makes them: idx None and rows (n, words) with
+    packed (np.packbits of whether each row changed), or idx (int32,
+    sorted) and rows (len(idx), words).  The weights are words
+    [w0, w0 + nw), their accumulators [g0, g0 + ng) (ng: nw, or 1 for
+    one accumulator per row); other words are taken from base.
+
+    A row no worker changed is base's; one worker changed, that worker's;
+    several: G grows by the sum of their increments and w moves by the
+    increment-weighted mean of their moves (where no accumulator grew, the
+    plain mean of the moves of the workers that changed the row)."""
+    cdef Py_ssize_t n = base.shape[0], words = base.shape[1], W = len(parts)
+    if out.shape[0] != n or out.shape[1] != words:
+        raise ValueError("out must have base's shape")
+    if not (0 <= w0 and w0 + nw <= words and 0 <= g0 and g0 + ng <= words and (ng == nw or ng == 1)
+            and (w0 + nw <= g0 or g0 + ng <= w0) and nw <= MAX_KP):
+        raise ValueError("bad slot layout")
+    if W < 1:
+        raise ValueError("no parts")
+    cdef const float** rows = <const float**>calloc(W, sizeof(float*))
+    cdef const int** idx = <const int**>calloc(W, sizeof(int*))
+    cdef const unsigned char** bits = <const unsigned char**>calloc(W, sizeof(char*))
+    cdef Py_ssize_t* nidx = <Py_ssize_t*>calloc(W, sizeof(Py_ssize_t))
+    cdef Py_ssize_t* cur = <Py_ssize_t*>calloc(W, sizeof(Py_ssize_t))
+    cdef const float** at = <const float**>calloc(W, sizeof(float*))
+    if not (rows and idx and bits and nidx and cur and at):
+        free(rows); free(idx); free(bits); free(nidx); free(cur); free(at)
+        raise MemoryError("no memory for the merge")
+    cdef const float[:, ::1] r2
+    cdef const int[::1] i1
+    cdef const unsigned char[::1] b1
+    cdef list keep = []     # the parts' buffers, alive through the loop
+    cdef Py_ssize_t i, r, d, cnt, last
+    cdef double wsum[MAX_KP]
+    cdef double gsum[MAX_KP]
+    cdef double msum[MAX_KP]
+    cdef double x0, dg, dw, hits, tot
+    cdef bint pos
+    try:
+        for i in range(W):
+            p_idx, p_rows, p_bits = parts[i]
+            r2 = p_rows
+            if r2.shape[1] != words:
+                raise ValueError("a part's rows must have base's words")
+            keep.append(r2)
+            rows[i] = &r2[0, 0] if r2.shape[0] else NULL
+            if p_idx is None:
+                b1 = p_bits
+                if b1.shape[0] < (n + 7) // 8 or r2.shape[0] != n:
+                    raise ValueError("a whole part needs n rows and n bits")
+                keep.append(b1)
+                bits[i] = &b1[0] if b1.shape[0] else NULL
+            else:
+                i1 = p_idx
+                if i1.shape[0] != r2.shape[0]:
+                    raise ValueError("a part needs one row per index")
+                keep.append(i1)
+                idx[i] = &i1[0] if i1.shape[0] else NULL
+                nidx[i] = i1.shape[0]
+                for r in range(1, i1.shape[0]):
+                    if i1[r] <= i1[r - 1]:
+                        raise ValueError("a part's indices must increase")
+                if i1.shape[0] and (i1[0] < 0 or i1[i1.shape[0] - 1] >= n):
+                    raise ValueError("a part's index is outside the block")
+        with nogil:
+            for r in range(n):
+                cnt = 0
+                last = 0
+                for i in range(W):
+                    at[i] = NULL
+                    if bits[i] != NULL:
+                        if (bits[i][r >> 3] >> (7 - (r & 7))) & 1:
+                            at[i] = rows[i] + r * words
+                    elif cur[i] < nidx[i] and idx[i][cur[i]] == r:
+                        at[i] = rows[i] + cur[i] * words
+                        cur[i] += 1
+                    if at[i] != NULL:
+                        cnt += 1
+                        last = i
+                if cnt == 0:
+                    for d in range(words):
+                        out[r, d] = base[r, d]
+                    continue
+                if cnt == 1:
+                    for d in range(words):
+                        out[r, d] = at[last][d]
+                    continue
+                for d in range(words):
+                    out[r, d] = base[r, d]
+                # the sums over every worker in order, from 0.0 (a worker
+                # that kept the row adds its zero move and increment)
+                for d in range(nw):
+                    wsum[d] = 0.0
+                    msum[d] = 0.0
+                for d in range(ng):
+                    gsum[d] = 0.0
+                hits = 0.0
+                for i in range(W):
+                    if at[i] == NULL:   # its move and increment are +0.0
+                        for d in range(nw):
+                            wsum[d] += 0.0
+                            msum[d] += 0.0
+                        for d in range(ng):
+                            gsum[d] += 0.0
+                        continue
+                    hits += 1.0
+                    for d in range(ng):
+                        gsum[d] += <double>at[i][g0 + d] - <double>base[r, g0 + d]
+                    for d in range(nw):
+                        dg = <double>at[i][g0 + (d if ng == nw else 0)] - <double>base[r, g0 + (d if ng == nw else 0)]
+                        dw = <double>at[i][w0 + d] - <double>base[r, w0 + d]
+                        wsum[d] += dg * dw
+                        msum[d] += 1.0 * dw
+                for d in range(nw):
+                    tot = gsum[d if ng == nw else 0]
+                    x0 = base[r, w0 + d]
+                    if tot > 0:
+                        out[r, w0 + d] = <float>(wsum[d] / tot + x0)
+                    else:
+                        out[r, w0 + d] = <float>(msum[d] / (hits if hits > 1.0 else 1.0) + x0)
+                for d in range(ng):
+                    out[r, g0 + d] = <float>(gsum[d] + <double>base[r, g0 + d])
+    finally:
+        free(rows); free(idx); free(bits); free(nidx); free(cur); free(at)
+    return out

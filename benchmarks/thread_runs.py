@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Two threads against one, in consecutive whole `fm train` runs, with the machine's ceiling.
+
+Each of --runs runs trains the same model twice, with ``-s 1`` and with
+``-s 2`` (the order swapped every other run), and takes the ratio of their
+training rows/s (each command's own epoch timer, the median over its
+epochs).  Beside every run the script measures, in the same minute, the
+ceiling that two threads can reach on this machine: a plain OpenMP loop of
+random read-modify-writes over an array the size of the model (compiled
+here, at start, with the system's C compiler), at one thread and at two.
+The report lists every run's figures and their medians, and checks the
+issue's targets: every run at least 1.5x, the median at least 1.7x.
+
+Usage::
+
+    python benchmarks/thread_runs.py --train train.ffm --runs 10
+    python benchmarks/thread_runs.py --train train.ffm --runs 10 --args "--no-bias --no-linear -t 2" --json t.json
+
+The default arguments are libffm's model (``--no-bias --no-linear``), one
+epoch, no validation, from the binary cache (built once before the runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import find_fm, parse_fmcli_train  # noqa: E402
+
+RMW_C = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+/* n random read-modify-writes of 32-byte blocks of a (words floats), per
+   thread, from its own xorshift stream; returns the seconds taken. */
+double rmw(float *a, int64_t words, int64_t n, int threads) {
+    int64_t blocks = words / 8;
+    double t0 = omp_get_wtime();
+    #pragma omp parallel num_threads(threads)
+    {
+        uint64_t x = 88172645463325252ull ^ (uint64_t)(omp_get_thread_num() + 1) * 0x9E3779B97F4A7C15ull;
+        for (int64_t i = 0; i < n; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            float *b = a + (int64_t)(x % (uint64_t)blocks) * 8;
+            for (int d = 0; d < 8; d++) b[d] = b[d] * 0.999f + 0.001f;
+        }
+    }
+    return omp_get_wtime() - t0;
+}
+"""
+
+
+def build_rmw(work: Path):
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("needs a C compiler (cc or gcc, or $CC) for the ceiling loop")
+    src, lib = work / "rmw.c", work / "rmw.so"
+    src.write_text(RMW_C)
+    subprocess.run([cc, "-O2", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
+    so = ctypes.CDLL(str(lib))
+    so.rmw.restype = ctypes.c_double
+    so.rmw.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    return so
+
+
+def ceiling(so, model_bytes: int, updates: int = 20_000_000) -> dict:
+    """Updates/s of the RMW loop at 1 and 2 threads (each thread does `updates`)."""
+    import numpy as np
+
+    a = np.ones(model_bytes // 4, np.float32)
+    ptr = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    so.rmw(ptr, a.size, updates // 10, 1)   # touch the pages
+    one = updates / so.rmw(ptr, a.size, updates, 1)
+    two = 2 * updates / so.rmw(ptr, a.size, updates, 2)
+    return {"one_thread": one, "two_threads": two, "ratio": two / one}
+
+
+def train_rate(fm: Path, args: list[str], threads: int, train: Path, cache: Path, out: Path) -> float:
+    cmd = [str(fm), "train", "-s", str(threads), *args, "--cache-dir", str(cache), "-o", str(out), str(train)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"fm train exited {proc.returncode}: {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+    epochs, _ = parse_fmcli_train(proc.stderr)
+    if not epochs:
+        raise SystemExit(f"no epoch table in the output of {shlex.join(cmd)}:\n{proc.stderr[-2000:]}")
+    out.unlink(missing_ok=True)
+    return statistics.median(e.rows_per_s for e in epochs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--train", type=Path, required=True, help="training file (BENCH.md's train.ffm)")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--args", default="--model ffm -k 4 -t 1 --no-bias --no-linear",
+                    help="fm train options of both commands (besides -s, --cache-dir, -o)")
+    ap.add_argument("--json", type=Path, help="write every figure here")
+    args = ap.parse_args(argv)
+
+    fm = find_fm()
+    path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = path
+    extra = shlex.split(args.args)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="thread-runs-") as tmp:
+        work = Path(tmp)
+        so = build_rmw(work)
+        cache, out = work / "cache", work / "m.fm"
+        train_rate(fm, extra, 1, args.train, cache, out)     # builds the cache; not counted
+        model_bytes = 160 * 2**20
+        for run in range(1, args.runs + 1):
+            rates = {}
+            for threads in ((1, 2) if run % 2 else (2, 1)):
+                rates[threads] = train_rate(fm, extra, threads, args.train, cache, out)
+            ceil = ceiling(so, model_bytes)
+            load = os.getloadavg()[0]
+            row = {"run": run, "one_thread": rates[1], "two_threads": rates[2], "ratio": rates[2] / rates[1],
+                   "ceiling": ceil, "load_average": load, "time": time.strftime("%H:%M:%S")}
+            rows.append(row)
+            print(f"run {run:2d}: 1 thread {rates[1]:>9,.0f} rows/s, 2 threads {rates[2]:>9,.0f}: "
+                  f"{row['ratio']:.2f}x (ceiling {ceil['ratio']:.2f}x, load {load:.1f})", file=sys.stderr, flush=True)
+
+    ratios = [r["ratio"] for r in rows]
+    ceils = [r["ceiling"]["ratio"] for r in rows]
+    med = statistics.median(ratios)
+    print(f"fm train {args.args}: -s 2 against -s 1, {len(rows)} consecutive runs")
+    print("ratios: " + ", ".join(f"{x:.2f}" for x in ratios))
+    print(f"median {med:.2f}x, lowest {min(ratios):.2f}x; RMW ceiling median {statistics.median(ceils):.2f}x "
+          f"(lowest {min(ceils):.2f}x); median share of the ceiling {statistics.median(r / c for r, c in zip(ratios, ceils)):.2f}")
+    ok = min(ratios) >= 1.5 and med >= 1.7
+    print(f"targets (every run >= 1.5x, median >= 1.7x): {'met' if ok else 'not met'}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": args.args, "runs": rows}, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
