@@ -360,6 +360,12 @@ def _mirrored(x: np.ndarray, transpose: bool) -> np.ndarray:
     return out
 
 
+# _draw_as_dense jumps over gaps of more draws than this between the blocks
+# it needs, and draws through smaller ones (a jump costs about as much as
+# drawing some ten thousand values)
+_DRAW_GAP = 1 << 14
+
+
 def _draw_as_dense(out: np.ndarray, rng: np.random.Generator, slot_ids: np.ndarray, n_classes: int,
                    dense_blocks: int, per_feature: int, k: int, scale: np.float32) -> None:
     """Fill `out` (slot blocks, class after class) with the initial factors
@@ -376,23 +382,28 @@ def _draw_as_dense(out: np.ndarray, rng: np.random.Generator, slot_ids: np.ndarr
     bg = np.random.PCG64()
     ids = np.asarray(slot_ids, np.int64)
     n = ids.shape[0]
-    # runs of consecutive ids in consecutive slots: one jump and one draw each
-    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-    runs = list(zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [n]]).tolist()))
+    width = per_feature * k                        # uint32 draws of one feature's blocks
+    order = np.argsort(ids, kind="stable")         # slots by where their draws lie
+    block = np.arange(width, dtype=np.int64)
+    rows_of = np.arange(per_feature, dtype=np.int64)
     for c in range(n_classes):
-        for a, z in runs:
-            u0 = (c * dense_blocks + int(ids[a]) * per_feature) * k    # first uint32 of the run
-            u1 = u0 + (z - a) * per_feature * k
+        u0 = (c * dense_blocks + ids[order] * per_feature) * k      # first uint32 of each slot's blocks
+        # segments of slots whose draws lie close together (gaps under
+        # _DRAW_GAP draws): one jump and one draw per segment, the slots'
+        # values gathered from it at once
+        cuts = np.flatnonzero(np.diff(u0) > width + _DRAW_GAP) + 1
+        for a, z in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [n]]).tolist()):
+            first, end = int(u0[a]), int(u0[z - 1]) + width
             bg.state = start
-            bg.advance(u0 // 2)
-            raw = bg.random_raw((u1 - (u0 // 2) * 2 + 1) // 2)
+            bg.advance(first // 2)
+            raw = bg.random_raw((end - (first // 2) * 2 + 1) // 2)
             halves = np.empty(raw.shape[0] * 2, np.uint32)
             halves[0::2] = raw & np.uint64(0xFFFFFFFF)
             halves[1::2] = raw >> np.uint64(32)
-            u = halves[u0 % 2 : u0 % 2 + (u1 - u0)]
+            u = halves[(u0[a:z] - (first // 2) * 2)[:, None] + block]          # (slots, width)
             values = (u >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
-            rows = slice(c * n * per_feature + a * per_feature, c * n * per_feature + z * per_feature)
-            out[rows, :k] = values.reshape(-1, k) * scale
+            dest = ((c * n + order[a:z]) * per_feature)[:, None] + rows_of    # (slots, per_feature)
+            out[dest.ravel(), :k] = values.reshape(-1, k) * scale
     # where the dense model's C * dense_blocks * k draws leave the generator
     total = n_classes * dense_blocks * k
     bg.state = start
