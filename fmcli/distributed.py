@@ -16,9 +16,19 @@ of ordinary, pure Dask tasks:
    block): part r of every worker's result, in the fixed worker order,
    merged into block r by :func:`merge_array`'s rules (below).
 
+3. copy (:meth:`DaskBackend._keep_spares`): every merged block copied to
+   every worker under a key of the worker's own, so that each block lives
+   on every worker until the next round's merge (Dask's active memory
+   manager drops the extra replicas of one key within seconds, and a worker
+   lost between rounds would otherwise take the only copy of its blocks with
+   it: the round then runs again from blocks no worker holds, and fails).
+   The next round's training finds every block on its worker.
+
 Together that is a reduce-scatter and an all-gather: per round each worker
 sends and receives about 2 (W - 1) / W model sizes, whatever the number of
-workers, and the driver sends only row indices.  The rows stay where the
+workers, and the driver sends only row indices.  A block lost with its
+worker is taken from a copy; a round that loses a result runs again from
+its starting blocks (at most ROUND_TRIES times).  The rows stay where the
 data are: the driver parses the inputs into the binary cache
 (fmcli.data.cache), and a worker that sees the cache under the same path
 (the local cluster, a shared file system) reads it once per run and keeps
@@ -986,6 +996,38 @@ def block_cuts(n: int, blocks: int) -> list[int]:
     return [n * r // blocks for r in range(blocks + 1)]
 
 
+class _RoundLost(Exception):
+    """A round's result was lost with a worker (the round runs again)."""
+
+
+def _lost_blocks(blocks: list, spares: list) -> bool:
+    """Whether some block was lost (Dask cancelled its future) and has no copy."""
+    return any(b.status in ("cancelled", "error", "lost") and not any(c.status == "finished" for c in copies)
+               for b, copies in zip(blocks, spares or [[]] * len(blocks)))
+
+
+class _PerWorker:
+    """One object scattered to each worker under a key of its own (rows,
+    weights): Dask's active memory manager drops the extra replicas of a
+    broadcast key, which a lost worker could then take with it; a key per
+    worker keeps one copy on each."""
+
+    def __init__(self, futures: dict):
+        self.futures = futures      # worker address -> future
+
+    @classmethod
+    def scatter(cls, client, obj, workers: list[str]) -> "_PerWorker":
+        return cls({w: client.scatter([obj], hash=False, workers=[w])[0] for w in workers})
+
+    def on(self, worker: str):
+        """The future for a task on `worker`: its own, or one still held elsewhere."""
+        mine = self.futures.get(worker)
+        if mine is not None and mine.status == "finished":
+            return mine
+        alive = [f for f in self.futures.values() if f.status == "finished"]
+        return alive[0] if alive else (mine if mine is not None else next(iter(self.futures.values())))
+
+
 class _Snapshot:
     """The model of one moment kept on the cluster (early stopping's best
     validation): its blocks, gathered only if the driver reads it (a
@@ -993,11 +1035,12 @@ class _Snapshot:
 
     def __init__(self, backend: "DaskBackend"):
         self.backend, self.blocks, self.finite = backend, list(backend._blocks), backend._finite
+        self.spares, self.spare_at = [list(c) for c in backend._spares], [list(a) for a in backend._spare_at]
         self._arrays: tuple[np.ndarray, ...] | None = None
 
     def __iter__(self):
         if self._arrays is None:
-            self._arrays = self.backend._gather(self.blocks)
+            self._arrays = self.backend._gather(self.backend._live(self.blocks, self.spares))
         return iter(self._arrays)
 
     def __len__(self) -> int:
@@ -1014,6 +1057,14 @@ class DaskBackend(CpuBackend):
     merge_rule = "optimizer"
     on_round: Callable[[dict], None] | None = None
     _blocks: list | None = None       # futures of the model's blocks (None: the driver's arrays hold it)
+    # Per block, a copy under a key of its own on every worker, and those
+    # workers: Dask's active memory manager drops the extra replicas of a key
+    # (client.replicate's, or a block fetched by a task) within seconds, so a
+    # worker lost between two rounds could take the only copy of a block with
+    # it; a copy's key has one replica, which it keeps.  Every worker needs
+    # every block for its next round anyway: the copies are that all-gather.
+    _spares: list = []
+    _spare_at: list = []
 
     def attach(self, runner, rows_per_round: int) -> "DaskBackend":
         self.runner = runner
@@ -1072,21 +1123,23 @@ class DaskBackend(CpuBackend):
         receives them) and makes the memory of its copy of the model and of
         the block it merges ready."""
         client, workers = self.runner.client, self.runner.workers
-        data = [d for d in (self._data(b) for b in batches) if d is not None]
+        data = [d for d in (self._data(b) for b in batches) if d is not None]     # _PerWorker each
         model = [(a.shape, a.dtype) for a in self.arrays()]
         cuts = self._cuts()
         futures = []
         for j, w in enumerate(workers):
             r = j % self.n_blocks
             block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
-            futures.append(client.submit(_warm_worker, data, model, block, key=f"fmcli-warm-{uuid.uuid4().hex[:12]}",
+            futures.append(client.submit(_warm_worker, [d.on(w) for d in data], model, block,
+                                         key=f"fmcli-warm-{uuid.uuid4().hex[:12]}",
                                          workers=[w], allow_other_workers=True, pure=False))
         client.gather(futures)
 
     def _data(self, batch: Batch):
-        """What a task is given to find `batch`'s rows on its worker (a future
-        of a CacheRows or of the rows), or None for a batch the run did not
-        bind (a chunk of streamed data: rounds then send their rows)."""
+        """What a task is given to find `batch`'s rows on its worker (a
+        _PerWorker of futures of a CacheRows or of the rows), or None for a
+        batch the run did not bind (a chunk of streamed data: rounds then send
+        their rows)."""
         sent = self._sent.get(id(batch))
         if sent is not None and sent[0] is batch:
             return sent[1]
@@ -1100,12 +1153,12 @@ class DaskBackend(CpuBackend):
             if not all(seen.get(w) for w in workers):
                 ref = None
         if ref is not None:
-            [future] = client.scatter([ref], broadcast=True, hash=False, workers=workers)
+            future = _PerWorker.scatter(client, ref, workers)
             sent = len(workers) * (_nbytes((ref.ids, ref.label_map)) + 512)
         else:
             rows = Batch(batch.labels, batch.indptr, batch.fields, batch.features, batch.values, None,
                          batch.weights)
-            [future] = client.scatter([rows], broadcast=True, hash=False, workers=workers)
+            future = _PerWorker.scatter(client, rows, workers)
             sent = len(workers) * _nbytes(rows)
         self.bytes_moved += sent
         self.bytes_sent += sent
@@ -1122,7 +1175,7 @@ class DaskBackend(CpuBackend):
         if sent is not None and sent[0] is weights:
             return sent[1]
         workers = self.runner.workers
-        [future] = self.runner.client.scatter([weights], broadcast=True, hash=False, workers=workers)
+        future = _PerWorker.scatter(self.runner.client, weights, workers)
         self.bytes_moved += len(workers) * weights.nbytes
         self.bytes_sent += len(workers) * weights.nbytes
         self.runner.bytes_out += len(workers) * weights.nbytes
@@ -1145,12 +1198,17 @@ class DaskBackend(CpuBackend):
         for r, block in enumerate(blocks):
             [f] = self.runner.client.scatter([block], hash=False, workers=[workers[r % len(workers)]])
             futures.append(f)
-        if len(workers) > 1:    # a second copy of each block (see _cluster_round)
-            self.runner.client.replicate(futures, n=2)
+        self._spares, self._spare_at = self._keep_spares(futures, workers)   # (see _spares)
+        if _lost_blocks(futures, self._spares):
+            # a worker lost already: the driver still has the model, send it again
+            self.runner.client.cancel(futures + [c for copies in self._spares for c in copies])
+            self._spares, self._spare_at = [], []
+            raise _RoundLost("a block of the model was lost with its worker before it had a copy")
         self._blocks = futures
         self._block_bytes = [_nbytes(b) for b in blocks]
-        self._holders = [{workers[r % len(workers)]} for r in range(self.n_blocks)]
+        self._holders = [{workers[r % len(workers)]} | set(at) for r, at in zip(range(self.n_blocks), self._spare_at)]
         self.bytes_moved += sum(self._block_bytes)
+        self.bytes_moved += sum(b * max(0, len(at) - 1) for b, at in zip(self._block_bytes, self._spare_at))
         self.bytes_sent += sum(self._block_bytes)
         self.runner.bytes_out += sum(self._block_bytes)
         self._fresh = True
@@ -1168,6 +1226,7 @@ class DaskBackend(CpuBackend):
         """Bring the driver's arrays up to date (they stay valid until the next round)."""
         if self._fresh or self._blocks is None:
             return
+        self._revive()
         for a, b in zip(self.arrays(), self._gather(self._blocks)):
             a[...] = b
         self._fresh = True
@@ -1176,6 +1235,7 @@ class DaskBackend(CpuBackend):
         """The driver's arrays are about to change: they hold the model from now on."""
         self._to_host()
         self._blocks = None
+        self._spares, self._spare_at = [], []
         self._fresh = True
 
     def _fetch_bytes(self, worker: str) -> int:
@@ -1186,6 +1246,89 @@ class DaskBackend(CpuBackend):
                 moved += self._block_bytes[r]
                 holders.add(worker)
         return moved
+
+    def _keep_spares(self, blocks: list, workers: list[str]) -> tuple[list, list]:
+        """A copy of every block under its own key on every worker (see
+        _spares), made before returning: ([[futures] per block], [[their
+        workers] per block]); a worker lost meanwhile has none."""
+        if len(workers) < 2:
+            return [[] for _ in blocks], [[] for _ in blocks]
+        from distributed import wait
+        from distributed.client import FuturesCancelledError
+
+        client = self.runner.client
+        tag = uuid.uuid4().hex[:12]
+        # (each on its worker only: a copy beside another would be no copy)
+        spares = [[client.submit(_same, b, key=f"fmcli-spare-{tag}-{r}-{j}", workers=[w],
+                                 allow_other_workers=False, pure=False) for j, w in enumerate(workers)]
+                  for r, b in enumerate(blocks)]
+        flat = [(c, w) for copies in spares for c, w in zip(copies, workers)]
+        with client.as_current():
+            # a copy whose worker is lost meanwhile is given up (a task bound
+            # to a worker that is gone would wait for it for ever)
+            while True:
+                pending = [c for c, _ in flat if c.status == "pending"]
+                if not pending:
+                    break
+                try:
+                    wait(pending, timeout=1.0)
+                except FuturesCancelledError:
+                    continue
+                except TimeoutError:
+                    present = set(client.scheduler_info()["workers"])
+                    gone = [c for c, w in flat if c.status == "pending" and w not in present]
+                    if gone:
+                        client.cancel(gone)
+                        until = time.monotonic() + 10.0     # (seen when the scheduler answers)
+                        while any(c.status == "pending" for c in gone) and time.monotonic() < until:
+                            time.sleep(0.01)
+                        if any(c.status == "pending" for c in gone):
+                            raise _RoundLost("a worker was lost while the round's blocks were copied")
+        kept = [[(c, w) for c, w in zip(copies, workers) if c.status == "finished"] for copies in spares]
+        return [[c for c, _ in k] for k in kept], [[w for _, w in k] for k in kept]
+
+    def _live(self, blocks: list, spares: list) -> list:
+        """`blocks`, each one that no worker holds any more (Dask cancels a
+        future whose only copy was lost with its worker) replaced by a copy."""
+        if len(spares) != len(blocks) or not any(spares):
+            return list(blocks)
+        from distributed.client import FuturesCancelledError
+
+        who = None
+        for _ in range(2):      # (a future cancelled while asking: ask again without it)
+            held = [f for f in (*blocks, *(c for copies in spares for c in copies)) if f.status == "finished"]
+            try:
+                who = self.runner.client.who_has(held) if held else {}
+                break
+            except FuturesCancelledError:
+                continue
+
+        def alive(f) -> bool:
+            return f.status == "finished" and (who is None or bool(who.get(f.key)))
+
+        return [b if alive(b) else next((c for c in copies if alive(c)), b) for b, copies in zip(blocks, spares)]
+
+    def _revive(self) -> None:
+        """Blocks lost with a worker are taken from their spares (which then
+        are the blocks, without spares until the next round makes them)."""
+        if self._blocks is None:
+            return
+        live = self._live(self._blocks, self._spares)
+        for r, (old, new) in enumerate(zip(self._blocks, live)):
+            if new is not old:
+                logging.getLogger(__name__).warning("block %d was lost with its worker: using its copy", r)
+                self._blocks[r] = new
+
+    def _blocks_on(self, worker: str) -> list:
+        """The block futures for a task on `worker`: the spares it holds
+        where it holds them (no fetch), else the blocks."""
+        if len(self._spares) != len(self._blocks):
+            return list(self._blocks)
+        out = []
+        for b, copies, at in zip(self._blocks, self._spares, self._spare_at):
+            mine = [c for c, w in zip(copies, at) if w == worker and c.status == "finished"]
+            out.append(mine[0] if mine else b)
+        return out
 
     # -- the Backend interface ---------------------------------------------------------
     def warm_start(self, parent: Model, path: str, say: Callable[[str], None]) -> int:
@@ -1204,8 +1347,10 @@ class DaskBackend(CpuBackend):
     def restore(self, arrays) -> None:
         if isinstance(arrays, _Snapshot) and arrays.backend is self:
             self._blocks, self._finite, self._fresh = list(arrays.blocks), arrays.finite, False
+            self._spares, self._spare_at = [list(c) for c in arrays.spares], [list(a) for a in arrays.spare_at]
             workers = self.runner.workers
-            self._holders = [{workers[r % len(workers)]} for r in range(len(self._blocks))]
+            self._holders = [{workers[r % len(workers)]} | set(at)
+                             for r, at in zip(range(len(self._blocks)), self._spare_at or [[]] * len(self._blocks))]
             return
         self._drop_blocks()
         super().restore(arrays)
@@ -1223,12 +1368,15 @@ class DaskBackend(CpuBackend):
             self._to_host()
             return super().scores(batch, threads)
         client, workers = self.runner.client, self.runner.workers
+        self._revive()
         tag = uuid.uuid4().hex[:12]
         futures = []
         for j, (lo, hi) in enumerate(pieces(batch.n_rows, len(workers), 1)):
             self.bytes_moved += self._fetch_bytes(workers[j]) + (hi - lo) * 8 * self.n_classes
-            futures.append(client.submit(score_part, data, lo, hi, self.cfg, self.spec, self.cfg.threads,
-                                         *self._blocks, key=f"fmcli-score-{tag}-{j}", workers=[workers[j]],
+            futures.append(client.submit(score_part, data.on(workers[j]), lo, hi, self.cfg, self.spec,
+                                         self.cfg.threads,
+                                         *self._blocks_on(workers[j]), key=f"fmcli-score-{tag}-{j}",
+                                         workers=[workers[j]],
                                          allow_other_workers=True, retries=3, pure=False))
         try:
             parts = client.gather(futures)
@@ -1260,13 +1408,13 @@ class DaskBackend(CpuBackend):
         every worker may hold: the result is the same) when Dask gave up on
         one of its tasks because a worker was lost with a result that it
         could not compute again; at most ROUND_TRIES times."""
-        from distributed.client import FutureCancelledError
+        from distributed.client import FutureCancelledError, FuturesCancelledError
         from distributed.scheduler import KilledWorker
 
         for attempt in range(ROUND_TRIES):
             try:
                 return self._cluster_round(batch, part, weights, step0)
-            except (FutureCancelledError, KilledWorker) as exc:
+            except (FutureCancelledError, FuturesCancelledError, KilledWorker, _RoundLost) as exc:
                 if attempt == ROUND_TRIES - 1:
                     raise ClusterError(f"a round failed {ROUND_TRIES} times as workers were lost: "
                                        f"{str(exc).splitlines()[0]}") from None
@@ -1281,6 +1429,7 @@ class DaskBackend(CpuBackend):
         sent0, moved0 = self.bytes_sent, self._moved_reported
         client, workers = self.runner.client, self.runner.workers
         self._to_cluster()
+        self._revive()
         bs = self.cfg.batch_size
         data = self._data(batch)
         wdata = self._weights(weights) if data is not None else None
@@ -1295,7 +1444,8 @@ class DaskBackend(CpuBackend):
         for j, (a, b) in enumerate(cut):
             rows = part[a:b]
             if data is not None:
-                args = (data, rows, wdata)
+                w = workers[j % len(workers)]
+                args = (data.on(w), rows, None if wdata is None else wdata.on(w))
                 sent = rows.nbytes
             else:   # rows the workers do not have: send them
                 piece = take_rows(batch, rows)
@@ -1305,7 +1455,8 @@ class DaskBackend(CpuBackend):
             self.bytes_sent += sent
             moved += self._fetch_bytes(workers[j % len(workers)])
             trains.append(client.submit(train_part, *args, cfg, self.spec, self.hot, self.total_steps,
-                                        step0 + a // bs, *self._blocks, key=f"fmcli-train-{tag}-{j}",
+                                        step0 + a // bs, *self._blocks_on(workers[j % len(workers)]),
+                                        key=f"fmcli-train-{tag}-{j}",
                                         workers=[workers[j % len(workers)]], **opts))
         stats = [client.submit(operator.itemgetter(0), t, key=f"fmcli-stats-{tag}-{j}", pure=False)
                  for j, t in enumerate(trains)]
@@ -1321,17 +1472,27 @@ class DaskBackend(CpuBackend):
         infos = [client.submit(operator.itemgetter(1), m, key=f"fmcli-info-{tag}-{r}", pure=False)
                  for r, m in enumerate(merged)]
         results, merge_info = client.gather([stats, infos])
-        if len(workers) > 1:
-            # a second copy of every block before the round's inputs are let go: a
-            # worker lost now leaves each block somewhere (the next round's
-            # training fetches every block to every worker anyway)
-            client.replicate(blocks, n=2)
+        # a copy of every block on another worker before the round's inputs are
+        # let go: a worker lost now leaves each block somewhere (and the next
+        # round's training, which needs every block on every worker, finds
+        # them there: this is its all-gather)
+        spares, spare_at = self._keep_spares(blocks, workers)
+        if _lost_blocks(blocks, spares):
+            # a worker lost with a merged block before its copy was made: the
+            # round again, from its starting blocks (still held)
+            raise _RoundLost("a merged block was lost with its worker before it had a copy")
+        self._spares, self._spare_at = spares, spare_at
         self._blocks = blocks
         # the bytes of the reduce-scatter: each worker's part of each block held elsewhere
         for j, res in enumerate(results):
             moved += sum(size for r, size in enumerate(res[5]) if r % len(workers) != j)
         self._block_bytes = [info[2] for info in merge_info]
         self._holders = [{workers[r % len(workers)]} for r in range(self.n_blocks)]
+        for r, at in enumerate(self._spare_at):     # the copies (the all-gather)
+            for w in at:
+                if w not in self._holders[r]:
+                    self._holders[r].add(w)
+                    moved += self._block_bytes[r]
         self._finite = all(info[1] for info in merge_info)
         self._fresh = False
         merge_seconds = max(info[0] for info in merge_info)
@@ -1455,6 +1616,11 @@ class DaskBackend(CpuBackend):
                 except Exception:   # (a cluster already gone)
                     pass
             self.runner.close()
+
+
+def _same(x):
+    """x (a spare block: the same object under another key, on its worker)."""
+    return x
 
 
 def _pick(result, r: int):

@@ -157,6 +157,28 @@ def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
     _same_bytes(calm, lost)
 
 
+@pytest.mark.slow
+def test_a_worker_lost_after_dask_dropped_its_extra_replicas(synth, tmp_path):
+    """Dask's active memory manager (on by default, every 2 s) drops the
+    replicas a key has beyond what waiting tasks need, so between two rounds
+    each block soon lives on one worker only.  Losing that worker must not
+    lose the block: the run keeps a copy of every block under a key of its
+    own on another worker, which the manager leaves alone."""
+    with HandCluster(tmp_path, nanny=False) as hand:
+        cfg = Config(scheduler=hand.address, eval_every=2000, rows_per_round=1000, **_base())
+        calm = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"))
+        lost_ones = []
+
+        def lose_one(stats) -> None:
+            if not lost_ones:
+                time.sleep(5)      # two passes of the memory manager
+                lost_ones.append(hand.lose_worker(-1))
+
+        lost = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"), on_eval=lose_one)
+        assert lost_ones
+    _same_bytes(calm, lost)
+
+
 # ---------------------------------------------------------------------------
 # clusters started by hand (dask scheduler, dask worker), tcp:// or tls://
 # ---------------------------------------------------------------------------
