@@ -139,9 +139,10 @@ def test_a_worker_killed_during_a_round_changes_nothing(fragile_cluster, wide):
 # rows into as many pieces as the scheduler lists workers at that moment,
 # so the rounds after a loss are cut into fewer pieces (and merged
 # differently) than the same rounds of a run without it.
-@pytest.mark.slow
-def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
-    # workers without a nanny: a lost one stays lost, as a machine that fails
+def _lose_a_worker_between_rounds(synth, tmp_path, wait: float) -> None:
+    """A run on 2 workers without a nanny (a lost one stays lost, as a
+    machine that fails) that loses one between two rounds, `wait` seconds
+    into the pause, against the same run without the loss: the same bits."""
     with HandCluster(tmp_path, nanny=False) as hand:
         cfg = Config(scheduler=hand.address, eval_every=2000, rows_per_round=1000, **_base())
         calm = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"))
@@ -150,6 +151,7 @@ def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
         def lose_one(stats) -> None:
             # called by the run loop between two rounds: the next one starts without the worker
             if not lost_ones:
+                time.sleep(wait)
                 lost_ones.append(hand.lose_worker(-1))
 
         lost = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"), on_eval=lose_one)
@@ -158,25 +160,18 @@ def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
+    _lose_a_worker_between_rounds(synth, tmp_path, wait=0)
+
+
+@pytest.mark.slow
 def test_a_worker_lost_after_dask_dropped_its_extra_replicas(synth, tmp_path):
     """Dask's active memory manager (on by default, every 2 s) drops the
     replicas a key has beyond what waiting tasks need, so between two rounds
     each block soon lives on one worker only.  Losing that worker must not
-    lose the block: the run keeps a copy of every block under a key of its
-    own on another worker, which the manager leaves alone."""
-    with HandCluster(tmp_path, nanny=False) as hand:
-        cfg = Config(scheduler=hand.address, eval_every=2000, rows_per_round=1000, **_base())
-        calm = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"))
-        lost_ones = []
-
-        def lose_one(stats) -> None:
-            if not lost_ones:
-                time.sleep(5)      # two passes of the memory manager
-                lost_ones.append(hand.lose_worker(-1))
-
-        lost = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"), on_eval=lose_one)
-        assert lost_ones
-    _same_bytes(calm, lost)
+    lose the block: every worker keeps a copy of every block under a key of
+    its own, which the manager leaves alone."""
+    _lose_a_worker_between_rounds(synth, tmp_path, wait=5)     # two passes of the memory manager
 
 
 # ---------------------------------------------------------------------------
