@@ -68,11 +68,16 @@ def same_bytes(a, b) -> None:
         assert x[name].tobytes() == y[name].tobytes(), name
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """12000 training rows of 6 fields (tr.ffm) and 3000 others to validate on (va.ffm)."""
-    d = tmp_path_factory.mktemp("synth")
-    lines = write_synth(d, 15000, 5, 6)
+def synth_split(tmp_path_factory, name: str, seed: int) -> Path:
+    """A directory with 12000 training rows of 6 fields (tr.ffm) and 3000
+    others to validate on (va.ffm), from write_synth(seed)."""
+    d = tmp_path_factory.mktemp(name)
+    lines = write_synth(d, 15000, seed, 6)
     (d / "va.ffm").write_text("".join(lines[:3000]))
     (d / "tr.ffm").write_text("".join(lines[3000:]))
     return d
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return synth_split(tmp_path_factory, "synth", 5)

@@ -24,7 +24,7 @@ from synthdata import write_synth
 
 distributed = pytest.importorskip("distributed")
 
-from daskrun import Kept as _Kept, arrays as _arrays, cluster, on_cluster, same_bytes as _same_bytes  # noqa: E402,F401
+from daskrun import Kept as _Kept, arrays as _arrays, cluster, on_cluster, same_bytes as _same_bytes, synth_split  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -37,12 +37,7 @@ def rounds(monkeypatch):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    """12000 training rows (tr.ffm) and 3000 other rows to validate on (va.ffm)."""
-    d = tmp_path_factory.mktemp("plane")
-    lines = write_synth(d, 15000, 11, 6)
-    (d / "va.ffm").write_text("".join(lines[:3000]))
-    (d / "tr.ffm").write_text("".join(lines[3000:]))
-    return d
+    return synth_split(tmp_path_factory, "plane", 11)
 
 
 def _cfg(tmp_path: Path, **over) -> dict:
