@@ -1002,8 +1002,8 @@ class _RoundLost(Exception):
 
 def _lost_blocks(blocks: list, spares: list) -> bool:
     """Whether some block was lost (Dask cancelled its future) and has no copy."""
-    return any(b.status in ("cancelled", "error", "lost") and not any(c.status == "finished" for c in copies)
-               for b, copies in zip(blocks, spares or [[]] * len(blocks)))
+    return any(b.status in ("cancelled", "error", "lost") and not (sp and sp.alive())
+               for b, sp in zip(blocks, spares or [None] * len(blocks)))
 
 
 class _PerWorker:
@@ -1019,12 +1019,16 @@ class _PerWorker:
     def scatter(cls, client, obj, workers: list[str]) -> "_PerWorker":
         return cls({w: client.scatter([obj], hash=False, workers=[w])[0] for w in workers})
 
+    def alive(self) -> list:
+        """The futures still held (Dask cancels one lost with its worker)."""
+        return [f for f in self.futures.values() if f.status == "finished"]
+
     def on(self, worker: str):
         """The future for a task on `worker`: its own, or one still held elsewhere."""
         mine = self.futures.get(worker)
         if mine is not None and mine.status == "finished":
             return mine
-        alive = [f for f in self.futures.values() if f.status == "finished"]
+        alive = self.alive()
         return alive[0] if alive else (mine if mine is not None else next(iter(self.futures.values())))
 
 
@@ -1035,7 +1039,7 @@ class _Snapshot:
 
     def __init__(self, backend: "DaskBackend"):
         self.backend, self.blocks, self.finite = backend, list(backend._blocks), backend._finite
-        self.spares, self.spare_at = [list(c) for c in backend._spares], [list(a) for a in backend._spare_at]
+        self.spares = list(backend._spares)
         self._arrays: tuple[np.ndarray, ...] | None = None
 
     def __iter__(self):
@@ -1057,14 +1061,13 @@ class DaskBackend(CpuBackend):
     merge_rule = "optimizer"
     on_round: Callable[[dict], None] | None = None
     _blocks: list | None = None       # futures of the model's blocks (None: the driver's arrays hold it)
-    # Per block, a copy under a key of its own on every worker, and those
-    # workers: Dask's active memory manager drops the extra replicas of a key
+    # Per block, a _PerWorker of its copies, one under a key of its own on
+    # every worker (or None): Dask's active memory manager drops the extra replicas of a key
     # (client.replicate's, or a block fetched by a task) within seconds, so a
     # worker lost between two rounds could take the only copy of a block with
     # it; a copy's key has one replica, which it keeps.  Every worker needs
     # every block for its next round anyway: the copies are that all-gather.
     _spares: list = []
-    _spare_at: list = []
 
     def attach(self, runner, rows_per_round: int) -> "DaskBackend":
         self.runner = runner
@@ -1198,17 +1201,17 @@ class DaskBackend(CpuBackend):
         for r, block in enumerate(blocks):
             [f] = self.runner.client.scatter([block], hash=False, workers=[workers[r % len(workers)]])
             futures.append(f)
-        self._spares, self._spare_at = self._keep_spares(futures, workers)   # (see _spares)
+        self._spares = self._keep_spares(futures, workers)   # (see _spares)
         if _lost_blocks(futures, self._spares):
             # a worker lost already: the driver still has the model, send it again
-            self.runner.client.cancel(futures + [c for copies in self._spares for c in copies])
-            self._spares, self._spare_at = [], []
+            self.runner.client.cancel(futures + [f for sp in self._spares if sp for f in sp.futures.values()])
+            self._spares = []
             raise _RoundLost("a block of the model was lost with its worker before it had a copy")
         self._blocks = futures
         self._block_bytes = [_nbytes(b) for b in blocks]
-        self._holders = [{workers[r % len(workers)]} | set(at) for r, at in zip(range(self.n_blocks), self._spare_at)]
+        self._holders = self._held_at(workers)
         self.bytes_moved += sum(self._block_bytes)
-        self.bytes_moved += sum(b * max(0, len(at) - 1) for b, at in zip(self._block_bytes, self._spare_at))
+        self.bytes_moved += sum(b * (len(h) - 1) for b, h in zip(self._block_bytes, self._holders))
         self.bytes_sent += sum(self._block_bytes)
         self.runner.bytes_out += sum(self._block_bytes)
         self._fresh = True
@@ -1235,7 +1238,7 @@ class DaskBackend(CpuBackend):
         """The driver's arrays are about to change: they hold the model from now on."""
         self._to_host()
         self._blocks = None
-        self._spares, self._spare_at = [], []
+        self._spares = []
         self._fresh = True
 
     def _fetch_bytes(self, worker: str) -> int:
@@ -1247,12 +1250,12 @@ class DaskBackend(CpuBackend):
                 holders.add(worker)
         return moved
 
-    def _keep_spares(self, blocks: list, workers: list[str]) -> tuple[list, list]:
+    def _keep_spares(self, blocks: list, workers: list[str]) -> list:
         """A copy of every block under its own key on every worker (see
-        _spares), made before returning: ([[futures] per block], [[their
-        workers] per block]); a worker lost meanwhile has none."""
+        _spares), made before returning: a _PerWorker per block (None with
+        one worker); a worker lost meanwhile has none."""
         if len(workers) < 2:
-            return [[] for _ in blocks], [[] for _ in blocks]
+            return [None] * len(blocks)
         from distributed import wait
         from distributed.client import FuturesCancelledError
 
@@ -1284,8 +1287,7 @@ class DaskBackend(CpuBackend):
                             time.sleep(0.01)
                         if any(c.status == "pending" for c in gone):
                             raise _RoundLost("a worker was lost while the round's blocks were copied")
-        kept = [[(c, w) for c, w in zip(copies, workers) if c.status == "finished"] for copies in spares]
-        return [[c for c, _ in k] for k in kept], [[w for _, w in k] for k in kept]
+        return [_PerWorker({w: c for c, w in zip(copies, workers) if c.status == "finished"}) for copies in spares]
 
     def _live(self, blocks: list, spares: list) -> list:
         """`blocks`, each one that no worker holds any more (Dask cancels a
@@ -1296,7 +1298,8 @@ class DaskBackend(CpuBackend):
 
         who = None
         for _ in range(2):      # (a future cancelled while asking: ask again without it)
-            held = [f for f in (*blocks, *(c for copies in spares for c in copies)) if f.status == "finished"]
+            held = [f for f in (*blocks, *(f for sp in spares if sp for f in sp.futures.values()))
+                    if f.status == "finished"]
             try:
                 who = self.runner.client.who_has(held) if held else {}
                 break
@@ -1306,7 +1309,8 @@ class DaskBackend(CpuBackend):
         def alive(f) -> bool:
             return f.status == "finished" and (who is None or bool(who.get(f.key)))
 
-        return [b if alive(b) else next((c for c in copies if alive(c)), b) for b, copies in zip(blocks, spares)]
+        return [b if alive(b) or not sp else next((c for c in sp.futures.values() if alive(c)), b)
+                for b, sp in zip(blocks, spares)]
 
     def _revive(self) -> None:
         """Blocks lost with a worker are taken from their spares (which then
@@ -1324,11 +1328,12 @@ class DaskBackend(CpuBackend):
         where it holds them (no fetch), else the blocks."""
         if len(self._spares) != len(self._blocks):
             return list(self._blocks)
-        out = []
-        for b, copies, at in zip(self._blocks, self._spares, self._spare_at):
-            mine = [c for c, w in zip(copies, at) if w == worker and c.status == "finished"]
-            out.append(mine[0] if mine else b)
-        return out
+        return [sp.on(worker) if sp and sp.alive() else b for b, sp in zip(self._blocks, self._spares)]
+
+    def _held_at(self, workers: list[str]) -> list[set]:
+        """The workers that hold each block: the one it was merged or sent to, and its copies'."""
+        return [{workers[r % len(workers)]} | (set(sp.futures) if sp else set())
+                for r, sp in zip(range(len(self._blocks)), self._spares or [None] * len(self._blocks))]
 
     # -- the Backend interface ---------------------------------------------------------
     def warm_start(self, parent: Model, path: str, say: Callable[[str], None]) -> int:
@@ -1347,10 +1352,8 @@ class DaskBackend(CpuBackend):
     def restore(self, arrays) -> None:
         if isinstance(arrays, _Snapshot) and arrays.backend is self:
             self._blocks, self._finite, self._fresh = list(arrays.blocks), arrays.finite, False
-            self._spares, self._spare_at = [list(c) for c in arrays.spares], [list(a) for a in arrays.spare_at]
-            workers = self.runner.workers
-            self._holders = [{workers[r % len(workers)]} | set(at)
-                             for r, at in zip(range(len(self._blocks)), self._spare_at or [[]] * len(self._blocks))]
+            self._spares = list(arrays.spares)
+            self._holders = self._held_at(self.runner.workers)
             return
         self._drop_blocks()
         super().restore(arrays)
@@ -1472,27 +1475,23 @@ class DaskBackend(CpuBackend):
         infos = [client.submit(operator.itemgetter(1), m, key=f"fmcli-info-{tag}-{r}", pure=False)
                  for r, m in enumerate(merged)]
         results, merge_info = client.gather([stats, infos])
-        # a copy of every block on another worker before the round's inputs are
+        # a copy of every block on every worker before the round's inputs are
         # let go: a worker lost now leaves each block somewhere (and the next
         # round's training, which needs every block on every worker, finds
         # them there: this is its all-gather)
-        spares, spare_at = self._keep_spares(blocks, workers)
+        spares = self._keep_spares(blocks, workers)
         if _lost_blocks(blocks, spares):
             # a worker lost with a merged block before its copy was made: the
             # round again, from its starting blocks (still held)
             raise _RoundLost("a merged block was lost with its worker before it had a copy")
-        self._spares, self._spare_at = spares, spare_at
+        self._spares = spares
         self._blocks = blocks
         # the bytes of the reduce-scatter: each worker's part of each block held elsewhere
         for j, res in enumerate(results):
             moved += sum(size for r, size in enumerate(res[5]) if r % len(workers) != j)
         self._block_bytes = [info[2] for info in merge_info]
-        self._holders = [{workers[r % len(workers)]} for r in range(self.n_blocks)]
-        for r, at in enumerate(self._spare_at):     # the copies (the all-gather)
-            for w in at:
-                if w not in self._holders[r]:
-                    self._holders[r].add(w)
-                    moved += self._block_bytes[r]
+        self._holders = self._held_at(workers)
+        moved += sum(b * (len(h) - 1) for b, h in zip(self._block_bytes, self._holders))   # the copies
         self._finite = all(info[1] for info in merge_info)
         self._fresh = False
         merge_seconds = max(info[0] for info in merge_info)
