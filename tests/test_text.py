@@ -271,6 +271,32 @@ def test_random_file_same_for_every_block_size(tmp_path):
             np.testing.assert_array_equal(getattr(streamed, name), getattr(ref, name), err_msg=f"{name} bb={bb}")
 
 
+def test_streamed_blocks_denser_than_the_first_grow_their_arrays(tmp_path):
+    # A block's arrays are sized from the densest block before it: a later
+    # block of many short rows (or many more entries per byte) outgrows them
+    # and must come out whole, with the right line numbers.
+    wide = " ".join(f"{j % 7}:{1000000 + j}:0.123456" for j in range(60))
+    lines = [f"1 {wide}"] * 40 + ["0"] * 3000 + ["1 1:1:1 2:2:1 3:3:1"] * 3000 + [f"0 {wide}"] * 5
+    path = write(tmp_path, "dense.ffm", ("\n".join(lines) + "\n").encode())
+    ref, _ = read_text(path)
+    for bb in (4096, 20000, 1 << 16):
+        batches = list(TextReader(path, block_bytes=bb, track_lines=True))
+        streamed = Batch.concat(batches)
+        for name in ("labels", "indptr", "fields", "features", "values"):
+            np.testing.assert_array_equal(getattr(streamed, name), getattr(ref, name), err_msg=f"{name} bb={bb}")
+        np.testing.assert_array_equal(np.concatenate([b.lines for b in batches]), np.arange(1, len(lines) + 1),
+                                      err_msg=f"lines bb={bb}")
+
+
+def test_block_capacity_is_bounded_by_the_worst_case():
+    # the first block gets _FIRST_CAPACITY, later ones a quarter more than
+    # the densest so far; never more than a block's bytes allow
+    assert text_module._block_capacity(10, None) == text_module._capacity(10)
+    assert text_module._block_capacity(8 << 20, None) == text_module._FIRST_CAPACITY
+    rows, nnz = text_module._block_capacity(8 << 20, (0.001, 0.05))
+    assert rows == int(0.001 * (8 << 20) * 1.25) + 1024 and nnz == int(0.05 * (8 << 20) * 1.25) + (1 << 16)
+
+
 BAD_AT_LINE_9 = (
     b"# header\r\n"                 # 1
     b"1 0:1:0.5 2:3:1\r\n"          # 2

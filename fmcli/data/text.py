@@ -156,10 +156,14 @@ class TextReader:
     def __iter__(self) -> Iterator[Batch]:
         """One Batch per block of whole lines (bounded memory, for streaming)."""
         self._start()
+        density = None   # the most (rows, entries) per byte of the blocks so far
         for buf, cut, line_base in self._blocks():
-            cols = _Columns(*_capacity(cut), track_lines=self.track_lines,
+            cols = _Columns(*_block_capacity(cut, density), track_lines=self.track_lines,
                             spans=self.label_mode == "class")
             self._parse_into(cols, buf, cut, line_base)
+            if cut:
+                rows, nnz = cols.rows / cut, cols.nnz / cut
+                density = (rows, nnz) if density is None else (max(density[0], rows), max(density[1], nnz))
             if cols.rows:
                 yield cols.finish()
 
@@ -418,6 +422,24 @@ def _capacity(nbytes: int) -> tuple[int, int]:
     ("1:1 "); capacity beyond what is filled is never touched, so it costs
     address space, not memory."""
     return nbytes // 2 + 1, nbytes // 4 + 1
+
+
+def _block_capacity(nbytes: int, density: tuple[float, float] | None) -> tuple[int, int]:
+    """The (rows, entries) to make room for in a block of nbytes, given the
+    most rows and entries per byte of the blocks before (None: none yet).
+
+    The bounds of _capacity cost only address space, but large arrays are
+    backed by huge pages, which the kernel zero-fills whole when first
+    touched: room for a quarter more than the densest block so far (or
+    _FIRST_CAPACITY in the first) is cheaper, and a block that needs more
+    grows its arrays as read_all does."""
+    worst_rows, worst_nnz = _capacity(nbytes)
+    if density is None:
+        rows, nnz = _FIRST_CAPACITY
+    else:
+        rows = int(density[0] * nbytes * 1.25) + 1024
+        nnz = int(density[1] * nbytes * 1.25) + (1 << 16)
+    return min(rows, worst_rows), min(nnz, worst_nnz)
 
 
 class _Columns:
