@@ -268,3 +268,15 @@ def test_simd_benchmark_trains_the_same_model_at_every_level(small_data, tmp_pat
         assert len(lv["score_rows_per_s"]) == 2
         assert lv["va_logloss"] == doc["levels"][0]["va_logloss"]
     assert 0 < doc["levels"][0]["va_logloss"] < 1
+
+
+@pytest.mark.parametrize("given, expected", [(None, "10000"), ("123", "123")])
+def test_openmp_threads_spin_briefly_unless_the_environment_says(given, expected):
+    # set before the compiled core loads GNU OpenMP, which reads it then;
+    # a value the user set is kept
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, fmcli._core; print(os.environ['GOMP_SPINCOUNT'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected

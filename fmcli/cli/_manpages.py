@@ -228,10 +228,16 @@ _ENV = {
          "out of it, so that the same data, settings and thread count (\\-s 1) give a "
          "byte\\-identical model file."),
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of training threads."),
+        ("GOMP_SPINCOUNT",
+         "How long an idle thread of GNU OpenMP spins before it sleeps; fmcli sets 10000 when it is "
+         "unset (the library's default, 300000, takes a core from the thread that reads the input)."),
     ],
     "predict": [
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of scoring threads "
                             "(by default every CPU the process may run on)."),
+        ("GOMP_SPINCOUNT",
+         "How long an idle thread of GNU OpenMP spins before it sleeps; fmcli sets 10000 when it is "
+         "unset (the library's default, 300000, takes a core from the thread that reads the input)."),
     ],
     "inspect": [],
     "cache": [
