@@ -103,25 +103,36 @@ def load_any_model(path: str | os.PathLike):
     """A model file of either kind: fmcli's own (told by its magic bytes) or
     libffm's (text or binary layout, see read_model).  A pipe or FIFO is
     copied to a temporary file first, so that it can be told apart too."""
+    model, check = map_any_model(path)
+    check.wait()
+    return model
+
+
+def map_any_model(path: str | os.PathLike):
+    """load_any_model that returns (model, check) as soon as the model can be
+    used, with an fmcli model file's checksum and values checked in the
+    background (fmcli.model.map_model): nothing derived from the model may be
+    written before check.wait() has returned."""
     from .data.source import reads_once, spooled
-    from .model import load_model
+    from .model import load_model, map_model
+    from .modelfile import PendingCheck
 
     path = os.fspath(path)
     if reads_once(path):
         with spooled([path], True) as (paths, names):
             try:
-                return load_any_model(paths[0])
+                return load_any_model(paths[0]), PendingCheck()
             except ModelFormatError as exc:
                 raise ModelFormatError(exc.message, names[paths[0]]) from None
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError:
-        return load_model(path)          # it says why in its own words
+        return load_model(path), PendingCheck()          # it says why in its own words
     if _fmcli_magic(head):
-        return load_model(path)
+        return map_model(path)
     try:
-        return read_model(path)
+        return read_model(path), PendingCheck()
     except ModelFormatError as exc:
         detail = exc.message
         if detail.startswith("not a libffm model file"):

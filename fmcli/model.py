@@ -39,7 +39,7 @@ from ._version import __version__
 from .config import MAX_K
 from .errors import ModelFormatError
 from .registry import KINDS, kind as model_kind
-from .modelfile import json_safe, read_header, read_model_file, write_model_file
+from .modelfile import PendingCheck, json_safe, map_model_file, read_header, read_model_file, write_model_file
 
 def padded_k(k: int) -> int:
     """Factor width in memory: k rounded up to a multiple of 4."""
@@ -267,6 +267,27 @@ def load_model(path: str | os.PathLike, *, mmap: bool = True) -> Model:
     else:
         path = os.fspath(path)
         header, arrays = read_model_file(path, mmap=mmap, finite=_must_be_finite)
+    return _model_from(header, arrays, path)
+
+
+def map_model(path: str | os.PathLike) -> tuple[Model, PendingCheck]:
+    """load_model(path) that returns once the file's structure is checked,
+    with its checksum and values checked in a background thread
+    (modelfile.map_model_file): nothing derived from the model may be
+    written before the returned check's wait() has returned.  A model that
+    fails its own checks on a file that fails the background ones raises
+    the latter's error: a corrupt file is the cause."""
+    path = os.fspath(path)
+    header, arrays, check = map_model_file(path, finite=_must_be_finite)
+    try:
+        return _model_from(header, arrays, path), check
+    except ModelFormatError:
+        check.wait()
+        raise
+
+
+def _model_from(header: dict, arrays: dict[str, np.ndarray], path: str | None) -> Model:
+    """The Model of a model file's header and arrays (see load_model)."""
     spec = ModelSpec.from_dict(header.get("model") or {}, path)
     params: dict[str, np.ndarray] = {}
     state: dict[str, np.ndarray] = {}

@@ -705,6 +705,62 @@ def read_model_file(
         ModelFormatError: the file is corrupt, truncated, foreign or of a
             newer major format version, or a checked array is not finite.
     """
+    header, arrays, check = _read_model_file(path, mmap, verify, finite, later=False)
+    check.wait()
+    return header, arrays
+
+
+class PendingCheck:
+    """The checksum and value checks of a model file running in a background
+    thread (see map_model_file): wait() returns once they passed and raises
+    their error (ModelFormatError) if they failed; done() tells without waiting."""
+
+    def __init__(self, run: Callable[[], None] | None = None):
+        import threading
+
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        if run is None:
+            self._done.set()
+            return
+
+        def target() -> None:
+            try:
+                run()
+            except BaseException as exc:  # handed to wait()
+                self._error = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=target, name="fmcli-model-check", daemon=True).start()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+def map_model_file(
+    path: str | os.PathLike[str],
+    *,
+    finite: Callable[[str], str | None] | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], PendingCheck]:
+    """read_model_file(path, mmap=True, finite=finite) that returns once the
+    file's structure is checked and its arrays are mapped, while the
+    checksum and the values are checked in a background thread.
+
+    Nothing may be made of the arrays that outlives a failed check: the
+    caller waits for the returned PendingCheck before it writes anything
+    derived from them (fm predict scores the first blocks meanwhile).  An
+    input that cannot be mapped (a pipe) is read and checked at once."""
+    return _read_model_file(path, True, True, finite, later=True)
+
+
+def _read_model_file(path, mmap: bool, verify: bool, finite, later: bool):
+    """read_model_file and map_model_file: (header, arrays, PendingCheck)."""
     in_memory = isinstance(path, io.BytesIO)    # a whole file's bytes (never mapped)
     name = "<in memory>" if in_memory else os.fspath(path)
     with _open(path if in_memory else name) as f:
@@ -712,11 +768,23 @@ def read_model_file(
         if not mmap or isinstance(f, io.BytesIO):   # (read from a pipe: nothing to map)
             _scan_file(f, structure, name, verify, finite)
             arrays = {spec.name: _read_array(f, spec, name) for spec in structure.specs}
-            return structure.header, arrays
+            return structure.header, arrays, PendingCheck()
         # The CRC is read through the file, not the mapping: pages read via
         # the mapping would stay in this process's resident set, and a
         # scorer needs only the parameters' pages, not the optimizer state's.
-        _scan_file(f, structure, name, verify, finite)
+        if later:
+            # its own handle on the same open file (not the name, which may
+            # be replaced meanwhile), closed when the checks are done
+            scan = open(os.dup(f.fileno()), "rb")  # noqa: SIM115 (closed by run)
+
+            def run() -> None:
+                with scan:
+                    _scan_file(scan, structure, name, verify, finite)
+
+            check = PendingCheck(run)
+        else:
+            _scan_file(f, structure, name, verify, finite)
+            check = PendingCheck()
         try:
             mapping = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
@@ -729,4 +797,4 @@ def read_model_file(
         count = spec.nbytes // spec.dtype.itemsize
         array = np.frombuffer(mapping, dtype=spec.dtype, count=count, offset=spec.offset).reshape(spec.shape)
         arrays[spec.name] = array
-    return structure.header, arrays
+    return structure.header, arrays, check

@@ -297,6 +297,40 @@ def evaluate(task: str, labels: np.ndarray, scores: np.ndarray,
     return Evaluation(int(labels.size), evaluate_metrics(task, labels, scores, weights))
 
 
+class HeldUntilChecked:
+    """A text output whose writes wait for a model file's background checks
+    (fmcli.modelfile.PendingCheck): until they pass, what is written is
+    kept here (at most `limit` characters, beyond which a write waits for
+    them), then written in order.  flush() waits for them, writes the rest
+    and flushes `out`; a failed check raises its error there or at a write."""
+
+    def __init__(self, out, check, limit: int = 64 << 20):
+        self.out, self.check, self.limit = out, check, limit
+        self._held: list[str] | None = []
+        self._size = 0
+
+    def write(self, text: str) -> None:
+        if self._held is not None:
+            if not self.check.done() and self._size + len(text) <= self.limit:
+                self._held.append(text)
+                self._size += len(text)
+                return
+            self._release()
+        self.out.write(text)
+
+    def flush(self) -> None:
+        self._release()
+        self.out.flush()
+
+    def _release(self) -> None:
+        if self._held is None:
+            return
+        self.check.wait()
+        held, self._held = self._held, None
+        for text in held:
+            self.out.write(text)
+
+
 def format_predictions(task: str, preds: np.ndarray, classes: tuple[str, ...] | None = None,
                        top1: bool = False) -> str:
     """One line per row, 6 significant digits (libffm's output): the

@@ -405,3 +405,124 @@ def test_checkpoint_and_run_log_writers_take_numpy_non_finite_values(tmp_path):
         log.write("epoch", valid={"auc": np.float32("nan")}, scores=np.array([1.0, np.nan]), loss=float("inf"))
     record = strict_json((tmp_path / "log.jsonl").read_text())
     assert record["valid"] == {"auc": None} and record["scores"] == [1.0, None] and record["loss"] is None
+
+
+# ------------------------------------- checks made while the first rows score
+
+@pytest.fixture
+def slow_checks(monkeypatch):
+    """fm predict checks the model file (checksum, values) in a background
+    thread while the first blocks are scored; here the checks end after the
+    scoring has, so what was scored meanwhile must wait for them."""
+    import time
+
+    from fmcli import modelfile
+
+    real = modelfile._scan_file
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modelfile, "_scan_file", slow)
+
+
+def broken_checksum(src, dst):
+    """A copy of model file `src` with a byte of its last array flipped."""
+    data = bytearray(src.read_bytes())
+    data[-40] ^= 0xFF
+    dst.write_bytes(data)
+    return dst
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_nothing_is_written_before_the_checksum_fails(work, slow_checks, to_file):
+    model = broken_checksum(work / "good.fm", work / "late-crc.fm")
+    (work / "p.txt").write_bytes(SENTINEL)
+    result = run(["predict", model.name, "tr.ffm", *(["-o", "p.txt"] if to_file else [])], work)
+    assert result.exit_code == 65
+    assert "checksum mismatch" in last_error(result)
+    assert result.stdout == ""
+    assert (work / "p.txt").read_bytes() == SENTINEL
+    assert no_temp_files(work)
+
+
+def test_a_failure_while_scoring_a_corrupt_file_names_the_file_not_the_row(work, slow_checks):
+    # Its weights score NaN, which would be an error naming the row; the
+    # corrupt file is the cause, and the error says so.
+    model = broken_checksum(hostile(work, "late-nan.fm"), work / "late-nan-crc.fm")
+    for command in (["predict", model.name, "tr.ffm"], ["predict", model.name, "tr.ffm", "-o", "p.txt"]):
+        result = run(command, work)
+        assert result.exit_code == 65 and result.stdout == ""
+        assert "checksum mismatch" in last_error(result)
+
+
+def test_scores_wait_for_checks_that_pass_and_are_the_same(work, monkeypatch):
+    expected = run(["predict", "good.fm", "tr.ffm"], work)
+    assert expected.exit_code == 0 and expected.stdout.count("\n") == 4
+    from fmcli import modelfile
+
+    real, calls = modelfile._scan_file, []
+
+    def slow(*args, **kwargs):
+        import time
+
+        time.sleep(0.3)
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modelfile, "_scan_file", slow)
+    late = run(["predict", "good.fm", "tr.ffm"], work)
+    assert calls and (late.exit_code, late.stdout, late.stderr) == (0, expected.stdout, expected.stderr)
+    result = run(["predict", "good.fm", "tr.ffm", "-o", "late.txt"], work)
+    assert result.exit_code == 0 and (work / "late.txt").read_text() == expected.stdout
+
+
+def test_held_output_is_written_in_order_once_the_checks_pass():
+    import io
+
+    from fmcli.predict import HeldUntilChecked
+
+    class Check:
+        finished, failure, waits = False, None, 0
+
+        def done(self):
+            return self.finished
+
+        def wait(self):
+            self.waits += 1
+            self.finished = True
+            if self.failure:
+                raise self.failure
+
+    out, check = io.StringIO(), Check()
+    held = HeldUntilChecked(out, check, limit=10)
+    held.write("a\n")
+    held.write("bb\n")
+    assert out.getvalue() == "" and check.waits == 0        # kept while the checks run
+    held.write("cccccc\n")                                  # beyond the limit: waits for them
+    assert out.getvalue() == "a\nbb\ncccccc\n" and check.waits == 1
+    held.write("d\n")
+    held.flush()
+    assert out.getvalue() == "a\nbb\ncccccc\nd\n"
+
+    out, check = io.StringIO(), Check()
+    check.failure = ModelFormatError("checksum mismatch", "m.fm")
+    held = HeldUntilChecked(out, check)
+    held.write("a\n")
+    with pytest.raises(ModelFormatError):
+        held.flush()
+    assert out.getvalue() == ""
+
+
+def test_ffm_predict_writes_nothing_before_the_checksum_fails(work, slow_checks):
+    from click.testing import CliRunner
+
+    from fmcli.cli.libffm_compat import ffm_predict
+
+    model = broken_checksum(work / "good.fm", work / "late-crc2.fm")
+    (work / "p.txt").write_bytes(SENTINEL)
+    result = CliRunner().invoke(ffm_predict, [str(work / "tr.ffm"), str(model), str(work / "p.txt")])
+    assert result.exit_code == 65, result.output
+    assert "checksum mismatch" in result.output
+    assert (work / "p.txt").read_bytes() == SENTINEL

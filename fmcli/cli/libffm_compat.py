@@ -318,10 +318,19 @@ def load_scoring_model(path: str, data=(), *, order: str = "fm"):
     binary).  When it is neither and the command line looks like the other
     command's argument order (see argument_order_hint; `data` are the other
     positional arguments), the error (a usage error, exit status 2) says so."""
+    model, check = map_scoring_model(path, data, order=order)
+    check.wait()
+    return model
+
+
+def map_scoring_model(path: str, data=(), *, order: str = "fm"):
+    """load_scoring_model as (model, check), an fmcli model file's checksum
+    and values being checked in the background (fmcli.libffm.map_any_model):
+    nothing derived from the model may be written before check.wait()."""
     from .. import libffm
 
     try:
-        return libffm.load_any_model(path)
+        return libffm.map_any_model(path)
     except ModelFormatError:
         hint = argument_order_hint(path, list(data), order)
         if hint is not None:
@@ -390,25 +399,31 @@ def ffm_predict(test_file, model_file, output):
     """
     from ..atomic import atomic_output, check_writable
     from ..config import available_cpus
-    from ..predict import UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
+    from ..predict import HeldUntilChecked, UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
     from ..safepaths import refuse_clobber
 
     refuse_clobber({"TEST": test_file, "MODEL": model_file}, {"OUTPUT": output})
     if output != "-":
         check_writable(output)
-    model = load_scoring_model(model_file, [test_file, output], order="libffm")
+    # checked while the first blocks are scored (see fm predict)
+    model, check = map_scoring_model(model_file, [test_file, output], order="libffm")
     task = model.spec.task
     unseen = UnseenIds(model)
     scores_all, labels_all = [], []
-    with contextlib.ExitStack() as stack:
-        dest = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
-        for scores, labels in iter_scores(model, [test_file], threads=available_cpus(), unseen=unseen,
-                                          log=lambda msg: click.echo(msg, err=True)):
-            dest.write(format_predictions(task, to_predictions(task, scores), model.spec.classes))
-            scores_all.append(scores)
-            labels_all.append(labels)
-        dest.flush()
-        ev = evaluate(task, np.concatenate(labels_all), np.concatenate(scores_all)) if scores_all else None
+    try:
+        with contextlib.ExitStack() as stack:
+            dest = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
+            dest = HeldUntilChecked(dest, check)
+            for scores, labels in iter_scores(model, [test_file], threads=available_cpus(), unseen=unseen,
+                                              log=lambda msg: click.echo(msg, err=True)):
+                dest.write(format_predictions(task, to_predictions(task, scores), model.spec.classes))
+                scores_all.append(scores)
+                labels_all.append(labels)
+            dest.flush()
+            ev = evaluate(task, np.concatenate(labels_all), np.concatenate(scores_all)) if scores_all else None
+    except Exception:
+        check.wait()    # a corrupt model file is the cause of what failed: that is the error
+        raise
     if unseen.occurrences:
         click.echo(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the model "
                    f"has no weights for (first at {unseen.first})", err=True)

@@ -85,11 +85,8 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     MODEL_FILE may also be a model file written by libffm's ffm-train (or
     fmcli's ffm-train), in libffm's binary or text layout.
     """
-    from ..atomic import atomic_output, check_writable
-    from .libffm_compat import load_scoring_model
-    from ..data.text import ReadLimits
-    from ..predict import UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
-
+    from ..atomic import check_writable
+    from .libffm_compat import map_scoring_model
     from ..config import available_cpus
     from ..safepaths import refuse_clobber
 
@@ -105,8 +102,31 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
         check_writable(output)
     threads = threads or available_cpus()
     # an fmcli or a libffm model file; given ffm-predict's order (TEST MODEL
-    # OUTPUT), the error says so
-    model = load_scoring_model(model_file, data)
+    # OUTPUT), the error says so.  Its checksum is verified while the first
+    # blocks are read and scored; nothing is written before that passed.
+    model, check = map_scoring_model(model_file, data)
+    try:
+        ev, unseen = _predict(model, check, model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows,
+                              max_line_bytes, top1, raw, no_label, allow_column_mismatch, input_schema, quiet)
+    except Exception:
+        check.wait()    # a corrupt model file is the cause of what failed: that is the error
+        raise
+    if unseen.occurrences:
+        _render.info(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the "
+                     f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
+                     quiet)
+    if ev is not None:
+        _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
+                               for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")
+
+
+def _predict(model, check, model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
+             raw, no_label, allow_column_mismatch, input_schema, quiet):
+    """fm predict's scoring into -o: (the evaluation or None, the UnseenIds)."""
+    from ..atomic import atomic_output
+    from ..data.text import ReadLimits
+    from ..predict import HeldUntilChecked, UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
+
     task = model.spec.task
     if top1 and task != "multiclass":
         raise click.UsageError(f"--top1 applies to multiclass models; {model_file} is a {task} model")
@@ -117,6 +137,7 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     with contextlib.ExitStack() as stack:
         stack.callback(progress.close)
         out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
+        out = HeldUntilChecked(out, check)
         unseen = UnseenIds(model, strict=strict_ids)
         limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
         if (raw or no_label) and fmt != "auto":
@@ -133,18 +154,12 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
             all_labels.append(labels)
             scored += len(labels)
             progress(scored)
-        out.flush()
+        out.flush()     # (waits for the model's checks)
         # The metrics too are computed before the output file is committed:
         # whatever fails leaves the previous file in place.
         ev = (evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
               if not quiet and all_scores else None)
-    if unseen.occurrences:
-        _render.info(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the "
-                     f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
-                     quiet)
-    if ev is not None:
-        _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
-                               for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")
+    return ev, unseen
 
 
 def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt, strict_ids, max_bad_rows,
