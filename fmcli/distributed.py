@@ -131,6 +131,18 @@ MERGE_ROWS = 16384
 # float32 AdaGrad blocks are merged by a compiled loop (_kernels.merge_adagrad_f32,
 # the same bits as the NumPy code below); False: the NumPy code (tests)
 MERGE_KERNEL = True
+# glibc's malloc settings of the workers of a local:N cluster.  Dask starts
+# workers with MALLOC_TRIM_THRESHOLD_ set, which also turns off glibc's
+# adaptive mmap threshold, and glibc maps every block of more than 32 MiB
+# on its own whatever the threshold: each round's blocks, their parts and
+# the buffers Dask receives them in (tens of MB each) were mapped fresh and
+# unmapped again, the kernel zero-filling every page of each anew (on
+# virtual machines that hand freed memory back to their host, the host
+# faults it in again as well: on the 2-core test machine that took a
+# quarter of a worker's CPU time).  So the workers take every block from the
+# heap, which keeps up to 1 GiB free for the next round.  Workers started by
+# hand (tcp://) can be given the same environment.
+WORKER_MALLOC = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 1 << 30}
 # Data sets a worker keeps in memory between tasks (the training and the
 # validation rows of a run, and of the run before it).
 HELD_DATASETS = 4
@@ -274,15 +286,9 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
             # port, so that runs side by side do not compete for one)
             # The workers' statistical profiler samples every task's stack
             # under the GIL every few ms: it slows the merges' NumPy loops.
-            # Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns
-            # off glibc's adaptive mmap threshold: every temporary array of
-            # more than 128 KiB is then mapped and unmapped again (a page
-            # fault per page, each time); keep temporaries up to 32 MiB (glibc's
-            # largest threshold) on the heap and let go of free heap beyond 256 MiB.
             import dask
 
-            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-                       "MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 256 << 20}
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
             with dask.config.set({"distributed.worker.profile.enabled": False,
                                   "distributed.nanny.pre-spawn-environ": environ}):
                 cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=config.threads, processes=True,
@@ -1254,17 +1260,29 @@ class DaskBackend(CpuBackend):
         """A copy of every block under its own key on every worker (see
         _spares), made before returning: a _PerWorker per block (None with
         one worker); a worker lost meanwhile has none."""
+        return self._await_spares(self._copy_blocks(blocks, workers), workers)
+
+    def _copy_blocks(self, blocks: list, workers: list[str]) -> list:
+        """_keep_spares' copy tasks, submitted (one list per block, in
+        `workers` order; None with one worker).  A round submits them with
+        its merges, so that a block is copied as soon as it is merged."""
         if len(workers) < 2:
             return [None] * len(blocks)
+        client = self.runner.client
+        tag = uuid.uuid4().hex[:12]
+        # (each on its worker only: a copy beside another would be no copy)
+        return [[client.submit(_same, b, key=f"fmcli-spare-{tag}-{r}-{j}", workers=[w],
+                               allow_other_workers=False, pure=False) for j, w in enumerate(workers)]
+                for r, b in enumerate(blocks)]
+
+    def _await_spares(self, spares: list, workers: list[str]) -> list:
+        """The copies of _copy_blocks once made (see _keep_spares)."""
+        if len(workers) < 2:
+            return [None] * len(spares)
         from distributed import wait
         from distributed.client import FuturesCancelledError
 
         client = self.runner.client
-        tag = uuid.uuid4().hex[:12]
-        # (each on its worker only: a copy beside another would be no copy)
-        spares = [[client.submit(_same, b, key=f"fmcli-spare-{tag}-{r}-{j}", workers=[w],
-                                 allow_other_workers=False, pure=False) for j, w in enumerate(workers)]
-                  for r, b in enumerate(blocks)]
         flat = [(c, w) for copies in spares for c, w in zip(copies, workers)]
         with client.as_current():
             # a copy whose worker is lost meanwhile is given up (a task bound
@@ -1474,12 +1492,13 @@ class DaskBackend(CpuBackend):
                   for r, m in enumerate(merged)]
         infos = [client.submit(operator.itemgetter(1), m, key=f"fmcli-info-{tag}-{r}", pure=False)
                  for r, m in enumerate(merged)]
-        results, merge_info = client.gather([stats, infos])
         # a copy of every block on every worker before the round's inputs are
         # let go: a worker lost now leaves each block somewhere (and the next
         # round's training, which needs every block on every worker, finds
         # them there: this is its all-gather)
-        spares = self._keep_spares(blocks, workers)
+        copies = self._copy_blocks(blocks, workers)
+        results, merge_info = client.gather([stats, infos])
+        spares = self._await_spares(copies, workers)
         if _lost_blocks(blocks, spares):
             # a worker lost with a merged block before its copy was made: the
             # round again, from its starting blocks (still held)

@@ -247,6 +247,27 @@ def test_cli_trains_on_a_local_cluster_and_predict_reads_the_model(synth, tmp_pa
     assert len(p.stdout.splitlines()) == 3000
 
 
+def _malloc_environment() -> dict:
+    return {name: os.environ.get(name) for name in dist.WORKER_MALLOC}
+
+
+def test_a_local_cluster_takes_the_rounds_blocks_from_the_heap(monkeypatch):
+    # its workers are started with WORKER_MALLOC (no block mapped on its
+    # own, 1 GiB of free heap kept): every round's blocks reuse memory.  (As
+    # Dask's own settings, a variable set in the environment takes
+    # precedence, and starting a cluster sets them there: other tests' clusters did.)
+    for name in dist.WORKER_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    runner = dist.connect(Config(scheduler="local:2", threads=1), lambda msg: None)
+    try:
+        seen = runner.client.run(_malloc_environment)
+    finally:
+        runner.close()
+    assert len(seen) == 2
+    for env in seen.values():
+        assert env == {name: str(value) for name, value in dist.WORKER_MALLOC.items()}
+
+
 def test_unreachable_scheduler_is_one_line_within_the_timeout(synth, tmp_path):
     t0 = time.perf_counter()
     r = invoke("train", "-q", "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "2", "--no-cache",
