@@ -449,3 +449,80 @@ def test_cli_subprocess_reads_gzip_on_stdin(trained):
 def test_module_exports():
     assert source.STDIN == "-"
     assert set(source.COMPRESSION_SUFFIXES.values()) == {"gzip", "bz2", "zstd", "lz4"}
+
+
+# ---------------------------------------------------------------------------
+# line_blocks reading into one reused buffer
+# ---------------------------------------------------------------------------
+
+def _blocks_of(f, block_bytes, reuse, max_line=0):
+    """What line_blocks gives, as ([(line number, line)], the long lines it
+    reported): each line numbered from its block's count of the lines
+    before it.  (Blocks are copied as they come: a reused buffer is
+    overwritten by the next; where the blocks end may differ.)"""
+    long_lines, numbered = [], []
+    for buf, cut, lines in source.line_blocks(f, "x", block_bytes, max_line,
+                                              lambda line, head: long_lines.append((line, head)),
+                                              reuse=reuse):
+        assert isinstance(cut, int) and 0 < cut <= len(buf)
+        numbered += [(lines + i + 1, line) for i, line in enumerate(bytes(buf[:cut]).split(b"\n"))
+                     if i < bytes(buf[:cut]).count(b"\n") or not bytes(buf[:cut]).endswith(b"\n")]
+    return numbered, long_lines
+
+
+class _NoReadinto:
+    """A stream that has read() only (a reader that cannot fill a buffer)."""
+
+    def __init__(self, data: bytes):
+        self._f = io.BytesIO(data)
+
+    def read(self, size=-1):
+        return self._f.read(size)
+
+
+@pytest.mark.parametrize("data", [
+    b"1 0:1:1\n0 1:2:1\n" * 50,
+    b"\xef\xbb\xbf1 0:1:1\r\n0 1:2:1\r\n" * 30 + b"1 2:3:1",          # BOM, CRLF, no final newline
+    b"1 " + b"0:1:1 " * 300 + b"\n" + b"0 1:1:1\n" * 40,             # a line longer than small blocks
+    b"", b"\n", b"1",
+])
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 64, 1000, 1 << 20])
+def test_reused_buffer_gives_the_same_blocks(data, block_bytes):
+    fresh = _blocks_of(io.BytesIO(data), block_bytes, reuse=False)
+    reused = _blocks_of(io.BytesIO(data), block_bytes, reuse=True)
+    assert reused == fresh
+    assert b"\n".join(line for _, line in reused[0]) == data.removeprefix(b"\xef\xbb\xbf").removesuffix(b"\n")
+    # a stream without readinto reads as without reuse
+    assert _blocks_of(_NoReadinto(data), block_bytes, reuse=True) == fresh
+
+
+def test_reused_buffer_skips_long_lines_and_reads_compressed_input(tmp_path):
+    data = b"1 0:1:1\n" * 30 + b"0 " + b"9" * 500 + b"\n" + b"1 0:2:1\n" * 30
+    fresh = _blocks_of(io.BytesIO(data), 64, reuse=False, max_line=100)
+    reused = _blocks_of(io.BytesIO(data), 64, reuse=True, max_line=100)
+    assert reused == fresh and reused[1] == [(31, b"0 99999999999999999999999999999999999999")]
+    path = tmp_path / "d.ffm.gz"
+    path.write_bytes(gzip.compress(data * 20))
+    with source.open_input(str(path)) as f:
+        got, _ = _blocks_of(f, 4096, reuse=True)
+    assert got == _blocks_of(io.BytesIO(data * 20), 4096, reuse=False)[0]
+
+
+def test_text_reader_reads_its_blocks_into_one_buffer(tmp_path, monkeypatch):
+    # TextReader reuses the buffer (each block is parsed before the next is
+    # read), and its batches are its own arrays, not views of the buffer
+    seen = []
+    real = source.line_blocks
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("reuse"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("fmcli.data.text.line_blocks", spy)
+    path = tmp_path / "d.ffm"
+    path.write_bytes(b"".join(b"%d 0:%d:1 1:%d:0.5\n" % (i % 2, i, i + 1) for i in range(2000)))
+    batches = list(TextReader(path, block_bytes=4096))
+    assert seen == [True] and len(batches) > 5
+    features = np.concatenate([b.features for b in batches])
+    np.testing.assert_array_equal(features[0::2], np.arange(2000))
+    np.testing.assert_array_equal(features[1::2], np.arange(1, 2001))

@@ -1621,7 +1621,7 @@ cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, con
     try:
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
-            for row in prange(n, schedule="static"):
+            for row in prange(n, schedule="dynamic", chunksize=256):
                 start = indptr[row]
                 nnz = indptr[row + 1] - start
                 if row + 1 < n:   # start loading the next row's parameters

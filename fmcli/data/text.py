@@ -195,7 +195,9 @@ class TextReader:
         self._words = None
 
     def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
-        """(buffer, end of its last whole line, number of lines before it)."""
+        """(buffer, end of its last whole line, number of lines before it).
+        The buffer may be a bytearray that the next block overwrites
+        (line_blocks' reuse): each block is parsed before the next is read."""
         f = open_input(self.path)
 
         def long_line(line: int, head: bytes) -> None:
@@ -210,7 +212,7 @@ class TextReader:
             # _parse_into leaves self.lines at the lines through the block
             for buf, cut, lines in line_blocks(f, self.name, self.block_bytes,
                                                self.limits.max_line_bytes, long_line, count,
-                                               lambda: self.lines):
+                                               lambda: self.lines, reuse=True):
                 self.lines = lines
                 if self.fmt == "auto":
                     # Undecided until a block holds a feature token; until
@@ -256,7 +258,7 @@ class TextReader:
                 continue
             if message is None:
                 lineno = line0 + err_line + 1
-                message = self._describe(err, buf[offset + start : offset + end])
+                message = self._describe(err, bytes(buf[offset + start : offset + end]))
             else:
                 lineno = line0 + buf.count(b"\n", offset, offset + start) + 1
             self._bad(message, lineno)
@@ -286,7 +288,7 @@ class TextReader:
             bad = self._map_rows(buf, starts[c0:c1], lens[c0:c1], out[c0:c1])
             if bad is not None:
                 s = int(starts[c0 + bad])
-                token = buf[s : s + int(lens[c0 + bad])]
+                token = bytes(buf[s : s + int(lens[c0 + bad])])
                 return c0 + bad, s - offset, s + len(token) - offset, self._class_error(token)
         return None
 
@@ -354,7 +356,7 @@ class TextReader:
         the first row whose label is no class, else None."""
         codes = self._codes
         for r, (s, n) in enumerate(zip(starts.tolist(), lens.tolist())):
-            token = buf[s : s + n]
+            token = bytes(buf[s : s + n])     # (buf may be a bytearray: see _blocks)
             code = codes.get(token)
             if code is None:
                 if self._fixed_classes or not _utf8(token):
