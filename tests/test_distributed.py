@@ -251,7 +251,13 @@ def _malloc_environment() -> dict:
     return {name: os.environ.get(name) for name in dist.WORKER_MALLOC}
 
 
-def test_a_local_cluster_takes_the_rounds_blocks_from_the_heap(monkeypatch):
+def _comm_settings() -> dict:
+    import dask
+
+    return {name: dask.config.get(name) for name in dist.WORKER_COMM}
+
+
+def test_a_local_cluster_takes_blocks_from_the_heap_and_sends_them_whole(monkeypatch):
     # its workers are started with WORKER_MALLOC (no block mapped on its
     # own, 1 GiB of free heap kept): every round's blocks reuse memory.  (As
     # Dask's own settings, a variable set in the environment takes
@@ -261,11 +267,15 @@ def test_a_local_cluster_takes_the_rounds_blocks_from_the_heap(monkeypatch):
     runner = dist.connect(Config(scheduler="local:2", threads=1), lambda msg: None)
     try:
         seen = runner.client.run(_malloc_environment)
+        comm = runner.client.run(_comm_settings)
     finally:
         runner.close()
     assert len(seen) == 2
     for env in seen.values():
         assert env == {name: str(value) for name, value in dist.WORKER_MALLOC.items()}
+    # and they send a round's blocks whole, from the event loop (no shards to
+    # copy together, no other thread)
+    assert list(comm.values()) == [dist.WORKER_COMM] * 2
 
 
 def test_unreachable_scheduler_is_one_line_within_the_timeout(synth, tmp_path):
