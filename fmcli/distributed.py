@@ -143,15 +143,15 @@ MERGE_KERNEL = True
 # heap, which keeps up to 1 GiB free for the next round.  Workers started by
 # hand (tcp://) can be given the same environment.
 WORKER_MALLOC = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 1 << 30}
-# Dask's comm settings of a local:N cluster's workers.  By default a frame of
-# more than 64 MiB is cut into shards, which the receiver copies together
-# again, and a message of more than 10 MiB is (de)serialised in another
-# thread: for the rounds' blocks (model size / workers each) both cost more
-# than the transfer itself (2 workers on BENCH.md's data: 3.4-3.65 s per
-# round with Dask's defaults, 2.9-3.0 s without them).  Workers started by
-# hand take the same settings from DASK_DISTRIBUTED__COMM__SHARD=1GiB and
-# DASK_DISTRIBUTED__COMM__OFFLOAD=2GiB in their environment.
-WORKER_COMM = {"distributed.comm.shard": "1GiB", "distributed.comm.offload": "2GiB"}
+# Dask's comm settings of a local:N cluster's workers, in their environment
+# (Dask reads both once, when it is imported).  By default a frame of more
+# than 64 MiB is cut into shards, which the receiver copies together again,
+# and a message of more than 10 MiB is (de)serialised in another thread: for
+# the rounds' blocks (model size / workers each) both cost more than the
+# transfer itself (2 workers on BENCH.md's data: 3.7-3.8 s per round with
+# Dask's defaults, 3.2-3.3 s without them).  Workers started by hand can be
+# given the same environment.
+WORKER_COMM = {"DASK_DISTRIBUTED__COMM__SHARD": "1GiB", "DASK_DISTRIBUTED__COMM__OFFLOAD": "2GiB"}
 # Data sets a worker keeps in memory between tasks (the training and the
 # validation rows of a run, and of the run before it).
 HELD_DATASETS = 4
@@ -297,9 +297,10 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
             # under the GIL every few ms: it slows the merges' NumPy loops.
             import dask
 
-            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC,
+                       **WORKER_COMM}
             with dask.config.set({"distributed.worker.profile.enabled": False,
-                                  "distributed.nanny.pre-spawn-environ": environ, **WORKER_COMM}):
+                                  "distributed.nanny.pre-spawn-environ": environ}):
                 cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=config.threads, processes=True,
                                                    dashboard_address=":0")
             client = distributed.Client(cluster, timeout=timeout, set_as_default=False)

@@ -388,3 +388,32 @@ def test_time_to_quality_repeats_from_scratch(tmp_path, fake_libffm, capsys):
     assert rc == (0 if all(r["fmcli_s"] for r in doc["repeats"]) else 1)
     assert "time to quality, ffm k=4, 1 thread(s), 2 repeats" in capsys.readouterr().out
     assert not list(tmp_path.glob("*.bin")), "libffm's caches stay in the scratch directory"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(shutil.which("fm", path=str(Path(sys.executable).parent)) is None,
+                    reason="needs the fm command next to this Python (an installed fmcli)")
+def test_predict_against_libffm_alternates_whole_commands(tmp_path, fake_libffm, capsys):
+    bench = _load_script("predict_vs_libffm")
+    rng = np.random.default_rng(1)
+    with open(tmp_path / "va.ffm", "w") as f:
+        for _ in range(200):
+            feats = rng.integers(0, 20, 3)
+            f.write(f"{int(feats[0] < 9)} " + " ".join(f"{j}:{x}:1" for j, x in enumerate(feats)) + "\n")
+    fm = str(Path(sys.executable).parent / "fm")
+    subprocess.run([fm, "train", "-q", "-t", "1", "-o", str(tmp_path / "m.fm"), str(tmp_path / "va.ffm")], check=True)
+    (tmp_path / "lf.model").write_text("fake libffm model\n")
+    result = bench.main(["--data", str(tmp_path / "va.ffm"), "--fm-model", str(tmp_path / "m.fm"),
+                         "--libffm-model", str(tmp_path / "lf.model"), "--libffm-dir", str(fake_libffm),
+                         "--fm", fm, "--repeat", "2"])
+    assert sorted(result["times"]) == ["fmcli", "fmcli -s 1", "libffm"]
+    assert all(len(ts) == 2 and all(_number(t) and t > 0 for t in ts) for ts in result["times"].values())
+    out = capsys.readouterr().out
+    assert "libffm / fmcli:" in out and "libffm / fmcli -s 1:" in out
+    assert f"# libffm: {fake_libffm / 'ffm-predict'} {tmp_path / 'va.ffm'}" in out

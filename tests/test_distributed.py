@@ -251,10 +251,18 @@ def _malloc_environment() -> dict:
     return {name: os.environ.get(name) for name in dist.WORKER_MALLOC}
 
 
-def _comm_settings() -> dict:
-    import dask
+def _comm_settings() -> tuple[int, int]:
+    # what Dask's comms use: read once, when Dask was imported
+    from distributed.comm.utils import OFFLOAD_THRESHOLD
+    from distributed.protocol.utils import BIG_BYTES_SHARD_SIZE
 
-    return {name: dask.config.get(name) for name in dist.WORKER_COMM}
+    return BIG_BYTES_SHARD_SIZE, dask_bytes(OFFLOAD_THRESHOLD)
+
+
+def dask_bytes(value) -> int:
+    import dask.utils
+
+    return dask.utils.parse_bytes(value) if isinstance(value, str) else int(value)
 
 
 def test_a_local_cluster_takes_blocks_from_the_heap_and_sends_them_whole(monkeypatch):
@@ -262,7 +270,7 @@ def test_a_local_cluster_takes_blocks_from_the_heap_and_sends_them_whole(monkeyp
     # own, 1 GiB of free heap kept): every round's blocks reuse memory.  (As
     # Dask's own settings, a variable set in the environment takes
     # precedence, and starting a cluster sets them there: other tests' clusters did.)
-    for name in dist.WORKER_MALLOC:
+    for name in (*dist.WORKER_MALLOC, *dist.WORKER_COMM):
         monkeypatch.delenv(name, raising=False)
     runner = dist.connect(Config(scheduler="local:2", threads=1), lambda msg: None)
     try:
@@ -275,7 +283,7 @@ def test_a_local_cluster_takes_blocks_from_the_heap_and_sends_them_whole(monkeyp
         assert env == {name: str(value) for name, value in dist.WORKER_MALLOC.items()}
     # and they send a round's blocks whole, from the event loop (no shards to
     # copy together, no other thread)
-    assert list(comm.values()) == [dist.WORKER_COMM] * 2
+    assert list(comm.values()) == [(1 << 30, 2 << 30)] * 2
 
 
 def test_unreachable_scheduler_is_one_line_within_the_timeout(synth, tmp_path):
