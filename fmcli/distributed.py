@@ -143,15 +143,18 @@ MERGE_KERNEL = True
 # heap, which keeps up to 1 GiB free for the next round.  Workers started by
 # hand (tcp://) can be given the same environment.
 WORKER_MALLOC = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 1 << 30}
-# Dask's comm settings of a local:N cluster's workers, in their environment
-# (Dask reads both once, when it is imported).  By default a frame of more
-# than 64 MiB is cut into shards, which the receiver copies together again,
-# and a message of more than 10 MiB is (de)serialised in another thread: for
-# the rounds' blocks (model size / workers each) both cost more than the
+# Dask's comm settings for the rounds.  By default a frame of more than
+# 64 MiB is cut into shards, which the receiver copies together again, and a
+# message of more than 10 MiB is (de)serialised in another thread: for the
+# rounds' blocks (model size / workers each) both cost more than the
 # transfer itself (2 workers on BENCH.md's data: 3.7-3.8 s per round with
-# Dask's defaults, 3.2-3.3 s without them).  Workers started by hand can be
-# given the same environment.
-WORKER_COMM = {"DASK_DISTRIBUTED__COMM__SHARD": "1GiB", "DASK_DISTRIBUTED__COMM__OFFLOAD": "2GiB"}
+# Dask's defaults, 3.2-3.3 s without them).  Dask reads both once, when it
+# is imported: a local:N cluster's workers get them in their environment
+# (WORKER_COMM; workers started by hand can be given the same), and the
+# driver, which sends the starting model, sets them before it imports Dask's
+# distributed package (see connect).
+COMM = {"distributed.comm.shard": "1GiB", "distributed.comm.offload": "2GiB"}
+WORKER_COMM = {"DASK_" + key.upper().replace(".", "__"): value for key, value in COMM.items()}
 # Data sets a worker keeps in memory between tasks (the training and the
 # validation rows of a run, and of the run before it).
 HELD_DATASETS = 4
@@ -275,6 +278,13 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
     config.scheduler_timeout seconds, no worker, or a worker whose fmcli or
     compiled core differs from this one's."""
     try:
+        import dask
+
+        if "distributed" not in sys.modules:
+            # the settings of COMM for this process, unless Dask's config
+            # files or environment set them (a process that imported Dask's
+            # distributed package already keeps what it read then)
+            dask.config.set({key: value for key, value in COMM.items() if dask.config.get(key, None) is None})
         import distributed
     except ImportError:
         raise ClusterError(f"--scheduler needs Dask: pip install '{DISTRIBUTION}[dask]'") from None

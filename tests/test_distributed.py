@@ -286,6 +286,31 @@ def test_a_local_cluster_takes_blocks_from_the_heap_and_sends_them_whole(monkeyp
     assert list(comm.values()) == [(1 << 30, 2 << 30)] * 2
 
 
+_DRIVER_COMM = """
+from fmcli import distributed as dist
+from fmcli.config import Config
+from fmcli.errors import ClusterError
+try:
+    dist.connect(Config(scheduler="tcp://127.0.0.1:9", scheduler_timeout=0.5), print)
+except ClusterError:
+    pass
+from distributed.comm.utils import OFFLOAD_THRESHOLD
+from distributed.protocol.utils import BIG_BYTES_SHARD_SIZE
+print(BIG_BYTES_SHARD_SIZE, OFFLOAD_THRESHOLD)
+"""
+
+
+@pytest.mark.parametrize("given, expected", [({}, "1073741824 2147483648"),
+                                             ({"DASK_DISTRIBUTED__COMM__SHARD": "8MiB"}, "8388608 2147483648")])
+def test_the_driver_sends_the_model_whole_too(given, expected):
+    # it sets the comm settings before it imports Dask's distributed package,
+    # unless the environment (or Dask's config files) set them
+    env = {k: v for k, v in os.environ.items() if k not in dist.WORKER_COMM}
+    out = subprocess.run([sys.executable, "-c", _DRIVER_COMM], env={**env, **given}, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.split()[-2:] == expected.split()
+
+
 def test_unreachable_scheduler_is_one_line_within_the_timeout(synth, tmp_path):
     t0 = time.perf_counter()
     r = invoke("train", "-q", "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "2", "--no-cache",
