@@ -465,15 +465,25 @@ def _sees(ref: CacheRows) -> bool:
     return ref.visible()
 
 
-def _warm_worker(data: list, model: list, block: list) -> None:
+def _warm_worker(data: list, model: list, block: list, room: int = 0) -> None:
     """(On each worker, before the first round) read the rows of `data`
     and fault in pooled buffers for arrays of the (shape, dtype) of
-    `model` and of `block` (the first round reuses them)."""
+    `model` and two of `block` (the first rounds reuse them).  Where the heap
+    keeps what is freed (a local:N worker, see WORKER_MALLOC), also fault
+    in `room` bytes of it and free them again: the buffers Dask receives
+    the first round's blocks in are then made of memory already faulted in,
+    as every later round's are."""
     for d in data:
         rows_of(d)
-    for shapes in (model, block):
-        for a in _arrays_like(shapes):
+    # (two buffers of a block: a round merges into one while the other
+    # holds the block it started from)
+    held = [_arrays_like(shapes) for shapes in (model, block, block)]
+    for arrays in held:
+        for a in arrays:
             a[...] = 0
+    del held
+    if room and os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        np.ones(room, np.uint8)
 
 
 def _forget(tokens: list[str]) -> None:
@@ -1156,10 +1166,15 @@ class DaskBackend(CpuBackend):
         model = [(a.shape, a.dtype) for a in self.arrays()]
         cuts = self._cuts()
         futures = []
+        # what a worker receives in a round: its block from the driver (the
+        # first), the others' parts of it and a copy of every other block
+        room = (len(workers) + 1) * max(
+            sum(int(np.prod(((c[r + 1] - c[r],) + a.shape[1:]), dtype=np.int64)) * a.itemsize
+                for a, c in zip(self.arrays(), cuts)) for r in range(self.n_blocks))
         for j, w in enumerate(workers):
             r = j % self.n_blocks
             block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
-            futures.append(client.submit(_warm_worker, [d.on(w) for d in data], model, block,
+            futures.append(client.submit(_warm_worker, [d.on(w) for d in data], model, block, room,
                                          key=f"fmcli-warm-{uuid.uuid4().hex[:12]}",
                                          workers=[w], allow_other_workers=True, pure=False))
         client.gather(futures)
