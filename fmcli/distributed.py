@@ -131,6 +131,9 @@ MERGE_ROWS = 16384
 # float32 AdaGrad blocks are merged by a compiled loop (_kernels.merge_adagrad_f32,
 # the same bits as the NumPy code below); False: the NumPy code (tests)
 MERGE_KERNEL = True
+# the rows a worker changed are found by a compiled loop (_kernels.changed_row_mask);
+# False: the NumPy code (tests)
+MASK_KERNEL = True
 # glibc's malloc settings of the workers of a local:N cluster.  Dask starts
 # workers with MALLOC_TRIM_THRESHOLD_ set, which also turns off glibc's
 # adaptive mmap threshold, and glibc maps every block of more than 32 MiB
@@ -531,12 +534,18 @@ def changed_rows(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def _changed_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Whether each row of a 2-d array has other bits in `after` (compared
-    as the widest integers that tile a row, MERGE_ROWS rows at a time)."""
+    """Whether each row of a 2-d array has other bits in `after`: compiled,
+    each row up to its first difference (_kernels.changed_row_mask), or
+    with MASK_KERNEL False as the widest integers that tile a row,
+    MERGE_ROWS rows at a time."""
     n = before.shape[0]
     out = np.zeros(n, bool)
     row_bytes = before.shape[1] * before.itemsize if before.ndim > 1 else before.itemsize
     if n == 0 or row_bytes == 0:
+        return out
+    if MASK_KERNEL:
+        _kernels.changed_row_mask(np.ascontiguousarray(before).reshape(n, -1).view(np.uint8),
+                                  np.ascontiguousarray(after).reshape(n, -1).view(np.uint8), out.view(np.uint8))
         return out
     kind = next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if row_bytes % np.dtype(t).itemsize == 0)
     x = np.ascontiguousarray(before).reshape(n, -1).view(kind)

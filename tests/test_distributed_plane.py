@@ -307,12 +307,43 @@ def test_compiled_merge_refuses_bad_parts():
             _kernels.merge_adagrad_f32(base, out, [ok], *layout)
 
 
-def test_changed_mask_compares_bits():
+@pytest.mark.parametrize("kernel", [True, False])
+def test_changed_mask_compares_bits(monkeypatch, kernel):
+    monkeypatch.setattr(dist, "MASK_KERNEL", kernel)
     a = np.zeros((5, 3), np.float32)
     b = a.copy()
     b[1, 2] = -0.0          # other bits, equal value
     b[3, 0] = 1
     assert dist._changed_mask(a, b).tolist() == [False, True, False, True, False]
+    c, d = np.full((3, 2), np.nan, np.float32), np.full((3, 2), np.nan, np.float32)
+    d[2, 1] = -np.nan
+    assert dist._changed_mask(c, d).tolist() == [False, False, True]     # the same NaN is no change
+
+
+@pytest.mark.parametrize("shape, dtype", [((1000, 39, 4), np.float32), ((777, 5), np.float16), ((513,), np.float32),
+                                          ((300, 3), np.int8), ((40, 0), np.float32), ((0, 8), np.float32)])
+def test_compiled_changed_mask_is_the_numpy_one(monkeypatch, shape, dtype):
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=shape).astype(dtype)
+    after = before.copy()
+    if after.size:
+        flat = after.reshape(after.shape[0], -1)
+        rows = rng.random(flat.shape[0]) < 0.5
+        cols = rng.integers(0, flat.shape[1], flat.shape[0])
+        flat[rows, cols[rows]] += np.array(1, dtype)       # a change anywhere in the row
+        flat[-1, -1] = -flat[-1, -1] if flat[-1, -1] else 1
+    got = dist._changed_mask(before, after)
+    monkeypatch.setattr(dist, "MASK_KERNEL", False)
+    np.testing.assert_array_equal(got, dist._changed_mask(before, after))
+
+
+def test_changed_row_mask_refuses_other_shapes():
+    a = np.zeros((4, 8), np.uint8)
+    for before, after, out in ((a, np.zeros((4, 7), np.uint8), np.zeros(4, np.uint8)),
+                               (a, np.zeros((5, 8), np.uint8), np.zeros(4, np.uint8)),
+                               (a, a.copy(), np.zeros(3, np.uint8))):
+        with pytest.raises(ValueError):
+            dist._kernels.changed_row_mask(before, after, out)
 
 
 # ---------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from libc.stdlib cimport malloc, calloc, free
 
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set_schedule, log1pexp,
@@ -1644,6 +1644,25 @@ cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, con
 # ---------------------------------------------------------------------------
 # the AdaGrad merge of data-parallel rounds (fmcli.distributed._merge_adagrad)
 # ---------------------------------------------------------------------------
+
+def changed_row_mask(const unsigned char[:, ::1] before, const unsigned char[:, ::1] after,
+                     unsigned char[::1] out):
+    """out[i] = 1 where row i of `after` has other bytes than row i of
+    `before`, else 0 (the rows of two arrays of one shape, viewed as bytes).
+    A row is compared up to its first difference (fmcli.distributed: the
+    rows a worker changed in a round, most of them at their first bytes)."""
+    cdef Py_ssize_t n = before.shape[0], w = before.shape[1], i
+    if after.shape[0] != n or after.shape[1] != w or out.shape[0] != n:
+        raise ValueError("changed_row_mask needs two arrays of one shape and one output per row")
+    if n == 0:
+        return
+    if w == 0:
+        memset(&out[0], 0, n)
+        return
+    with nogil:
+        for i in range(n):
+            out[i] = memcmp(&before[i, 0], &after[i, 0], w) != 0
+
 
 def merge_adagrad_f32(const float[:, ::1] base, float[:, ::1] out, list parts,
                       Py_ssize_t w0, Py_ssize_t nw, Py_ssize_t g0, Py_ssize_t ng):
