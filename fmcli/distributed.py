@@ -1176,10 +1176,12 @@ class DaskBackend(CpuBackend):
         cuts = self._cuts()
         futures = []
         # what a worker receives in a round: its block from the driver (the
-        # first), the others' parts of it and a copy of every other block
-        room = (len(workers) + 1) * max(
+        # first), the others' parts of it and a copy of every other block; at
+        # most what the heap keeps free (WORKER_MALLOC), which would give the
+        # rest back at once
+        room = min(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], (len(workers) + 1) * max(
             sum(int(np.prod(((c[r + 1] - c[r],) + a.shape[1:]), dtype=np.int64)) * a.itemsize
-                for a, c in zip(self.arrays(), cuts)) for r in range(self.n_blocks))
+                for a, c in zip(self.arrays(), cuts)) for r in range(self.n_blocks)))
         for j, w in enumerate(workers):
             r = j % self.n_blocks
             block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
