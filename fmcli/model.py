@@ -279,11 +279,8 @@ def map_model(path: str | os.PathLike) -> tuple[Model, PendingCheck]:
     the latter's error: a corrupt file is the cause."""
     path = os.fspath(path)
     header, arrays, check = map_model_file(path, finite=_must_be_finite)
-    try:
+    with check.as_cause():
         return _model_from(header, arrays, path), check
-    except ModelFormatError:
-        check.wait()
-        raise
 
 
 def _model_from(header: dict, arrays: dict[str, np.ndarray], path: str | None) -> Model:

@@ -26,6 +26,7 @@ format never contains pickled objects.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -741,6 +742,16 @@ class PendingCheck:
         self._done.wait()
         if self._error is not None:
             raise self._error
+
+    @contextlib.contextmanager
+    def as_cause(self) -> Iterator[None]:
+        """Within it, an error raised gives way to the checks' error when they
+        fail: a corrupt file is the cause of what failed with it."""
+        try:
+            yield
+        except Exception:
+            self.wait()
+            raise
 
 
 def map_model_file(

@@ -198,6 +198,11 @@ _LIBFFM_ENV = [
      "fm\\-cache(1))."),
 ]
 
+_GOMP_SPINCOUNT = ("GOMP_SPINCOUNT",
+                   "How long an idle thread of GNU OpenMP spins before it sleeps; fmcli sets 10000 when it "
+                   "is unset (the library's default, 300000, takes a core from the thread that reads the "
+                   "input).")
+
 _ENV = {
     "ffm-train": _LIBFFM_ENV,
     "ffm-predict": _LIBFFM_ENV[:1],
@@ -228,16 +233,12 @@ _ENV = {
          "out of it, so that the same data, settings and thread count (\\-s 1) give a "
          "byte\\-identical model file."),
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of training threads."),
-        ("GOMP_SPINCOUNT",
-         "How long an idle thread of GNU OpenMP spins before it sleeps; fmcli sets 10000 when it is "
-         "unset (the library's default, 300000, takes a core from the thread that reads the input)."),
+        _GOMP_SPINCOUNT,
     ],
     "predict": [
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of scoring threads "
                             "(by default every CPU the process may run on)."),
-        ("GOMP_SPINCOUNT",
-         "How long an idle thread of GNU OpenMP spins before it sleeps; fmcli sets 10000 when it is "
-         "unset (the library's default, 300000, takes a core from the thread that reads the input)."),
+        _GOMP_SPINCOUNT,
     ],
     "inspect": [],
     "cache": [

@@ -410,7 +410,7 @@ def ffm_predict(test_file, model_file, output):
     task = model.spec.task
     unseen = UnseenIds(model)
     scores_all, labels_all = [], []
-    try:
+    with check.as_cause():    # a corrupt model file is the cause of what failed with it
         with contextlib.ExitStack() as stack:
             dest = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
             dest = HeldUntilChecked(dest, check)
@@ -421,9 +421,6 @@ def ffm_predict(test_file, model_file, output):
                 labels_all.append(labels)
             dest.flush()
             ev = evaluate(task, np.concatenate(labels_all), np.concatenate(scores_all)) if scores_all else None
-    except Exception:
-        check.wait()    # a corrupt model file is the cause of what failed: that is the error
-        raise
     if unseen.occurrences:
         click.echo(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the model "
                    f"has no weights for (first at {unseen.first})", err=True)

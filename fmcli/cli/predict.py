@@ -85,8 +85,11 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     MODEL_FILE may also be a model file written by libffm's ffm-train (or
     fmcli's ffm-train), in libffm's binary or text layout.
     """
-    from ..atomic import check_writable
+    from ..atomic import atomic_output, check_writable
     from .libffm_compat import map_scoring_model
+    from ..data.text import ReadLimits
+    from ..predict import HeldUntilChecked, UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
+
     from ..config import available_cpus
     from ..safepaths import refuse_clobber
 
@@ -105,12 +108,39 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     # OUTPUT), the error says so.  Its checksum is verified while the first
     # blocks are read and scored; nothing is written before that passed.
     model, check = map_scoring_model(model_file, data)
-    try:
-        ev, unseen = _predict(model, check, model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows,
-                              max_line_bytes, top1, raw, no_label, allow_column_mismatch, input_schema, quiet)
-    except Exception:
-        check.wait()    # a corrupt model file is the cause of what failed: that is the error
-        raise
+    with check.as_cause():    # a corrupt model file is the cause of what failed with it
+        task = model.spec.task
+        if top1 and task != "multiclass":
+            raise click.UsageError(f"--top1 applies to multiclass models; {model_file} is a {task} model")
+        all_scores, all_labels = [], []
+        # rows scored and rows/s, on a terminal only (not when the predictions themselves go there)
+        progress = _render.ScoreProgress(quiet or (output == "-" and _render.stdout_is_tty()))
+        scored = 0
+        with contextlib.ExitStack() as stack:
+            stack.callback(progress.close)
+            out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
+            out = HeldUntilChecked(out, check)
+            unseen = UnseenIds(model, strict=strict_ids)
+            limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
+            if (raw or no_label) and fmt != "auto":
+                raise click.UsageError(f"--raw and --no-label read raw rows, not --format {fmt}")
+            for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
+                                              unseen=unseen, device=device,
+                                              log=lambda msg: _render.info(msg, quiet),
+                                              raw=True if raw else None, has_label=not no_label,
+                                              input_schema=input_schema,
+                                              allow_column_mismatch=allow_column_mismatch,
+                                              warn=lambda msg: _render.info(f"fm: warning: {msg}")):
+                out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
+                all_scores.append(scores)
+                all_labels.append(labels)
+                scored += len(labels)
+                progress(scored)
+            out.flush()     # (waits for the model's checks)
+            # The metrics too are computed before the output file is committed:
+            # whatever fails leaves the previous file in place.
+            ev = (evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
+                  if not quiet and all_scores else None)
     if unseen.occurrences:
         _render.info(f"ignored {unseen.occurrences} feature occurrences in {unseen.rows} rows that the "
                      f"model has no weights for (first at {unseen.first}); --strict-ids makes this an error",
@@ -118,48 +148,6 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     if ev is not None:
         _render.info("  ".join(f"{name} = " + ("n/a" if value != value else f"{value:.5f}")
                                for name, value in ev.metrics.items()) + f"  rows = {ev.rows}")
-
-
-def _predict(model, check, model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
-             raw, no_label, allow_column_mismatch, input_schema, quiet):
-    """fm predict's scoring into -o: (the evaluation or None, the UnseenIds)."""
-    from ..atomic import atomic_output
-    from ..data.text import ReadLimits
-    from ..predict import HeldUntilChecked, UnseenIds, evaluate, format_predictions, iter_scores, to_predictions
-
-    task = model.spec.task
-    if top1 and task != "multiclass":
-        raise click.UsageError(f"--top1 applies to multiclass models; {model_file} is a {task} model")
-    all_scores, all_labels = [], []
-    # rows scored and rows/s, on a terminal only (not when the predictions themselves go there)
-    progress = _render.ScoreProgress(quiet or (output == "-" and _render.stdout_is_tty()))
-    scored = 0
-    with contextlib.ExitStack() as stack:
-        stack.callback(progress.close)
-        out = sys.stdout if output == "-" else stack.enter_context(atomic_output(output, "w"))
-        out = HeldUntilChecked(out, check)
-        unseen = UnseenIds(model, strict=strict_ids)
-        limits = ReadLimits(max_bad_rows=max_bad_rows, max_line_bytes=max_line_bytes)
-        if (raw or no_label) and fmt != "auto":
-            raise click.UsageError(f"--raw and --no-label read raw rows, not --format {fmt}")
-        for scores, labels in iter_scores(model, list(data), fmt=fmt, threads=threads, limits=limits,
-                                          unseen=unseen, device=device,
-                                          log=lambda msg: _render.info(msg, quiet),
-                                          raw=True if raw else None, has_label=not no_label,
-                                          input_schema=input_schema,
-                                          allow_column_mismatch=allow_column_mismatch,
-                                          warn=lambda msg: _render.info(f"fm: warning: {msg}")):
-            out.write(format_predictions(task, to_predictions(task, scores), model.spec.classes, top1))
-            all_scores.append(scores)
-            all_labels.append(labels)
-            scored += len(labels)
-            progress(scored)
-        out.flush()     # (waits for the model's checks)
-        # The metrics too are computed before the output file is committed:
-        # whatever fails leaves the previous file in place.
-        ev = (evaluate(task, np.concatenate(all_labels), np.concatenate(all_scores))
-              if not quiet and all_scores else None)
-    return ev, unseen
 
 
 def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt, strict_ids, max_bad_rows,
