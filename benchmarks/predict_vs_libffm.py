@@ -27,7 +27,10 @@ import time
 
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise SystemExit(f"predict_vs_libffm: {' '.join(cmd)} exited {done.returncode}: {last}")
     return time.perf_counter() - t0
 
 
@@ -42,6 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=9)
     a = ap.parse_args(argv)
     ffm_predict = os.path.join(a.libffm_dir, "ffm-predict")
+    for what, path in (("ffm-predict", ffm_predict), ("fm", a.fm)):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise SystemExit(f"predict_vs_libffm: {what}: no executable {path}")
+    for path in (a.data, a.fm_model, a.libffm_model):
+        if not os.path.isfile(path):
+            raise SystemExit(f"predict_vs_libffm: no file {path}")
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as work:
         out = os.path.join(work, "p.txt")
         commands = {

@@ -417,3 +417,19 @@ def test_predict_against_libffm_alternates_whole_commands(tmp_path, fake_libffm,
     out = capsys.readouterr().out
     assert "libffm / fmcli:" in out and "libffm / fmcli -s 1:" in out
     assert f"# libffm: {fake_libffm / 'ffm-predict'} {tmp_path / 'va.ffm'}" in out
+
+
+@pytest.mark.skipif(shutil.which("fm", path=str(Path(sys.executable).parent)) is None,
+                    reason="needs the fm command next to this Python (an installed fmcli)")
+def test_predict_against_libffm_refuses_what_it_cannot_run(tmp_path, fake_libffm):
+    bench = _load_script("predict_vs_libffm")
+    data = tmp_path / "va.ffm"
+    data.write_text("1 0:1:1\n")
+    base = ["--data", str(data), "--fm-model", str(data), "--libffm-model", str(data), "--repeat", "1"]
+    with pytest.raises(SystemExit, match="ffm-predict: no executable"):
+        bench.main(base + ["--libffm-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no file"):
+        bench.main(["--data", str(tmp_path / "missing.ffm")] + base[2:] + ["--libffm-dir", str(fake_libffm)])
+    # a command that fails (here: a data file given as the fmcli model) is named with its last line
+    with pytest.raises(SystemExit, match=r"fm predict .* exited 65: fm: error"):
+        bench.main(base + ["--libffm-dir", str(fake_libffm), "--fm", str(Path(sys.executable).parent / "fm")])
