@@ -10,6 +10,8 @@ its budget.  Reported: each method's best validation logloss and wall time::
     python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm
     python benchmarks/tune_vs_grid.py --rows 60000      # data from benchmarks/synth.py
     python benchmarks/tune_vs_grid.py --rows 200000 --model-seed 7
+    python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm --save-grid grid.json  # the grid only
+    python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm --grid grid.json       # the tuner only
 
 Validation logloss is read from each model file's header (the epoch
 auto-stop kept), so every method is judged on the same validation rows.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import hashlib
 import itertools
 import json
 import os
@@ -48,6 +51,45 @@ def valid_logloss(path: Path) -> float:
     return float(read_header(path)["training"]["valid_logloss"])
 
 
+def data_id(train: str, valid: str) -> list:
+    """What identifies the data a grid was measured on: each file's size and BLAKE2b digest."""
+    out = []
+    for path in (train, valid):
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        out.append([os.stat(path).st_size, digest.hexdigest()])
+    return out
+
+
+def run_grid(common: list, train: str, work: Path, env: dict, jobs: int) -> tuple[dict, dict]:
+    """Train the defaults, then the 45 grid points `jobs` at a time: (defaults, grid) figures."""
+    t0 = time.perf_counter()
+    fm(*common, "-o", str(work / "defaults.fm"), train, env=env)
+    defaults = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "defaults.fm")}
+
+    def point(p):
+        k, l2, eta = p
+        out = work / f"grid-{k}-{l2}-{eta}.fm"
+        t0 = time.perf_counter()
+        fm(*common, "-k", str(k), "-l", str(l2), "-r", str(eta), "-o", str(out), train, env=env)
+        return p, valid_logloss(out), time.perf_counter() - t0
+
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(point, itertools.product(GRID_K, GRID_L2, GRID_ETA)))
+    grid_s = time.perf_counter() - t0
+    best_point, best_grid, _ = min(results, key=lambda r: r[1])
+    grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point)),
+            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+            "points": [{"k": k, "l2": l2, "learning_rate": eta, "logloss": ll, "seconds": round(sec, 2)}
+                       for (k, l2, eta), ll, sec in results]}
+
+    return defaults, grid
+
+
 def main(argv: list[str] | None = None) -> int:
     from fmcli.config import available_cpus
 
@@ -62,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=30, help="-t of every auto-stopped run")
     ap.add_argument("--jobs", type=int, default=available_cpus())
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--save-grid", metavar="FILE",
+                    help="write the defaults' and the grid's figures here and stop before the tuner")
+    ap.add_argument("--grid", metavar="FILE",
+                    help="take the defaults' and the grid's figures from a --save-grid FILE of the same data "
+                         "instead of training them again (the grid's wall time is the one measured then)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -76,28 +123,23 @@ def main(argv: list[str] | None = None) -> int:
                                 "-q"], check=True)
         common = ["train", "-q", "--model", args.model, "-s", "1", "-t", str(args.max_epochs), "--auto-stop",
                   "-p", valid]
-        fm(*common, "-o", str(work / "warm.fm"), train, env=env)          # builds the caches
+        fm(*common[:6], "-t", "1", "-p", valid, "-o", str(work / "warm.fm"), train, env=env)   # builds the caches
 
-        t0 = time.perf_counter()
-        fm(*common, "-o", str(work / "defaults.fm"), train, env=env)
-        defaults = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "defaults.fm")}
+        if args.grid:
+            saved = json.loads(Path(args.grid).read_text())
+            if saved.get("data") != data_id(train, valid):
+                ap.error(f"{args.grid}: its grid was measured on other data")
+            defaults, grid = saved["defaults"], saved["grid"]
+        else:
+            defaults, grid = run_grid(common, train, work, env, args.jobs)
+        if args.save_grid:
+            Path(args.save_grid).write_text(json.dumps({"data": data_id(train, valid), "defaults": defaults,
+                                                        "grid": grid}, indent=1))
+            print(f"defaults {defaults['logloss']:.5f} ({defaults['seconds']:.1f} s); grid best {grid['logloss']:.5f} "
+                  f"at {grid['best']} in {grid['seconds']:.1f} s")
+            return 0
 
-        def point(p):
-            k, l2, eta = p
-            out = work / f"grid-{k}-{l2}-{eta}.fm"
-            fm(*common, "-k", str(k), "-l", str(l2), "-r", str(eta), "-o", str(out), train, env=env)
-            return p, valid_logloss(out)
-
-        load0 = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(point, itertools.product(GRID_K, GRID_L2, GRID_ETA)))
-        grid_s = time.perf_counter() - t0
-        best_point, best_grid = min(results, key=lambda r: r[1])
-        grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point)),
-                "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
-
-        budget = args.budget or grid_s / 3
+        budget = args.budget or grid["seconds"] / 3
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         fm("tune", "-q", "--model", args.model, "-p", valid, "--budget", f"{budget:.1f}s", "--jobs", str(args.jobs),

@@ -384,26 +384,32 @@ def _draw_as_dense(out: np.ndarray, rng: np.random.Generator, slot_ids: np.ndarr
     n = ids.shape[0]
     width = per_feature * k                        # uint32 draws of one feature's blocks
     order = np.argsort(ids, kind="stable")         # slots by where their draws lie
-    block = np.arange(width, dtype=np.int64)
-    rows_of = np.arange(per_feature, dtype=np.int64)
+    sorted_ids = ids[order]
+    rows = out.reshape(n_classes * n, per_feature, out.shape[1])     # a view: the slots' blocks, slot after slot
     for c in range(n_classes):
-        u0 = (c * dense_blocks + ids[order] * per_feature) * k      # first uint32 of each slot's blocks
+        u0 = (c * dense_blocks + sorted_ids * per_feature) * k      # first uint32 of each slot's blocks
         # segments of slots whose draws lie close together (gaps under
-        # _DRAW_GAP draws): one jump and one draw per segment, the slots'
-        # values gathered from it at once
+        # _DRAW_GAP draws): one jump and one draw per segment; the draws of
+        # a segment are one row per feature id, the slots' rows gathered whole
         cuts = np.flatnonzero(np.diff(u0) > width + _DRAW_GAP) + 1
         for a, z in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [n]]).tolist()):
             first, end = int(u0[a]), int(u0[z - 1]) + width
+            base = (first // 2) * 2
             bg.state = start
-            bg.advance(first // 2)
-            raw = bg.random_raw((end - (first // 2) * 2 + 1) // 2)
-            halves = np.empty(raw.shape[0] * 2, np.uint32)
-            halves[0::2] = raw & np.uint64(0xFFFFFFFF)
-            halves[1::2] = raw >> np.uint64(32)
-            u = halves[(u0[a:z] - (first // 2) * 2)[:, None] + block]          # (slots, width)
+            bg.advance(base // 2)
+            raw = bg.random_raw((end - base + 1) // 2)
+            if np.little_endian:
+                halves = raw.view(np.uint32)           # the low half of each draw first
+            else:
+                halves = np.empty(raw.shape[0] * 2, np.uint32)
+                halves[0::2] = raw & np.uint64(0xFFFFFFFF)
+                halves[1::2] = raw >> np.uint64(32)
+            span = int(sorted_ids[z - 1] - sorted_ids[a]) + 1
+            table = halves[first - base: first - base + span * width].reshape(span, width)
+            u = np.take(table, sorted_ids[a:z] - sorted_ids[a], axis=0)       # (slots, width)
             values = (u >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
-            dest = ((c * n + order[a:z]) * per_feature)[:, None] + rows_of    # (slots, per_feature)
-            out[dest.ravel(), :k] = values.reshape(-1, k) * scale
+            values = values.reshape(z - a, per_feature, k) * scale
+            rows[c * n + order[a:z], :, :k] = values
     # where the dense model's C * dense_blocks * k draws leave the generator
     total = n_classes * dense_blocks * k
     bg.state = start
