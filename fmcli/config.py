@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -118,12 +119,14 @@ class Config:
     device: str = "cpu"
     # data-parallel training on Dask (fmcli.distributed): "local:N" (a local
     # cluster of N worker processes), a scheduler address (tcp://HOST:PORT,
-    # tls://...) or a scheduler file; how long to wait for it (seconds); how
-    # often the workers' models are merged: rows per bulk-synchronous round
-    # (0: see syncs_per_epoch) or rounds per epoch
+    # tls://...) or a scheduler file; how long to wait for it (seconds) and
+    # for how many workers (local:N waits for its N); how often the workers'
+    # models are merged: rows per bulk-synchronous round (0: see
+    # syncs_per_epoch) or rounds per epoch
     scheduler: str | None = None
     scheduler_file: str | None = None
     scheduler_timeout: float = 30.0
+    min_workers: int = 1
     rows_per_round: int = 0
     syncs_per_epoch: int = 1
     # input limits (see fmcli.data.text.ReadLimits) and the model-size guard
@@ -245,6 +248,14 @@ class Config:
             raise ConfigError("--scheduler trains on the workers' CPUs; it needs --device cpu")
         if not (self.scheduler_timeout > 0 and self.scheduler_timeout != float("inf")):
             raise ConfigError(f"scheduler timeout must be a positive number of seconds, got {self.scheduler_timeout}")
+        if isinstance(self.min_workers, bool) or not isinstance(self.min_workers, numbers.Integral) or self.min_workers < 1:
+            raise ConfigError(f"--min-workers must be a whole number >= 1, got {self.min_workers!r}")
+        if self.min_workers != 1:
+            if not distributed:
+                raise ConfigError("--min-workers applies to distributed runs (--scheduler or --scheduler-file)")
+            if s is not None and s.startswith("local:") and self.min_workers > int(s.split(":", 1)[1]):
+                raise ConfigError(f"--min-workers {self.min_workers} is more than the {s.split(':', 1)[1]} "
+                                  f"worker(s) of --scheduler {s}")
         if self.rows_per_round < 0:
             raise ConfigError(f"rows per round must be >= 0, got {self.rows_per_round}")
         if self.rows_per_round and not distributed:

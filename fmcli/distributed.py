@@ -273,12 +273,31 @@ def _check_address(distributed, address: str) -> None:
                                "or DASK_DISTRIBUTED__COMM__TLS__CA_FILE and the like)")
 
 
+def _wait_for_workers(client, n: int, timeout: float, where: str) -> None:
+    """Wait until `n` workers have joined the client's scheduler (ClusterError
+    naming how many did after `timeout` seconds)."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except (OSError, TimeoutError):
+        try:
+            joined = len(client.scheduler_info()["workers"])
+        except (OSError, TimeoutError):
+            joined = 0
+        client.close()
+        if n == 1:
+            raise ClusterError(f"no worker joined {where} within {timeout:g} s") from None
+        raise ClusterError(f"{joined} of the {n} workers asked for (--min-workers) joined {where} "
+                           f"within {timeout:g} s") from None
+
+
 def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
     """The cluster of a run: a LocalCluster of N worker processes for
     ``local:N`` (closed with the run), else a client of the scheduler at an
     address (tcp://, tls://, ...) or in a scheduler file.  Refuses, in one
     line: Dask missing, a scheduler that does not answer within
-    config.scheduler_timeout seconds, no worker, or a worker whose fmcli or
+    config.scheduler_timeout seconds, fewer workers than config.min_workers
+    within that time (one for an address: a run trains on the workers that
+    have joined when it starts), or a worker whose fmcli or
     compiled core differs from this one's."""
     try:
         import dask
@@ -318,16 +337,16 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
                                                    dashboard_address=":0")
             client = distributed.Client(cluster, timeout=timeout, set_as_default=False)
             client.wait_for_workers(n, timeout=timeout)
-        elif config.scheduler is not None:
-            _check_address(distributed, config.scheduler)
-            client = distributed.Client(config.scheduler, timeout=timeout, set_as_default=False)
-            client.wait_for_workers(1, timeout=timeout)
         else:
-            if not os.path.exists(config.scheduler_file):
-                raise ClusterError(f"--scheduler-file {config.scheduler_file}: no such file")
-            client = distributed.Client(scheduler_file=config.scheduler_file, timeout=timeout,
-                                        set_as_default=False)
-            client.wait_for_workers(1, timeout=timeout)
+            if config.scheduler is not None:
+                _check_address(distributed, config.scheduler)
+                client = distributed.Client(config.scheduler, timeout=timeout, set_as_default=False)
+            else:
+                if not os.path.exists(config.scheduler_file):
+                    raise ClusterError(f"--scheduler-file {config.scheduler_file}: no such file")
+                client = distributed.Client(scheduler_file=config.scheduler_file, timeout=timeout,
+                                            set_as_default=False)
+            _wait_for_workers(client, int(config.min_workers), timeout, where)
     except ClusterError:
         raise
     except (OSError, TimeoutError, ValueError) as exc:

@@ -40,7 +40,7 @@ scikit-learn's own parameters:
   reproducible), -1 every CPU, -2 all but one, ...
 * ``device``: Config's (``cpu``, ``cuda`` or ``auto``): where training
   runs; predictions are scored on the CPU with ``n_jobs`` threads.
-* ``scheduler``, ``scheduler_file``, ``scheduler_timeout``,
+* ``scheduler``, ``scheduler_file``, ``scheduler_timeout``, ``min_workers``,
   ``rows_per_round``, ``syncs_per_epoch``: Config's, as ``fm train
   --scheduler ...``: the fit trains data-parallel on a Dask cluster
   (``"local:2"``: two worker processes started for the fit and closed
@@ -117,7 +117,7 @@ NOT_PARAMETERS = frozenset({
 # rows_per_round and syncs_per_epoch apply only with a scheduler).
 WHERE_TRAINED = frozenset({
     f.name for f in dataclasses.fields(Config)
-    if f.name.startswith("scheduler") or f.name in ("rows_per_round", "syncs_per_epoch")
+    if f.name.startswith("scheduler") or f.name in ("min_workers", "rows_per_round", "syncs_per_epoch")
 })
 
 # The training hyperparameters, in Config's order, with Config's defaults.

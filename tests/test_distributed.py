@@ -337,7 +337,11 @@ def test_missing_dask_names_the_extra(synth, tmp_path):
 @pytest.mark.parametrize("bad", [{"scheduler": "local:0"}, {"scheduler": "somewhere"},
                                  {"scheduler": "local:2", "scheduler_file": "s.json"},
                                  {"scheduler": "local:2", "device": "cuda"}, {"rows_per_round": 100},
-                                 {"scheduler": "local:2", "scheduler_timeout": 0}])
+                                 {"scheduler": "local:2", "scheduler_timeout": 0},
+                                 {"scheduler": "tcp://h:1", "min_workers": 0}, {"min_workers": 2},
+                                 {"scheduler": "local:2", "min_workers": 3},
+                                 {"scheduler": "tcp://h:1", "min_workers": 2.5},
+                                 {"scheduler": "tcp://h:1", "min_workers": True}])
 def test_bad_scheduler_settings_are_refused(bad):
     from fmcli.errors import ConfigError
 

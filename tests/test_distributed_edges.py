@@ -242,18 +242,23 @@ class HandCluster:
                     "--no-dashboard"] + (["--protocol", "tls"] + tls if certs else []),
             stdout=self.logs, stderr=subprocess.STDOUT, env=self.env)
         self.workers = []
+        self._worker = dask + ["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--host",
+                               "127.0.0.1", "--no-dashboard", "--nanny" if nanny else "--no-nanny"] + tls
         try:
             self._wait_for(lambda: self.file.exists() and self.file.stat().st_size > 0, "the scheduler file")
-            self.workers = [subprocess.Popen(
-                dask + ["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--host", "127.0.0.1",
-                        "--no-dashboard", "--nanny" if nanny else "--no-nanny"] + tls,
-                stdout=self.logs, stderr=subprocess.STDOUT, env=self.env) for _ in range(n)]
+            for _ in range(n):
+                self.add_worker()
             self.address = json.loads(self.file.read_text())["address"]
             with self.client() as client:
                 client.wait_for_workers(n, timeout=60)
         except BaseException:
             self.close()
             raise
+
+    def add_worker(self) -> None:
+        """Start one more worker process (not waiting for it to join)."""
+        self.workers.append(subprocess.Popen(self._worker, stdout=self.logs, stderr=subprocess.STDOUT,
+                                             env=self.env))
 
     def _wait_for(self, condition, what: str, seconds: float = 60.0) -> None:
         t0 = time.monotonic()
@@ -328,6 +333,43 @@ def test_the_readme_recipe_by_hand_trains_and_predicts(synth, tmp_path):
     _same_bytes(load_model(str(tmp_path / "f.fm")), local)
     one = ok(invoke("predict", out, synth / "va.ffm"))
     assert (tmp_path / "p.txt").read_text() == one.stdout
+
+
+def test_min_workers_waits_for_them_or_says_how_many_joined(synth, tmp_path):
+    """--min-workers N against a cluster of fewer: one line naming how
+    many joined, exit status 69, no model; with a worker added while the
+    run waits, it trains on both."""
+    common = ("-q", "--model", "ffm", "-s", "1", "-t", "1", "--no-cache", synth / "tr.ffm")
+    with HandCluster(tmp_path, n=1) as hand:
+        t0 = time.perf_counter()
+        r = invoke("train", "--scheduler", hand.address, "--min-workers", "2", "--scheduler-timeout", "2", *common,
+                   "-o", tmp_path / "m.fm")
+        assert time.perf_counter() - t0 < 30
+        assert r.exit_code == EX_UNAVAILABLE, (r.exit_code, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert lines == [f"fm: error: 1 of the 2 workers asked for (--min-workers) joined {hand.address} "
+                         "within 2 s"], r.stderr
+        assert not (tmp_path / "m.fm").exists()
+        waiting = subprocess.Popen([sys.executable, "-m", "fmcli", "train", "--scheduler-file", str(hand.file),
+                                    "--min-workers", "2", "--scheduler-timeout", "60",
+                                    *map(str, common), "-o", str(tmp_path / "m.fm")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        hand.add_worker()
+        out, err = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0, err
+        r = invoke("predict", "-q", "--scheduler-file", hand.file, "--min-workers", "3", "--scheduler-timeout", "1",
+                   tmp_path / "m.fm", synth / "va.ffm", "-o", tmp_path / "p.txt")
+        assert r.exit_code == EX_UNAVAILABLE, (r.exit_code, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"fm: error: 2 of the 3 workers asked for (--min-workers) joined the scheduler in {hand.file} "
+            "within 1 s"], r.stderr
+        assert not (tmp_path / "p.txt").exists()
+        ok(invoke("predict", "-q", "--scheduler", hand.address, "--min-workers", "2", tmp_path / "m.fm",
+                  synth / "va.ffm", "-o", tmp_path / "p.txt"))
+    from fmcli import load_model
+
+    assert load_model(str(tmp_path / "m.fm")).meta["training"]["device"] == "dask (2 workers)"
 
 
 @pytest.mark.slow

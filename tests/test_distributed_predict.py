@@ -117,3 +117,11 @@ def test_unreachable_scheduler_is_one_line(data):
                data / "m.fm", data / "a.ffm")
     assert r.exit_code == 69, (r.exit_code, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == "", r.stderr
+
+
+@pytest.mark.parametrize("given", [("--min-workers", "2"), ("--scheduler", "local:2", "--min-workers", "3")])
+def test_min_workers_without_a_cluster_of_that_many_is_refused(data, tmp_path, given):
+    r = invoke("predict", "-q", *given, data / "m.fm", data / "a.ffm", "-o", tmp_path / "p.txt")
+    assert r.exit_code == 78, (r.exit_code, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "--min-workers" in r.stderr, r.stderr
+    assert not (tmp_path / "p.txt").exists()

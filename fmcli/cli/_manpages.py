@@ -130,7 +130,8 @@ EXIT_CODES = [
     (66, "An input file (data, model, weights, configuration file) does not exist, cannot "
          "be read, or is a directory."),
     (69, "\\-\\-scheduler (fm train, fm predict): the Dask cluster cannot be reached within "
-         "\\-\\-scheduler\\-timeout, has no worker, runs another fmcli build, or the dask extra is "
+         "\\-\\-scheduler\\-timeout, has no worker (or fewer than \\-\\-min\\-workers) by then, runs "
+         "another fmcli build, or the dask extra is "
          "not installed.  \\-\\-to onnx (fm convert): the onnx extra is not installed."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
     (71, "fm serve cannot listen on \\-\\-host and \\-\\-port: the port is in use, a port below 1024 "

@@ -35,7 +35,8 @@ RUN_OPTIONS = frozenset({"output", "quiet", "log_json", "lock_timeout", "dry_run
 # Dask scheduler: a resumed run may find its cluster elsewhere, or its
 # workers fewer or more).
 CONFIG_OPTIONS = frozenset({"epochs", "threads", "max_memory", "keep_checkpoints", "cache", "cache_dir",
-                            "cache_max_size", "cache_check", "scheduler", "scheduler_file", "scheduler_timeout"})
+                            "cache_max_size", "cache_check", "scheduler", "scheduler_file", "scheduler_timeout",
+                            "min_workers"})
 # Schedules whose step size depends on the run's total length.
 _LENGTH_SCHEDULES = ("linear", "cosine")
 _PATHS = frozenset({"checkpoint_dir", "init_model"})

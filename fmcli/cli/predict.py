@@ -60,12 +60,16 @@ from ._options import InputPath, OutputPath, read_limit_options
               help="Score on Dask with the scheduler named in this file (dask scheduler --scheduler-file).")
 @click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True),
               default=Config.scheduler_timeout,
-              help="Seconds to wait for the scheduler and its first worker before giving up (exit status 69).")
+              help="Seconds to wait for the scheduler and its first worker (or --min-workers) before giving up "
+                   "(exit status 69).")
+@click.option("--min-workers", type=click.IntRange(1), default=Config.min_workers,
+              help="With --scheduler ADDRESS or --scheduler-file: wait (up to --scheduler-timeout) until this "
+                   "many workers have joined before scoring.  local:N waits for its N.")
 @_ops.predict_options
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the evaluation metrics.")
 def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_rows, max_line_bytes, top1,
             raw, no_label, allow_column_mismatch, input_schema, output_dir, scheduler, scheduler_file,
-            scheduler_timeout, quiet):
+            scheduler_timeout, min_workers, quiet):
     """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
     .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
     are scored in order.
@@ -94,10 +98,14 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
     from ..safepaths import refuse_clobber
 
     distributed = scheduler is not None or scheduler_file is not None
+    if min_workers != 1 and not distributed:
+        from ..errors import ConfigError
+
+        raise ConfigError("--min-workers applies to scoring on Dask (--scheduler or --scheduler-file)")
     if distributed or output_dir is not None:
         return _predict_per_file(model_file, data, output, output_dir, threads, device, fmt, strict_ids,
                                  max_bad_rows, max_line_bytes, top1, raw, no_label, allow_column_mismatch,
-                                 input_schema, scheduler, scheduler_file, scheduler_timeout, quiet)
+                                 input_schema, scheduler, scheduler_file, scheduler_timeout, min_workers, quiet)
     refuse_clobber({"the model file": model_file, "the data file": data,
                     "the --config file": click.get_current_context().meta.get("fm.config_file")},
                    {"-o": output})
@@ -152,7 +160,7 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
 
 def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt, strict_ids, max_bad_rows,
                       max_line_bytes, top1, raw, no_label, allow_column_mismatch, input_schema, scheduler,
-                      scheduler_file, scheduler_timeout, quiet):
+                      scheduler_file, scheduler_timeout, min_workers, quiet):
     """fm predict scoring each input as a whole: as one Dask task per input
     (--scheduler, fmcli.distributed_predict.score_files), or one input after the
     other in this process (--output-dir alone); the outputs are written in
@@ -175,7 +183,8 @@ def _predict_per_file(model_file, data, output, output_dir, threads, device, fmt
     if distributed:
         # validates the scheduler options (local:N, an address, --device cpu)
         cluster_config = Config(scheduler=scheduler, scheduler_file=scheduler_file,
-                                scheduler_timeout=scheduler_timeout, threads=1, device=device)
+                                scheduler_timeout=scheduler_timeout, min_workers=min_workers, threads=1,
+                                device=device)
     paths = expand_inputs(list(data))
     if STDIN in paths:
         raise ConfigError("'-' (stdin) cannot be scored " + ("on a Dask cluster (--scheduler)" if distributed

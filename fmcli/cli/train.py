@@ -75,7 +75,12 @@ def default_output(train_file: str) -> str:
 @click.option("--scheduler-file", type=InputPath("a scheduler file"), default=None, show_default=False,
               help="Train on Dask with the scheduler named in this file (dask scheduler --scheduler-file).")
 @click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=D.scheduler_timeout,
-              help="Seconds to wait for the scheduler and its first worker before giving up (exit status 69).")
+              help="Seconds to wait for the scheduler and its first worker (or --min-workers) before giving up "
+                   "(exit status 69).")
+@click.option("--min-workers", type=click.IntRange(1), default=D.min_workers,
+              help="With --scheduler ADDRESS or --scheduler-file: wait (up to --scheduler-timeout) until this "
+                   "many workers have joined; a run trains on the workers there when it starts.  "
+                   "local:N waits for its N.")
 @click.option("--rows-per-round", type=click.IntRange(0), default=D.rows_per_round,
               help="With --scheduler: rows of a synchronisation round, all workers together (0: "
                    "--syncs-per-epoch rounds per epoch; --eval-every / --checkpoint-every rows also end a round).")
