@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 GRID_K = (4, 8, 16)
 GRID_L2 = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
 GRID_ETA = (0.1, 0.2, 0.5)
+GRID = list(itertools.product(GRID_K, GRID_L2, GRID_ETA))
 
 
 def fm(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -63,31 +65,74 @@ def data_id(train: str, valid: str) -> list:
     return out
 
 
-def run_grid(common: list, train: str, work: Path, env: dict, jobs: int) -> tuple[dict, dict]:
-    """Train the defaults, then the 45 grid points `jobs` at a time: (defaults, grid) figures."""
-    t0 = time.perf_counter()
-    fm(*common, "-o", str(work / "defaults.fm"), train, env=env)
-    defaults = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "defaults.fm")}
+def makespan(seconds: list[float], jobs: int) -> float:
+    """Wall time of tasks of these durations run `jobs` at a time in this
+    order, each taken by the first worker free (as a thread pool's map does)."""
+    free = [0.0] * jobs
+    for s in seconds:
+        i = min(range(jobs), key=free.__getitem__)
+        free[i] += s
+    return max(free) if seconds else 0.0
+
+
+def save(path: str, state: dict) -> None:
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def run_grid(common: list, train: str, work: Path, env: dict, jobs: int, state: dict,
+             save_to: str | None) -> tuple[dict, dict]:
+    """Train the defaults, then the 45 grid points `jobs` at a time: (defaults,
+    grid) figures.  `state` holds what an earlier, interrupted invocation
+    finished (saved to `save_to` after every point): only the rest run, and
+    the grid's wall time is then the makespan of every point's own time."""
+    if "defaults" not in state:
+        t0 = time.perf_counter()
+        fm(*common, "-o", str(work / "defaults.fm"), train, env=env)
+        state["defaults"] = {"seconds": time.perf_counter() - t0, "logloss": valid_logloss(work / "defaults.fm")}
+        if save_to:
+            save(save_to, state)
+    done = {(p["k"], p["l2"], p["learning_rate"]): p for p in state.setdefault("points", [])}
+    lock = threading.Lock()
 
     def point(p):
         k, l2, eta = p
         out = work / f"grid-{k}-{l2}-{eta}.fm"
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         fm(*common, "-k", str(k), "-l", str(l2), "-r", str(eta), "-o", str(out), train, env=env)
-        return p, valid_logloss(out), time.perf_counter() - t0
+        row = {"k": k, "l2": l2, "learning_rate": eta, "logloss": valid_logloss(out),
+               "seconds": round(time.perf_counter() - t0, 2), "load": [round(load, 1), round(os.getloadavg()[0], 1)]}
+        out.unlink()
+        with lock:
+            done[p] = row
+            state["points"] = [done[q] for q in GRID if q in done]
+            if save_to:
+                save(save_to, state)
+        return row
 
+    todo = [p for p in GRID if p not in done]
+    if todo and done:
+        state["resumed"] = True       # the points ran in more than one invocation
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(point, itertools.product(GRID_K, GRID_L2, GRID_ETA)))
-    grid_s = time.perf_counter() - t0
-    best_point, best_grid, _ = min(results, key=lambda r: r[1])
-    grid = {"seconds": grid_s, "logloss": best_grid, "best": dict(zip(("k", "l2", "learning_rate"), best_point)),
-            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
-            "points": [{"k": k, "l2": l2, "learning_rate": eta, "logloss": ll, "seconds": round(sec, 2)}
-                       for (k, l2, eta), ll, sec in results]}
-
-    return defaults, grid
+        list(pool.map(point, todo))
+    wall = time.perf_counter() - t0
+    if todo:
+        state.setdefault("segments", []).append({"points": len(todo), "seconds": round(wall, 1),
+                                                 "load": [round(load0, 1), round(os.getloadavg()[0], 1)]})
+    points = state["points"]
+    best = min(points, key=lambda r: r["logloss"])
+    whole = not state.get("resumed")
+    if not todo and "grid" in state:
+        return state["defaults"], state["grid"]
+    grid = {"seconds": wall if whole else makespan([r["seconds"] for r in points], jobs),
+            "seconds_from": "wall time" if whole else "makespan of the points' own times (more than one invocation)",
+            "logloss": best["logloss"], "best": {key: best[key] for key in ("k", "l2", "learning_rate")},
+            "load": state["segments"][-1]["load"], "points": points}
+    return state["defaults"], grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=available_cpus())
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--save-grid", metavar="FILE",
-                    help="write the defaults' and the grid's figures here and stop before the tuner")
+                    help="write the defaults' and the grid's figures here (after every point) and stop before "
+                         "the tuner; an invocation with the FILE of an interrupted one trains only the points "
+                         "it lacks")
     ap.add_argument("--grid", metavar="FILE",
                     help="take the defaults' and the grid's figures from a --save-grid FILE of the same data "
                          "instead of training them again (the grid's wall time is the one measured then)")
@@ -127,16 +174,24 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.grid:
             saved = json.loads(Path(args.grid).read_text())
-            if saved.get("data") != data_id(train, valid):
-                ap.error(f"{args.grid}: its grid was measured on other data")
+            if saved.get("data") != data_id(train, valid) or "grid" not in saved:
+                ap.error(f"{args.grid}: not a whole grid measured on these data")
             defaults, grid = saved["defaults"], saved["grid"]
         else:
-            defaults, grid = run_grid(common, train, work, env, args.jobs)
+            state = {"data": data_id(train, valid)}
+            if args.save_grid and os.path.exists(args.save_grid):
+                state = json.loads(Path(args.save_grid).read_text())
+                if state.get("data") != data_id(train, valid):
+                    ap.error(f"{args.save_grid}: its grid was measured on other data")
+                left = len(GRID) - len(state.get("points", []))
+                print(f"{args.save_grid}: {len(GRID) - left} of the {len(GRID)} points done"
+                      + (f"; training the other {left}" if left else ""), flush=True)
+            defaults, grid = run_grid(common, train, work, env, args.jobs, state, args.save_grid)
+            if args.save_grid:
+                save(args.save_grid, {**state, "grid": grid})
         if args.save_grid:
-            Path(args.save_grid).write_text(json.dumps({"data": data_id(train, valid), "defaults": defaults,
-                                                        "grid": grid}, indent=1))
             print(f"defaults {defaults['logloss']:.5f} ({defaults['seconds']:.1f} s); grid best {grid['logloss']:.5f} "
-                  f"at {grid['best']} in {grid['seconds']:.1f} s")
+                  f"at {grid['best']} in {grid['seconds']:.1f} s ({grid['seconds_from']})")
             return 0
 
         budget = args.budget or grid["seconds"] / 3
