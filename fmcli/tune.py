@@ -347,7 +347,8 @@ def default_space(config: Config, fixed: Sequence[str] = ()) -> dict[str, Dist]:
     """The space searched when none is given, for `config`'s model and
     optimizer, leaving out the parameters in `fixed` (given as options):
     k ~ intlog(4, 16) (models with factors), l2 ~ loguniform(5e-6, 1e-2),
-    the step size ~ loguniform(0.02, 1) for sgd and the AdaGrads,
+    the step size ~ loguniform(0.05, 1) for sgd and the AdaGrads (a smaller
+    one rarely converges within the max_epochs of a trial),
     loguniform(1e-4, 0.1) for adam; FTRL: ftrl_alpha ~ loguniform(0.01, 1)
     and ftrl_beta ~ loguniform(0.1, 10)."""
     space: dict[str, Dist] = {}
@@ -360,7 +361,7 @@ def default_space(config: Config, fixed: Sequence[str] = ()) -> dict[str, Dist]:
     elif config.optimizer == "adam":
         space["learning_rate"] = Dist("loguniform", (1e-4, 0.1))
     else:
-        space["learning_rate"] = Dist("loguniform", (0.02, 1.0))
+        space["learning_rate"] = Dist("loguniform", (0.05, 1.0))
     return {k: v for k, v in space.items() if k not in set(fixed)}
 
 
@@ -1251,7 +1252,8 @@ class _Runner:
                     if not self._new_bracket():
                         return
                     continue
-                for row in _Worker.wait(self.workers, 0.2):
+                # (not waiting when something started: a new bracket's first trial goes out at once)
+                for row in _Worker.wait(self.workers, 0.0 if started else 0.2):
                     self._record(row)
         except BaseException:
             self._close(kill=True)   # a running trial's rung runs again on resume
@@ -1351,7 +1353,9 @@ class _Runner:
         one that would not is not started (a budget is the search's wall
         time, not only the time it starts jobs in).  The first rung of the
         first bracket runs its epochs; any other job is expected to stop on
-        its own after half of the epochs it may run."""
+        its own after half of the epochs it may run, and starts when the
+        budget leaves room for min_epochs * reduction of them (it is then
+        cut to the epochs that fit, see _within_budget)."""
         if self.deadline is None:
             return True
         rate = self._epoch_seconds(t)
@@ -1363,6 +1367,9 @@ class _Runner:
         start = self.results[(t, r - 1)]["best_epoch"] if r > 0 else 0
         cap = s.plan_of(b)[r].epochs if b < len(s.groups) else s.max_epochs
         epochs = cap if b == 0 and r == 0 else max(1, math.ceil((cap - start) / 2))
+        # a job cut short by the budget (see _within_budget) still tells
+        # something after a first rung's epochs times the reduction
+        epochs = min(epochs, s.min_epochs * s.reduction)
         if time.monotonic() + rate * epochs <= self.deadline:
             return True
         if not self.stopped:

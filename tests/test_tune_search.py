@@ -125,6 +125,26 @@ def test_outlook_ranks_a_slow_improving_trial_ahead_of_a_finished_one():
     assert T.outlook([], "logloss") is None and T.outlook([0.5], "logloss") == 0.5
 
 
+@pytest.mark.parametrize("left, starts", [(3.0, False), (5.5, False), (6.5, True), (20.0, True)])
+def test_a_new_bracket_starts_when_the_budget_holds_a_first_rung_times_the_reduction(tmp_path, left, starts):
+    # trials of 1 s an epoch; a new bracket's trials may train up to 30 epochs
+    # and are expected to stop after about 15: one starts (cut to what fits)
+    # once 2 x 3 = 6 epochs fit, not only when 15 do
+    from fmcli.config import Config
+
+    search = T.Search(config=Config(), space=SPACE, trials=[{"l2": 1e-4, "learning_rate": 0.1, "k": 8}],
+                      plan=T.plan_rungs(1, 2, 30, 3), metric="logloss", train=["tr"], valid="va",
+                      min_epochs=2, max_epochs=30, reduction=3)
+    runner = T._Runner(search, str(tmp_path), 1, time.monotonic() + left, lambda msg: None, None, None,
+                       overlap=True)
+    runner.results[(0, 0)] = {"trial": 0, "rung": 0, "status": "ok", "ran": 4, "seconds": 4.0, "value": 0.5,
+                              "best_epoch": 4, "done": True}
+    assert runner._fits(None, 0, len(search.groups)) is starts
+    if starts:
+        job = runner._within_budget({"trial": 1, "from": 0, "to": 30})
+        assert job["to"] == math.ceil(left) - 1      # the whole epochs left
+
+
 # ---------------------------------------------------------------------------
 # searches
 # ---------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
     The default space (parameters given as options are left out of it):
       k ~ intlog(4, 16)                        (not for --model lr)
       l2 ~ loguniform(5e-6, 1e-2)
-      learning-rate ~ loguniform(0.02, 1)      (sgd, adagrad; adam: 1e-4 .. 0.1)
+      learning-rate ~ loguniform(0.05, 1)      (sgd, adagrad; adam: 1e-4 .. 0.1)
       ftrl-alpha ~ loguniform(0.01, 1), ftrl-beta ~ loguniform(0.1, 10)  (ftrl)
 
     Every other fm train option is fixed for all trials; -t, --patience,
