@@ -1337,15 +1337,31 @@ class _Runner:
                      "the others are left out")
 
     def _epoch_seconds(self, t: int | None = None) -> float | None:
-        """Seconds per epoch of trial t's last rung, or else the median over
-        every result so far; None before any."""
+        """Seconds per epoch of trial t's last rung; for a trial without
+        one, the median over the trials of its factor width (k padded) so
+        far, or else over every trial scaled by the width (an epoch's cost
+        grows with it: at k = 16 about twice k = 4's); None before any."""
         rates = {}
         for (tt, _r), row in sorted(self.results.items()):
             if row.get("ran") and row.get("seconds"):
                 rates[tt] = row["seconds"] / row["ran"]
         if t is not None and t in rates:
             return rates[t]
-        return float(np.median(list(rates.values()))) if rates else None
+        if not rates:
+            return None
+        if t is None or t >= len(self.search.trials):
+            return float(np.median(list(rates.values())))
+        width = self._width(t)
+        same = [rate for tt, rate in rates.items() if self._width(tt) == width]
+        if same:
+            return float(np.median(same))
+        return float(np.median([rate / (self._width(tt) + 8) for tt, rate in rates.items()])) * (width + 8)
+
+    def _width(self, t: int) -> int:
+        """Trial t's factor width: k padded to a multiple of 4."""
+        from .model import padded_k
+
+        return padded_k(self.search.trial_config(t).k)
 
     def _fits(self, t: int | None, r: int, b: int | None = None) -> bool:
         """Whether a job for trial t (None: one not proposed yet, of bracket

@@ -145,6 +145,25 @@ def test_a_new_bracket_starts_when_the_budget_holds_a_first_rung_times_the_reduc
         assert job["to"] == math.ceil(left) - 1      # the whole epochs left
 
 
+def test_a_trial_not_yet_run_is_timed_by_the_trials_of_its_factor_width(tmp_path):
+    # a k=16 proposal after k=4 and k=8 trials is expected to take longer an
+    # epoch than their median: the budget cuts it to the epochs that fit
+    from fmcli.config import Config
+
+    trials = [{"l2": 1e-4, "learning_rate": 0.1, "k": k} for k in (4, 8, 8, 16, 13, 6)]
+    search = T.Search(config=Config(), space=SPACE, trials=trials, plan=T.plan_rungs(len(trials), 2, 30, 3),
+                      metric="logloss", train=["tr"], valid="va")
+    runner = T._Runner(search, str(tmp_path), 1, None, lambda msg: None, None, None)
+    for t, seconds in enumerate((1.0, 1.5, 1.7)):
+        runner.results[(t, 0)] = {"trial": t, "rung": 0, "status": "ok", "ran": 2, "seconds": 2 * seconds}
+    assert runner._epoch_seconds(0) == 1.0 and runner._epoch_seconds(2) == 1.7    # its own
+    assert runner._epoch_seconds(5) == 1.6          # k=6: the median of the width-8 trials
+    # k=16 (and k=13, also 16 wide): scaled from every trial by (width + 8)
+    scaled = np.median([1.0 / 12, 1.5 / 16, 1.7 / 16]) * 24
+    assert runner._epoch_seconds(3) == pytest.approx(scaled) and runner._epoch_seconds(4) == pytest.approx(scaled)
+    assert runner._epoch_seconds(None) == 1.5       # a trial not proposed yet: the median of all
+
+
 # ---------------------------------------------------------------------------
 # searches
 # ---------------------------------------------------------------------------
