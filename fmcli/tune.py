@@ -1197,6 +1197,7 @@ class _Runner:
         self.workers: list[_Worker] = []
         self.stopped: str | None = None
         self.announced: set[tuple[int, int]] = set()
+        self.widths: dict[int, int] = {}        # trial: its factor width (see _width)
         first, size = search.groups[0]
         # decided once, in the run that gets the first results (not again on resume)
         self.resized = len(search.groups) > 1 or any((t, 0) in self.results for t in range(first, first + size))
@@ -1361,7 +1362,9 @@ class _Runner:
         """Trial t's factor width: k padded to a multiple of 4."""
         from .model import padded_k
 
-        return padded_k(self.search.trial_config(t).k)
+        if t not in self.widths:
+            self.widths[t] = padded_k(int(self.search.trials[t].get("k", self.search.config.k)))
+        return self.widths[t]
 
     def _fits(self, t: int | None, r: int, b: int | None = None) -> bool:
         """Whether a job for trial t (None: one not proposed yet, of bracket
