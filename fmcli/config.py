@@ -248,7 +248,8 @@ class Config:
             raise ConfigError("--scheduler trains on the workers' CPUs; it needs --device cpu")
         if not (self.scheduler_timeout > 0 and self.scheduler_timeout != float("inf")):
             raise ConfigError(f"scheduler timeout must be a positive number of seconds, got {self.scheduler_timeout}")
-        if isinstance(self.min_workers, bool) or not isinstance(self.min_workers, numbers.Integral) or self.min_workers < 1:
+        whole = isinstance(self.min_workers, numbers.Integral) and not isinstance(self.min_workers, bool)
+        if not whole or self.min_workers < 1:
             raise ConfigError(f"--min-workers must be a whole number >= 1, got {self.min_workers!r}")
         if self.min_workers != 1:
             if not distributed:
