@@ -385,14 +385,22 @@ def check_space(space: Mapping[str, Dist], base: Config, where: Mapping[str, str
                 raise ConfigError(f"{where.get(name, name)}: {_value_text(value)}: {exc}") from None
 
 
+# Config fields that say where a search's trials run (fm tune --scheduler:
+# on the workers of a Dask cluster), not how one trains: a trial trains in
+# one process, wherever it runs, and they may change when a search resumes
+WHERE_TRIALS_RUN = ("scheduler", "scheduler_file", "scheduler_timeout", "min_workers")
+_ONE_PROCESS = {"scheduler": None, "scheduler_file": None, "min_workers": 1}
+
+
 def _trial_config(base: Config, params: Mapping[str, Any]) -> Config:
     """`base` with a trial's parameters (a step size is left out for FTRL,
-    whose step size is ftrl_alpha, when the optimizer itself is searched)."""
+    whose step size is ftrl_alpha, when the optimizer itself is searched),
+    trained in one process (see WHERE_TRIALS_RUN)."""
     changes = dict(params)
     if changes.get("optimizer", base.optimizer) == "ftrl" and "learning_rate" in changes \
             and "optimizer" in changes:
         changes["learning_rate"] = None
-    return base.replace(**changes)
+    return base.replace(**_ONE_PROCESS, **changes)
 
 
 def sample_trials(space: Mapping[str, Dist], n: int, seed: int) -> list[dict[str, Any]]:
@@ -875,7 +883,7 @@ def differences(recorded: Search, other: Search) -> list[str]:
             continue
         if key == "config":
             out += [f"{k} ({a['config'].get(k)!r}, now {v!r})" for k, v in b["config"].items()
-                    if a["config"].get(k) != v and k != "threads"]
+                    if a["config"].get(k) != v and k != "threads" and k not in WHERE_TRIALS_RUN]
         elif a[key] != b[key]:
             out.append(f"{key} ({a[key]!r}, now {b[key]!r})")
     return out
@@ -1188,13 +1196,16 @@ class _Runner:
 
     def __init__(self, search: Search, directory: str, jobs: int, deadline: float | None,
                  log: Callable[[str], None], on_result: Callable[[dict], None] | None,
-                 should_stop: Callable[[], int | None] | None, overlap: bool = False):
+                 should_stop: Callable[[], int | None] | None, overlap: bool = False, client=None):
+        """client: a Dask client whose workers run the trials (else local processes)."""
         self.search, self.dir, self.jobs, self.deadline = search, directory, jobs, deadline
+        self.client = client
+        self.slot = _Worker if client is None else _DaskSlot
         self.say, self.on_result, self.should_stop = log, on_result, should_stop or (lambda: None)
         self.overlap = overlap
         self.results = _load_results(directory)
         self.running: set[tuple[int, int]] = set()
-        self.workers: list[_Worker] = []
+        self.workers: list[_Worker | _DaskSlot] = []
         self.stopped: str | None = None
         self.announced: set[tuple[int, int]] = set()
         self.widths: dict[int, int] = {}        # trial: its factor width (see _width)
@@ -1254,7 +1265,7 @@ class _Runner:
                         return
                     continue
                 # (not waiting when something started: a new bracket's first trial goes out at once)
-                for row in _Worker.wait(self.workers, 0.0 if started else 0.2):
+                for row in self.slot.wait(self.workers, 0.0 if started else 0.2):
                     self._record(row)
         except BaseException:
             self._close(kill=True)   # a running trial's rung runs again on resume
@@ -1511,11 +1522,11 @@ class _Runner:
                                                 "size": s.groups[b][1], "trials": [params]})
         s.trials.append(params)
 
-    def _idle(self) -> list["_Worker"]:
+    def _idle(self) -> list:
         """Workers without a job, started as needed (at most `jobs`)."""
         self.workers = [w for w in self.workers if w.alive() or w.job is not None]
         while len(self.workers) < self.jobs:
-            self.workers.append(_Worker())
+            self.workers.append(_Worker() if self.client is None else _DaskSlot(self.client))
         return [w for w in self.workers if w.job is None]
 
     def _close(self, kill: bool = False) -> None:
@@ -1587,13 +1598,65 @@ class _Worker:
         self.proc.wait()
 
 
+class _DaskSlot:
+    """One trial at a time on a Dask cluster (fm tune --scheduler): the
+    same jobs and results as a :class:`_Worker`'s, run as Dask tasks (a
+    task lost with its worker runs again elsewhere).  The data and the
+    search directory must be at the same paths on every worker."""
+
+    def __init__(self, client):
+        self.client = client
+        self.job: dict | None = None
+        self.future = None
+
+    def alive(self) -> bool:
+        return True
+
+    def send(self, job: dict) -> None:
+        import uuid
+
+        self.job = job
+        self.future = self.client.submit(run_rung, job, pure=False,
+                                         key=f"fmcli-trial-{job['trial']}-{job['rung']}-{uuid.uuid4().hex[:8]}")
+
+    def finish(self) -> dict:
+        """The result of the job sent (a task that failed fails the job)."""
+        job, future = self.job, self.future
+        self.job = self.future = None
+        try:
+            return future.result()
+        except Exception as exc:     # noqa: BLE001 -- whatever ended the task is the trial's error
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return {"trial": job["trial"], "rung": job["rung"], "status": "failed", "epochs": job["from"],
+                    "error": f"the trial's Dask task failed: {reason}", "history": job["history"],
+                    "seconds": None}
+
+    @staticmethod
+    def wait(slots: Sequence["_DaskSlot"], timeout: float) -> list[dict]:
+        """The results that come within `timeout` seconds."""
+        busy = [s for s in slots if s.job is not None]
+        if not busy:
+            return []
+        end = time.monotonic() + timeout
+        while not any(s.future.done() for s in busy) and time.monotonic() < end:
+            time.sleep(0.01)     # (Dask's own wait needs a default client; the search's is not one)
+        return [s.finish() for s in busy if s.future.done()]
+
+    def close(self, kill: bool = False) -> None:
+        if kill and self.future is not None:
+            self.future.cancel()
+        self.job = self.future = None
+
+
 def tune(search: Search, directory: str, *, resume: bool = False, jobs: int | None = None,
          budget: float | None = None, log: Callable[[str], None] | None = None,
          on_result: Callable[[dict], None] | None = None,
-         should_stop: Callable[[], int | None] | None = None, started: float | None = None) -> Outcome:
+         should_stop: Callable[[], int | None] | None = None, started: float | None = None,
+         client=None) -> Outcome:
     """Run (or, with `resume`, continue) `search` in `directory`.
 
-    jobs: trials trained at once (default: every CPU); budget: the seconds
+    jobs: trials trained at once (default: every CPU); client: a Dask
+    client whose workers train them (default: processes here); budget: the seconds
     the search may take, counted from `started` (a time.monotonic() value;
     default: now): no (trial, rung) starts that is not expected to end
     within it, less a reserve for writing the outputs (the running ones
@@ -1621,7 +1684,8 @@ def tune(search: Search, directory: str, *, resume: bool = False, jobs: int | No
     else:
         _create(directory, search)
     deadline = None if budget is None else t0 + budget - min(RESERVE_SECONDS + RESERVE * budget, budget / 4)
-    runner = _Runner(search, directory, jobs, deadline, say, on_result, should_stop, overlap=budget is not None)
+    runner = _Runner(search, directory, jobs, deadline, say, on_result, should_stop, overlap=budget is not None,
+                     client=client)
     if resume and runner.results:
         say(f"resuming {directory}: {len(runner.results)} (trial, rung) result(s) reused")
     runner.run()

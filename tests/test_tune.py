@@ -232,6 +232,8 @@ def test_refit_trains_on_train_and_valid(data, tmp_path):
     (("--dry-run",), "--dry-run"),
     (("--checkpoint-dir", "ck"), "--checkpoint-dir"),
     (("-k", 8, "--param", "k=choice(4,8)"), "k is both fixed (--factors) and searched (--param k)"),
+    (("--scheduler", "local:2", "--rows-per-round", 1000), "--rows-per-round is not an option of fm tune"),
+    (("--scheduler", "local:2", "--syncs-per-epoch", 2), "--syncs-per-epoch is not an option of fm tune"),
 ])
 def test_refused_options(data, tmp_path, args, message):
     (tmp_path / "x.fm").write_bytes(b"")

@@ -309,3 +309,69 @@ def test_a_short_budget_cuts_the_first_bracket_and_resume_keeps_the_cut(data, tm
     assert again["brackets"][0] == [0, cut[0]] and again["stopped"] is None
     assert sum(row["status"] == "completed" for row in again["leaderboard"] if row["trial"] < cut[0]) >= 1
     assert all(row["status"] != "not run" for row in again["leaderboard"] if row["trial"] < cut[0])
+
+
+# ---------------------------------------------------------------------------
+# trials on a Dask cluster (fm tune --scheduler)
+# ---------------------------------------------------------------------------
+
+def test_trials_on_a_dask_cluster_give_the_search_run_here(data, uninterrupted, tmp_path):
+    """The same synchronous search with its trials as tasks on two Dask
+    workers: the same leaderboard, proposals and best model, and every trial
+    trained whole on one worker (not data-parallel)."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "d.fm"
+    r = ok(invoke("tune", *_args(data, "--trials", 12, "--bracket", 6, "--max-epochs", 8), "--scheduler", "local:2",
+                  "-o", out, "--leaderboard", tmp_path / "d.jsonl"))
+    assert "trials run on the Dask cluster's workers, 2 at a time" in r.stderr
+    assert _board(tmp_path / "d.jsonl") == _board(uninterrupted / "a.jsonl")
+    a = uninterrupted / "a.fm.tune" / "brackets.jsonl"
+    assert open(a).read() == open(tmp_path / "d.fm.tune" / "brackets.jsonl").read()
+    ma, md = load_model(uninterrupted / "a.fm"), load_model(out)
+    assert all(np.array_equal(ma.params[k], md.params[k]) for k in ma.params)
+    assert md.meta["training"]["device"] == ma.meta["training"]["device"] == "cpu"
+    # the scheduler is where the trials ran, not what they are: a resumed search may run elsewhere
+    ok(invoke("tune", "--resume", str(out) + ".tune", "-o", tmp_path / "e.fm"))
+    r = ok(invoke("tune", "--resume", str(out) + ".tune", "--scheduler", "local:1", "-o", tmp_path / "f.fm"))
+    assert "trials run on the Dask cluster's workers, 1 at a time" in r.stderr
+
+
+def test_an_unreachable_scheduler_stops_a_search_in_one_line(data, tmp_path):
+    pytest.importorskip("distributed")
+    r = invoke("tune", *_args(data, "--trials", 2), "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "1",
+               "-q", "-o", tmp_path / "m.fm")
+    assert r.exit_code == 69, (r.exit_code, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "tcp://127.0.0.1:9" in r.stderr, r.stderr
+    assert not (tmp_path / "m.fm").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_lost_with_its_worker_runs_again_elsewhere(data, uninterrupted, tmp_path):
+    """A worker killed (no nanny to restart it) while the search runs on two:
+    its trial runs again on the other, and the search ends with the
+    leaderboard of the search run here."""
+    pytest.importorskip("distributed")
+    from test_distributed_edges import HandCluster
+
+    out = tmp_path / "k.fm"
+    results = tmp_path / "k.fm.tune" / "results.jsonl"
+    with HandCluster(tmp_path, n=2, nanny=False) as hand:
+        proc = subprocess.Popen([sys.executable, "-m", "fmcli", "tune",
+                                 *_args(data, "--trials", 12, "--bracket", 6, "--max-epochs", 8),
+                                 "--scheduler-file", str(hand.file), "-q", "-o", str(out),
+                                 "--leaderboard", str(tmp_path / "k.jsonl")],
+                                start_new_session=True, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_results(proc, results, 3)
+            hand.workers[0].kill()                  # SIGKILL, in the middle of the search
+            at_kill = len(results.read_text().splitlines())
+            running = proc.poll() is None
+            hand.workers[0].wait(timeout=30)
+            _, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert running and at_kill < len(results.read_text().splitlines()), "the worker was lost mid-search"
+    assert _board(tmp_path / "k.jsonl") == _board(uninterrupted / "a.jsonl")

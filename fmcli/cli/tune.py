@@ -35,6 +35,10 @@ REFUSED = {
     "keep_checkpoints": "the search directory (--dir) keeps every trial's models",
     "dry_run": "run fm train --dry-run to see what a trial would allocate",
     "log_json": "the search directory's results.jsonl records every trial",
+    "rows_per_round": "with --scheduler each trial trains whole on one worker (the trials are spread "
+                      "over the workers, not one trial's rows)",
+    "syncs_per_epoch": "with --scheduler each trial trains whole on one worker (the trials are spread "
+                       "over the workers, not one trial's rows)",
 }
 # fm train's parameters fm tune leaves out (it has its own of the same name)
 _LEFT_OUT = {"resume_dir", "config_file", "lock_timeout", "help"}
@@ -123,7 +127,8 @@ def _option_name(ctx: click.Context, name: str) -> str:
 @click.option("--metric", type=click.Choice(list(METRICS)), default=None, show_default=False,
               help="Validation metric that ranks the trials.  [default: logloss; rmse for regression]")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, show_default=False,
-              help="Trials trained at once, each in its own process.  [default: the CPUs available]")
+              help="Trials trained at once, each in its own process (with --scheduler: each a task on a "
+                   "worker).  [default: the CPUs available; with --scheduler, the workers' threads / -s]")
 @click.option("--dir", "directory", type=OutputPath(directory=True), default=None, show_default=False,
               help="The search's directory: its plan, results and every trial's models.  "
                    "[default: OUTPUT.tune]")
@@ -160,7 +165,11 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
     Trials run as separate processes, --jobs at a time; with -s 1 (the
     default when --jobs is the CPU count) and --trials without --budget, a
     search is reproducible for a --seed.  SIGINT/SIGTERM stop it (exit
-    status 130/143) and --resume continues it.
+    status 130/143) and --resume continues it.  With --scheduler (or
+    --scheduler-file) the trials run as tasks on the Dask cluster's
+    workers, each trial whole on one worker with -s threads (default 1),
+    and give the same results; the data and the search directory must be
+    at the same paths on every worker.
 
     \b
     The default space (parameters given as options are left out of it):
@@ -210,9 +219,14 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
 
         spec = load_spec(options["spec_file"])
     check_writable(output)
-    with output_lock(output, lock_timeout), _signals() as stop:
+    with output_lock(output, lock_timeout), _cluster(search.config, say) as client, _signals() as stop:
+        if client is not None:
+            if jobs is None:
+                threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+                jobs = max(1, threads // search.config.threads)
+            say(f"trials run on the Dask cluster's workers, {jobs} at a time")
         outcome = core.tune(search, directory, resume=resume_dir is not None, jobs=jobs, budget=budget,
-                            started=started,
+                            started=started, client=client,
                             log=say, on_result=lambda row: say(_render.tune_result_line(row, search)),
                             should_stop=lambda: stop[0])
         best = outcome.best
@@ -260,7 +274,8 @@ def _new_search(ctx, options, params, space_file, trials, bracket, min_epochs, m
     cfg_options["format"] = options["fmt"]
     fixed = {("format" if n == "fmt" else n) for n in options if _given(ctx, n)}
     if "threads" not in fixed:
-        cfg_options["threads"] = max(1, available_cpus() // (jobs or available_cpus()))
+        on_cluster = options.get("scheduler") is not None or options.get("scheduler_file") is not None
+        cfg_options["threads"] = 1 if on_cluster else max(1, available_cpus() // (jobs or available_cpus()))
     cfg = Config(**cfg_options)
     # the space: the default one, then the file's parameters, then --param's
     space = core.default_space(cfg, fixed)
@@ -304,6 +319,9 @@ def _resumed(ctx, directory, params, space_file, say):
                                              "no_optimizer_state", "spec_file", "cache", "cache_dir",
                                              "cache_max_size", "directory"):
             continue
+        if name in core.WHERE_TRIALS_RUN:       # where the trials run, not what they are
+            search.config = search.config.replace(**{name: ctx.params.get(name)})
+            continue
         value = ctx.params.get(name)
         key = "format" if name == "fmt" else name
         if key in recorded:
@@ -332,6 +350,22 @@ def _resumed(ctx, directory, params, space_file, say):
                                "differ(s) from its record; resume it without them, or start a new search")
     say(f"resuming the search in {directory}")
     return search
+
+
+@contextlib.contextmanager
+def _cluster(config: Config, say):
+    """A Dask client of config's scheduler (fm tune --scheduler), closed at
+    the end; None without one."""
+    if config.scheduler is None and config.scheduler_file is None:
+        yield None
+        return
+    from ..distributed import connect
+
+    runner = connect(config, say)
+    try:
+        yield runner.client
+    finally:
+        runner.close()
 
 
 @contextlib.contextmanager
