@@ -1536,6 +1536,12 @@ class _Runner:
         self.running.clear()
 
 
+def _failed(job: dict, error: str) -> dict:
+    """The result line of a job that ended without one of its own."""
+    return {"trial": job["trial"], "rung": job["rung"], "status": "failed", "epochs": job["from"], "error": error,
+            "history": job["history"], "seconds": None}
+
+
 class _Worker:
     """A process running :func:`serve`: one job at a time, by pipes."""
 
@@ -1568,10 +1574,7 @@ class _Worker:
         line = self.proc.stdout.readline()
         if line:
             return json.loads(line)
-        code = self.proc.wait()
-        return {"trial": job["trial"], "rung": job["rung"], "status": "failed", "epochs": job["from"],
-                "error": f"the trial's process ended abruptly (exit status {code})", "history": job["history"],
-                "seconds": None}
+        return _failed(job, f"the trial's process ended abruptly (exit status {self.proc.wait()})")
 
     @staticmethod
     def wait(workers: Sequence["_Worker"], timeout: float) -> list[dict]:
@@ -1627,9 +1630,7 @@ class _DaskSlot:
             return future.result()
         except Exception as exc:     # noqa: BLE001 -- whatever ended the task is the trial's error
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return {"trial": job["trial"], "rung": job["rung"], "status": "failed", "epochs": job["from"],
-                    "error": f"the trial's Dask task failed: {reason}", "history": job["history"],
-                    "seconds": None}
+            return _failed(job, f"the trial's Dask task failed: {reason}")
 
     @staticmethod
     def wait(slots: Sequence["_DaskSlot"], timeout: float) -> list[dict]:
