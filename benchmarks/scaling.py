@@ -24,7 +24,10 @@ optimizer's 1 thread), and --general-loops adds each setting again with the
 kernels' one-hot shortcut off (fmcli._core._kernels.uniform_rows(False):
 the same results, computed by the general loops), and --hot-sync adds each
 setting with hot-feature replicas again with the replicas exchanged every
-that many rows instead of fmcli's interval (fmcli.cpu.HOT_SYNC_ROWS).
+that many rows instead of fmcli's intervals (fmcli.cpu.HOT_SYNC_ROWS, one
+interval for all), and --hot-variant adds them with other constants of the
+replicas (their bytes, the tiers of their exchange intervals).  With
+--valid, every setting's validation logloss is measured after each epoch.
 
 Usage::
 
@@ -33,6 +36,8 @@ Usage::
     python benchmarks/scaling.py --train train.ffm --threads 1,2 --optimizers adagrad,rowwise-adagrad
     python benchmarks/scaling.py --train train.ffm --threads 1 --general-loops
     python benchmarks/scaling.py --train train.ffm --threads 1,2 --hogwild --hot-sync 1024,4096
+    python benchmarks/scaling.py --train train.ffm --valid va.ffm --epochs 2 --slice-rows 131072 \
+        --hot-variant bytes=524288,step=1 --hot-variant bytes=1048576 --hot-variant share=0.125
 
 Without --train/--valid a dataset is generated with benchmarks/synth.py
 (as bench.py does, in --work-dir).
@@ -79,10 +84,57 @@ class Setting:
     hot: int = 0                   # features on per-thread replicas
     va_logloss: float | None = None
     hot_sync: int | None = None    # rows between a replica's exchanges (None: fmcli's HOT_SYNC_ROWS)
+    variant: dict = field(default_factory=dict)   # fmcli.cpu's HOT_* constants for this setting
+    va_by_epoch: list[float] = field(default_factory=list)
+    tiers: dict = field(default_factory=dict)     # replicated features per exchange interval
+
+
+# --hot-variant's keys: fmcli.cpu's constants of the hot-feature replicas
+VARIANT_KEYS = {"bytes": "HOT_BYTES", "min_share": "HOT_MIN_SHARE", "sync": "HOT_SYNC_ROWS",
+                "share": "HOT_SYNC_SHARE", "step": "HOT_SYNC_STEP", "tiers": "HOT_SYNC_TIERS"}
+
+
+def parse_variant(text: str) -> dict:
+    """'bytes=1048576,share=0.125' -> {"bytes": 1048576, "share": 0.125}."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in VARIANT_KEYS:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(VARIANT_KEYS)}")
+        number = float(value)
+        out[key] = int(number) if number.is_integer() and key != "share" and key != "min_share" else number
+    return out
+
+
+def constants(s: "Setting") -> dict:
+    """fmcli.cpu's constants as setting s has them (its variant, its --hot-sync)."""
+    values = dict(s.variant)
+    if s.hot_sync is not None:
+        values["HOT_SYNC_ROWS"] = s.hot_sync
+        values.setdefault("HOT_SYNC_STEP", 1)    # one interval for all
+    return values
+
+
+class patched:
+    """fmcli.cpu's constants set to a setting's values while in the block."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def __enter__(self):
+        self.old = {k: getattr(fmcli.cpu, k) for k in self.values}
+        for k, v in self.values.items():
+            setattr(fmcli.cpu, k, v)
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            setattr(fmcli.cpu, k, v)
 
 
 def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("adagrad",),
-             general: bool = False, hot_syncs: tuple[int, ...] = ()) -> list[Setting]:
+             general: bool = False, hot_syncs: tuple[int, ...] = (),
+             variants: tuple[dict, ...] = ()) -> list[Setting]:
     out = []
     for opt in optimizers:
         name = f"{opt}, " if len(optimizers) > 1 else ""
@@ -93,6 +145,9 @@ def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("
                 out.append(Setting(label, n, hot, opt))
                 if n > 1 and hot is None:
                     out += [Setting(f"{label}, hot sync {rows}", n, hot, opt, hot_sync=rows) for rows in hot_syncs]
+                    out += [Setting(f"{label}, " + ",".join(f"{k}={v}" for k, v in var.items()), n, hot, opt,
+                                    variant={VARIANT_KEYS[k]: v for k, v in var.items()})
+                            for var in variants]
                 if general:
                     out.append(Setting(label + ", general loops", n, hot, opt, uniform=False))
     return out
@@ -127,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of rows between the hot-feature replicas' exchanges: every setting "
                          "with replicas also runs with each (fmcli's own interval is "
                          f"{fmcli.cpu.HOT_SYNC_ROWS})")
+    ap.add_argument("--hot-variant", action="append", default=[], metavar="KEY=VALUE,...",
+                    help="add each multi-thread setting again with the hot-feature replicas' "
+                         "constants of fmcli.cpu changed: bytes (HOT_BYTES), min_share, sync "
+                         "(HOT_SYNC_ROWS), share (HOT_SYNC_SHARE), step (HOT_SYNC_STEP: 1 for one "
+                         "interval for all), tiers; repeatable")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write every slice's figures here")
     args = ap.parse_args(argv)
@@ -135,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     if 1 not in threads or min(threads) < 1:
         ap.error("--threads must list 1 (the base of the ratios)")
     hot_syncs = tuple(int(x) for x in args.hot_sync.split(",") if x.strip())
+    try:
+        variants = tuple(parse_variant(v) for v in args.hot_variant)
+    except ValueError as exc:
+        ap.error(f"--hot-variant: {exc}")
     if any(x < 1 for x in hot_syncs):
         ap.error("--hot-sync: rows must be at least 1")
-    runs = settings(threads, args.hogwild, optimizers, args.general_loops, hot_syncs)
+    runs = settings(threads, args.hogwild, optimizers, args.general_loops, hot_syncs, variants)
     if len(runs) < 2:
         ap.error("nothing to compare: give --threads with 1 and a larger count, several --optimizers "
                  "or --general-loops")
@@ -161,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(model=args.model, k=args.k, threads=s.threads, hot_features=s.hot_features,
                      use_bias=args.linear, use_linear=args.linear, seed=args.seed, optimizer=s.optimizer)
         st = TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
-        st.prepare(batch)
+        with patched(constants(s)):
+            st.prepare(batch)
+        if st.hot is not None and st.hot_sync is not None:
+            every, count = np.unique(st.hot_sync, return_counts=True)
+            s.tiers = {int(e): int(c) for e, c in zip(every, count)}
         st.total_steps = args.epochs * batch.n_rows
         s.hot = 0 if st.hot is None else len(st.hot)
         states.append(st)
@@ -177,25 +245,24 @@ def main(argv: list[str] | None = None) -> int:
             pairs = list(zip(runs, states))
             for s, st in (pairs if turn % 2 == 0 else pairs[::-1]):
                 _kernels.uniform_rows(s.uniform)
-                # the interval is read when the state's kernels are built, on its first slice
-                default_sync = fmcli.cpu.HOT_SYNC_ROWS
-                if s.hot_sync is not None:
-                    fmcli.cpu.HOT_SYNC_ROWS = s.hot_sync
+                # (the replicas' settings are read by prepare() and when the
+                # state's kernels are built, on its first slice)
                 t, cpu = time.perf_counter(), time.process_time()
-                try:
+                with patched(constants(s)):
                     st.train_slice(batch, part, None, step)
-                finally:
-                    fmcli.cpu.HOT_SYNC_ROWS = default_sync
                 wall = time.perf_counter() - t
                 s.rows_per_s.append(len(part) / wall)
                 s.cpu_share.append((time.process_time() - cpu) / wall / s.threads)
             _kernels.uniform_rows(True)
             step += len(part)
             turn += 1
+        if va is not None:
+            for s, st in zip(runs, states):
+                s.va_by_epoch.append(evaluate("binary", va.labels, st.scores(va, max(threads)))["logloss"])
 
     if va is not None:
-        for s, st in zip(runs, states):
-            s.va_logloss = evaluate("binary", va.labels, st.scores(va, max(threads)))["logloss"]
+        for s in runs:
+            s.va_logloss = s.va_by_epoch[-1]
 
     base = runs[0].rows_per_s
     what = "fmcli's defaults (bias, linear, pairs)" if args.linear else "--no-bias --no-linear (libffm's model)"
@@ -221,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         report.append({**asdict(s), "median_rows_per_s": rate, "ratio_q25": q25, "ratio_median": med,
                        "median_cpu_share": share, "ratio_per_cpu_second": per_cpu,
                        "ratio_q75": q75})
+    for s in runs:
+        if s.tiers or len(s.va_by_epoch) > 1:
+            tiers = ", ".join(f"{c} every {e}" for e, c in s.tiers.items()) or "-"
+            va_text = ", ".join(f"{x:.5f}" for x in s.va_by_epoch) or "-"
+            print(f"  {s.name}: replicated features {tiers}; va_logloss by epoch {va_text}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "rows": batch.n_rows, "settings": report}, indent=1))

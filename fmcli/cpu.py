@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ._core import _kernels
@@ -12,15 +14,83 @@ from .params import HostParams
 from .registry import hot_features_apply
 
 # Hot-feature replicas (multi-threaded FFM, see fmcli/_core/hot.h): a thread's
-# replica takes at most HOT_BYTES, of features on at least HOT_MIN_SHARE of the
-# rows, exchanged with the shared model every HOT_SYNC_ROWS of its rows.  By
-# default they are used on data of HOT_MIN_ROWS or more: their staleness costs
-# accuracy where a few hundred rows are a sizeable share of an epoch, and the
-# contention they avoid matters on long runs.
-HOT_BYTES = 1 << 19
+# replica takes at most HOT_BYTES (a core's L2 cache, at most 2 MiB: a thread
+# touches its snapshot only at exchanges, the replica itself every row),
+# of features on at least HOT_MIN_SHARE of the rows.  By default they are used
+# on data of HOT_MIN_ROWS or more: their staleness costs accuracy where a few
+# hundred rows are a sizeable share of an epoch, and the contention they avoid
+# matters on long runs.
+def _l2_bytes() -> int:
+    """A core's L2 cache in bytes, where the system says (Linux), else 0."""
+    import glob
+
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+HOT_BYTES = min(2 << 20, _l2_bytes()) or (1 << 20)
 HOT_MIN_SHARE = 0.002
 HOT_MIN_ROWS = 100_000
+# The replicas are exchanged in tiers: features on HOT_SYNC_SHARE or more of
+# the rows every HOT_SYNC_ROWS of the thread's rows, those on a
+# HOT_SYNC_STEP-th of that share every HOT_SYNC_STEP times as many rows, and so
+# on (at most HOT_SYNC_TIERS tiers): between two exchanges of a feature below
+# the first tier a thread trains fewer than HOT_SYNC_ROWS x HOT_SYNC_SHARE x
+# HOT_SYNC_STEP (64) rows that carry it, while the bytes exchanged per row are a
+# fraction of what one interval for all would cost (BENCH.md's data, 2
+# threads: 1.6x one thread with 420 features every 256 rows, 1.8x with 1,680
+# in these tiers, the same validation logloss to 0.01%).
 HOT_SYNC_ROWS = 256
+HOT_SYNC_SHARE = 0.0625
+HOT_SYNC_STEP = 4
+HOT_SYNC_TIERS = 4
+
+
+def hot_intervals(share: np.ndarray) -> np.ndarray:
+    """The exchange interval in rows of replicated features on `share` of the
+    rows each: HOT_SYNC_ROWS for a share of HOT_SYNC_SHARE or more, times
+    HOT_SYNC_STEP for each further HOT_SYNC_STEP-th of it (up to the last of
+    HOT_SYNC_TIERS tiers)."""
+    share = np.maximum(np.asarray(share, np.float64), 1e-12)
+    tier = np.zeros(share.shape, np.int64)
+    for t in range(1, HOT_SYNC_TIERS):
+        tier += share < HOT_SYNC_SHARE / HOT_SYNC_STEP ** (t - 1)
+    return HOT_SYNC_ROWS * np.power(HOT_SYNC_STEP, tier, dtype=np.int64)
+
+
+HOT_SAMPLE_ROWS = 1 << 18
+HOT_SAMPLE_SPANS = 16
+
+
+def feature_counts(batch: Batch, n: int) -> tuple[np.ndarray, int]:
+    """(how many entries of each of the n features, rows counted): of every
+    row of batch, or on larger batches of HOT_SAMPLE_SPANS evenly spread runs
+    of rows, HOT_SAMPLE_ROWS in all (counting every row of 1,000,000 took
+    0.1 s, 4% of a two-thread epoch; the hot features are the frequent ones,
+    which a sample finds as well)."""
+    spans = [(0, batch.n_rows)]
+    if batch.n_rows > HOT_SAMPLE_ROWS:
+        each = HOT_SAMPLE_ROWS // HOT_SAMPLE_SPANS
+        gap = batch.n_rows // HOT_SAMPLE_SPANS
+        spans = [(j * gap, j * gap + each) for j in range(HOT_SAMPLE_SPANS)]
+    counts = np.zeros(n, np.int64)
+    step = 1 << 20   # in slices: bincount widens its input to int64
+    for lo, hi in spans:
+        a, b = int(batch.indptr[lo]), int(batch.indptr[hi])
+        for i in range(a, b, step):
+            part = batch.features[i : min(b, i + step)]
+            counts += np.bincount(part[part < n], minlength=n)[:n]
+    return counts, sum(hi - lo for lo, hi in spans)
 
 
 class CpuBackend(HostParams):
@@ -30,6 +100,7 @@ class CpuBackend(HostParams):
     device = "cpu"
     compact_rows = True     # the kernels read compact batches (uint8 fields, no all-1 values)
     hot: np.ndarray | None = None   # features trained on per-thread replicas (see prepare)
+    hot_sync: np.ndarray | None = None   # each one's exchange interval in rows (None: HOT_SYNC_ROWS)
     total_steps = 1
 
     @property
@@ -47,28 +118,26 @@ class CpuBackend(HostParams):
         every thread would otherwise keep writing, the --hot-features most
         frequent in batch (auto: on a batch of HOT_MIN_ROWS or more, as many
         as fit HOT_BYTES per thread, each on at least HOT_MIN_SHARE of the
-        rows).  Returns what to tell the user, or None."""
+        rows), counted on HOT_SAMPLE_ROWS of its rows at most (see
+        feature_counts).  Returns what to tell the user, or None."""
         want = self.cfg.hot_features
         if want and self.n_classes > 1:
             raise ConfigError("--hot-features applies to the binary and regression tasks, not multiclass")
-        self.hot = None
+        self.hot = self.hot_sync = None
         if (not self.replicable() or want == 0 or batch.n_rows == 0
                 or (want is None and batch.n_rows < HOT_MIN_ROWS)):
             return None
         n = self.spec.n_features
         per_feature = self.F.shape[1] * self.F.itemsize * self.spec.n_fields
-        counts = np.zeros(n, np.int64)
-        step = 1 << 20   # in slices: bincount widens its input to int64
-        for i in range(0, len(batch.features), step):
-            part = batch.features[i : i + step]
-            counts += np.bincount(part[part < n], minlength=n)[:n]
+        counts, rows = feature_counts(batch, n)
         if want is None:
-            want = min(HOT_BYTES // per_feature, int((counts >= HOT_MIN_SHARE * batch.n_rows).sum()))
+            want = min(HOT_BYTES // per_feature, int((counts >= HOT_MIN_SHARE * rows).sum()))
         want = min(want, int(np.count_nonzero(counts)), MAX_HOT_FEATURES)
         if want <= 0:
             return None
-        top = np.argpartition(-counts, want - 1)[:want]
-        self.hot = np.sort(top).astype(np.int32)
+        top = np.sort(np.argpartition(-counts, want - 1)[:want])
+        self.hot = top.astype(np.int32)
+        self.hot_sync = hot_intervals(counts[top] / rows)
         return (f"{self.cfg.threads} threads: the {len(self.hot)} most frequent features "
                 "train on per-thread replicas (--hot-features)")
 
@@ -101,7 +170,8 @@ class CpuBackend(HostParams):
         prepare() chose the hot features) and trains the arrays in place."""
         if self._trainer is None:
             self._trainer = _kernels.Trainer(self.layout, *self.flat(), kernel_hyper(self.cfg, self.total_steps),
-                                             self.cfg.threads, self.hot, HOT_SYNC_ROWS)
+                                             self.cfg.threads, self.hot,
+                                             HOT_SYNC_ROWS if self.hot_sync is None else self.hot_sync)
         self._trainer.total_steps = self.total_steps
         w = np.zeros(0, np.float32) if weights is None else weights
         return self._trainer.train(batch.indptr, batch.fields, batch.features, batch.values, batch.labels,

@@ -577,7 +577,7 @@ def _changed_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return out
 
 
-def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot: np.ndarray | None,
+def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot: tuple | None,
                 rows: Batch, weights: np.ndarray | None, total_steps: int, step0: int):
     """One worker's part of a round when the driver holds the model (an
     InlineRunner): train a copy of `model` (B, L, F, R) on all of `rows` in
@@ -591,7 +591,7 @@ def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot
         mine[...] = a
         arrays.append(mine)
     backend = CpuBackend.from_arrays(cfg, spec, tuple(arrays))
-    backend.hot = hot
+    backend.hot, backend.hot_sync = hot or (None, None)
     backend.total_steps = total_steps
     sums = backend.train_slice(rows, np.arange(rows.n_rows, dtype=np.int64), weights, step0)
     changes = []
@@ -688,7 +688,7 @@ def _unpacked(packed: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(packed, count=n).view(bool)
 
 
-def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: np.ndarray | None, total_steps: int,
+def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: tuple | None, total_steps: int,
                step0: int, *blocks):
     """One worker's part of a round (a pure function of its arguments):
     train the model made of `blocks` (the round's merged blocks, in order)
@@ -708,7 +708,7 @@ def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: np.ndarr
     arrays = _assemble(blocks)
     t2 = time.perf_counter()
     backend = CpuBackend.from_arrays(cfg, spec, arrays)
-    backend.hot = hot
+    backend.hot, backend.hot_sync = hot or (None, None)
     backend.total_steps = total_steps
     sums = backend.train_slice(batch, order, weights, step0)
     t3 = time.perf_counter()
@@ -1540,7 +1540,7 @@ class DaskBackend(CpuBackend):
             moved += sent
             self.bytes_sent += sent
             moved += self._fetch_bytes(workers[j % len(workers)])
-            trains.append(client.submit(train_part, *args, cfg, self.spec, self.hot, self.total_steps,
+            trains.append(client.submit(train_part, *args, cfg, self.spec, self._hot(), self.total_steps,
                                         step0 + a // bs, *self._blocks_on(workers[j % len(workers)]),
                                         key=f"fmcli-train-{tag}-{j}",
                                         workers=[workers[j % len(workers)]], **opts))
@@ -1606,7 +1606,7 @@ class DaskBackend(CpuBackend):
         cfg = self.worker_config(len(cut))
         for a, b in cut:
             rows = part[a:b]
-            calls.append((cfg, self.spec, self.hot, take_rows(batch, rows),
+            calls.append((cfg, self.spec, self._hot(), take_rows(batch, rows),
                           None if weights is None else weights[rows], self.total_steps, step0 + a // bs))
         model = self.arrays()
         results = self.runner.run(model, calls)
@@ -1628,6 +1628,10 @@ class DaskBackend(CpuBackend):
         self._report(len(part), time.perf_counter() - t0, merge_seconds, moved,
                      [(w, b - a, r[2]) for w, (a, b), r in zip(self.runner.workers, cut, results)])
         return loss, wsum, skipped, first
+
+    def _hot(self) -> tuple | None:
+        """What a task needs of the hot features: (ids, exchange intervals) or None."""
+        return None if self.hot is None else (self.hot, self.hot_sync)
 
     def _report(self, rows: int, seconds: float, merge_seconds: float, moved: int, per_worker,
                 sent: int | None = None) -> None:

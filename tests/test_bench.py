@@ -300,6 +300,26 @@ def test_scaling_benchmark_compares_optimizers_and_the_general_loops(tmp_path):
     assert proc.returncode == 2 and "nothing to compare" in proc.stderr
 
 
+def test_scaling_benchmark_runs_hot_variants(tmp_path):
+    out = tmp_path / "var.json"
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "3000", "--work-dir", str(tmp_path),
+                           "--slice-rows", "1000", "--epochs", "2", "--hot-variant", "bytes=4096,step=1",
+                           "--hot-variant", "share=0.5,min_share=0.001", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert proc.returncode == 0, proc.stderr
+    report = {s["name"]: s for s in json.loads(out.read_text())["settings"]}
+    assert list(report) == ["1 thread", "2 threads", "2 threads, bytes=4096,step=1",
+                            "2 threads, share=0.5,min_share=0.001"]
+    assert report["2 threads, bytes=4096,step=1"]["variant"] == {"HOT_BYTES": 4096, "HOT_SYNC_STEP": 1}
+    assert report["2 threads, share=0.5,min_share=0.001"]["variant"] == {"HOT_SYNC_SHARE": 0.5,
+                                                                        "HOT_MIN_SHARE": 0.001}
+    for s in report.values():
+        assert len(s["va_by_epoch"]) == 2 and s["va_logloss"] == s["va_by_epoch"][-1]
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "100", "--work-dir", str(tmp_path),
+                           "--hot-variant", "colour=3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--hot-variant" in proc.stderr
+
+
 def test_scaling_benchmark_reports_cpu_share_and_hot_sync_settings(tmp_path):
     out = tmp_path / "sync.json"
     proc = subprocess.run([sys.executable, str(SCALING), "--rows", "2000", "--work-dir", str(tmp_path),

@@ -115,6 +115,95 @@ def test_exchanges_keep_every_change(sync):
     assert l2[0] == pytest.approx(l1[0], rel=1e-6)
 
 
+@openmp
+def test_tiers_keep_every_change_at_their_own_intervals():
+    # tiers: features 0..9 every row, 10..19 every 7 rows, 20..29 every 50,
+    # 30..39 never before the end.  The first half's rows carry 0..19 only,
+    # the second half's 20..39 only, so that the threads share nothing and
+    # the result is the one-thread model whatever the intervals
+    n, m = 40, 6
+    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    every = np.repeat(np.array([1, 7, 50, 10**9]), 10)
+    F0 = start(n, m)
+    one = F0.copy()
+    run(b, one, order, 1)
+    # the features given in another order than their tiers'
+    perm = np.random.default_rng(6).permutation(n)
+    two = F0.copy()
+    run(b, two, order, 2, hot_features=perm.astype(np.int32), hot_sync=every[perm], balance=False)
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+
+
+@openmp
+def test_a_tier_is_not_exchanged_before_its_interval():
+    # every row carries features of 0..9 (tier of 10**9 rows: exchanged only
+    # at the end) and one of the thread's own features (10..19 for the first
+    # half's rows, 20..29 for the second's; tier of 1 row).  Exchanging the
+    # shared tier with the other would let each thread see the other's
+    # changes; not exchanging it gives the sum of each half trained alone.
+    n, m = 30, 6
+    def half(seed, own):
+        b = rows(seed, 200, np.arange(10))
+        b.features.reshape(-1, 6)[:, 5] = np.random.default_rng(seed).choice(own, 200)
+        return b
+    b = joined(half(11, np.arange(10, 20)), half(12, np.arange(20, 30)))
+    order = np.arange(400, dtype=np.int64)
+    F0 = start(n, m)
+    halves = []
+    for part in (order[:200], order[200:]):
+        F = F0.copy()
+        run(b, F, part, 1)
+        halves.append(F)
+    every = np.array([10**9] * 10 + [1] * 20)
+    F = F0.copy()
+    run(b, F, order, 2, hot_features=np.arange(n, dtype=np.int32), hot_sync=every, balance=False)
+    np.testing.assert_allclose(F, halves[0] + halves[1] - F0, rtol=2e-6, atol=2e-6)
+
+
+def test_kernels_refuse_bad_intervals():
+    n, m = 40, 6
+    b = rows(7, 50, np.arange(n))
+    order = np.arange(b.n_rows, dtype=np.int64)
+    hot = np.arange(5, dtype=np.int32)
+    with pytest.raises(ValueError, match="at most 4 distinct intervals"):
+        run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.arange(1, 6))
+    with pytest.raises(ValueError, match="one per hot feature"):
+        run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.array([1, 2]))
+    with pytest.raises(ValueError, match="every 1 or more rows"):
+        run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.array([1, 2, 0, 1, 1]))
+
+
+def test_intervals_grow_as_the_share_falls(monkeypatch):
+    import fmcli.cpu as T
+
+    monkeypatch.setattr(T, "HOT_SYNC_ROWS", 256)
+    monkeypatch.setattr(T, "HOT_SYNC_SHARE", 0.0625)
+    monkeypatch.setattr(T, "HOT_SYNC_STEP", 4)
+    monkeypatch.setattr(T, "HOT_SYNC_TIERS", 4)
+    share = np.array([1.0, 0.0625, 0.06, 0.015625, 0.0156, 0.004, 0.0039, 1e-6, 0.0])
+    assert T.hot_intervals(share).tolist() == [256, 256, 1024, 1024, 4096, 4096, 16384, 16384, 16384]
+    # below the first tier, fewer than HOT_SYNC_ROWS x HOT_SYNC_SHARE x
+    # HOT_SYNC_STEP rows that carry the feature between two exchanges (until the last tier)
+    s = np.geomspace(0.0624, 0.0040, 200)
+    assert (s * T.hot_intervals(s) < 256 * 0.0625 * 4).all()
+    monkeypatch.setattr(T, "HOT_SYNC_STEP", 1)
+    assert set(T.hot_intervals(share).tolist()) == {256}
+
+
+def test_prepare_gives_each_hot_feature_its_interval(monkeypatch):
+    import fmcli.cpu as T
+
+    b = skewed()
+    counts = np.bincount(b.features, minlength=300)
+    st = state(hot_features=40)
+    st.prepare(b)
+    assert st.hot_sync.tolist() == T.hot_intervals(counts[st.hot] / b.n_rows).tolist()
+    assert len(set(st.hot_sync.tolist())) > 1
+    assert st.hot_sync.shape == st.hot.shape
+
+
 def test_one_thread_ignores_hot_features():
     n, m = 40, 6
     b = rows(6, 300, np.arange(n))
@@ -276,3 +365,20 @@ def test_a_trainer_reloads_its_replicas_at_every_pass():
         assert a == f.train(b.indptr, b.fields, b.features, b.values, b.labels, z, order, step)
     assert kept.tobytes() == fresh.tobytes()
     assert kept.tobytes() != start(n, m).tobytes()
+
+
+def test_features_are_counted_on_spread_runs_of_rows_of_large_batches(monkeypatch):
+    import fmcli.cpu as T
+
+    b = skewed(2000)
+    counts, rows = T.feature_counts(b, 300)
+    assert rows == 2000 and counts.tolist() == np.bincount(b.features, minlength=300).tolist()
+    monkeypatch.setattr(T, "HOT_SAMPLE_ROWS", 400)
+    monkeypatch.setattr(T, "HOT_SAMPLE_SPANS", 4)
+    counts, rows = T.feature_counts(b, 300)
+    f = b.features.reshape(-1, 6)
+    sample = np.concatenate([f[lo : lo + 100] for lo in (0, 500, 1000, 1500)])
+    assert rows == 400 and counts.tolist() == np.bincount(sample.ravel(), minlength=300).tolist()
+    # ids beyond the model's are not counted
+    counts, _ = T.feature_counts(b, 50)
+    assert len(counts) == 50 and counts.sum() == np.count_nonzero(sample < 50)

@@ -105,8 +105,12 @@ cdef extern from "hot.h":
         float* snap
         unsigned char* mark
         unsigned short* touched
-        Py_ssize_t n_touched
         Py_ssize_t rep
+        Py_ssize_t split[5]
+        Py_ssize_t every[4]
+        Py_ssize_t n_touched[4]
+        Py_ssize_t since[4]
+    enum: FM_HOT_TIERS
     Py_ssize_t fm_ffm_prepare_hot(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
                                   const int* feat, const float* val, Py_ssize_t nnz, float scale,
                                   Py_ssize_t* oj, Py_ssize_t* of, float* xs,
@@ -114,7 +118,9 @@ cdef extern from "hot.h":
     Py_ssize_t fm_float_distance(const float* F, const float* p) noexcept nogil
     void fm_hot_load(const float* F, const int* hot, Py_ssize_t H, Py_ssize_t len, float* local,
                      float* snap) noexcept nogil
-    void fm_hot_exchange(float* F, const int* hot, Py_ssize_t len, fm_replica* r) noexcept nogil
+    void fm_hot_tick(float* F, const int* hot, Py_ssize_t len, fm_replica* r, int* lock) noexcept nogil
+    void fm_hot_exchange_all(float* F, const int* hot, Py_ssize_t len, fm_replica* r, int* lock) noexcept nogil
+    void fm_hot_reset(fm_replica* r, Py_ssize_t H) noexcept nogil
     int fm_try_lock(int* lock) noexcept nogil
     void fm_unlock(int* lock) noexcept nogil
     void fm_lock(int* lock) noexcept nogil

@@ -69,8 +69,8 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
-                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_exchange,
-                      fm_try_lock, fm_unlock, fm_lock)
+                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_tick,
+                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL, OPT_ROWADA,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -275,7 +275,6 @@ cdef struct Scratch:
     unsigned int seed        # float16 storage: the row's stochastic-rounding seed
     fm_replica hot           # the thread's replica of the hot features' blocks (hot.h;
                              # its arrays belong to the Trainer)
-    Py_ssize_t since         # rows trained since its last exchange
     long long first_bad      # position in `order` of the first non-finite row, or -1
     char pad[64]             # the threads' Scratch structs share no cache line (their
                              # fields are written every row)
@@ -1257,8 +1256,11 @@ cdef class Trainer:
     hot_features: with several threads, float32 FFM, one class, one row at a
     time, no clipping and an additive optimizer (not Adam), each thread
     trains these features (at most 65535 distinct ids) on a replica that it
-    exchanges with the shared model every hot_sync rows and at the end of
-    each pass (see hot.h); elsewhere they are ignored.
+    exchanges with the shared model every hot_sync of its rows and at the end
+    of each pass (see hot.h); elsewhere they are ignored.  hot_sync: one
+    interval for all, or one per feature (an int array beside hot_features,
+    at most FM_HOT_TIERS distinct values: the features of one interval are
+    exchanged together).
 
     One train() at a time: the replicas belong to the trainer."""
     cdef readonly Layout layout
@@ -1274,7 +1276,7 @@ cdef class Trainer:
     cdef Py_ssize_t batch_size
     # hot features: their ids, a slot per model feature (hot.h), one replica per thread
     cdef Py_ssize_t H
-    cdef Py_ssize_t hot_sync
+    cdef object hot_sync
     cdef int* hot
     cdef unsigned short* slot
     cdef fm_replica* reps
@@ -1286,7 +1288,7 @@ cdef class Trainer:
         self.H = 0
 
     def __init__(self, Layout layout not None, B, L, F, R, dict hyper not None, int threads=1,
-                 hot_features=None, Py_ssize_t hot_sync=256, bint balance=True):
+                 hot_features=None, hot_sync=256, bint balance=True):
         if self.layout is not None:
             raise TypeError("a Trainer is built once")
         unknown = sorted(set(hyper) - set(HYPER_DEFAULTS) - set(HYPER_REQUIRED))
@@ -1355,12 +1357,31 @@ cdef class Trainer:
         self.s = s
 
     cdef set_hot(self, hot_features, Shape* s):
-        """The hot features' slots and one replica per thread (loaded at each train())."""
-        cdef const int[::1] ids = hot_features
-        cdef Py_ssize_t H = ids.shape[0], i, hlen = s.n_fields * s.fstride
+        """The hot features' slots, in tiers of one exchange interval each
+        (the shortest first), and one replica per thread (loaded at each train())."""
+        ids_in = np.ascontiguousarray(hot_features, dtype=np.int32)
+        cdef Py_ssize_t H = ids_in.shape[0], i, t, hlen = s.n_fields * s.fstride
         cdef int c
-        if H > 65535 or self.hot_sync < 1:
+        every_in = np.asarray(self.hot_sync, dtype=np.int64)
+        if every_in.ndim == 0:
+            every_in = np.full(H, int(every_in), np.int64)
+        if every_in.shape != (H,):
+            raise ValueError("hot_sync: one interval, or one per hot feature")
+        if H > 65535 or (H and every_in.min() < 1):
             raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
+        tiers = np.unique(every_in)
+        if len(tiers) > FM_HOT_TIERS:
+            raise ValueError(f"hot_sync: at most {FM_HOT_TIERS} distinct intervals")
+        # slots in tier order (the features of a tier in the order given)
+        by_tier = np.argsort(np.searchsorted(tiers, every_in), kind="stable")
+        cdef const int[::1] ids = ids_in[by_tier]
+        cdef Py_ssize_t split[FM_HOT_TIERS + 1]
+        cdef Py_ssize_t every[FM_HOT_TIERS]
+        counts = np.bincount(np.searchsorted(tiers, every_in), minlength=FM_HOT_TIERS)
+        split[0] = 0
+        for t in range(FM_HOT_TIERS):
+            split[t + 1] = split[t] + counts[t]
+            every[t] = tiers[t] if t < len(tiers) else 0
         self.slot = <unsigned short*>calloc(s.n_features + 1, sizeof(unsigned short))
         self.hot = <int*>malloc(sizeof(int) * H)
         self.reps = <fm_replica*>calloc(self.threads, sizeof(fm_replica))
@@ -1380,6 +1401,10 @@ cdef class Trainer:
             if (self.reps[c].local == NULL or self.reps[c].snap == NULL or self.reps[c].mark == NULL
                     or self.reps[c].touched == NULL):
                 raise MemoryError("no memory for the training work space")
+            for t in range(FM_HOT_TIERS + 1):
+                self.reps[c].split[t] = split[t]
+            for t in range(FM_HOT_TIERS):
+                self.reps[c].every[t] = every[t]
         self.H = H
         s.hot_slot = self.slot
 
@@ -1441,7 +1466,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef Shape s = tr.s
     cdef Opt o = tr.o
     cdef double eta = tr.eta
-    cdef Py_ssize_t batch_size = tr.batch_size, hot_sync = tr.hot_sync, kp = s.kp
+    cdef Py_ssize_t batch_size = tr.batch_size, kp = s.kp
     cdef bint skip_nonfinite = tr.skip_nonfinite
     cdef const int* fp
     cdef const float* vp
@@ -1469,15 +1494,16 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
         if H:
             # every pass starts the threads' replicas from the shared model
             for c in range(nthreads):
+                fm_hot_reset(&tr.reps[c], H)
                 sc[c].hot = tr.reps[c]
-                memset(sc[c].hot.mark, 0, H)
-                sc[c].hot.n_touched = 0
-                fm_hot_load(<float*>pF, hot, H, hlen, sc[c].hot.local, sc[c].hot.snap)
                 sc[c].hot.rep = fm_float_distance(<float*>pF, sc[c].hot.local)
                 sc[c].row.hot = &sc[c].hot
         fm_set_schedule(tr.balance and nthreads > 1, BALANCE_CHUNK)
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
+            if H:
+                # each thread loads its own replica (see fm_hot_load)
+                fm_hot_load(<float*>pF, hot, H, hlen, sc[tid].hot.local, sc[tid].hot.snap)
             for bi in prange(n_batches, schedule="runtime"):
                 if pstop[0]:
                     continue
@@ -1533,15 +1559,9 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     else:
                         flush_discard(&s, &sc[tid])
                 elif H:
-                    sc[tid].since = sc[tid].since + 1
-                    if sc[tid].since >= hot_sync and fm_try_lock(plock):
-                        fm_hot_exchange(<float*>pF, hot, hlen, &sc[tid].hot)
-                        fm_unlock(plock)
-                        sc[tid].since = 0
+                    fm_hot_tick(<float*>pF, hot, hlen, &sc[tid].hot, plock)
             if H:
-                fm_lock(plock)
-                fm_hot_exchange(<float*>pF, hot, hlen, &sc[tid].hot)
-                fm_unlock(plock)
+                fm_hot_exchange_all(<float*>pF, hot, hlen, &sc[tid].hot, plock)
         first = -1
         for c in range(nthreads):
             if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):

@@ -7,12 +7,19 @@
  * on two cores, this contention cost 30-40% of the two-thread rate.
  *
  * So each thread trains those features on its own copy of their blocks
- * (weights and optimizer state) and, every few hundred rows, folds what it
+ * (weights and optimizer state) and, every so many rows, folds what it
  * changed into the shared model and takes the others' changes back:
  *
  *     shared += local - snap;   local = snap = shared
  *
- * where snap is the thread's copy as of its last exchange.  Exchanges are
+ * where snap is the thread's copy as of its last exchange.
+ *
+ * The features are in up to FM_HOT_TIERS tiers, each with its own interval
+ * (in the thread's rows): a feature on a quarter of the rows is exchanged
+ * every few hundred rows, one on a hundredth of them every few thousand, so
+ * that between two exchanges the other threads make about as many updates
+ * to every replicated feature (its staleness) while the bytes exchanged per
+ * row are a fraction of what one interval for all would cost.  Exchanges are
  * serialised by a lock (a thread that finds it taken trains on and tries
  * again after its next row), so no change is lost; each thread exchanges
  * once more at the end of the call.  Every other feature is updated in
@@ -35,16 +42,31 @@
 #include <intrin.h>
 #endif
 
+#define FM_HOT_TIERS 4
+
 /* A thread's replica: the blocks of the H hot features (len floats each),
- * its copy as of the last exchange, and the slots touched since then. */
+ * its copy as of the last exchange, and the slots touched since then.  The
+ * slots of tier t are split[t] .. split[t + 1] - 1, and so are the places
+ * of its touched slots in `touched` (n_touched[t] of them); the tier is
+ * exchanged every every[t] of the thread's rows (0: an empty tier). */
 typedef struct {
     float *local;
     float *snap;
     uint8_t *mark;
     uint16_t *touched;
-    fm_idx n_touched;
     fm_idx rep;        /* local's distance from F, in floats */
+    fm_idx split[FM_HOT_TIERS + 1];
+    fm_idx every[FM_HOT_TIERS];
+    fm_idx n_touched[FM_HOT_TIERS];
+    fm_idx since[FM_HOT_TIERS];   /* the thread's rows since the tier's last exchange */
 } fm_replica;
+
+/* The tier of slot h (0-based). */
+static inline int fm_hot_tier(const fm_replica *r, fm_idx h) {
+    int t = 0;
+    while (t < FM_HOT_TIERS - 1 && h >= r->split[t + 1]) t++;
+    return t;
+}
 
 /* fm_ffm_prepare, except that a feature with slot[j] = s > 0 is addressed at
  * r->rep + (s - 1) * m * fs (its blocks in the thread's replica) and noted
@@ -60,8 +82,9 @@ static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int
         if (s) {
             oj[c] = r->rep + (s - 1) * m * fs;
             if (!r->mark[s - 1]) {
+                const int t = fm_hot_tier(r, s - 1);
                 r->mark[s - 1] = 1;
-                r->touched[r->n_touched++] = (uint16_t)(s - 1);
+                r->touched[r->split[t] + r->n_touched[t]++] = (uint16_t)(s - 1);
             }
         } else {
             oj[c] = (fm_idx)feat[i] * m * fs;
@@ -78,23 +101,26 @@ static inline fm_idx fm_float_distance(const float *F, const float *p) {
     return (fm_idx)(((intptr_t)p - (intptr_t)F) / (intptr_t)sizeof(float));
 }
 
-/* Start a replica: local and snap take the shared values of the H features
- * in hot (len floats each, the feature's m blocks). */
+/* Start a replica: local takes the shared values of the H features in hot
+ * (len floats each, the feature's m blocks), and snap local's.  Another
+ * thread may be exchanging meanwhile: snap is copied from local, not read
+ * again from F, so that local - snap is this thread's changes alone (what
+ * it saw half-written reaches it whole at its next exchange). */
 static void fm_hot_load(const float *F, const int *hot, fm_idx H, fm_idx len, float *local,
                         float *snap) {
-    for (fm_idx h = 0; h < H; h++) {
-        const float *g = F + (fm_idx)hot[h] * len;
-        memcpy(local + h * len, g, sizeof(float) * (size_t)len);
-        memcpy(snap + h * len, g, sizeof(float) * (size_t)len);
-    }
+    for (fm_idx h = 0; h < H; h++)
+        memcpy(local + h * len, F + (fm_idx)hot[h] * len, sizeof(float) * (size_t)len);
+    memcpy(snap, local, sizeof(float) * (size_t)(H * len));
 }
 
-/* Exchange the touched features of a replica with the shared model (under
- * the lock).  The others are as they were: the thread changed nothing, and
- * it sees the other threads' changes to them at a later exchange. */
-static void fm_hot_exchange(float *F, const int *hot, fm_idx len, fm_replica *r) {
-    for (fm_idx t = 0; t < r->n_touched; t++) {
-        const fm_idx h = r->touched[t];
+/* Exchange the touched features of tier t of a replica with the shared
+ * model (under the lock).  The others are as they were: the thread changed
+ * nothing, and it sees the other threads' changes to them at a later
+ * exchange. */
+static void fm_hot_exchange(float *F, const int *hot, fm_idx len, fm_replica *r, int t) {
+    const uint16_t *touched = r->touched + r->split[t];
+    for (fm_idx i = 0; i < r->n_touched[t]; i++) {
+        const fm_idx h = touched[i];
         float *__restrict g = F + (fm_idx)hot[h] * len;
         float *__restrict l = r->local + h * len;
         float *__restrict s = r->snap + h * len;
@@ -106,7 +132,8 @@ static void fm_hot_exchange(float *F, const int *hot, fm_idx len, fm_replica *r)
         }
         r->mark[h] = 0;
     }
-    r->n_touched = 0;
+    r->n_touched[t] = 0;
+    r->since[t] = 0;
 }
 
 static inline int fm_try_lock(volatile int *lock) {
@@ -129,6 +156,31 @@ static inline void fm_lock(volatile int *lock) {
     while (!fm_try_lock(lock))
         while (*lock) {
         }
+}
+
+/* After each of the thread's rows: exchange every tier whose interval has
+ * passed, if no other thread is exchanging (else after a later row). */
+static inline void fm_hot_tick(float *F, const int *hot, fm_idx len, fm_replica *r, volatile int *lock) {
+    for (int t = 0; t < FM_HOT_TIERS; t++) {
+        if (!r->every[t]) continue;
+        if (++r->since[t] >= r->every[t] && fm_try_lock(lock)) {
+            fm_hot_exchange(F, hot, len, r, t);
+            fm_unlock(lock);
+        }
+    }
+}
+
+/* At the end of a pass: exchange every tier (waiting for the lock). */
+static void fm_hot_exchange_all(float *F, const int *hot, fm_idx len, fm_replica *r, volatile int *lock) {
+    fm_lock(lock);
+    for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(F, hot, len, r, t);
+    fm_unlock(lock);
+}
+
+/* Start a pass: nothing touched, no rows since an exchange. */
+static void fm_hot_reset(fm_replica *r, fm_idx H) {
+    memset(r->mark, 0, (size_t)H);
+    for (int t = 0; t < FM_HOT_TIERS; t++) r->n_touched[t] = r->since[t] = 0;
 }
 
 #endif /* FMCLI_HOT_H */
