@@ -113,8 +113,10 @@ class Config:
     # float16: FFM factor weights held as float16 during training (float32
     # arithmetic and AdaGrad accumulators): 6 k bytes per block instead of 8 k
     storage: str = "float32"
-    # FFM with 2+ threads: the N most frequent features are trained on
-    # per-thread replicas exchanged every few thousand rows (None: auto, 0: off)
+    # FM, FFM, FwFM, FmFM with 2+ threads: the N most frequent features are
+    # trained on per-thread replicas exchanged every 256 to 16,384 rows by
+    # their share of rows (None: auto; 0: off, and no copies of the bias and
+    # field-pair weights either)
     hot_features: int | None = None
     device: str = "cpu"
     # data-parallel training on Dask (fmcli.distributed): "local:N" (a local
@@ -303,8 +305,8 @@ class Config:
         elif self.hot_features:
             missing = hot_features_missing(self)
             if missing:
-                raise ConfigError("--hot-features applies only to FFM trained on 2+ CPU threads in float32, one "
-                                  "row at a time; it needs " + ", ".join(missing))
+                raise ConfigError("--hot-features applies only to FM, FFM, FwFM and FmFM trained on 2+ CPU "
+                                  "threads in float32, one row at a time; it needs " + ", ".join(missing))
         if self.task == "regression":
             if self.label_smoothing:
                 raise ConfigError("label smoothing applies to the binary and multiclass tasks, not regression")

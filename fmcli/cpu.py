@@ -128,7 +128,10 @@ class CpuBackend(HostParams):
                 or (want is None and batch.n_rows < HOT_MIN_ROWS)):
             return None
         n = self.spec.n_features
-        per_feature = self.F.shape[1] * self.F.itemsize * self.spec.n_fields
+        # a feature's blocks (FFM's one per field, the others' one) and its linear weight
+        per_feature = self.F.shape[1] * self.F.itemsize * (self.F.shape[0] // max(n, 1))
+        if self.spec.use_linear:
+            per_feature += self.L.shape[1] * self.L.itemsize
         counts, rows = feature_counts(batch, n)
         if want is None:
             want = min(HOT_BYTES // per_feature, int((counts >= HOT_MIN_SHARE * rows).sum()))
@@ -171,7 +174,8 @@ class CpuBackend(HostParams):
         if self._trainer is None:
             self._trainer = _kernels.Trainer(self.layout, *self.flat(), kernel_hyper(self.cfg, self.total_steps),
                                              self.cfg.threads, self.hot,
-                                             HOT_SYNC_ROWS if self.hot_sync is None else self.hot_sync)
+                                             HOT_SYNC_ROWS if self.hot_sync is None else self.hot_sync,
+                                             copies=self.cfg.hot_features != 0)
         self._trainer.total_steps = self.total_steps
         w = np.zeros(0, np.float32) if weights is None else weights
         return self._trainer.train(batch.indptr, batch.fields, batch.features, batch.values, batch.labels,

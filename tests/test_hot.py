@@ -265,7 +265,8 @@ def test_auto_takes_the_features_on_a_share_of_rows_within_a_budget(monkeypatch)
     st.prepare(b)
     assert set(st.hot.tolist()) == set(np.flatnonzero(counts >= HOT_MIN_SHARE * b.n_rows).tolist())
     # a budget of HOT_BYTES per thread caps them
-    monkeypatch.setattr(T, "HOT_BYTES", 5 * st.F.shape[1] * 4 * 6)
+    # (a feature's 6 blocks and its linear weight)
+    monkeypatch.setattr(T, "HOT_BYTES", 5 * (st.F.shape[1] * 4 * 6 + st.L.shape[1] * 4))
     st.prepare(b)
     assert set(st.hot.tolist()) == set(np.argsort(-counts, kind="stable")[:5].tolist())
     # more than the data has: the features it has
@@ -284,7 +285,7 @@ def test_no_replicas_where_they_do_not_apply(kw):
     assert st.hot is None
 
 
-@pytest.mark.parametrize("change", [dict(threads=1), dict(model="fm"), dict(optimizer="adam"),
+@pytest.mark.parametrize("change", [dict(threads=1), dict(model="lr"), dict(optimizer="adam"),
                                     dict(dtype="float64"), dict(batch_size=8), dict(clip_norm=1.0),
                                     dict(storage="float16")])
 def test_explicit_hot_features_refuse_what_they_do_not_run(change):
@@ -382,3 +383,141 @@ def test_features_are_counted_on_spread_runs_of_rows_of_large_batches(monkeypatc
     # ids beyond the model's are not counted
     counts, _ = T.feature_counts(b, 50)
     assert len(counts) == 50 and counts.sum() == np.count_nonzero(sample < 50)
+
+
+def _fwfm_run(b, arrays, order, threads, *, sync=256, copies=True, kind="fwfm", use_bias=True, hot=None):
+    """Train float32 FwFM/FmFM (or FM) with linear terms (and a bias) on b, arrays = [B, L, F, R]
+    in place; returns the Trainer."""
+    n, m = 40, 6
+    lay = _kernels.Layout(kind, "binary", 1, n, m, KP, 1, use_bias=use_bias, use_linear=True)
+    hyper = dict(optimizer="adagrad", eta=0.2, l2_factors=1e-4)
+    tr = _kernels.Trainer(lay, *arrays, hyper, threads, hot, sync, False, copies=copies)
+    z = np.zeros(0, np.float32)
+    tr.train(b.indptr, b.fields, b.features, b.values, b.labels, z, order, 0)
+    return tr
+
+
+def _fwfm_start(kind="fwfm", seed=1, use_bias=True):
+    n, m = 40, 6
+    lay = _kernels.Layout(kind, "binary", 1, n, m, KP, 1, use_bias=use_bias, use_linear=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for size in lay.sizes:
+        a = np.ones(size, np.float32)
+        a[::2] = rng.random(len(a[::2]), dtype=np.float32) * 0.3
+        out.append(a)
+    return out
+
+
+@openmp
+@pytest.mark.parametrize("kind", ["fwfm", "fmfm", "fm"])
+def test_threads_train_the_bias_and_field_pair_weights_on_copies(kind):
+    # the first half's rows carry features 0..19, the second half's 20..39:
+    # only the bias (and FwFM's and FmFM's field-pair weights) are shared.
+    # Copies exchanged only at the end of the pass: each thread trains as if
+    # alone, and the result adds up both halves' changes
+    b = joined(rows(3, 200, np.arange(20)), rows(4, 200, np.arange(20, 40)))
+    order = np.arange(400, dtype=np.int64)
+    start = _fwfm_start(kind)
+    halves = []
+    for part in (order[:200], order[200:]):
+        arrays = [a.copy() for a in start]
+        _fwfm_run(b, arrays, part, 1, kind=kind)
+        halves.append(arrays)
+    arrays = [a.copy() for a in start]
+    tr = _fwfm_run(b, arrays, order, 2, sync=10**9, kind=kind)
+    assert tr.copied == (("B",) if kind == "fm" else ("B", "R"))
+    for name, got, a0, h1, h2 in zip("BLFR", arrays, start, *halves):
+        assert not np.array_equal(h1, a0) or not np.array_equal(h2, a0) or len(a0) == 0, name
+        np.testing.assert_allclose(got, h1 + h2 - a0, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+@openmp
+def test_without_copies_the_threads_share_the_bias():
+    b = joined(rows(3, 200, np.arange(20)), rows(4, 200, np.arange(20, 40)))
+    order = np.arange(400, dtype=np.int64)
+    start = _fwfm_start()
+    assert _fwfm_run(b, [a.copy() for a in start], order, 2, copies=False).copied == ()
+    # one thread, or a mini-batch, or Adam: no copies
+    assert _fwfm_run(b, [a.copy() for a in start], order, 1).copied == ()
+
+
+def test_copies_follow_hot_features_zero():
+    b = skewed(300)
+    for hot, expect in ((None, ("B",)), (0, ())):
+        cfg = Config(model="ffm", k=4, threads=2, hot_features=hot, cache=False)
+        st = TrainState(cfg, 300, 6, np.random.default_rng(0))
+        st.prepare(b)
+        st.train_slice(b, np.arange(b.n_rows, dtype=np.int64), None, 0)
+        assert st._trainer.copied == expect
+
+
+@openmp
+def test_fwfm_threads_with_copies_train_as_well_as_one_thread():
+    b = skewed(40000, seed=9)
+    va = skewed(5000, seed=10)
+    for x in (b, va):
+        f = x.features.reshape(-1, 6)
+        noise = np.random.default_rng(len(x.labels)).random(len(x.labels)) < 0.15
+        x.labels[:] = ((f[:, 0] + f[:, 1]) % 2 == 0) ^ noise
+    loss = {}
+    for threads in (1, 2):
+        m = train(Config(model="fwfm", k=4, threads=threads, epochs=2, cache=False), b, va)
+        loss[threads] = m.meta["training"]["history"][-1]["valid_logloss"]
+    assert loss[2] == pytest.approx(loss[1], rel=0.01)
+
+
+@openmp
+@pytest.mark.parametrize("kind", ["fwfm", "fmfm", "fm"])
+def test_hot_features_of_every_factor_model_add_up_without_exchanges(kind):
+    # as test_threads_train_the_bias_and_field_pair_weights_on_copies, with
+    # every feature on the threads' replicas as well
+    b = joined(rows(3, 200, np.arange(20)), rows(4, 200, np.arange(20, 40)))
+    order = np.arange(400, dtype=np.int64)
+    start = _fwfm_start(kind)
+    halves = []
+    for part in (order[:200], order[200:]):
+        arrays = [a.copy() for a in start]
+        _fwfm_run(b, arrays, part, 1, kind=kind)
+        halves.append(arrays)
+    arrays = [a.copy() for a in start]
+    tr = _fwfm_run(b, arrays, order, 2, sync=10**9, kind=kind, hot=np.arange(40, dtype=np.int32))
+    assert tr.hot_features == 40
+    for name, got, a0, h1, h2 in zip("BLFR", arrays, start, *halves):
+        np.testing.assert_allclose(got, h1 + h2 - a0, rtol=2e-6, atol=2e-6, err_msg=name)
+
+
+@openmp
+@pytest.mark.parametrize("kind", ["fm", "ffm"])
+def test_hot_features_and_their_linear_weights_keep_every_change(kind):
+    # FM and FFM with linear terms, without a bias: the halves share no
+    # parameter, so two threads give the one-thread model whatever the
+    # tiers' intervals (the replicas hold the features' linear weights too)
+    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    start = _fwfm_start(kind, use_bias=False)
+    one = [a.copy() for a in start]
+    _fwfm_run(b, one, order, 1, kind=kind, use_bias=False)
+    perm = np.random.default_rng(6).permutation(40)
+    every = np.repeat(np.array([1, 7, 50, 10**9]), 10)[perm]
+    two = [a.copy() for a in start]
+    tr = _fwfm_run(b, two, order, 2, kind=kind, use_bias=False, hot=perm.astype(np.int32), sync=every)
+    assert tr.hot_features == 40 and tr.copied == ()
+    for name, got, want in zip("BLFR", two, one):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("model", ["fm", "fwfm", "fmfm"])
+def test_every_factor_model_chooses_hot_features(model, monkeypatch):
+    import fmcli.cpu as T
+
+    b = skewed()
+    monkeypatch.setattr(T, "HOT_MIN_ROWS", b.n_rows)
+    st = TrainState(Config(model=model, k=4, threads=2), 300, 6, np.random.default_rng(0))
+    st.prepare(b)
+    counts = np.bincount(b.features, minlength=300)
+    # one block per feature: HOT_BYTES holds 6 times as many features as FFM's
+    assert set(st.hot.tolist()) == set(np.flatnonzero(counts >= T.HOT_MIN_SHARE * b.n_rows).tolist())
+    st.train_slice(b, np.arange(b.n_rows, dtype=np.int64), None, 0)
+    assert st._trainer.hot_features == len(st.hot)

@@ -106,21 +106,41 @@ cdef extern from "hot.h":
         unsigned char* mark
         unsigned short* touched
         Py_ssize_t rep
+        Py_ssize_t hlen
+        Py_ssize_t llen
+        Py_ssize_t stride
         Py_ssize_t split[5]
         Py_ssize_t every[4]
         Py_ssize_t n_touched[4]
         Py_ssize_t since[4]
     enum: FM_HOT_TIERS
+    ctypedef struct fm_copy:
+        float* local
+        float* snap
+        Py_ssize_t len
+        Py_ssize_t every
+        Py_ssize_t since
     Py_ssize_t fm_ffm_prepare_hot(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
                                   const int* feat, const float* val, Py_ssize_t nnz, float scale,
                                   Py_ssize_t* oj, Py_ssize_t* of, float* xs,
                                   const unsigned short* slot, fm_replica* r) noexcept nogil
+    Py_ssize_t fm_fwfm_prepare_hot(Py_ssize_t n, Py_ssize_t m, Py_ssize_t fs, const int* fld,
+                                   const int* feat, const float* val, Py_ssize_t nnz, float scale,
+                                   Py_ssize_t* ov, Py_ssize_t* fi, float* xs,
+                                   const unsigned short* slot, fm_replica* r) noexcept nogil
+    float* fm_hot_block(float* F, Py_ssize_t j, Py_ssize_t fs, const unsigned short* slot, fm_replica* r,
+                        int touch) noexcept nogil
     Py_ssize_t fm_float_distance(const float* F, const float* p) noexcept nogil
-    void fm_hot_load(const float* F, const int* hot, Py_ssize_t H, Py_ssize_t len, float* local,
-                     float* snap) noexcept nogil
-    void fm_hot_tick(float* F, const int* hot, Py_ssize_t len, fm_replica* r, int* lock) noexcept nogil
-    void fm_hot_exchange_all(float* F, const int* hot, Py_ssize_t len, fm_replica* r, int* lock) noexcept nogil
+    void fm_hot_load(const float* F, const float* L, const int* hot, Py_ssize_t H,
+                     const fm_replica* r) noexcept nogil
+    float* fm_hot_linear(float* L, Py_ssize_t j, Py_ssize_t ls, const unsigned short* slot,
+                         const fm_replica* r) noexcept nogil
+    void fm_hot_tick(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
+    void fm_hot_exchange_all(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
     void fm_hot_reset(fm_replica* r, Py_ssize_t H) noexcept nogil
+    void fm_copy_load(const float* shared, fm_copy* c) noexcept nogil
+    void fm_copy_exchange(float* shared, fm_copy* c) noexcept nogil
+    void fm_copy_tick(float* shared, fm_copy* c, int* lock) noexcept nogil
     int fm_try_lock(int* lock) noexcept nogil
     void fm_unlock(int* lock) noexcept nogil
     void fm_lock(int* lock) noexcept nogil

@@ -69,8 +69,9 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
-                      fm_replica, fm_ffm_prepare_hot, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_tick,
-                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS)
+                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_tick,
+                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS,
+                      fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL, OPT_ROWADA,
                       SCHED_CONSTANT, SCHED_LINEAR, SCHED_COSINE, SCHED_INVSQRT)
@@ -438,6 +439,15 @@ cdef Py_ssize_t longest_row(const long long[::1] indptr) noexcept nogil:
     return best
 
 
+cdef inline floating* lin(const Shape* s, const floating* L, Py_ssize_t j, const Row* prep) noexcept nogil:
+    """Feature j's linear weight (and state): the thread's replica of it for
+    a hot feature (see fm_hot_linear), else L's."""
+    if floating is float:
+        if s.hot_slot != NULL:
+            return fm_hot_linear(<float*>L, j, s.lstride, s.hot_slot, prep.hot)
+    return <floating*>L + j * s.lstride
+
+
 cdef inline double score_row(const Shape* s, const floating* B, const floating* L,
                              const floating* F, const floating* R, const int* fld, const int* feat,
                              const float* val, Py_ssize_t nnz, floating scale,
@@ -462,7 +472,7 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
         for i in range(nnz):
             j1 = feat[i]
             if j1 < n and (not s.fielded or fld[i] < m):
-                t += L[j1 * s.lstride] * (val[i] * scale)
+                t += lin(s, L, j1, prep)[0] * (val[i] * scale)
     if s.kind == KIND_FFM:
         if floating is float and s.half:
             # offsets in bytes: a block is fs 4-byte words
@@ -496,7 +506,11 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
     elif s.kind == KIND_FWFM or s.kind == KIND_FMFM:
         if floating is float:
             # the compacted row (prep.of: fields) that update_row then reuses
-            prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
+            if s.hot_slot != NULL:
+                prep.count = fm_fwfm_prepare_hot(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of,
+                                                 prep.xs, s.hot_slot, prep.hot)
+            else:
+                prep.count = fm_fwfm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of, prep.xs)
             if s.kind == KIND_FWFM:
                 t += fm_fwfm_pairs_f32(F, kp, R, s.lstride, m, prep.oj, prep.of, prep.xs, prep.count)
             else:
@@ -524,7 +538,10 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
             if j1 >= n:
                 continue
             x1 = val[i] * scale
-            w1 = F + j1 * fs
+            if floating is float and s.hot_slot != NULL:
+                w1 = fm_hot_block(F, j1, fs, s.hot_slot, prep.hot, 1)
+            else:
+                w1 = F + j1 * fs
             for d in range(kp):
                 v = w1[d] * x1
                 acc[d] = acc[d] + v
@@ -889,11 +906,11 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
         for i in range(nnz):
             if feat[i] >= n or (s.fielded and fld[i] >= m):
                 continue
-            gl[i] = kappa * (val[i] * scale) + <floating>s.laml * L[feat[i] * ls]
+            gl[i] = kappa * (val[i] * scale) + <floating>s.laml * lin(s, L, feat[i], prep)[0]
         for i in range(nnz):
             if feat[i] >= n or (s.fielded and fld[i] >= m):
                 continue
-            emit(s, o, sc, ARR_L, eta, L + feat[i] * ls, &gl[i], 1, l1, <floating>s.l2l)
+            emit(s, o, sc, ARR_L, eta, lin(s, L, feat[i], prep), &gl[i], 1, l1, <floating>s.l2l)
     if s.kind == KIND_FFM:
         if floating is float and s.half:
             # train_epoch checked: AdaGrad, per row, no clipping
@@ -944,14 +961,23 @@ cdef inline void update_row(const Shape* s, const Opt* o, floating eta,
             if feat[i] >= n:
                 continue
             x1 = val[i] * scale
-            w1 = F + feat[i] * fs
+            w1 = fm_block(s, F, feat[i], prep)
             kv = kappa * x1
             for d in range(kp):
                 a = w1[d]
                 gf[i * kp + d] = kv * (acc[d] - a * x1) + lam * a
         for i in range(nnz):
             if feat[i] < n:
-                emit(s, o, sc, ARR_F, eta, F + feat[i] * fs, gf + i * kp, kp, l1, l2)
+                emit(s, o, sc, ARR_F, eta, fm_block(s, F, feat[i], prep), gf + i * kp, kp, l1, l2)
+
+
+cdef inline floating* fm_block(const Shape* s, floating* F, Py_ssize_t j, const Row* prep) noexcept nogil:
+    """FM's block of feature j: the thread's replica of it for a hot feature
+    (score_row noted it as touched), else F's."""
+    if floating is float:
+        if s.hot_slot != NULL:
+            return fm_hot_block(F, j, s.fstride, s.hot_slot, prep.hot, 0)
+    return F + j * s.fstride
 
 
 cdef inline double row_loss(const Shape* s, double* t, double y, double eps, double* kappa) noexcept nogil:
@@ -1228,6 +1254,12 @@ cdef const char* cdata_of(object a, bint f64, Py_ssize_t* n) except *:
     return <const char*>&f[0] if f.shape[0] else NULL
 
 
+cdef inline Py_ssize_t hot_len(const Shape* s) noexcept nogil:
+    """The floats of a feature's blocks in F (what a replica holds of it): FFM's
+    one per field, one for FM, FwFM and FmFM."""
+    return s.n_fields * s.fstride if s.kind == KIND_FFM else s.fstride
+
+
 cdef class Trainer:
     """Trains one model's parameters in place, one pass over a slice of rows
     at a time.  Built once per run: the arrays, their layout, the optimizer,
@@ -1253,8 +1285,9 @@ cdef class Trainer:
     balance: threads take BALANCE_CHUNK rows (batches) at a time, so none
     waits for a slower one at the end; else each takes one contiguous share of
     `order` (the first thread the first share).
-    hot_features: with several threads, float32 FFM, one class, one row at a
-    time, no clipping and an additive optimizer (not Adam), each thread
+    hot_features: with several threads, float32 FM, FFM, FwFM or FmFM, one
+    class, one row at a time, no clipping and an additive optimizer (not
+    Adam), each thread
     trains these features (at most 65535 distinct ids) on a replica that it
     exchanges with the shared model every hot_sync of its rows and at the end
     of each pass (see hot.h); elsewhere they are ignored.  hot_sync: one
@@ -1280,15 +1313,18 @@ cdef class Trainer:
     cdef int* hot
     cdef unsigned short* slot
     cdef fm_replica* reps
+    # each thread's copies of the bias and of the field-pair weights (hot.h), or NULL
+    cdef fm_copy* copies
 
     def __cinit__(self):
         self.hot = NULL
         self.slot = NULL
         self.reps = NULL
+        self.copies = NULL
         self.H = 0
 
     def __init__(self, Layout layout not None, B, L, F, R, dict hyper not None, int threads=1,
-                 hot_features=None, hot_sync=256, bint balance=True):
+                 hot_features=None, hot_sync=256, bint balance=True, bint copies=True):
         if self.layout is not None:
             raise TypeError("a Trainer is built once")
         unknown = sorted(set(hyper) - set(HYPER_DEFAULTS) - set(HYPER_REQUIRED))
@@ -1350,17 +1386,19 @@ cdef class Trainer:
         self.threads = max(1, threads)
         self.balance = balance
         self.hot_sync = hot_sync
-        if (hot_features is not None and len(hot_features) and self.threads > 1 and not f64
-                and s.kind == KIND_FFM and not s.half and not s.batch and o.clip == 0
-                and s.n_classes == 1 and o.kind != OPT_ADAM):
+        cdef bint replicable = (self.threads > 1 and not f64 and not s.half and not s.batch
+                                and o.clip == 0 and s.n_classes == 1 and o.kind != OPT_ADAM)
+        if replicable and hot_features is not None and len(hot_features) and s.kind != KIND_LR:
             self.set_hot(hot_features, &s)
+        if replicable and copies and (s.use_bias or s.cR > 0):
+            self.set_copies(&s)
         self.s = s
 
     cdef set_hot(self, hot_features, Shape* s):
         """The hot features' slots, in tiers of one exchange interval each
         (the shortest first), and one replica per thread (loaded at each train())."""
         ids_in = np.ascontiguousarray(hot_features, dtype=np.int32)
-        cdef Py_ssize_t H = ids_in.shape[0], i, t, hlen = s.n_fields * s.fstride
+        cdef Py_ssize_t H = ids_in.shape[0], i, t, hlen = hot_len(s)
         cdef int c
         every_in = np.asarray(self.hot_sync, dtype=np.int64)
         if every_in.ndim == 0:
@@ -1392,10 +1430,15 @@ cdef class Trainer:
                 raise ValueError("hot features must be distinct ids of the model")
             self.slot[ids[i]] = <unsigned short>(i + 1)
             self.hot[i] = ids[i]
+        # a feature's floats in a replica: its blocks, then its linear weight (and state)
+        cdef Py_ssize_t llen = s.lstride if s.use_linear else 0
         for c in range(self.threads):
+            self.reps[c].hlen = hlen
+            self.reps[c].llen = llen
+            self.reps[c].stride = hlen + llen
             # each thread's own lines (see line_alloc)
-            self.reps[c].local = <float*>line_alloc(sizeof(float) * H * hlen)
-            self.reps[c].snap = <float*>line_alloc(sizeof(float) * H * hlen)
+            self.reps[c].local = <float*>line_alloc(sizeof(float) * H * (hlen + llen))
+            self.reps[c].snap = <float*>line_alloc(sizeof(float) * H * (hlen + llen))
             self.reps[c].mark = <unsigned char*>line_calloc(H, 1)
             self.reps[c].touched = <unsigned short*>line_alloc(sizeof(unsigned short) * H)
             if (self.reps[c].local == NULL or self.reps[c].snap == NULL or self.reps[c].mark == NULL
@@ -1408,8 +1451,45 @@ cdef class Trainer:
         self.H = H
         s.hot_slot = self.slot
 
+    cdef set_copies(self, Shape* s):
+        """Each thread's copies of the bias and of the field-pair weights
+        (loaded at each train()), exchanged every hot_sync rows (the
+        shortest interval where there is one per feature)."""
+        every = np.asarray(self.hot_sync, dtype=np.int64)
+        cdef Py_ssize_t interval = int(every.min()) if every.size else 256
+        cdef Py_ssize_t c, a
+        cdef Py_ssize_t lens[2]
+        if interval < 1:
+            raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
+        lens[0] = s.cB if s.use_bias else 0
+        lens[1] = s.cR
+        self.copies = <fm_copy*>calloc(2 * self.threads, sizeof(fm_copy))
+        if self.copies == NULL:
+            raise MemoryError("no memory for the training work space")
+        for c in range(self.threads):
+            for a in range(2):
+                self.copies[2 * c + a].len = lens[a]
+                self.copies[2 * c + a].every = interval
+                if lens[a]:
+                    self.copies[2 * c + a].local = <float*>line_alloc(sizeof(float) * lens[a])
+                    self.copies[2 * c + a].snap = <float*>line_alloc(sizeof(float) * lens[a])
+                    if self.copies[2 * c + a].local == NULL or self.copies[2 * c + a].snap == NULL:
+                        raise MemoryError("no memory for the training work space")
+
+    @property
+    def copied(self):
+        """Which small arrays each thread trains on a copy of: a subset of ("B", "R")."""
+        if self.copies == NULL:
+            return ()
+        return tuple(name for a, name in enumerate(("B", "R")) if self.copies[a].len)
+
     def __dealloc__(self):
         cdef int c
+        if self.copies != NULL:
+            for c in range(2 * self.threads):
+                free(self.copies[c].local)
+                free(self.copies[c].snap)
+        free(self.copies)
         if self.reps != NULL:
             for c in range(self.threads):
                 free(self.reps[c].local)
@@ -1486,9 +1566,12 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     if sc == NULL:
         raise MemoryError("no memory for the training work space")
     cdef const int* hot = tr.hot
-    cdef Py_ssize_t H = tr.H, hlen = s.n_fields * s.fstride
+    cdef Py_ssize_t H = tr.H, hlen = hot_len(&s)
     cdef int lock = 0
     cdef int* plock = &lock
+    cdef fm_copy* copies = tr.copies
+    cdef floating* tB      # the bias and field-pair weights a thread trains: its copies, or the shared ones
+    cdef floating* tR
     tid = 0
     try:
         if H:
@@ -1503,7 +1586,16 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
             tid = threadid()
             if H:
                 # each thread loads its own replica (see fm_hot_load)
-                fm_hot_load(<float*>pF, hot, H, hlen, sc[tid].hot.local, sc[tid].hot.snap)
+                fm_hot_load(<float*>pF, <float*>pL, hot, H, &sc[tid].hot)
+            tB = pB
+            tR = pR
+            if copies != NULL:
+                if copies[2 * tid].len:
+                    fm_copy_load(<float*>pB, &copies[2 * tid])
+                    tB = <floating*>copies[2 * tid].local
+                if copies[2 * tid + 1].len:
+                    fm_copy_load(<float*>pR, &copies[2 * tid + 1])
+                    tR = <floating*>copies[2 * tid + 1].local
             for bi in prange(n_batches, schedule="runtime"):
                 if pstop[0]:
                     continue
@@ -1523,7 +1615,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     scale = <floating>row_scale(vp, nnz, s.normalize)
                     bad = False
                     for c in range(C):
-                        t = score_row(&s, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF, pR + c * s.cR,
+                        t = score_row(&s, tB + c * s.cB, pL + c * s.cL, pF + c * s.cF, tR + c * s.cR,
                                       fp, ent.feat + start, vp, nnz, scale,
                                       <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row)
                         sc[tid].t[c] = t
@@ -1549,8 +1641,8 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):
                         sc[tid].seed = sc[tid].seed + 1
-                        update_row(&s, &o, eta_t, pB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
-                                   pR + c * s.cR, fp, ent.feat + start, vp,
+                        update_row(&s, &o, eta_t, tB + c * s.cB, pL + c * s.cL, pF + c * s.cF,
+                                   tR + c * s.cR, fp, ent.feat + start, vp,
                                    nnz, scale, <floating>(wr * kap[c]),
                                    <floating*>sc[tid].acc + c * (kp + 4), &sc[tid].row, &sc[tid])
                 if s.batch:
@@ -1558,10 +1650,23 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                         flush(&s, &o, &sc[tid], eta_t, cnt)
                     else:
                         flush_discard(&s, &sc[tid])
-                elif H:
-                    fm_hot_tick(<float*>pF, hot, hlen, &sc[tid].hot, plock)
+                else:
+                    if H:
+                        fm_hot_tick(<float*>pF, <float*>pL, hot, &sc[tid].hot, plock)
+                    if copies != NULL:
+                        if copies[2 * tid].len:
+                            fm_copy_tick(<float*>pB, &copies[2 * tid], plock)
+                        if copies[2 * tid + 1].len:
+                            fm_copy_tick(<float*>pR, &copies[2 * tid + 1], plock)
             if H:
-                fm_hot_exchange_all(<float*>pF, hot, hlen, &sc[tid].hot, plock)
+                fm_hot_exchange_all(<float*>pF, <float*>pL, hot, &sc[tid].hot, plock)
+            if copies != NULL:
+                fm_lock(plock)
+                if copies[2 * tid].len:
+                    fm_copy_exchange(<float*>pB, &copies[2 * tid])
+                if copies[2 * tid + 1].len:
+                    fm_copy_exchange(<float*>pR, &copies[2 * tid + 1])
+                fm_unlock(plock)
         first = -1
         for c in range(nthreads):
             if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):

@@ -1,4 +1,6 @@
-/* Per-thread replicas of the hottest features' FFM blocks.
+/* Per-thread replicas of the hottest features' blocks (FM, FFM, FwFM, FmFM)
+ * and linear weights, and per-thread copies of the small arrays every row
+ * writes (the bias, the field-pair weights).
  *
  * With several threads, every row writes the blocks of its features in
  * place (Hogwild).  The few hundred features that most rows carry (the head
@@ -27,9 +29,10 @@
  * FTRL (sums of steps and of squared gradients), not Adam's moving
  * averages.
  *
- * A prepared row addresses a replicated feature's blocks through the same
- * offsets from F as any other (see fm_ffm_prepare): the offset of the
- * thread's replica from F, plus the feature's slot in it.
+ * A prepared row (FFM, FwFM, FmFM) addresses a replicated feature's blocks
+ * through the same offsets from F as any other (see fm_ffm_prepare): the
+ * offset of the thread's replica from F, plus the feature's place in it;
+ * FM's loops and the linear terms ask fm_hot_block and fm_hot_linear.
  */
 #ifndef FMCLI_HOT_H
 #define FMCLI_HOT_H
@@ -44,7 +47,8 @@
 
 #define FM_HOT_TIERS 4
 
-/* A thread's replica: the blocks of the H hot features (len floats each),
+/* A thread's replica: the blocks of the H hot features (hlen floats each, then
+ * llen of the feature's linear weight and state),
  * its copy as of the last exchange, and the slots touched since then.  The
  * slots of tier t are split[t] .. split[t + 1] - 1, and so are the places
  * of its touched slots in `touched` (n_touched[t] of them); the tier is
@@ -55,6 +59,9 @@ typedef struct {
     uint8_t *mark;
     uint16_t *touched;
     fm_idx rep;        /* local's distance from F, in floats */
+    fm_idx hlen;       /* floats of a feature's blocks in F */
+    fm_idx llen;       /* floats of its linear weight (and state) in L; 0: none */
+    fm_idx stride;     /* a feature's floats in the replica: hlen + llen (blocks, then linear) */
     fm_idx split[FM_HOT_TIERS + 1];
     fm_idx every[FM_HOT_TIERS];
     fm_idx n_touched[FM_HOT_TIERS];
@@ -68,8 +75,17 @@ static inline int fm_hot_tier(const fm_replica *r, fm_idx h) {
     return t;
 }
 
+/* Note slot s (1-based) as touched since the tier's last exchange. */
+static inline void fm_hot_touch(fm_replica *r, fm_idx s) {
+    if (!r->mark[s - 1]) {
+        const int t = fm_hot_tier(r, s - 1);
+        r->mark[s - 1] = 1;
+        r->touched[r->split[t] + r->n_touched[t]++] = (uint16_t)(s - 1);
+    }
+}
+
 /* fm_ffm_prepare, except that a feature with slot[j] = s > 0 is addressed at
- * r->rep + (s - 1) * m * fs (its blocks in the thread's replica) and noted
+ * r->rep + (s - 1) * r->stride (its blocks in the thread's replica) and noted
  * as touched. */
 static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int *fld,
                                          const int *feat, const float *val, fm_idx nnz,
@@ -80,12 +96,8 @@ static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int
         if (feat[i] >= n || fld[i] >= m) continue;
         const fm_idx s = slot[feat[i]];
         if (s) {
-            oj[c] = r->rep + (s - 1) * m * fs;
-            if (!r->mark[s - 1]) {
-                const int t = fm_hot_tier(r, s - 1);
-                r->mark[s - 1] = 1;
-                r->touched[r->split[t] + r->n_touched[t]++] = (uint16_t)(s - 1);
-            }
+            oj[c] = r->rep + (s - 1) * r->stride;
+            fm_hot_touch(r, s);
         } else {
             oj[c] = (fm_idx)feat[i] * m * fs;
         }
@@ -96,40 +108,90 @@ static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int
     return c;
 }
 
+/* fm_fwfm_prepare (FwFM and FmFM: one block of fs floats per feature), except
+ * that a feature with slot[j] = s > 0 is addressed at r->rep + (s - 1) * r->stride
+ * (its block in the thread's replica) and noted as touched. */
+static inline fm_idx fm_fwfm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int *fld, const int *feat,
+                                         const float *val, fm_idx nnz, float scale, fm_idx *ov, fm_idx *fi,
+                                         float *xs, const uint16_t *slot, fm_replica *r) {
+    fm_idx c = 0;
+    for (fm_idx i = 0; i < nnz; i++) {
+        if (feat[i] >= n || fld[i] >= m) continue;
+        const fm_idx s = slot[feat[i]];
+        if (s) {
+            ov[c] = r->rep + (s - 1) * r->stride;
+            fm_hot_touch(r, s);
+        } else {
+            ov[c] = (fm_idx)feat[i] * fs;
+        }
+        fi[c] = fld[i];
+        xs[c] = val[i] * scale;
+        c++;
+    }
+    return c;
+}
+
+/* FM's block of feature j (fs floats): in the thread's replica for a hot
+ * feature (noted as touched when `touch`), else in F. */
+static inline float *fm_hot_block(float *F, fm_idx j, fm_idx fs, const uint16_t *slot, fm_replica *r,
+                                  int touch) {
+    const fm_idx s = slot[j];
+    if (!s) return F + j * fs;
+    if (touch) fm_hot_touch(r, s);
+    return r->local + (s - 1) * r->stride;
+}
+
+/* The linear weight of feature j (llen floats): in the thread's replica for
+ * a hot feature (touched with its blocks), else in L. */
+static inline float *fm_hot_linear(float *L, fm_idx j, fm_idx ls, const uint16_t *slot, const fm_replica *r) {
+    const fm_idx s = slot[j];
+    if (!s || !r->llen) return L + j * ls;
+    return r->local + (s - 1) * r->stride + r->hlen;
+}
+
 /* The distance from F to p in floats (both float arrays). */
 static inline fm_idx fm_float_distance(const float *F, const float *p) {
     return (fm_idx)(((intptr_t)p - (intptr_t)F) / (intptr_t)sizeof(float));
 }
 
 /* Start a replica: local takes the shared values of the H features in hot
- * (len floats each, the feature's m blocks), and snap local's.  Another
+ * (each one's hlen floats of F and llen of L), and snap local's.  Another
  * thread may be exchanging meanwhile: snap is copied from local, not read
  * again from F, so that local - snap is this thread's changes alone (what
  * it saw half-written reaches it whole at its next exchange). */
-static void fm_hot_load(const float *F, const int *hot, fm_idx H, fm_idx len, float *local,
-                        float *snap) {
-    for (fm_idx h = 0; h < H; h++)
-        memcpy(local + h * len, F + (fm_idx)hot[h] * len, sizeof(float) * (size_t)len);
-    memcpy(snap, local, sizeof(float) * (size_t)(H * len));
+static void fm_hot_load(const float *F, const float *L, const int *hot, fm_idx H, const fm_replica *r) {
+    const fm_idx hlen = r->hlen, llen = r->llen, stride = r->stride;
+    for (fm_idx h = 0; h < H; h++) {
+        memcpy(r->local + h * stride, F + (fm_idx)hot[h] * hlen, sizeof(float) * (size_t)hlen);
+        if (llen)
+            memcpy(r->local + h * stride + hlen, L + (fm_idx)hot[h] * llen, sizeof(float) * (size_t)llen);
+    }
+    memcpy(r->snap, r->local, sizeof(float) * (size_t)(H * stride));
+}
+
+/* shared += local - snap; local = snap = shared, over n floats. */
+static inline void fm_fold(float *__restrict g, float *__restrict l, float *__restrict s, fm_idx n) {
+    for (fm_idx e = 0; e < n; e++) {
+        const float v = g[e] + (l[e] - s[e]);
+        g[e] = v;
+        l[e] = v;
+        s[e] = v;
+    }
 }
 
 /* Exchange the touched features of tier t of a replica with the shared
  * model (under the lock).  The others are as they were: the thread changed
  * nothing, and it sees the other threads' changes to them at a later
  * exchange. */
-static void fm_hot_exchange(float *F, const int *hot, fm_idx len, fm_replica *r, int t) {
+static void fm_hot_exchange(float *F, float *L, const int *hot, fm_replica *r, int t) {
     const uint16_t *touched = r->touched + r->split[t];
+    const fm_idx hlen = r->hlen, llen = r->llen, stride = r->stride;
     for (fm_idx i = 0; i < r->n_touched[t]; i++) {
         const fm_idx h = touched[i];
-        float *__restrict g = F + (fm_idx)hot[h] * len;
-        float *__restrict l = r->local + h * len;
-        float *__restrict s = r->snap + h * len;
-        for (fm_idx e = 0; e < len; e++) {
-            const float v = g[e] + (l[e] - s[e]);
-            g[e] = v;
-            l[e] = v;
-            s[e] = v;
-        }
+        float *l = r->local + h * stride;
+        float *s = r->snap + h * stride;
+        fm_fold(F + (fm_idx)hot[h] * hlen, l, s, hlen);
+        if (llen) fm_fold(L + (fm_idx)hot[h] * llen, l + hlen, s + hlen, llen);
         r->mark[h] = 0;
     }
     r->n_touched[t] = 0;
@@ -158,22 +220,58 @@ static inline void fm_lock(volatile int *lock) {
         }
 }
 
+/* A thread's copy of a small array that every row writes: the bias, and
+ * FwFM's and FmFM's field-pair weights (every row writes almost all of
+ * them).  Written in place by every thread, their cache lines would move
+ * between the cores at every row; the copies are exchanged with the shared
+ * array as the replicas are (shared += local - snap; local = snap = shared),
+ * every `every` of the thread's rows and at the end of a pass. */
+typedef struct {
+    float *local;
+    float *snap;
+    fm_idx len;
+    fm_idx every;
+    fm_idx since;
+} fm_copy;
+
+/* Start a copy from the shared array (see fm_hot_load on snap). */
+static void fm_copy_load(const float *shared, fm_copy *c) {
+    memcpy(c->local, shared, sizeof(float) * (size_t)c->len);
+    memcpy(c->snap, c->local, sizeof(float) * (size_t)c->len);
+    c->since = 0;
+}
+
+/* Fold a copy's changes into the shared array and take the others' (under the lock). */
+static void fm_copy_exchange(float *shared, fm_copy *c) {
+    fm_fold(shared, c->local, c->snap, c->len);
+    c->since = 0;
+}
+
+/* After each of the thread's rows: exchange the copy once its interval has
+ * passed, if no other thread is exchanging (else after a later row). */
+static inline void fm_copy_tick(float *shared, fm_copy *c, volatile int *lock) {
+    if (++c->since >= c->every && fm_try_lock(lock)) {
+        fm_copy_exchange(shared, c);
+        fm_unlock(lock);
+    }
+}
+
 /* After each of the thread's rows: exchange every tier whose interval has
  * passed, if no other thread is exchanging (else after a later row). */
-static inline void fm_hot_tick(float *F, const int *hot, fm_idx len, fm_replica *r, volatile int *lock) {
+static inline void fm_hot_tick(float *F, float *L, const int *hot, fm_replica *r, volatile int *lock) {
     for (int t = 0; t < FM_HOT_TIERS; t++) {
         if (!r->every[t]) continue;
         if (++r->since[t] >= r->every[t] && fm_try_lock(lock)) {
-            fm_hot_exchange(F, hot, len, r, t);
+            fm_hot_exchange(F, L, hot, r, t);
             fm_unlock(lock);
         }
     }
 }
 
 /* At the end of a pass: exchange every tier (waiting for the lock). */
-static void fm_hot_exchange_all(float *F, const int *hot, fm_idx len, fm_replica *r, volatile int *lock) {
+static void fm_hot_exchange_all(float *F, float *L, const int *hot, fm_replica *r, volatile int *lock) {
     fm_lock(lock);
-    for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(F, hot, len, r, t);
+    for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(F, L, hot, r, t);
     fm_unlock(lock);
 }
 
