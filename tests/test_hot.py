@@ -411,11 +411,13 @@ def _fwfm_start(kind="fwfm", seed=1, use_bias=True):
 
 @openmp
 @pytest.mark.parametrize("kind", ["fwfm", "fmfm", "fm"])
-def test_threads_train_the_bias_and_field_pair_weights_on_copies(kind):
+@pytest.mark.parametrize("hot", [False, True])
+def test_threads_train_the_bias_and_field_pair_weights_on_copies(kind, hot):
     # the first half's rows carry features 0..19, the second half's 20..39:
     # only the bias (and FwFM's and FmFM's field-pair weights) are shared.
     # Copies exchanged only at the end of the pass: each thread trains as if
-    # alone, and the result adds up both halves' changes
+    # alone, and the result adds up both halves' changes; the same with
+    # every feature on the threads' replicas as well
     b = joined(rows(3, 200, np.arange(20)), rows(4, 200, np.arange(20, 40)))
     order = np.arange(400, dtype=np.int64)
     start = _fwfm_start(kind)
@@ -425,8 +427,10 @@ def test_threads_train_the_bias_and_field_pair_weights_on_copies(kind):
         _fwfm_run(b, arrays, part, 1, kind=kind)
         halves.append(arrays)
     arrays = [a.copy() for a in start]
-    tr = _fwfm_run(b, arrays, order, 2, sync=10**9, kind=kind)
+    tr = _fwfm_run(b, arrays, order, 2, sync=10**9, kind=kind,
+                   hot=np.arange(40, dtype=np.int32) if hot else None)
     assert tr.copied == (("B",) if kind == "fm" else ("B", "R"))
+    assert tr.hot_features == (40 if hot else 0)
     for name, got, a0, h1, h2 in zip("BLFR", arrays, start, *halves):
         assert not np.array_equal(h1, a0) or not np.array_equal(h2, a0) or len(a0) == 0, name
         np.testing.assert_allclose(got, h1 + h2 - a0, rtol=2e-6, atol=2e-6, err_msg=name)
@@ -465,26 +469,6 @@ def test_fwfm_threads_with_copies_train_as_well_as_one_thread():
         m = train(Config(model="fwfm", k=4, threads=threads, epochs=2, cache=False), b, va)
         loss[threads] = m.meta["training"]["history"][-1]["valid_logloss"]
     assert loss[2] == pytest.approx(loss[1], rel=0.01)
-
-
-@openmp
-@pytest.mark.parametrize("kind", ["fwfm", "fmfm", "fm"])
-def test_hot_features_of_every_factor_model_add_up_without_exchanges(kind):
-    # as test_threads_train_the_bias_and_field_pair_weights_on_copies, with
-    # every feature on the threads' replicas as well
-    b = joined(rows(3, 200, np.arange(20)), rows(4, 200, np.arange(20, 40)))
-    order = np.arange(400, dtype=np.int64)
-    start = _fwfm_start(kind)
-    halves = []
-    for part in (order[:200], order[200:]):
-        arrays = [a.copy() for a in start]
-        _fwfm_run(b, arrays, part, 1, kind=kind)
-        halves.append(arrays)
-    arrays = [a.copy() for a in start]
-    tr = _fwfm_run(b, arrays, order, 2, sync=10**9, kind=kind, hot=np.arange(40, dtype=np.int32))
-    assert tr.hot_features == 40
-    for name, got, a0, h1, h2 in zip("BLFR", arrays, start, *halves):
-        np.testing.assert_allclose(got, h1 + h2 - a0, rtol=2e-6, atol=2e-6, err_msg=name)
 
 
 @openmp
