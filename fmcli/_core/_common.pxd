@@ -108,7 +108,7 @@ cdef extern from "hot.h":
         Py_ssize_t rep
         Py_ssize_t hlen
         Py_ssize_t llen
-        Py_ssize_t stride
+        Py_ssize_t lbase
         Py_ssize_t split[5]
         Py_ssize_t every[4]
         Py_ssize_t n_touched[4]

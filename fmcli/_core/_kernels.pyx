@@ -1430,12 +1430,12 @@ cdef class Trainer:
                 raise ValueError("hot features must be distinct ids of the model")
             self.slot[ids[i]] = <unsigned short>(i + 1)
             self.hot[i] = ids[i]
-        # a feature's floats in a replica: its blocks, then its linear weight (and state)
+        # a replica: the features' blocks, then their linear weights (and state)
         cdef Py_ssize_t llen = s.lstride if s.use_linear else 0
         for c in range(self.threads):
             self.reps[c].hlen = hlen
             self.reps[c].llen = llen
-            self.reps[c].stride = hlen + llen
+            self.reps[c].lbase = H * hlen
             # each thread's own lines (see line_alloc)
             self.reps[c].local = <float*>line_alloc(sizeof(float) * H * (hlen + llen))
             self.reps[c].snap = <float*>line_alloc(sizeof(float) * H * (hlen + llen))

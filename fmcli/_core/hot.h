@@ -47,8 +47,8 @@
 
 #define FM_HOT_TIERS 4
 
-/* A thread's replica: the blocks of the H hot features (hlen floats each, then
- * llen of the feature's linear weight and state),
+/* A thread's replica: the blocks of the H hot features (hlen floats each),
+ * then their linear weights and state (llen floats each),
  * its copy as of the last exchange, and the slots touched since then.  The
  * slots of tier t are split[t] .. split[t + 1] - 1, and so are the places
  * of its touched slots in `touched` (n_touched[t] of them); the tier is
@@ -61,7 +61,8 @@ typedef struct {
     fm_idx rep;        /* local's distance from F, in floats */
     fm_idx hlen;       /* floats of a feature's blocks in F */
     fm_idx llen;       /* floats of its linear weight (and state) in L; 0: none */
-    fm_idx stride;     /* a feature's floats in the replica: hlen + llen (blocks, then linear) */
+    fm_idx lbase;      /* where the linear weights start in the replica: H * hlen (the blocks
+                          keep F's alignment, the linear weights are packed after them) */
     fm_idx split[FM_HOT_TIERS + 1];
     fm_idx every[FM_HOT_TIERS];
     fm_idx n_touched[FM_HOT_TIERS];
@@ -85,7 +86,7 @@ static inline void fm_hot_touch(fm_replica *r, fm_idx s) {
 }
 
 /* fm_ffm_prepare, except that a feature with slot[j] = s > 0 is addressed at
- * r->rep + (s - 1) * r->stride (its blocks in the thread's replica) and noted
+ * r->rep + (s - 1) * m * fs (its blocks in the thread's replica) and noted
  * as touched. */
 static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int *fld,
                                          const int *feat, const float *val, fm_idx nnz,
@@ -96,7 +97,7 @@ static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int
         if (feat[i] >= n || fld[i] >= m) continue;
         const fm_idx s = slot[feat[i]];
         if (s) {
-            oj[c] = r->rep + (s - 1) * r->stride;
+            oj[c] = r->rep + (s - 1) * m * fs;
             fm_hot_touch(r, s);
         } else {
             oj[c] = (fm_idx)feat[i] * m * fs;
@@ -109,7 +110,7 @@ static inline fm_idx fm_ffm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int
 }
 
 /* fm_fwfm_prepare (FwFM and FmFM: one block of fs floats per feature), except
- * that a feature with slot[j] = s > 0 is addressed at r->rep + (s - 1) * r->stride
+ * that a feature with slot[j] = s > 0 is addressed at r->rep + (s - 1) * fs
  * (its block in the thread's replica) and noted as touched. */
 static inline fm_idx fm_fwfm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const int *fld, const int *feat,
                                          const float *val, fm_idx nnz, float scale, fm_idx *ov, fm_idx *fi,
@@ -119,7 +120,7 @@ static inline fm_idx fm_fwfm_prepare_hot(fm_idx n, fm_idx m, fm_idx fs, const in
         if (feat[i] >= n || fld[i] >= m) continue;
         const fm_idx s = slot[feat[i]];
         if (s) {
-            ov[c] = r->rep + (s - 1) * r->stride;
+            ov[c] = r->rep + (s - 1) * fs;
             fm_hot_touch(r, s);
         } else {
             ov[c] = (fm_idx)feat[i] * fs;
@@ -138,7 +139,7 @@ static inline float *fm_hot_block(float *F, fm_idx j, fm_idx fs, const uint16_t 
     const fm_idx s = slot[j];
     if (!s) return F + j * fs;
     if (touch) fm_hot_touch(r, s);
-    return r->local + (s - 1) * r->stride;
+    return r->local + (s - 1) * fs;
 }
 
 /* The linear weight of feature j (llen floats): in the thread's replica for
@@ -146,7 +147,7 @@ static inline float *fm_hot_block(float *F, fm_idx j, fm_idx fs, const uint16_t 
 static inline float *fm_hot_linear(float *L, fm_idx j, fm_idx ls, const uint16_t *slot, const fm_replica *r) {
     const fm_idx s = slot[j];
     if (!s || !r->llen) return L + j * ls;
-    return r->local + (s - 1) * r->stride + r->hlen;
+    return r->local + r->lbase + (s - 1) * r->llen;
 }
 
 /* The distance from F to p in floats (both float arrays). */
@@ -160,13 +161,13 @@ static inline fm_idx fm_float_distance(const float *F, const float *p) {
  * again from F, so that local - snap is this thread's changes alone (what
  * it saw half-written reaches it whole at its next exchange). */
 static void fm_hot_load(const float *F, const float *L, const int *hot, fm_idx H, const fm_replica *r) {
-    const fm_idx hlen = r->hlen, llen = r->llen, stride = r->stride;
+    const fm_idx hlen = r->hlen, llen = r->llen;
     for (fm_idx h = 0; h < H; h++) {
-        memcpy(r->local + h * stride, F + (fm_idx)hot[h] * hlen, sizeof(float) * (size_t)hlen);
+        memcpy(r->local + h * hlen, F + (fm_idx)hot[h] * hlen, sizeof(float) * (size_t)hlen);
         if (llen)
-            memcpy(r->local + h * stride + hlen, L + (fm_idx)hot[h] * llen, sizeof(float) * (size_t)llen);
+            memcpy(r->local + r->lbase + h * llen, L + (fm_idx)hot[h] * llen, sizeof(float) * (size_t)llen);
     }
-    memcpy(r->snap, r->local, sizeof(float) * (size_t)(H * stride));
+    memcpy(r->snap, r->local, sizeof(float) * (size_t)(H * (hlen + llen)));
 }
 
 /* shared += local - snap; local = snap = shared, over n floats. */
@@ -185,13 +186,11 @@ static inline void fm_fold(float *__restrict g, float *__restrict l, float *__re
  * exchange. */
 static void fm_hot_exchange(float *F, float *L, const int *hot, fm_replica *r, int t) {
     const uint16_t *touched = r->touched + r->split[t];
-    const fm_idx hlen = r->hlen, llen = r->llen, stride = r->stride;
+    const fm_idx hlen = r->hlen, llen = r->llen, lbase = r->lbase;
     for (fm_idx i = 0; i < r->n_touched[t]; i++) {
         const fm_idx h = touched[i];
-        float *l = r->local + h * stride;
-        float *s = r->snap + h * stride;
-        fm_fold(F + (fm_idx)hot[h] * hlen, l, s, hlen);
-        if (llen) fm_fold(L + (fm_idx)hot[h] * llen, l + hlen, s + hlen, llen);
+        fm_fold(F + (fm_idx)hot[h] * hlen, r->local + h * hlen, r->snap + h * hlen, hlen);
+        if (llen) fm_fold(L + (fm_idx)hot[h] * llen, r->local + lbase + h * llen, r->snap + lbase + h * llen, llen);
         r->mark[h] = 0;
     }
     r->n_touched[t] = 0;
