@@ -113,7 +113,9 @@ cdef extern from "hot.h":
         Py_ssize_t every[4]
         Py_ssize_t n_touched[4]
         Py_ssize_t since[4]
+        Py_ssize_t lsince[4]
     enum: FM_HOT_TIERS
+    enum: FM_COPY_DIVISOR
     ctypedef struct fm_copy:
         float* local
         float* snap

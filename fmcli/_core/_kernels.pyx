@@ -70,7 +70,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
                       fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_tick,
-                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS,
+                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS, FM_COPY_DIVISOR,
                       fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL, OPT_ROWADA,
@@ -1453,8 +1453,9 @@ cdef class Trainer:
 
     cdef set_copies(self, Shape* s):
         """Each thread's copies of the bias and of the field-pair weights
-        (loaded at each train()), exchanged every hot_sync rows (the
-        shortest interval where there is one per feature)."""
+        (loaded at each train()), exchanged FM_COPY_DIVISOR times as often
+        as hot_sync rows (the shortest interval where there is one per
+        feature): every 4 rows by default."""
         every = np.asarray(self.hot_sync, dtype=np.int64)
         cdef Py_ssize_t interval = int(every.min()) if every.size else 256
         cdef Py_ssize_t c, a
@@ -1469,7 +1470,7 @@ cdef class Trainer:
         for c in range(self.threads):
             for a in range(2):
                 self.copies[2 * c + a].len = lens[a]
-                self.copies[2 * c + a].every = interval
+                self.copies[2 * c + a].every = max(1, interval // FM_COPY_DIVISOR)
                 if lens[a]:
                     self.copies[2 * c + a].local = <float*>line_alloc(sizeof(float) * lens[a])
                     self.copies[2 * c + a].snap = <float*>line_alloc(sizeof(float) * lens[a])
