@@ -131,11 +131,11 @@ def default_output(train_file: str) -> str:
                    "memory traffic (float32 arithmetic and AdaGrad state; FFM, AdaGrad, CPU only).")
 @click.option("--hot-features", type=AutoCount(MAX_HOT_FEATURES), default="auto", show_default=True,
               help="FM, FFM, FwFM and FmFM with 2+ threads: train the N features most rows carry "
-                   "(and the bias and field-pair weights) on a copy per thread, merged into the "
-                   "model every 256 rows (features on fewer than 1 in 16 rows every 1,024, 4,096 or "
-                   "16,384 rows, by their share), instead of every thread writing their shared cache "
-                   "lines (auto: on 100k rows or more, those on 0.2% of rows or more, up to a core's "
-                   "L2 cache or 2 MiB per thread; 0: plain Hogwild, no copies).  "
+                   "on a copy per thread, merged into the model every 256 rows (features on fewer "
+                   "than 1 in 16 rows every 1,024, 4,096 or 16,384 rows, by their share; the bias and "
+                   "field-pair weights, also copied, every 4), instead of every thread writing their "
+                   "shared cache lines (auto: on 100k rows or more, those on 0.2% of rows or more, "
+                   "up to a core's L2 cache or 2 MiB per thread; 0: plain Hogwild, no copies).  "
                    "--device cuda, batch size 1: "
                    "the bias, the field-pair parameters and the N features most rows carry step once "
                    "per wave of rows in flight with the sum of the rows' steps (auto: those the rows "
