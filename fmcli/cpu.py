@@ -48,8 +48,9 @@ HOT_MIN_ROWS = 100_000
 # the first tier a thread trains fewer than HOT_SYNC_ROWS x HOT_SYNC_SHARE x
 # HOT_SYNC_STEP (64) rows that carry it, while the bytes exchanged per row are a
 # fraction of what one interval for all would cost (BENCH.md's data, 2
-# threads: 1.6x one thread with 420 features every 256 rows, 1.8x with 1,680
-# in these tiers, the same validation logloss to 0.01%).
+# threads, in one process (benchmarks/scaling.py): 1.6x one thread with 420
+# features every 256 rows, 1.8x with 1,680 in these tiers, the same
+# validation logloss to 0.01%; whole runs 1.52x -> 1.73x).
 HOT_SYNC_ROWS = 256
 HOT_SYNC_SHARE = 0.0625
 HOT_SYNC_STEP = 4
