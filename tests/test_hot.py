@@ -173,6 +173,9 @@ def test_kernels_refuse_bad_intervals():
         run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.array([1, 2]))
     with pytest.raises(ValueError, match="every 1 or more rows"):
         run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.array([1, 2, 0, 1, 1]))
+    # no hot features, but copies of the bias and field-pair weights
+    with pytest.raises(ValueError, match="copies are exchanged every 1 or more rows"):
+        _fwfm_run(b, _fwfm_start(), order, 2, sync=0)
 
 
 def test_intervals_grow_as_the_share_falls(monkeypatch):

@@ -1461,7 +1461,7 @@ cdef class Trainer:
         cdef Py_ssize_t c, a
         cdef Py_ssize_t lens[2]
         if interval < 1:
-            raise ValueError("at most 65535 hot features, exchanged every 1 or more rows")
+            raise ValueError("hot_sync: copies are exchanged every 1 or more rows")
         lens[0] = s.cB if s.use_bias else 0
         lens[1] = s.cR
         self.copies = <fm_copy*>calloc(2 * self.threads, sizeof(fm_copy))
