@@ -28,14 +28,22 @@ Together that is a reduce-scatter and an all-gather: per round each worker
 sends and receives about 2 (W - 1) / W model sizes, whatever the number of
 workers, and the driver sends only row indices.  A block lost with its
 worker is taken from a copy; a round that loses a result runs again from
-its starting blocks (at most ROUND_TRIES times).  The rows stay where the
+its starting blocks (at most ROUND_TRIES times).
+
+The rows are cut into one shard per worker (:func:`shard_bounds`:
+contiguous ranges, balanced to a row), and each worker holds its shard
+only.  A round's rows, positions of the epoch's row order, are dealt to the
+shards in turn (:func:`dealt`), so that an unshuffled round gives every
+shard its next rows in file order and a shuffled one a random share, and
+one shard is the single-process order itself.  The rows stay where the
 data are: the driver parses the inputs into the binary cache
 (fmcli.data.cache), and a worker that sees the cache under the same path
-(the local cluster, a shared file system) reads it once per run and keeps
-the rows (:class:`CacheRows`); the driver then sends each round only the
-positions of the worker's piece of the epoch's row order (the very order of
-the single-process run).  Where the cache is not visible (or the run reads
-without a cache), the rows go to every worker once.  Tasks are pure
+(the local cluster, a shared file system) reads the chunks that hold its
+shard once per run and keeps the rows (:class:`CacheRows`); the driver then
+sends each round only the positions of the worker's piece in its shard.
+Where the cache is not visible (or the run reads without a cache), each
+worker is sent its shard once; a shard lost with its worker is read (or
+sent) again for the worker that takes its tasks (:class:`_Shards`).  Tasks are pure
 functions of their inputs (the rows, the round's merged blocks, the
 hyperparameters and the step numbers), so Dask retries a task lost with
 its worker elsewhere and the result is the same.
@@ -77,10 +85,10 @@ workers with one round per epoch then follow the single-process validation
 logloss epoch for epoch (within 0.2%), where the unscaled rule needed twice
 the epochs.  FTRL sums its z and n increments instead and keeps its rate.
 
-Rounds are cut into as many pieces as the run had workers when it started,
-whatever workers are alive later: piece j goes to the j-th worker (the next
-one when it is lost), so that the pieces, and with them the merged model,
-do not depend on which workers took part.
+Rounds are cut into as many pieces as the run had workers when it started
+(one per shard), whatever workers are alive later: piece j goes to the
+worker of shard j (another one when it is lost), so that the pieces, and
+with them the merged model, do not depend on which workers took part.
 
 After every round ``backend.on_round`` (when set) receives the round's
 figures: its rows and wall time, the merge's time, the bytes it moved and
@@ -396,13 +404,16 @@ class CacheRows:
     ids: np.ndarray | None          # the run's id map (original id of each slot), or None
     compact: bool
     check: int                      # crc32 of the driver's labels and row offsets
+    start: int = 0                  # the rows start..stop-1 of the data set (a shard)
+    stop: int = 0
     token: str = ""                 # names the rows in a worker's memory
 
     @classmethod
-    def of(cls, ds, batch: Batch, compact: bool) -> "CacheRows | None":
-        """The reference to `batch`, ds.in_memory(compact)'s rows, or None
-        when ds has no cache file under a name (read without a cache, or a
-        cache of read-once inputs, removed once open)."""
+    def of(cls, ds, batch: Batch, compact: bool, start: int = 0, stop: int | None = None) -> "CacheRows | None":
+        """The reference to the rows start..stop-1 (default: all) of
+        `batch`, ds.in_memory(compact)'s rows, or None when ds has no cache
+        file under a name (read without a cache, or a cache of read-once
+        inputs, removed once open)."""
         cf = getattr(ds, "cache", None)
         if cf is None or getattr(cf, "fd", -1) < 0:
             return None
@@ -414,9 +425,12 @@ class CacheRows:
             return None     # the name now holds another file
         ids = None if ds.id_map is None else np.asarray(ds.id_map.ids, np.int64)
         label_map = None if ds.label_map is None else np.asarray(ds.label_map, np.float32)
+        stop = batch.n_rows if stop is None else stop
+        rows = batch if (start, stop) == (0, batch.n_rows) else batch.rows(start, stop)
         fields = dict(path=os.path.abspath(cf.path), size=st.st_size, key=cf.key,
-                      digest=ds.digest, n_rows=batch.n_rows, nnz=batch.nnz, task=ds.task,
-                      label_map=label_map, ids=ids, compact=compact, check=_rows_check(batch))
+                      digest=ds.digest, n_rows=rows.n_rows, nnz=rows.nnz, task=ds.task,
+                      label_map=label_map, ids=ids, compact=compact, check=_rows_check(rows),
+                      start=start, stop=stop)
         h = hashlib.sha256(repr(sorted((k, v) for k, v in fields.items()
                                        if k not in ("label_map", "ids"))).encode())
         for a in (label_map, ids):
@@ -470,7 +484,7 @@ def rows_of(data) -> Batch:
         ds.task, ds.label_map, ds.digest = data.task, data.label_map, cf.digest
         if data.ids is not None:
             ds.use_id_map(IdMap(data.ids))
-        batch = ds.in_memory(data.compact)
+        batch = ds.rows_in_memory(data.start, data.stop, data.compact)
     finally:
         cf.close()
     batch = Batch(batch.labels, batch.indptr, batch.fields, batch.features, batch.values, None, batch.weights)
@@ -1046,13 +1060,47 @@ def merge_block(base, parts, cfg: Config, spec: ModelSpec, rule: str):
 # the backend
 # ---------------------------------------------------------------------------
 
-def pieces(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
-    """Cut n rows into at most `workers` contiguous, non-empty pieces of
-    whole mini-batches, as even as can be: [(start, stop), ...]."""
-    n_batches = -(-n // batch_size)
-    k = max(1, min(workers, n_batches))
-    cuts = [j * n_batches // k * batch_size for j in range(k)] + [n]
-    return [(min(a, n), min(b, n)) for a, b in zip(cuts, cuts[1:]) if min(a, n) < min(b, n)]
+def shard_bounds(n: int, shards: int) -> np.ndarray:
+    """Row bounds of the shards of n rows: `shards` contiguous ranges, the
+    first n % shards of them one row longer than the others."""
+    q, r = divmod(n, shards)
+    sizes = np.full(shards, q, np.int64)
+    sizes[:r] += 1
+    return np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
+
+
+def dealt(positions: np.ndarray, n: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """For positions of a run's row order over n rows: the shard of each
+    (see shard_bounds) and the row of that shard it stands for.  Positions
+    are dealt to the shards in turn, position p to shard p % shards as its
+    row p // shards, the few after the last whole turn to the longer
+    shards: a bijection, so that a run of consecutive positions (an
+    unshuffled round) is shared evenly, each shard's rows in their order,
+    and a random sample of positions (a shuffled round) as evenly as chance
+    has it.  With one shard, position p is row p."""
+    p = np.asarray(positions, np.int64)
+    q = n // shards
+    whole = p < q * shards
+    shard = np.where(whole, p % shards, p - q * shards)
+    row = np.where(whole, p // shards, q)
+    return shard, row
+
+
+def round_pieces(positions: np.ndarray, n: int, shards: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """A round's rows, `positions` of the run's order over n rows, as one
+    piece per shard that has some: [(shard, where its rows are in
+    `positions`, those rows as rows of the shard), ...] in shard order,
+    each shard's rows in the round's order."""
+    shard, row = dealt(positions, n, shards)
+    # (a stable sort by shard, a radix sort for small integers: one pass, whatever the shards)
+    by_shard = np.argsort(shard.astype(np.int16 if shards < 1 << 15 else np.int64), kind="stable")
+    ends = np.cumsum(np.bincount(shard, minlength=shards))
+    out = []
+    for j in range(shards):
+        where = by_shard[ends[j - 1] if j else 0 : ends[j]]
+        if where.shape[0]:
+            out.append((j, where, row[where]))
+    return out
 
 
 def block_cuts(n: int, blocks: int) -> list[int]:
@@ -1094,6 +1142,35 @@ class _PerWorker:
             return mine
         alive = self.alive()
         return alive[0] if alive else (mine if mine is not None else next(iter(self.futures.values())))
+
+
+class _Shards:
+    """One object per shard of a data set (its rows, a CacheRows of them, or
+    its weights), each scattered to the worker of that shard under a key of
+    its own (see _PerWorker).  A shard lost with its worker is scattered
+    again, from the driver, which holds them all: the tasks of that shard
+    then run elsewhere on the same rows."""
+
+    def __init__(self, client, make: Callable[[int], object], n: int, workers: list[str],
+                 on_send: Callable[[int], None]):
+        self.client, self.make, self.workers, self.on_send = client, make, workers, on_send
+        self.futures = [None] * n
+        for j in range(n):
+            self._send(j)
+
+    def _send(self, j: int):
+        obj = self.make(j)
+        w = self.workers[j % len(self.workers)]
+        if self.futures[j] is not None and w not in self.client.scheduler_info()["workers"]:
+            w = None                # its worker is gone: wherever Dask puts it
+        self.futures[j] = self.client.scatter([obj], hash=False, workers=None if w is None else [w])[0]
+        self.on_send(_nbytes(obj))
+        return self.futures[j]
+
+    def on(self, j: int):
+        """The future of shard j, scattered again if it was lost."""
+        f = self.futures[j]
+        return f if f.status == "finished" else self._send(j)
 
 
 class _Snapshot:
@@ -1150,12 +1227,13 @@ class DaskBackend(CpuBackend):
         self._fresh = True            # the driver's arrays hold the model
         self._bound: dict[int, tuple] = {}     # id(batch) -> (batch, dataset)
         self._sent: dict[int, tuple] = {}      # id(batch or weights) -> (the object, its future, how sent)
-        self._tokens: dict[int, str] = {}      # id(batch) -> its CacheRows.token
+        self._tokens: dict[int, set] = {}      # id(batch) -> its shards' CacheRows.token
         self._holders: list[set] = []          # workers that hold each block (bytes estimates)
         self._block_bytes: list[int] = []
-        n = len(runner.workers)
+        self._homes = list(runner.workers)      # shard j's worker (see _home)
+        n = len(self._homes)
         self.n_blocks = n
-        self.n_pieces = n             # pieces per round: fixed for the run (see the module's doc)
+        self.n_pieces = n             # shards and pieces per round: fixed for the run (see the module's doc)
         self.device = f"dask ({n} worker{'s' if n != 1 else ''})"
         return self
 
@@ -1190,7 +1268,7 @@ class DaskBackend(CpuBackend):
         receives them) and makes the memory of its copy of the model and of
         the block it merges ready."""
         client, workers = self.runner.client, self.runner.workers
-        data = [d for d in (self._data(b) for b in batches) if d is not None]     # _PerWorker each
+        data = [d for d in (self._data(b) for b in batches) if d is not None]     # _Shards each
         model = [(a.shape, a.dtype) for a in self.arrays()]
         cuts = self._cuts()
         futures = []
@@ -1204,16 +1282,17 @@ class DaskBackend(CpuBackend):
         for j, w in enumerate(workers):
             r = j % self.n_blocks
             block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
-            futures.append(client.submit(_warm_worker, [d.on(w) for d in data], model, block, room,
+            futures.append(client.submit(_warm_worker, [d.on(j % self.n_pieces) for d in data], model, block, room,
                                          key=f"fmcli-warm-{uuid.uuid4().hex[:12]}",
                                          workers=[w], allow_other_workers=True, pure=False))
         client.gather(futures)
 
     def _data(self, batch: Batch):
         """What a task is given to find `batch`'s rows on its worker (a
-        _PerWorker of futures of a CacheRows or of the rows), or None for a
-        batch the run did not bind (a chunk of streamed data: rounds then send
-        their rows)."""
+        _Shards of futures, one per shard: of a CacheRows of the shard's rows
+        or of the rows themselves), or None for a batch the run did not bind
+        (a chunk of streamed data: rounds then send their rows).  Each
+        worker holds its shard of the rows only (shard_bounds)."""
         sent = self._sent.get(id(batch))
         if sent is not None and sent[0] is batch:
             return sent[1]
@@ -1221,40 +1300,53 @@ class DaskBackend(CpuBackend):
         if bound is None or bound[0] is not batch or batch.n_rows == 0:
             return None
         client, workers = self.runner.client, self.runner.workers
-        ref = CacheRows.of(bound[1], batch, self.compact_rows)
+        cuts = shard_bounds(batch.n_rows, self.n_pieces)
+        ds = bound[1]
+        ref = CacheRows.of(ds, batch, self.compact_rows, 0, 0)
         if ref is not None:
             seen = client.run(_sees, ref, workers=workers)
             if not all(seen.get(w) for w in workers):
                 ref = None
         if ref is not None:
-            future = _PerWorker.scatter(client, ref, workers)
-            sent = len(workers) * (_nbytes((ref.ids, ref.label_map)) + 512)
+            def make(j: int) -> CacheRows:
+                shard = CacheRows.of(ds, batch, self.compact_rows, int(cuts[j]), int(cuts[j + 1]))
+                if shard is None:
+                    raise ClusterError(f"{ref.path}: the cache of the rows is gone; a worker lost "
+                                       "with its shard cannot read it again")
+                self._tokens.setdefault(id(batch), set()).add(shard.token)
+                return shard
         else:
-            rows = Batch(batch.labels, batch.indptr, batch.fields, batch.features, batch.values, None,
-                         batch.weights)
-            future = _PerWorker.scatter(client, rows, workers)
-            sent = len(workers) * _nbytes(rows)
-        self.bytes_moved += sent
-        self.bytes_sent += sent
-        self.runner.bytes_out += sent
-        self._sent[id(batch)] = (batch, future, "cache" if ref is not None else "shipped")
-        if ref is not None:
-            self._tokens[id(batch)] = ref.token
-        return future
+            def make(j: int) -> Batch:
+                rows = batch.rows(int(cuts[j]), int(cuts[j + 1]))
+                return Batch(rows.labels, rows.indptr, rows.fields, rows.features, rows.values, None,
+                             rows.weights)
+        shards = _Shards(client, make, self.n_pieces, self._homes, self._count_sent)
+        self._sent[id(batch)] = (batch, shards, "cache" if ref is not None else "shipped")
+        return shards
+
+    def _count_sent(self, nbytes: int) -> None:
+        self.bytes_moved += nbytes
+        self.bytes_sent += nbytes
+        self.runner.bytes_out += nbytes
 
     def _weights(self, weights: np.ndarray | None):
+        """A _Shards of the shards of `weights` (of a bound batch's rows), or None."""
         if weights is None:
             return None
         sent = self._sent.get(id(weights))
         if sent is not None and sent[0] is weights:
             return sent[1]
-        workers = self.runner.workers
-        future = _PerWorker.scatter(self.runner.client, weights, workers)
-        self.bytes_moved += len(workers) * weights.nbytes
-        self.bytes_sent += len(workers) * weights.nbytes
-        self.runner.bytes_out += len(workers) * weights.nbytes
-        self._sent[id(weights)] = (weights, future, None)
-        return future
+        cuts = shard_bounds(weights.shape[0], self.n_pieces)
+        shards = _Shards(self.runner.client, lambda j: weights[cuts[j] : cuts[j + 1]], self.n_pieces,
+                         self._homes, self._count_sent)
+        self._sent[id(weights)] = (weights, shards, None)
+        return shards
+
+    def _home(self, j: int, workers: list[str]) -> str:
+        """The worker of shard j: the one it was given at the start while
+        it is alive (it holds the shard's rows), else one of `workers`."""
+        w = self._homes[j] if j < len(self._homes) else None
+        return w if w in workers else workers[j % len(workers)]
 
     # -- where the model is ----------------------------------------------------------
     def _cuts(self) -> list[list[int]]:
@@ -1457,13 +1549,17 @@ class DaskBackend(CpuBackend):
         self._revive()
         tag = uuid.uuid4().hex[:12]
         futures = []
-        for j, (lo, hi) in enumerate(pieces(batch.n_rows, len(workers), 1)):
-            self.bytes_moved += self._fetch_bytes(workers[j]) + (hi - lo) * 8 * self.n_classes
-            futures.append(client.submit(score_part, data.on(workers[j]), lo, hi, self.cfg, self.spec,
+        cuts = shard_bounds(batch.n_rows, self.n_pieces)
+        for j in range(self.n_pieces):      # each worker its shard of the rows
+            n = int(cuts[j + 1] - cuts[j])
+            if n == 0:
+                continue
+            w = self._home(j, workers)
+            self.bytes_moved += self._fetch_bytes(w) + n * 8 * self.n_classes
+            futures.append(client.submit(score_part, data.on(j), 0, n, self.cfg, self.spec,
                                          self.cfg.threads,
-                                         *self._blocks_on(workers[j]), key=f"fmcli-score-{tag}-{j}",
-                                         workers=[workers[j]],
-                                         allow_other_workers=True, retries=3, pure=False))
+                                         *self._blocks_on(w), key=f"fmcli-score-{tag}-{j}",
+                                         workers=[w], allow_other_workers=True, retries=3, pure=False))
         try:
             parts = client.gather(futures)
         finally:
@@ -1523,27 +1619,29 @@ class DaskBackend(CpuBackend):
         self.data_mode = self._sent[id(batch)][2] if data is not None else "rows"
         tag = uuid.uuid4().hex[:12]
         moved = 0
-        cut = pieces(len(part), self.n_pieces, bs)
+        cut = round_pieces(part, batch.n_rows, self.n_pieces)
         cfg = self.worker_config(len(cut))
         trains = []
         opts = dict(allow_other_workers=True, retries=3, pure=False)
-        for j, (a, b) in enumerate(cut):
-            rows = part[a:b]
-            if data is not None:
-                w = workers[j % len(workers)]
-                args = (data.on(w), rows, None if wdata is None else wdata.on(w))
+        before = 0
+        for j, where, rows in cut:
+            w = self._home(j, workers)
+            if data is not None:     # the rows of shard j that worker w holds
+                args = (data.on(j), rows, None if wdata is None else wdata.on(j))
                 sent = rows.nbytes
             else:   # rows the workers do not have: send them
-                piece = take_rows(batch, rows)
-                args = (piece, None, None if weights is None else weights[rows])
+                held = shard_bounds(batch.n_rows, self.n_pieces)[j] + rows
+                piece = take_rows(batch, held)
+                args = (piece, None, None if weights is None else weights[held])
                 sent = _nbytes(args)
             moved += sent
             self.bytes_sent += sent
-            moved += self._fetch_bytes(workers[j % len(workers)])
+            moved += self._fetch_bytes(w)
+            # (the steps of the pieces follow one another, as the pieces' rows would in one process)
             trains.append(client.submit(train_part, *args, cfg, self.spec, self._hot(), self.total_steps,
-                                        step0 + a // bs, *self._blocks_on(workers[j % len(workers)]),
-                                        key=f"fmcli-train-{tag}-{j}",
-                                        workers=[workers[j % len(workers)]], **opts))
+                                        step0 + before // bs, *self._blocks_on(w),
+                                        key=f"fmcli-train-{tag}-{j}", workers=[w], **opts))
+            before += len(rows)
         stats = [client.submit(operator.itemgetter(0), t, key=f"fmcli-stats-{tag}-{j}", pure=False)
                  for j, t in enumerate(trains)]
         merged = []
@@ -1585,14 +1683,10 @@ class DaskBackend(CpuBackend):
         self.runner.bytes_out += moved
         self.rounds += 1
         self.rows_trained += len(part)
-        loss = wsum = 0.0
-        skipped, first = 0, -1
-        for (a, _), ((l, w, s, f), *_rest) in zip(cut, results):
-            loss, wsum, skipped = loss + l, wsum + w, skipped + s
-            if f >= 0 and first < 0:
-                first = a + f
+        loss, wsum, skipped, first = _round_sums(cut, [res[0] for res in results])
         self._report(len(part), time.perf_counter() - t0, merge_seconds, self.bytes_moved - moved0,
-                     [(res[4] or workers[j % len(workers)], res[3], res[1], res[6]) for j, res in enumerate(results)],
+                     [(res[4] or self._home(j, workers), res[3], res[1], res[6])
+                      for (j, _, _), res in zip(cut, results)],
                      self.bytes_sent - sent0)
         return loss, wsum, skipped, first
 
@@ -1602,12 +1696,15 @@ class DaskBackend(CpuBackend):
         t0 = time.perf_counter()
         bs = self.cfg.batch_size
         calls = []
-        cut = pieces(len(part), self.n_pieces, bs)
+        cut = round_pieces(part, batch.n_rows, self.n_pieces)
         cfg = self.worker_config(len(cut))
-        for a, b in cut:
-            rows = part[a:b]
-            calls.append((cfg, self.spec, self._hot(), take_rows(batch, rows),
-                          None if weights is None else weights[rows], self.total_steps, step0 + a // bs))
+        bounds = shard_bounds(batch.n_rows, self.n_pieces)
+        before = 0
+        for j, _, rows in cut:
+            held = bounds[j] + rows
+            calls.append((cfg, self.spec, self._hot(), take_rows(batch, held),
+                          None if weights is None else weights[held], self.total_steps, step0 + before // bs))
+            before += len(rows)
         model = self.arrays()
         results = self.runner.run(model, calls)
         t1 = time.perf_counter()
@@ -1619,14 +1716,9 @@ class DaskBackend(CpuBackend):
         self.rows_trained += len(part)
         moved = sum(_nbytes(c) for c in calls) + sum(_nbytes(r[0]) for r in results)
         self.bytes_moved += moved
-        loss = wsum = 0.0
-        skipped, first = 0, -1
-        for (a, _), (_, (l, w, s, f), _) in zip(cut, results):
-            loss, wsum, skipped = loss + l, wsum + w, skipped + s
-            if f >= 0 and first < 0:
-                first = a + f
+        loss, wsum, skipped, first = _round_sums(cut, [r[1] for r in results])
         self._report(len(part), time.perf_counter() - t0, merge_seconds, moved,
-                     [(w, b - a, r[2]) for w, (a, b), r in zip(self.runner.workers, cut, results)])
+                     [(w, len(rows), r[2]) for w, (_, _, rows), r in zip(self.runner.workers, cut, results)])
         return loss, wsum, skipped, first
 
     def _hot(self) -> tuple | None:
@@ -1694,7 +1786,7 @@ class DaskBackend(CpuBackend):
         return model
 
     def close(self) -> None:
-        tokens = [t for k, t in getattr(self, "_tokens", {}).items() if k in self._sent]
+        tokens = [t for k, ts in getattr(self, "_tokens", {}).items() if k in self._sent for t in ts]
         self._blocks, self._sent, self._bound = None, {}, {}
         if self.runner is not None:
             if self.clustered:
@@ -1703,6 +1795,19 @@ class DaskBackend(CpuBackend):
                 except Exception:   # (a cluster already gone)
                     pass
             self.runner.close()
+
+
+def _round_sums(cut: list, sums: list) -> tuple[float, float, int, int]:
+    """A round's (loss sum, weight sum, rows skipped, position in the round
+    of the first row that stopped a piece or -1) from its pieces'
+    (round_pieces) sums."""
+    loss = wsum = 0.0
+    skipped, first = 0, -1
+    for (_, where, _), (l, w, s, f) in zip(cut, sums):
+        loss, wsum, skipped = loss + l, wsum + w, skipped + s
+        if f >= 0 and (first < 0 or where[f] < first):
+            first = int(where[f])
+    return loss, wsum, skipped, first
 
 
 def _same(x):

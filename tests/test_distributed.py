@@ -194,11 +194,45 @@ def test_one_worker_is_applied_as_it_is():
         assert a.tobytes() == b.tobytes()
 
 
-def test_pieces_are_never_empty_and_hold_whole_batches():
-    assert dist.pieces(10, 4, 1) == [(0, 2), (2, 5), (5, 7), (7, 10)]
-    assert dist.pieces(2, 4, 1) == [(0, 1), (1, 2)]       # fewer rows than workers: fewer tasks
-    assert dist.pieces(10, 2, 4) == [(0, 4), (4, 10)]     # cut between mini-batches
-    assert dist.pieces(3, 2, 4) == [(0, 3)]
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 11, 1000, 1001])
+@pytest.mark.parametrize("shards", [1, 2, 3, 4, 7])
+def test_positions_are_dealt_to_shards_one_to_one(n, shards):
+    bounds = dist.shard_bounds(n, shards)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == n and sizes.max() - sizes.min() <= 1
+    shard, row = dist.dealt(np.arange(n), n, shards)
+    assert ((0 <= row) & (row < sizes[shard])).all()
+    assert sorted((bounds[shard] + row).tolist()) == list(range(n))     # every row once
+    if shards == 1:
+        assert row.tolist() == list(range(n))                           # one shard: the order itself
+
+
+def test_a_round_is_shared_evenly_each_shard_in_its_order():
+    # consecutive positions (no shuffle): every shard gets its share, its rows in order
+    cut = dist.round_pieces(np.arange(100, 160), 1000, 3)
+    assert [j for j, _, _ in cut] == [0, 1, 2]
+    assert [len(rows) for _, _, rows in cut] == [20, 20, 20]
+    for _, where, rows in cut:
+        assert (np.diff(rows) == 1).all() and (np.diff(where) > 0).all()
+    # a shuffled round: each piece in the round's order, positions mapped back
+    positions = np.random.default_rng(0).permutation(1000)[:500]
+    cut = dist.round_pieces(positions, 1000, 2)
+    assert sorted(np.concatenate([w for _, w, _ in cut]).tolist()) == list(range(500))
+    bounds = dist.shard_bounds(1000, 2)
+    for j, where, rows in cut:
+        assert (np.diff(where) > 0).all()
+        shard, row = dist.dealt(positions[where], 1000, 2)
+        assert (shard == j).all() and (row == rows).all() and (bounds[j] + rows < bounds[j + 1]).all()
+    assert abs(len(cut[0][2]) - 250) < 50
+    # fewer rows than shards: only the shards that have some
+    assert [(j, w.tolist(), r.tolist()) for j, w, r in dist.round_pieces(np.array([1]), 2, 4)] == [(1, [0], [0])]
+
+
+def test_a_round_reports_the_earliest_row_that_stopped_it():
+    cut = dist.round_pieces(np.arange(10), 10, 2)          # shard 0: positions 0,2,..; shard 1: 1,3,...
+    sums = [(1.0, 2.0, 0, 3), (0.5, 1.0, 1, 1)]            # shard 0 stopped at its 4th row (position 6), 1 at position 3
+    assert dist._round_sums(cut, sums) == (1.5, 3.0, 1, 3)
+    assert dist._round_sums(cut, [(0, 0, 0, -1), (0, 0, 0, -1)])[3] == -1
 
 
 def test_take_rows_keeps_compact_rows():

@@ -89,8 +89,8 @@ def test_an_invisible_cache_sends_the_rows_once_with_the_same_result(on_cluster,
     assert seen.meta["training"]["distributed"]["data"] == "cache"
     of = dist.CacheRows.of
 
-    def elsewhere(ds, batch, compact):    # a cache under a name the workers do not have
-        ref = of(ds, batch, compact)
+    def elsewhere(ds, batch, compact, *rows):    # a cache under a name the workers do not have
+        ref = of(ds, batch, compact, *rows)
         return None if ref is None else dist.CacheRows(**{**ref.__dict__, "path": str(tmp_path / "gone.fmcache")})
 
     monkeypatch.setattr(dist.CacheRows, "of", staticmethod(elsewhere))
@@ -99,8 +99,63 @@ def test_an_invisible_cache_sends_the_rows_once_with_the_same_result(on_cluster,
     assert shipped.meta["training"]["distributed"]["data"] == "shipped"
     _same_bytes(seen, shipped)
     rows_size = _row_bytes(synth / "tr.ffm")
-    assert rounds[0]["bytes_sent"] >= 2 * rows_size * 0.9     # the rows went to both workers, once
+    # the rows went out once, each worker's shard to it (not all of them to each): what
+    # the driver sent beyond the run that read the cache (the same model and positions)
+    extra = (shipped.meta["training"]["distributed"]["bytes_out"]
+             - seen.meta["training"]["distributed"]["bytes_out"])
+    assert rows_size * 0.9 <= extra <= rows_size * 1.1
     assert all(r["bytes_sent"] <= 8 * r["rows"] for r in rounds[1:])
+
+
+@pytest.mark.parametrize("shipped", [False, True])
+def test_each_worker_holds_its_shard_of_the_rows_only(cluster, on_cluster, synth, tmp_path, monkeypatch, shipped):
+    """Two workers: each reads (or receives) half of the training rows and
+    half of the validation rows, whatever the rounds' shuffled orders ask."""
+    on_cluster(2)
+    if shipped:
+        monkeypatch.setattr(dist.CacheRows, "of", staticmethod(lambda *args: None))
+    held = []
+
+    def rows_held(dask_worker) -> list[int]:
+        # read from the cache (kept by the module) or received (in Dask's store)
+        rows = [b.n_rows for b in dist._HELD.values()]
+        rows += [v.n_rows for v in dask_worker.data.values() if isinstance(v, Batch)]
+        return sorted(rows)
+
+    def look(stats) -> None:        # between rounds: the rows each worker holds
+        held.append(cluster.run(rows_held))
+
+    m = train(Config(scheduler="local:2", eval_every=2000, **_cfg(tmp_path, shuffle=True, syncs_per_epoch=2)),
+              str(synth / "tr.ffm"), str(synth / "va.ffm"), on_eval=look)
+    assert m.meta["training"]["distributed"]["data"] == ("shipped" if shipped else "cache")
+    assert held
+    for seen in held:
+        assert sorted(seen.values()) == [[1500, 6000], [1500, 6000]]   # of 12000 and 3000 rows
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 30])
+def test_a_shard_read_from_the_cache_is_the_drivers_rows(tmp_path, budget):
+    """Dataset.rows_in_memory, a worker's shard: the driver's rows lo..hi,
+    across the chunks of three files, from a new cache and a cache found."""
+    from fmcli.data.dataset import load_dataset
+
+    lines = write_synth(tmp_path, 5000, 2, 6)
+    files = [tmp_path / f"{i}.ffm" for i in range(3)]
+    for f, (a, b) in zip(files, [(0, 700), (700, 3100), (3100, 5000)]):
+        f.write_text("".join(lines[a:b]))
+    for attempt in ("built", "hit"):
+        ds = load_dataset([str(f) for f in files], cache_dir=str(tmp_path / "c"), memory_budget=budget)
+        assert ds.cached_from == attempt and ds.n_chunks == 3
+        for compact in (False, True):
+            whole = ds.in_memory(compact)
+            for lo, hi in [(0, 5000), (0, 1), (1234, 4321), (600, 800), (4999, 5000), (2500, 2500), (700, 3100)]:
+                part, ref = ds.rows_in_memory(lo, hi, compact), whole.rows(lo, hi)
+                for name in ("labels", "indptr", "features", "fields"):
+                    assert getattr(part, name).tobytes() == getattr(ref, name).tobytes(), (lo, hi, name)
+                assert part.fields.dtype == whole.fields.dtype
+                assert np.array_equal(part.values if part.values.shape[0] else np.ones(part.nnz, np.float32),
+                                      ref.values if ref.values.shape[0] else np.ones(ref.nnz, np.float32))
+        ds.close()
 
 
 def test_streamed_chunks_send_their_rows_each_round(on_cluster, synth, tmp_path):

@@ -323,6 +323,34 @@ class Dataset:
             r, e = r + rows, e + k
         return held[0]
 
+    def rows_in_memory(self, start: int, stop: int, compact: bool = False) -> Batch:
+        """Rows start..stop-1 as one Batch of their own, in the form
+        in_memory(compact) gives the whole data set (the same field type,
+        whatever the range holds), read from the chunks that hold them only:
+        a worker's shard of the rows (fmcli.distributed).  All the rows:
+        in_memory itself."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"rows {start}..{stop} of a data set of {self.n_rows}")
+        if (start, stop) == (0, self.n_rows):
+            return self.in_memory(compact)
+        bounds = np.concatenate([[0], np.cumsum(self.chunk_rows, dtype=np.int64)])
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        last = int(np.searchsorted(bounds, stop, side="left"))
+        parts = []
+        for i, b, _ in self.chunks(range(first, last), compact=True, reuse=True):
+            a, z = max(start, int(bounds[i])) - int(bounds[i]), min(stop, int(bounds[i + 1])) - int(bounds[i])
+            if a < z:
+                piece = expanded(b.rows(a, z))
+                parts.append(Batch(piece.labels.copy(), piece.indptr.copy(), piece.fields.copy(),
+                                   piece.features.copy(), piece.values.copy(),
+                                   None if piece.lines is None else piece.lines.copy(),
+                                   None if piece.weights is None else piece.weights.copy()))
+            del b
+        out = Batch.concat(parts) if parts else expanded(Batch.empty())
+        if self.has_weights and out.weights is None:
+            out.weights = np.ones(out.n_rows, np.float32)
+        return compacted(out, self.max_field < 256) if compact else out
+
     def file_of_rows(self, rows: np.ndarray) -> list[str]:
         """Input file of each row of :meth:`in_memory`'s batch."""
         ends = np.cumsum(self.chunk_rows)
