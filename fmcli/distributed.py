@@ -1272,11 +1272,13 @@ class DaskBackend(CpuBackend):
         model = [(a.shape, a.dtype) for a in self.arrays()]
         cuts = self._cuts()
         futures = []
-        # what a worker receives in a round: its block from the driver (the
-        # first), the others' parts of it and a copy of every other block; at
-        # most what the heap keeps free (WORKER_MALLOC), which would give the
-        # rest back at once
-        room = min(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], (len(workers) + 1) * max(
+        # what a worker receives before its first round ends: its block and a
+        # copy of every other block when the model is placed (place_model),
+        # then the others' parts of its block and a copy of every other
+        # merged block while those are still held (3 W - 2 blocks, and one to
+        # spare); at most what the heap keeps free (WORKER_MALLOC), which
+        # would give the rest back at once
+        room = min(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], (3 * len(workers) - 1) * max(
             sum(int(np.prod(((c[r + 1] - c[r],) + a.shape[1:]), dtype=np.int64)) * a.itemsize
                 for a, c in zip(self.arrays(), cuts)) for r in range(self.n_blocks)))
         for j, w in enumerate(workers):
@@ -1509,6 +1511,22 @@ class DaskBackend(CpuBackend):
         """The workers that hold each block: the one it was merged or sent to, and its copies'."""
         return [{workers[r % len(workers)]} | (set(sp.futures) if sp else set())
                 for r, sp in zip(range(len(self._blocks)), self._spares or [None] * len(self._blocks))]
+
+    def place_model(self) -> None:
+        """(Before the run loop, once the starting model is final: drawn,
+        warm-started or resumed) send it to the workers, as a single process
+        has its model in memory before its first epoch.  A later change on
+        the driver (a restore) drops these blocks and sends the arrays again."""
+        if not self.clustered:
+            return
+        for attempt in range(ROUND_TRIES):
+            try:
+                self._to_cluster()
+                return
+            except _RoundLost:
+                if attempt == ROUND_TRIES - 1:
+                    raise ClusterError(f"the model could not be placed on the workers in {ROUND_TRIES} "
+                                       "tries: workers were lost") from None
 
     # -- the Backend interface ---------------------------------------------------------
     def warm_start(self, parent: Model, path: str, say: Callable[[str], None]) -> int:

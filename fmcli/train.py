@@ -402,6 +402,9 @@ class _Run:
         if hooks.on_round is not None and hasattr(backend, "on_round"):
             # a distributed backend reports its rounds (fmcli.distributed)
             backend.on_round = lambda record: hooks.on_round({"epoch": self.epoch, **record})
+        place = getattr(backend, "place_model", None)
+        if place is not None:   # the starting model is final: a distributed backend sends it out now
+            place()
 
     # -- resume and checkpoints --------------------------------------------------
     def _resume(self, ckpt: checkpoint.Checkpoint) -> None:

@@ -139,12 +139,15 @@ def test_a_worker_killed_during_a_round_changes_nothing(fragile_cluster, wide):
 # rows into as many pieces as the scheduler lists workers at that moment,
 # so the rounds after a loss are cut into fewer pieces (and merged
 # differently) than the same rounds of a run without it.
-def _lose_a_worker_between_rounds(synth, tmp_path, wait: float) -> None:
+def _lose_a_worker_between_rounds(synth, tmp_path, wait: float, cache: bool = False) -> None:
     """A run on 2 workers without a nanny (a lost one stays lost, as a
     machine that fails) that loses one between two rounds, `wait` seconds
-    into the pause, against the same run without the loss: the same bits."""
+    into the pause, against the same run without the loss: the same bits.
+    The lost worker's shard of the rows is sent again (or, with `cache`,
+    read from the cache) for the worker that takes its tasks."""
     with HandCluster(tmp_path, nanny=False) as hand:
-        cfg = Config(scheduler=hand.address, eval_every=2000, rows_per_round=1000, **_base())
+        cfg = Config(scheduler=hand.address, eval_every=2000, rows_per_round=1000,
+                     **_base(cache=cache, cache_dir=str(tmp_path / "cache")))
         calm = train(cfg, str(synth / "tr.ffm"), str(synth / "va.ffm"))
         lost_ones = []
 
@@ -160,8 +163,9 @@ def _lose_a_worker_between_rounds(synth, tmp_path, wait: float) -> None:
 
 
 @pytest.mark.slow
-def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path):
-    _lose_a_worker_between_rounds(synth, tmp_path, wait=0)
+@pytest.mark.parametrize("cache", [False, True], ids=["shipped", "cache"])
+def test_a_worker_lost_between_rounds_changes_nothing(synth, tmp_path, cache):
+    _lose_a_worker_between_rounds(synth, tmp_path, wait=0, cache=cache)
 
 
 @pytest.mark.slow

@@ -59,6 +59,17 @@ def test_concatenated_output_is_the_single_process_output(cluster, data, tmp_pat
     assert (tmp_path / "out.txt").read_text() == _single(data, "c.ffm", "a.ffm", "b.ffm")
 
 
+def test_urls_are_scored_by_the_workers(cluster, data, tmp_path):
+    """Each worker opens its file's URL itself (fsspec), a glob of URLs as well."""
+    pytest.importorskip("fsspec")
+    r = ok(invoke("predict", "-q", "--scheduler", cluster, data / "m.fm", f"file://{data}/c.ffm",
+                  f"file://{data}/[ab].ffm"))
+    assert r.stdout == _single(data, "c.ffm", "a.ffm", "b.ffm")
+    out = tmp_path / "scores"
+    ok(invoke("predict", "-q", "--scheduler", cluster, "--output-dir", out, data / "m.fm", f"file://{data}/a.ffm"))
+    assert (out / "a.ffm.txt").read_text() == _single(data, "a.ffm")
+
+
 def test_output_dir_writes_one_file_per_input(cluster, data, tmp_path):
     out = tmp_path / "scores"
     ok(invoke("predict", "-q", "--scheduler", cluster, "--output-dir", out, data / "m.fm",

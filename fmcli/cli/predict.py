@@ -72,7 +72,8 @@ def predict(model_file, data, output, threads, device, fmt, strict_ids, max_bad_
             scheduler_timeout, min_workers, quiet):
     """Score DATA... with MODEL_FILE: libffm/libsvm text (plain or .gz,
     .bz2, .zst, .lz4), Parquet, '-' for stdin; several files and quoted globs
-    are scored in order.
+    are scored in order.  An input may be a URL that fsspec reads
+    ('gs://ctr/test.parquet'; needs the [dask] extra and the protocol's package).
 
     Writes one line per row: the probability of the positive class (binary),
     the predicted value (regression), or the C class probabilities in the

@@ -204,7 +204,9 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
           **options):
     """Train a model on TRAIN_FILE... (libffm or libsvm text, plain or .gz,
     .bz2, .zst, .lz4; Parquet; '-' reads stdin).  Several files and quoted
-    globs ('day_*.ffm.gz') are read one after another as one data set.
+    globs ('day_*.ffm.gz') are read one after another as one data set.  An
+    input may be a URL that fsspec reads ('s3://ctr/day_*.ffm.gz'; needs
+    the [dask] extra and the protocol's package).
 
     With --no-bias --no-linear and the default AdaGrad this is libffm's FFM.
     The model file is written only when training succeeds, atomically.

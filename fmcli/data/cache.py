@@ -291,6 +291,10 @@ def fingerprint(path: str, sample: int = 1 << 20, check: str = "stat") -> dict:
     `sample` bytes.  check "content": the same plus a SHA-256 of every byte."""
     if check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}")
+    from . import remote
+
+    if remote.is_url(path):     # what the file system says of it, and its bytes
+        return remote.fingerprint(path, sample, check)
     st = os.stat(path)
     h = hashlib.sha256()
     whole = hashlib.sha256() if check == "content" else None

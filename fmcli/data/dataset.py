@@ -487,9 +487,11 @@ def input_size(paths: Sequence[str]) -> int | None:
     readers count the bytes they decompress to)."""
     from .source import reads_once, sniff_compression
 
+    from .remote import is_url
+
     total = 0
     for p in paths:
-        if reads_once(p):
+        if reads_once(p) or is_url(p):
             return None
         try:
             with open(p, "rb") as f:

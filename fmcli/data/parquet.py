@@ -89,6 +89,7 @@ import numpy as np
 from ..atomic import atomic_output
 from ..errors import ConfigError, DataError, InputNotFoundError
 from .batch import Batch
+from .remote import is_url, open_url
 from .text import (MAX_ID, ReadLimits, _show_classes, check_label_mode, describe_token, open_input,
                    renumber_classes)
 
@@ -524,7 +525,10 @@ class ParquetReader:
         with open_input(self.path):  # the text reader's errors for missing paths
             pass
         try:
-            source = pa.OSFile(self.name, "r")
+            if is_url(self.name):
+                source = pa.PythonFile(open_url(self.name), mode="r")
+            else:
+                source = pa.OSFile(self.name, "r")
         except OSError as exc:
             raise InputNotFoundError(f"{self.name}: cannot open: {exc}") from None
         try:

@@ -32,6 +32,8 @@ from pathlib import PurePath
 from typing import BinaryIO
 
 from ..errors import ConfigError, DataError, InputNotFoundError
+from . import remote
+from .remote import is_url
 
 STDIN = "-"
 
@@ -86,6 +88,8 @@ def reads_once(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     if path == STDIN:
         return True
+    if is_url(path):
+        return False
     try:
         return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
@@ -145,6 +149,9 @@ def expand_inputs(specs: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     for spec in specs:
         if spec == STDIN:
             paths.append(spec)
+            continue
+        if is_url(spec):        # fsspec's glob and checks (fmcli.data.remote)
+            paths.extend(remote.expand(spec))
             continue
         if _GLOB_CHARS.intersection(spec) and not os.path.lexists(spec):
             matches = sorted(glob.glob(spec))
@@ -223,7 +230,7 @@ def check_readable(path: str | os.PathLike, what: str = "a data file", directory
     says what it looked for.  A FIFO, pipe or device is not opened: that
     could block, or take bytes that only the reader should see."""
     path = os.fspath(path)
-    if path == STDIN:
+    if path == STDIN or is_url(path):     # (a URL: its opening says what is wrong)
         return
     try:
         st = os.stat(path)
@@ -243,6 +250,8 @@ def check_readable(path: str | os.PathLike, what: str = "a data file", directory
 
 
 def _open_file(path: str) -> BinaryIO:
+    if is_url(path):
+        return remote.open_url(path)
     try:
         return open(path, "rb")
     except FileNotFoundError:
