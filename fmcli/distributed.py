@@ -1272,15 +1272,17 @@ class DaskBackend(CpuBackend):
         model = [(a.shape, a.dtype) for a in self.arrays()]
         cuts = self._cuts()
         futures = []
-        # what a worker receives before its first round ends: its block and a
-        # copy of every other block when the model is placed (place_model),
-        # then the others' parts of its block and a copy of every other
-        # merged block while those are still held (3 W - 2 blocks, and one to
-        # spare); at most what the heap keeps free (WORKER_MALLOC), which
-        # would give the rest back at once
-        room = min(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], (3 * len(workers) - 1) * max(
-            sum(int(np.prod(((c[r + 1] - c[r],) + a.shape[1:]), dtype=np.int64)) * a.itemsize
-                for a, c in zip(self.arrays(), cuts)) for r in range(self.n_blocks)))
+        # Room in the heap for what a worker allocates by the end of its first
+        # rounds: the blocks of the placed model, the others' parts of its
+        # block, the copies of the merged blocks, the merge's temporaries and
+        # Dask's receive buffers.  Measured (Dask's task stream, 2 workers,
+        # BENCH.md's 161 MB model): with 5 blocks' room or 8 (4 model sizes)
+        # the transfers of the first two rounds still took 0.22 s each (pages
+        # touched for the first time) against 0.03-0.05 s later; with 1 GiB
+        # all took 0.02-0.05 s.  So: 8 model sizes, at most what the heap
+        # keeps free (WORKER_MALLOC), which would give the rest back at once.
+        model_bytes = sum(a.nbytes for a in self.arrays())
+        room = min(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], 8 * model_bytes)
         for j, w in enumerate(workers):
             r = j % self.n_blocks
             block = [((c[r + 1] - c[r],) + a.shape[1:], a.dtype) for a, c in zip(self.arrays(), cuts)]
