@@ -64,17 +64,22 @@ row, bit for bit; one worker's run is the single-process run):
   moves where every dG_i is 0).  A coordinate that one worker moved a lot
   and another hardly at all keeps the first worker's move, instead of half
   of it.
-- ftrl: n grows by the sum of the workers' increments, z by the sum of
-  their gradient sums less the merged accumulator's proximal term (see
-  _merge_rows: summing the z increments as they are counts that term once
-  per worker), and the weight is FTRL's closed form of the new z and n
-  (coordinates whose z and n no worker changed keep their weight).
+- ftrl: as adagrad's, with FTRL's n for G: n grows by the sum of the
+  workers' increments dn_i, the weight moves by the dn-weighted mean of
+  their moves, and z is the one that FTRL's closed form turns into that
+  weight for the new n (the workers' z mean where the weight is 0: L1's
+  dead zone).  The workers step at W times FTRL's rate alpha (below): each
+  rewrites z for its rate before it trains (the weights unchanged) and back
+  for the run's after (_ftrl_rate; a coordinate it did not move keeps its
+  bits).  Summing the z increments instead (with each worker's proximal
+  term put back, the merged one taken off once) left 2 workers with one
+  round per epoch +2.7% above one process's validation logloss after 3
+  epochs on a 200,000-row head of BENCH.md's data; this rule, +0.1%.
 - sgd, adam: the weight (and Adam's m and v) moves by the mean of the moves
   of the workers that touched the row.  An approximation: Adam's moments
   are not additive.
 
-Learning rate: a merge that averages moves (adagrad, rowwise-adagrad, sgd,
-adam) would move a weight that every worker sees about as far per round as
+Learning rate: a merge that averages moves (every optimizer's) would move a weight that every worker sees about as far per round as
 one worker's share of the rows moves it, so that W workers would need about
 W times the epochs.  Each worker therefore steps with the learning rate
 times the number of pieces of its round (the linear scaling rule of
@@ -83,7 +88,7 @@ in one process, and one that settles within the round settles on every
 worker, so that the mean does not overshoot.  On BENCH.md-shaped data, 2
 workers with one round per epoch then follow the single-process validation
 logloss epoch for epoch (within 0.2%), where the unscaled rule needed twice
-the epochs.  FTRL sums its z and n increments instead and keeps its rate.
+the epochs.  FTRL's rate is alpha (--ftrl-alpha), scaled the same way.
 
 Rounds are cut into as many pieces as the run had workers when it started
 (one per shard), whatever workers are alive later: piece j goes to the
@@ -142,6 +147,9 @@ MERGE_KERNEL = True
 # the rows a worker changed are found by a compiled loop (_kernels.changed_row_mask);
 # False: the NumPy code (tests)
 MASK_KERNEL = True
+# FTRL's z is rewritten for a rate by a compiled loop (_kernels.ftrl_rate_f32, the
+# same bits as _ftrl_rate's NumPy code); False: the NumPy code (tests)
+FTRL_KERNEL = True
 # glibc's malloc settings of the workers of a local:N cluster.  Dask starts
 # workers with MALLOC_TRIM_THRESHOLD_ set, which also turns off glibc's
 # adaptive mmap threshold, and glibc maps every block of more than 32 MiB
@@ -592,7 +600,8 @@ def _changed_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot: tuple | None,
-                rows: Batch, weights: np.ndarray | None, total_steps: int, step0: int):
+                rows: Batch, weights: np.ndarray | None, total_steps: int, step0: int,
+                ftrl_alpha: float | None = None):
     """One worker's part of a round when the driver holds the model (an
     InlineRunner): train a copy of `model` (B, L, F, R) on all of `rows` in
     order, the first being step step0 of the run.  Returns ([(indices, rows)
@@ -607,7 +616,11 @@ def train_piece(model: tuple[np.ndarray, ...], cfg: Config, spec: ModelSpec, hot
     backend = CpuBackend.from_arrays(cfg, spec, tuple(arrays))
     backend.hot, backend.hot_sync = hot or (None, None)
     backend.total_steps = total_steps
+    if ftrl_alpha is not None:      # (see train_part)
+        _ftrl_rate(backend, arrays, cfg.ftrl_alpha)
     sums = backend.train_slice(rows, np.arange(rows.n_rows, dtype=np.int64), weights, step0)
+    if ftrl_alpha is not None:
+        _ftrl_rate(backend, arrays, ftrl_alpha, base=model)
     changes = []
     for before, after in zip(model, arrays):
         idx = changed_rows(before, after)
@@ -703,11 +716,12 @@ def _unpacked(packed: np.ndarray, n: int) -> np.ndarray:
 
 
 def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: tuple | None, total_steps: int,
-               step0: int, *blocks):
+               step0: int, ftrl_alpha: float | None, *blocks):
     """One worker's part of a round (a pure function of its arguments):
     train the model made of `blocks` (the round's merged blocks, in order)
     on the rows `order` of rows_of(data) (None: all of them, in order), the
-    first being step step0 of the run.
+    first being step step0 of the run.  ftrl_alpha: the run's FTRL rate
+    when cfg's is W times it (see _ftrl_rate), else None.
 
     Returns (stats, parts): stats = ((loss sum, weight sum, rows skipped,
     position of the row that stopped the pass or -1), seconds training,
@@ -724,13 +738,18 @@ def train_part(data, order, weights, cfg: Config, spec: ModelSpec, hot: tuple | 
     backend = CpuBackend.from_arrays(cfg, spec, arrays)
     backend.hot, backend.hot_sync = hot or (None, None)
     backend.total_steps = total_steps
+    if ftrl_alpha is not None:
+        _ftrl_rate(backend, arrays, cfg.ftrl_alpha)
     sums = backend.train_slice(batch, order, weights, step0)
     t3 = time.perf_counter()
     parts, offsets = [], [0] * len(ARRAYS)
     for block in blocks:
         part = []
+        mine = [a[o : o + base.shape[0]] for a, o, base in zip(arrays, offsets, block)]
+        if ftrl_alpha is not None:      # back to the run's rate
+            _ftrl_rate(backend, mine, ftrl_alpha, base=block)
         for i, base in enumerate(block):
-            part.append(_part(base, arrays[i][offsets[i] : offsets[i] + base.shape[0]]))
+            part.append(_part(base, mine[i]))
             offsets[i] += base.shape[0]
         parts.append(tuple(part))
     sizes = [_nbytes(p) for p in parts]
@@ -771,6 +790,38 @@ def _ftrl_penalties(host: CpuBackend, name: str) -> tuple[float, float]:
     c = host.cfg
     return {"B": (0.0, c.l2_of("bias")), "L": (c.l1, c.l2_of("linear")),
             "F": (c.l1, c.l2_of("factors")), "R": (0.0, 0.0)}[name]
+
+
+def _ftrl_z(host: CpuBackend, name: str, w: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """The z of FTRL's closed form that gives the weights w (w != 0) for
+    accumulators n and the rate alpha (float64)."""
+    l1, l2 = _ftrl_penalties(host, name)
+    w64 = w.astype(np.float64)
+    return -(w64 * ((host.cfg.ftrl_beta + np.sqrt(n.astype(np.float64))) / alpha + l2) + np.sign(w64) * l1)
+
+
+def _ftrl_rate(host: CpuBackend, arrays, alpha: float, base=None) -> None:
+    """Rewrite the z of every FTRL weight of `arrays` (B, L, F, R, or
+    blocks of them) for the rate alpha, its weight kept (see the module's
+    doc: workers of a round of W pieces step at W times the rate).  With
+    `base` (the arrays as they were sent), an element whose weight and n are
+    still those of base takes its z back from base, bit for bit: a row
+    that the worker did not train stays unchanged."""
+    for i, a in enumerate(arrays):
+        if a.size == 0:
+            continue
+        name = ARRAYS[i]
+        w, z, n = _slots(host, name, a)
+        if FTRL_KERNEL and all(x.dtype == np.float32 for x in (w, z, n)):
+            l1, l2 = _ftrl_penalties(host, name)
+            _kernels.ftrl_rate_f32(w, z, n, alpha, host.cfg.ftrl_beta, l1, l2,
+                                   *(() if base is None else _slots(host, name, base[i])))
+            continue
+        new = np.where(w != 0, _ftrl_z(host, name, w, n, alpha), z)
+        if base is not None:
+            w0, z0, n0 = _slots(host, name, base[i])
+            new = np.where((w == w0) & (n == n0), z0, new)
+        z[...] = new
 
 
 def merge_array(host: CpuBackend, name: str, base: np.ndarray, changes: list[tuple[np.ndarray, np.ndarray]],
@@ -852,34 +903,23 @@ def _merge_rows(host: CpuBackend, name: str, start: np.ndarray, rows: list[np.nd
         dst[0][sel] = x0[0] + move
         dst[1][sel] = x0[1] + total
     elif opt == "ftrl":
-        c = host.cfg
-        l1, l2 = _ftrl_penalties(host, name)
-        # A worker's z increment is the sum of its gradients less sigma_i w,
-        # sigma_i = (sqrt(n0 + dn_i) - sqrt(n0)) / alpha: summed as they are, the
-        # sigma parts of the workers would shrink z by up to sqrt(W) times what
-        # one process does (sqrt is concave).  So each worker's sigma part is
-        # put back (with its end weight for w: a weight that settles early in
-        # the round spends most of it there), and the merged accumulator's is
-        # taken off once, with the dn-weighted mean of those weights.  On
-        # BENCH.md-shaped data (2 workers, one round per epoch) this took the
-        # validation logloss after 3 epochs from +38% over one process to +2.5%.
-        alpha = c.ftrl_alpha
-        root0 = np.sqrt(x0[2])
-        dns = [x[2] - x0[2] for x in xs]
-        dn = sum(dns)
-        n = x0[2] + dn
-        ends = [x[0] for x in xs]
-        grads = sum((x[1] - x0[1]) + (np.sqrt(x0[2] + d) - root0) / alpha * e for x, d, e in zip(xs, dns, ends))
+        # the workers stepped at W times the rate (worker_config): as
+        # AdaGrad's, each weight moves by the workers' moves weighted by their
+        # increments of n, n grows by their sum, and z is the closed form's
+        # for that weight (the mean of the workers' z where it is 0)
+        dn = [x[2] - x0[2] for x in xs]
+        total = sum(dn)
+        weighted = sum(d * (x[0] - x0[0]) for d, x in zip(dn, xs))
+        positive = total > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            wbar = np.where(dn > 0, sum(d * e for d, e in zip(dns, ends)) / np.where(dn > 0, dn, 1.0), x0[0])
-        z = x0[1] + grads - (np.sqrt(n) - root0) / alpha * wbar
-        dz = z - x0[1]
-        w = np.where(np.abs(z) <= l1, 0.0,
-                     -(z - np.sign(z) * l1) / ((c.ftrl_beta + np.sqrt(n)) / c.ftrl_alpha + l2))
-        moved = (dz != 0) | (dn != 0)
-        dst[0][sel] = np.where(moved, w, x0[0])
-        dst[1][sel] = z
+            move = np.where(positive, weighted / np.where(positive, total, 1.0), mean_move(0))
+        w = x0[0] + move
+        n = x0[2] + total
+        w32 = w.astype(dst[0].dtype)
+        dst[0][sel] = w32
         dst[2][sel] = n
+        zs = sum(x[1] for x in xs) / len(xs)
+        dst[1][sel] = np.where(w32 != 0, _ftrl_z(host, name, w32, n.astype(np.float32), host.cfg.ftrl_alpha), zs)
     else:   # sgd, adam: the mean move of the workers that touched the row
         for slot in range(1 + host.ns):
             dst[slot][sel] = x0[slot] + mean_move(slot)
@@ -1241,9 +1281,15 @@ class DaskBackend(CpuBackend):
         """The configuration the workers of a round of n_pieces pieces train
         with: the run's, with the learning rate scaled by n_pieces where the
         merge averages moves (see the module's doc)."""
-        if n_pieces <= 1 or self.cfg.optimizer == "ftrl" or self.merge_rule != "optimizer":
+        if n_pieces <= 1 or self.merge_rule != "optimizer":
             return self.cfg
+        if self.cfg.optimizer == "ftrl":
+            return dataclasses.replace(self.cfg, ftrl_alpha=self.cfg.ftrl_alpha * n_pieces)
         return dataclasses.replace(self.cfg, learning_rate=self.cfg.step_size * n_pieces)
+
+    def _ftrl_alpha(self, cfg: Config) -> float | None:
+        """The run's FTRL rate when the workers' (cfg) is scaled, else None."""
+        return self.cfg.ftrl_alpha if cfg.optimizer == "ftrl" and cfg.ftrl_alpha != self.cfg.ftrl_alpha else None
 
     @property
     def clustered(self) -> bool:
@@ -1659,7 +1705,7 @@ class DaskBackend(CpuBackend):
             moved += self._fetch_bytes(w)
             # (the steps of the pieces follow one another, as the pieces' rows would in one process)
             trains.append(client.submit(train_part, *args, cfg, self.spec, self._hot(), self.total_steps,
-                                        step0 + before // bs, *self._blocks_on(w),
+                                        step0 + before // bs, self._ftrl_alpha(cfg), *self._blocks_on(w),
                                         key=f"fmcli-train-{tag}-{j}", workers=[w], **opts))
             before += len(rows)
         stats = [client.submit(operator.itemgetter(0), t, key=f"fmcli-stats-{tag}-{j}", pure=False)
@@ -1723,7 +1769,8 @@ class DaskBackend(CpuBackend):
         for j, _, rows in cut:
             held = bounds[j] + rows
             calls.append((cfg, self.spec, self._hot(), take_rows(batch, held),
-                          None if weights is None else weights[held], self.total_steps, step0 + before // bs))
+                          None if weights is None else weights[held], self.total_steps, step0 + before // bs,
+                          self._ftrl_alpha(cfg)))
             before += len(rows)
         model = self.arrays()
         results = self.runner.run(model, calls)

@@ -144,31 +144,79 @@ def test_adagrad_merge_weights_moves_by_accumulator_increments():
     assert avg[1, 0] == np.float32(0.1)
 
 
-def test_ftrl_merge_sums_gradients_and_n_and_takes_the_closed_form():
+def test_ftrl_merge_weights_moves_by_n_increments_and_takes_z_from_the_closed_form():
     host = _host("ftrl", l1=0.5, l2=0.25, ftrl_alpha=0.1, ftrl_beta=1.0)
     base = host.L.copy()                    # rows (w, z, n)
     base[2] = [0.0, 0.2, 4.0]
-    r0 = np.array([[9.0, -2.0, 5.0]], np.float32)    # dz -2.2, dn 1, ends at w 9
-    r1 = np.array([[7.0, 0.0, 4.5]], np.float32)     # dz -0.2, dn 0.5, ends at w 7
-    idx, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
-    # each worker's gradient sum: its z increment plus its own proximal term
-    # (sqrt(n0 + dn_i) - sqrt(n0)) / alpha * (its end weight) ...
-    g0 = -2.2 + (np.sqrt(5.0) - 2.0) / 0.1 * 9.0
-    g1 = -0.2 + (np.sqrt(4.5) - 2.0) / 0.1 * 7.0
-    # ... and the merged accumulator's term taken off once, with the
-    # dn-weighted mean of the end weights
-    wbar = (1.0 * 9.0 + 0.5 * 7.0) / 1.5
-    n = 4.0 + 1.5
-    z = np.float32(0.2) + g0 + g1 - (np.sqrt(n) - 2.0) / 0.1 * wbar
-    w = -(z - np.sign(z) * 0.5) / ((1.0 + np.sqrt(n)) / 0.1 + 0.25)
-    assert rows[0, 1] == pytest.approx(z, rel=1e-6) and rows[0, 2] == pytest.approx(n)
-    assert rows[0, 0] == pytest.approx(w, rel=1e-6)
-    # |z| <= l1 gives an exact zero (here the two workers' z increments
-    # cancel and neither moved its weight)
-    r0 = np.array([[0.0, -0.8, 5.0]], np.float32)
-    r1 = np.array([[0.0, 1.2, 4.5]], np.float32)
-    _, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0), (np.array([2]), r1)])
-    assert rows[0, 0] == 0.0
+    base[4] = [1.5, -20.0, 4.0]
+    r0 = np.array([[9.0, -2.0, 5.0], [0.0, 0.3, 6.0]], np.float32)    # rows 2 (dn 1, move 9) and 4
+    r1 = np.array([[7.0, 0.0, 4.5], [0.0, -0.1, 5.0]], np.float32)    # rows 2 (dn 0.5, move 7) and 4
+    idx, rows = dist.merge_array(host, "L", base, [(np.array([2, 4]), r0), (np.array([2, 4]), r1)])
+    assert idx.tolist() == [2, 4]
+    w = (1.0 * np.float64(9.0) + 0.5 * np.float64(7.0)) / 1.5
+    n = 5.5
+    assert rows[0, 0] == np.float32(w) and rows[0, 2] == np.float32(n)
+    z = -(np.float64(np.float32(w)) * ((1.0 + np.sqrt(n)) / 0.1 + 0.25) + 0.5)
+    assert rows[0, 1] == np.float32(z)
+    # FTRL's closed form of the merged z and n gives the merged weight back
+    back = -(np.float64(rows[0, 1]) + 0.5) / ((1.0 + np.sqrt(np.float64(rows[0, 2]))) / 0.1 + 0.25)
+    assert back == pytest.approx(np.float64(rows[0, 0]), rel=1e-6)
+    # both moved the weight to 0 (L1's dead zone): exactly 0, z the mean of theirs
+    zmean = (np.float64(np.float32(0.3)) + np.float64(np.float32(-0.1))) / 2
+    assert rows[1, 0] == 0.0 and rows[1, 1] == np.float32(zmean) and rows[1, 2] == np.float32(4.0 + 2.0 + 1.0)
+    # a row one worker changed: that worker's row as it is
+    idx, rows = dist.merge_array(host, "L", base, [(np.array([2]), r0[:1]), (np.zeros(0, int), base[:0])])
+    assert idx.tolist() == [2] and rows[0].tobytes() == r0[0].tobytes()
+
+
+def test_ftrl_rate_rewrite_keeps_the_weights_and_the_untouched_bits():
+    host = _host("ftrl", l1=0.5, l2=0.25, ftrl_alpha=0.1, ftrl_beta=1.0)
+    rng = np.random.default_rng(3)
+    L = host.L
+    L[:, 2] = rng.uniform(0, 9, L.shape[0])
+    L[:, 1] = rng.uniform(-30, 30, L.shape[0])
+    L[:, 0] = np.where(np.abs(L[:, 1]) <= 0.5, 0.0,
+                       -(L[:, 1] - np.sign(L[:, 1]) * 0.5) / ((1.0 + np.sqrt(L[:, 2])) / 0.1 + 0.25))
+    base = [a.copy() for a in host.arrays()]
+    arrays = [a.copy() for a in host.arrays()]
+    dist._ftrl_rate(host, arrays, 0.2)              # the rate of 2 workers
+    w, z, n = arrays[1][:, 0], arrays[1][:, 1], arrays[1][:, 2]
+    nz = w != 0
+    closed = -(z - np.sign(z) * 0.5) / ((1.0 + np.sqrt(n)) / 0.2 + 0.25)
+    np.testing.assert_allclose(closed[nz], w[nz], rtol=1e-5)
+    assert (w == base[1][:, 0]).all() and (n == base[1][:, 2]).all()
+    arrays[1][3, 0] += 1.0                           # a weight the worker moved
+    dist._ftrl_rate(host, arrays, 0.1, base=base)    # back to the run's rate
+    keep = np.arange(L.shape[0]) != 3
+    assert arrays[1][keep].tobytes() == base[1][keep].tobytes()     # untouched: the same bits
+    assert arrays[1][3, 1] == np.float32(-(np.float64(arrays[1][3, 0]) * ((1.0 + np.sqrt(np.float64(
+        arrays[1][3, 2]))) / 0.1 + 0.25) + np.sign(arrays[1][3, 0]) * 0.5))
+
+
+@pytest.mark.parametrize("model", ["ffm", "fwfm", "fmfm"])
+def test_compiled_ftrl_rate_has_the_numpy_bits(model, monkeypatch):
+    cfg = Config(model=model, k=4, optimizer="ftrl", l1=0.05, l2=1e-3, ftrl_alpha=0.3, ftrl_beta=0.5)
+    host = CpuBackend(cfg, 40, 5, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    start = []
+    for name, a in zip(dist.ARRAYS, host.arrays()):
+        a[...] = rng.uniform(-2, 2, a.shape).astype(a.dtype) * (rng.random(a.shape) > 0.3)
+        if a.size:
+            n = dist._slots(host, name, a)[2]
+            n[...] = np.abs(n)
+        start.append(a.copy())
+    got = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(dist, "FTRL_KERNEL", kernel)
+        arrays = [a.copy() for a in start]
+        dist._ftrl_rate(host, arrays, 0.6)
+        for a in arrays:
+            a[::3] += np.float32(0.25)          # rows a worker moved
+        dist._ftrl_rate(host, arrays, 0.3, base=start)
+        got[kernel] = arrays
+    for a, b in zip(got[True], got[False]):
+        assert a.tobytes() == b.tobytes()
+    assert any(a[1::3].tobytes() == b[1::3].tobytes() and a.size for a, b in zip(got[True], start))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

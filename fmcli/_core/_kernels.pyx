@@ -1790,6 +1790,38 @@ def changed_row_mask(const unsigned char[:, ::1] before, const unsigned char[:, 
             out[i] = memcmp(&before[i, 0], &after[i, 0], w) != 0
 
 
+def ftrl_rate_f32(const float[:, :] w, float[:, :] z, const float[:, :] n, double alpha, double beta,
+                  double l1, double l2, w0=None, z0=None, n0=None):
+    """FTRL's z rewritten for the rate alpha, each weight kept (see
+    fmcli.distributed._ftrl_rate, whose NumPy code this is, with the same
+    bits): z = -(w ((beta + sqrt n) / alpha + l2) + sign(w) l1) in double
+    where w != 0; with the base slots w0, z0, n0, an element whose w and n
+    equal the base's takes z0 back instead.  w, z, n: (rows, lanes) views
+    of one array's slots (any strides)."""
+    cdef Py_ssize_t rows = w.shape[0], lanes = w.shape[1], i, j
+    cdef const float[:, :] bw
+    cdef const float[:, :] bz
+    cdef const float[:, :] bn
+    cdef bint restore = w0 is not None
+    cdef double x, f
+    if z.shape[0] != rows or z.shape[1] != lanes or n.shape[0] != rows or n.shape[1] != lanes:
+        raise ValueError("ftrl_rate_f32 needs w, z and n of one shape")
+    if restore:
+        bw, bz, bn = w0, z0, n0
+        if (bw.shape[0] != rows or bw.shape[1] != lanes or bz.shape[0] != rows or bz.shape[1] != lanes
+                or bn.shape[0] != rows or bn.shape[1] != lanes):
+            raise ValueError("ftrl_rate_f32 needs base slots of the shape of w")
+    with nogil:
+        for i in range(rows):
+            for j in range(lanes):
+                if restore and w[i, j] == bw[i, j] and n[i, j] == bn[i, j]:
+                    z[i, j] = bz[i, j]
+                elif w[i, j] != 0:
+                    x = w[i, j]
+                    f = x * ((beta + sqrt(<double>n[i, j])) / alpha + l2) + (l1 if x > 0 else -l1)
+                    z[i, j] = <float>(-f)
+
+
 def merge_adagrad_f32(const float[:, ::1] base, float[:, ::1] out, list parts,
                       Py_ssize_t w0, Py_ssize_t nw, Py_ssize_t g0, Py_ssize_t ng):
     """Merge the workers' AdaGrad rows of one float32 array, row by row:
