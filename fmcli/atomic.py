@@ -297,6 +297,9 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     try:
         is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
     except FileNotFoundError:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", target):
+            raise OutputError(f"cannot create output {target}: outputs are local files, not URLs "
+                              "(only inputs are read through fsspec)") from None
         raise OutputError(f"cannot create output {target}: directory {directory} does not exist") from None
     except OSError as exc:          # a path through a regular file, no search permission
         raise OutputError(f"cannot create output {target}: {directory}: {_reason(exc)}") from None

@@ -172,3 +172,12 @@ def test_paths_never_import_fsspec(tmp_path):
             f"load_dataset({str(path)!r}).in_memory()\n"
             "assert 'fsspec' not in sys.modules, 'fsspec imported for a path'\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_an_output_url_is_refused_in_one_line(tmp_path):
+    (tmp_path / "d.ffm").write_text("1 0:1:1 1:2:1\n0 0:3:1 1:4:1\n")
+    r = invoke("train", "-q", "--no-cache", "-o", "s3://bucket/m.fm", tmp_path / "d.ffm", cwd=tmp_path)
+    assert r.exit_code == 73, (r.exit_code, r.stderr)
+    assert r.stderr.strip() == ("fm: error: cannot create output s3://bucket/m.fm: outputs are local files, "
+                                "not URLs (only inputs are read through fsspec)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.ffm"]
