@@ -375,3 +375,54 @@ def test_a_trial_lost_with_its_worker_runs_again_elsewhere(data, uninterrupted, 
     assert proc.returncode == 0, err
     assert running and at_kill < len(results.read_text().splitlines()), "the worker was lost mid-search"
     assert _board(tmp_path / "k.jsonl") == _board(uninterrupted / "a.jsonl")
+
+
+# ---------------------------------------------------------------------------
+# fm train --tune-budget: fm tune --budget from fm train
+# ---------------------------------------------------------------------------
+
+def _train_args(data, *more):
+    return ["-s", "1", "-p", str(data / "va.ffm"), *map(str, more), str(data / "tr.ffm")]
+
+
+def test_train_with_a_tune_budget_writes_the_best_model_of_a_search(data, tmp_path):
+    out = tmp_path / "m.fm"
+    r = ok(invoke("train", "--tune-budget", "4s", "-k", 8, *_train_args(data), "-o", out))
+    assert "searching l2 ~ loguniform" in r.stderr and f"wrote {out}; the search is in {out}.tune" in r.stderr
+    rec = load_model(out).meta["tuning"]
+    assert rec["budget_seconds"] == 4.0 and rec["stopped"] == "budget" and rec["max_trials"] is None
+    assert sorted(rec["space"]) == ["l2", "learning_rate"]          # -k given: fixed, not searched
+    assert rec["base_config"]["k"] == 8 and load_model(out).spec.k == 8
+    assert rec["best"]["value"] == min(row["value"] for row in rec["leaderboard"] if row["value"] is not None)
+    assert (tmp_path / "m.fm.tune" / "results.jsonl").exists()
+
+
+def test_train_with_a_tune_budget_from_a_config_file(data, tmp_path):
+    config = tmp_path / "fm.toml"
+    config.write_text('[train]\ntune-budget = "3s"\nmodel = "fm"\n')
+    ok(invoke("train", "--config", config, *_train_args(data), "-o", tmp_path / "c.fm"))
+    rec = load_model(tmp_path / "c.fm").meta["tuning"]
+    assert rec["budget_seconds"] == 3.0 and rec["base_config"]["model"] == "fm"
+
+
+@pytest.mark.parametrize("more, message", [
+    (("-t", "5"), "--epochs does not go with --tune-budget (fm tune refuses it"),
+    (("--auto-stop",), "--auto-stop does not go with --tune-budget"),
+    (("--dry-run",), "--dry-run does not go with --tune-budget"),
+    (("--checkpoint-dir", "ck"), "--checkpoint-dir does not go with --tune-budget"),
+    (("--tune-budget", "soon"), "'soon' is not a duration"),
+])
+def test_train_with_a_tune_budget_refuses_what_fm_tune_refuses(data, tmp_path, more, message):
+    r = invoke("train", "--tune-budget", "1m", *more, *_train_args(data), "-o", tmp_path / "m.fm", cwd=tmp_path)
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    assert message in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_train_with_a_tune_budget_needs_a_validation_file_and_no_resume(data, tmp_path):
+    r = invoke("train", "--tune-budget", "1m", "-o", tmp_path / "m.fm", data / "tr.ffm")
+    assert r.exit_code == 2 and "Missing option '-p' / '--valid'" in r.stderr
+    r = invoke("train", "--tune-budget", "1m", "--resume", data, "-o", tmp_path / "m.fm")
+    assert r.exit_code == 2 and "--resume does not go with --tune-budget" in r.stderr
+    assert not (tmp_path / "m.fm").exists()
+    assert "--tune-budget" not in ok(invoke("tune", "--help")).stdout

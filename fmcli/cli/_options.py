@@ -28,6 +28,22 @@ class ByteSize(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Duration(click.ParamType):
+    """Seconds, from 90, 90s, 2.5m, 1h (fmcli.tune.parse_duration)."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        from ..tune import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class InputPath(click.Path):
     """A file (with `directory`, a directory) the command reads.
 

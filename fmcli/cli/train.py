@@ -13,7 +13,7 @@ from ..metrics import METRICS
 from ..safepaths import refuse_clobber
 from . import _render
 from . import _ops
-from ._options import AutoCount, ByteSize, InputPath, OutputPath, read_limit_options
+from ._options import AutoCount, ByteSize, Duration, InputPath, OutputPath, read_limit_options
 
 D = Config()  # defaults come from the config, nowhere else
 
@@ -198,10 +198,15 @@ def default_output(train_file: str) -> str:
 @click.option("--spec", "spec_file", type=InputPath("a spec file"), default=None, show_default=False,
               help="Preprocessing spec written by fm convert for raw logs: stored in the model, so that "
                    "fm predict can score raw rows with the very same transform.")
+@click.option("--tune-budget", type=Duration(), default=None, show_default=False,
+              help="Search the hyperparameters for this long first (e.g. 2m) and write the best model: "
+                   "fm tune --budget with its default space, the options given fixed for every trial, "
+                   "the search in OUTPUT.tune.  Needs -p; not with the options fm tune refuses (-t, "
+                   "--auto-stop, --resume, --init-model, ...).")
 @_ops.train_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_file, resume_dir, spec_file,
-          **options):
+          tune_budget, **options):
     """Train a model on TRAIN_FILE... (libffm or libsvm text, plain or .gz,
     .bz2, .zst, .lz4; Parquet; '-' reads stdin).  Several files and quoted
     globs ('day_*.ffm.gz') are read one after another as one data set.  An
@@ -213,6 +218,13 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
     """
     from ..train import train as run_training
 
+    if tune_budget is not None:
+        if resume_dir is not None:
+            raise click.UsageError("--resume does not go with --tune-budget: fm tune --resume DIR continues "
+                                   "a search")
+        from .tune import tune_in_train
+
+        return tune_in_train(click.get_current_context(), tune_budget)
     if resume_dir is not None:
         from ..train import resume_arguments
 

@@ -19,7 +19,7 @@ from ..safepaths import refuse_clobber
 from . import _render
 from . import train as _train
 from ._ops import config_option, lock_timeout_option
-from ._options import InputPath, OutputPath
+from ._options import Duration, InputPath, OutputPath
 from ._status import signal_name
 
 # fm train's options that fm tune refuses, and why
@@ -40,27 +40,14 @@ REFUSED = {
     "syncs_per_epoch": "with --scheduler each trial trains whole on one worker (the trials are spread "
                        "over the workers, not one trial's rows)",
 }
-# fm train's parameters fm tune leaves out (it has its own of the same name)
-_LEFT_OUT = {"resume_dir", "config_file", "lock_timeout", "help"}
+# fm train's parameters fm tune leaves out (it has its own of the same name, or
+# is a search itself)
+_LEFT_OUT = {"resume_dir", "config_file", "lock_timeout", "help", "tune_budget"}
 # fm train's parameters that are not Config fields
 _NOT_CONFIG = {"train_files", "output", "valid", "quiet", "no_optimizer_state", "fmt", "weights_file",
                "spec_file"}
 
 _DEFAULT_TRIALS, _DEFAULT_MIN_EPOCHS, _DEFAULT_MAX_EPOCHS, _DEFAULT_REDUCTION = 27, 2, 30, 3
-
-
-class Duration(click.ParamType):
-    name = "DURATION"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        from ..tune import parse_duration
-
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def _train_params() -> list[click.Parameter]:
@@ -209,6 +196,18 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
             min_epochs = min(min_epochs, max_epochs)
         search, output, directory = _new_search(ctx, options, params, space_file, trials, bracket,
                                                 min_epochs, max_epochs, reduction, metric, jobs, directory, say)
+    _search_and_write(ctx, search, output, directory, options, space_file=space_file, jobs=jobs, budget=budget,
+                      started=started, resume=resume_dir is not None, refit=refit,
+                      leaderboard_file=leaderboard_file, as_json=as_json, lock_timeout=lock_timeout,
+                      quiet=quiet, say=say)
+
+
+def _search_and_write(ctx, search, output, directory, options, *, space_file, jobs, budget, started, resume,
+                      refit, leaderboard_file, as_json, lock_timeout, quiet, say) -> None:
+    """Run `search` (fm tune, fm train --tune-budget) and write its best
+    model to `output`, the leaderboard and the summaries."""
+    from .. import tune as core
+
     refuse_clobber({"the training file": search.train, "the validation file": search.valid,
                     "the --weights file": search.weights, "the --space file": space_file,
                     "the --config file": ctx.meta.get("fm.config_file")},
@@ -225,7 +224,7 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
                 threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
                 jobs = max(1, threads // search.config.threads)
             say(f"trials run on the Dask cluster's workers, {jobs} at a time")
-        outcome = core.tune(search, directory, resume=resume_dir is not None, jobs=jobs, budget=budget,
+        outcome = core.tune(search, directory, resume=resume, jobs=jobs, budget=budget,
                             started=started, client=client,
                             log=say, on_result=lambda row: say(_render.tune_result_line(row, search)),
                             should_stop=lambda: stop[0])
@@ -251,6 +250,27 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
     if as_json:
         _render.tune_summary({"output": output, "directory": directory, "refit": refit,
                             **{k: v for k, v in outcome.record().items() if k != "base_config"}})
+
+
+def tune_in_train(ctx: click.Context, budget: float) -> None:
+    """fm train --tune-budget: fm tune with --budget, its default space and
+    defaults, the fm train options given fixed for every trial, writing the
+    best model to -o (the search in OUTPUT.tune)."""
+    import time
+
+    started = time.monotonic()
+    options = {k: v for k, v in ctx.params.items() if k not in _LEFT_OUT}
+    for name, why in REFUSED.items():
+        if _given(ctx, name):
+            raise click.UsageError(f"{_option_name(ctx, name)} does not go with --tune-budget (fm tune "
+                                   f"refuses it: {why})")
+    quiet = options.get("quiet")
+    say = (lambda msg: _render.info(msg, quiet))
+    search, output, directory = _new_search(ctx, options, (), None, None, _DEFAULT_TRIALS, _DEFAULT_MIN_EPOCHS,
+                                            _DEFAULT_MAX_EPOCHS, _DEFAULT_REDUCTION, None, None, None, say)
+    _search_and_write(ctx, search, output, directory, options, space_file=None, jobs=None, budget=budget,
+                      started=started, resume=False, refit=False, leaderboard_file=None, as_json=False,
+                      lock_timeout=ctx.params.get("lock_timeout") or 0.0, quiet=quiet, say=say)
 
 
 def _new_search(ctx, options, params, space_file, trials, bracket, min_epochs, max_epochs, reduction, metric,
