@@ -133,6 +133,28 @@ def test_each_worker_holds_its_shard_of_the_rows_only(cluster, on_cluster, synth
         assert sorted(seen.values()) == [[1500, 6000], [1500, 6000]]   # of 12000 and 3000 rows
 
 
+def test_row_weights_go_with_their_shards(on_cluster, synth, tmp_path):
+    """Rows of LABEL:WEIGHT: one worker is the single-process run, and two
+    workers train the same model whether they read their shards of rows and
+    weights from the cache or are sent them."""
+    lines = (synth / "tr.ffm").read_text().splitlines()
+    weighted = tmp_path / "w.ffm"
+    weighted.write_text("".join(f"{ln.split(' ', 1)[0]}:{0.5 + i % 3} {ln.split(' ', 1)[1]}\n"
+                                for i, ln in enumerate(lines)))
+    cfg = _cfg(tmp_path, shuffle=True)
+    single = train(Config(**cfg), str(weighted), str(synth / "va.ffm"))
+    on_cluster(1)
+    _same_bytes(single, train(Config(scheduler="local:1", **cfg), str(weighted), str(synth / "va.ffm")))
+    on_cluster(2)
+    read = train(Config(scheduler="local:2", **cfg), str(weighted), str(synth / "va.ffm"))
+    sent = train(Config(scheduler="local:2", **{**cfg, "cache": False}), str(weighted), str(synth / "va.ffm"))
+    assert read.meta["training"]["distributed"]["data"] == "cache"
+    assert sent.meta["training"]["distributed"]["data"] == "shipped"
+    _same_bytes(read, sent)
+    unweighted = train(Config(scheduler="local:2", **cfg), str(synth / "tr.ffm"), str(synth / "va.ffm"))
+    assert unweighted.params["factors"].tobytes() != read.params["factors"].tobytes()
+
+
 @pytest.mark.parametrize("budget", [0, 1 << 30])
 def test_a_shard_read_from_the_cache_is_the_drivers_rows(tmp_path, budget):
     """Dataset.rows_in_memory, a worker's shard: the driver's rows lo..hi,
