@@ -79,8 +79,9 @@ row, bit for bit; one worker's run is the single-process run):
   of the workers that touched the row.  An approximation: Adam's moments
   are not additive.
 
-Learning rate: a merge that averages moves (every optimizer's) would move a weight that every worker sees about as far per round as
-one worker's share of the rows moves it, so that W workers would need about
+Learning rate: a merge that averages moves (every optimizer's) would move
+a weight that every worker sees about as far per round as one worker's
+share of the rows moves it, so that W workers would need about
 W times the epochs.  Each worker therefore steps with the learning rate
 times the number of pieces of its round (the linear scaling rule of
 data-parallel SGD): a weight that moves steadily moves as far per round as
