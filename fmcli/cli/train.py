@@ -14,30 +14,13 @@ from ..safepaths import refuse_clobber
 from . import _render
 from . import _ops
 from ._options import AutoCount, ByteSize, Duration, InputPath, OutputPath, read_limit_options
+from ._search import default_output
 
 D = Config()  # defaults come from the config, nowhere else
-
-_DATA_SUFFIXES = (".ffm", ".libffm", ".svm", ".libsvm", ".txt", ".parquet", ".pq")
-_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
-
 
 def _absolute(path: str | None) -> str | None:
     """A path (or glob) made absolute, so that --resume works from any directory."""
     return path if path in (None, "-") else os.path.abspath(path)
-
-
-def default_output(train_file: str) -> str:
-    """libffm-style default: the training file's base name, with '.fm'."""
-    base = os.path.basename(train_file)
-    for suffix in _COMPRESSION_SUFFIXES:
-        if base.lower().endswith(suffix) and len(base) > len(suffix):
-            base = base[: -len(suffix)]
-            break
-    for suffix in _DATA_SUFFIXES:
-        if base.endswith(suffix) and len(base) > len(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base + ".fm"
 
 
 @click.command(context_settings={"show_default": True})
@@ -222,7 +205,7 @@ def train(train_files, output, valid, quiet, no_optimizer_state, fmt, weights_fi
         if resume_dir is not None:
             raise click.UsageError("--resume does not go with --tune-budget: fm tune --resume DIR continues "
                                    "a search")
-        from .tune import tune_in_train
+        from ._search import tune_in_train
 
         return tune_in_train(click.get_current_context(), tune_budget)
     if resume_dir is not None:
