@@ -128,16 +128,18 @@ EXIT_CODES = [
          "foreign model file, or one whose weights hold NaN or infinity; a score that is not a "
          "finite number; wide Parquet whose columns are not the model's."),
     (66, "An input file (data, model, weights, configuration file) does not exist, cannot "
-         "be read, or is a directory."),
+         "be read, or is a directory; an input URL that its file system cannot find or read."),
     (69, "\\-\\-scheduler (fm train, fm predict): the Dask cluster cannot be reached within "
          "\\-\\-scheduler\\-timeout, has no worker (or fewer than \\-\\-min\\-workers) by then, runs "
          "another fmcli build, or the dask extra is "
-         "not installed.  \\-\\-to onnx (fm convert): the onnx extra is not installed."),
+         "not installed.  \\-\\-to onnx (fm convert): the onnx extra is not installed.  An input "
+         "URL: fsspec, or its protocol's package (s3fs, gcsfs, ...), is not installed."),
     (70, "Internal error (a bug); fm \\-\\-debug shows the traceback."),
     (71, "fm serve cannot listen on \\-\\-host and \\-\\-port: the port is in use, a port below 1024 "
          "needs privileges, or the host is unknown."),
     (73, "An output file or the checkpoint directory cannot be created (no such directory, "
-         "no permission, a read\\-only file system, a name too long); checked before any work."),
+         "no permission, a read\\-only file system, a name too long, a URL: outputs are local "
+         "files); checked before any work."),
     (74, "I/O error while writing an output: the disk is full, the file is larger than the "
          "file size limit (ulimit \\-f), the quota is exceeded, or the device failed (also "
          "\\-o /dev/full).  The file it would have replaced is left unchanged.  Also: the "
