@@ -1353,7 +1353,7 @@ class DaskBackend(CpuBackend):
         client, workers = self.runner.client, self.runner.workers
         cuts = shard_bounds(batch.n_rows, self.n_pieces)
         ds = bound[1]
-        ref = CacheRows.of(ds, batch, self.compact_rows, 0, 0)
+        ref = CacheRows.of(ds, batch, self.compact_rows, 0, 0)    # (no rows: only whether workers see the file)
         if ref is not None:
             seen = client.run(_sees, ref, workers=workers)
             if not all(seen.get(w) for w in workers):
