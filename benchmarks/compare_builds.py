@@ -10,7 +10,8 @@ run in a fresh process, and reports the medians and the paired ratios::
         --cases ffm:4:1,fwfm:8:1,ffm:4:2,fwfm:8:2 --runs 10
 
 FFM runs libffm's model (no bias, no linear terms), the others fmcli's
-defaults.  Only training is timed: each run reads the first --rows rows
+defaults; a fourth part ``defaults`` (``ffm:4:1:defaults``) runs FFM with
+fmcli's defaults too (bias and linear terms).  Only training is timed: each run reads the first --rows rows
 (from the binary cache after the first run), initialises the model, then
 trains them once in slices of 32,768 rows, as ``fm train`` does.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 # Run in the child: time one case with the tree on sys.path; print rows/s.
 CHILD = r"""
 import os, sys, time
-root, data, cache, model, k, threads, rows = sys.argv[1:8]
+root, data, cache, model, k, threads, rows, defaults = sys.argv[1:9]
 k, threads, rows = int(k), int(threads), int(rows)
 sys.path.insert(0, root)
 import numpy as np
@@ -37,7 +38,7 @@ from fmcli.data.dataset import load_dataset
 ds = load_dataset(data, cache_dir=cache)
 batch = ds.in_memory(compact=True).rows(0, rows)
 rows = batch.n_rows
-libffm = model == "ffm"
+libffm = model == "ffm" and defaults != "defaults"
 cfg = Config(model=model, k=k, threads=threads, use_bias=not libffm, use_linear=not libffm, seed=1)
 n, m = ds.max_feature + 1, ds.max_field + 1
 if os.path.exists(os.path.join(root, "fmcli", "cpu.py")):
@@ -59,14 +60,17 @@ print(rows / (time.perf_counter() - t))
 """
 
 
-def parse_cases(text: str) -> list[tuple[str, int, int]]:
+def parse_cases(text: str) -> list[tuple[str, int, int, str]]:
     out = []
     for part in text.split(","):
         try:
-            model, k, threads = part.split(":")
-            out.append((model, int(k), int(threads)))
+            model, k, threads, *rest = part.split(":")
+            if rest not in ([], ["defaults"]):
+                raise ValueError(part)
+            out.append((model, int(k), int(threads), "defaults" if rest else ""))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad case {part!r}: want MODEL:K:THREADS, e.g. ffm:4:1") from None
+            raise argparse.ArgumentTypeError(f"bad case {part!r}: want MODEL:K:THREADS[:defaults], "
+                                             "e.g. ffm:4:1 or ffm:4:1:defaults") from None
     return out
 
 
@@ -89,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                     tree = (args.old if side == "old" else args.new).resolve()
                     out = subprocess.run(
                         [sys.executable, "-c", CHILD, str(tree), args.train, cache, case[0], str(case[1]),
-                         str(case[2]), str(args.rows)], capture_output=True, text=True, check=True, env=env)
+                         str(case[2]), str(args.rows), case[3]], capture_output=True, text=True, check=True, env=env)
                     times[case][side].append(float(out.stdout.split()[-1]))
             print(f"run {r + 1} of {args.runs} done", file=sys.stderr)
-    for (model, k, threads), t in times.items():
+    for (model, k, threads, defaults), t in times.items():
         old, new = statistics.median(t["old"]), statistics.median(t["new"])
         ratios = sorted(n / o for n, o in zip(t["new"], t["old"]))
-        print(f"{model} k={k} threads={threads}: old {old:,.0f} rows/s, new {new:,.0f} rows/s, "
+        print(f"{model} k={k} threads={threads}{' (defaults)' if defaults else ''}: old {old:,.0f} rows/s, new {new:,.0f} rows/s, "
               f"new/old {new / old:.3f} (paired ratios: median {statistics.median(ratios):.3f}, "
               f"{ratios[0]:.3f} to {ratios[-1]:.3f}; {args.runs} runs each)")
     return 0

@@ -48,8 +48,10 @@ class Backend(Protocol):
     def export_state(self) -> tuple[np.ndarray, ...]:
         """Host arrays B, L, F, R of the training layout (checkpoints)."""
 
-    def snapshot(self) -> tuple[np.ndarray, ...]:
-        """A copy of the parameters and state (the best epoch's for early stopping)."""
+    def snapshot(self, into=None) -> tuple[np.ndarray, ...]:
+        """A copy of the parameters and state (the best epoch's for early
+        stopping); `into`, an earlier snapshot that is no longer needed, may
+        be written over instead of allocating another."""
 
     def restore(self, arrays) -> None:
         """Set parameters and state from export_state()'s or snapshot()'s arrays."""

@@ -1586,10 +1586,10 @@ class DaskBackend(CpuBackend):
         self._to_host()
         return self.arrays()
 
-    def snapshot(self):
+    def snapshot(self, into=None):
         if self.clustered and self._blocks is not None:
             return _Snapshot(self)
-        return super().snapshot()
+        return super().snapshot(into)
 
     def restore(self, arrays) -> None:
         if isinstance(arrays, _Snapshot) and arrays.backend is self:

@@ -263,8 +263,18 @@ class HostParams:
     def flat(self) -> tuple[np.ndarray, ...]:
         return tuple(a.reshape(-1) for a in self.arrays())
 
-    def snapshot(self) -> tuple[np.ndarray, ...]:
-        return tuple(a.copy() for a in self.arrays())
+    def snapshot(self, into: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
+        """A copy of the parameters and state; written over `into` (an
+        earlier snapshot of the same arrays) when given: a model's worth of
+        fresh memory costs its page faults on every copy otherwise."""
+        arrays = self.arrays()
+        if into is not None and isinstance(into, tuple) and len(into) == len(arrays) and all(
+                isinstance(t, np.ndarray) and t.shape == a.shape and t.dtype == a.dtype and t.flags.writeable
+                for t, a in zip(into, arrays)):
+            for t, a in zip(into, arrays):
+                np.copyto(t, a)
+            return into
+        return tuple(a.copy() for a in arrays)
 
     def restore(self, snap: tuple[np.ndarray, ...]) -> None:
         for a, saved in zip(self.arrays(), snap):

@@ -584,7 +584,7 @@ class _Run:
         if value is not None and (self.best.index == 0 or is_better(metric, value, self.best.value)):
             self.best = _Best(value, epoch, rows, self.n_evals, metrics)
             if patience and not last:
-                self.snap = self.backend.snapshot()
+                self.snap = self.backend.snapshot(self.snap)
         elif patience and self.n_evals - self.best.index >= patience:
             waited = self.n_evals - self.best.index
             if c.eval_every:

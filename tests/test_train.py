@@ -206,6 +206,27 @@ def test_auto_stop_keeps_best_epoch(data):
         assert all_arrays(model)[name].tobytes() == a.tobytes(), name
 
 
+def test_snapshot_is_written_over_an_earlier_one():
+    # Early stopping keeps the best epoch's arrays; a later best overwrites
+    # them in place (fresh memory costs page faults on every copy).
+    from fmcli.cpu import CpuBackend
+
+    backend = CpuBackend(Config(k=4), 50, 3, np.random.default_rng(0))
+    first = backend.snapshot()
+    assert all(s is not a and np.array_equal(s, a) for s, a in zip(first, backend.arrays()))
+    backend.F[...] += 1.0
+    again = backend.snapshot(first)
+    assert again is first and np.array_equal(first[2], backend.F)
+    backend.F[...] += 1.0   # the snapshot is a copy, not a view
+    assert not np.array_equal(first[2], backend.F)
+    # an `into` of other shapes is not written to
+    other = CpuBackend(Config(k=8), 50, 3, np.random.default_rng(0)).snapshot()
+    before = [a.copy() for a in other]
+    fresh = backend.snapshot(other)
+    assert fresh is not other and all(np.array_equal(a, b) for a, b in zip(other, before))
+    assert np.array_equal(fresh[2], backend.F)
+
+
 def test_auto_stop_on_first_epoch_rise(data):
     # Stopping right after epoch 2 keeps epoch 1's weights.
     cfg = Config(model="ffm", k=8, epochs=30, learning_rate=4.0, auto_stop=True, seed=0)

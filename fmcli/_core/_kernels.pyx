@@ -69,7 +69,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
-                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_hot_load, fm_hot_tick,
+                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_linear, fm_hot_load, fm_hot_tick,
                       fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS, FM_COPY_DIVISOR,
                       fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
@@ -1571,6 +1571,8 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef int lock = 0
     cdef int* plock = &lock
     cdef fm_copy* copies = tr.copies
+    # float32, one class: prefetch the next row's linear weights (fm_prefetch_linear)
+    cdef bint lin_ahead = floating is float and s.use_linear and C == 1
     cdef floating* tB      # the bias and field-pair weights a thread trains: its copies, or the shared ones
     cdef floating* tR
     tid = 0
@@ -1638,6 +1640,12 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     loss += wr * l
                     wsum += wr
                     cnt = cnt + 1
+                    if lin_ahead and ii + 1 < n:
+                        # the next row's linear weights, while this one's pairs train
+                        row = order[ii + 1]
+                        fm_prefetch_linear(<float*>pL, s.lstride, ent.feat + indptr[row],
+                                           indptr[row + 1] - indptr[row], s.n_features)
+                        row = order[ii]
                     # the row's step number: float16 storage's rounding is reproducible
                     sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):

@@ -59,6 +59,19 @@ static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const i
 #endif
 }
 
+/* Ask the CPU to start loading the linear weights (and their state) of the
+ * features of a row about to be trained, `stride` floats per feature, for
+ * writing: the streams of factor blocks in between evict them from the core's
+ * caches, and each would otherwise be a miss that the row's score waits for. */
+static inline void fm_prefetch_linear(const float *L, fm_idx stride, const int *feat, fm_idx nnz, fm_idx n) {
+#if defined(__GNUC__)
+    for (fm_idx i = 0; i < nnz; i++)
+        if (feat[i] < n) __builtin_prefetch(L + (fm_idx)feat[i] * stride, 1, 3);
+#else
+    (void)L; (void)stride; (void)feat; (void)nnz; (void)n;
+#endif
+}
+
 /* The forward loops' walk over the pairs of a prepared row, with two
  * accumulators that the pairs alternate between: one alone makes every
  * pair wait for the previous pair's addition (its latency, not the loads
