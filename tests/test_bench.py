@@ -7,6 +7,7 @@ JSON) runs without a libffm build.  Nothing here depends on how fast
 anything ran: only on which figures are present and that they are numbers.
 """
 
+import argparse
 import importlib.util
 import json
 import math
@@ -453,3 +454,14 @@ def test_predict_against_libffm_refuses_what_it_cannot_run(tmp_path, fake_libffm
     # a command that fails (here: a data file given as the fmcli model) is named with its last line
     with pytest.raises(SystemExit, match=r"fm predict .* exited 65: fm: error"):
         bench.main(base + ["--libffm-dir", str(fake_libffm), "--fm", str(Path(sys.executable).parent / "fm")])
+
+
+def test_compare_builds_cases():
+    path = Path(BENCH).parent / "compare_builds.py"
+    spec = importlib.util.spec_from_file_location("fmcli_compare_builds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_cases("ffm:4:1,fwfm:8:2:defaults") == [("ffm", 4, 1, ""), ("fwfm", 8, 2, "defaults")]
+    for bad in ("ffm:4", "ffm:4:1:bias", "ffm:x:1", "ffm:4:1:defaults:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="MODEL:K:THREADS"):
+            module.parse_cases(bad)
