@@ -4,8 +4,9 @@
 Each repeat runs libffm's ``ffm-train`` with its usual settings and
 ``--auto-stop`` (``-k K -l 0.00002 -r 0.2 -t 15 --auto-stop -p VALID``), then
 ``fm train`` with fmcli's defaults and ``--auto-stop`` (the order swapped on
-every other repeat), both from the text files, with the same number of
-threads.  Every line either tool prints is stamped with the wall time since
+every other repeat), both from the text files, each with its own default
+threads (libffm's ``-s 1``, fmcli's ``--threads auto``) unless ``--threads``
+gives both a number.  Every line either tool prints is stamped with the wall time since
 the command started, so:
 
 * libffm's time is the wall time at which it printed its best epoch's line
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--valid", type=Path, required=True, help="libffm validation file")
     ap.add_argument("--libffm-dir", type=Path, required=True, help="directory holding a built ffm-train")
     ap.add_argument("-k", "--k", type=int, default=4, help="factor length of both tools")
-    ap.add_argument("--threads", type=int, default=1, help="threads of both tools")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of both tools (default: each tool's own: libffm 1, fmcli auto)")
     ap.add_argument("--max-epochs", type=int, default=15, help="-t of both tools (both stop earlier)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--fmcli-args", default="", help="more fm train options (the default: none)")
@@ -117,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             for f in scratch.iterdir():   # no tool starts from the other's (or its own) cache
                 shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
             lib = [str(args.libffm_dir / "ffm-train"), "-k", str(args.k), "-t", str(args.max_epochs),
-                   "-s", str(args.threads), "-l", str(L2), "-r", str(LEARNING_RATE), "--auto-stop",
+                   "-s", str(args.threads or 1), "-l", str(L2), "-r", str(LEARNING_RATE), "--auto-stop",
                    "-p", str(valid), str(train), str(scratch / "libffm.model")]
-            ours = [str(fm), "train", "-k", str(args.k), "-t", str(args.max_epochs), "-s", str(args.threads),
+            ours = [str(fm), "train", "-k", str(args.k), "-t", str(args.max_epochs),
+                    *(["-s", str(args.threads)] if args.threads else []),
                     "--auto-stop", "-p", str(valid), "-o", str(scratch / "fmcli.fm"),
                     "--cache-dir", str(scratch / "fmcli-cache"), *shlex.split(args.fmcli_args), str(train)]
             order = [("libffm", lib), ("fmcli", ours)]
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", its best {fb[1]:.5f}" if fb else ""), file=sys.stderr, flush=True)
 
     reached = [r for r in results if r["fmcli_s"]]
-    print(f"time to quality, ffm k={args.k}, {args.threads} thread(s), {args.repeat} repeats, interleaved")
+    threads = f"{args.threads} thread(s)" if args.threads else "each tool's default threads (libffm 1, fmcli auto)"
+    print(f"time to quality, ffm k={args.k}, {threads}, {args.repeat} repeats, interleaved")
     print(f"  libffm: its best validation logloss (median {statistics.median(r['target_va_logloss'] for r in results):.5f})"
           f" after {statistics.median(r['libffm_s'] for r in results):.1f} s (median wall time)")
     who = "fmcli defaults" + (f" + {args.fmcli_args}" if args.fmcli_args else "")

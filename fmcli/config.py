@@ -61,6 +61,27 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+AUTO_THREADS = 0               # Config.threads: chosen from the data when it is read (threads_for)
+AUTO_THREADS_ROWS = 100_000     # auto: data with fewer training rows trains on one thread
+AUTO_MAX_THREADS = 8            # auto: at most this many threads (the most measured to pay)
+
+
+def threads_for(config: "Config", n_rows: int) -> int:
+    """The training threads of `config` for data of `n_rows` rows: its own
+    count, or for AUTO_THREADS every CPU this process may use (at most
+    AUTO_MAX_THREADS) on data of AUTO_THREADS_ROWS rows or more, trained on
+    the CPU one row at a time in one process; one thread otherwise (small
+    data, where Hogwild's contention costs accuracy; a GPU; mini-batches,
+    whose gradient sums take a model's memory per thread; the workers of a
+    Dask cluster, which run one training each)."""
+    if config.threads != AUTO_THREADS:
+        return config.threads
+    if (n_rows < AUTO_THREADS_ROWS or config.device != "cpu" or config.batch_size != 1
+            or config.scheduler is not None or config.scheduler_file is not None):
+        return 1
+    return max(1, min(available_cpus(), AUTO_MAX_THREADS))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every training hyperparameter, with libffm's defaults where libffm has one.
@@ -102,7 +123,7 @@ class Config:
     normalize: bool = True
     use_bias: bool = True
     use_linear: bool = True
-    threads: int = 1
+    threads: int = 1               # AUTO_THREADS (0): chosen from the data (threads_for)
     seed: int = 0
     shuffle: bool = True
     auto_stop: bool = False
@@ -204,8 +225,8 @@ class Config:
         if self.warmup_steps < 0 or self.patience < 0:
             raise ConfigError("warmup steps and patience must be non-negative")
         self._check_combinations()
-        if self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be at least 1 (or {AUTO_THREADS}: auto), got {self.threads}")
         if self.hot_features is not None and not 0 <= self.hot_features <= MAX_HOT_FEATURES:
             raise ConfigError(f"hot features must be between 0 and {MAX_HOT_FEATURES}, got {self.hot_features}")
         if not self.init_scale >= 0 or self.init_scale == float("inf"):

@@ -350,7 +350,7 @@ def connect(config: Config, say: Callable[[str], None]) -> DaskRunner:
                        **WORKER_COMM}
             with dask.config.set({"distributed.worker.profile.enabled": False,
                                   "distributed.nanny.pre-spawn-environ": environ}):
-                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=config.threads, processes=True,
+                cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=max(1, config.threads), processes=True,
                                                    dashboard_address=":0")
             client = distributed.Client(cluster, timeout=timeout, set_as_default=False)
             client.wait_for_workers(n, timeout=timeout)

@@ -132,7 +132,8 @@ def half_storage_missing(cfg) -> list[str]:
 def hot_features_missing(cfg) -> list[str]:
     """Per-thread replicas of the hottest features (fmcli/_core/hot.h)."""
     needs = {"--model fm, ffm, fwfm or fmfm": cfg.model in ("fm", "ffm", "fwfm", "fmfm"),
-             "--threads 2 or more": cfg.threads > 1,
+             # auto threads (0) are decided once the data are read
+             "--threads 2 or more": cfg.threads > 1 or cfg.threads == 0,
              "--dtype float32": cfg.dtype == "float32", "--storage float32": cfg.storage == "float32",
              "--batch-size 1": cfg.batch_size == 1, "no --clip-norm": not cfg.clip_norm,
              "an optimizer other than adam": cfg.optimizer != "adam", "--device cpu": cfg.device == "cpu"}

@@ -22,7 +22,7 @@ import numpy as np
 from ._version import __version__
 from . import checkpoint
 from .backend import Backend, bytes_needed, make_backend
-from .config import Config, available_cpus
+from .config import AUTO_MAX_THREADS, AUTO_THREADS, AUTO_THREADS_ROWS, Config, available_cpus, threads_for
 from .data.batch import Batch
 from .data.cache import default_cache_dir
 from .data.dataset import Dataset, dataset_from_batch, load_dataset
@@ -183,6 +183,12 @@ def plan_training(config: Config, train_data, valid=None, *, weights=None, resum
     if config.task == "auto":
         say(f"task: {task} (from the labels of {tr.name})")
         config = config.replace(task=task)   # re-validates the combination
+    if config.threads == AUTO_THREADS:
+        threads = threads_for(config, tr.n_rows)
+        config = config.replace(threads=threads)
+        if threads > 1:
+            say(f"training on {threads} threads (--threads auto: every CPU, up to {AUTO_MAX_THREADS}, on "
+                f"{AUTO_THREADS_ROWS:,} rows or more; -s 1 for bit-for-bit reproducible runs)")
     if task == "multiclass" and len(tr.classes) < 2:
         raise DataError(f"multiclass training needs at least two classes, found only {tr.classes}", tr.name)
     va = _load(valid, config, task, tr.classes, say, input_map, on_read) if valid is not None else None

@@ -407,7 +407,11 @@ def test_time_to_quality_repeats_from_scratch(tmp_path, fake_libffm, capsys):
         assert reached == (r["fmcli_best_va_logloss"] <= 0.45)
         assert (r["ratio"] is not None) == reached
     assert rc == (0 if all(r["fmcli_s"] for r in doc["repeats"]) else 1)
-    assert "time to quality, ffm k=4, 1 thread(s), 2 repeats" in capsys.readouterr().out
+    # each tool with its own default threads: libffm -s 1, fmcli none given (auto)
+    assert "time to quality, ffm k=4, each tool's default threads (libffm 1, fmcli auto), 2 repeats" \
+        in capsys.readouterr().out
+    for r in doc["repeats"]:
+        assert " -s 1 " in r["runs"]["libffm"]["command"] and " -s " not in r["runs"]["fmcli"]["command"]
     assert not list(tmp_path.glob("*.bin")), "libffm's caches stay in the scratch directory"
 
 

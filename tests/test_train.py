@@ -369,7 +369,7 @@ def test_divergence_raises(data, tmp_path, kind):
     {"lr_schedule": "step"},
     {"on_nonfinite": "ignore"},
     {"format": "csv"},
-    {"threads": 0},
+    {"threads": -1},   # 0 is auto (fmcli.config.threads_for)
     {"seed": -1},
     {"init_scale": -1.0},
     {"dtype": "float16"},

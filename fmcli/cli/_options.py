@@ -44,6 +44,30 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Threads(click.ParamType):
+    """'auto' (fmcli.config.AUTO_THREADS) or a thread count of 1 or more."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        from ..config import AUTO_THREADS
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value == AUTO_THREADS:   # already converted (click may convert a default twice)
+                return value
+            number = value
+        elif str(value).strip().lower() == "auto":
+            return AUTO_THREADS
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a thread count: give a positive integer or auto", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not a thread count: give a positive integer or auto", param, ctx)
+        return number
+
+
 class InputPath(click.Path):
     """A file (with `directory`, a directory) the command reads.
 

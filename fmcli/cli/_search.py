@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from ..atomic import atomic_output, check_writable, output_lock
-from ..config import Config, available_cpus
+from ..config import AUTO_THREADS, Config, available_cpus
 from ..safepaths import refuse_clobber
 from . import _render
 from ._status import signal_name
@@ -169,7 +169,8 @@ def _new_search(ctx, options, params, space_file, trials, bracket, min_epochs, m
     cfg_options = {k: v for k, v in options.items() if k not in _NOT_CONFIG and k not in REFUSED}
     cfg_options["format"] = options["fmt"]
     fixed = {("format" if n == "fmt" else n) for n in options if _given(ctx, n)}
-    if "threads" not in fixed:
+    if "threads" not in fixed or cfg_options.get("threads") == AUTO_THREADS:   # -s auto: the tuner's own
+        fixed.discard("threads")
         on_cluster = options.get("scheduler") is not None or options.get("scheduler_file") is not None
         cfg_options["threads"] = 1 if on_cluster else max(1, available_cpus() // (jobs or available_cpus()))
     cfg = Config(**cfg_options)

@@ -8,12 +8,12 @@ import click
 
 from .._version import DISTRIBUTION
 from ..atomic import check_writable
-from ..config import CACHE_CHECKS, DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
+from ..config import AUTO_MAX_THREADS, AUTO_THREADS_ROWS, CACHE_CHECKS, DEVICES, FORMATS, LEARNING_RATES, MAX_HOT_FEATURES, MODELS, ON_NONFINITE, OPTIMIZERS, SCHEDULES, STORAGES, TASKS, Config
 from ..metrics import METRICS
 from ..safepaths import refuse_clobber
 from . import _render
 from . import _ops
-from ._options import AutoCount, ByteSize, Duration, InputPath, OutputPath, read_limit_options
+from ._options import AutoCount, ByteSize, Duration, InputPath, OutputPath, Threads, read_limit_options
 from ._search import default_output
 
 D = Config()  # defaults come from the config, nowhere else
@@ -44,7 +44,11 @@ def _absolute(path: str | None) -> str | None:
 @click.option("--l2-linear", type=float, default=None, show_default=False, help="L2 on linear weights.  [default: --l2]")
 @click.option("--l2-factors", type=float, default=None, show_default=False, help="L2 on factors.  [default: --l2]")
 @click.option("--l1", type=float, default=D.l1, help="L1 on linear weights and factors (FTRL; gives exact zeros).")
-@click.option("-s", "--threads", type=click.IntRange(1), default=D.threads, help="Training threads (Hogwild; 1 is bit-for-bit reproducible).")
+@click.option("-s", "--threads", type=Threads(), default="auto",
+              help="Training threads (Hogwild: rows train in parallel on one shared model; 1 is "
+                   "bit-for-bit reproducible for a seed).  auto: every CPU this process may use, up to "
+                   f"{AUTO_MAX_THREADS}, on {AUTO_THREADS_ROWS:,} training rows or more (the CPU, one row "
+                   "at a time, one process); 1 otherwise.")
 @click.option("--device", type=click.Choice(DEVICES), default=D.device,
               help=f"cpu; cuda: a CUDA GPU (needs CuPy: pip install '{DISTRIBUTION}[gpu]'); auto: the GPU when one "
                    "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "

@@ -33,7 +33,7 @@ def _train_params() -> list[click.Parameter]:
             p.help = ("Seed of the search's draw of configurations and of every trial's "
                       "initialisation and shuffling.")
         elif param.name == "threads":
-            p.help = "Training threads of each trial.  [default: the CPUs / --jobs; 1 is reproducible]"
+            p.help = "Training threads of each trial (auto: the default).  [default: the CPUs / --jobs; 1 is reproducible]"
             p.show_default = False
         out.append(p)
     return out
