@@ -11,7 +11,8 @@ to ``max_epochs``.  A promoted trial continues from the best model of its
 previous rung (a warm start, see :func:`fmcli.train.train`'s ``parent``);
 every training run stops after ``patience`` epochs without a better
 validation metric and keeps its best epoch, and a trial that stopped on its
-own is done (promoted as it is).  Later brackets hold ``reduction``
+own is done (promoted as it is, without taking one of the next rung's
+places: those go to the best trials that still train).  Later brackets hold ``reduction``
 configurations proposed by :func:`propose` (a Parzen-estimator model of the
 results so far) and train them straight to their own early stop.  Without a
 budget the brackets run one after the other, each proposed once the
@@ -1223,7 +1224,10 @@ class _Runner:
     def members(self, b: int, r: int) -> list[int] | None:
         """The trials of bracket b's rung r: all of its trials at rung 0,
         then the best of the previous rung by their outlook (ties: the lower
-        trial number); None while the previous rung is not complete."""
+        trial number), as many as the rung's size of those that still train:
+        one that stopped improving on its own (done) goes on as it is, at no
+        cost, and leaves its place to the next; None while the previous
+        rung is not complete."""
         first, size = self.search.groups[b]
         if r == 0:
             return list(range(first, first + size))
@@ -1232,7 +1236,14 @@ class _Runner:
             return None
         ok = [t for t in prev if self.results[(t, r - 1)]["status"] == "ok"]
         ok.sort(key=lambda t: self._rank(t, r - 1))
-        return sorted(ok[: self.search.plan_of(b)[r].size])
+        places, out = self.search.plan_of(b)[r].size, []
+        for t in ok:
+            if places == 0:
+                break
+            out.append(t)
+            if not self.results[(t, r - 1)].get("done"):
+                places -= 1
+        return sorted(out)
 
     def pending(self, b: int) -> list[tuple[int, int]] | None:
         """Bracket b's (trial, rung) without a result whose rung can run now

@@ -426,3 +426,32 @@ def test_train_with_a_tune_budget_needs_a_validation_file_and_no_resume(data, tm
     assert r.exit_code == 2 and "--resume does not go with --tune-budget" in r.stderr
     assert not (tmp_path / "m.fm").exists()
     assert "--tune-budget" not in ok(invoke("tune", "--help")).stdout
+
+
+def test_a_trial_done_on_its_own_leaves_its_place_in_the_next_rung(tmp_path):
+    # rung 1 holds 2 of 6 trials; the best one stopped improving on its own
+    # (done): it goes on as it is and the next two that still train take
+    # the places
+    from fmcli.config import Config
+
+    trials = [{"l2": 1e-4, "learning_rate": 0.1, "k": 4 + t} for t in range(6)]
+    search = T.Search(config=Config(), space=SPACE, trials=trials, plan=T.plan_rungs(6, 2, 30, 3),
+                      metric="logloss", train=["tr"], valid="va")
+    assert [rung.size for rung in search.plan_of(0)] == [6, 2, 1]
+    runner = T._Runner(search, str(tmp_path), 1, None, lambda msg: None, None, None)
+    for t, value in enumerate((0.50, 0.51, 0.52, 0.53, 0.54, 0.55)):
+        runner.results[(t, 0)] = {"trial": t, "rung": 0, "status": "ok", "ran": 2, "seconds": 1.0,
+                                  "value": value, "outlook": value, "done": t == 0}
+    assert runner.members(0, 1) == [0, 1, 2]
+    # without a done trial the rung holds its size
+    runner.results[(0, 0)]["done"] = False
+    assert runner.members(0, 1) == [0, 1]
+    # a done trial ranked below the places takes none
+    runner.results[(0, 0)]["done"] = False
+    runner.results[(3, 0)]["done"] = True
+    assert runner.members(0, 1) == [0, 1]
+    # the last rung: one place, after a done trial
+    runner.results[(0, 0)]["done"] = True
+    for t in (0, 1, 2):
+        runner.results[(t, 1)] = {**runner.results[(t, 0)], "rung": 1, "done": t == 0}
+    assert runner.members(0, 2) == [0, 1]

@@ -97,7 +97,9 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
     when the space holds it) are trained for --min-epochs, the best
     1/--reduction of them (ranked by their best value so far and the gains
     their last epochs promise) continue from their best epoch for
-    --reduction times as many epochs, up to --max-epochs.  Then brackets of
+    --reduction times as many epochs, up to --max-epochs (one that stopped
+    improving on its own goes on as it is and leaves its place to the
+    next).  Then brackets of
     --reduction configurations, each proposed from the results so far, are
     trained to their own early stop, until --trials configurations ran, or
     with --budget until the time is spent.  Every trial stops after 2
