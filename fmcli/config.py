@@ -63,7 +63,7 @@ def available_cpus() -> int:
 
 AUTO_THREADS = 0               # Config.threads: chosen from the data when it is read (threads_for)
 AUTO_THREADS_ROWS = 100_000     # auto: data with fewer training rows trains on one thread
-AUTO_MAX_THREADS = 8            # auto: at most this many threads (the most measured to pay)
+AUTO_MAX_THREADS = 8            # auto: at most this many threads (scaling beyond 2 cores is not measured)
 
 
 def threads_for(config: "Config", n_rows: int) -> int:

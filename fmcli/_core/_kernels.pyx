@@ -1552,7 +1552,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef const int* fp
     cdef const float* vp
     cdef Py_ssize_t n = order.shape[0], C = s.n_classes
-    cdef Py_ssize_t ii, bi, row, start, nnz, c, first, last
+    cdef Py_ssize_t ii, bi, row, nxt, start, nnz, c, first, last
     cdef Py_ssize_t n_batches = (n + batch_size - 1) // batch_size
     cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = tr.label_smoothing
     cdef bint has_w = weights.shape[0] > 0, bad
@@ -1642,10 +1642,9 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     cnt = cnt + 1
                     if lin_ahead and ii + 1 < n:
                         # the next row's linear weights, while this one's pairs train
-                        row = order[ii + 1]
-                        fm_prefetch_linear(<float*>pL, s.lstride, ent.feat + indptr[row],
-                                           indptr[row + 1] - indptr[row], s.n_features)
-                        row = order[ii]
+                        nxt = order[ii + 1]
+                        fm_prefetch_linear(<float*>pL, s.lstride, ent.feat + indptr[nxt],
+                                           indptr[nxt + 1] - indptr[nxt], s.n_features)
                     # the row's step number: float16 storage's rounding is reproducible
                     sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):

@@ -52,19 +52,17 @@ class Threads(click.ParamType):
     def convert(self, value, param, ctx):
         from ..config import AUTO_THREADS
 
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value == AUTO_THREADS:   # already converted (click may convert a default twice)
-                return value
-            number = value
-        elif str(value).strip().lower() == "auto":
+        if value == AUTO_THREADS and isinstance(value, int):   # a default click converts twice
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
             return AUTO_THREADS
-        else:
-            try:
-                number = int(str(value).strip())
-            except ValueError:
-                self.fail(f"{value!r} is not a thread count: give a positive integer or auto", param, ctx)
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
         if number < 1:
-            self.fail(f"{number} is not a thread count: give a positive integer or auto", param, ctx)
+            self.fail(f"{value!r} is not a thread count: give a positive integer or auto", param, ctx)
         return number
 
 
