@@ -333,6 +333,32 @@ def test_one_trainer_over_slices_equals_a_trainer_per_slice(kind, optimizer, bat
     assert kept[2].tobytes() != fresh_arrays(layout, optimizer, dtype)[2].tobytes() or kind == "lr"
 
 
+@pytest.mark.parametrize("kind,k,optimizer,batch_size,dtype,half,expected", [
+    ("ffm", 16, "adagrad", 1, np.float32, False, 32),      # 64-byte weights, then a line of state
+    ("ffm", 32, "adagrad", 1, np.float32, False, 64),
+    ("ffm", 16, "adam", 1, np.float32, False, 48),
+    ("ffm", 8, "adam", 1, np.float32, False, 24),          # 96-byte blocks
+    ("ffm", 16, "rowwise-adagrad", 1, np.float32, False, 17),
+    ("ffm", 8, "adagrad", 1, np.float32, False, 0),        # weights and state in one line
+    ("ffm", 4, "adam", 1, np.float32, False, 0),
+    ("ffm", 16, "sgd", 1, np.float32, False, 0),           # no state
+    ("ffm", 16, "adagrad", 4, np.float32, False, 0),       # mini-batches step later
+    ("ffm", 16, "adagrad", 1, np.float64, False, 0),       # the float64 loops
+    ("ffm", 16, "adagrad", 1, np.float32, True, 0),        # float16 storage
+    ("fwfm", 16, "adagrad", 1, np.float32, False, 0),
+    ("fm", 16, "adagrad", 1, np.float32, False, 0),
+])
+def test_scoring_a_row_for_training_prefetches_the_state_lines_its_update_writes(
+        kind, k, optimizer, batch_size, dtype, half, expected):
+    layout = _kernels.Layout(kind, "binary", 1, 30, 5, k, _kernels.n_state(optimizer), half=half,
+                             row_state=optimizer == "rowwise-adagrad")
+    arrays = [np.zeros(size, dtype) for size in layout.sizes]
+    trainer = _kernels.Trainer(layout, *arrays, dict(HYPER, optimizer=optimizer, batch_size=batch_size))
+    assert trainer.state_prefetch == expected
+    if expected:
+        assert expected == layout.fstride and layout.fstride * 4 > 64
+
+
 def test_total_steps_can_change_between_slices():
     layout = _kernels.Layout("fm", "binary", 1, 30, 5, 8, 0)
     hyper = dict(HYPER, optimizer="sgd")

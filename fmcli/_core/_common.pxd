@@ -53,7 +53,7 @@ cdef extern from "ffm_f32.h":
     void fm_prefetch_linear(const float* L, Py_ssize_t stride, const int* feat, Py_ssize_t nnz,
                             Py_ssize_t n) noexcept nogil
     float fm_ffm_pairs_f32(const float* F, Py_ssize_t kp, const Py_ssize_t* oj,
-                           const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
+                           const Py_ssize_t* of, const float* xs, Py_ssize_t c, Py_ssize_t fs) noexcept nogil
     float fm_ffm_pairs_f16(const char* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c) noexcept nogil
     void fm_ffm_adagrad_f16(int refine, char* F, Py_ssize_t kp, const Py_ssize_t* oj,

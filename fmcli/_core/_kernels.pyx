@@ -212,6 +212,9 @@ cdef struct Shape:
                              # accumulators (fstride counts 4-byte words: 3 kp / 2)
     const unsigned short* hot_slot  # float32 FFM with per-thread replicas (hot.h): per
                                     # feature, 1 + its slot in a replica, or 0; else NULL
+    Py_ssize_t pf_state      # float32 FFM training one row at a time: fstride when a block's
+                             # optimizer state spills past its weights' cache line (scoring
+                             # the row prefetches it for the update, see FM_PF_STATE), else 0
 
 
 cdef inline floating dot(const floating* a, const floating* b, Py_ssize_t kp) noexcept nogil:
@@ -485,7 +488,7 @@ cdef inline double score_row(const Shape* s, const floating* B, const floating* 
             else:
                 prep.count = fm_ffm_prepare(n, m, fs, fld, feat, val, nnz, scale, prep.oj, prep.of,
                                             prep.xs)
-            t += fm_ffm_pairs_f32(F, kp, prep.oj, prep.of, prep.xs, prep.count)
+            t += fm_ffm_pairs_f32(F, kp, prep.oj, prep.of, prep.xs, prep.count, s.pf_state)
         else:
             for i in range(nnz):
                 j1 = feat[i]
@@ -1049,6 +1052,7 @@ cdef Shape make_shape(str kind, str task, Py_ssize_t n_classes, Py_ssize_t n_fea
     s.kp = kp
     s.half = half
     s.hot_slot = NULL
+    s.pf_state = 0
     if half:
         if kind != "ffm" or n_state_ > 1:
             raise ValueError("float16 factor storage is for FFM with AdaGrad (or no state)")
@@ -1392,6 +1396,9 @@ cdef class Trainer:
             self.set_hot(hot_features, &s)
         if replicable and copies and (s.use_bias or s.cR > 0):
             self.set_copies(&s)
+        if (s.kind == KIND_FFM and not f64 and not s.half and not s.batch and s.fstride > s.kp
+                and s.fstride * 4 > 64):
+            s.pf_state = s.fstride
         self.s = s
 
     cdef set_hot(self, hot_features, Shape* s):
@@ -1514,6 +1521,12 @@ cdef class Trainer:
     def hot_features(self):
         """How many features train on per-thread replicas (0: none)."""
         return self.H
+
+    @property
+    def state_prefetch(self):
+        """Floats per factor block when scoring a row prefetches the blocks'
+        optimizer state for the row's update (FM_PF_STATE), else 0."""
+        return self.s.pf_state
 
     def train(self, const long long[::1] indptr, fields, const int[::1] features,
               const float[::1] values, const float[::1] labels, const float[::1] weights,

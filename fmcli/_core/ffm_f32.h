@@ -72,6 +72,24 @@ static inline void fm_prefetch_linear(const float *L, fm_idx stride, const int *
 #endif
 }
 
+/* While a row is scored for training, each block's optimizer state (the
+ * block's `fs` floats after its kp weights, where they spill past the
+ * weights' cache line) is prefetched for writing: the update that follows
+ * reads and writes it.  The scoring loop's loads are independent of one
+ * another and keep many cache misses in flight; the update's are not, and
+ * without this it waits on every state line it meets in turn (a model of
+ * more than the last-level cache).  fs = 0: nothing (scoring alone). */
+#if defined(__GNUC__)
+#define FM_PF_STATE(P, KP, FS) do { \
+        if (FS) { \
+            for (fm_idx d_ = (KP); d_ < (FS); d_ += 16) __builtin_prefetch((P) + d_, 1, 3); \
+            if (((FS) - (KP)) % 16) __builtin_prefetch((P) + (FS) - 1, 1, 3); \
+        } \
+    } while (0)
+#else
+#define FM_PF_STATE(P, KP, FS) do { (void)(P); } while (0)
+#endif
+
 /* The forward loops' walk over the pairs of a prepared row, with two
  * accumulators that the pairs alternate between: one alone makes every
  * pair wait for the previous pair's addition (its latency, not the loads
@@ -109,7 +127,7 @@ static inline void fm_prefetch_linear(const float *L, fm_idx stride, const int *
     }
 
 FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                          const float *xs, fm_idx c, const int U) {
+                          const float *xs, fm_idx c, const int U, const fm_idx fs) {
     const float vu = c ? xs[0] * xs[0] : 0.0f;   /* U: every pair's x_i x_l */
 #if FM_SSE
     __m128 acc = _mm_setzero_ps(), acc2 = _mm_setzero_ps();
@@ -117,6 +135,7 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
 #define FM_PAIR(A, L) do { \
         const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
         const __m128 vv = U ? vu4 : _mm_set1_ps(x1 * xs[L]); \
+        FM_PF_STATE(w1, kp, fs); FM_PF_STATE(w2, kp, fs); \
         for (fm_idx d = 0; d < kp; d += 4) \
             A = _mm_add_ps(A, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(w1 + d), _mm_loadu_ps(w2 + d)), vv)); \
     } while (0)
@@ -125,6 +144,7 @@ FM_INLINE float ffm_pairs(const float *F, const fm_idx kp, const fm_idx *oj, con
 #define FM_PAIR(A, L) do { \
         const float *w1 = row1 + of[L], *w2 = col1 + oj[L]; \
         const float v = U ? vu : x1 * xs[L]; \
+        FM_PF_STATE(w1, kp, fs); FM_PF_STATE(w2, kp, fs); \
         for (fm_idx d = 0; d < kp; d++) A += w1[d] * w2[d] * v; \
     } while (0)
 #endif
@@ -549,7 +569,7 @@ FM_AVX_ADAGRAD(1)
  * order.  A row's last pair, when its count is odd, goes to acc alone.  The
  * same additions in the same order: the same score, bit for bit. */
 FM_AVX_INLINE float ffm_pairs_avx(const float *F, const fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                                  const float *xs, fm_idx c, const int U) {
+                                  const float *xs, fm_idx c, const int U, const fm_idx fs) {
     const float vu = c ? xs[0] * xs[0] : 0.0f;
     __m256 A = _mm256_setzero_ps();
     for (fm_idx i = 0; i < c; i++) {
@@ -561,6 +581,8 @@ FM_AVX_INLINE float ffm_pairs_avx(const float *F, const fm_idx kp, const fm_idx 
             const float *p1 = row1 + of[l], *q1 = col1 + oj[l];
             const float *p2 = row1 + of[l + 1], *q2 = col1 + oj[l + 1];
             const __m128 v1 = _mm_set1_ps(U ? vu : x1 * xs[l]), v2 = _mm_set1_ps(U ? vu : x1 * xs[l + 1]);
+            FM_PF_STATE(p1, kp, fs); FM_PF_STATE(q1, kp, fs);
+            FM_PF_STATE(p2, kp, fs); FM_PF_STATE(q2, kp, fs);
             if (kp == 4) {
                 const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p1)), _mm_loadu_ps(p2), 1);
                 const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(q1)), _mm_loadu_ps(q2), 1);
@@ -580,6 +602,7 @@ FM_AVX_INLINE float ffm_pairs_avx(const float *F, const fm_idx kp, const fm_idx 
         if (l < c) {
             const float *p1 = row1 + of[l], *q1 = col1 + oj[l];
             const __m128 v1 = _mm_set1_ps(U ? vu : x1 * xs[l]);
+            FM_PF_STATE(p1, kp, fs); FM_PF_STATE(q1, kp, fs);
             __m128 acc = _mm256_castps256_ps128(A);
             for (fm_idx d = 0; d < kp; d += 4)
                 acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(p1 + d), _mm_loadu_ps(q1 + d)), v1));
@@ -593,12 +616,12 @@ FM_AVX_INLINE float ffm_pairs_avx(const float *F, const fm_idx kp, const fm_idx 
 }
 
 #define FM_AVX_PAIRS_U(U) \
-    if (kp == 4) return ffm_pairs_avx(F, 4, oj, of, xs, c, U); \
-    if (kp == 8) return ffm_pairs_avx(F, 8, oj, of, xs, c, U); \
-    if (kp == 16) return ffm_pairs_avx(F, 16, oj, of, xs, c, U); \
-    return ffm_pairs_avx(F, kp, oj, of, xs, c, U);
+    if (kp == 4) return ffm_pairs_avx(F, 4, oj, of, xs, c, U, 0); \
+    if (kp == 8) return fs ? ffm_pairs_avx(F, 8, oj, of, xs, c, U, fs) : ffm_pairs_avx(F, 8, oj, of, xs, c, U, 0); \
+    if (kp == 16) return fs ? ffm_pairs_avx(F, 16, oj, of, xs, c, U, fs) : ffm_pairs_avx(F, 16, oj, of, xs, c, U, 0); \
+    return ffm_pairs_avx(F, kp, oj, of, xs, c, U, fs);
 FM_AVX_FN float ffm_pairs_avx_u(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of, const float *xs,
-                                fm_idx c, int u) {
+                                fm_idx c, int u, fm_idx fs) {
     if (u) { FM_AVX_PAIRS_U(1) }
     FM_AVX_PAIRS_U(0)
 }
@@ -897,18 +920,20 @@ static inline int fm_uniform(const float *xs, fm_idx c) {
 }
 
 /* Pair terms of a prepared row's score: sum over i < l of
- * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l. */
+ * <w[j_i, f_l], w[j_l, f_i]> * xs_i * xs_l.  fs: a block's floats when the
+ * row is scored for training and the optimizer state is to be prefetched
+ * (see FM_PF_STATE), else 0. */
 static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj, const fm_idx *of,
-                                     const float *xs, fm_idx c) {
+                                     const float *xs, fm_idx c, fm_idx fs) {
 #if FM_AVX
     if (fm_simd_level >= FM_SIMD_AVX && (kp == 4 || kp % 8 == 0))
-        return ffm_pairs_avx_u(F, kp, oj, of, xs, c, fm_uniform(xs, c));
+        return ffm_pairs_avx_u(F, kp, oj, of, xs, c, fm_uniform(xs, c), kp == 4 ? 0 : fs);
 #endif
 #define FM_PAIRS_U(U) \
-    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c, U); \
-    if (kp == 8) return ffm_pairs(F, 8, oj, of, xs, c, U); \
-    if (kp == 16) return ffm_pairs(F, 16, oj, of, xs, c, U); \
-    return ffm_pairs(F, kp, oj, of, xs, c, U);
+    if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c, U, 0); \
+    if (kp == 8) return fs ? ffm_pairs(F, 8, oj, of, xs, c, U, fs) : ffm_pairs(F, 8, oj, of, xs, c, U, 0); \
+    if (kp == 16) return fs ? ffm_pairs(F, 16, oj, of, xs, c, U, fs) : ffm_pairs(F, 16, oj, of, xs, c, U, 0); \
+    return ffm_pairs(F, kp, oj, of, xs, c, U, fs);
     if (fm_uniform(xs, c)) { FM_PAIRS_U(1) }
     FM_PAIRS_U(0)
 #undef FM_PAIRS_U
