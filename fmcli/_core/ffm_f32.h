@@ -72,9 +72,9 @@ static inline void fm_prefetch_linear(const float *L, fm_idx stride, const int *
 #endif
 }
 
-/* While a row is scored for training, each block's optimizer state (the
- * block's `fs` floats after its kp weights, where they spill past the
- * weights' cache line) is prefetched for writing: the update that follows
+/* While a row is scored for training, each block's optimizer state (floats
+ * kp to fs of a block of fs floats, where they spill past the weights'
+ * cache line) is prefetched for writing: the update that follows
  * reads and writes it.  The scoring loop's loads are independent of one
  * another and keep many cache misses in flight; the update's are not, and
  * without this it waits on every state line it meets in turn (a model of
@@ -927,7 +927,7 @@ static inline float fm_ffm_pairs_f32(const float *F, fm_idx kp, const fm_idx *oj
                                      const float *xs, fm_idx c, fm_idx fs) {
 #if FM_AVX
     if (fm_simd_level >= FM_SIMD_AVX && (kp == 4 || kp % 8 == 0))
-        return ffm_pairs_avx_u(F, kp, oj, of, xs, c, fm_uniform(xs, c), kp == 4 ? 0 : fs);
+        return ffm_pairs_avx_u(F, kp, oj, of, xs, c, fm_uniform(xs, c), fs);
 #endif
 #define FM_PAIRS_U(U) \
     if (kp == 4) return ffm_pairs(F, 4, oj, of, xs, c, U, 0); \
