@@ -13,6 +13,16 @@ its budget.  Reported: each method's best validation logloss and wall time::
     python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm --save-grid grid.json  # the grid only
     python benchmarks/tune_vs_grid.py --train train.ffm --valid va.ffm --grid grid.json       # the tuner only
 
+A search trains every trial with its own seed (`fm tune --seed S`), and the
+same configuration trained with another seed ends up to about 0.1% away, so
+one grid measured with one seed is a noisy yardstick for searches with
+other seeds.  `--grid-seed S` trains the grid (and the defaults) with
+`fm train --seed S`; several `--grid FILE` of different seeds pair each
+search with the grid of its own seed, and the grids' spread is printed::
+
+    for s in 0 1 2; do python benchmarks/tune_vs_grid.py --rows 40000 --grid-seed $s --save-grid g40-$s.json; done
+    python benchmarks/tune_vs_grid.py --rows 40000 --grid g40-0.json --grid g40-1.json --grid g40-2.json --seeds 0,1,2
+
 Validation logloss is read from each model file's header (the epoch
 auto-stop kept), so every method is judged on the same validation rows.
 Both methods run in the same invocation, one after the other; the load
@@ -157,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the defaults' and the grid's figures here (after every point) and stop before "
                          "the tuner; an invocation with the FILE of an interrupted one trains only the points "
                          "it lacks")
-    ap.add_argument("--grid", metavar="FILE",
+    ap.add_argument("--grid-seed", type=int, default=0,
+                    help="fm train's --seed for the defaults and every grid point [default: 0, fm train's own]")
+    ap.add_argument("--grid", metavar="FILE", action="append",
                     help="take the defaults' and the grid's figures from a --save-grid FILE of the same data "
-                         "instead of training them again (the grid's wall time is the one measured then)")
+                         "instead of training them again (the grid's wall time is the one measured then); "
+                         "repeated, grids of other --grid-seed: each search is also compared with the grid of "
+                         "its own seed, and the first FILE is the yardstick of the budget and of the rest")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -173,28 +187,39 @@ def main(argv: list[str] | None = None) -> int:
                                 "--fields", str(args.fields), "--model-seed", str(args.model_seed), "--out", path,
                                 "-q"], check=True)
         common = ["train", "-q", "--model", args.model, "-s", "1", "-t", str(args.max_epochs), "--auto-stop",
-                  "-p", valid]
+                  "--seed", str(args.grid_seed), "-p", valid]
         fm(*common[:6], "-t", "1", "-p", valid, "-o", str(work / "warm.fm"), train, env=env)   # builds the caches
 
+        by_seed = {}
         if args.grid:
-            saved = json.loads(Path(args.grid).read_text())
-            if saved.get("data") != data_id(train, valid) or "grid" not in saved:
-                ap.error(f"{args.grid}: not a whole grid measured on these data")
-            defaults, grid = saved["defaults"], saved["grid"]
+            ident = data_id(train, valid)
+            for path in args.grid:
+                saved = json.loads(Path(path).read_text())
+                if saved.get("data") != ident or "grid" not in saved:
+                    ap.error(f"{path}: not a whole grid measured on these data")
+                seed = saved.get("seed", 0)
+                if seed in by_seed:
+                    ap.error(f"{path}: a second grid of --grid-seed {seed}")
+                by_seed[seed] = (saved["defaults"], saved["grid"])
+            defaults, grid = by_seed[json.loads(Path(args.grid[0]).read_text()).get("seed", 0)]
         else:
-            state = {"data": data_id(train, valid)}
+            state = {"data": data_id(train, valid), "seed": args.grid_seed}
             if args.save_grid and os.path.exists(args.save_grid):
                 state = json.loads(Path(args.save_grid).read_text())
                 if state.get("data") != data_id(train, valid):
                     ap.error(f"{args.save_grid}: its grid was measured on other data")
+                if state.get("seed", 0) != args.grid_seed:
+                    ap.error(f"{args.save_grid}: its grid was trained with --grid-seed {state.get('seed', 0)}")
                 left = len(GRID) - len(state.get("points", []))
                 print(f"{args.save_grid}: {len(GRID) - left} of the {len(GRID)} points done"
                       + (f"; training the other {left}" if left else ""), flush=True)
             defaults, grid = run_grid(common, train, work, env, args.jobs, state, args.save_grid)
+            by_seed[args.grid_seed] = (defaults, grid)
             if args.save_grid:
                 save(args.save_grid, {**state, "grid": grid})
         if args.save_grid:
-            print(f"defaults {defaults['logloss']:.5f} ({defaults['seconds']:.1f} s); grid best {grid['logloss']:.5f} "
+            print(f"--grid-seed {args.grid_seed}: defaults {defaults['logloss']:.5f} ({defaults['seconds']:.1f} s); "
+                  f"grid best {grid['logloss']:.5f} "
                   f"at {grid['best']} in {grid['seconds']:.1f} s ({grid['seconds_from']})")
             return 0
 
@@ -230,8 +255,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fm tune over {len(tunes)} seeds: within 0.1% of the grid in {within}; median "
               f"{statistics.median(gaps):+.2%}, worst {gaps[-1]:+.2%}; time at most "
               f"{max(t['seconds'] for t in tunes) / grid['seconds']:.2f} x the grid's")
+    if len(by_seed) > 1:
+        for seed, (_, g) in sorted(by_seed.items()):
+            print(f"grid --grid-seed {seed}: best {g['logloss']:.5f} at {g['best']} in {g['seconds']:.1f} s; "
+                  f"vs the first grid {g['logloss'] / grid['logloss'] - 1:+.2%}")
+        paired = []
+        for t in tunes:
+            if t["seed"] in by_seed:
+                own = by_seed[t["seed"]][1]
+                t["vs_own_grid"] = t["logloss"] / own["logloss"] - 1
+                paired.append(t["vs_own_grid"])
+                print(f"fm tune --seed {t['seed']} vs the grid of --grid-seed {t['seed']}: {t['vs_own_grid']:+.2%}")
+        if paired:
+            print(f"paired with the grid of its own seed: within 0.1% in {sum(g <= 0.001 for g in paired)} of "
+                  f"{len(paired)}; median {statistics.median(paired):+.2%}, worst {max(paired):+.2%}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"defaults": defaults, "grid": grid, "tune": tunes}, indent=1))
+        Path(args.json).write_text(json.dumps({"defaults": defaults, "grid": grid, "tune": tunes,
+                                               "grids": {str(k): g for k, (_, g) in sorted(by_seed.items())}},
+                                              indent=1))
     return 0
 
 
