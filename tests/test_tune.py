@@ -222,6 +222,14 @@ def test_refit_trains_on_train_and_valid(data, tmp_path):
     assert rec["refit"]["epochs"] == rec["best"]["epoch"] == t["epochs_run"]
     assert m.meta["hyperparameters"]["l2"] == rec["best"]["params"]["l2"]
     assert "refitted" in r.stderr
+    # fm inspect shows the search the model came from
+    shown = ok(invoke("inspect", out)).stdout
+    best = rec["best"]
+    assert f"fm tune, {rec['trials']} trials in 1 bracket, logloss on {data / 'va.ffm'}" in shown
+    assert "l2=choice(0.001, 0.01, 0.1)" in shown
+    chosen = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    assert f"#{best['trial']}: {chosen}; logloss {best['value']:.5f} at epoch {best['epoch']}" in shown
+    assert f"on {data / 'tr.ffm'}, {data / 'va.ffm'} for {best['epoch']} epochs" in shown
 
 
 @pytest.mark.parametrize("args, message", [

@@ -513,6 +513,7 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     parent = h.get("parent")
     if parent:
         rows.append(("warm start from", f"{parent.get('path')} (sha256 {str(parent.get('sha256'))[:16]}...)"))
+    rows += _tuning_rows(h.get("tuning"))
     if t.get("zero_weights") and hp.get("l1"):
         rows.append(("zero weights", f"{t['zero_weights']:,} linear and factor weights are exactly 0"))
     inp = summary.get("input")
@@ -530,6 +531,41 @@ def _model_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                      f"{sample['distinct_features']:,} distinct features"
                      + (f", {sample['entries_ignored']:,} entries with ids beyond the model ignored"
                         if sample.get("entries_ignored") else "")))
+    return rows
+
+
+def _tuning_rows(rec: Any) -> list[tuple[str, str]]:
+    """What `fm tune` recorded in the header of the model it chose (the
+    whole record, leaderboard included, is under "tuning" in --json)."""
+    if not isinstance(rec, dict):
+        return []
+
+    def params(p: Any) -> str:
+        return ", ".join(f"{k}={v}" for k, v in p.items()) if isinstance(p, dict) else "?"
+
+    brackets = rec.get("brackets")
+    n_brackets = len(brackets) if isinstance(brackets, list) else brackets
+    budget = rec.get("budget_seconds")
+    seconds = rec.get("seconds")
+    rows = [("tuned by", f"fm tune, {rec.get('trials', '?')} trials in {n_brackets} bracket"
+             f"{'s' * (n_brackets != 1)}, {rec.get('metric', '?')} on {rec.get('valid', '?')}, "
+             f"seed {rec.get('seed', '?')}"
+             + (f", {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
+             + (f" of a {budget:g} s budget" if isinstance(budget, (int, float)) else "")
+             + (f" (stopped: {rec['stopped']})" if rec.get("stopped") else ""))]
+    if rec.get("space"):
+        rows.append(("searched", params(rec["space"])))
+    best = rec.get("best")
+    if isinstance(best, dict):
+        value = best.get("value")
+        rows.append(("best trial", f"#{best.get('trial', '?')}: {params(best.get('params'))}; "
+                     f"{rec.get('metric', '?')} "
+                     + (f"{value:.5f}" if isinstance(value, (int, float)) else "?")
+                     + f" at epoch {best.get('epoch', '?')}"))
+    refit = rec.get("refit")
+    if isinstance(refit, dict):
+        rows.append(("refitted", f"on {', '.join(map(str, refit.get('data') or []))} for "
+                     f"{refit.get('epochs', '?')} epochs"))
     return rows
 
 

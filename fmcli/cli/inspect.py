@@ -45,7 +45,8 @@ def inspect(inputs, as_json, top_interactions, field_pairs, top_features, data, 
 
     MODEL (a file written by fm train): kind, task, sizes, parameters and
     their memory, hyperparameters, optimizer, training provenance and
-    per-epoch metrics, preprocessing spec; --top-interactions,
+    per-epoch metrics, the search of a model chosen by fm tune,
+    preprocessing spec; --top-interactions,
     --field-pairs and --features analyse the weights.
 
     DATA... (anything that is not a model file: libffm/libsvm text, plain

@@ -90,7 +90,7 @@ def tune(params, space_file, trials, bracket, budget, min_epochs, max_epochs, re
          resume_dir, leaderboard_file, refit, as_json, lock_timeout, **options):
     """Search hyperparameters for TRAIN_FILE... with validation on -p VALID
     and write the best model (its header holds the whole search under
-    "tuning").
+    "tuning"; fm inspect shows its summary, --json all of it).
 
     First a successive halving: --bracket configurations spread over the
     space (the first is the untuned one, the defaults and options given,
