@@ -9,7 +9,11 @@ ceiling that two threads can reach on this machine: a plain OpenMP loop of
 random read-modify-writes over an array the size of the model (compiled
 here, at start, with the system's C compiler), at one thread and at two.
 The report lists every run's figures and their medians, and checks the
-issue's targets: every run at least 1.5x, the median at least 1.7x.
+targets: every run at least 1.5x, the median at least 1.7x.  On a virtual
+machine it also gives, for each command, the time the hypervisor took from
+the machine's CPUs while it ran (the steal column of /proc/stat, as CPUs'
+worth: 0.5 is half a CPU the whole time): a slow run with much taken is
+the machine's neighbours, not the threads.
 
 Usage::
 
@@ -88,9 +92,28 @@ def ceiling(so, model_bytes: int, updates: int = 20_000_000) -> dict:
     return {"one_thread": one, "two_threads": two, "ratio": two / one}
 
 
-def train_rate(fm: Path, args: list[str], threads: int, train: Path, cache: Path, out: Path) -> float:
+def stolen_seconds() -> float | None:
+    """CPU seconds the hypervisor has taken from this machine's CPUs since
+    boot (the steal column of /proc/stat), or None where it is not known."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = f.readline().split()
+        return int(cpu[8]) / os.sysconf("SC_CLK_TCK") if cpu[0] == "cpu" and len(cpu) > 8 else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def train_rate(fm: Path, args: list[str], threads: int, train: Path, cache: Path, out: Path,
+               steal: dict | None = None) -> float:
+    """The command's median epoch rate; `steal` (when given) gets, under
+    `threads`, the CPUs' worth of time the hypervisor took during it
+    (stolen CPU seconds / wall seconds: 0.5 is half a CPU the whole time)."""
     cmd = [str(fm), "train", "-s", str(threads), *args, "--cache-dir", str(cache), "-o", str(out), str(train)]
+    s0, t0 = stolen_seconds(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    s1, t1 = stolen_seconds(), time.perf_counter()
+    if steal is not None and s0 is not None and s1 is not None:
+        steal[threads] = (s1 - s0) / (t1 - t0)
     if proc.returncode != 0:
         raise SystemExit(f"fm train exited {proc.returncode}: {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
     epochs, _ = parse_fmcli_train(proc.stderr)
@@ -122,16 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         train_rate(fm, extra, 1, args.train, cache, out)     # builds the cache; not counted
         model_bytes = 160 * 2**20
         for run in range(1, args.runs + 1):
-            rates = {}
+            rates, steal = {}, {}
             for threads in ((1, 2) if run % 2 else (2, 1)):
-                rates[threads] = train_rate(fm, extra, threads, args.train, cache, out)
+                rates[threads] = train_rate(fm, extra, threads, args.train, cache, out, steal)
             ceil = ceiling(so, model_bytes)
             load = os.getloadavg()[0]
             row = {"run": run, "one_thread": rates[1], "two_threads": rates[2], "ratio": rates[2] / rates[1],
-                   "ceiling": ceil, "load_average": load, "time": time.strftime("%H:%M:%S")}
+                   "ceiling": ceil, "load_average": load, "time": time.strftime("%H:%M:%S"),
+                   "stolen_cpus": {str(t): round(v, 3) for t, v in steal.items()} or None}
             rows.append(row)
+            stolen = (f", stolen CPUs {steal[1]:.2f} / {steal[2]:.2f}" if len(steal) == 2 else "")
             print(f"run {run:2d}: 1 thread {rates[1]:>9,.0f} rows/s, 2 threads {rates[2]:>9,.0f}: "
-                  f"{row['ratio']:.2f}x (ceiling {ceil['ratio']:.2f}x, load {load:.1f})", file=sys.stderr, flush=True)
+                  f"{row['ratio']:.2f}x (ceiling {ceil['ratio']:.2f}x, load {load:.1f}{stolen})",
+                  file=sys.stderr, flush=True)
 
     ratios = [r["ratio"] for r in rows]
     ceils = [r["ceiling"]["ratio"] for r in rows]
@@ -140,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     print("ratios: " + ", ".join(f"{x:.2f}" for x in ratios))
     print(f"median {med:.2f}x, lowest {min(ratios):.2f}x; RMW ceiling median {statistics.median(ceils):.2f}x "
           f"(lowest {min(ceils):.2f}x); median share of the ceiling {statistics.median(r / c for r, c in zip(ratios, ceils)):.2f}")
+    stolen = [r["stolen_cpus"] for r in rows if r["stolen_cpus"] and len(r["stolen_cpus"]) == 2]
+    if stolen:
+        print("CPUs' worth of time the hypervisor took during the 1-thread / 2-thread command of each run: "
+              + ", ".join(f"{x['1']:.2f}/{x['2']:.2f}" for x in stolen))
     ok = min(ratios) >= 1.5 and med >= 1.7
     print(f"targets (every run >= 1.5x, median >= 1.7x): {'met' if ok else 'not met'}")
     if args.json:
