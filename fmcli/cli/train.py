@@ -48,7 +48,8 @@ def _absolute(path: str | None) -> str | None:
               help="Training threads (Hogwild: rows train in parallel on one shared model; 1 is "
                    "bit-for-bit reproducible for a seed).  auto: every CPU this process may use, up to "
                    f"{AUTO_MAX_THREADS}, on {AUTO_THREADS_ROWS:,} training rows or more (the CPU, one row "
-                   "at a time, one process); 1 otherwise.")
+                   "at a time, one process); 1 otherwise.  Text input is parsed on up to 4 threads "
+                   "whatever this says (the same rows; the CPUs this process may use, e.g. under taskset).")
 @click.option("--device", type=click.Choice(DEVICES), default=D.device,
               help=f"cpu; cuda: a CUDA GPU (needs CuPy: pip install '{DISTRIBUTION}[gpu]'); auto: the GPU when one "
                    "is usable, else the CPU.  On the GPU --batch-size 1 is Hogwild across rows, larger "

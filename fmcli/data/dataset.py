@@ -42,6 +42,17 @@ from .text import ReadLimits, TextReader, detect_task, sort_classes
 
 CHUNK_ROWS = 1 << 18
 TEXT_BLOCK_BYTES = 64 << 20   # text read per parser call while building a data set
+
+
+def _parse_workers() -> int:
+    """Threads that parse text blocks side by side while a data set is built
+    (the same rows as one thread): the CPUs this process may use, up to 4."""
+    from ..config import available_cpus
+
+    return max(1, min(4, available_cpus()))
+
+
+PARSE_WORKERS = _parse_workers()
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -519,6 +530,8 @@ def _parse(inputs: list[str], fmt: str, label_mode: str, limits: ReadLimits,
     done_before = rows_read = 0     # bytes of the inputs before this one; rows of all so far
     for path in inputs:
         reader = make_reader(path, fmt, label_mode, limits, True, classes, parquet, TEXT_BLOCK_BYTES)
+        if isinstance(reader, TextReader):
+            reader.workers = PARSE_WORKERS
         pending: list[Batch] = []
         rows = 0
         t0 = time.perf_counter()

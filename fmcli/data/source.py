@@ -424,7 +424,7 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
                 on_long_line: Callable[[int, bytes], None],
                 on_bytes: Callable[[int], None] | None = None,
                 lines_after: Callable[[], int | None] | None = None,
-                reuse: bool = False) -> Iterator[tuple[bytes, int, int]]:
+                reuse: bool | int = False) -> Iterator[tuple[bytes, int, int]]:
     """The whole lines of stream `f`, block by block, for the text readers.
 
     Yields (buf, cut, lines): buf[:cut] are whole lines (in the last block,
@@ -441,15 +441,25 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
 
     With `reuse`, the blocks are read into one bytearray of block_bytes,
     which the next block overwrites: the consumer must be done with a block
-    (and every view of it) when it asks for the next one.  Fresh memory for
+    (and every view of it) when it asks for the next one.  reuse=N (an int)
+    takes N bytearrays in turn, one per block yielded: a block stays intact
+    while the next N - 1 are read (a consumer that parses blocks ahead, in
+    parallel).  Fresh memory for
     every block costs a page fault and a zero-filled page per 4 KiB (about
     half of what is saved here, on some virtual machines much more)."""
     carry = b""
     first = True
     dropping = False  # inside an over-long line that is being skipped
     lines = 0
-    held = bytearray(block_bytes) if reuse and hasattr(f, "readinto") else None
+    turns = int(reuse) if reuse and hasattr(f, "readinto") else 0
+    helds: list[bytearray | None] = [None] * turns
+    turn = 0
     while True:
+        held = None
+        if turns:
+            held = helds[turn % turns]
+            if held is None:
+                held = helds[turn % turns] = bytearray(block_bytes)
         try:
             if held is not None and len(carry) <= block_bytes // 2:
                 # the carried part line, then new bytes up to block_bytes, in `held`
@@ -504,6 +514,7 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
             carry = bytes(buf)  # a line longer than one block: keep reading
             continue
         yield buf, cut, lines
+        turn += 1     # the next block goes to the next bytearray (reads that yield nothing keep theirs)
         told = lines_after() if lines_after is not None else None
         lines = told if told is not None else lines + buf.count(b"\n", 0, cut)
         carry = bytes(buf[cut:])

@@ -146,6 +146,9 @@ class TextReader:
         self.lines = 0
         self.bad_rows: list[DataError] = []   # rows skipped under max_bad_rows
         self._negative = 0                    # negative label seen so far (parser state)
+        # threads that parse blocks side by side when iterating (not in the
+        # class label mode); the batches, bad rows and errors are the same
+        self.workers = 1
         self._fixed_classes = classes is not None
         self.classes = classes if classes is not None else ([] if label_mode == "class" else None)
         self._codes: dict[bytes, int] = {}    # class label bytes -> index into classes
@@ -156,6 +159,9 @@ class TextReader:
     def __iter__(self) -> Iterator[Batch]:
         """One Batch per block of whole lines (bounded memory, for streaming)."""
         self._start()
+        if self.workers > 1 and self.label_mode != "class":
+            yield from self._iter_parallel()
+            return
         density = None   # the most (rows, entries) per byte of the blocks so far
         for buf, cut, line_base in self._blocks():
             cols = _Columns(*_block_capacity(cut, density), track_lines=self.track_lines,
@@ -166,6 +172,112 @@ class TextReader:
                 density = (rows, nnz) if density is None else (max(density[0], rows), max(density[1], nnz))
             if cols.rows:
                 yield cols.finish()
+
+    def _iter_parallel(self) -> Iterator[Batch]:
+        """__iter__ with `workers` blocks parsed at once, in threads (the
+        parser releases the GIL), and handed out in file order.
+
+        A block is parsed on its own, from no negative label and to its
+        first error.  Taken in order, a block without an error whose
+        negative label agrees with the blocks before it is used as parsed;
+        any other block is parsed again here, in order, as __iter__ does, so
+        that bad rows are counted and errors raised exactly as there.  Lines
+        too long for a block, met while reading ahead, are counted in order
+        too: before the rows of the block that follows them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        depth = self.workers
+        met: list[tuple[int, bytes]] = []      # long lines met while reading the next block
+        f = open_input(self.path)
+
+        def count(n: int) -> None:
+            self.bytes_read += n
+
+        def settle(long_lines: list[tuple[int, bytes]]) -> None:
+            for line, head in long_lines:
+                self._bad(self._describe(E_LONG_LINE, head), line)
+
+        density = None
+        pending: list[tuple] = []
+        try:
+            self.lines = 0
+            blocks = line_blocks(f, self.name, self.block_bytes, self.limits.max_line_bytes,
+                                 lambda line, head: met.append((line, head)), count, None,
+                                 reuse=depth + 1)
+            with ThreadPoolExecutor(depth, thread_name_prefix="fmcli-parse") as pool:
+
+                def take(job) -> Iterator[Batch]:
+                    nonlocal density
+                    future, buf, cut, line_base, long_lines, fmt_then = job
+                    settle(long_lines)
+                    cols, lines, negative, clean = future.result()
+                    if not clean or (negative and self._negative and negative != self._negative):
+                        # in order, with the format as it stood at this block
+                        # (later blocks may have settled an undecided one since)
+                        cols = _Columns(*_block_capacity(cut, density), track_lines=self.track_lines)
+                        fmt_now, self.fmt = self.fmt, fmt_then
+                        try:
+                            self._parse_into(cols, buf, cut, line_base)
+                        finally:
+                            self.fmt = fmt_now
+                    else:
+                        self._negative = negative or self._negative
+                        self.lines = lines
+                    if cut:
+                        rows, nnz = cols.rows / cut, cols.nnz / cut
+                        density = (rows, nnz) if density is None else (max(density[0], rows),
+                                                                       max(density[1], nnz))
+                    if cols.rows:
+                        yield cols.finish()
+
+                for buf, cut, line_base in blocks:
+                    long_lines, met[:] = met[:], []
+                    if self.fmt == "auto":
+                        self.fmt = sniff_format(buf[:cut]) or "auto"
+                    fmt = "libffm" if self.fmt == "auto" else self.fmt
+                    capacity = _block_capacity(cut, density)
+                    pending.append((pool.submit(self._parse_alone, buf, cut, line_base, fmt, capacity),
+                                    buf, cut, line_base, long_lines, self.fmt))
+                    del buf
+                    if len(pending) >= depth:
+                        yield from take(pending.pop(0))
+                while pending:
+                    yield from take(pending.pop(0))
+                settle(met)
+        finally:
+            for job in pending:
+                job[0].cancel()
+            f.close()
+
+    def _parse_alone(self, buf, cut: int, line_base: int, fmt: str,
+                     capacity: tuple[int, int]) -> tuple["_Columns", int, int, bool]:
+        """Parse buf[:cut] on its own (a worker of _iter_parallel): (columns,
+        lines through the block, the block's negative label, whether it
+        parsed to its end without an error).  Touches no reader state."""
+        cols = _Columns(*capacity, track_lines=self.track_lines)
+        data = np.frombuffer(buf, dtype=np.uint8, count=cut)
+        offset, line0, negative = 0, line_base, 0
+        while True:
+            r0 = cols.rows
+            rows, nnz, lines, err, err_line, start, end, negative, weighted = _parse.parse_block(
+                data[offset:], fmt, self.label_mode, cols.labels[r0:],
+                cols.indptr[r0:], cols.fields, cols.features, cols.values,
+                None if cols.lines is None else cols.lines[r0:],
+                self.limits.max_line_bytes, self.limits.max_feature_id, negative,
+                cols.weights[r0:], None,
+            )
+            cols.weighted = cols.weighted or weighted
+            if cols.lines is not None:
+                cols.lines[r0 : r0 + rows] += line0 + 1
+            cols.rows += rows
+            if not err:
+                cols.nnz = nnz
+                return cols, line0 + lines, negative, True
+            cols.nnz = int(cols.indptr[cols.rows])
+            if err != E_CAPACITY:
+                return cols, line0, negative, False
+            cols.reserve(max(1024, cols.rows // 8), max(1 << 16, cols.nnz // 8))
+            offset, line0 = buf.rfind(b"\n", offset, offset + start) + 1 or offset, line0 + err_line
 
     def read_all(self) -> Batch:
         """The whole input as one Batch, parsed straight into growing arrays."""
