@@ -52,6 +52,7 @@ cdef extern from "ffm_f32.h":
                               Py_ssize_t n) noexcept nogil
     void fm_prefetch_linear(const float* L, Py_ssize_t stride, const int* feat, Py_ssize_t nnz,
                             Py_ssize_t n) noexcept nogil
+    void fm_prefetch_span(const void* p, Py_ssize_t nbytes) noexcept nogil
     float fm_ffm_pairs_f32(const float* F, Py_ssize_t kp, const Py_ssize_t* oj,
                            const Py_ssize_t* of, const float* xs, Py_ssize_t c, Py_ssize_t fs) noexcept nogil
     float fm_ffm_pairs_f16(const char* F, Py_ssize_t kp, const Py_ssize_t* oj,

@@ -69,7 +69,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
-                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_linear, fm_hot_load, fm_hot_tick,
+                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_linear, fm_prefetch_span, fm_hot_load, fm_hot_tick,
                       fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS, FM_COPY_DIVISOR,
                       fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
@@ -416,6 +416,19 @@ cdef Entries entries_of(object fields, const int[::1] features, const float[::1]
             raise ValueError("values and features differ in length")
         e.val = &values[0]
     return e
+
+
+cdef inline void prefetch_entries(const Entries* e, Py_ssize_t start, Py_ssize_t nnz) noexcept nogil:
+    """Start loading a row's entries (see fm_prefetch_span); nothing of an empty batch."""
+    if e.feat == NULL or nnz <= 0:
+        return
+    fm_prefetch_span(e.feat + start, nnz * 4)
+    if e.f8 != NULL:
+        fm_prefetch_span(e.f8 + start, nnz)
+    else:
+        fm_prefetch_span(e.f32 + start, nnz * 4)
+    if e.val != NULL:
+        fm_prefetch_span(e.val + start, nnz * 4)
 
 
 cdef inline const int* row_fields(const Entries* e, Py_ssize_t start, Py_ssize_t nnz,
@@ -1565,7 +1578,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef const int* fp
     cdef const float* vp
     cdef Py_ssize_t n = order.shape[0], C = s.n_classes
-    cdef Py_ssize_t ii, bi, row, nxt, start, nnz, c, first, last
+    cdef Py_ssize_t ii, bi, row, nxt, ahead, start, nnz, c, first, last
     cdef Py_ssize_t n_batches = (n + batch_size - 1) // batch_size
     cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = tr.label_smoothing
     cdef bint has_w = weights.shape[0] > 0, bad
@@ -1629,6 +1642,13 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                     fp = row_fields(&ent, start, nnz, &sc[tid])
                     vp = row_values(&ent, start, &sc[tid])
                     scale = <floating>row_scale(vp, nnz, s.normalize)
+                    # the rows are shuffled: the entries of the row after next, and where
+                    # the one after that starts, are loaded while this one trains
+                    if ii + 3 < n:
+                        fm_prefetch_span(&indptr[order[ii + 3]], 16)
+                    if ii + 2 < n:
+                        ahead = order[ii + 2]
+                        prefetch_entries(&ent, indptr[ahead], indptr[ahead + 1] - indptr[ahead])
                     bad = False
                     for c in range(C):
                         t = score_row(&s, tB + c * s.cB, pL + c * s.cL, pF + c * s.cF, tR + c * s.cR,

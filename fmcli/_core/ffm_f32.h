@@ -59,6 +59,21 @@ static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const i
 #endif
 }
 
+/* Ask the CPU to start loading `bytes` bytes at p: a row's entries (its
+ * slice of the batch's field, feature and value arrays), rows ahead of its
+ * turn.  Training visits the rows in a shuffled order, so every row's
+ * entries are a cache miss (and often a TLB miss) that its scoring waits
+ * for before it can even start its own misses on the factor blocks. */
+static inline void fm_prefetch_span(const void *p, fm_idx bytes) {
+#if defined(__GNUC__)
+    const char *c = (const char *)p;
+    for (fm_idx off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+    if (bytes > 0) __builtin_prefetch(c + bytes - 1, 0, 3);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
 /* Ask the CPU to start loading the linear weights (and their state) of the
  * features of a row about to be trained, `stride` floats per feature, for
  * writing: the streams of factor blocks in between evict them from the core's
