@@ -259,25 +259,31 @@ class TextReader:
         offset, line0, negative = 0, line_base, 0
         while True:
             r0 = cols.rows
-            rows, nnz, lines, err, err_line, start, end, negative, weighted = _parse.parse_block(
-                data[offset:], fmt, self.label_mode, cols.labels[r0:],
-                cols.indptr[r0:], cols.fields, cols.features, cols.values,
-                None if cols.lines is None else cols.lines[r0:],
-                self.limits.max_line_bytes, self.limits.max_feature_id, negative,
-                cols.weights[r0:], None,
-            )
-            cols.weighted = cols.weighted or weighted
-            if cols.lines is not None:
-                cols.lines[r0 : r0 + rows] += line0 + 1
-            cols.rows += rows
+            rows, nnz, lines, err, err_line, start, _, negative = self._parse_run(cols, data, offset, fmt, negative)
+            cols.took(r0, rows, line0)
             if not err:
                 cols.nnz = nnz
                 return cols, line0 + lines, negative, True
             cols.nnz = int(cols.indptr[cols.rows])
             if err != E_CAPACITY:
                 return cols, line0, negative, False
-            cols.reserve(max(1024, cols.rows // 8), max(1 << 16, cols.nnz // 8))
-            offset, line0 = buf.rfind(b"\n", offset, offset + start) + 1 or offset, line0 + err_line
+            offset, line0 = cols.regrow(buf, offset, start, line0, err_line)
+
+    def _parse_run(self, cols: "_Columns", data: np.ndarray, offset: int, fmt: str,
+                   negative: int) -> tuple[int, int, int, int, int, int, int, int]:
+        """One parser call, data[offset:] into the room `cols` has left:
+        (rows, nnz, lines, error, err_line, err_start, err_end, negative) as
+        _parse.parse_block gives them; the rows are not counted in yet."""
+        r0 = cols.rows
+        rows, nnz, lines, err, err_line, start, end, negative, weighted = _parse.parse_block(
+            data[offset:], fmt, self.label_mode, cols.labels[r0:],
+            cols.indptr[r0:], cols.fields, cols.features, cols.values,
+            None if cols.lines is None else cols.lines[r0:],
+            self.limits.max_line_bytes, self.limits.max_feature_id, negative,
+            cols.weights[r0:], None if cols.spans is None else cols.spans[2 * r0 :],
+        )
+        cols.weighted = cols.weighted or weighted
+        return rows, nnz, lines, err, err_line, start, end, negative
 
     def read_all(self) -> Batch:
         """The whole input as one Batch, parsed straight into growing arrays."""
@@ -341,32 +347,21 @@ class TextReader:
         offset, line0 = 0, line_base  # line0: lines before data[offset]
         while True:
             r0 = cols.rows
-            rows, nnz, lines, err, err_line, start, end, self._negative, weighted = _parse.parse_block(
-                data[offset:], fmt, self.label_mode, cols.labels[r0:],
-                cols.indptr[r0:], cols.fields, cols.features, cols.values,
-                None if cols.lines is None else cols.lines[r0:],
-                self.limits.max_line_bytes, self.limits.max_feature_id, self._negative,
-                cols.weights[r0:], None if cols.spans is None else cols.spans[2 * r0 :],
-            )
-            cols.weighted = cols.weighted or weighted
+            rows, nnz, lines, err, err_line, start, end, self._negative = self._parse_run(
+                cols, data, offset, fmt, self._negative)
             message = None
             if cols.spans is not None and rows:
                 failed = self._map_classes(buf, data, offset, cols, rows)
                 if failed is not None:  # a label that is no class: the row is bad
                     rows, start, end, message = failed
-            if cols.lines is not None:
-                cols.lines[r0 : r0 + rows] += line0 + 1  # 1-based, absolute
-            cols.rows += rows
+            cols.took(r0, rows, line0)
             if message is None and not err:
                 cols.nnz = nnz
                 self.lines = line0 + lines
                 return
             cols.nnz = int(cols.indptr[cols.rows])  # drop the unfinished row
             if message is None and err == E_CAPACITY:
-                # the arrays are full: grow them and parse again from the
-                # start of the line that did not fit
-                cols.reserve(max(1024, cols.rows // 8), max(1 << 16, cols.nnz // 8))
-                offset, line0 = buf.rfind(b"\n", offset, offset + start) + 1 or offset, line0 + err_line
+                offset, line0 = cols.regrow(buf, offset, start, line0, err_line)
                 continue
             if message is None:
                 lineno = line0 + err_line + 1
@@ -597,6 +592,20 @@ class _Columns:
             cap = self._grown(self.fields.shape[0], self.nnz + nnz)
             for a in (self.fields, self.features, self.values):
                 a.resize(cap, refcheck=False)
+
+    def took(self, r0: int, rows: int, line0: int) -> None:
+        """Count in the `rows` rows a parser call put at r0, from a part of
+        the text with `line0` lines before it (their numbers: 1-based,
+        absolute)."""
+        if self.lines is not None:
+            self.lines[r0 : r0 + rows] += line0 + 1
+        self.rows += rows
+
+    def regrow(self, buf, offset: int, start: int, line0: int, err_line: int) -> tuple[int, int]:
+        """The arrays are full: grow them, and give the (offset, lines
+        before it) of the line that did not fit, to parse again from."""
+        self.reserve(max(1024, self.rows // 8), max(1 << 16, self.nnz // 8))
+        return buf.rfind(b"\n", offset, offset + start) + 1 or offset, line0 + err_line
 
     def finish(self) -> Batch:
         self.labels.resize(self.rows, refcheck=False)
