@@ -415,6 +415,49 @@ def test_progress_bar_on_a_terminal_console():
     assert not quiet.enabled
 
 
+SWALLOWING_IMPORT = r"""
+import os, signal, sys
+
+class Stop(KeyboardInterrupt):
+    pass
+
+def stop(signum, frame):
+    raise Stop(signum)
+
+signal.signal(signal.SIGTERM, stop)
+
+class Swallow:
+    # what a Cython module's initialisation does while it registers its
+    # memoryview types: a bare except around code a signal can interrupt
+    def find_spec(self, name, path=None, target=None):
+        if name == "fmcli._core._parse":
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100000):
+                    pass
+            except BaseException:
+                pass
+        return None
+
+sys.meta_path.insert(0, Swallow())
+try:
+    import fmcli._core
+except Stop:
+    print("raised")
+else:
+    print("swallowed")
+"""
+
+
+def test_a_signal_while_the_extensions_load_is_not_swallowed():
+    """fm predict takes its output lock before it loads the compiled core; a
+    SIGTERM in the moment a Cython module's initialisation swallows
+    exceptions was lost, and the command went on (exit 0)."""
+    out = subprocess.run([sys.executable, "-c", SWALLOWING_IMPORT], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "raised", out.stdout + out.stderr
+
+
 def test_sigterm_while_writing_predictions_is_143_and_cleans_up(model, tmp_path):
     out = tmp_path / "p.txt"
     proc = subprocess.Popen(FM + ["predict", "-o", str(out), str(model), "-"], stdin=subprocess.PIPE,
