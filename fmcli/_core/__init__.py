@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
-
 def _load():
     """Import the extensions, keeping what a signal raises meanwhile.
 

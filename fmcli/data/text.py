@@ -188,10 +188,6 @@ class TextReader:
 
         depth = self.workers
         met: list[tuple[int, bytes]] = []      # long lines met while reading the next block
-        f = open_input(self.path)
-
-        def count(n: int) -> None:
-            self.bytes_read += n
 
         def settle(long_lines: list[tuple[int, bytes]]) -> None:
             for line, head in long_lines:
@@ -199,11 +195,8 @@ class TextReader:
 
         density = None
         pending: list[tuple] = []
+        blocks = self._blocks(met, ahead=depth)
         try:
-            self.lines = 0
-            blocks = line_blocks(f, self.name, self.block_bytes, self.limits.max_line_bytes,
-                                 lambda line, head: met.append((line, head)), count, None,
-                                 reuse=depth + 1)
             with ThreadPoolExecutor(depth, thread_name_prefix="fmcli-parse") as pool:
 
                 def take(job) -> Iterator[Batch]:
@@ -232,8 +225,6 @@ class TextReader:
 
                 for buf, cut, line_base in blocks:
                     long_lines, met[:] = met[:], []
-                    if self.fmt == "auto":
-                        self.fmt = sniff_format(buf[:cut]) or "auto"
                     fmt = "libffm" if self.fmt == "auto" else self.fmt
                     capacity = _block_capacity(cut, density)
                     pending.append((pool.submit(self._parse_alone, buf, cut, line_base, fmt, capacity),
@@ -247,7 +238,7 @@ class TextReader:
         finally:
             for job in pending:
                 job[0].cancel()
-            f.close()
+            blocks.close()
 
     def _parse_alone(self, buf, cut: int, line_base: int, fmt: str,
                      capacity: tuple[int, int]) -> tuple["_Columns", int, int, bool]:
@@ -312,25 +303,34 @@ class TextReader:
         self._codes = {c.encode("utf-8"): i for i, c in enumerate(self.classes)}
         self._words = None
 
-    def _blocks(self) -> Iterator[tuple[bytes, int, int]]:
+    def _blocks(self, met: list[tuple[int, bytes]] | None = None,
+                ahead: int = 0) -> Iterator[tuple[bytes, int, int]]:
         """(buffer, end of its last whole line, number of lines before it).
         The buffer may be a bytearray that the next block overwrites
-        (line_blocks' reuse): each block is parsed before the next is read."""
+        (line_blocks' reuse): each block is parsed before the next is read,
+        or with `ahead`, before the `ahead` + 1st block after it is read.
+        Lines too long for a block count as bad rows at once, or with `met`
+        are appended to it as (line number, first bytes) instead."""
         f = open_input(self.path)
 
         def long_line(line: int, head: bytes) -> None:
             # fail, or skip the line, without ever holding more than the limit
-            self._bad(self._describe(E_LONG_LINE, head), line)
+            if met is not None:
+                met.append((line, head))
+            else:
+                self._bad(self._describe(E_LONG_LINE, head), line)
 
         def count(n: int) -> None:
             self.bytes_read += n
 
         try:
             self.lines = 0
-            # _parse_into leaves self.lines at the lines through the block
+            # _parse_into leaves self.lines at the lines through the block;
+            # blocks parsed ahead are counted by line_blocks itself
             for buf, cut, lines in line_blocks(f, self.name, self.block_bytes,
                                                self.limits.max_line_bytes, long_line, count,
-                                               lambda: self.lines, reuse=True):
+                                               None if ahead else (lambda: self.lines),
+                                               reuse=ahead + 1):
                 self.lines = lines
                 if self.fmt == "auto":
                     # Undecided until a block holds a feature token; until
