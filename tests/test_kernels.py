@@ -472,3 +472,108 @@ def test_score_rows_reads_read_only_models_and_checks_them():
                             features, values, out)
     with pytest.raises(ValueError, match="output array too small"):
         _kernels.score_rows(layout, *arrays, indptr, fields, features, values, out[:-1])
+
+
+# Shuffled orders are copied side by side first (Trainer.gathered): the same
+# rows in the same order, so the same results as training them where they lie.
+
+def _gather_case(seed, n_rows=300, compact=False, with_values=True, with_weights=True, empty_rows=False):
+    indptr, fields, features, values, labels, weights, order = slices(seed, 1, n_rows=n_rows)[0]
+    if empty_rows:      # every fifth row has no entries
+        lengths = np.diff(indptr)
+        lengths[::5] = 0
+        keep = np.concatenate([np.arange(a, a + m) for a, m in zip(indptr[:-1], lengths)]).astype(np.int64)
+        fields, features, values = fields[keep], features[keep], values[keep]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if compact:
+        fields = fields.astype(np.uint8)
+    if not with_values:
+        values = np.zeros(0, np.float32)
+    if not with_weights:
+        weights = np.zeros(0, np.float32)
+    return indptr, fields, features, values, labels, weights, order
+
+
+@pytest.mark.parametrize("kind,optimizer,batch_size,dtype", [
+    ("ffm", "adagrad", 1, np.float32), ("ffm", "adam", 4, np.float64), ("fm", "sgd", 1, np.float32),
+    ("fwfm", "rowwise-adagrad", 3, np.float32), ("lr", "ftrl", 1, np.float64), ("fmfm", "adagrad", 1, np.float32)])
+@pytest.mark.parametrize("form", [dict(), dict(compact=True, with_values=False), dict(with_weights=False),
+                                  dict(empty_rows=True, compact=True)])
+def test_a_shuffled_order_trains_as_its_rows_where_they_lie(kind, optimizer, batch_size, dtype, form):
+    layout = _kernels.Layout(kind, "binary", 1, 30, 5, 8, _kernels.n_state(optimizer),
+                             row_state=optimizer == "rowwise-adagrad")
+    hyper = dict(HYPER, optimizer=optimizer, batch_size=batch_size)
+    data = _gather_case(11, **form)
+    copied, in_place = fresh_arrays(layout, optimizer, dtype), fresh_arrays(layout, optimizer, dtype)
+    a = _kernels.Trainer(layout, *copied, hyper).train(*data, 5)
+    b = _kernels.Trainer(layout, *in_place, hyper).train_rows(*data, 5)
+    assert a == b and a[3] == -1
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(copied, in_place))
+    assert copied[1].tobytes() != fresh_arrays(layout, optimizer, dtype)[1].tobytes()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_long_order_is_copied_a_piece_at_a_time(monkeypatch, batch_size):
+    """Pieces of at most GATHER_ROWS rows and GATHER_ENTRIES entries, whole
+    batches, the schedule's steps counted on: the parameters of one pass."""
+    monkeypatch.setattr(_kernels, "GATHER_ROWS", 70)
+    monkeypatch.setattr(_kernels, "GATHER_ENTRIES", 90)     # about 22 rows of up to 7 entries
+    layout = _kernels.Layout("ffm", "binary", 1, 30, 5, 4, _kernels.n_state("adagrad"))
+    hyper = dict(HYPER, optimizer="adagrad", batch_size=batch_size)
+    data = _gather_case(12, n_rows=500)
+    kept = fresh_arrays(layout, "adagrad", np.float32)
+    trainer = _kernels.Trainer(layout, *kept, hyper)
+    for step in (0, 125):       # twice: the trainer's arrays are reused
+        in_place = [a.copy() for a in kept]
+        a = trainer.train(*data, step)
+        b = _kernels.Trainer(layout, *in_place, hyper).train_rows(*data, step)
+        assert a[2:] == b[2:] == (0, -1)
+        assert a[0] == pytest.approx(b[0], rel=1e-12) and a[1] == pytest.approx(b[1], rel=1e-12)
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(kept, in_place))
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_row_that_stops_a_copied_pass_is_found_in_the_order(monkeypatch, skip):
+    monkeypatch.setattr(_kernels, "GATHER_ROWS", 64)
+    layout = _kernels.Layout("fm", "binary", 1, 30, 5, 4, 0)
+    hyper = dict(HYPER, optimizer="sgd", skip_nonfinite=skip)
+    indptr, fields, features, values, labels, weights, order = _gather_case(13, n_rows=400)
+    values[indptr[order[201]]] = np.inf      # in the fourth piece
+    results = []
+    for how in ("train", "train_rows"):
+        arrays = fresh_arrays(layout, "sgd", np.float64)
+        trainer = _kernels.Trainer(layout, *arrays, hyper)
+        results.append((getattr(trainer, how)(indptr, fields, features, values, labels, weights, order, 0), arrays))
+    (a, copied), (b, in_place) = results
+    assert a[2:] == b[2:] == ((1, -1) if skip else (0, 201))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(copied, in_place))
+
+
+def test_gather_copies_rows_in_order_and_checks_what_it_is_given():
+    indptr, fields, features, values, labels, weights, _ = _gather_case(14, n_rows=40, empty_rows=True)
+    order = np.array([7, 0, 5, 5, 39, 12], np.int64)      # a row twice, empty rows (0, 5)
+    ip, src = np.empty(len(order) + 1, np.int64), np.empty(len(order), np.int64)
+    nnz = _kernels.gather_offsets(indptr, order, ip, src)
+    rows = [np.arange(indptr[r], indptr[r + 1]) for r in order]
+    assert nnz == sum(map(len, rows)) and list(ip) == [0, *np.cumsum(list(map(len, rows)))]
+    out = (np.empty(nnz, np.int32), np.empty(nnz, np.int32), np.empty(nnz, np.float32),
+           np.empty(len(order), np.float32), np.empty(len(order), np.float32))
+    _kernels.gather_entries(order, src, ip, fields, features, values, labels, weights, *out, 2)
+    idx = np.concatenate(rows)
+    for got, want in zip(out, (fields[idx], features[idx], values[idx], labels[order], weights[order])):
+        assert got.tobytes() == want.tobytes()
+    with pytest.raises(IndexError, match="row 40"):
+        _kernels.gather_offsets(indptr, np.array([3, 40], np.int64), ip, src)
+    with pytest.raises(ValueError, match="do not fit"):      # uint8 fields into int32
+        _kernels.gather_entries(order, src, ip, fields.astype(np.uint8), features, values, labels,
+                                weights, *out, 1)
+    with pytest.raises(ValueError, match="do not fit"):      # no room for the values
+        _kernels.gather_entries(order, src, ip, fields, features, values, labels, weights,
+                                out[0], out[1], out[2][:0], out[3], out[4], 1)
+    # rows without entries only: labels and weights all the same
+    empty = np.array([0, 5, 10], np.int64)
+    assert _kernels.gather_offsets(indptr, empty, ip, src) == 0
+    lab, wt = np.empty(3, np.float32), np.empty(3, np.float32)
+    _kernels.gather_entries(empty, src, ip, fields, features, values, labels, weights,
+                            out[0][:0], out[1][:0], out[2][:0], lab, wt, 1)
+    assert lab.tobytes() == labels[empty].tobytes() and wt.tobytes() == weights[empty].tobytes()

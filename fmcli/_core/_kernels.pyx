@@ -61,7 +61,7 @@ from libc.stdlib cimport malloc, calloc, free
 
 cdef extern from "<stdlib.h>" nogil:
     void* aligned_alloc(size_t alignment, size_t size)
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport exp, log, sqrt, isfinite
 
 from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set_schedule, log1pexp,
@@ -81,6 +81,14 @@ import numpy as np
 cdef enum:
     MAX_KP = 1024       # fmcli.config.MAX_K rounded up to a multiple of 4
     BALANCE_CHUNK = 256 # rows (or batches) a thread takes at a time with balance=True
+
+# Trainer.train copies the rows of a shuffled order side by side before it
+# trains them (see gather_entries), at most this many rows and (unless one
+# row or batch alone has more) entries at a time, when there are at least
+# GATHER_MIN_ROWS of them.
+GATHER_ROWS = 65536
+GATHER_ENTRIES = 1 << 21
+GATHER_MIN_ROWS = 64
 
 # Model kinds (the names are fmcli.config.MODELS).
 cdef enum:
@@ -1332,6 +1340,8 @@ cdef class Trainer:
     cdef fm_replica* reps
     # each thread's copies of the bias and of the field-pair weights (hot.h), or NULL
     cdef fm_copy* copies
+    # the arrays train() copies shuffled rows into (see gathered), kept between calls
+    cdef dict gather_bufs
 
     def __cinit__(self):
         self.hot = NULL
@@ -1556,6 +1566,84 @@ cdef class Trainer:
         the pass or -1)."""
         if labels.shape[0] < indptr.shape[0] - 1 or (weights.shape[0] and weights.shape[0] < labels.shape[0]):
             raise ValueError("labels or weights shorter than the rows")
+        if order.shape[0] >= GATHER_MIN_ROWS and not consecutive(order):
+            return self.gathered(indptr, fields, features, values, labels, weights, order, step0)
+        return self.train_rows(indptr, fields, features, values, labels, weights, order, step0)
+
+    def gathered(self, const long long[::1] indptr, fields, const int[::1] features,
+                 const float[::1] values, const float[::1] labels, const float[::1] weights,
+                 const long long[::1] order, double step0):
+        """train() of a shuffled order: its rows copied, in that order and
+        a piece of at most GATHER_ROWS rows and GATHER_ENTRIES entries at a
+        time (whole batches), into arrays of the trainer, and trained from
+        there in sequence (the same rows in the same order: the same results)."""
+        cdef Py_ssize_t n = order.shape[0], bs = self.batch_size, pos = 0, m, nnz
+        cdef double loss = 0, wsum = 0
+        cdef long long nbad = 0
+        fields = np.asarray(fields)
+        values_a, weights_a = np.asarray(values), np.asarray(weights)
+        rows_cap = max(bs, GATHER_ROWS // bs * bs)
+        g = self.buffers(min(n, rows_cap), 0, fields.dtype, values_a.shape[0] > 0, weights_a.shape[0] > 0)
+        while pos < n:
+            m = min(n - pos, rows_cap)
+            part = order[pos : pos + m]
+            nnz = gather_offsets(indptr, part, g["indptr"], g["src"])
+            if nnz > GATHER_ENTRIES and m > bs:
+                # fewer rows: whole batches up to the entries' cap (at least one batch)
+                fit = int(np.searchsorted(g["indptr"][: m + 1], GATHER_ENTRIES, side="right")) - 1
+                m = max(bs, fit // bs * bs)
+                nnz = int(g["indptr"][m])
+                part = order[pos : pos + m]
+            g = self.buffers(m, nnz, fields.dtype, values_a.shape[0] > 0, weights_a.shape[0] > 0)
+            gather_entries(part, g["src"], g["indptr"], fields, features, values, labels, weights,
+                           g["fields"][:nnz], g["features"][:nnz], g["values"][:nnz], g["labels"][:m],
+                           g["weights"][:m], self.threads)
+            l, w, bad, first = self.train_rows(g["indptr"][: m + 1], g["fields"][:nnz], g["features"][:nnz],
+                                               g["values"][:nnz], g["labels"][:m], g["weights"][:m],
+                                               g["order"][:m], step0 + pos // bs)
+            loss += l
+            wsum += w
+            nbad += bad
+            if first >= 0:
+                return loss, wsum, nbad, pos + first
+            pos += m
+        return loss, wsum, nbad, -1
+
+    cdef dict buffers(self, Py_ssize_t rows, Py_ssize_t entries, dtype, bint has_values, bint has_weights):
+        """gathered()'s arrays, for at least `rows` rows and `entries`
+        entries, grown (by half again) when too small; "order" is 0, 1, 2, ..."""
+        g = self.gather_bufs
+        if g is None or g["fields"].dtype != dtype:
+            g = self.gather_bufs = {"fields": np.empty(0, dtype), "features": np.empty(0, np.int32),
+                                    "values": np.empty(0, np.float32), "indptr": np.empty(1, np.int64),
+                                    "src": np.empty(0, np.int64), "labels": np.empty(0, np.float32),
+                                    "weights": np.empty(0, np.float32),
+                                    "order": np.empty(0, np.int64)}
+        if g["src"].shape[0] < rows:
+            size = max(rows, g["src"].shape[0] * 3 // 2)
+            g["indptr"], g["src"] = np.empty(size + 1, np.int64), np.empty(size, np.int64)
+            g["labels"], g["order"] = np.empty(size, np.float32), np.arange(size, dtype=np.int64)
+            if g["weights"].shape[0]:
+                g["weights"] = np.empty(size, np.float32)
+        if has_weights and g["weights"].shape[0] < g["src"].shape[0]:
+            g["weights"] = np.empty(g["src"].shape[0], np.float32)
+        elif not has_weights:
+            g["weights"] = g["weights"][:0]
+        if g["features"].shape[0] < entries:
+            size = max(entries, g["features"].shape[0] * 3 // 2)
+            g["fields"], g["features"] = np.empty(size, dtype), np.empty(size, np.int32)
+            if g["values"].shape[0]:
+                g["values"] = np.empty(size, np.float32)
+        if has_values and g["values"].shape[0] < g["features"].shape[0]:
+            g["values"] = np.empty(g["features"].shape[0], np.float32)
+        elif not has_values:
+            g["values"] = g["values"][:0]
+        return g
+
+    def train_rows(self, const long long[::1] indptr, fields, const int[::1] features,
+                   const float[::1] values, const float[::1] labels, const float[::1] weights,
+                   const long long[::1] order, double step0):
+        """train() without copying the rows first."""
         if self.s.itemsize == 8:
             return train_pass(self, <double*>self.s.base[ARR_B], <double*>self.s.base[ARR_L],
                               <double*>self.s.base[ARR_F], <double*>self.s.base[ARR_R], indptr,
@@ -1715,6 +1803,87 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     finally:
         scratch_free(sc, nthreads)   # the replicas stay with the trainer
     return loss, wsum, nbad, first
+
+
+cdef bint consecutive(const long long[::1] order) noexcept:
+    """order is r, r + 1, r + 2, ... (its rows already lie in sequence)."""
+    cdef Py_ssize_t i
+    for i in range(1, order.shape[0]):
+        if order[i] != order[i - 1] + 1:
+            return False
+    return True
+
+
+def gather_offsets(const long long[::1] indptr, const long long[::1] order, long long[::1] out_indptr,
+                   long long[::1] src):
+    """Where rows `order` of a batch start once copied in that order:
+    out_indptr (n + 1) their offsets from 0, src (n) where each starts in
+    the batch.  Returns their entries in all (out_indptr[n])."""
+    cdef Py_ssize_t i, n = order.shape[0], nrows = indptr.shape[0] - 1
+    cdef long long r, a, tot = 0
+    if out_indptr.shape[0] < n + 1 or src.shape[0] < n:
+        raise ValueError("out_indptr or src too short")
+    with nogil:
+        out_indptr[0] = 0
+        for i in range(n):
+            r = order[i]
+            if r < 0 or r >= nrows:
+                with gil:
+                    raise IndexError(f"row {r} of order is not a row of the batch ({nrows} rows)")
+            a = indptr[r]
+            src[i] = a
+            tot = tot + (indptr[r + 1] - a)
+            out_indptr[i + 1] = tot
+    return tot
+
+
+def gather_entries(const long long[::1] order, const long long[::1] src, const long long[::1] out_indptr,
+                   fields, const int[::1] features, const float[::1] values, const float[::1] labels,
+                   const float[::1] weights, out_fields, int[::1] out_features, float[::1] out_values,
+                   float[::1] out_labels, float[::1] out_weights, int threads=1):
+    """Copy rows `order` of a batch, in that order, into the out arrays (as
+    gather_offsets placed them): their fields (uint8 or int32, as the
+    batch's), features, values (none when the batch has none: every value
+    1), labels and weights (none when the batch has none).  The entries of
+    rows visited in a shuffled order are each a cache miss where they lie;
+    copied first, side by side, they are read in sequence while the rows train."""
+    cdef Py_ssize_t i, n = order.shape[0], nnz = out_indptr[n] if n else 0
+    cdef long long a, b, m, r
+    cdef bint has_w = weights.shape[0] > 0
+    if (src.shape[0] < n or out_indptr.shape[0] < n + 1 or out_features.shape[0] != nnz
+            or np.asarray(out_fields).dtype != np.asarray(fields).dtype
+            or out_values.shape[0] != (nnz if values.shape[0] else 0)
+            or out_labels.shape[0] < n or (has_w and out_weights.shape[0] < n)):
+        raise ValueError("the out arrays do not fit the rows")
+    if nnz == 0:
+        rows = np.asarray(order)
+        np.asarray(out_labels)[:n] = np.asarray(labels)[rows]
+        if has_w:
+            np.asarray(out_weights)[:n] = np.asarray(weights)[rows]
+        return
+    cdef Entries e = entries_of(fields, features, values)
+    cdef Entries o = entries_of(out_fields, out_features, out_values)
+    with nogil:
+        for i in prange(n, num_threads=max(1, threads), schedule="static"):
+            r = order[i]
+            a = src[i]
+            b = out_indptr[i]
+            m = out_indptr[i + 1] - b
+            if m == 0:
+                out_labels[i] = labels[r]
+                if has_w:
+                    out_weights[i] = weights[r]
+                continue
+            memcpy(<void*>(o.feat + b), e.feat + a, m * sizeof(int))
+            if e.f8 != NULL:
+                memcpy(<void*>(o.f8 + b), e.f8 + a, m)
+            else:
+                memcpy(<void*>(o.f32 + b), e.f32 + a, m * sizeof(int))
+            if e.val != NULL:
+                memcpy(<void*>(o.val + b), e.val + a, m * sizeof(float))
+            out_labels[i] = labels[r]
+            if has_w:
+                out_weights[i] = weights[r]
 
 
 cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
