@@ -359,6 +359,25 @@ def test_scoring_a_row_for_training_prefetches_the_state_lines_its_update_writes
         assert expected == layout.fstride and layout.fstride * 4 > 64
 
 
+@pytest.mark.parametrize("kind,k,optimizer,dtype,half,expected", [
+    ("ffm", 4, "adagrad", np.float32, False, 5 * 8 * 4),     # a feature's 5 blocks of (w, G)
+    ("ffm", 16, "adam", np.float32, False, 5 * 48 * 4),
+    ("ffm", 4, "adagrad", np.float64, False, 5 * 8 * 8),
+    ("ffm", 8, "adagrad", np.float32, True, 5 * 12 * 4),     # float16 weights, float32 state
+    ("fm", 8, "sgd", np.float32, False, 8 * 4),              # one block a feature
+    ("fwfm", 8, "rowwise-adagrad", np.float32, False, 9 * 4),   # 8 weights, 1 accumulator
+    ("lr", 4, "adagrad", np.float32, False, 0),              # no factors
+])
+def test_training_prefetches_the_next_rows_factor_rows(kind, k, optimizer, dtype, half, expected):
+    layout = _kernels.Layout(kind, "binary", 1, 30, 5, k, _kernels.n_state(optimizer), half=half,
+                             row_state=optimizer == "rowwise-adagrad")
+    arrays = [np.zeros(size, dtype) for size in layout.sizes]
+    trainer = _kernels.Trainer(layout, *arrays, dict(HYPER, optimizer=optimizer))
+    assert trainer.row_prefetch == expected
+    if kind != "lr":
+        assert expected == (5 if kind == "ffm" else 1) * layout.fstride * np.dtype(dtype).itemsize
+
+
 def test_total_steps_can_change_between_slices():
     layout = _kernels.Layout("fm", "binary", 1, 30, 5, 8, 0)
     hyper = dict(HYPER, optimizer="sgd")

@@ -81,6 +81,10 @@ import numpy as np
 cdef enum:
     MAX_KP = 1024       # fmcli.config.MAX_K rounded up to a multiple of 4
     BALANCE_CHUNK = 256 # rows (or batches) a thread takes at a time with balance=True
+    # Training prefetches an FFM row's whole factor rows (n_fields blocks a
+    # feature) only when the row has at least n_fields / ROWS_AHEAD_FIELDS
+    # entries: most of each factor row is then read by its pairs
+    ROWS_AHEAD_FIELDS = 4
 
 # Trainer.train copies the rows of a shuffled order side by side before it
 # trains them (see gather_entries), at most this many rows and (unless one
@@ -1546,6 +1550,15 @@ cdef class Trainer:
         return self.H
 
     @property
+    def row_prefetch(self):
+        """Bytes of each feature's factor blocks (an FFM feature's n_fields
+        blocks, one block otherwise) prefetched for the next row while a row
+        trains; 0 for LR, which has none."""
+        if self.s.kind == KIND_LR:
+            return 0
+        return (self.s.n_fields if self.s.kind == KIND_FFM else 1) * self.s.fstride * self.s.itemsize
+
+    @property
     def state_prefetch(self):
         """Floats per factor block when scoring a row prefetches the blocks'
         optimizer state for the row's update (FM_PF_STATE), else 0."""
@@ -1687,6 +1700,9 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef fm_copy* copies = tr.copies
     # float32, one class: prefetch the next row's linear weights (fm_prefetch_linear)
     cdef bint lin_ahead = floating is float and s.use_linear and C == 1
+    # prefetch the next row's factor rows (see Trainer.row_prefetch)
+    cdef Py_ssize_t frow = tr.row_prefetch
+    cdef bint rows_ahead = frow > 0
     cdef floating* tB      # the bias and field-pair weights a thread trains: its copies, or the shared ones
     cdef floating* tR
     tid = 0
@@ -1766,6 +1782,13 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                         nxt = order[ii + 1]
                         fm_prefetch_linear(<float*>pL, s.lstride, ent.feat + indptr[nxt],
                                            indptr[nxt + 1] - indptr[nxt], s.n_features)
+                    if rows_ahead and ii + 1 < n:
+                        # the next row's factor rows, while this one's pairs train (their
+                        # update runs from the core's caches: the memory is free meanwhile)
+                        nxt = order[ii + 1]
+                        if s.kind != KIND_FFM or s.n_fields <= ROWS_AHEAD_FIELDS * (indptr[nxt + 1] - indptr[nxt]):
+                            fm_prefetch_features(<float*>pF, frow, ent.feat + indptr[nxt],
+                                                 indptr[nxt + 1] - indptr[nxt], s.n_features)
                     # the row's step number: float16 storage's rounding is reproducible
                     sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):
@@ -1944,7 +1967,7 @@ cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, con
     cdef int nthreads = max(1, threads), tid
     # Scoring waits on memory (a row reads blocks scattered over the model), so
     # while a row is scored the next row's factor and linear blocks are
-    # prefetched (class 0's; n_pf / n_pl = 0: none).  Training does not gain.
+    # prefetched (class 0's; n_pf / n_pl = 0: none), as training does.
     cdef Py_ssize_t frow = (s.n_fields if s.kind == KIND_FFM else 1) * s.fstride * sizeof(floating)
     cdef Py_ssize_t lrow = s.lstride * sizeof(floating)
     cdef Py_ssize_t n_pf = s.n_features if s.kind != KIND_LR else 0
