@@ -1627,30 +1627,15 @@ cdef class Trainer:
         entries, grown (by half again) when too small; "order" is 0, 1, 2, ..."""
         g = self.gather_bufs
         if g is None or g["fields"].dtype != dtype:
-            g = self.gather_bufs = {"fields": np.empty(0, dtype), "features": np.empty(0, np.int32),
-                                    "values": np.empty(0, np.float32), "indptr": np.empty(1, np.int64),
-                                    "src": np.empty(0, np.int64), "labels": np.empty(0, np.float32),
-                                    "weights": np.empty(0, np.float32),
-                                    "order": np.empty(0, np.int64)}
-        if g["src"].shape[0] < rows:
-            size = max(rows, g["src"].shape[0] * 3 // 2)
-            g["indptr"], g["src"] = np.empty(size + 1, np.int64), np.empty(size, np.int64)
-            g["labels"], g["order"] = np.empty(size, np.float32), np.arange(size, dtype=np.int64)
-            if g["weights"].shape[0]:
-                g["weights"] = np.empty(size, np.float32)
-        if has_weights and g["weights"].shape[0] < g["src"].shape[0]:
-            g["weights"] = np.empty(g["src"].shape[0], np.float32)
-        elif not has_weights:
-            g["weights"] = g["weights"][:0]
-        if g["features"].shape[0] < entries:
-            size = max(entries, g["features"].shape[0] * 3 // 2)
-            g["fields"], g["features"] = np.empty(size, dtype), np.empty(size, np.int32)
-            if g["values"].shape[0]:
-                g["values"] = np.empty(size, np.float32)
-        if has_values and g["values"].shape[0] < g["features"].shape[0]:
-            g["values"] = np.empty(g["features"].shape[0], np.float32)
-        elif not has_values:
-            g["values"] = g["values"][:0]
+            g = self.gather_bufs = {"fields": np.empty(0, dtype), "src": np.empty(0, np.int64)}
+        cdef Py_ssize_t R = grown(g["src"].shape[0], rows), E = grown(g["fields"].shape[0], entries)
+        if "order" not in g or R != g["src"].shape[0]:
+            g["indptr"], g["src"] = np.empty(R + 1, np.int64), np.empty(R, np.int64)
+            g["labels"], g["order"] = np.empty(R, np.float32), np.arange(R, dtype=np.int64)
+        if "features" not in g or E != g["fields"].shape[0]:
+            g["fields"], g["features"] = np.empty(E, dtype), np.empty(E, np.int32)
+        g["weights"] = floats_for(g.get("weights"), R if has_weights else 0)
+        g["values"] = floats_for(g.get("values"), E if has_values else 0)
         return g
 
     def train_rows(self, const long long[::1] indptr, fields, const int[::1] features,
@@ -1826,6 +1811,18 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     finally:
         scratch_free(sc, nthreads)   # the replicas stay with the trainer
     return loss, wsum, nbad, first
+
+
+cdef inline Py_ssize_t grown(Py_ssize_t have, Py_ssize_t need) noexcept:
+    """A buffer's new length: `have` when it holds `need`, else half again (at least `need`)."""
+    return have if have >= need else max(need, have * 3 // 2)
+
+
+cdef object floats_for(a, Py_ssize_t n):
+    """`a` when it holds n floats, else a new array of n (an empty one for 0)."""
+    if n == 0:
+        return np.empty(0, np.float32)
+    return a if a is not None and a.shape[0] >= n else np.empty(n, np.float32)
 
 
 cdef bint consecutive(const long long[::1] order) noexcept:
