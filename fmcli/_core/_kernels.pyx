@@ -1554,9 +1554,7 @@ cdef class Trainer:
         """Bytes of each feature's factor blocks (an FFM feature's n_fields
         blocks, one block otherwise) prefetched for the next row while a row
         trains; 0 for LR, which has none."""
-        if self.s.kind == KIND_LR:
-            return 0
-        return (self.s.n_fields if self.s.kind == KIND_FFM else 1) * self.s.fstride * self.s.itemsize
+        return 0 if self.s.kind == KIND_LR else factor_row_bytes(&self.s, self.s.itemsize)
 
     @property
     def state_prefetch(self):
@@ -1813,6 +1811,12 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     return loss, wsum, nbad, first
 
 
+cdef inline Py_ssize_t factor_row_bytes(const Shape* s, Py_ssize_t itemsize) noexcept nogil:
+    """Bytes of one feature's factor blocks (an FFM feature's n_fields, one
+    otherwise) in arrays of `itemsize`-byte numbers."""
+    return (s.n_fields if s.kind == KIND_FFM else 1) * s.fstride * itemsize
+
+
 cdef inline Py_ssize_t grown(Py_ssize_t have, Py_ssize_t need) noexcept:
     """A buffer's new length: `have` when it holds `need`, else half again (at least `need`)."""
     return have if have >= need else max(need, have * 3 // 2)
@@ -1875,24 +1879,18 @@ def gather_entries(const long long[::1] order, const long long[::1] src, const l
             or out_values.shape[0] != (nnz if values.shape[0] else 0)
             or out_labels.shape[0] < n or (has_w and out_weights.shape[0] < n)):
         raise ValueError("the out arrays do not fit the rows")
-    if nnz == 0:
-        rows = np.asarray(order)
-        np.asarray(out_labels)[:n] = np.asarray(labels)[rows]
-        if has_w:
-            np.asarray(out_weights)[:n] = np.asarray(weights)[rows]
-        return
     cdef Entries e = entries_of(fields, features, values)
     cdef Entries o = entries_of(out_fields, out_features, out_values)
     with nogil:
         for i in prange(n, num_threads=max(1, threads), schedule="static"):
             r = order[i]
+            out_labels[i] = labels[r]
+            if has_w:
+                out_weights[i] = weights[r]
             a = src[i]
             b = out_indptr[i]
             m = out_indptr[i + 1] - b
-            if m == 0:
-                out_labels[i] = labels[r]
-                if has_w:
-                    out_weights[i] = weights[r]
+            if m == 0:      # (an empty array's pointer is NULL)
                 continue
             memcpy(<void*>(o.feat + b), e.feat + a, m * sizeof(int))
             if e.f8 != NULL:
@@ -1901,9 +1899,6 @@ def gather_entries(const long long[::1] order, const long long[::1] src, const l
                 memcpy(<void*>(o.f32 + b), e.f32 + a, m * sizeof(int))
             if e.val != NULL:
                 memcpy(<void*>(o.val + b), e.val + a, m * sizeof(float))
-            out_labels[i] = labels[r]
-            if has_w:
-                out_weights[i] = weights[r]
 
 
 cdef void flush_discard(const Shape* s, Scratch* sc) noexcept nogil:
@@ -1965,7 +1960,7 @@ cdef void score_pass(const Shape* s, const floating* pB, const floating* pL, con
     # Scoring waits on memory (a row reads blocks scattered over the model), so
     # while a row is scored the next row's factor and linear blocks are
     # prefetched (class 0's; n_pf / n_pl = 0: none), as training does.
-    cdef Py_ssize_t frow = (s.n_fields if s.kind == KIND_FFM else 1) * s.fstride * sizeof(floating)
+    cdef Py_ssize_t frow = factor_row_bytes(s, sizeof(floating))
     cdef Py_ssize_t lrow = s.lstride * sizeof(floating)
     cdef Py_ssize_t n_pf = s.n_features if s.kind != KIND_LR else 0
     cdef Py_ssize_t n_pl = s.n_features if s.use_linear else 0
