@@ -5,7 +5,8 @@ Both commands score the same data with a model of the same configuration
 "Prediction" part), writing the probabilities to a file.  The commands run
 alternately, `--repeat` times each (fmcli with its default threads, fmcli
 with -s 1, libffm), after one unmeasured run of each that brings the files
-into the page cache; the medians of their wall times and the ratios are
+into the page cache and writes fmcli's byte code (as an installed package
+has it, even where PYTHONDONTWRITEBYTECODE is set here); the medians of their wall times and the ratios are
 printed.  Nothing here builds libffm: give the directory of an already
 built ffm-predict.
 
@@ -25,9 +26,13 @@ import tempfile
 import time
 
 
+# the commands' environment: Python may cache byte code (see the module's doc)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     if done.returncode:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
         raise SystemExit(f"predict_vs_libffm: {' '.join(cmd)} exited {done.returncode}: {last}")

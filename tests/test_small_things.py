@@ -429,3 +429,17 @@ def test_output_options_apply(tmp_path, finished):
 def test_resume_help_says_what_applies():
     text = " ".join(fm("train", "--help").output.split())
     assert "-t N extends" in text and "refused (exit status 2)" in text
+
+
+@pytest.mark.parametrize("given, expected", [(None, "4"), ("20", "20")])
+def test_the_cli_keeps_openblas_threads_from_spinning(given, expected):
+    # The CLI sets it (before numpy's import: OpenBLAS reads it when it
+    # loads) unless the user did; the Python API leaves the environment alone.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    code = ("import os; import fmcli.model, fmcli.predict; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT')); "
+            "import fmcli.cli; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(given), expected]

@@ -181,6 +181,49 @@ def test_largest_ids(tmp_path):
     assert batch.features.tolist() == [2147483647]
 
 
+def parse_bytes(text: bytes, fmt: str = "libffm"):
+    """_parse.parse_block over `text` alone: (result tuple, features, fields)."""
+    data = np.frombuffer(text, np.uint8)
+    labels, indptr = np.zeros(4, np.float32), np.zeros(5, np.int64)
+    fields, features, values = np.zeros(8, np.int32), np.zeros(8, np.int32), np.zeros(8, np.float32)
+    result = _parse.parse_block(data, fmt, "real", labels, indptr, fields, features, values)
+    return result, features, fields
+
+
+@pytest.mark.parametrize("fmt", ["libffm", "libsvm"])
+def test_ids_of_every_length_anywhere_in_the_buffer(fmt):
+    # Ids of up to seven digits with eight readable bytes are read as a word
+    # (digits.h); longer ones, and those near the buffer's end, byte by byte.
+    # Every length (leading zeros included), followed by each kind of byte
+    # that can end an id, at each distance from the buffer's end, must read
+    # as int() reads it.
+    rng = np.random.default_rng(5)
+    ids = ["0", "7", "00", "000000", "0000007", "00000000", "0000000000012", "9999999", "10000000",
+           "2147483647", "0002147483647"]
+    ids += [str(int(rng.integers(10 ** (n - 1), 10 ** n))) for n in range(1, 10) for _ in range(3)]
+    nxt = "4:5:1" if fmt == "libffm" else "5:1"
+    for ident in ids:
+        token = f"3:{ident}:1" if fmt == "libffm" else f"{ident}:1"
+        for tail in ["", " ", "\t", "#x", "\r\n", "\n", " " + nxt]:
+            for pad in range(10):
+                text = f"1 {token}{tail}{' ' * pad}".encode()
+                (rows, nnz, _, err, *_), features, fields = parse_bytes(text, fmt)
+                assert err == 0 and rows == 1, (text, err)
+                assert features[0] == int(ident), text
+                assert fmt == "libsvm" or fields[0] == 3
+                assert nnz == (2 if tail.endswith(nxt) else 1), text
+                assert nnz == 1 or features[1] == 5
+
+
+def test_id_digits_run_into_an_overflow_or_a_bad_byte():
+    # the word path must hand every id it cannot read to the byte loop,
+    # which reports exactly what it did before
+    for text, code in [(b"1 0:2147483648:1 0:0:1\n", 5), (b"1 0:12345678901:1  \n", 5),
+                       (b"1 0:-5:1         \n", 4), (b"1 0:+5:1         \n", 3),
+                       (b"1 0:12x4:1       \n", 3), (b"1 0::1           \n", 3)]:
+        assert parse_bytes(text)[0][3] == code, text
+
+
 def test_label_modes(tmp_path):
     path = write(tmp_path, "a.ffm", b"0.25 0:0:1\n-7 1:1:1\n")
     with pytest.raises(DataError):
@@ -1015,3 +1058,12 @@ def test_read_all_grows_full_arrays_and_resumes_at_the_line(tmp_path, monkeypatc
         assert [e.line for e in r.bad_rows] == [e.line for e in want_reader.bad_rows]
         assert r.lines == want_reader.lines == len(lines)
         assert r.classes == (sorted(want_reader.classes) if mode == "class" else None)
+
+
+def test_count_newlines_counts_as_bytes_count_does():
+    rng = np.random.default_rng(3)
+    data = bytearray(rng.choice(np.frombuffer(b"ab\n \t", np.uint8), 5000).tobytes())
+    for end in [0, 1, 2, 254, 255, 256, 510, 511, 4999, 5000, 6000]:
+        assert _parse.count_newlines(data, end) == data.count(b"\n", 0, end), end
+    assert _parse.count_newlines(b"\n" * 1000, 1000) == 1000   # a byte-wide count per 255 bytes
+    assert _parse.count_newlines(b"", 0) == 0

@@ -17,7 +17,11 @@
 # can report FILE:LINE with the offending text.
 
 from libc.string cimport memchr
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
+
+cdef extern from "digits.h" nogil:
+    int fm_leading_digits8(const unsigned char* p)
+    uint32_t fm_digits_value(const unsigned char* p, int n)
 
 cdef enum:
     FMT_LIBFFM = 0
@@ -134,11 +138,22 @@ cdef inline int parse_number(const unsigned char* p, const unsigned char* end,
     return 0
 
 
-cdef inline int parse_id(const unsigned char* p, const unsigned char* end,
+cdef inline int parse_id(const unsigned char* p, const unsigned char* end, const unsigned char* limit,
                          int* out, const unsigned char** nxt) noexcept nogil:
-    """Non-negative decimal id below 2^31.  Returns OK, E_TOKEN, E_NEG_ID or E_BIG_ID."""
+    """Non-negative decimal id below 2^31.  Returns OK, E_TOKEN, E_NEG_ID or E_BIG_ID.
+
+    `limit` is the end of the readable bytes (end, or beyond it when the
+    byte at `end` is no digit): an id of one to seven digits with eight
+    readable bytes from its start is read as a word (digits.h)."""
     cdef long long v = 0
     cdef bint big = False
+    cdef int nd
+    if limit - p >= 8:
+        nd = fm_leading_digits8(p)
+        if 0 < nd < 8:      # below 10^7: no overflow
+            out[0] = <int>fm_digits_value(p, nd)
+            nxt[0] = p + nd
+            return OK
     if p < end and p[0] == 45:
         return E_NEG_ID
     if p >= end or not is_digit(p[0]):
@@ -317,7 +332,7 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                         err = E_CAPACITY
                         break
                     if f == FMT_LIBFFM:
-                        rc = parse_id(p, lend, &fid, &q)
+                        rc = parse_id(p, lend, end, &fid, &q)
                         if rc != OK:
                             err = rc
                             break
@@ -327,7 +342,7 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                         p = q + 1
                     else:
                         fid = 0
-                    rc = parse_id(p, lend, &jid, &q)
+                    rc = parse_id(p, lend, end, &jid, &q)
                     if rc != OK:
                         err = rc
                         break
@@ -339,18 +354,19 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
                         break
                     p = q + 1
                     if p < lend and is_digit(p[0]) and (p + 1 == lend or is_sep(p[1])):
-                        v = p[0] - 48               # a one-digit value ("1" of one-hot data)
+                        fv = <float>(p[0] - 48)     # a one-digit value ("1" of one-hot data)
                         q = p + 1
-                    elif parse_number(p, lend, &v, &q) != 0:
-                        err = E_VALUE if (p < lend and not is_sep(p[0])) else E_TOKEN
-                        break
-                    if not at_token_end(q, lend):
-                        err = E_VALUE if q[0] != 58 else E_TOKEN
-                        break
-                    fv = <float>v           # must stay finite as float32
-                    if fv - fv != 0:
-                        err = E_NONFINITE
-                        break
+                    else:
+                        if parse_number(p, lend, &v, &q) != 0:
+                            err = E_VALUE if (p < lend and not is_sep(p[0])) else E_TOKEN
+                            break
+                        if not at_token_end(q, lend):
+                            err = E_VALUE if q[0] != 58 else E_TOKEN
+                            break
+                        fv = <float>v           # must stay finite as float32
+                        if fv - fv != 0:
+                            err = E_NONFINITE
+                            break
                     fields[nnz] = fid
                     features[nnz] = jid
                     values[nnz] = fv
@@ -374,6 +390,30 @@ def parse_block(const unsigned char[::1] buf, str fmt, str label_mode,
             q = tok + 1
         return rows, nnz, line, err, line, tok - base, q - base, negative, weighted
     return rows, nnz, line, OK, 0, 0, 0, negative, weighted
+
+
+def count_newlines(const unsigned char[::1] buf, Py_ssize_t end):
+    """The line feeds among buf[:end]: bytes.count(b"\\n"), several times
+    as fast and without the GIL (the text readers count the lines of blocks
+    read ahead of the parser this way)."""
+    cdef Py_ssize_t n = min(end, buf.shape[0]), i, j, stop
+    cdef const unsigned char* p
+    cdef Py_ssize_t total = 0
+    cdef unsigned char part
+    if n <= 0:
+        return 0
+    p = &buf[0]
+    with nogil:
+        i = 0
+        while i < n:
+            # a byte-wide count per stretch of 255 bytes vectorizes well
+            stop = min(n, i + 255)
+            part = 0
+            for j in range(i, stop):
+                part += p[j] == 10
+            total += part
+            i = stop
+    return total
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,12 @@ import os
 import signal
 import sys
 
+# Set before numpy is imported: OpenBLAS's worker threads otherwise spin for
+# about 0.1 s after numpy's import and after each vector product (a metric),
+# taking a core from the kernels' own threads; with this they sleep at once.
+# The CLI's work is in those kernels, not in BLAS.  A value the user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import click
 
 from .. import __version__

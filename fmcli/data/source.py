@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePath
 from typing import BinaryIO
 
+from .._core._parse import count_newlines
 from ..errors import ConfigError, DataError, InputNotFoundError
 from . import remote
 from .remote import is_url
@@ -516,7 +517,7 @@ def line_blocks(f: BinaryIO, name: str, block_bytes: int, max_line: int,
         yield buf, cut, lines
         turn += 1     # the next block goes to the next bytearray (reads that yield nothing keep theirs)
         told = lines_after() if lines_after is not None else None
-        lines = told if told is not None else lines + buf.count(b"\n", 0, cut)
+        lines = told if told is not None else lines + count_newlines(buf, cut)
         carry = bytes(buf[cut:])
 
 
