@@ -8,6 +8,14 @@ epochs).  Beside every run the script measures, in the same minute, the
 ceiling that two threads can reach on this machine: a plain OpenMP loop of
 random read-modify-writes over an array the size of the model (compiled
 here, at start, with the system's C compiler), at one thread and at two.
+The random read-modify-writes share no cache line between the threads
+beyond chance, unlike FFM training, whose rows all write the blocks of the
+same frequent features: so each run also measures FFM's own pattern of
+memory accesses without its arithmetic, over the training file's first
+rows (each entry's feature row read and written block by block for every
+other field of its row, the next row's feature rows prefetched, as the
+kernels do), at one thread and at two: on one shared model, as Hogwild
+training writes it, and on a model per thread, which no cache line joins.
 The report lists every run's figures and their medians, and checks the
 targets: every run at least 1.5x, the median at least 1.7x.  On a virtual
 machine it also gives, for each command, the time the hypervisor took from
@@ -47,7 +55,9 @@ from bench import find_fm, parse_fmcli_train  # noqa: E402
 RMW_C = r"""
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
+typedef float v8 __attribute__((vector_size(32)));   /* GCC and clang: eight floats at a time */
 /* n random read-modify-writes of 32-byte blocks of a (words floats), per
    thread, from its own xorshift stream; returns the seconds taken. */
 double rmw(float *a, int64_t words, int64_t n, int threads) {
@@ -64,6 +74,39 @@ double rmw(float *a, int64_t words, int64_t n, int threads) {
     }
     return omp_get_wtime() - t0;
 }
+
+/* FFM's accesses without its arithmetic: for each row, for each entry i and
+   each other entry l, the block (feature of i, field of l) of `block`
+   floats is read and written; the next row's feature rows (fields * block
+   floats each) are prefetched first.  Rows are taken 256 at a time.  With
+   `private_`, thread t works on its own model at a + t * models' size (a
+   holds `threads` models).  Returns the seconds taken. */
+double ffm_pattern(float *a, int64_t features, int64_t fields, int64_t block, const int64_t *indptr,
+                   const int32_t *feat, const int32_t *fld, int64_t rows, int threads, int private_) {
+    int64_t frow = fields * block;
+    double t0 = omp_get_wtime();
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 256)
+    for (int64_t r = 0; r < rows; r++) {
+        float *w = a + (private_ ? (int64_t)omp_get_thread_num() * features * frow : 0);
+        if (r + 1 < rows)
+            for (int64_t e = indptr[r + 1]; e < indptr[r + 2]; e++) {
+                const char *p = (const char *)(w + feat[e] * frow);
+                for (int64_t o = 0; o < frow * 4; o += 64) __builtin_prefetch(p + o, 0, 1);
+            }
+        for (int64_t i = indptr[r]; i < indptr[r + 1]; i++)
+            for (int64_t l = indptr[r]; l < indptr[r + 1]; l++) {
+                if (l == i) continue;
+                float *b = w + feat[i] * frow + fld[l] * block;
+                for (int64_t d = 0; d < block; d += 8) {    /* block: a multiple of 8 */
+                    v8 v;
+                    memcpy(&v, b + d, sizeof v);
+                    v = v * 0.999f + 0.001f;
+                    memcpy(b + d, &v, sizeof v);
+                }
+            }
+    }
+    return omp_get_wtime() - t0;
+}
 """
 
 
@@ -77,6 +120,9 @@ def build_rmw(work: Path):
     so = ctypes.CDLL(str(lib))
     so.rmw.restype = ctypes.c_double
     so.rmw.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    so.ffm_pattern.restype = ctypes.c_double
+    so.ffm_pattern.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     return so
 
 
@@ -90,6 +136,59 @@ def ceiling(so, model_bytes: int, updates: int = 20_000_000) -> dict:
     one = updates / so.rmw(ptr, a.size, updates, 1)
     two = 2 * updates / so.rmw(ptr, a.size, updates, 2)
     return {"one_thread": one, "two_threads": two, "ratio": two / one}
+
+
+class Pattern:
+    """FFM's memory accesses over the first `rows` rows of a libffm file, for
+    the C loop ffm_pattern (see the module's doc): k factors padded to a
+    multiple of 4, each followed by its AdaGrad accumulator, per block."""
+
+    def __init__(self, path: Path, k: int, rows: int = 300_000):
+        import numpy as np
+
+        from fmcli.data.dataset import make_reader
+        from fmcli.data.text import ReadLimits
+
+        indptr, feat, fld, n = [np.zeros(1, np.int64)], [], [], 0
+        for b in make_reader(str(path), "libffm", "binary", ReadLimits(), False):
+            take = min(b.n_rows, rows - n)
+            end = int(b.indptr[take])
+            indptr.append(b.indptr[1 : take + 1] + int(indptr[-1][-1]))
+            feat.append(b.features[:end].astype(np.int32))
+            fld.append(b.fields[:end].astype(np.int32))
+            n += take
+            if n >= rows:
+                break
+        self.indptr = np.concatenate(indptr)
+        self.feat, self.fld = np.concatenate(feat), np.concatenate(fld)
+        self.rows = n
+        self.features = int(self.feat.max()) + 1 if self.feat.size else 1
+        self.fields = int(self.fld.max()) + 1 if self.fld.size else 1
+        self.block = 2 * (-(-k // 4) * 4)
+        self.model = np.zeros(2 * self.features * self.fields * self.block, np.float32)   # room for two
+
+    def rates(self, so) -> dict:
+        """Rows/s at one thread and at two (shared model, and one per thread)."""
+        def rate(threads: int, private: int) -> float:
+            seconds = so.ffm_pattern(self.model.ctypes.data, self.features, self.fields, self.block,
+                                     self.indptr.ctypes.data, self.feat.ctypes.data, self.fld.ctypes.data,
+                                     self.rows, threads, private)
+            return self.rows / seconds
+
+        rate(2, 1)    # touch both models' pages
+        one, shared, private = rate(1, 0), rate(2, 0), rate(2, 1)
+        return {"one_thread": one, "two_threads_shared": shared, "two_threads_private": private,
+                "shared_ratio": shared / one, "private_ratio": private / one}
+
+
+def k_of(args: list[str]) -> int:
+    """The -k of fm train's arguments (4, fm train's default, without one)."""
+    for i, a in enumerate(args):
+        if a in ("-k", "--k") and i + 1 < len(args):
+            return int(args[i + 1])
+        if a.startswith("--k="):
+            return int(a.split("=", 1)[1])
+    return 4
 
 
 def stolen_seconds() -> float | None:
@@ -144,19 +243,22 @@ def main(argv: list[str] | None = None) -> int:
         cache, out = work / "cache", work / "m.fm"
         train_rate(fm, extra, 1, args.train, cache, out)     # builds the cache; not counted
         model_bytes = 160 * 2**20
+        pattern = Pattern(args.train, k_of(extra))
         for run in range(1, args.runs + 1):
             rates, steal = {}, {}
             for threads in ((1, 2) if run % 2 else (2, 1)):
                 rates[threads] = train_rate(fm, extra, threads, args.train, cache, out, steal)
             ceil = ceiling(so, model_bytes)
+            pat = pattern.rates(so)
             load = os.getloadavg()[0]
             row = {"run": run, "one_thread": rates[1], "two_threads": rates[2], "ratio": rates[2] / rates[1],
-                   "ceiling": ceil, "load_average": load, "time": time.strftime("%H:%M:%S"),
+                   "ceiling": ceil, "ffm_pattern": pat, "load_average": load, "time": time.strftime("%H:%M:%S"),
                    "stolen_cpus": {str(t): round(v, 3) for t, v in steal.items()} or None}
             rows.append(row)
             stolen = (f", stolen CPUs {steal[1]:.2f} / {steal[2]:.2f}" if len(steal) == 2 else "")
             print(f"run {run:2d}: 1 thread {rates[1]:>9,.0f} rows/s, 2 threads {rates[2]:>9,.0f}: "
-                  f"{row['ratio']:.2f}x (ceiling {ceil['ratio']:.2f}x, load {load:.1f}{stolen})",
+                  f"{row['ratio']:.2f}x (ceiling {ceil['ratio']:.2f}x; FFM's accesses {pat['shared_ratio']:.2f}x "
+                  f"shared, {pat['private_ratio']:.2f}x private; load {load:.1f}{stolen})",
                   file=sys.stderr, flush=True)
 
     ratios = [r["ratio"] for r in rows]
@@ -166,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     print("ratios: " + ", ".join(f"{x:.2f}" for x in ratios))
     print(f"median {med:.2f}x, lowest {min(ratios):.2f}x; RMW ceiling median {statistics.median(ceils):.2f}x "
           f"(lowest {min(ceils):.2f}x); median share of the ceiling {statistics.median(r / c for r, c in zip(ratios, ceils)):.2f}")
+    shared = [r["ffm_pattern"]["shared_ratio"] for r in rows]
+    private = [r["ffm_pattern"]["private_ratio"] for r in rows]
+    print("FFM's accesses without arithmetic, 2 threads against 1: on one shared model "
+          + ", ".join(f"{x:.2f}" for x in shared) + f" (median {statistics.median(shared):.2f}x); "
+          "on a model per thread " + ", ".join(f"{x:.2f}" for x in private)
+          + f" (median {statistics.median(private):.2f}x)")
     stolen = [r["stolen_cpus"] for r in rows if r["stolen_cpus"] and len(r["stolen_cpus"]) == 2]
     if stolen:
         print("CPUs' worth of time the hypervisor took during the 1-thread / 2-thread command of each run: "

@@ -30,10 +30,10 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import zlib
 
 import numpy as np
 
+from ._core._parse import crc32
 from .atomic import atomic_output
 from .errors import ConfigError
 from .model import Model, quantize_int8, to_float16
@@ -138,7 +138,7 @@ def inference_bytes(model: Model, *, storage: str | None = None, source_crc: int
             buf[offset : offset + a.nbytes] = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"),
                                                                            copy=False).tobytes()
     _TRAILER.pack_into(buf, payload_end, TRAILER_MAGIC, payload_end,
-                       zlib.crc32(memoryview(buf)[:payload_end]), 0)
+                       crc32(memoryview(buf)[:payload_end]), 0)
     return bytes(buf)
 
 

@@ -34,13 +34,13 @@ import mmap as _mmap
 import os
 import stat
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 import numpy as np
 
+from ._core._parse import crc32   # zlib's CRC-32, faster (crc32.h)
 from .atomic import atomic_output
 from .errors import InputNotFoundError, ModelFormatError, OutputError
 
@@ -216,7 +216,7 @@ class _CRCWriter:
         if not view.nbytes:
             return
         self._f.write(view)
-        self.crc = zlib.crc32(view, self.crc)
+        self.crc = crc32(view, self.crc)
         self.pos += view.nbytes
 
     def pad_to(self, pos: int) -> None:
@@ -595,7 +595,7 @@ def _scan_file(
                         raise ModelFormatError(f"file truncated at offset {pos + n} while {doing}", path)
                     n += got
                 if verify:
-                    crc = zlib.crc32(view[:n], crc)
+                    crc = crc32(view[:n], crc)
                 if bad is None:
                     for spec, what in checks:
                         bad = bad or _nonfinite_in_block(buf, pos, n, spec, what)

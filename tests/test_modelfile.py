@@ -532,3 +532,28 @@ def test_random_splices_of_a_valid_file(small_model: bytes, scratch: Path, data:
 def test_random_array_tables_with_valid_checksum(scratch: Path, entries: list[dict[str, Any]]) -> None:
     content = _build({"arrays": entries}, bytes(256))
     _never_anything_but_format_error(scratch, content)
+
+
+def test_crc32_is_zlibs_for_every_length_offset_and_start():
+    # model files carry zlib's CRC-32; fmcli computes it by carry-less
+    # folding where the CPU can (crc32.h), else byte by byte: both must give
+    # zlib's value for every length (the folds take 64 bytes, then 16, and
+    # the rest goes byte by byte), alignment and running value
+    from fmcli._core import _parse
+
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, (1 << 16) + 64, dtype=np.uint8).tobytes()
+    lengths = list(range(0, 200)) + [255, 256, 257, 1023, 1024, 4096 + 15, 65536]
+    for n in lengths:
+        for offset in (0, 1, 7, 13):
+            piece = data[offset : offset + n]
+            for value in (0, 1, 0xFFFFFFFF, 0x2B5A1C3D):
+                want = zlib.crc32(piece, value)
+                assert _parse.crc32(piece, value) == want, (n, offset, value)
+                assert _parse.crc32(piece, value, fold=False) == want, (n, offset, value)
+    # a running value over pieces, as the model file's reader keeps it
+    crc = 0
+    for a, b in ((0, 5), (5, 100), (100, 4000), (4000, 65536)):
+        crc = _parse.crc32(memoryview(data)[a:b], crc)
+    assert crc == zlib.crc32(data[:65536])
+    assert isinstance(_parse.crc32_folds(), bool)

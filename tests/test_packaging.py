@@ -250,8 +250,8 @@ def test_sdist_holds_the_sources_and_no_build_products(dist):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in ("pyproject.toml", "setup.py", "README.md", "CHANGELOG.md", "MANIFEST.in",
                    "fmcli/_version.py", "fmcli/_core/_kernels.pyx", "fmcli/_core/_parse.pyx",
-                   "fmcli/_core/_common.pxd", "fmcli/_core/checksum.h", "fmcli/_core/digits.h",
-                   "fmcli/_core/ffm_f32.h",
+                   "fmcli/_core/_common.pxd", "fmcli/_core/checksum.h", "fmcli/_core/crc32.h",
+                   "fmcli/_core/digits.h", "fmcli/_core/ffm_f32.h",
                    "fmcli/gpu/fm_kernels.cu", "man/fm.1", "man/fm-model.5", "tests/conftest.py",
                    "data/samples/train.ffm"):
         assert needed in names, needed
