@@ -206,6 +206,12 @@ _GOMP_SPINCOUNT = ("GOMP_SPINCOUNT",
                    "is unset (the library's default, 300000, takes a core from the thread that reads the "
                    "input).")
 
+_OPENBLAS = ("OPENBLAS_THREAD_TIMEOUT",
+             "How long an idle worker thread of OpenBLAS (numpy's linear algebra) spins before it "
+             "sleeps, as a power of two of CPU cycles; the commands set 4 when it is unset (the "
+             "library's default, 28, spins about 0.1 s after numpy loads and after each vector "
+             "product, taking a core from fmcli's own threads).")
+
 _ENV = {
     "ffm-train": _LIBFFM_ENV,
     "ffm-predict": _LIBFFM_ENV[:1],
@@ -237,11 +243,13 @@ _ENV = {
          "byte\\-identical model file."),
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of training threads."),
         _GOMP_SPINCOUNT,
+        _OPENBLAS,
     ],
     "predict": [
         ("OMP_NUM_THREADS", "Not used: \\-s/\\-\\-threads sets the number of scoring threads "
                             "(by default every CPU the process may run on)."),
         _GOMP_SPINCOUNT,
+        _OPENBLAS,
     ],
     "inspect": [],
     "cache": [
