@@ -175,6 +175,20 @@ def test_predict_unseen_ids_are_counted_or_refused(trained):
     assert not (trained / "q.txt").exists()
 
 
+@pytest.mark.parametrize("row", [b"0 7:1:1 0:1:1", b"0 0:999:1 0:1:1", b"0 0:1:1 0:1:1 1:2:1"],
+                         ids=["field-outside", "feature-outside", "none-outside"])
+def test_predict_counts_a_field_or_a_feature_outside_alone(trained, row):
+    # the check first compares the block's largest ids with the model's
+    # sizes: a field alone or a feature alone beyond them must still count
+    (trained / "t.ffm").write_bytes(b"1 0:1:1 1:2:1\n" + row + b"\n")
+    ok = run(["predict", "m.fm", "t.ffm", "-o", "p.txt"], trained)
+    assert ok.exit_code == 0
+    if row.endswith(b"1:2:1"):
+        assert "ignored" not in ok.stderr
+    else:
+        assert "ignored 1 feature occurrences in 1 rows" in ok.stderr and "t.ffm:2" in ok.stderr
+
+
 @pytest.mark.parametrize(
     "content, code",
     [
