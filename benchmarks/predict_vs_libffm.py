@@ -6,9 +6,9 @@ Both commands score the same data with a model of the same configuration
 alternately, `--repeat` times each (fmcli with its default threads, fmcli
 with -s 1, libffm), after one unmeasured run of each that brings the files
 into the page cache and writes fmcli's byte code (as an installed package
-has it, even where PYTHONDONTWRITEBYTECODE is set here); the medians of their wall times and the ratios are
-printed.  Nothing here builds libffm: give the directory of an already
-built ffm-predict.
+has it, even where PYTHONDONTWRITEBYTECODE is set here); the medians of
+their wall times and the ratios are printed.  Nothing here builds libffm:
+give the directory of an already built ffm-predict.
 
     python benchmarks/predict_vs_libffm.py --data va.ffm --fm-model fm4.fm \\
         --libffm-model lf4.model --libffm-dir /path/to/libffm --repeat 9
