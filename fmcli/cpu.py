@@ -15,11 +15,15 @@ from .registry import hot_features_apply
 
 # Hot-feature replicas (multi-threaded FFM, see fmcli/_core/hot.h): a thread's
 # replica takes at most HOT_BYTES (a core's L2 cache, at most 2 MiB: a thread
-# touches its snapshot only at exchanges, the replica itself every row),
+# touches its snapshot only when it takes a feature and at exchanges, the
+# replica itself every row),
 # of features on at least HOT_MIN_SHARE of the rows.  By default they are used
 # on data of HOT_MIN_ROWS or more: their staleness costs accuracy where a few
 # hundred rows are a sizeable share of an epoch, and the contention they avoid
-# matters on long runs.
+# matters on long runs.  More features than that (BENCH.md's data, k=4: 3,360
+# on 0.05% of the rows or more, in 4 MiB) trained 7% slower on two threads
+# (in one process, slices of 131,072 rows taking turns, median of 24), the
+# exchanges of the rarer ones costing more than the contention they avoid.
 def _l2_bytes() -> int:
     """A core's L2 cache in bytes, where the system says (Linux), else 0."""
     import glob
@@ -54,7 +58,7 @@ HOT_MIN_ROWS = 100_000
 HOT_SYNC_ROWS = 256
 HOT_SYNC_SHARE = 0.0625
 HOT_SYNC_STEP = 4
-HOT_SYNC_TIERS = 4
+HOT_SYNC_TIERS = 6
 
 
 def hot_intervals(share: np.ndarray) -> np.ndarray:
@@ -95,9 +99,36 @@ def feature_counts(batch: Batch, n: int) -> tuple[np.ndarray, int]:
     return counts, sum(hi - lo for lo, hi in spans)
 
 
+def _settled(name: str) -> property:
+    """A parameter array of CpuBackend, read once the kernels' trainer has
+    folded what its per-thread replicas still hold into it (see Trainer.settle)."""
+    key = "_" + name
+
+    def get(self) -> np.ndarray:
+        trainer = self._trainer
+        if trainer is not None and trainer.unsettled:
+            trainer.settle()
+        return self.__dict__[key]
+
+    def put(self, value: np.ndarray) -> None:
+        self.__dict__[key] = value
+
+    return property(get, put, doc=f"{name}, with every thread's changes in it")
+
+
 class CpuBackend(HostParams):
     """Parameters in host memory, trained and scored by fmcli._core._kernels
-    (the fmcli.backend.Backend interface)."""
+    (the fmcli.backend.Backend interface).
+
+    With several threads the trainer's replicas of the hot features keep
+    their changes between train_slice calls, to be exchanged at their own
+    intervals (fmcli/_core/hot.h); any read of the arrays (B, L, F, R, and
+    all that goes through them) first folds those changes in."""
+
+    B = _settled("B")
+    L = _settled("L")
+    F = _settled("F")
+    R = _settled("R")
 
     device = "cpu"
     compact_rows = True     # the kernels read compact batches (uint8 fields, no all-1 values)
@@ -178,6 +209,7 @@ class CpuBackend(HostParams):
                                              self.cfg.threads, self.hot,
                                              HOT_SYNC_ROWS if self.hot_sync is None else self.hot_sync,
                                              copies=self.cfg.hot_features != 0)
+            self._trainer.settle_passes = False
         self._trainer.total_steps = self.total_steps
         w = np.zeros(0, np.float32) if weights is None else weights
         return self._trainer.train(batch.indptr, batch.fields, batch.features, batch.values, batch.labels,

@@ -166,9 +166,9 @@ def test_kernels_refuse_bad_intervals():
     n, m = 40, 6
     b = rows(7, 50, np.arange(n))
     order = np.arange(b.n_rows, dtype=np.int64)
+    with pytest.raises(ValueError, match="at most 8 distinct intervals"):
+        run(b, start(n, m), order, 2, hot_features=np.arange(9, dtype=np.int32), hot_sync=np.arange(1, 10))
     hot = np.arange(5, dtype=np.int32)
-    with pytest.raises(ValueError, match="at most 4 distinct intervals"):
-        run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.arange(1, 6))
     with pytest.raises(ValueError, match="one per hot feature"):
         run(b, start(n, m), order, 2, hot_features=hot, hot_sync=np.array([1, 2]))
     with pytest.raises(ValueError, match="every 1 or more rows"):
@@ -508,3 +508,117 @@ def test_every_factor_model_chooses_hot_features(model, monkeypatch):
     assert set(st.hot.tolist()) == set(np.flatnonzero(counts >= T.HOT_MIN_SHARE * b.n_rows).tolist())
     st.train_slice(b, np.arange(b.n_rows, dtype=np.int64), None, 0)
     assert st._trainer.hot_features == len(st.hot)
+
+
+def trainer(F, n, m, threads, hot, every, optimizer="adagrad", balance=False):
+    """A kernels Trainer of FFM (no bias, no linear terms) over F, as run() builds one."""
+    from kernels_compat import _HYPER, layout
+
+    width = 1 + _kernels.n_state(optimizer)
+    hyper = {name: _kernels.HYPER_DEFAULTS[name] for name in _HYPER}
+    hyper.update(optimizer=optimizer, eta=0.2, l2_factors=1e-4)
+    lay = layout("ffm", "binary", 1, n, m, KP, _kernels.n_state(optimizer), use_bias=False,
+                 use_linear=False)
+    z = np.zeros(0, np.float32)
+    B, L = np.zeros(width, np.float32), np.zeros(width * n, np.float32)
+    return _kernels.Trainer(lay, B, L, F, z, hyper, threads, hot, every, balance)
+
+
+def train_on(t, b, order):
+    z = np.zeros(0, np.float32)
+    return t.train(b.indptr, b.fields, b.features, b.values, b.labels, z, order, 0)
+
+
+@openmp
+def test_unsettled_passes_keep_their_changes_until_settled():
+    # every feature hot, no exchange before the end: with settle_passes off
+    # the shared model is untouched after the pass, and settle() brings in
+    # both threads' changes, as a settled pass does
+    n, m = 40, 6
+    b = rows(0, 400, np.arange(n))
+    order = np.random.default_rng(2).permutation(b.n_rows).astype(np.int64)
+    F0 = start(n, m)
+    halves = []
+    for part in (order[:200], order[200:]):
+        F = F0.copy()
+        run(b, F, part, 1)
+        halves.append(F)
+    F = F0.copy()
+    t = trainer(F, n, m, 2, np.arange(n, dtype=np.int32), 10**9)
+    assert t.settle_passes and not t.unsettled
+    t.settle_passes = False
+    train_on(t, b, order)
+    assert t.unsettled
+    assert np.array_equal(F, F0)
+    t.settle()
+    assert not t.unsettled
+    np.testing.assert_allclose(F, halves[0] + halves[1] - F0, rtol=2e-6, atol=2e-6)
+    before = F.copy()
+    t.settle()     # nothing left to fold
+    assert np.array_equal(F, before)
+
+
+@openmp
+def test_a_replica_takes_the_shared_values_at_its_first_touch():
+    # pass 1 trains thread 0 on features 0..19 and thread 1 on 20..39; after
+    # settling, the shared model is written from outside (as a restored
+    # snapshot is).  Pass 2 must train from what is written, not from what
+    # the replicas held: each feature's first touch takes the shared values
+    n, m = 40, 6
+    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    F = start(n, m)
+    t = trainer(F, n, m, 2, np.arange(n, dtype=np.int32), 10**9)
+    t.settle_passes = False
+    train_on(t, b, order)
+    t.settle()
+    written = start(n, m, seed=9)
+    F[...] = written
+    train_on(t, b, order)
+    t.settle()
+    one = written.copy()
+    run(b, one, order, 1)
+    np.testing.assert_allclose(F, one, rtol=1e-5, atol=1e-6)
+
+
+@openmp
+def test_passes_go_on_from_the_replicas_between_exchanges():
+    # the threads share nothing (features 0..19 in the first half's rows,
+    # 20..39 in the second's), each feature exchanged every 7 rows: two
+    # unsettled passes and one settle give the one-thread model of both passes
+    n, m = 40, 6
+    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    F0 = start(n, m)
+    one = F0.copy()
+    t1 = trainer(one, n, m, 1, None, 256)
+    train_on(t1, b, order)
+    train_on(t1, b, order)
+    two = F0.copy()
+    t = trainer(two, n, m, 2, np.arange(n, dtype=np.int32), 7)
+    t.settle_passes = False
+    train_on(t, b, order)
+    train_on(t, b, order)
+    assert t.unsettled
+    t.settle()
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+
+
+@openmp
+def test_reading_the_backends_arrays_settles_the_replicas():
+    b = skewed(n_rows=4000)
+    st = state(hot_features=40)
+    st.prepare(b)
+    order = np.arange(b.n_rows, dtype=np.int64)
+    st.train_slice(b, order, None, 0)
+    t = st._trainer
+    assert t.hot_features == 40 and not t.settle_passes and t.unsettled
+    raw = st.__dict__["_F"].copy()
+    F = st.F                            # the read folds the replicas in
+    assert not t.unsettled and not np.array_equal(raw, F)
+    st.train_slice(b, order, None, 0)
+    assert t.unsettled
+    snap = st.snapshot()                # as every read of the arrays does
+    assert not t.unsettled and np.array_equal(snap[2], st.__dict__["_F"])

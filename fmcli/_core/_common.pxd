@@ -112,11 +112,14 @@ cdef extern from "hot.h":
         Py_ssize_t hlen
         Py_ssize_t llen
         Py_ssize_t lbase
-        Py_ssize_t split[5]
-        Py_ssize_t every[4]
-        Py_ssize_t n_touched[4]
-        Py_ssize_t since[4]
-        Py_ssize_t lsince[4]
+        const float* F
+        const float* L
+        const int* ids
+        Py_ssize_t split[9]
+        Py_ssize_t every[8]
+        Py_ssize_t n_touched[8]
+        Py_ssize_t since[8]
+        Py_ssize_t lsince[8]
     enum: FM_HOT_TIERS
     enum: FM_COPY_DIVISOR
     ctypedef struct fm_copy:
@@ -136,10 +139,10 @@ cdef extern from "hot.h":
     float* fm_hot_block(float* F, Py_ssize_t j, Py_ssize_t fs, const unsigned short* slot, fm_replica* r,
                         int touch) noexcept nogil
     Py_ssize_t fm_float_distance(const float* F, const float* p) noexcept nogil
-    void fm_hot_load(const float* F, const float* L, const int* hot, Py_ssize_t H,
-                     const fm_replica* r) noexcept nogil
+    void fm_prefetch_features_hot(const float* F, Py_ssize_t row_bytes, const int* feat, Py_ssize_t nnz,
+                                  Py_ssize_t n, const unsigned short* slot, const fm_replica* r) noexcept nogil
     float* fm_hot_linear(float* L, Py_ssize_t j, Py_ssize_t ls, const unsigned short* slot,
-                         const fm_replica* r) noexcept nogil
+                         fm_replica* r) noexcept nogil
     void fm_hot_tick(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
     void fm_hot_exchange_all(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
     void fm_hot_reset(fm_replica* r, Py_ssize_t H) noexcept nogil

@@ -69,7 +69,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_ffm_pairs_f16, fm_ffm_adagrad_f16, fm_h2f, fm_f2h_sr, fm_ffm_pairs_f32, fm_ffm_update_f32, fm_step_params,
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
-                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_linear, fm_prefetch_span, fm_hot_load, fm_hot_tick,
+                      fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_features_hot, fm_prefetch_linear, fm_prefetch_span, fm_hot_tick,
                       fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS, FM_COPY_DIVISOR,
                       fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
@@ -1318,8 +1318,10 @@ cdef class Trainer:
     class, one row at a time, no clipping and an additive optimizer (not
     Adam), each thread
     trains these features (at most 65535 distinct ids) on a replica that it
-    exchanges with the shared model every hot_sync of its rows and at the end
-    of each pass (see hot.h); elsewhere they are ignored.  hot_sync: one
+    exchanges with the shared model every hot_sync of its rows and, with
+    settle_passes (the default), at the end of each pass; with settle_passes
+    False what is not exchanged stays with the replicas across passes
+    (unsettled) until settle() (see hot.h).  Elsewhere they are ignored.  hot_sync: one
     interval for all, or one per feature (an int array beside hot_features,
     at most FM_HOT_TIERS distinct values: the features of one interval are
     exchanged together).
@@ -1342,6 +1344,10 @@ cdef class Trainer:
     cdef int* hot
     cdef unsigned short* slot
     cdef fm_replica* reps
+    # settle_passes: each train() ends with the replicas' changes all in the
+    # shared model; else they may stay with the replicas (unsettled) until settle()
+    cdef public bint settle_passes
+    cdef readonly bint unsettled
     # each thread's copies of the bias and of the field-pair weights (hot.h), or NULL
     cdef fm_copy* copies
     # the arrays train() copies shuffled rows into (see gathered), kept between calls
@@ -1353,6 +1359,8 @@ cdef class Trainer:
         self.reps = NULL
         self.copies = NULL
         self.H = 0
+        self.settle_passes = True
+        self.unsettled = False
 
     def __init__(self, Layout layout not None, B, L, F, R, dict hyper not None, int threads=1,
                  hot_features=None, hot_sync=256, bint balance=True, bint copies=True):
@@ -1430,7 +1438,8 @@ cdef class Trainer:
 
     cdef set_hot(self, hot_features, Shape* s):
         """The hot features' slots, in tiers of one exchange interval each
-        (the shortest first), and one replica per thread (loaded at each train())."""
+        (the shortest first), and one replica per thread (each feature taken
+        from the shared model at its first touch after an exchange)."""
         ids_in = np.ascontiguousarray(hot_features, dtype=np.int32)
         cdef Py_ssize_t H = ids_in.shape[0], i, t, hlen = hot_len(s)
         cdef int c
@@ -1543,6 +1552,20 @@ cdef class Trainer:
     @total_steps.setter
     def total_steps(self, double value):
         self.o.total = value
+
+    def settle(self):
+        """Fold what the replicas have not exchanged yet into the shared
+        model (after passes made with settle_passes False): afterwards the
+        arrays hold every change of every thread.  Cheap when there is none."""
+        cdef int c, lock = 0
+        if not self.unsettled:
+            return
+        cdef float* pF = <float*>self.s.base[ARR_F]
+        cdef float* pL = <float*>self.s.base[ARR_L]
+        with nogil:
+            for c in range(self.threads):
+                fm_hot_exchange_all(pF, pL, self.hot, &self.reps[c], &lock)
+        self.unsettled = False
 
     @property
     def hot_features(self):
@@ -1680,6 +1703,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef Py_ssize_t H = tr.H, hlen = hot_len(&s)
     cdef int lock = 0
     cdef int* plock = &lock
+    cdef bint settle = tr.settle_passes
     cdef fm_copy* copies = tr.copies
     # float32, one class: prefetch the next row's linear weights (fm_prefetch_linear)
     cdef bint lin_ahead = floating is float and s.use_linear and C == 1
@@ -1691,18 +1715,19 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     tid = 0
     try:
         if H:
-            # every pass starts the threads' replicas from the shared model
+            # the threads' replicas go on from the last pass (hot.h): what they
+            # have not exchanged yet, and when each tier's exchange is due.
+            # Each thread works on a copy of its struct in its own scratch.
             for c in range(nthreads):
-                fm_hot_reset(&tr.reps[c], H)
                 sc[c].hot = tr.reps[c]
                 sc[c].hot.rep = fm_float_distance(<float*>pF, sc[c].hot.local)
+                sc[c].hot.F = <float*>pF
+                sc[c].hot.L = <float*>pL
+                sc[c].hot.ids = hot
                 sc[c].row.hot = &sc[c].hot
         fm_set_schedule(tr.balance and nthreads > 1, BALANCE_CHUNK)
         with nogil, parallel(num_threads=nthreads):
             tid = threadid()
-            if H:
-                # each thread loads its own replica (see fm_hot_load)
-                fm_hot_load(<float*>pF, <float*>pL, hot, H, &sc[tid].hot)
             tB = pB
             tR = pR
             if copies != NULL:
@@ -1770,8 +1795,13 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                         # update runs from the core's caches: the memory is free meanwhile)
                         nxt = order[ii + 1]
                         if s.kind != KIND_FFM or s.n_fields <= ROWS_AHEAD_FIELDS * (indptr[nxt + 1] - indptr[nxt]):
-                            fm_prefetch_features(<float*>pF, frow, ent.feat + indptr[nxt],
-                                                 indptr[nxt + 1] - indptr[nxt], s.n_features)
+                            if H:
+                                fm_prefetch_features_hot(<float*>pF, frow, ent.feat + indptr[nxt],
+                                                         indptr[nxt + 1] - indptr[nxt], s.n_features,
+                                                         s.hot_slot, &sc[tid].hot)
+                            else:
+                                fm_prefetch_features(<float*>pF, frow, ent.feat + indptr[nxt],
+                                                     indptr[nxt + 1] - indptr[nxt], s.n_features)
                     # the row's step number: float16 storage's rounding is reproducible
                     sc[tid].seed = <unsigned int>((<unsigned long long>step0 + ii) * C)
                     for c in range(C):
@@ -1793,7 +1823,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                             fm_copy_tick(<float*>pB, &copies[2 * tid], plock)
                         if copies[2 * tid + 1].len:
                             fm_copy_tick(<float*>pR, &copies[2 * tid + 1], plock)
-            if H:
+            if H and settle:
                 fm_hot_exchange_all(<float*>pF, <float*>pL, hot, &sc[tid].hot, plock)
             if copies != NULL:
                 fm_lock(plock)
@@ -1802,6 +1832,10 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                 if copies[2 * tid + 1].len:
                     fm_copy_exchange(<float*>pR, &copies[2 * tid + 1])
                 fm_unlock(plock)
+        if H:
+            for c in range(nthreads):
+                tr.reps[c] = sc[c].hot
+            tr.unsettled = not settle
         first = -1
         for c in range(nthreads):
             if sc[c].first_bad >= 0 and (first < 0 or sc[c].first_bad < first):

@@ -10,11 +10,15 @@
  *
  * So each thread trains those features on its own copy of their blocks
  * (weights and optimizer state) and, every so many rows, folds what it
- * changed into the shared model and takes the others' changes back:
+ * changed into the shared model:
  *
- *     shared += local - snap;   local = snap = shared
+ *     shared += local - snap
  *
- * where snap is the thread's copy as of its last exchange.
+ * where snap is the thread's copy as it took it.  A thread takes a
+ * feature's shared values (local = snap = shared) when a row first touches
+ * it after its last exchange, so what it trains on is never older than one
+ * interval of its own rows, however long ago it last saw the feature; and
+ * a feature it does not touch costs nothing at all.
  *
  * The features are in up to FM_HOT_TIERS tiers, each with its own interval
  * (in the thread's rows): a feature on a quarter of the rows is exchanged
@@ -23,8 +27,11 @@
  * to every replicated feature (its staleness) while the bytes exchanged per
  * row are a fraction of what one interval for all would cost.  Exchanges are
  * serialised by a lock (a thread that finds it taken trains on and tries
- * again after its next row), so no change is lost; each thread exchanges
- * once more at the end of the call.  Every other feature is updated in
+ * again after its next row), so no change is lost.  The replicas outlive a
+ * call: what is not yet exchanged stays with them until the next call's
+ * ticks or a final exchange of everything (fm_hot_exchange_all), which the
+ * trainer makes at the end of each call or, when asked, before anyone
+ * reads the model.  Every other feature is updated in
  * place as before.  The exchange is additive, which suits SGD, AdaGrad and
  * FTRL (sums of steps and of squared gradients), not Adam's moving
  * averages.
@@ -45,7 +52,7 @@
 #include <intrin.h>
 #endif
 
-#define FM_HOT_TIERS 4
+#define FM_HOT_TIERS 8
 /* The linear weights in a replica are exchanged FM_HOT_LINEAR_DIVISOR times
  * as often as the blocks, and the per-thread copies of the bias and the
  * field-pair weights FM_COPY_DIVISOR times as often as the first tier: a
@@ -62,7 +69,8 @@
 
 /* A thread's replica: the blocks of the H hot features (hlen floats each),
  * then their linear weights and state (llen floats each),
- * its copy as of the last exchange, and the slots touched since then.  The
+ * its copy as it took them, and the slots touched since their last exchange
+ * (the others' local and snap are stale: a touch takes them again).  The
  * slots of tier t are split[t] .. split[t + 1] - 1, and so are the places
  * of its touched slots in `touched` (n_touched[t] of them); the tier is
  * exchanged every every[t] of the thread's rows (0: an empty tier). */
@@ -76,6 +84,9 @@ typedef struct {
     fm_idx llen;       /* floats of its linear weight (and state) in L; 0: none */
     fm_idx lbase;      /* where the linear weights start in the replica: H * hlen (the blocks
                           keep F's alignment, the linear weights are packed after them) */
+    const float *F;    /* the shared arrays and the hot features' ids, where touches take the */
+    const float *L;    /* shared values from (set by the trainer at each call) */
+    const int *ids;
     fm_idx split[FM_HOT_TIERS + 1];
     fm_idx every[FM_HOT_TIERS];
     fm_idx n_touched[FM_HOT_TIERS];
@@ -90,12 +101,24 @@ static inline int fm_hot_tier(const fm_replica *r, fm_idx h) {
     return t;
 }
 
-/* Note slot s (1-based) as touched since the tier's last exchange. */
+/* Note slot s (1-based) as touched since the tier's last exchange; the
+ * first touch takes the feature's shared values (local = snap = shared).
+ * Another thread may be exchanging it meanwhile: snap is copied from local,
+ * not read again from F, so that local - snap is this thread's changes alone
+ * (what it saw half-written reaches it whole at its next touch). */
 static inline void fm_hot_touch(fm_replica *r, fm_idx s) {
     if (!r->mark[s - 1]) {
-        const int t = fm_hot_tier(r, s - 1);
-        r->mark[s - 1] = 1;
-        r->touched[r->split[t] + r->n_touched[t]++] = (uint16_t)(s - 1);
+        const fm_idx h = s - 1, hlen = r->hlen, llen = r->llen, id = r->ids[h];
+        const int t = fm_hot_tier(r, h);
+        r->mark[h] = 1;
+        r->touched[r->split[t] + r->n_touched[t]++] = (uint16_t)h;
+        memcpy(r->local + h * hlen, r->F + id * hlen, sizeof(float) * (size_t)hlen);
+        memcpy(r->snap + h * hlen, r->local + h * hlen, sizeof(float) * (size_t)hlen);
+        if (llen) {
+            float *l = r->local + r->lbase + h * llen;
+            memcpy(l, r->L + id * llen, sizeof(float) * (size_t)llen);
+            memcpy(r->snap + r->lbase + h * llen, l, sizeof(float) * (size_t)llen);
+        }
     }
 }
 
@@ -157,31 +180,36 @@ static inline float *fm_hot_block(float *F, fm_idx j, fm_idx fs, const uint16_t 
 }
 
 /* The linear weight of feature j (llen floats): in the thread's replica for
- * a hot feature (touched with its blocks), else in L. */
-static inline float *fm_hot_linear(float *L, fm_idx j, fm_idx ls, const uint16_t *slot, const fm_replica *r) {
+ * a hot feature (touched with its blocks: a row's linear terms may come
+ * first), else in L. */
+static inline float *fm_hot_linear(float *L, fm_idx j, fm_idx ls, const uint16_t *slot, fm_replica *r) {
     const fm_idx s = slot[j];
     if (!s || !r->llen) return L + j * ls;
+    fm_hot_touch(r, s);
     return r->local + r->lbase + (s - 1) * r->llen;
+}
+
+/* fm_prefetch_features (ffm_f32.h) of a thread with a replica: a hot
+ * feature's blocks are loaded from where the row will read them, the
+ * replica once touched, else the shared model (which the touch copies). */
+static inline void fm_prefetch_features_hot(const float *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
+                                            fm_idx n, const uint16_t *slot, const fm_replica *r) {
+#if defined(__GNUC__)
+    for (fm_idx i = 0; i < nnz; i++) {
+        if (feat[i] >= n) continue;
+        const fm_idx s = slot[feat[i]];
+        const char *p = (s && r->mark[s - 1]) ? (const char *)(r->local + (s - 1) * r->hlen)
+                                              : (const char *)F + (fm_idx)feat[i] * row_bytes;
+        for (fm_idx off = 0; off < row_bytes; off += 64) __builtin_prefetch(p + off, 0, 1);
+    }
+#else
+    (void)F; (void)row_bytes; (void)feat; (void)nnz; (void)n; (void)slot; (void)r;
+#endif
 }
 
 /* The distance from F to p in floats (both float arrays). */
 static inline fm_idx fm_float_distance(const float *F, const float *p) {
     return (fm_idx)(((intptr_t)p - (intptr_t)F) / (intptr_t)sizeof(float));
-}
-
-/* Start a replica: local takes the shared values of the H features in hot
- * (each one's hlen floats of F and llen of L), and snap local's.  Another
- * thread may be exchanging meanwhile: snap is copied from local, not read
- * again from F, so that local - snap is this thread's changes alone (what
- * it saw half-written reaches it whole at its next exchange). */
-static void fm_hot_load(const float *F, const float *L, const int *hot, fm_idx H, const fm_replica *r) {
-    const fm_idx hlen = r->hlen, llen = r->llen;
-    for (fm_idx h = 0; h < H; h++) {
-        memcpy(r->local + h * hlen, F + (fm_idx)hot[h] * hlen, sizeof(float) * (size_t)hlen);
-        if (llen)
-            memcpy(r->local + r->lbase + h * llen, L + (fm_idx)hot[h] * llen, sizeof(float) * (size_t)llen);
-    }
-    memcpy(r->snap, r->local, sizeof(float) * (size_t)(H * (hlen + llen)));
 }
 
 /* shared += local - snap; local = snap = shared, over n floats. */
@@ -194,17 +222,24 @@ static inline void fm_fold(float *__restrict g, float *__restrict l, float *__re
     }
 }
 
-/* Exchange the touched features of tier t of a replica with the shared
- * model (under the lock).  The others are as they were: the thread changed
- * nothing, and it sees the other threads' changes to them at a later
- * exchange. */
+/* shared += local - snap, over n floats (local and snap are taken again at
+ * the next touch). */
+static inline void fm_fold_in(float *__restrict g, const float *__restrict l, const float *__restrict s,
+                              fm_idx n) {
+    for (fm_idx e = 0; e < n; e++) g[e] += l[e] - s[e];
+}
+
+/* Fold the touched features of tier t of a replica into the shared model
+ * (under the lock) and note them as untouched: the thread takes the shared
+ * values again, the other threads' changes with them, when a row next
+ * touches one. */
 static void fm_hot_exchange(float *F, float *L, const int *hot, fm_replica *r, int t) {
     const uint16_t *touched = r->touched + r->split[t];
     const fm_idx hlen = r->hlen, llen = r->llen, lbase = r->lbase;
     for (fm_idx i = 0; i < r->n_touched[t]; i++) {
         const fm_idx h = touched[i];
-        fm_fold(F + (fm_idx)hot[h] * hlen, r->local + h * hlen, r->snap + h * hlen, hlen);
-        if (llen) fm_fold(L + (fm_idx)hot[h] * llen, r->local + lbase + h * llen, r->snap + lbase + h * llen, llen);
+        fm_fold_in(F + (fm_idx)hot[h] * hlen, r->local + h * hlen, r->snap + h * hlen, hlen);
+        if (llen) fm_fold_in(L + (fm_idx)hot[h] * llen, r->local + lbase + h * llen, r->snap + lbase + h * llen, llen);
         r->mark[h] = 0;
     }
     r->n_touched[t] = 0;
@@ -259,7 +294,7 @@ typedef struct {
     fm_idx since;
 } fm_copy;
 
-/* Start a copy from the shared array (see fm_hot_load on snap). */
+/* Start a copy from the shared array (see fm_hot_touch on snap). */
 static void fm_copy_load(const float *shared, fm_copy *c) {
     memcpy(c->local, shared, sizeof(float) * (size_t)c->len);
     memcpy(c->snap, c->local, sizeof(float) * (size_t)c->len);
@@ -297,14 +332,15 @@ static inline void fm_hot_tick(float *F, float *L, const int *hot, fm_replica *r
     }
 }
 
-/* At the end of a pass: exchange every tier (waiting for the lock). */
+/* Exchange every tier (waiting for the lock): afterwards the shared model
+ * holds all of the thread's changes. */
 static void fm_hot_exchange_all(float *F, float *L, const int *hot, fm_replica *r, volatile int *lock) {
     fm_lock(lock);
     for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(F, L, hot, r, t);
     fm_unlock(lock);
 }
 
-/* Start a pass: nothing touched, no rows since an exchange. */
+/* Start a replica: nothing touched, no rows since an exchange. */
 static void fm_hot_reset(fm_replica *r, fm_idx H) {
     memset(r->mark, 0, (size_t)H);
     for (int t = 0; t < FM_HOT_TIERS; t++) r->n_touched[t] = r->since[t] = r->lsince[t] = 0;
