@@ -52,6 +52,17 @@ def joined(a: Batch, b: Batch) -> Batch:
                  values=np.concatenate([a.values, b.values]))
 
 
+def disjoint_halves():
+    """(n, m, rows, order): 40 features, 6 fields; the first 300 rows carry
+    features 0..19 only, the last 300 features 20..39 only, and order visits
+    the first half (shuffled) then the second: with balance=False each of
+    two threads trains one half, and they share no parameter."""
+    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
+    rng = np.random.default_rng(5)
+    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    return 40, 6, b, order
+
+
 def start(n, m, optimizer="adagrad", seed=1):
     ns = _kernels.n_state(optimizer)
     F = np.ones((n * m, (1 + ns) * KP), np.float32)
@@ -73,6 +84,16 @@ def run(b, F, order, threads, optimizer="adagrad", **kw):
         threads=threads, **kw)
 
 
+def each_half_alone(b, F0, order, optimizer="adagrad"):
+    """F0 trained on one thread over order[:200], and over order[200:]."""
+    halves = []
+    for part in (order[:200], order[200:]):
+        F = F0.copy()
+        run(b, F, part, 1, optimizer)
+        halves.append(F)
+    return halves
+
+
 @openmp
 @pytest.mark.parametrize("optimizer", ["adagrad", "sgd", "ftrl"])
 def test_without_exchanges_the_model_adds_up_both_threads_changes(optimizer):
@@ -81,11 +102,7 @@ def test_without_exchanges_the_model_adds_up_both_threads_changes(optimizer):
     order = np.random.default_rng(2).permutation(b.n_rows).astype(np.int64)
     F0 = start(n, m, optimizer)
     # balance=False: the first thread trains order[:200], the second the rest
-    halves = []
-    for part in (order[:200], order[200:]):
-        F = F0.copy()
-        run(b, F, part, 1, optimizer)
-        halves.append(F)
+    halves = each_half_alone(b, F0, order, optimizer)
     F = F0.copy()
     run(b, F, order, 2, optimizer, hot_features=np.arange(n, dtype=np.int32), hot_sync=10**9,
         balance=False)
@@ -121,10 +138,7 @@ def test_tiers_keep_every_change_at_their_own_intervals():
     # 30..39 never before the end.  The first half's rows carry 0..19 only,
     # the second half's 20..39 only, so that the threads share nothing and
     # the result is the one-thread model whatever the intervals
-    n, m = 40, 6
-    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
-    rng = np.random.default_rng(5)
-    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    n, m, b, order = disjoint_halves()
     every = np.repeat(np.array([1, 7, 50, 10**9]), 10)
     F0 = start(n, m)
     one = F0.copy()
@@ -151,11 +165,7 @@ def test_a_tier_is_not_exchanged_before_its_interval():
     b = joined(half(11, np.arange(10, 20)), half(12, np.arange(20, 30)))
     order = np.arange(400, dtype=np.int64)
     F0 = start(n, m)
-    halves = []
-    for part in (order[:200], order[200:]):
-        F = F0.copy()
-        run(b, F, part, 1)
-        halves.append(F)
+    halves = each_half_alone(b, F0, order)
     every = np.array([10**9] * 10 + [1] * 20)
     F = F0.copy()
     run(b, F, order, 2, hot_features=np.arange(n, dtype=np.int32), hot_sync=every, balance=False)
@@ -538,11 +548,7 @@ def test_unsettled_passes_keep_their_changes_until_settled():
     b = rows(0, 400, np.arange(n))
     order = np.random.default_rng(2).permutation(b.n_rows).astype(np.int64)
     F0 = start(n, m)
-    halves = []
-    for part in (order[:200], order[200:]):
-        F = F0.copy()
-        run(b, F, part, 1)
-        halves.append(F)
+    halves = each_half_alone(b, F0, order)
     F = F0.copy()
     t = trainer(F, n, m, 2, np.arange(n, dtype=np.int32), 10**9)
     assert t.settle_passes and not t.unsettled
@@ -564,10 +570,7 @@ def test_a_replica_takes_the_shared_values_at_its_first_touch():
     # settling, the shared model is written from outside (as a restored
     # snapshot is).  Pass 2 must train from what is written, not from what
     # the replicas held: each feature's first touch takes the shared values
-    n, m = 40, 6
-    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
-    rng = np.random.default_rng(5)
-    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    n, m, b, order = disjoint_halves()
     F = start(n, m)
     t = trainer(F, n, m, 2, np.arange(n, dtype=np.int32), 10**9)
     t.settle_passes = False
@@ -587,10 +590,7 @@ def test_passes_go_on_from_the_replicas_between_exchanges():
     # the threads share nothing (features 0..19 in the first half's rows,
     # 20..39 in the second's), each feature exchanged every 7 rows: two
     # unsettled passes and one settle give the one-thread model of both passes
-    n, m = 40, 6
-    b = joined(rows(3, 300, np.arange(20)), rows(4, 300, np.arange(20, 40)))
-    rng = np.random.default_rng(5)
-    order = np.concatenate([rng.permutation(300), 300 + rng.permutation(300)]).astype(np.int64)
+    n, m, b, order = disjoint_halves()
     F0 = start(n, m)
     one = F0.copy()
     t1 = trainer(one, n, m, 1, None, 256)
