@@ -22,7 +22,13 @@ Settings: 1 thread, and for every other --threads count fmcli's default
 --optimizers every optimizer gets those settings (ratios are to the first
 optimizer's 1 thread), and --general-loops adds each setting again with the
 kernels' one-hot shortcut off (fmcli._core._kernels.uniform_rows(False):
-the same results, computed by the general loops), and --hot-sync adds each
+the same results, computed by the general loops), --separate-models adds,
+for every other --threads count N, N one-thread trainers on models of their
+own, each training 1/N of every slice at the same time as the others (in
+Python threads: the kernels release the GIL): what N threads reach when
+they share nothing at all, neither model nor loop, the ceiling of N threads
+on one model (its logloss is not given: each model sees 1/N of the rows),
+and --hot-sync adds each
 setting with hot-feature replicas again with the replicas exchanged every
 that many rows instead of fmcli's intervals (fmcli.cpu.HOT_SYNC_ROWS, one
 interval for all), and --hot-variant adds them with other constants of the
@@ -35,6 +41,7 @@ Usage::
     python benchmarks/scaling.py --train train.ffm --k 8 --linear --json out.json
     python benchmarks/scaling.py --train train.ffm --threads 1,2 --optimizers adagrad,rowwise-adagrad
     python benchmarks/scaling.py --train train.ffm --threads 1 --general-loops
+    python benchmarks/scaling.py --train train.ffm --threads 1,2 --separate-models
     python benchmarks/scaling.py --train train.ffm --threads 1,2 --hogwild --hot-sync 1024,4096
     python benchmarks/scaling.py --train train.ffm --valid va.ffm --epochs 2 --slice-rows 131072 \
         --hot-variant bytes=524288,step=1 --hot-variant bytes=1048576 --hot-variant share=0.125
@@ -86,6 +93,7 @@ class Setting:
     hot_sync: int | None = None    # rows between a replica's exchanges (None: fmcli's HOT_SYNC_ROWS)
     variant: dict = field(default_factory=dict)   # fmcli.cpu's HOT_* constants for this setting
     va_by_epoch: list[float] = field(default_factory=list)
+    separate: bool = False         # `threads` one-thread models, each on its share of a slice
     tiers: dict = field(default_factory=dict)     # replicated features per exchange interval
 
 
@@ -134,7 +142,7 @@ class patched:
 
 def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("adagrad",),
              general: bool = False, hot_syncs: tuple[int, ...] = (),
-             variants: tuple[dict, ...] = ()) -> list[Setting]:
+             variants: tuple[dict, ...] = (), separate: bool = False) -> list[Setting]:
     out = []
     for opt in optimizers:
         name = f"{opt}, " if len(optimizers) > 1 else ""
@@ -143,6 +151,8 @@ def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("
             for suffix, hot in kinds:
                 label = f"{name}{n} thread{'s' if n > 1 else ''}{suffix}"
                 out.append(Setting(label, n, hot, opt))
+                if n > 1 and hot is None and separate:
+                    out.append(Setting(f"{label}, separate models", n, 0, opt, separate=True))
                 if n > 1 and hot is None:
                     out += [Setting(f"{label}, hot sync {rows}", n, hot, opt, hot_sync=rows) for rows in hot_syncs]
                     out += [Setting(f"{label}, " + ",".join(f"{k}={v}" for k, v in var.items()), n, hot, opt,
@@ -151,6 +161,20 @@ def settings(threads: list[int], hogwild: bool, optimizers: tuple[str, ...] = ("
                 if general:
                     out.append(Setting(label + ", general loops", n, hot, opt, uniform=False))
     return out
+
+
+def train_apart(states: list, batch, part: np.ndarray, step: int) -> None:
+    """Each one-thread state trains its share of `part`, all at once (one
+    Python thread each; the kernels release the GIL while they train)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shares = np.array_split(part, len(states))
+    with ThreadPoolExecutor(len(states) - 1) as pool:
+        others = [pool.submit(st.train_slice, batch, rows, None, step)
+                  for st, rows in zip(states[1:], shares[1:])]
+        states[0].train_slice(batch, shares[0], None, step)
+        for f in others:
+            f.result()
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -178,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list: every setting for each (ratios to the first one's 1 thread)")
     ap.add_argument("--general-loops", action="store_true",
                     help="also run every setting with the one-hot shortcut of the FFM loops off")
+    ap.add_argument("--separate-models", action="store_true",
+                    help="add, for each thread count N > 1, N one-thread trainers on models of their own, "
+                         "training 1/N of each slice each, all at once (the ceiling of N threads)")
     ap.add_argument("--hot-sync", default="",
                     help="comma list of rows between the hot-feature replicas' exchanges: every setting "
                          "with replicas also runs with each (fmcli's own interval is "
@@ -201,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--hot-variant: {exc}")
     if any(x < 1 for x in hot_syncs):
         ap.error("--hot-sync: rows must be at least 1")
-    runs = settings(threads, args.hogwild, optimizers, args.general_loops, hot_syncs, variants)
+    runs = settings(threads, args.hogwild, optimizers, args.general_loops, hot_syncs, variants,
+                    args.separate_models)
     if len(runs) < 2:
         ap.error("nothing to compare: give --threads with 1 and a larger count, several --optimizers "
                  "or --general-loops")
@@ -222,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
 
     states = []
     for s in runs:
-        cfg = Config(model=args.model, k=args.k, threads=s.threads, hot_features=s.hot_features,
-                     use_bias=args.linear, use_linear=args.linear, seed=args.seed, optimizer=s.optimizer)
+        cfg = Config(model=args.model, k=args.k, threads=1 if s.separate else s.threads,
+                     hot_features=s.hot_features, use_bias=args.linear, use_linear=args.linear,
+                     seed=args.seed, optimizer=s.optimizer)
+        if s.separate:
+            states.append([TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
+                           for _ in range(s.threads)])
+            continue
         st = TrainState(cfg, n_features, n_fields, np.random.default_rng(args.seed))
         with patched(constants(s)):
             st.prepare(batch)
@@ -248,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                 # (the replicas' settings are read by prepare() and when the
                 # state's kernels are built, on its first slice)
                 t, cpu = time.perf_counter(), time.process_time()
-                with patched(constants(s)):
-                    st.train_slice(batch, part, None, step)
+                if s.separate:
+                    train_apart(st, batch, part, step)
+                else:
+                    with patched(constants(s)):
+                        st.train_slice(batch, part, None, step)
                 wall = time.perf_counter() - t
                 s.rows_per_s.append(len(part) / wall)
                 s.cpu_share.append((time.process_time() - cpu) / wall / s.threads)
@@ -258,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             turn += 1
         if va is not None:
             for s, st in zip(runs, states):
+                if s.separate:
+                    continue
                 s.va_by_epoch.append(evaluate("binary", va.labels, st.scores(va, max(threads)))["logloss"])
 
     if va is not None:

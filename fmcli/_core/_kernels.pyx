@@ -85,6 +85,8 @@ cdef enum:
     # feature) only when the row has at least n_fields / ROWS_AHEAD_FIELDS
     # entries: most of each factor row is then read by its pairs
     ROWS_AHEAD_FIELDS = 4
+    # train_pass's flags (the stop flag, then the replicas' lock 128 bytes on)
+    FLAG_INTS = 64
 
 # Trainer.train copies the rows of a shuffled order side by side before it
 # trains them (see gather_entries), at most this many rows and (unless one
@@ -292,8 +294,9 @@ cdef struct Scratch:
     fm_replica hot           # the thread's replica of the hot features' blocks (hot.h;
                              # its arrays belong to the Trainer)
     long long first_bad      # position in `order` of the first non-finite row, or -1
-    char pad[64]             # the threads' Scratch structs share no cache line (their
-                             # fields are written every row)
+    char pad[128]            # the threads' Scratch structs share no cache line, nor a pair
+                             # of lines that the CPU fetches together (their fields are
+                             # written every row)
 
 
 cdef inline void* line_alloc(size_t size) noexcept nogil:
@@ -1690,19 +1693,24 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
     cdef double t, loss = 0, wsum = 0, l, wr, cnt, eps = tr.label_smoothing
     cdef bint has_w = weights.shape[0] > 0, bad
     cdef long long nbad = 0
-    cdef int stop = 0
-    cdef int* pstop = &stop
     cdef floating scale, eta_t
     cdef int nthreads = tr.threads, tid
     cdef double* kap
+    # the stop flag, which every thread reads at every batch, and the
+    # replicas' lock on lines of their own: on the stack they would share a
+    # line with what the first thread writes there
+    cdef int* flags = <int*>line_calloc(FLAG_INTS, sizeof(int))
+    if flags == NULL:
+        raise MemoryError("no memory for the training work space")
+    cdef int* pstop = flags
+    cdef int* plock = flags + FLAG_INTS // 2
     cdef Scratch* sc = scratch_new(nthreads, &s, longest_row(indptr), sizeof(floating),
                                    s.kind == KIND_FWFM or s.kind == KIND_FMFM, s.batch)
     if sc == NULL:
+        free(flags)
         raise MemoryError("no memory for the training work space")
     cdef const int* hot = tr.hot
     cdef Py_ssize_t H = tr.H, hlen = hot_len(&s)
-    cdef int lock = 0
-    cdef int* plock = &lock
     cdef bint settle = tr.settle_passes
     cdef fm_copy* copies = tr.copies
     # float32, one class: prefetch the next row's linear weights (fm_prefetch_linear)
@@ -1842,6 +1850,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                 first = sc[c].first_bad
     finally:
         scratch_free(sc, nthreads)   # the replicas stay with the trainer
+        free(flags)
     return loss, wsum, nbad, first
 
 

@@ -45,8 +45,13 @@ static inline fm_idx fm_ffm_prepare(fm_idx n, fm_idx m, fm_idx fs, const int *fl
 
 /* Ask the CPU to start loading the factor rows (row_bytes each) of the
  * features of a row about to be scored: a row's pairs read blocks of every
- * one of its features, scattered over the model. */
-static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
+ * one of its features, scattered over the model.
+ *
+ * The prefetch helpers are FM_INLINE (always inlined): GCC counts
+ * __builtin_prefetch as no side effect, so a helper it does not inline
+ * early is found to have none and its calls are deleted (GCC 12 did so to
+ * fm_prefetch_features_hot, hot.h: no prefetch at all for two threads). */
+FM_INLINE void fm_prefetch_features(const void *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
                                         fm_idx n) {
 #if defined(__GNUC__)
     for (fm_idx i = 0; i < nnz; i++) {
@@ -64,7 +69,7 @@ static inline void fm_prefetch_features(const void *F, fm_idx row_bytes, const i
  * turn.  Training visits the rows in a shuffled order, so every row's
  * entries are a cache miss (and often a TLB miss) that its scoring waits
  * for before it can even start its own misses on the factor blocks. */
-static inline void fm_prefetch_span(const void *p, fm_idx bytes) {
+FM_INLINE void fm_prefetch_span(const void *p, fm_idx bytes) {
 #if defined(__GNUC__)
     const char *c = (const char *)p;
     for (fm_idx off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
@@ -78,7 +83,7 @@ static inline void fm_prefetch_span(const void *p, fm_idx bytes) {
  * features of a row about to be trained, `stride` floats per feature, for
  * writing: the streams of factor blocks in between evict them from the core's
  * caches, and each would otherwise be a miss that the row's score waits for. */
-static inline void fm_prefetch_linear(const float *L, fm_idx stride, const int *feat, fm_idx nnz, fm_idx n) {
+FM_INLINE void fm_prefetch_linear(const float *L, fm_idx stride, const int *feat, fm_idx nnz, fm_idx n) {
 #if defined(__GNUC__)
     for (fm_idx i = 0; i < nnz; i++)
         if (feat[i] < n) __builtin_prefetch(L + (fm_idx)feat[i] * stride, 1, 3);

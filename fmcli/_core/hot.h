@@ -192,7 +192,7 @@ static inline float *fm_hot_linear(float *L, fm_idx j, fm_idx ls, const uint16_t
 /* fm_prefetch_features (ffm_f32.h) of a thread with a replica: a hot
  * feature's blocks are loaded from where the row will read them, the
  * replica once touched, else the shared model (which the touch copies). */
-static inline void fm_prefetch_features_hot(const float *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
+FM_INLINE void fm_prefetch_features_hot(const float *F, fm_idx row_bytes, const int *feat, fm_idx nnz,
                                             fm_idx n, const uint16_t *slot, const fm_replica *r) {
 #if defined(__GNUC__)
     for (fm_idx i = 0; i < nnz; i++) {
