@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if va is not None:
         for s in runs:
-            s.va_logloss = s.va_by_epoch[-1]
+            s.va_logloss = s.va_by_epoch[-1] if s.va_by_epoch else None   # (none: separate models)
 
     base = runs[0].rows_per_s
     what = "fmcli's defaults (bias, linear, pairs)" if args.linear else "--no-bias --no-linear (libffm's model)"

@@ -321,6 +321,23 @@ def test_scaling_benchmark_runs_hot_variants(tmp_path):
     assert proc.returncode == 2 and "--hot-variant" in proc.stderr
 
 
+def test_scaling_benchmark_runs_separate_models(tmp_path):
+    # N one-thread models, each on 1/N of every slice at once: timed like the
+    # others, validated never (each model sees a share of the rows)
+    out = tmp_path / "sep.json"
+    proc = subprocess.run([sys.executable, str(SCALING), "--rows", "3000", "--work-dir", str(tmp_path),
+                           "--slice-rows", "1000", "--threads", "1,2", "--separate-models",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = {s["name"]: s for s in json.loads(out.read_text())["settings"]}
+    assert list(report) == ["1 thread", "2 threads", "2 threads, separate models"]
+    sep = report["2 threads, separate models"]
+    assert sep["separate"] and sep["threads"] == 2 and sep["hot"] == 0
+    assert len(sep["rows_per_s"]) == 3 and all(x > 0 for x in sep["rows_per_s"])
+    assert sep["va_logloss"] is None and sep["va_by_epoch"] == []
+    assert math.isfinite(report["2 threads"]["va_logloss"])
+
+
 def test_scaling_benchmark_reports_cpu_share_and_hot_sync_settings(tmp_path):
     out = tmp_path / "sync.json"
     proc = subprocess.run([sys.executable, str(SCALING), "--rows", "2000", "--work-dir", str(tmp_path),
