@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ._core import _kernels
@@ -14,36 +12,18 @@ from .params import HostParams
 from .registry import hot_features_apply
 
 # Hot-feature replicas (multi-threaded FFM, see fmcli/_core/hot.h): a thread's
-# replica takes at most HOT_BYTES (a core's L2 cache, at most 2 MiB: a thread
-# touches its snapshot only when it takes a feature and at exchanges, the
-# replica itself every row),
-# of features on at least HOT_MIN_SHARE of the rows.  By default they are used
-# on data of HOT_MIN_ROWS or more: their staleness costs accuracy where a few
-# hundred rows are a sizeable share of an epoch, and the contention they avoid
-# matters on long runs.  More features than that (BENCH.md's data, k=4: 3,360
-# on 0.05% of the rows or more, in 4 MiB) trained 7% slower on two threads
-# (in one process, slices of 131,072 rows taking turns, median of 24), the
-# exchanges of the rarer ones costing more than the contention they avoid.
-def _l2_bytes() -> int:
-    """A core's L2 cache in bytes, where the system says (Linux), else 0."""
-    import glob
-
-    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            with open(os.path.join(d, "level")) as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(os.path.join(d, "size")) as f:
-                size = f.read().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-            return int(size.rstrip("KM")) * scale
-        except (OSError, ValueError):
-            return 0
-    return 0
-
-
-HOT_BYTES = min(2 << 20, _l2_bytes()) or (1 << 20)
-HOT_MIN_SHARE = 0.002
+# replica takes at most HOT_BYTES of features on at least HOT_MIN_SHARE of the
+# rows.  By default they are used on data of HOT_MIN_ROWS or more: their
+# staleness costs accuracy where a few hundred rows are a sizeable share of an
+# epoch, and the contention they avoid matters on long runs.  The replica need
+# not fit a core's cache: the next row's features are prefetched from where
+# the thread keeps them.  BENCH.md's data, k=4, 2 threads, in one process
+# (benchmarks/scaling.py, slices of 131,072 rows taking turns): 6,332
+# features (8 MiB, on 0.02% of the rows or more) trained 1.11x and 10,326
+# 1.10x as fast as 840 (a 1 MiB budget, 0.2% of the rows), slice by slice,
+# to the same validation logloss to 0.01%.
+HOT_BYTES = 8 << 20
+HOT_MIN_SHARE = 0.0002
 HOT_MIN_ROWS = 100_000
 # The replicas are exchanged in tiers: features on HOT_SYNC_SHARE or more of
 # the rows every HOT_SYNC_ROWS of the thread's rows, those on a
