@@ -112,8 +112,8 @@ cdef extern from "hot.h":
         Py_ssize_t hlen
         Py_ssize_t llen
         Py_ssize_t lbase
-        const float* F
-        const float* L
+        float* F
+        float* L
         const int* ids
         Py_ssize_t split[9]
         Py_ssize_t every[8]
@@ -143,9 +143,8 @@ cdef extern from "hot.h":
                                   Py_ssize_t n, const unsigned short* slot, const fm_replica* r) noexcept nogil
     float* fm_hot_linear(float* L, Py_ssize_t j, Py_ssize_t ls, const unsigned short* slot,
                          fm_replica* r) noexcept nogil
-    void fm_hot_tick(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
-    void fm_hot_exchange_all(float* F, float* L, const int* hot, fm_replica* r, int* lock) noexcept nogil
-    void fm_hot_reset(fm_replica* r, Py_ssize_t H) noexcept nogil
+    void fm_hot_tick(fm_replica* r, int* lock) noexcept nogil
+    void fm_hot_exchange_all(fm_replica* r, int* lock) noexcept nogil
     void fm_copy_load(const float* shared, fm_copy* c) noexcept nogil
     void fm_copy_exchange(float* shared, fm_copy* c) noexcept nogil
     void fm_copy_tick(float* shared, fm_copy* c, int* lock) noexcept nogil

@@ -70,7 +70,7 @@ from ._common cimport (floating, fm_sqrt, fm_have_openmp, fm_max_threads, fm_set
                       fm_fwfm_prepare, fm_fwfm_pairs_f32, fm_fwfm_grads_f32, fm_fwfm_adagrad_r_f32,
                       fm_fmfm_pairs_f32, fm_fmfm_grads_f32,
                       fm_replica, fm_ffm_prepare_hot, fm_fwfm_prepare_hot, fm_hot_block, fm_hot_linear, fm_float_distance, fm_prefetch_features, fm_prefetch_features_hot, fm_prefetch_linear, fm_prefetch_span, fm_hot_tick,
-                      fm_hot_exchange_all, fm_hot_reset, FM_HOT_TIERS, FM_COPY_DIVISOR,
+                      fm_hot_exchange_all, FM_HOT_TIERS, FM_COPY_DIVISOR,
                       fm_copy, fm_copy_load, fm_copy_exchange, fm_copy_tick, fm_lock, fm_unlock)
 from ._optim cimport (Opt, opt_block, opt_pair, opt_n_state, opt_grad_l2, opt_step_eta,
                       OPT_SGD, OPT_ADAGRAD, OPT_ADAM, OPT_FTRL, OPT_ROWADA,
@@ -1563,11 +1563,9 @@ cdef class Trainer:
         cdef int c, lock = 0
         if not self.unsettled:
             return
-        cdef float* pF = <float*>self.s.base[ARR_F]
-        cdef float* pL = <float*>self.s.base[ARR_L]
         with nogil:
             for c in range(self.threads):
-                fm_hot_exchange_all(pF, pL, self.hot, &self.reps[c], &lock)
+                fm_hot_exchange_all(&self.reps[c], &lock)   # (the arrays the last pass set)
         self.unsettled = False
 
     @property
@@ -1710,7 +1708,7 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
         free(flags)
         raise MemoryError("no memory for the training work space")
     cdef const int* hot = tr.hot
-    cdef Py_ssize_t H = tr.H, hlen = hot_len(&s)
+    cdef Py_ssize_t H = tr.H
     cdef bint settle = tr.settle_passes
     cdef fm_copy* copies = tr.copies
     # float32, one class: prefetch the next row's linear weights (fm_prefetch_linear)
@@ -1825,14 +1823,14 @@ cdef tuple train_pass(Trainer tr, floating* pB, floating* pL, floating* pF, floa
                         flush_discard(&s, &sc[tid])
                 else:
                     if H:
-                        fm_hot_tick(<float*>pF, <float*>pL, hot, &sc[tid].hot, plock)
+                        fm_hot_tick(&sc[tid].hot, plock)
                     if copies != NULL:
                         if copies[2 * tid].len:
                             fm_copy_tick(<float*>pB, &copies[2 * tid], plock)
                         if copies[2 * tid + 1].len:
                             fm_copy_tick(<float*>pR, &copies[2 * tid + 1], plock)
             if H and settle:
-                fm_hot_exchange_all(<float*>pF, <float*>pL, hot, &sc[tid].hot, plock)
+                fm_hot_exchange_all(&sc[tid].hot, plock)
             if copies != NULL:
                 fm_lock(plock)
                 if copies[2 * tid].len:

@@ -84,9 +84,9 @@ typedef struct {
     fm_idx llen;       /* floats of its linear weight (and state) in L; 0: none */
     fm_idx lbase;      /* where the linear weights start in the replica: H * hlen (the blocks
                           keep F's alignment, the linear weights are packed after them) */
-    const float *F;    /* the shared arrays and the hot features' ids, where touches take the */
-    const float *L;    /* shared values from (set by the trainer at each call) */
-    const int *ids;
+    float *F;          /* the shared arrays and the hot features' ids: where touches take */
+    float *L;          /* the shared values from and exchanges fold into (set by the */
+    const int *ids;    /* trainer at each call) */
     fm_idx split[FM_HOT_TIERS + 1];
     fm_idx every[FM_HOT_TIERS];
     fm_idx n_touched[FM_HOT_TIERS];
@@ -233,9 +233,11 @@ static inline void fm_fold_in(float *__restrict g, const float *__restrict l, co
  * (under the lock) and note them as untouched: the thread takes the shared
  * values again, the other threads' changes with them, when a row next
  * touches one. */
-static void fm_hot_exchange(float *F, float *L, const int *hot, fm_replica *r, int t) {
+static void fm_hot_exchange(fm_replica *r, int t) {
     const uint16_t *touched = r->touched + r->split[t];
     const fm_idx hlen = r->hlen, llen = r->llen, lbase = r->lbase;
+    const int *hot = r->ids;
+    float *F = r->F, *L = r->L;
     for (fm_idx i = 0; i < r->n_touched[t]; i++) {
         const fm_idx h = touched[i];
         fm_fold_in(F + (fm_idx)hot[h] * hlen, r->local + h * hlen, r->snap + h * hlen, hlen);
@@ -248,9 +250,11 @@ static void fm_hot_exchange(float *F, float *L, const int *hot, fm_replica *r, i
 
 /* Exchange the linear weights of tier t's touched features only (they stay
  * touched until the tier's next whole exchange). */
-static void fm_hot_exchange_linear(float *L, const int *hot, fm_replica *r, int t) {
+static void fm_hot_exchange_linear(fm_replica *r, int t) {
     const uint16_t *touched = r->touched + r->split[t];
     const fm_idx llen = r->llen, lbase = r->lbase;
+    const int *hot = r->ids;
+    float *L = r->L;
     for (fm_idx i = 0; i < r->n_touched[t]; i++) {
         const fm_idx h = touched[i];
         fm_fold(L + (fm_idx)hot[h] * llen, r->local + lbase + h * llen, r->snap + lbase + h * llen, llen);
@@ -318,15 +322,15 @@ static inline void fm_copy_tick(float *shared, fm_copy *c, volatile int *lock) {
 
 /* After each of the thread's rows: exchange every tier whose interval has
  * passed, if no other thread is exchanging (else after a later row). */
-static inline void fm_hot_tick(float *F, float *L, const int *hot, fm_replica *r, volatile int *lock) {
+static inline void fm_hot_tick(fm_replica *r, volatile int *lock) {
     for (int t = 0; t < FM_HOT_TIERS; t++) {
         if (!r->every[t]) continue;
         if (++r->since[t] >= r->every[t] && fm_try_lock(lock)) {
-            fm_hot_exchange(F, L, hot, r, t);
+            fm_hot_exchange(r, t);
             r->lsince[t] = 0;
             fm_unlock(lock);
         } else if (r->llen && ++r->lsince[t] * FM_HOT_LINEAR_DIVISOR >= r->every[t] && fm_try_lock(lock)) {
-            fm_hot_exchange_linear(L, hot, r, t);
+            fm_hot_exchange_linear(r, t);
             fm_unlock(lock);
         }
     }
@@ -334,16 +338,10 @@ static inline void fm_hot_tick(float *F, float *L, const int *hot, fm_replica *r
 
 /* Exchange every tier (waiting for the lock): afterwards the shared model
  * holds all of the thread's changes. */
-static void fm_hot_exchange_all(float *F, float *L, const int *hot, fm_replica *r, volatile int *lock) {
+static void fm_hot_exchange_all(fm_replica *r, volatile int *lock) {
     fm_lock(lock);
-    for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(F, L, hot, r, t);
+    for (int t = 0; t < FM_HOT_TIERS; t++) fm_hot_exchange(r, t);
     fm_unlock(lock);
-}
-
-/* Start a replica: nothing touched, no rows since an exchange. */
-static void fm_hot_reset(fm_replica *r, fm_idx H) {
-    memset(r->mark, 0, (size_t)H);
-    for (int t = 0; t < FM_HOT_TIERS; t++) r->n_touched[t] = r->since[t] = r->lsince[t] = 0;
 }
 
 #endif /* FMCLI_HOT_H */
